@@ -1,0 +1,18 @@
+"""Shared pytest set-up: a fixed thread count so that CPU tests behave the same everywhere."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                   reason='no CUDA device on this machine: CUDA kernels are checked against the reference path only where a GPU is present')
