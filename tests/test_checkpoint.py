@@ -1,0 +1,180 @@
+"""Tests for training/checkpoint.py."""
+
+import os
+import pickle
+
+import pytest
+import torch
+
+import dnnlib
+from torch_utils import persistence
+from training import checkpoint
+
+
+@persistence.persistent_class
+class TinyNet(torch.nn.Module):
+    """A persistent network with parameters, a buffer, nested options and a tuple argument."""
+
+    def __init__(self, in_features, hidden=(6, 5), head_kwargs={}, scale=1.0):
+        super().__init__()
+        sizes = (in_features,) + tuple(hidden)
+        self.layers = torch.nn.ModuleList([torch.nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.head = torch.nn.Linear(sizes[-1], head_kwargs.get('out_features', 2))
+        self.register_buffer('shift', torch.randn(head_kwargs.get('out_features', 2)))
+        self.scale = scale
+
+    def forward(self, x):
+        """x [B, in_features] -> [B, out_features]"""
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return self.head(x) * self.scale + self.shift
+
+
+@pytest.fixture
+def allow_test_classes(monkeypatch):
+    """Let weights files rebuild classes defined in this test module."""
+    monkeypatch.setattr(checkpoint, 'ALLOWED_CLASS_PREFIXES', checkpoint.ALLOWED_CLASS_PREFIXES + ('tests.',))
+
+
+def _make_nets():
+    torch.manual_seed(0)
+    G = TinyNet(4, hidden=(6, 5), head_kwargs=dnnlib.EasyDict(out_features=3), scale=0.5)
+    D = TinyNet(4, hidden=[3])
+    return G, D
+
+
+def test_network_pickle_round_trip(tmp_path):
+    G, D = _make_nets()
+    G.train()
+    path = str(tmp_path / 'network-snapshot-000000.pkl')
+    kwargs = dnnlib.EasyDict(path='data.zip', resolution=64)
+    checkpoint.save_network_pickle(path, dict(G=G, D=D, G_ema=G, D_ema=D, training_set_kwargs=kwargs, augment_pipe=None))
+    assert G.training and G.head.weight.requires_grad  # the live modules are untouched
+    data = checkpoint.load_network_pickle(path)
+    assert set(data) == {'G', 'D', 'G_ema', 'D_ema', 'training_set_kwargs', 'augment_pipe'}
+    assert data['training_set_kwargs'] == kwargs and data['augment_pipe'] is None
+    assert not data['G'].training and not any(p.requires_grad for p in data['G'].parameters())
+    x = torch.randn(7, 4)
+    assert torch.equal(data['G'](x), G(x))
+    assert torch.equal(data['D_ema'](x), D(x))
+    assert torch.equal(checkpoint.load_any(path)['G_ema'](x), G(x))
+
+
+def test_weights_round_trip(tmp_path, allow_test_classes):
+    G, D = _make_nets()
+    path = str(tmp_path / 'weights.pt')
+    checkpoint.save_weights(path, dict(G=G, D=D), extra=dict(training_set_kwargs=dict(resolution=64), cur_nimg=1234))
+    payload = torch.load(path, weights_only=True)
+    assert payload['format'] == checkpoint.WEIGHTS_FORMAT
+    assert payload['modules']['G']['class'] == 'tests.test_checkpoint.TinyNet'
+
+    data = checkpoint.load_weights(path)
+    assert set(data) == {'G', 'D', 'training_set_kwargs', 'cur_nimg'}
+    assert data['cur_nimg'] == 1234 and data['training_set_kwargs'].resolution == 64
+    assert type(data['G']) is TinyNet
+    assert data['G'].init_kwargs == dict(hidden=[6, 5], head_kwargs=dict(out_features=3), scale=0.5)
+    assert not data['G'].training
+    x = torch.randn(7, 4)
+    assert torch.equal(data['G'](x), G(x))
+    assert torch.equal(data['D'](x), D(x))
+    assert torch.equal(checkpoint.load_any(path)['G'](x), G(x))
+
+
+def test_weights_refuse_unserializable_and_foreign_modules(tmp_path, allow_test_classes):
+    path = str(tmp_path / 'weights.pt')
+    with pytest.raises(ValueError, match=r"G.init_kwargs\['head_kwargs'\]\['channels'\] is a set"):
+        checkpoint.save_weights(path, dict(G=TinyNet(4, head_kwargs=dict(channels={1, 2}))))
+    with pytest.raises(ValueError, match='not an instance of a @persistent_class'):
+        checkpoint.save_weights(path, dict(G=torch.nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match='both as module and as extra'):
+        checkpoint.save_weights(path, dict(G=TinyNet(4)), extra=dict(G=1))
+    assert not os.path.exists(path)
+
+
+def test_weights_refuse_classes_outside_the_repository(tmp_path):
+    path = str(tmp_path / 'weights.pt')
+    with pytest.raises(ValueError, match='only classes under training., torch_utils.'):
+        checkpoint.save_weights(path, dict(G=TinyNet(4)))
+    payload = dict(format=checkpoint.WEIGHTS_FORMAT, version=checkpoint.WEIGHTS_VERSION, extra_json='{}',
+                   modules=dict(G={'class': 'subprocess.Popen', 'init_args_json': '[["touch", "x"]]',
+                                   'init_kwargs_json': '{}', 'state_dict': {}}))
+    torch.save(payload, path)
+    with pytest.raises(checkpoint.CheckpointError, match="weights.pt: module 'G' names the class 'subprocess.Popen'"):
+        checkpoint.load_weights(path)
+
+
+def _save_both(directory):
+    G, D = _make_nets()
+    pickle_path = str(directory / 'snapshot.pkl')
+    weights_path = str(directory / 'weights.pt')
+    checkpoint.save_network_pickle(pickle_path, dict(G=G, D=D))
+    checkpoint.save_weights(weights_path, dict(G=G, D=D))
+    return pickle_path, weights_path
+
+
+@pytest.mark.parametrize('loader', [checkpoint.load_network_pickle, checkpoint.load_weights, checkpoint.load_any])
+def test_truncated_files_raise_checkpoint_error(tmp_path, allow_test_classes, loader):
+    for path in _save_both(tmp_path):
+        with open(path, 'rb') as file:
+            content = file.read()
+        truncated = path + '.half'
+        with open(truncated, 'wb') as file:
+            file.write(content[:len(content) // 2])
+        with pytest.raises(checkpoint.CheckpointError, match=os.path.basename(truncated)) as info:
+            loader(truncated)
+        assert '\n' not in str(info.value)
+
+
+@pytest.mark.parametrize('loader', [checkpoint.load_network_pickle, checkpoint.load_weights, checkpoint.load_any])
+def test_foreign_and_missing_files_raise_checkpoint_error(tmp_path, loader):
+    text_path = tmp_path / 'notes.txt'
+    text_path.write_text('these are not network weights\n')
+    list_path = tmp_path / 'list.pkl'
+    list_path.write_bytes(pickle.dumps([1, 2, 3]))
+    dict_path = tmp_path / 'dict.pkl'
+    dict_path.write_bytes(pickle.dumps(dict(G=None, training_set_kwargs={})))
+    tensors_path = tmp_path / 'tensors.pt'
+    torch.save(dict(weight=torch.zeros(2)), str(tensors_path))
+    for path in (text_path, list_path, dict_path, tensors_path, tmp_path / 'missing.pkl'):
+        with pytest.raises(checkpoint.CheckpointError, match=path.name) as info:
+            loader(str(path))
+        assert '\n' not in str(info.value)
+
+
+def test_error_messages_say_what_is_wrong(tmp_path):
+    list_path = tmp_path / 'list.pkl'
+    list_path.write_bytes(pickle.dumps([1, 2, 3]))
+    with pytest.raises(checkpoint.CheckpointError, match='holds a list'):
+        checkpoint.load_any(str(list_path))
+    with pytest.raises(checkpoint.CheckpointError, match='no such file'):
+        checkpoint.load_any(str(tmp_path / 'missing.pkl'))
+    tensors_path = tmp_path / 'tensors.pt'
+    torch.save(dict(weight=torch.zeros(2)), str(tensors_path))
+    with pytest.raises(checkpoint.CheckpointError, match='not a weights file of this project'):
+        checkpoint.load_any(str(tensors_path))
+
+
+def _crash_midway(obj, file, *args, **kwargs):
+    """A serializer that writes part of its output, as a killed process would, then fails."""
+    file.write(b'\x80\x04partial bytes')
+    raise KeyboardInterrupt('simulated crash while writing')
+
+
+def test_crash_while_writing_keeps_previous_file(tmp_path, monkeypatch, allow_test_classes):
+    pickle_path, weights_path = _save_both(tmp_path)
+    G, D = _make_nets()
+    x = torch.randn(3, 4)
+    before = sorted(os.listdir(tmp_path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pickle, 'dump', _crash_midway)
+        with pytest.raises(KeyboardInterrupt):
+            checkpoint.save_network_pickle(pickle_path, dict(G=TinyNet(4), D=D))
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, 'save', _crash_midway)
+        with pytest.raises(KeyboardInterrupt):
+            checkpoint.save_weights(weights_path, dict(G=TinyNet(4), D=D))
+
+    assert sorted(os.listdir(tmp_path)) == before
+    assert torch.equal(checkpoint.load_network_pickle(pickle_path)['G'](x), G(x))
+    assert torch.equal(checkpoint.load_weights(weights_path)['G'](x), G(x))
