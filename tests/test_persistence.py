@@ -223,3 +223,30 @@ def test_decorator_rejects_local_classes():
         @persistence.persistent_class
         class Local(torch.nn.Module):
             pass
+
+
+class _ReleaseLayoutPickle:
+    """Pickles as the public StyleGAN2-ADA / EG3D code writes a persistent object."""
+
+    def __init__(self, source, class_name, state):
+        self.meta = dict(type='class', version=4, module_src=source, class_name=class_name, state=state)
+
+    def __reduce__(self):
+        return persistence._reconstruct_persistent_obj, (self.meta,)
+
+
+def test_loads_pickles_in_the_public_release_layout(helper_module):
+    module, _ = helper_module
+    torch.manual_seed(3)
+    net = module.Net(4, 2, num_blocks=1)
+    x = torch.randn(3, 4)
+    data = pickle.dumps(_ReleaseLayoutPickle(CHANGED_SOURCE, 'Net', dict(net.__dict__)))
+    loaded = pickle.loads(data)
+    assert type(loaded).__module__.startswith('_persistent_embedded_module_')
+    assert persistence.qualified_class_name(loaded) == 'embedded_module.Net'
+    assert loaded.init_args == (4, 2) and loaded.init_kwargs == dict(num_blocks=1)
+    with torch.no_grad():
+        # Only the outer network comes from the changed source; its block still pickles in this repo's layout.
+        hidden = x + torch.tanh(net.blocks[0].linear(x)) * net.blocks[0].gain
+        expected = net.out(hidden) - net.offset
+    assert torch.allclose(loaded(x), expected)

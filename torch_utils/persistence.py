@@ -19,6 +19,12 @@ loaded module's classes are reused, so `isinstance` against the repository class
 misc`, relative imports) resolve against the current repository, and `__file__` points at the
 module's current location when it still exists, for finding data files next to it.
 
+Pickles written by the public StyleGAN2-ADA / StyleGAN3 / EG3D releases use the same idea with
+another metadata layout, unpickled through `_reconstruct_persistent_obj`; they load here too,
+as long as the embedded sources find what they import in this repository. Their original module
+name is not stored, so their classes report the module name `embedded_module`; an import hook
+can set the right one.
+
 Objects of other classes inside a persistent object (torch layers, helper classes) are
 pickled by reference as usual, so their classes must be importable when loading: classes
 defined next to a persistent network should be persistent too.
@@ -38,6 +44,9 @@ import dnnlib
 
 _FORMAT = 'torch_utils.persistence.persistent_object'
 _FORMAT_VERSION = 1
+# The metadata layout of pickles written by the public StyleGAN2-ADA / StyleGAN3 / EG3D code.
+_RELEASE_LAYOUT_VERSION = 4
+_RELEASE_MODULE_NAME = 'embedded_module'
 
 # Per-process caches. Modules by a hash of (module name, source): lets a pickle reuse a module
 # that is already loaded instead of executing the same source twice.
@@ -229,3 +238,17 @@ def _reconstruct_persistent_object(meta: Dict[str, Any]) -> Any:
     else:
         obj.__dict__.update(state)
     return obj
+
+
+def _reconstruct_persistent_obj(meta: Dict[str, Any]) -> Any:
+    """Unpickling entry point of the public StyleGAN2-ADA / StyleGAN3 / EG3D pickles.
+
+    Their metadata {type: 'class', version: 4, module_src, class_name, state} is translated to
+    this module's layout, then handled like any other persistent object (import hooks included).
+    """
+    if meta.get('type') != 'class' or meta.get('version') != _RELEASE_LAYOUT_VERSION:
+        raise ValueError(f'persistence: unsupported persistent object of type {meta.get("type")!r} version '
+                         f'{meta.get("version")!r}; expected type \'class\' version {_RELEASE_LAYOUT_VERSION}')
+    return _reconstruct_persistent_object(dict(
+        format=_FORMAT, version=_FORMAT_VERSION, module_name=_RELEASE_MODULE_NAME, module_source=meta['module_src'],
+        class_name=meta['class_name'], state=meta['state'] if meta['state'] is not None else {}))
