@@ -1,11 +1,14 @@
 """Tests for torch_utils/ops/bias_act.py against formulas written out here, and the CUDA kernel against the reference."""
 
 import math
+import os
+import warnings
 
 import pytest
 import torch
 
 from tests.conftest import requires_cuda
+from torch_utils import custom_ops
 from torch_utils.ops import bias_act as bias_act_module
 from torch_utils.ops.bias_act import ACTIVATIONS, bias_act
 
@@ -210,3 +213,107 @@ def test_cuda_gradgradcheck(act):
     inputs = (x.cuda().requires_grad_(), b.cuda().requires_grad_())
     assert torch.autograd.gradcheck(function, inputs)
     assert torch.autograd.gradgradcheck(function, inputs)
+
+
+# The CUDA kernel's per-element math (bias_act.h) compiled for the CPU, so that its formulas and
+# the autograd wiring of the CUDA path are checked on machines without a GPU too.
+HOST_KERNEL_SOURCE = """
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include "bias_act.h"
+
+namespace py = pybind11;
+using Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+template <int KIND>
+void run(int mode, const double* input, const double* bias, const double* ref, double* out, py::ssize_t count,
+         double alpha, double gain, double clamp) {
+    for (py::ssize_t i = 0; i < count; ++i)
+        out[i] = bias_act_math::element<KIND, double>(mode, input[i], bias[i], ref[i], alpha, gain, clamp);
+}
+
+Array elementwise(int kind, int mode, Array input, Array bias, Array ref, double alpha, double gain, double clamp) {
+    Array out(input.size());
+    auto args = std::make_tuple(mode, input.data(), bias.data(), ref.data(), out.mutable_data(), input.size(),
+                                alpha, gain, clamp);
+    switch (kind) {
+        case kLinear: std::apply(run<kLinear>, args); break;
+        case kRelu: std::apply(run<kRelu>, args); break;
+        case kLrelu: std::apply(run<kLrelu>, args); break;
+        case kTanh: std::apply(run<kTanh>, args); break;
+        case kSigmoid: std::apply(run<kSigmoid>, args); break;
+        case kElu: std::apply(run<kElu>, args); break;
+        case kSelu: std::apply(run<kSelu>, args); break;
+        case kSoftplus: std::apply(run<kSoftplus>, args); break;
+        case kSwish: std::apply(run<kSwish>, args); break;
+        default: throw std::invalid_argument("unknown kind");
+    }
+    return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("elementwise", &elementwise); }
+"""
+
+
+class HostKernel:
+    """Stands in for the CUDA plugin with the same bias_act signature, on float64 CPU tensors."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def bias_act(self, input, bias, ref, kind, mode, ref_is_output, dim, alpha, gain, clamp):
+        assert input.dtype == torch.float64
+        input, bias, ref = input.detach(), bias.detach(), ref.detach()
+        assert mode == 0 or ref_is_output == (kind != ACTIVATIONS['swish'].kernel_id)
+        shape = [-1 if i == dim else 1 for i in range(input.ndim)]
+        bias = bias.reshape(shape).expand_as(input) if bias.numel() else torch.zeros_like(input)
+        ref = ref if ref.numel() else torch.zeros_like(input)
+        out = self.module.elementwise(kind, mode, input.numpy(), bias.contiguous().numpy(), ref.contiguous().numpy(),
+                                      alpha, gain, clamp)
+        return torch.from_numpy(out).reshape(input.shape)
+
+
+@pytest.fixture(scope='module')
+def host_kernel(tmp_path_factory):
+    source_dir = tmp_path_factory.mktemp('bias_act_host')
+    (source_dir / 'bias_act_host.cpp').write_text(HOST_KERNEL_SOURCE)
+    header = os.path.join(os.path.dirname(bias_act_module.__file__), 'bias_act.h')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', custom_ops.PluginUnavailableWarning)
+        module = custom_ops.get_plugin('bias_act_host_kernel', [str(source_dir / 'bias_act_host.cpp')],
+                                       headers=[header], extra_cflags=['-O1', '-std=c++17'])
+    return HostKernel(module)
+
+
+def kernel_path(x, b, act, gain=None, clamp=None, dim=1):
+    """bias_act through the CUDA path's autograd Functions (the plugin patched in by the caller)."""
+    spec, dim, alpha, gain = bias_act_module._check_arguments(x, b, dim, act, None, gain, clamp)
+    return bias_act_module._BiasActCuda.apply(x, b, bias_act_module._kernel_config(spec, dim, alpha, gain, clamp))
+
+
+@pytest.mark.parametrize('act', list(ACTIVATIONS))
+def test_kernel_math_matches_reference_to_second_order(act, host_kernel, monkeypatch):
+    monkeypatch.setattr(bias_act_module, '_plugin', lambda require_device=True: host_kernel)
+    generator = torch.Generator().manual_seed(6)
+    b = torch.randn(4, dtype=torch.float64, generator=generator)
+    x = points_away_from_kinks((3, 4, 5), b, 1, generator, margin=0.05)
+    for gain, clamp in ((None, None), (1.7, 1.2), (-0.8, None)):
+        results = []
+        for function in (kernel_path, lambda *args, **kwargs: bias_act(*args, impl='ref', **kwargs)):
+            xg, bg = x.clone().requires_grad_(), b.clone().requires_grad_()
+            y = function(xg, bg, act=act, gain=gain, clamp=clamp)
+            upstream = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape(y.shape)
+            grad_x, grad_b = torch.autograd.grad((y * upstream).sum(), [xg, bg], create_graph=True)
+            penalty = grad_x.square().sum() + (grad_b * torch.arange(4.0, dtype=torch.float64)).sum()
+            if penalty.requires_grad:
+                second = torch.autograd.grad(penalty, [xg, bg], allow_unused=True, materialize_grads=True)
+            else:  # piecewise-linear activations: the reference's gradient is a constant
+                second = (torch.zeros_like(x), torch.zeros_like(b))
+            results.append((y, grad_x, grad_b, *second))
+        for name, kernel, reference in zip(('y', 'dx', 'db', 'd2x', 'd2b'), *results):
+            torch.testing.assert_close(kernel, reference, rtol=1e-10, atol=1e-12,
+                                       msg=lambda m: f'{act} gain={gain} clamp={clamp} {name}: {m}')
+
+    inputs = (x.clone().requires_grad_(), b.clone().requires_grad_())
+    assert torch.autograd.gradcheck(lambda x, b: kernel_path(x, b, act, gain=1.3), inputs)
+    assert torch.autograd.gradgradcheck(lambda x, b: kernel_path(x, b, act, gain=1.3), inputs)

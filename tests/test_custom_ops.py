@@ -60,6 +60,17 @@ def test_builds_imports_and_caches_a_cpp_plugin(tmp_path, extensions_dir, monkey
     assert not os.path.exists(os.path.join(os.path.dirname(reloaded.__file__), custom_ops.LOCK_FILE_NAME))
 
 
+def test_truncated_library_is_rebuilt(tmp_path, extensions_dir):
+    source = write_source(tmp_path / 'src', TINY_SOURCE.replace('OFFSET', '5'))
+    name = unique_name('truncated')
+    build_dir = custom_ops.build_directory(name, [source], [], {})
+    os.makedirs(build_dir)
+    with open(os.path.join(build_dir, name + '.so'), 'wb') as library:
+        library.write(b'\x7fELF cut short')
+    plugin = custom_ops.get_plugin(name, [source])
+    assert plugin is not None and plugin.add_offset(1) == 6
+
+
 def test_build_directory_follows_source_contents_and_options(tmp_path, extensions_dir):
     source = write_source(tmp_path, TINY_SOURCE.replace('OFFSET', '1'))
     first = custom_ops.build_directory('tiny', [source], [], {})

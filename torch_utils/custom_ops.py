@@ -154,7 +154,7 @@ def _build_and_import(module_name: str, sources: list[str], headers: list[str], 
             try:
                 return _import_library(module_name, library_path)
             except ImportError:
-                pass
+                os.remove(library_path)  # Otherwise ninja would take the broken library as up to date.
         # All builders of this folder hold our lock, so torch's own lock, if present, is a leftover.
         torch_lock = os.path.join(build_dir, _TORCH_LOCK_FILE_NAME)
         if os.path.exists(torch_lock):

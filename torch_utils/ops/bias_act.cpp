@@ -55,7 +55,6 @@ torch::Tensor bias_act(torch::Tensor input, torch::Tensor bias, torch::Tensor re
     BiasActParams params;
     params.kind = static_cast<int>(kind);
     params.mode = static_cast<int>(mode);
-    params.ref_is_output = ref_is_output;
     params.alpha = alpha;
     params.gain = gain;
     params.clamp = clamp;

@@ -58,8 +58,7 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
     """
     spec, dim, alpha, gain = _check_arguments(x, b, dim, act, alpha, gain, clamp)
     if custom_ops.choose_impl(impl, x, _plugin) == 'cuda':
-        config = _KernelConfig(spec.kernel_id, spec.derivative_uses == 'y', spec.has_second_derivative,
-                               dim, float(alpha or 0.0), float(gain), -1.0 if clamp is None else float(clamp))
+        config = _kernel_config(spec, dim, alpha, gain, clamp)
         return _BiasActCuda.apply(x, None if b is None else b.to(x.dtype), config)
     return _bias_act_ref(x, b, dim, act, alpha, gain, clamp)
 
@@ -149,6 +148,11 @@ class _KernelConfig(NamedTuple):
     alpha: float
     gain: float
     clamp: float  # < 0: no clamp
+
+
+def _kernel_config(spec: Activation, dim: int, alpha: float | None, gain: float, clamp: float | None) -> _KernelConfig:
+    return _KernelConfig(spec.kernel_id, spec.derivative_uses == 'y', spec.has_second_derivative,
+                         dim, float(alpha or 0.0), float(gain), -1.0 if clamp is None else float(clamp))
 
 
 def _run_kernel(config: _KernelConfig, mode: int, values: torch.Tensor, bias: torch.Tensor | None,
