@@ -58,6 +58,7 @@ class BodyModel(torch.nn.Module):
     Only the neck (joint 12) and the head (joint 15) rotate; the shape is fixed at
     construction. Posing restricts the skinning to the vertices those joints can move (the
     rest keep their canonical positions), and equals the full SMPL forward there.
+    Buffers are float32 and follow `.to(device)` / `.double()`; none depends on a batch size.
     """
 
     def __init__(self,
@@ -130,7 +131,8 @@ class BodyModel(torch.nn.Module):
         self.register_buffer('box_faces', faces[box_face_mask])
         self.register_buffer('moving_vertex_ids', moving_ids)
         self.register_buffer('moving_weights', moving_weights[moving_ids].to(torch.float32))
-        self.register_buffer('pose_basis',  # [18, Vm*3]: pose blend shapes of the neck and head.
+        # [18, Vm*3]: pose blend shapes driven by the neck and head rotations; [0, Vm*3] if none.
+        self.register_buffer('pose_basis',
                              torch.zeros(0, 3 * len(moving_ids)) if pose_basis is None else
                              pose_basis[:, moving_ids].reshape(pose_basis.shape[0], -1).to(torch.float32))
 
