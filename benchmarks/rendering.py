@@ -1,0 +1,87 @@
+"""Timings of the rendering kernels on CPU: tri-grid sampling (gather vs grid_sample) and the ray marcher.
+
+Run from the repository root:  python -m benchmarks.rendering [--points 400000] [--reps 3]
+Each figure is the best of `--reps` runs, in milliseconds, with 2 threads.
+"""
+
+import argparse
+import functools
+import os
+import time
+
+import torch
+
+from training.volumetric_rendering.ray_marcher import march
+from training.volumetric_rendering.trigrid import sample_trigrid
+
+
+def best_times_ms(functions: dict, reps: int) -> dict:
+    """Best wall time of each function in ms; the functions take turns so that load from
+    other processes affects them alike."""
+    best = {name: float('inf') for name in functions}
+    for _ in range(reps):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: seconds * 1000 for name, seconds in best.items()}
+
+
+def time_trigrid(num_points: int, reps: int) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    planes = torch.randn(1, 3, 32, 3, 256, 256, generator=generator).requires_grad_(True)
+    # Slightly larger than the box so that the zero-padding branch is exercised too.
+    points = ((torch.rand(1, num_points, 3, generator=generator) * 2 - 1) * 0.55).requires_grad_(True)
+
+    def forward(fast):
+        with torch.no_grad():
+            sample_trigrid(planes, points, box_warp=1.0, fast=fast)
+
+    def forward_backward(fast):
+        features = sample_trigrid(planes, points, box_warp=1.0, fast=fast)
+        torch.autograd.grad(features.sum(), (planes, points))
+
+    functions = {}
+    for name, fast in (('gather', True), ('grid_sample', False)):
+        functions[f'tri-grid {name} fwd'] = functools.partial(forward, fast)
+    for name, fast in (('gather', True), ('grid_sample', False)):
+        functions[f'tri-grid {name} fwd+bwd (planes, points)'] = functools.partial(forward_backward, fast)
+    return best_times_ms(functions, reps)
+
+
+def time_marcher(reps: int) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    rays, samples, channels = 4096, 96, 32
+    colors = torch.randn(1, rays, samples, channels, generator=generator).requires_grad_(True)
+    densities = torch.randn(1, rays, samples, 1, generator=generator).requires_grad_(True)
+    depths = torch.sort(2.25 + 1.05 * torch.rand(1, rays, samples, 1, generator=generator), dim=2).values
+
+    def forward():
+        with torch.no_grad():
+            march(colors, densities, depths)
+
+    def forward_backward():
+        features, depth, _, acc = march(colors, densities, depths)
+        torch.autograd.grad(features.sum() + depth.sum() + acc.sum(), (colors, densities))
+
+    return best_times_ms({f'marcher fwd [1, {rays}, {samples}, {channels}]': forward,
+                          f'marcher fwd+bwd [1, {rays}, {samples}, {channels}]': forward_backward}, reps)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--points', type=int, default=400_000, help='sample points per plane (3 planes of [32, 3, 256, 256])')
+    parser.add_argument('--reps', type=int, default=3, help='timed repetitions; the best is reported')
+    parser.add_argument('--threads', type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, {args.points} points, best of {args.reps}, '
+          f'load average {os.getloadavg()[0]:.2f} (other processes slow every figure down)')
+    results = {**time_trigrid(args.points, args.reps), **time_marcher(args.reps)}
+    for name, milliseconds in results.items():
+        print(f'{name:<50s} {milliseconds:9.1f} ms')
+    print(f'load average at the end {os.getloadavg()[0]:.2f}')
+
+
+if __name__ == '__main__':
+    main()
