@@ -39,14 +39,14 @@ def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, num_samples: int, dete
 
 @torch.no_grad()
 def importance_depths(coarse_depths: torch.Tensor, coarse_weights: torch.Tensor, num_importance: int,
-                      deterministic: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: torch.Generator | None = None, deterministic: bool = False) -> torch.Tensor:
     """Fine sample depths concentrated where the coarse pass put its compositing weight.
 
     coarse_depths [B, R, S, 1] (sorted), coarse_weights [B, R, S-1, 1] -> fine depths
     [B, R, num_importance, 1] (unsorted, no gradient)
     The weights are smoothed (max-pool kernel 2, then average-pool kernel 2, plus 0.01 so that
     no interval is starved); the pdf uses the inner S-3 smoothed weights over the intervals
-    between the first S-2 midpoints of the coarse depths.
+    between the first S-2 midpoints of the coarse depths. Drawn as in `sample_pdf`.
     """
     batch, num_rays, num_coarse, _ = coarse_depths.shape
     depths = coarse_depths.reshape(batch * num_rays, num_coarse)
@@ -54,7 +54,8 @@ def importance_depths(coarse_depths: torch.Tensor, coarse_weights: torch.Tensor,
     weights = F.avg_pool1d(F.max_pool1d(weights, 2, 1, padding=1), 2, 1).squeeze(1) + 0.01
 
     midpoints = (depths[:, :-1] + depths[:, 1:]) / 2
-    fine = sample_pdf(midpoints[:, :-1], weights[:, 1:-1], num_importance, deterministic, generator)
+    fine = sample_pdf(midpoints[:, :-1], weights[:, 1:-1], num_importance, deterministic=deterministic,
+                      generator=generator)
     return fine.reshape(batch, num_rays, num_importance, 1)
 
 

@@ -42,14 +42,14 @@ class VolumeRenderer(torch.nn.Module):
                 f'depth_resolution_importance={self.depth_resolution_importance}, box_warp={self.box_warp}, '
                 f'crop_threshold={self.crop_threshold}, fast_sampler={self.fast_sampler}')
 
-    def forward(self, planes: torch.Tensor, decoder: Decoder, ray_origins: torch.Tensor, ray_directions: torch.Tensor,
+    def forward(self, planes: torch.Tensor, decoder: Decoder, ray_origins: torch.Tensor, ray_dirs: torch.Tensor,
                 deform: Deform | None = None, density_noise: float = 0.0, depth_resolution: int | None = None,
                 depth_resolution_importance: int | None = None, ray_start: float | None = None,
                 ray_end: float | None = None, deterministic: bool = False,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Render rays through the tri-grid.
 
-        planes [B, 3, C, D, H, W], ray_origins [B, R, 3], ray_directions [B, R, 3] (unit)
+        planes [B, 3, C, D, H, W], ray_origins [B, R, 3], ray_dirs [B, R, 3] (unit directions)
         -> features [B, R, C_out], depth [B, R, 1], acc [B, R, 1]
 
         Sample points live in posed space; `deform` (if given) maps them to the canonical space of
@@ -67,15 +67,16 @@ class VolumeRenderer(torch.nn.Module):
 
         coarse_depths = stratified_depths(batch, num_rays, num_coarse, start, end, deterministic, generator,
                                           dtype=ray_origins.dtype, device=ray_origins.device)
-        coarse_rgb, coarse_sigma = self._evaluate_along_rays(planes, decoder, ray_origins, ray_directions,
+        coarse_rgb, coarse_sigma = self._evaluate_along_rays(planes, decoder, ray_origins, ray_dirs,
                                                              coarse_depths, deform, density_noise, generator)
         if num_fine == 0:
             depths, rgb, sigma = coarse_depths, coarse_rgb, coarse_sigma
         else:
             with torch.no_grad():
                 _, _, coarse_weights, _ = march(coarse_rgb, coarse_sigma, coarse_depths)
-            fine_depths = importance_depths(coarse_depths, coarse_weights, num_fine, deterministic, generator)
-            fine_rgb, fine_sigma = self._evaluate_along_rays(planes, decoder, ray_origins, ray_directions,
+            fine_depths = importance_depths(coarse_depths, coarse_weights, num_fine, generator=generator,
+                                            deterministic=deterministic)
+            fine_rgb, fine_sigma = self._evaluate_along_rays(planes, decoder, ray_origins, ray_dirs,
                                                              fine_depths, deform, density_noise, generator)
             depths, rgb, sigma = merge_samples(coarse_depths, coarse_rgb, coarse_sigma, fine_depths, fine_rgb, fine_sigma)
         features, depth, _, acc = march(rgb, sigma, depths)
