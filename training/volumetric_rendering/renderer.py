@@ -111,7 +111,7 @@ class VolumeRenderer(torch.nn.Module):
                                                         device=sigma.device)
         limit = self.box_warp / 2 - self.crop_threshold
         outside = (points[..., 0:1].abs() > limit) | (points[..., 2:3].abs() > limit)
-        sigma = torch.where(outside, torch.full_like(sigma, CROPPED_DENSITY), sigma)
+        sigma = sigma.masked_fill(outside, CROPPED_DENSITY)
         return rgb.reshape(batch, num_rays, num_samples, -1), sigma.reshape(batch, num_rays, num_samples, 1)
 
 
