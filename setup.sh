@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One-step set-up on a fresh machine: the system libraries for headless OpenGL mesh renders
+# (Mesa EGL), then a virtual environment in .venv with the pinned Python packages.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+gl_packages="libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri"
+if ! ldconfig -p 2>/dev/null | grep -q 'libEGL_mesa.so.0'; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $gl_packages
+    else
+        echo "setup.sh: Mesa EGL is missing; install it as root with: apt-get install $gl_packages" >&2
+    fi
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
