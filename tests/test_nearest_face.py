@@ -1,0 +1,214 @@
+"""Tests for training/body/nearest_face.py: the closest-point kernel against trimesh, the brute
+force against an exhaustive oracle, and the fcpw search against the brute force."""
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from training.body.body_model import BodyModel
+from training.body.nearest_face import (NearestFaceSearch, closest_point_on_faces, fcpw_available,
+                                        nearest_faces, resolve_backend)
+
+requires_fcpw = pytest.mark.skipif(not fcpw_available(), reason='fcpw is not installed (pip install fcpw==1.2.0)')
+
+TIE = 1e-6  # squared distance within which two faces count as equally near
+
+
+@pytest.fixture(scope='module')
+def body():
+    return BodyModel.embedded()
+
+
+def bumpy_sphere(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A small closed mesh with uneven triangles: an icosphere with jittered vertices.
+
+    -> vertices [V, 3] float64, faces [F, 3] int64 (320 faces)
+    """
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.3)
+    rng = np.random.default_rng(seed)
+    vertices = sphere.vertices * rng.uniform(0.8, 1.2, size=(len(sphere.vertices), 1))
+    return vertices, np.asarray(sphere.faces, dtype=np.int64)
+
+
+def points_around(vertices: np.ndarray, faces: np.ndarray, count: int, seed: int,
+                  spread: float) -> np.ndarray:
+    """Half the points near the surface (triangle samples pushed off by up to 5 cm), half
+    uniform in the bounding box widened by `spread`. -> [count, 3]"""
+    rng = np.random.default_rng(seed)
+    near = count // 2
+    face = rng.integers(len(faces), size=near)
+    bary = rng.dirichlet(np.ones(3), size=near)
+    surface = np.einsum('nk,nkd->nd', bary, vertices[faces[face]])
+    surface += rng.normal(scale=0.05 / np.sqrt(3), size=surface.shape)
+    low, high = vertices.min(0) - spread, vertices.max(0) + spread
+    return np.concatenate([surface, rng.uniform(low, high, size=(count - near, 3))])
+
+
+def exhaustive_squared_distances(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Oracle: trimesh's closest point for every (point, face) pair. -> [N, F] float64"""
+    triangles = np.broadcast_to(vertices[faces][None], (len(points), len(faces), 3, 3)).reshape(-1, 3, 3)
+    queries = np.repeat(points, len(faces), axis=0)
+    closest = trimesh.triangles.closest_point(triangles, queries)
+    return ((queries - closest) ** 2).sum(-1).reshape(len(points), len(faces))
+
+
+def face_squared_distance(points: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor,
+                          face_index: torch.Tensor) -> torch.Tensor:
+    """float64 squared distance of each point to the given face. -> [N]"""
+    corners = vertices.double()[faces[face_index]]
+    return closest_point_on_faces(points.double(), corners[:, 0], corners[:, 1], corners[:, 2])[1]
+
+
+def assert_same_nearest(points, vertices, faces, max_distance, expected, actual):
+    """`actual` (face_index, squared_distance) names the nearest face of `expected` or an equally near one."""
+    expected_face, expected_sq = expected
+    actual_face, actual_sq = actual
+    assert actual_face.dtype == torch.long and actual_sq.dtype == points.dtype
+    found = expected_face >= 0
+    if max_distance is not None:
+        # Only a point whose distance is within rounding of the cut-off may be found by one and not the other.
+        boundary = (expected_sq - max_distance ** 2).abs() < TIE
+        assert ((actual_face >= 0) == found)[~boundary].all()
+        found &= actual_face >= 0
+    else:
+        assert found.all() and (actual_face >= 0).all()
+    assert torch.isinf(actual_sq[actual_face < 0]).all()
+    same = actual_face[found] == expected_face[found]
+    gap = (face_squared_distance(points[found], vertices, faces, actual_face[found])
+           - face_squared_distance(points[found], vertices, faces, expected_face[found]))
+    assert (same | (gap.abs() < TIE)).all(), f'{(~same & (gap.abs() >= TIE)).sum()} different faces that are not ties'
+    torch.testing.assert_close(actual_sq[found].double(), expected_sq[found].double(), atol=TIE, rtol=0)
+    return same.float().mean().item()
+
+
+def test_closest_point_matches_trimesh_in_every_region():
+    rng = np.random.default_rng(0)
+    triangles = rng.normal(size=(4000, 3, 3))
+    # Points spread well beyond the triangles reach all three vertex and edge regions.
+    points = triangles.mean(axis=1) + rng.normal(scale=1.5, size=(4000, 3))
+    expected = trimesh.triangles.closest_point(triangles, points)
+    corners = torch.from_numpy(triangles)
+    closest, squared = closest_point_on_faces(torch.from_numpy(points), corners[:, 0], corners[:, 1], corners[:, 2])
+    np.testing.assert_allclose(closest.numpy(), expected, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(squared.numpy(), ((points - expected) ** 2).sum(-1), atol=1e-12, rtol=0)
+
+    bary = trimesh.triangles.points_to_barycentric(triangles, expected)
+    zeros = (np.abs(bary) < 1e-9).sum(-1)
+    assert (zeros == 0).sum() > 100 and (zeros == 1).sum() > 100 and (zeros == 2).sum() > 100
+
+
+def test_closest_point_analytic_cases():
+    triangle = torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 2.0, 0.0]], dtype=torch.float64)
+    points = torch.tensor([[0.5, 0.5, 0.3],    # above the interior
+                           [-1.0, -1.0, 0.0],  # beyond vertex a
+                           [3.0, -1.0, 0.0],   # beyond vertex b
+                           [1.0, -2.0, 1.0],   # beyond edge ab
+                           [2.0, 2.0, 0.0]],   # beyond edge bc
+                          dtype=torch.float64)
+    corners = triangle.expand(len(points), 3, 3)
+    closest, squared = closest_point_on_faces(points, corners[:, 0], corners[:, 1], corners[:, 2])
+    expected = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [1.0, 0.0, 0.0],
+                             [1.0, 1.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(closest, expected, atol=1e-15, rtol=0)
+    torch.testing.assert_close(squared, torch.tensor([0.09, 2.0, 2.0, 5.0, 2.0], dtype=torch.float64),
+                               atol=1e-15, rtol=0)
+
+
+def test_closest_point_gradcheck():
+    rng = np.random.default_rng(1)
+    triangles = torch.from_numpy(rng.normal(size=(24, 3, 3)))
+    points = triangles.mean(dim=1) + torch.from_numpy(rng.normal(scale=1.5, size=(24, 3)))
+    inputs = [tensor.clone().requires_grad_(True) for tensor in
+              (points, triangles[:, 0], triangles[:, 1], triangles[:, 2])]
+    assert torch.autograd.gradcheck(lambda *args: closest_point_on_faces(*args), inputs, eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('max_distance', [None, 0.08])
+def test_brute_force_matches_exhaustive_oracle(max_distance):
+    vertices, faces = bumpy_sphere(seed=2)
+    points = points_around(vertices, faces, 300, seed=3, spread=0.3)
+    oracle = exhaustive_squared_distances(points, vertices, faces)
+    nearest = oracle.min(axis=1)
+
+    vertices_t, faces_t = torch.from_numpy(vertices), torch.from_numpy(faces)
+    for chunk_size in (1, 1000, 1 << 20):
+        face, squared = nearest_faces(torch.from_numpy(points), vertices_t, faces_t, max_distance,
+                                      backend='brute', chunk_size=chunk_size)
+        found = np.ones(len(points), bool) if max_distance is None else nearest < max_distance ** 2
+        assert found.any() and (max_distance is None or not found.all())
+        np.testing.assert_array_equal(face.numpy() >= 0, found)
+        np.testing.assert_allclose(squared.numpy()[found], nearest[found], atol=1e-12, rtol=0)
+        assert np.isinf(squared.numpy()[~found]).all()
+        np.testing.assert_allclose(oracle[found, face.numpy()[found]], nearest[found], atol=1e-12, rtol=0)
+
+
+def test_max_distance_is_a_strict_cut_off():
+    # The far second triangle widens the bounding box, so the cut-off itself is tested.
+    vertices = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0],
+                             [10.0, 10.0, 1.0], [11.0, 10.0, 1.0], [10.0, 11.0, 1.0]])
+    faces = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    points = torch.tensor([[0.25, 0.25, 0.25], [0.25, 0.25, 0.5], [0.25, 0.25, -0.75], [5.0, 5.0, 5.0]])
+    for backend in ('brute',) + (('fcpw',) if fcpw_available() else ()):
+        face, squared = nearest_faces(points, vertices, faces, max_distance=0.5, backend=backend)
+        assert face.tolist() == [0, -1, -1, -1]
+        assert squared[0].item() == 0.0625 and torch.isinf(squared[1:]).all()
+
+
+@requires_fcpw
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('max_distance', [None, 0.1])
+def test_fcpw_matches_brute_force_on_a_small_mesh(dtype, max_distance):
+    vertices, faces = bumpy_sphere(seed=4)
+    points = torch.from_numpy(points_around(vertices, faces, 4000, seed=5, spread=0.5)).to(dtype)
+    vertices_t, faces_t = torch.from_numpy(vertices).to(dtype), torch.from_numpy(faces)
+    expected = nearest_faces(points, vertices_t, faces_t, max_distance, backend='brute')
+    actual = nearest_faces(points, vertices_t, faces_t, max_distance, backend='fcpw')
+    assert_same_nearest(points, vertices_t, faces_t, max_distance, expected, actual)
+
+
+@requires_fcpw
+@pytest.mark.parametrize('dtype, max_distance', [(torch.float32, 0.25), (torch.float64, None)])
+def test_fcpw_matches_brute_force_on_the_posed_body(body, dtype, max_distance):
+    pose = 0.4 * torch.randn(1, 6, generator=torch.Generator().manual_seed(6))
+    vertices = body.pose(pose)[0].to(dtype)
+    faces = body.box_faces
+    points = torch.from_numpy(points_around(vertices.double().numpy(), faces.numpy(), 2000, seed=7,
+                                            spread=0.3)).to(dtype)
+    expected = nearest_faces(points, vertices, faces, max_distance, backend='brute')
+    actual = nearest_faces(points, vertices, faces, max_distance, backend='fcpw')
+    same_fraction = assert_same_nearest(points, vertices, faces, max_distance, expected, actual)
+    assert same_fraction > 0.3  # the rest are ties at shared vertices and edges
+    if max_distance is not None:
+        assert 0.2 < (expected[0] >= 0).float().mean() < 0.9
+
+
+def test_search_structure_answers_repeated_queries(body):
+    vertices = body.canonical_vertices[0]
+    search = NearestFaceSearch(vertices, body.box_faces)
+    points = torch.from_numpy(points_around(vertices.double().numpy(), body.box_faces.numpy(), 400, seed=8,
+                                            spread=0.2)).float()
+    first = search.query(points[:200], 0.25)
+    second = search.query(points[200:], 0.25)
+    whole = nearest_faces(points, vertices, body.box_faces, 0.25)
+    assert torch.equal(torch.cat([first[0], second[0]]), whole[0])
+    assert torch.equal(torch.cat([first[1], second[1]]), whole[1])
+
+
+@pytest.mark.parametrize('backend', ['brute', 'auto'])
+def test_empty_inputs(backend):
+    vertices = torch.rand(5, 3, dtype=torch.float64)
+    faces = torch.tensor([[0, 1, 2], [2, 3, 4]])
+    face, squared = nearest_faces(torch.zeros(0, 3, dtype=torch.float64), vertices, faces, 0.25, backend)
+    assert face.shape == (0,) and squared.shape == (0,) and squared.dtype == torch.float64
+    face, squared = nearest_faces(torch.rand(4, 3), vertices.float(), torch.zeros(0, 3, dtype=torch.long), None, backend)
+    assert face.tolist() == [-1] * 4 and torch.isinf(squared).all()
+
+
+def test_backend_resolution():
+    assert resolve_backend('auto', torch.device('cpu')) == ('fcpw' if fcpw_available() else 'brute')
+    # CUDA tensors always take the chunked brute force on the GPU.
+    assert resolve_backend('auto', torch.device('cuda')) == 'brute'
+    assert resolve_backend('brute', torch.device('cpu')) == 'brute'
+    with pytest.raises(ValueError, match='one of auto, fcpw, brute'):
+        resolve_backend('kdtree', torch.device('cpu'))
