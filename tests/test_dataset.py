@@ -383,3 +383,26 @@ def test_pickled_dataset_reopens_its_zip(tmp_path):
             np.testing.assert_array_equal(ours, theirs)
     dataset.close()
     np.testing.assert_array_equal(copy[3][1][0], src.masks[3])
+
+
+def test_png_decoder_output_layouts(tmp_path, monkeypatch):
+    # pyspng, when installed, returns [H, W] for grayscale and [H, W, 3] for RGB; a stand-in with
+    # that contract checks the reshaping around it whether or not pyspng is present here.
+    import training.dataset as dataset_module
+
+    class StandIn:
+        calls = 0
+
+        @classmethod
+        def load(cls, data: bytes) -> np.ndarray:
+            cls.calls += 1
+            return decode(data)
+
+    monkeypatch.setattr(dataset_module, 'pyspng', StandIn)
+    src = make_source()
+    dataset = PortraitDataset(write(tmp_path / 'data', image_files(src), True),
+                              write(tmp_path / 'seg', mask_files(src), True))
+    image, mask, _, _ = dataset[2]
+    assert StandIn.calls == 2
+    np.testing.assert_array_equal(image, src.images[2].transpose(2, 0, 1))
+    np.testing.assert_array_equal(mask, src.masks[2][np.newaxis])

@@ -28,6 +28,7 @@ from typing import BinaryIO, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 import dnnlib
 from training.camera_utils import flip_camera, flip_pose
@@ -292,10 +293,7 @@ def _scan(path: str, seg_path: str, use_labels: bool, decode: bool,
             if is_image_name(name):
                 mask_candidates[stem(name)].append(name)
 
-    names = image_names
-    if progress:
-        from tqdm import tqdm
-        names = tqdm(image_names, desc='checking', unit='img')
+    names = tqdm(image_names, desc='checking', unit='img') if progress else image_names
     sizes: Dict[str, Tuple[int, int]] = {}
     mask_names: List[str] = []
     mask_modes: List[str] = []

@@ -1,0 +1,310 @@
+"""Prepare and check portrait datasets for training.
+
+convert: turn a source collection of images, person masks and labels into the two datasets that
+training reads (images + dataset.json, masks), at one square resolution, in one run:
+
+    python dataset_tool.py convert --source ~/360PHQ --dest data/portraits-64.zip \\
+        --seg-dest data/portraits-64-seg.zip --resolution 64
+
+The source is a folder or a zip archive laid out as
+
+    dataset.json          {"labels": [[name, [31 numbers]], ...]}, 25 camera + 6 pose values;
+                          names are relative to images/ (an 'images/' prefix is accepted too)
+    images/...            the images, any size and format PIL reads, at any depth
+    masks/... or seg/...  one person mask per image at the same relative path; only the
+                          extension may differ
+
+(--images-dir, --masks-dir and --labels name other places). Images are written as RGB and masks
+as 8-bit grayscale PNG, both named '{idx//1000:05d}/img{idx:08d}.png' in the sorted order of the
+source images, and each label is copied unchanged under the new name. A destination ending in
+.zip is written as a zip archive, anything else as a folder; both appear only when complete.
+
+check: list every problem of a converted dataset (labels, pairing, sizes, modes, damaged files):
+
+    python dataset_tool.py check --data data/portraits-64.zip --seg-data data/portraits-64-seg.zip
+"""
+
+import dataclasses
+import io
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from typing import List, Optional
+
+import click
+from PIL import Image
+from tqdm import tqdm
+
+from training.dataset import (LABELS_FILE, DatasetError, FileTree, PortraitDataset, check_dataset,
+                              is_image_name, read_labels, stem)
+
+MASK_DIR_DEFAULTS = ('masks', 'seg')
+MAX_LISTED = 5
+ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # fixed, so that the same input gives the same archive
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs that appear only when complete.
+
+class _ZipOutput:
+    """A zip archive written to a temporary file beside `path` and renamed over it on commit."""
+
+    def __init__(self, path: str):
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, self._temp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=directory)
+        os.close(fd)
+        # Stored, not deflated: PNG is compressed already, and stored members read fastest.
+        self._zip = zipfile.ZipFile(self._temp, 'w', compression=zipfile.ZIP_STORED)
+
+    def add(self, name: str, data: bytes) -> None:
+        self._zip.writestr(zipfile.ZipInfo(name, date_time=ZIP_TIMESTAMP), data)
+
+    def commit(self) -> None:
+        self._zip.close()
+        with open(self._temp, 'rb+') as file:
+            os.fsync(file.fileno())
+        os.chmod(self._temp, 0o644)  # mkstemp makes owner-only files
+        os.replace(self._temp, self.path)
+
+    def abort(self) -> None:
+        self._zip.close()
+        if os.path.exists(self._temp):
+            os.remove(self._temp)
+
+
+class _FolderOutput:
+    """A folder filled under a temporary name beside `path` and renamed to it on commit."""
+
+    def __init__(self, path: str):
+        self.path = path
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        self._temp = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.normpath(path))}.', suffix='.tmp', dir=parent)
+
+    def add(self, name: str, data: bytes) -> None:
+        target = os.path.join(self._temp, *name.split('/'))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, 'wb') as file:
+            file.write(data)
+
+    def commit(self) -> None:
+        os.chmod(self._temp, 0o755)  # mkdtemp makes owner-only folders
+        if os.path.isdir(self.path):
+            os.rmdir(self.path)  # checked empty before the run
+        os.replace(self._temp, self.path)
+
+    def abort(self) -> None:
+        shutil.rmtree(self._temp, ignore_errors=True)
+
+
+def _check_destination(path: str, option: str) -> None:
+    if path.lower().endswith('.zip'):
+        if os.path.isdir(path):
+            raise click.BadParameter(f'{path} is a folder; name a zip file or a folder without .zip', param_hint=option)
+    elif os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise click.BadParameter(f'{path} exists and is not an empty folder; choose a new name, or end it in '
+                                 f'.zip to write a zip archive', param_hint=option)
+
+
+def _open_output(path: str):
+    return _ZipOutput(path) if path.lower().endswith('.zip') else _FolderOutput(path)
+
+
+# ------------------------------------------------------------------------------------------------
+# Source.
+
+@dataclasses.dataclass
+class _SourceItem:
+    image: str         # path inside the source
+    mask: str          # path inside the source
+    label_name: str    # name as written in the source dataset.json
+    label: list        # 31 numbers, copied unchanged
+
+
+def _listed(items: List[str]) -> str:
+    more = f' and {len(items) - MAX_LISTED} more' if len(items) > MAX_LISTED else ''
+    return ', '.join(items[:MAX_LISTED]) + more
+
+
+def _prefix(folder: str) -> str:
+    folder = folder.strip('/')
+    return '' if folder in ('', '.') else folder + '/'
+
+
+def _read_source(tree: FileTree, images_dir: str, masks_dir: Optional[str], labels_file: str) -> List[_SourceItem]:
+    """Pair every source image with its mask and label, in sorted order; any gap is a click error."""
+    source = tree.path
+    image_prefix = _prefix(images_dir)
+    images = [name for name in tree.names if name.startswith(image_prefix) and is_image_name(name)]
+    if not images:
+        raise click.ClickException(f"{source}: no images under '{image_prefix}'; pass --images-dir "
+                                   f"(the folder inside the source that holds the images)")
+
+    if masks_dir is None:
+        masks_dir = next((folder for folder in MASK_DIR_DEFAULTS
+                          if any(name.startswith(folder + '/') and is_image_name(name) for name in tree.names)), None)
+        if masks_dir is None:
+            raise click.ClickException(f"{source}: no masks under 'masks/' or 'seg/'; pass --masks-dir")
+    mask_prefix = _prefix(masks_dir)
+    masks_by_stem = {}
+    for name in tree.names:
+        if name.startswith(mask_prefix) and is_image_name(name):
+            masks_by_stem.setdefault(stem(name[len(mask_prefix):]), []).append(name)
+
+    problems: List[str] = []
+    labels = read_labels(tree, problems, labels_file.strip('/'))
+    if labels is None or problems:
+        raise click.ClickException(f'{len(problems)} label problems: ' + ' | '.join(problems[:MAX_LISTED]))
+    # Names may be relative to the images folder or to the source.
+    labels = {name.removeprefix(image_prefix): (name, value) for name, value in labels.items()}
+
+    items, unlabelled, unmasked, ambiguous = [], [], [], []
+    for name in images:
+        relative = name[len(image_prefix):]
+        candidates = masks_by_stem.get(stem(relative), [])
+        if relative not in labels:
+            unlabelled.append(relative)
+        elif not candidates:
+            unmasked.append(relative)
+        elif len(candidates) > 1:
+            ambiguous.append(f"{relative} ({', '.join(candidates)})")
+        else:
+            label_name, value = labels[relative]
+            items.append(_SourceItem(name, candidates[0], label_name, value.tolist()))
+    where = tree.display(labels_file.strip('/'))
+    if unlabelled:
+        raise click.ClickException(f'{where}: {len(unlabelled)} images have no label: {_listed(unlabelled)}; '
+                                   f'add their entries or remove the images')
+    if unmasked:
+        raise click.ClickException(f"{source}: {len(unmasked)} images have no mask under '{mask_prefix}' "
+                                   f"(same relative path, any image extension): {_listed(unmasked)}")
+    if ambiguous:
+        raise click.ClickException(f"{source}: {len(ambiguous)} images have several masks: {_listed(ambiguous)}; "
+                                   f"keep one each")
+    unused = len(labels) - len(items)
+    if unused:
+        click.echo(f'note: {where}: {unused} labels name no image under {image_prefix!r}; they are not copied',
+                   err=True)
+    return items
+
+
+def _read_image(tree: FileTree, name: str, mode: str) -> Image.Image:
+    try:
+        with tree.open(name) as file, Image.open(file) as image:
+            image.load()
+            return image.convert(mode)
+    except Exception as error:
+        raise click.ClickException(f'{tree.display(name)}: cannot be read as an image ({type(error).__name__}: '
+                                   f'{error}); re-export it or remove it and its label') from error
+
+
+def _transform(image: Image.Image, resolution: int, transform: str, resample: int) -> Image.Image:
+    """Center-crop to the largest square (or keep the whole frame), then resize to resolution²."""
+    if transform == 'center-crop':
+        width, height = image.size
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    if image.size != (resolution, resolution):
+        image = image.resize((resolution, resolution), resample)
+    return image
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format='PNG', compress_level=1)
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------
+# Commands.
+
+@click.group()
+def main():
+    """Prepare (convert) and check portrait datasets: images, person masks and camera + pose labels."""
+
+
+@main.command()
+@click.option('--source', required=True, type=click.Path(exists=True), help='Source folder or zip archive (layout: see dataset_tool.py)')
+@click.option('--dest', required=True, type=click.Path(), help='Output images + dataset.json: NAME.zip or a new folder')
+@click.option('--seg-dest', required=True, type=click.Path(), help='Output masks: NAME.zip or a new folder')
+@click.option('--resolution', required=True, type=click.IntRange(min=1), help='Output width and height in pixels')
+@click.option('--transform', type=click.Choice(['center-crop', 'resize']), default='center-crop', show_default=True,
+              help='center-crop: crop the largest centred square, then resize; resize: squeeze the whole frame')
+@click.option('--max-images', type=click.IntRange(min=1), default=None, help='Convert only the first K images (sorted by name)')
+@click.option('--images-dir', default='images', show_default=True, help='Folder of the images inside the source')
+@click.option('--masks-dir', default=None, help="Folder of the masks inside the source  [default: 'masks', else 'seg']")
+@click.option('--labels', 'labels_file', default=LABELS_FILE, show_default=True, help='Labels file inside the source')
+def convert(source: str, dest: str, seg_dest: str, resolution: int, transform: str, max_images: Optional[int],
+            images_dir: str, masks_dir: Optional[str], labels_file: str):
+    """Convert images, masks and labels into a training dataset at one square resolution."""
+    if os.path.abspath(dest) == os.path.abspath(seg_dest):
+        raise click.BadParameter('must differ from --dest: images and masks go to separate datasets', param_hint='--seg-dest')
+    for path, option in ((dest, '--dest'), (seg_dest, '--seg-dest')):
+        if os.path.abspath(path) == os.path.abspath(source):
+            raise click.BadParameter('must differ from --source', param_hint=option)
+        _check_destination(path, option)
+    try:
+        tree = FileTree(source)
+    except DatasetError as error:
+        raise click.BadParameter(str(error), param_hint='--source') from error
+
+    items = _read_source(tree, images_dir, masks_dir, labels_file)
+    if max_images is not None:
+        items = items[:max_images]
+
+    outputs = [_open_output(dest), _open_output(seg_dest)]
+    image_output, mask_output = outputs
+    labels, source_names, not_square = [], {}, 0
+    try:
+        for idx, item in enumerate(tqdm(items, desc='converting', unit='img')):
+            image = _read_image(tree, item.image, 'RGB')
+            mask = _read_image(tree, item.mask, 'L')
+            if mask.size != image.size:
+                raise click.ClickException(f'{tree.display(item.mask)}: mask is {mask.size[0]}x{mask.size[1]} but its '
+                                           f'image is {image.size[0]}x{image.size[1]}; resize the mask to its image')
+            not_square += image.size[0] != image.size[1]
+            name = f'{idx // 1000:05d}/img{idx:08d}.png'
+            image_output.add(name, _png(_transform(image, resolution, transform, Image.Resampling.LANCZOS)))
+            # Bilinear (antialiased when shrinking) keeps mask edges soft without Lanczos overshoot.
+            mask_output.add(name, _png(_transform(mask, resolution, transform, Image.Resampling.BILINEAR)))
+            labels.append([name, item.label])
+            source_names[name] = item.image
+        document = {'labels': labels, 'source_names': source_names}
+        image_output.add(LABELS_FILE, json.dumps(document).encode('utf-8'))
+        for output in outputs:
+            output.commit()
+    except BaseException:
+        for output in outputs:
+            output.abort()
+        raise
+    click.echo(f'wrote {len(items)} images to {dest} and their masks to {seg_dest} ({resolution}x{resolution})')
+    if not_square:
+        click.echo(f'note: {not_square} source images were not square; labels are copied unchanged, so their '
+                   f'intrinsics must already describe the {transform} result', err=True)
+
+
+@main.command()
+@click.option('--data', required=True, type=click.Path(exists=True), help='Images + dataset.json: zip or folder')
+@click.option('--seg-data', required=True, type=click.Path(exists=True), help='Masks: zip or folder')
+@click.option('--progress/--no-progress', default=True, show_default=True, help='Show a progress bar')
+@click.pass_context
+def check(ctx: click.Context, data: str, seg_data: str, progress: bool):
+    """Print every problem of a dataset (exit code 1 if any), decoding every file."""
+    problems = check_dataset(data, seg_data, progress=progress)
+    for problem in problems:
+        click.echo(problem)
+    if problems:
+        click.echo(f'{len(problems)} problems found', err=True)
+        ctx.exit(1)
+    dataset = PortraitDataset(data, seg_data)
+    resolution = dataset.resolution
+    click.echo(f'{data}: OK, {len(dataset)} images {resolution}x{resolution} with labels, masks in {seg_data}')
+
+
+if __name__ == '__main__':
+    main()
