@@ -1,0 +1,102 @@
+"""Render images of a generator from a checkpoint (or a freshly initialized preset) at chosen cameras."""
+
+import math
+import os
+
+import click
+import numpy as np
+import PIL.Image
+import torch
+from tqdm import tqdm
+
+import dnnlib
+from training import checkpoint
+from training.camera_utils import camera_label, frontal_camera, orbit_camera
+from training.presets import load_preset
+from training.triplane import build_generator
+
+VIEWS = {'back': -math.pi / 2, 'side': 0.0, 'front': math.pi / 2}
+
+
+def to_uint8(images: torch.Tensor, low: float = -1.0, high: float = 1.0) -> np.ndarray:
+    """images [B, C, H, W] in [low, high] -> uint8 [B, H, W, C]."""
+    images = (images - low) * (255 / (high - low))
+    return images.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def depth_to_uint8(depth: torch.Tensor) -> np.ndarray:
+    """depth [B, 1, H, W] -> uint8 [B, H, W, 1], near = bright, min-max normalized per image."""
+    flat = depth.flatten(1)
+    low, high = flat.min(1).values.view(-1, 1, 1, 1), flat.max(1).values.view(-1, 1, 1, 1)
+    return to_uint8((high - depth) / (high - low).clamp(min=1e-8), 0.0, 1.0)
+
+
+def load_generator(network: str | None, cfg: str | None, init_seed: int, device: torch.device) -> torch.nn.Module:
+    """G_ema from a checkpoint of either format, or a freshly initialized generator of a preset."""
+    if (network is None) == (cfg is None):
+        raise click.UsageError('give exactly one of --network (a checkpoint) or --cfg (a preset, freshly initialized)')
+    if cfg is not None:
+        torch.manual_seed(init_seed)
+        try:
+            return build_generator(load_preset(cfg)).eval().requires_grad_(False).to(device)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint='--cfg') from None
+    try:
+        path = dnnlib.util.open_url(network, return_filename=True)
+        modules = checkpoint.load_any(path, device=device)
+    except (OSError, checkpoint.CheckpointError) as err:
+        raise click.ClickException(str(err)) from None
+    generator = modules.get('G_ema', modules.get('G'))
+    if generator is None:
+        raise click.ClickException(f'{network}: the checkpoint holds no generator (G_ema or G)')
+    return generator.eval().requires_grad_(False)
+
+
+@click.command()
+@click.option('--network', help='Checkpoint (network pickle or weights file), path or URL')
+@click.option('--cfg', help='Preset to initialize freshly instead of loading a checkpoint (e.g. cpu-small)')
+@click.option('--init-seed', type=int, default=0, show_default=True, help='Weight seed with --cfg')
+@click.option('--seeds', type=dnnlib.util.parse_range, default='0-3', show_default=True, help='Latent seeds, e.g. 0,2,5-9')
+@click.option('--trunc', 'truncation_psi', type=float, default=1.0, show_default=True, help='Truncation psi')
+@click.option('--trunc-cutoff', 'truncation_cutoff', type=int, default=None, help='Truncate only the first N ws')
+@click.option('--views', default='back,side,front', show_default=True, help=f'Comma list of {", ".join(VIEWS)}')
+@click.option('--sample-mult', type=click.IntRange(min=1), default=2, show_default=True, help='Multiply the samples per ray')
+@click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to write the images')
+@click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
+def main(network, cfg, init_seed, seeds, truncation_psi, truncation_cutoff, views, sample_mult, outdir, device):
+    """Write, per seed, the super-resolved, raw and depth images at the chosen cameras, side by side.
+
+    Conditioning is the frontal camera and zero body pose; the head is rendered in canonical space.
+    """
+    device = torch.device(device)
+    view_names = [name.strip() for name in views.split(',')]
+    unknown = [name for name in view_names if name not in VIEWS]
+    if unknown:
+        raise click.BadParameter(f'unknown view {unknown[0]!r}', param_hint='--views')
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as err:
+        raise click.ClickException(f'cannot create --outdir {outdir}: {err.strerror}') from None
+    G = load_generator(network, cfg, init_seed, device)
+    renderer = G.renderer
+    render_kwargs = dict(depth_resolution=renderer.depth_resolution * sample_mult,
+                         depth_resolution_importance=renderer.depth_resolution_importance * sample_mult,
+                         noise_mode='const')
+    cameras = camera_label(orbit_camera(torch.tensor([VIEWS[name] for name in view_names]), math.pi / 2, device=device))
+    condition = frontal_camera(1, device=device)
+    for seed in tqdm(seeds, desc='seeds', unit='seed'):
+        z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).float().to(device)
+        with torch.no_grad():
+            ws = G.mapping(z, condition, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+            ws = ws.expand(len(view_names), -1, -1)
+            out = G.synthesis(ws, cameras, generator=torch.Generator(device).manual_seed(seed), **render_kwargs)
+        for suffix, images in [('', to_uint8(out['image'])), ('_raw', to_uint8(out['image_raw'])),
+                               ('_depth', depth_to_uint8(out['image_depth']))]:
+            row = np.concatenate(list(images), axis=1)
+            PIL.Image.fromarray(row.squeeze(-1) if row.shape[-1] == 1 else row).save(
+                os.path.join(outdir, f'seed{seed:04d}{suffix}.png'))
+    print(f'wrote {len(seeds)} seeds to {outdir}')
+
+
+if __name__ == '__main__':
+    main()
