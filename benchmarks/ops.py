@@ -23,6 +23,8 @@ import torch.nn.functional as F
 
 from torch_utils.ops import bias_act as bias_act_module
 from torch_utils.ops import conv2d_gradfix
+from torch_utils.ops import upfirdn2d
+from torch_utils.ops.conv2d_resample import conv2d_resample
 from torch_utils.ops.bias_act import bias_act
 from torch_utils.ops.fma import fma
 
@@ -72,6 +74,38 @@ def conv_transpose2d_case(batch: int, channels: int, resolution: int) -> Case:
                 })
 
 
+def channels_last_inputs(*shapes: tuple[int, ...]) -> Callable[[torch.device], list[torch.Tensor]]:
+    """Like random_inputs, with every 4-d tensor in channels_last memory format."""
+    make = random_inputs(*shapes)
+
+    def make_channels_last(device: torch.device) -> list[torch.Tensor]:
+        return [t.detach().contiguous(memory_format=torch.channels_last).requires_grad_(t.requires_grad)
+                if t.ndim == 4 else t for t in make(device)]
+    return make_channels_last
+
+
+def resample2d_case(op_name: str, shape: tuple[int, ...], channels_last: bool = False) -> Case:
+    """upsample2d / downsample2d by 2 with StyleGAN's [1,3,3,1] filter."""
+    op = {'upsample2d': upfirdn2d.upsample2d, 'downsample2d': upfirdn2d.downsample2d}[op_name]
+    make = channels_last_inputs(shape) if channels_last else random_inputs(shape)
+    return Case(f"{op_name} [1,3,3,1] {list(shape)}{' channels_last' if channels_last else ''}", make, {
+        'ref': lambda x: op(x, upfirdn2d.setup_filter([1, 3, 3, 1], device=x.device), impl='ref'),
+        'cuda': lambda x: op(x, upfirdn2d.setup_filter([1, 3, 3, 1], device=x.device), impl='cuda'),
+    }, cuda_only=frozenset({'cuda'}))
+
+
+def conv2d_resample_case(batch: int, channels: int, resolution: int, up: int = 1, down: int = 1, kernel: int = 3,
+                         channels_last: bool = False) -> Case:
+    """A StyleGAN2 synthesis (up) or discriminator (down) convolution with the [1,3,3,1] filter."""
+    shapes = ((batch, channels, resolution, resolution), (channels, channels, kernel, kernel))
+    make = channels_last_inputs(*shapes) if channels_last else random_inputs(*shapes)
+    return Case(f"conv2d_resample {kernel}x{kernel} up{up} down{down} {channels}->{channels} "
+                f"[{batch},{channels},{resolution},{resolution}]{' channels_last' if channels_last else ''}", make, {
+                    'auto': lambda x, w: conv2d_resample(x, w, upfirdn2d.setup_filter([1, 3, 3, 1], device=x.device),
+                                                         up=up, down=down, padding=kernel // 2),
+                })
+
+
 CASES: list[Case] = [
     bias_act_case('lrelu', (4, 512, 32, 32)),
     bias_act_case('lrelu', (4, 256, 64, 64), clamp=256),
@@ -82,6 +116,17 @@ CASES: list[Case] = [
          random_inputs((4, 512, 32, 32), (4, 512, 1, 1), (4, 512, 32, 32)), {'ref': fma}),
     conv2d_case(4, 256, 32),
     conv_transpose2d_case(4, 256, 16),
+    resample2d_case('upsample2d', (4, 256, 64, 64)),
+    resample2d_case('upsample2d', (4, 256, 64, 64), channels_last=True),
+    resample2d_case('downsample2d', (4, 256, 64, 64)),
+    resample2d_case('downsample2d', (4, 256, 64, 64), channels_last=True),
+    resample2d_case('upsample2d', (4, 128, 128, 128), channels_last=True),
+    resample2d_case('downsample2d', (4, 128, 128, 128), channels_last=True),
+    conv2d_resample_case(4, 256, 32, up=2),
+    conv2d_resample_case(4, 256, 32, up=2, channels_last=True),
+    conv2d_resample_case(4, 256, 64, down=2),
+    conv2d_resample_case(4, 256, 64, down=2, channels_last=True),
+    conv2d_resample_case(4, 256, 64, down=2, kernel=1, channels_last=True),
 ]
 
 

@@ -62,19 +62,21 @@ def oracle_2d(x: np.ndarray, f: np.ndarray, up, down, padding, flip_filter: bool
     return out[:, :, ::down[1], ::down[0]] * gain
 
 
-def random_case(rng: np.random.Generator) -> dict:
+def random_case(rng: np.random.Generator, min_taps: int = 1, max_taps: int = 8, max_size: int = 8,
+                separable: bool | None = None) -> dict:
     """A random valid upfirdn2d configuration with a small float64 input."""
-    separable = bool(rng.random() < 0.5)
+    if separable is None:
+        separable = bool(rng.random() < 0.5)
     if separable:
-        f = rng.standard_normal(int(rng.integers(1, 9)))
+        f = rng.standard_normal(int(rng.integers(min_taps, max_taps + 1)))
         fw = fh = len(f)
     else:
-        fh, fw = (int(v) for v in rng.integers(1, 9, size=2))
+        fh, fw = (int(v) for v in rng.integers(min_taps, max_taps + 1, size=2))
         f = rng.standard_normal((fh, fw))
     up = tuple(int(v) for v in rng.choice([1, 2, 4], size=2))
     down = tuple(int(v) for v in rng.choice([1, 2, 4], size=2))
     while True:
-        in_h, in_w = (int(v) for v in rng.integers(1, 9, size=2))
+        in_h, in_w = (int(v) for v in rng.integers(1, max_size + 1, size=2))
         padding = tuple(int(v) for v in rng.integers(-4, 7, size=4))
         if in_w * up[0] + padding[0] + padding[1] >= fw and in_h * up[1] + padding[2] + padding[3] >= fh:
             break
@@ -112,6 +114,23 @@ def test_upfirdn2d_matches_scipy_oracle_on_random_cases():
     assert {key[0] for key in seen} == {1, 2}
     assert len({key[1] for key in seen}) == 9 and len({key[2] for key in seen}) == 9
     assert {key[3] for key in seen} == {True, False} and {key[4] for key in seen} == {True, False}
+
+
+def test_long_separable_filters_match_oracle_and_autograd():
+    """Filters longer than _REF_OUTER_MAX_TAPS take the two-pass reference path."""
+    rng = np.random.default_rng(4321)
+    for _ in range(40):
+        case = random_case(rng, min_taps=upfirdn2d_module._REF_OUTER_MAX_TAPS + 1, max_taps=20, max_size=12,
+                           separable=True)
+        assert np.allclose(run_op(case).numpy(), oracle(case), rtol=1e-10, atol=1e-10), case
+        x = torch.tensor(case['x'], requires_grad=True)
+        f = torch.tensor(case['f'])
+        kwargs = {key: case[key] for key in ('up', 'down', 'padding', 'flip_filter', 'gain')}
+        reference = upfirdn2d(x, f, impl='ref', **kwargs)
+        cotangent = torch.tensor(rng.standard_normal(reference.shape))
+        expected, = torch.autograd.grad(reference, x, cotangent)
+        actual, = torch.autograd.grad(_explicit_grad_ref(x, f, **kwargs), x, cotangent)
+        torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
 
 
 def test_integer_arguments_broadcast_to_both_axes():

@@ -29,6 +29,9 @@ Pair = tuple[int, int]
 Padding4 = tuple[int, int, int, int]
 
 _CUDA_MAX_TAPS = 4096  # the kernel keeps the whole filter in shared memory
+# On the CPU a depthwise convolution is bound by memory traffic, not by taps: one pass with the
+# outer-product filter beat two 1-D passes (and their intermediate image) up to 12 taps per axis.
+_REF_OUTER_MAX_TAPS = 12
 
 
 def _plugin(require_device: bool = True) -> types.ModuleType | None:
@@ -184,12 +187,14 @@ def _ref_pass(x: torch.Tensor, f: torch.Tensor, up: Pair, down: Pair, padding: P
 
 def _upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor, up: Pair, down: Pair, padding: Padding4,
                    flip_filter: bool, gain: float) -> torch.Tensor:
-    """Reference upfirdn2d; a separable filter runs as an x pass then a y pass.
+    """Reference upfirdn2d; a long separable filter runs as an x pass then a y pass.
 
     x [N, C, H, W], f [fh, fw] or [ft] -> [N, C, out_h, out_w]
     """
     if f.ndim == 2:
         return _ref_pass(x, f, up, down, padding, flip_filter, gain)
+    if f.shape[0] <= _REF_OUTER_MAX_TAPS:
+        return _ref_pass(x, torch.outer(f, f), up, down, padding, flip_filter, gain)
     axis_gain = gain ** 0.5
     x = _ref_pass(x, f[None, :], (up[0], 1), (down[0], 1), (padding[0], padding[1], 0, 0), flip_filter, axis_gain)
     return _ref_pass(x, f[:, None], (1, up[1]), (1, down[1]), (0, 0, padding[2], padding[3]), flip_filter, axis_gain)
