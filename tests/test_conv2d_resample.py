@@ -29,7 +29,8 @@ def slow_conv2d_resample(x, w, f, up, down, padding, groups, flip_weight, flip_f
     fh, fw = f2.shape
     px0, px1, py0, py1 = padding
     if up > 1:  # the centering of upsample2d
-        px0, px1, py0, py1 = px0 + (fw + up - 1) // 2, px1 + (fw - up) // 2, py0 + (fh + up - 1) // 2, py1 + (fh - up) // 2
+        px0, px1 = px0 + (fw + up - 1) // 2, px1 + (fw - up) // 2
+        py0, py1 = py0 + (fh + up - 1) // 2, py1 + (fh - up) // 2
     if down > 1:  # the centering of downsample2d
         px0, px1 = px0 + (fw - down + 1) // 2, px1 + (fw - down) // 2
         py0, py1 = py0 + (fh - down + 1) // 2, py1 + (fh - down) // 2
@@ -98,7 +99,8 @@ def test_resampling_agrees_with_separate_ops_away_from_borders():
 def test_flip_weight_false_is_true_convolution():
     x = torch.randn(1, 2, 7, 7, dtype=torch.float64)
     w = torch.randn(3, 2, 3, 3, dtype=torch.float64)
-    torch.testing.assert_close(conv2d_resample(x, w, padding=1, flip_weight=False), F.conv2d(x, w.flip([2, 3]), padding=1))
+    torch.testing.assert_close(conv2d_resample(x, w, padding=1, flip_weight=False),
+                               F.conv2d(x, w.flip([2, 3]), padding=1))
     torch.testing.assert_close(conv2d_resample(x, w, padding=1), F.conv2d(x, w, padding=1))
 
 
@@ -112,7 +114,8 @@ def test_channels_last_input_gives_the_same_values():
                                    conv2d_resample(x, w, f, up=up, down=down, padding=1), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('up,down,kernel,groups', [(2, 1, 3, 1), (1, 2, 3, 2), (2, 1, 1, 1), (1, 2, 1, 2), (2, 2, 3, 1)])
+@pytest.mark.parametrize('up,down,kernel,groups',
+                         [(2, 1, 3, 1), (1, 2, 3, 2), (2, 1, 1, 1), (1, 2, 1, 2), (2, 2, 3, 1)])
 def test_gradcheck_and_gradgradcheck(up, down, kernel, groups):
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(1, 2 * groups, 4, 4, dtype=torch.float64, generator=generator, requires_grad=True)

@@ -156,7 +156,8 @@ def test_channels_last_input_gives_the_same_values():
     x = torch.tensor(rng.standard_normal((2, 5, 9, 8)), dtype=torch.float32)
     f = setup_filter([1, 3, 3, 1])
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    for kwargs in (dict(up=2, padding=(2, 1)), dict(down=2, padding=1), dict(up=(1, 2), down=(2, 1), padding=(1, 2, -1, 3))):
+    configs = (dict(up=2, padding=(2, 1)), dict(down=2, padding=1), dict(up=(1, 2), down=(2, 1), padding=(1, 2, -1, 3)))
+    for kwargs in configs:
         torch.testing.assert_close(upfirdn2d(x_cl, f, **kwargs), upfirdn2d(x, f, **kwargs))
 
 

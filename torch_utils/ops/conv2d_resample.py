@@ -45,10 +45,12 @@ def _check_arguments(x: torch.Tensor, w: torch.Tensor, up: int, down: int, group
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         raise ValueError(f'conv2d_resample: x must have shape [N, Cin, H, W], got {getattr(x, "shape", type(x))}')
     if not isinstance(w, torch.Tensor) or w.ndim != 4:
-        raise ValueError(f'conv2d_resample: w must have shape [Cout, Cin/groups, kh, kw], got {getattr(w, "shape", type(w))}')
+        raise ValueError('conv2d_resample: w must have shape [Cout, Cin/groups, kh, kw], '
+                         f'got {getattr(w, "shape", type(w))}')
     if not isinstance(groups, int) or groups < 1 or w.shape[0] % groups != 0 or w.shape[1] * groups != x.shape[1]:
         raise ValueError(f'conv2d_resample: w of shape {list(w.shape)} with groups={groups} does not fit x with '
-                         f'{x.shape[1]} channels; w needs shape [Cout, Cin/groups, kh, kw] with Cout divisible by groups')
+                         f'{x.shape[1]} channels; w needs shape [Cout, Cin/groups, kh, kw] with Cout divisible '
+                         'by groups')
     for name, value in (('up', up), ('down', down)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f'conv2d_resample: {name}={value!r} is invalid; pass an int >= 1')
@@ -60,7 +62,8 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None = N
     """Convolve with w, with FIR upsampling by `up` before or FIR downsampling by `down` after.
 
     x [N, Cin, H, W], w [Cout, Cin/groups, kh, kw], f [fh, fw], separable [ft] or None (identity),
-    see upfirdn2d.setup_filter -> [N, Cout, (H * up + py0 + py1 - kh + 1) // down, (W * up + px0 + px1 - kw + 1) // down]
+    see upfirdn2d.setup_filter
+    -> [N, Cout, (H * up + py0 + py1 - kh + 1) // down, (W * up + px0 + px1 - kw + 1) // down]
     padding: int, (px, py) or (px0, px1, py0, py1), on top of the filter's centering.
     flip_weight: True correlates with w (torch.nn.functional.conv2d), False convolves (flips w).
     flip_filter: passed to upfirdn2d.

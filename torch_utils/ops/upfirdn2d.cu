@@ -43,7 +43,8 @@ void launch_upfirdn2d(const UpFirDn2dParams& params, const at::Tensor& x, const 
     const int64_t wanted_blocks = (count + kThreads - 1) / kThreads;
     // Enough blocks to fill the device several times over; the grid-stride loop covers the rest.
     int multiprocessors = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
+    C10_CUDA_CHECK(
+        cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, c10::cuda::current_device()));
     const int64_t max_blocks = static_cast<int64_t>(multiprocessors) * 32;
     const unsigned int blocks = static_cast<unsigned int>(std::max<int64_t>(1, std::min(wanted_blocks, max_blocks)));
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
