@@ -1,0 +1,92 @@
+"""Training schedules: small pure functions of the image counter (SPEC sections 2.9, 7.5, 7.6, 8.3).
+
+`cur_nimg` is always the absolute image counter (resume_kimg * 1000 + images trained in this
+run), so that a resumed run continues every schedule where it stopped. The one exception is the
+neural-rendering resolution, whose fade is measured from the resume point (SPEC section 2.9).
+"""
+
+import math
+
+import torch
+
+
+def _fade_out(cur_nimg: int, fade_kimg: float) -> float:
+    """1 at image 0, linearly down to 0 at fade_kimg thousand images, 0 after; 0 when fade_kimg == 0."""
+    if fade_kimg <= 0:
+        return 0.0
+    return max(1.0 - cur_nimg / (fade_kimg * 1000), 0.0)
+
+
+def blur_sigma(cur_nimg: int, blur_init_sigma: float, blur_fade_kimg: float) -> float:
+    """Standard deviation (pixels) of the Gaussian blur on the discriminator's images (SPEC 7.1, 7.5)."""
+    return blur_init_sigma * _fade_out(cur_nimg, blur_fade_kimg)
+
+
+def density_noise(cur_nimg: int, fade_kimg: float) -> float:
+    """Standard deviation of the noise added to raw densities while training G (SPEC 3.3 step 3)."""
+    return _fade_out(cur_nimg, fade_kimg)
+
+
+def gpc_swap_prob(cur_nimg: int, gpc_reg_prob: float, gpc_reg_fade_kimg: float) -> float:
+    """Probability that a sample is conditioned on its neighbour's (camera, pose) (SPEC 7.2).
+
+    Starts at 1, so that early on the conditioning never matches the rendering and G cannot tie
+    the 3D shape to the camera, and fades linearly to `gpc_reg_prob`; no fade when fade_kimg == 0.
+    """
+    alpha = 1.0 if gpc_reg_fade_kimg <= 0 else min(cur_nimg / (gpc_reg_fade_kimg * 1000), 1.0)
+    return (1 - alpha) * 1.0 + alpha * gpc_reg_prob
+
+
+def pose_prior_weight(cur_nimg: int, weight: float, hold_kimg: float, decay_kimg: float) -> float:
+    """Weight of the G pose prior ||p_G - p_coarse||^2 (SPEC 5.3).
+
+    `weight` until hold_kimg thousand images, then linearly down to 0 over decay_kimg thousand
+    images (published: 0.5, hold 200, decay 200). Zero when weight <= 0.
+    """
+    if weight <= 0:
+        return 0.0
+    hold_nimg = hold_kimg * 1000
+    if cur_nimg < hold_nimg:
+        return float(weight)
+    return weight * _fade_out(cur_nimg - hold_nimg, decay_kimg)
+
+
+def rendering_resolution(cur_nimg: int, resume_nimg: int, initial: int, final: int | None,
+                         fade_kimg: float) -> int:
+    """Neural rendering resolution r (SPEC 2.9): `initial` if `final` is None, else faded to `final`.
+
+    The fade starts at the resume point, not at image 0, so that a stage resumed at a high image
+    count (published stage 3) still fades gradually. Intermediate sizes (65, 66, ...) do occur.
+    """
+    if final is None:
+        return int(initial)
+    if fade_kimg <= 0:
+        alpha = 1.0
+    else:
+        alpha = min(max((cur_nimg - resume_nimg) / (fade_kimg * 1000), 0.0), 1.0)
+    return int(round(initial * (1 - alpha) + final * alpha))  # round() is half-to-even like numpy's rint
+
+
+def ema_beta(batch_size: int, ema_kimg: float, ema_rampup: float | None, cur_nimg: int) -> float:
+    """Decay of the exponential moving average of G and D per step of `batch_size` images (SPEC 8.3).
+
+    The half-life is ema_kimg thousand images; with a rampup it is at most ema_rampup * cur_nimg,
+    so that the average forgets the random initialization quickly at the start of training.
+    """
+    ema_nimg = ema_kimg * 1000
+    if ema_rampup:
+        ema_nimg = min(ema_nimg, ema_rampup * cur_nimg)
+    return 0.5 ** (batch_size / max(ema_nimg, 1e-8))
+
+
+def blur_kernel(sigma: float, device: torch.device | str = 'cpu') -> torch.Tensor:
+    """Normalized separable Gaussian-like taps 2^(-(x/sigma)^2), x in [-floor(3 sigma), floor(3 sigma)] (SPEC 7.5).
+
+    -> [2k + 1] float32 with k = floor(3 sigma); [1] (the identity) when sigma <= 0.
+    """
+    if sigma <= 0:
+        return torch.ones([1], dtype=torch.float32, device=device)
+    half = math.floor(sigma * 3)
+    x = torch.arange(-half, half + 1, dtype=torch.float32, device=device)
+    taps = torch.exp2(-(x / sigma).square())
+    return taps / taps.sum()
