@@ -75,11 +75,11 @@ def test_head_rotation_is_undone_rigidly_near_the_head():
                                atol=1e-12, rtol=0)
 
     generator = torch.Generator().manual_seed(1)
-    chosen = rigid_head.nonzero()[:, 0][torch.randperm(int(rigid_head.sum()), generator=generator)[:1500]]
+    chosen = rigid_head.nonzero()[:, 0][torch.randperm(int(rigid_head.sum()), generator=generator)[:800]]
     offsets = torch.rand(len(chosen), generator=generator, dtype=torch.float64) * 0.3 - 0.05
     points = points_off_faces(posed[0], faces[chosen], offsets)
     points = points[clearly_nearest_to(points, posed[0], faces, rigid_head)]
-    assert len(points) > 500
+    assert len(points) > 300
 
     canonical = canonicalize(points[None], posed, body.canonical_vertices, faces, THICKNESS)[0]
     expected = (points - pivot) @ rotation + pivot
@@ -139,12 +139,12 @@ def test_map_follows_the_nearest_triangle_formula(body, backend):
     pose = random_pose(6, batch_size=2, scale=0.5, dtype=torch.float64)
     body64 = BodyModel.embedded().double()
     posed = body64.pose(pose)
-    points = (torch.rand(2, 300, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64) - 0.5) * 0.9
+    points = (torch.rand(2, 200, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64) - 0.5) * 0.9
     canonical = canonicalize(points, posed, body64.canonical_vertices, body64.box_faces, THICKNESS, backend=backend)
     for item in range(2):
         face, _ = nearest_faces(points[item], posed[item], body64.box_faces, THICKNESS, backend=backend)
         near = face >= 0
-        assert near.sum() > 50
+        assert near.sum() > 40
         expected = reference_map(points[item, near].numpy(), posed[item].numpy(), body64.canonical_vertices[0].numpy(),
                                  body64.box_faces[face[near]].numpy())
         np.testing.assert_allclose(canonical[item, near].numpy(), expected, atol=1e-12, rtol=0)

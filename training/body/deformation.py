@@ -59,17 +59,32 @@ class PosedMeshMap:
 
     def __call__(self, points: torch.Tensor) -> torch.Tensor:
         """points [B, N, 3] -> canonical points [B, N, 3]"""
+        return self.apply(points, self.nearest_faces(points))
+
+    @torch.no_grad()
+    def nearest_faces(self, points: torch.Tensor) -> torch.Tensor:
+        """Nearest face of every point, -1 where none is within the thickness.
+
+        points [B, N, 3] -> face_index [B, N] (long)
+        """
         if points.dim() != 3 or points.shape[0] != self.batch_size or points.shape[-1] != 3:
             raise ValueError(f'canonicalize: points must be [{self.batch_size}, N, 3], got {tuple(points.shape)}')
+        if points.shape[1] == 0:
+            return torch.zeros(points.shape[:2], dtype=torch.long, device=points.device) - 1
+        return torch.stack([search.query(item, self.thickness)[0]
+                            for search, item in zip(self.searches, points.detach())])
+
+    def apply(self, points: torch.Tensor, face_index: torch.Tensor) -> torch.Tensor:
+        """Move each point with the rigid map of its face; face -1 leaves it unchanged.
+
+        points [B, N, 3], face_index [B, N] (long) -> canonical points [B, N, 3]
+        Only the points with a face are gathered, mapped and scattered back.
+        """
         batch_size, num_points, _ = points.shape
-        if batch_size == 0 or num_points == 0:
-            return points
         with torch.no_grad():
-            face_index = torch.stack([search.query(item, self.thickness)[0]
-                                      for search, item in zip(self.searches, points.detach())])
             near = (face_index >= 0).reshape(-1).nonzero()[:, 0]
-            batch_offset = torch.arange(batch_size, device=points.device).repeat_interleave(num_points)
-            near_face = face_index.reshape(-1)[near] + batch_offset[near] * self.num_faces
+            item = torch.div(near, num_points, rounding_mode='floor')
+            near_face = face_index.reshape(-1)[near] + item * self.num_faces
         flat = points.reshape(-1, 3)
         x = flat[near]
         relative = x - self.origin[near_face].to(points.dtype)

@@ -6,9 +6,12 @@ closest point on the chosen triangle is recomputed in torch by `closest_point_on
 is differentiable in the point and the triangle's vertices.
 
 Back-ends, all exact (point-to-triangle distance with Ericson's region test, Real-Time
-Collision Detection 5.1.5), all returning the same nearest triangle up to ties:
+Collision Detection 5.1.5) and returning the same nearest triangle up to ties; a tie is
+several triangles at the minimum distance (a shared vertex or edge), or for fcpw, which
+searches in float32, triangles within float32 rounding of it (~1e-7 in squared distance):
 - 'fcpw': the fcpw library's BVH (a few ms to build on a posed body, so it is rebuilt per
-  mesh); CPU, float32 search, then the distance is recomputed in the input dtype.
+  mesh); searches a float32 CPU copy, then the distance of the chosen triangle is recomputed
+  in the input dtype and decides the max_distance cut-off.
 - 'brute': every point against every triangle in chunks that bound memory; pure torch on any
   device. This is the CUDA path (a chunked brute force on the GPU) and the fallback when
   fcpw is not installed.
@@ -139,6 +142,7 @@ class NearestFaceSearch:
             self.vertices = vertices.detach()
             self.faces = faces.to(device=vertices.device, dtype=torch.long)
             corners = self.vertices[self.faces]  # [F, 3, 3]
+            self.corners = corners
             self.a = corners[:, 0]
             self.ab = corners[:, 1] - self.a
             self.ac = corners[:, 2] - self.a
@@ -175,7 +179,8 @@ class NearestFaceSearch:
         # The distance to the mesh's bounding box is a lower bound of the distance to the mesh.
         candidates = None
         if max_distance is not None:
-            outside = (self.box_min.to(points.dtype) - points).clamp(min=0) + (points - self.box_max.to(points.dtype)).clamp(min=0)
+            outside = ((self.box_min.to(points.dtype) - points).clamp(min=0)
+                       + (points - self.box_max.to(points.dtype)).clamp(min=0))
             candidates = ((outside * outside).sum(-1) < max_distance * max_distance).nonzero()[:, 0]
             points = points[candidates]
             if points.shape[0] == 0:
@@ -185,16 +190,16 @@ class NearestFaceSearch:
             found = self._query_fcpw(points, max_distance)
         else:
             found = self._query_brute(points, max_distance)
-        corners = self.vertices.to(points.dtype)[self.faces[found.clamp(min=0)]]
-        _, found_squared = closest_point_on_faces(points, corners[:, 0], corners[:, 1], corners[:, 2])
-        valid = found >= 0
+        hit = (found >= 0).nonzero()[:, 0]
+        face = found[hit]
+        corners = self.corners.to(points.dtype)[face]
+        _, squared = closest_point_on_faces(points[hit], corners[:, 0], corners[:, 1], corners[:, 2])
         if max_distance is not None:
-            valid &= found_squared < max_distance * max_distance
-        found = torch.where(valid, found, torch.full_like(found, -1))
-        found_squared = torch.where(valid, found_squared, torch.full_like(found_squared, float('inf')))
-        if candidates is None:
-            return found, found_squared
-        return face_index.index_copy(0, candidates, found), squared_distance.index_copy(0, candidates, found_squared)
+            inside = (squared < max_distance * max_distance).nonzero()[:, 0]
+            hit, face, squared = hit[inside], face[inside], squared[inside]
+        if candidates is not None:
+            hit = candidates[hit]
+        return face_index.index_copy(0, hit, face), squared_distance.index_copy(0, hit, squared)
 
     def _query_fcpw(self, points: torch.Tensor, max_distance: float | None) -> torch.Tensor:
         """points [N, 3] -> nearest face [N] (long, -1 beyond the search radius)"""
