@@ -173,7 +173,7 @@ def test_fcpw_matches_brute_force_on_the_posed_body(body, dtype, max_distance):
     pose = 0.4 * torch.randn(1, 6, generator=torch.Generator().manual_seed(6))
     vertices = body.pose(pose)[0].to(dtype)
     faces = body.box_faces
-    points = torch.from_numpy(points_around(vertices.double().numpy(), faces.numpy(), 1000, seed=7,
+    points = torch.from_numpy(points_around(vertices.double().numpy(), faces.numpy(), 2000, seed=7,
                                             spread=0.3)).to(dtype)
     expected = nearest_faces(points, vertices, faces, max_distance, backend='brute')
     actual = nearest_faces(points, vertices, faces, max_distance, backend='fcpw')
