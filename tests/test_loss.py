@@ -1,0 +1,469 @@
+"""Tests for training/loss.py: real-image preparation, GPC and background swaps, and every phase's
+losses and gradient paths (SPEC sections 7.1-7.3b), with a tiny generator and discriminator."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from torch_utils import training_stats
+from training import schedules
+from training.camera_utils import random_cameras
+from training.dual_discriminator import PoseAwareDualDiscriminator
+from training.loss import LossConfig, PortraitGANLoss, blur_image, prepare_real, swap_with_previous
+from training.presets import load_preset
+from training.triplane import build_generator
+
+S = 32      # final image resolution
+R = 16      # neural rendering resolution
+BATCH = 4
+
+# Every schedule off except what a test turns on, so that values are easy to predict.
+QUIET = dict(blur_init_sigma=0.0, density_noise_fade_kimg=0, gpc_reg_prob=0.5, gpc_reg_fade_kimg=0,
+             bcg_reg_prob=0.0, neural_rendering_resolution_initial=R)
+
+
+def _generator(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_generator(load_preset('cpu-small'), z_dim=16, w_dim=16, img_resolution=S,
+        neural_rendering_resolution=R, sr_input_resolution=R, depth_resolution=4, depth_resolution_importance=4,
+        triplane_resolution=16, triplane_channels=8, channel_base=256, channel_max=16, background_channel_base=128,
+        decoder_hidden=16, sr_channel_base=256, sr_channel_max=16)
+
+
+def _discriminator(seed: int = 1, mbstd_group_size: int = 2):
+    torch.manual_seed(seed)
+    return PoseAwareDualDiscriminator(img_resolution=S, channel_base=256, channel_max=16, pose_hidden=(16, 8),
+        num_fp16_res=0, conv_clamp=None, mbstd_group_size=mbstd_group_size, mapping_layers=2)
+
+
+def _batch(G, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        real_img=torch.rand(BATCH, 3, S, S, generator=g) * 2 - 1,
+        real_seg=(torch.rand(BATCH, 1, S, S, generator=g) > 0.5).float(),
+        real_c=random_cameras(BATCH),
+        real_pose=0.1 * torch.randn(BATCH, 6, generator=g),
+        gen_z=torch.randn(BATCH, G.z_dim, generator=g),
+        gen_c=random_cameras(BATCH),
+        gen_pose=0.1 * torch.randn(BATCH, 6, generator=g),
+    )
+
+
+def _loss(G, D, **config):
+    return PortraitGANLoss(G, D, LossConfig(**{**QUIET, **config}), device='cpu')
+
+
+def _grads(module: torch.nn.Module) -> dict:
+    return {name: None if p.grad is None else p.grad.clone() for name, p in module.named_parameters()}
+
+
+def _reached(grads: dict, prefix: str) -> bool:
+    """Whether any parameter under `prefix` has a nonzero gradient."""
+    return any(g is not None and bool(g.abs().sum() > 0) for name, g in grads.items() if name.startswith(prefix))
+
+
+def _untouched(grads: dict) -> bool:
+    return all(g is None or bool(g.abs().sum() == 0) for g in grads.values())
+
+
+def _blur_by_conv(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Independent blur: depthwise 2-D convolution with the outer product of the formula's taps."""
+    half = math.floor(3 * sigma)
+    taps = torch.tensor([2 ** (-(i / sigma) ** 2) for i in range(-half, half + 1)])
+    kernel = torch.outer(taps, taps) / taps.sum() ** 2
+    channels = x.shape[1]
+    return F.conv2d(x, kernel.expand(channels, 1, -1, -1), padding=half, groups=channels)
+
+
+# ----------------------------------------------------------------------------------------------
+# Preparation, blur, swaps.
+
+
+def test_blur_image_matches_convolution():
+    x = torch.randn(2, 3, 20, 20)
+    for sigma in [0.5, 1.0, 2.0]:
+        torch.testing.assert_close(blur_image(x, sigma), _blur_by_conv(x, sigma), rtol=1e-5, atol=1e-5)
+    assert blur_image(x, 0.0) is x
+
+
+def test_prepare_real_resizes_and_blurs_raw_only():
+    g = torch.Generator().manual_seed(3)
+    img = torch.rand(2, 3, S, S, generator=g) * 2 - 1
+    seg = torch.rand(2, 1, S, S, generator=g)
+    resize = dict(size=(R, R), mode='bilinear', align_corners=False, antialias=True)
+    sharp = prepare_real(img, seg, R, 0.0)
+    assert sharp['image'] is img
+    torch.testing.assert_close(sharp['image_raw'], F.interpolate(img, **resize))
+    torch.testing.assert_close(sharp['image_mask'], F.interpolate(seg, **resize))
+    blurred = prepare_real(img, seg, R, 1.5)
+    assert blurred['image'] is img
+    torch.testing.assert_close(blurred['image_raw'], _blur_by_conv(F.interpolate(img, **resize), 1.5),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(blurred['image_mask'], F.interpolate(seg, **resize))
+    plain = prepare_real(img, seg, R, 0.0, filter_mode='none')
+    torch.testing.assert_close(plain['image_raw'],
+                               F.interpolate(img, size=(R, R), mode='bilinear', align_corners=False))
+    with pytest.raises(ValueError, match='filter_mode'):
+        prepare_real(img, seg, R, 0.0, filter_mode='classic')
+
+
+def test_run_D_blurs_the_image_not_the_raw_image():
+    seen = {}
+
+    class RecordingD(torch.nn.Module):
+        def forward(self, img_dict, c, update_emas=False):
+            seen.update(img_dict)
+            return torch.zeros(c.shape[0], 1), torch.zeros(c.shape[0], 6)
+
+    loss = PortraitGANLoss(None, RecordingD(), LossConfig(), device='cpu')
+    d = {'image': torch.randn(2, 3, S, S), 'image_raw': torch.randn(2, 3, R, R), 'image_mask': torch.rand(2, 1, R, R)}
+    loss.run_D(d, torch.zeros(2, 25), blur_sigma=1.0)
+    torch.testing.assert_close(seen['image'], _blur_by_conv(d['image'], 1.0), rtol=1e-5, atol=1e-5)
+    assert seen['image_raw'] is d['image_raw'] and seen['image_mask'] is d['image_mask']
+    loss.run_D(d, torch.zeros(2, 25), blur_sigma=0.0)
+    assert seen['image'] is d['image']
+
+
+def test_swap_with_previous_statistics():
+    n = 20000
+    c = torch.arange(n, dtype=torch.float32)[:, None].expand(n, 25)
+    p = -torch.arange(n, dtype=torch.float32)[:, None].expand(n, 6)
+    g = torch.Generator().manual_seed(0)
+    c_out, p_out = swap_with_previous(0.3, c, p, generator=g)
+    swapped = c_out[:, 0] != c[:, 0]
+    # Each swapped row is its predecessor's (row 0 takes the last one); c and pose swap together.
+    torch.testing.assert_close(c_out[swapped], c.roll(1, 0)[swapped])
+    torch.testing.assert_close(c_out[~swapped], c[~swapped])
+    assert torch.equal(p_out[:, 0] != p[:, 0], swapped)
+    assert abs(swapped.float().mean().item() - 0.3) < 0.02  # 6 standard deviations
+    assert torch.equal(swap_with_previous(1.0, c)[0], c.roll(1, 0))
+    assert torch.equal(swap_with_previous(0.0, c)[0], c)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generator call.
+
+
+def _capture_synthesis(G, monkeypatch) -> list:
+    calls = []
+    original = G.synthesis
+
+    def recording(ws, c, **kwargs):
+        calls.append(dict(ws=ws.detach().clone(), c=c, **kwargs))
+        return original(ws, c, **kwargs)
+
+    monkeypatch.setattr(G, 'synthesis', recording)
+    return calls
+
+
+@pytest.mark.parametrize('swap_prob', [0.0, 1.0])
+def test_run_G_conditions_on_own_or_previous_pair(swap_prob, monkeypatch):
+    G = _generator()
+    loss = _loss(G, None, bcg_reg_prob=1.0)
+    b = _batch(G)
+    z, c = b['gen_z'], b['gen_c']
+    pose = G.get_pose_params(z, c).detach()
+    calls = _capture_synthesis(G, monkeypatch)
+    with torch.no_grad():
+        out = loss.run_G(z, c, pose, swapping_prob=swap_prob, resolution=R, density_noise=0.25)
+        c_cond, p_cond = (c.roll(1, 0), pose.roll(1, 0)) if swap_prob == 1 else (c, pose)
+        expected_ws = G.mapping(z, c_cond, p_cond)
+    call, = calls
+    torch.testing.assert_close(call['ws'], expected_ws)
+    # Rendering always uses the sample's own camera and pose, with deformation on.
+    assert call['c'] is c and call['pose_params'] is pose and call['apply_def'] is True
+    assert call['neural_rendering_resolution'] == R and call['density_noise'] == 0.25
+    # bcg_reg_prob 1: every background comes from the previous sample's ws.
+    torch.testing.assert_close(call['ws_bcg'], expected_ws.roll(1, 0))
+    assert out['image'].shape == (BATCH, 3, S, S) and out['image_mask'].shape == (BATCH, 1, R, R)
+
+
+def test_run_G_keeps_own_background_without_bcg_swap(monkeypatch):
+    G = _generator()
+    loss = _loss(G, None, bcg_reg_prob=0.0)
+    b = _batch(G)
+    calls = _capture_synthesis(G, monkeypatch)
+    with torch.no_grad():
+        loss.run_G(b['gen_z'], b['gen_c'], torch.zeros(BATCH, 6), swapping_prob=0.0, resolution=R)
+    assert calls[0]['ws_bcg'] is None and calls[0]['density_noise'] == 0.0
+
+
+def test_phase_state_follows_the_schedules():
+    cfg = dict(blur_init_sigma=10, blur_fade_kimg=200, density_noise_fade_kimg=200, gpc_reg_prob=0.7,
+               gpc_reg_fade_kimg=1000, input_pose_params_reg_loss_weight=0.5, input_pose_params_reg_loss_kimg=200,
+               input_pose_params_reg_loss_decay_kimg=200, neural_rendering_resolution_initial=64,
+               neural_rendering_resolution_final=128, neural_rendering_resolution_fade_kimg=1000,
+               resume_nimg=100_000)
+    loss = PortraitGANLoss(None, None, LossConfig(**cfg), device='cpu')
+    state = loss.phase_state(100_000)
+    assert state == pytest.approx(dict(blur_sigma=5.0, density_noise=0.5, swap_prob=0.97, pose_prior_weight=0.5,
+                                       rendering_resolution=64))
+    state = loss.phase_state(600_000)
+    assert state == pytest.approx(dict(blur_sigma=0.0, density_noise=0.0, swap_prob=0.82, pose_prior_weight=0.0,
+                                       rendering_resolution=96))
+    assert isinstance(state['rendering_resolution'], int)
+
+
+def test_config_and_phase_validation():
+    with pytest.raises(ValueError, match='reg_type'):
+        PortraitGANLoss(None, None, LossConfig(reg_type='total-variation'), device='cpu')
+    with pytest.raises(ValueError, match='phase'):
+        PortraitGANLoss(None, None, LossConfig(), device='cpu').accumulate_gradients(
+            'Gall', *[None] * 7, gain=1, cur_nimg=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generator phases.
+
+
+def _run(loss, phase, batch, gain=1.0, cur_nimg=0, seed=0):
+    torch.manual_seed(seed)
+    loss.accumulate_gradients(phase, **batch, gain=gain, cur_nimg=cur_nimg)
+
+
+def test_gmain_gradients_reach_G_through_all_D_inputs(monkeypatch):
+    G, D = _generator(), _discriminator()
+    D.requires_grad_(False)  # as the loop does for G phases
+    loss = _loss(G, D, input_pose_params_reg_loss_weight=0.0, bcg_reg_prob=0.2, blur_init_sigma=1.0,
+                 blur_fade_kimg=10, density_noise_fade_kimg=10)
+    input_grads = {}
+    original_run_D = loss.run_D
+
+    def hooked_run_D(img_dict, c, blur_sigma, update_emas=False):
+        for key in ('image', 'image_raw', 'image_mask'):
+            img_dict[key].register_hook(lambda grad, key=key: input_grads.__setitem__(key, grad))
+        return original_run_D(img_dict, c, blur_sigma, update_emas)
+
+    monkeypatch.setattr(loss, 'run_D', hooked_run_D)
+    attributes = {k: v for k, v in vars(G).items() if not isinstance(v, (torch.nn.Module, dict))}
+    collector = training_stats.Collector(regex='Loss/.*')
+    _run(loss, 'Gmain', _batch(G), cur_nimg=2000)
+    collector.update()
+
+    for key in ('image', 'image_raw', 'image_mask'):
+        assert key in input_grads and input_grads[key].abs().sum() > 0, f'no gradient through D input {key}'
+    g = _grads(G)
+    for part in ['pose_branch.', 'mapping_network.', 'backbone.', 'decoder.', 'background.', 'torgb.',
+                 'superresolution.']:
+        assert _reached(g, part), f'Gmain: no gradient reaches G.{part}'
+    assert all(p.grad is None for p in D.parameters())
+    assert not any(p.requires_grad for p in D.parameters()), 'the loss must not toggle requires_grad'
+    assert {k: v for k, v in vars(G).items() if not isinstance(v, (torch.nn.Module, dict))} == attributes
+    assert collector.num('Loss/G/loss') == BATCH and math.isfinite(collector.mean('Loss/G/loss'))
+    assert collector.num('Loss/scores/fake') == BATCH
+
+
+def test_gmain_with_trainable_D_leaves_D_pose_head_and_flags_alone():
+    G, D = _generator(), _discriminator()
+    loss = _loss(G, D)
+    _run(loss, 'Gmain', _batch(G))
+    assert all(p.requires_grad for p in D.parameters())
+    d = _grads(D)
+    # D's own pose prediction only enters its condition detached: the G loss never trains the pose head.
+    assert _untouched({k: v for k, v in d.items() if k.startswith('pose_branch.')})
+    assert _reached(d, 'b4.')
+
+
+def test_pose_prior_gradient_reaches_only_the_pose_branch():
+    b = _batch(_generator())
+
+    def grads_with(weight, gen_pose):
+        G, D = _generator(), _discriminator()
+        D.requires_grad_(False)
+        collector = training_stats.Collector(regex='Loss/G/pose_prior')
+        _run(_loss(G, D, input_pose_params_reg_loss_weight=weight), 'Gmain', {**b, 'gen_pose': gen_pose})
+        collector.update()
+        return _grads(G), collector.mean('Loss/G/pose_prior')
+
+    G = _generator()
+    with torch.no_grad():
+        p_G = G.get_pose_params(b['gen_z'], b['gen_c'])
+    offset = torch.tensor([0.1, -0.2, 0.0, 0.3, 0.0, 0.05])
+    base, _ = grads_with(0.0, p_G + offset)
+    with_prior, prior = grads_with(0.5, p_G + offset)
+    assert prior == pytest.approx(0.5 * offset.square().sum().item(), rel=1e-4)
+    for name, g in with_prior.items():
+        if name.startswith('pose_branch.'):
+            continue
+        torch.testing.assert_close(g, base[name], msg=f'the pose prior changed the gradient of {name}')
+    assert not all(torch.allclose(with_prior[n], base[n]) for n in base if n.startswith('pose_branch.'))
+    # The pose branch already outputs the coarse pose: the prior is zero and changes nothing.
+    matched, prior = grads_with(0.5, p_G)
+    assert prior == pytest.approx(0.0, abs=1e-10)
+    for name, g in matched.items():
+        torch.testing.assert_close(g, base[name])
+
+
+def test_gboth_without_density_reg_is_gmain():
+    b = _batch(_generator())
+    results = []
+    for phase in ['Gmain', 'Gboth']:
+        G, D = _generator(), _discriminator()
+        D.requires_grad_(False)
+        _run(_loss(G, D), phase, b)
+        results.append(_grads(G))
+    for name, g in results[0].items():
+        torch.testing.assert_close(results[1][name], g)
+
+
+@pytest.mark.parametrize('reg_type', ['l1', 'monotonic-detach'])
+def test_greg_trains_the_density_field(reg_type):
+    G, D = _generator(), _discriminator()
+    D.requires_grad_(False)
+    collector = training_stats.Collector(regex='Loss/G/.*')
+    _run(_loss(G, D, density_reg=0.25, reg_type=reg_type, density_noise_fade_kimg=10), 'Greg', _batch(G),
+         cur_nimg=1000)
+    collector.update()
+    assert math.isfinite(collector.mean('Loss/G/density_reg')) and collector.mean('Loss/G/density_reg') > 0
+    g = _grads(G)
+    for part in ['mapping_network.', 'backbone.', 'decoder.', 'pose_branch.']:
+        assert _reached(g, part), part
+    # Nothing is rendered: the 2-D heads are not involved.
+    assert _untouched({k: v for k, v in g.items() if k.startswith(('superresolution.', 'torgb.', 'background.'))})
+    if reg_type != 'l1':
+        assert collector.num('Loss/G/monotonic') == 1
+
+
+def test_greg_is_skipped_without_density_reg():
+    G, D = _generator(), _discriminator()
+    _run(_loss(G, D, density_reg=0.0), 'Greg', _batch(G))
+    assert all(p.grad is None for p in G.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# Discriminator phases.
+
+
+def test_dmain_trains_D_trunk_and_pose_head_only():
+    G, D = _generator(), _discriminator()
+    w_avg = G.mapping_network.w_avg.clone()
+    b = _batch(G)
+    collector = training_stats.Collector(regex='(Loss|Pose)/.*')
+    _run(_loss(G, D), 'Dmain', b)
+    collector.update()
+    assert all(p.grad is None for p in G.parameters()), 'Dmain must not backpropagate into G'
+    assert not torch.equal(G.mapping_network.w_avg, w_avg), 'the fake half updates the tracked w average'
+    d = _grads(D)
+    for part in ['b32.', 'b16.', 'b8.', 'b4.', 'mapping.', 'pose_branch.']:
+        assert _reached(d, part), f'Dmain: no gradient reaches D.{part}'
+    for name in ['Loss/scores/fake', 'Loss/scores/real', 'Loss/signs/fake', 'Loss/signs/real', 'Loss/D/loss',
+                 'Loss/D/pose', 'Pose/D_real_error', 'Pose/G_vs_D_fake']:
+        assert collector.num(name) == BATCH and math.isfinite(collector.mean(name)), name
+    # Without blur the real half sees the resized real image and mask.
+    real = {'image': b['real_img'], 'image_raw': F.interpolate(b['real_img'], size=(R, R), mode='bilinear',
+            antialias=True), 'image_mask': F.interpolate(b['real_seg'], size=(R, R), mode='bilinear', antialias=True)}
+    with torch.no_grad():
+        expected = (D.predict_pose(real, b['real_c']) - b['real_pose']).abs().mean()
+    assert collector.mean('Pose/D_real_error') == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_dmain_pose_head_is_trained_by_the_pose_loss_only():
+    G, D = _generator(), _discriminator()
+    _run(_loss(G, D, pose_loss_weight=0.0), 'Dmain', _batch(G))
+    d = _grads(D)
+    assert _untouched({k: v for k, v in d.items() if k.startswith('pose_branch.')})
+    assert _reached(d, 'b4.')
+
+
+class _LinearD(torch.nn.Module):
+    """logit = <a, image> + <b, raw> + <m, mask> per sample: R1 = |a|^2 + |b|^2, R1_seg = |m|^2."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(5)
+        self.a = torch.nn.Parameter(torch.randn(3, S, S, generator=g))
+        self.b = torch.nn.Parameter(torch.randn(3, R, R, generator=g))
+        self.m = torch.nn.Parameter(torch.randn(1, R, R, generator=g))
+
+    def forward(self, img_dict, c, update_emas=False):
+        logit = ((img_dict['image'] * self.a).sum([1, 2, 3]) + (img_dict['image_raw'] * self.b).sum([1, 2, 3])
+                 + (img_dict['image_mask'] * self.m).sum([1, 2, 3]))
+        return logit[:, None], torch.zeros(c.shape[0], 6)
+
+
+def test_r1_analytic_on_linear_D():
+    D = _LinearD()
+    gamma, gamma_seg, gain = 2.0, 0.5, 16.0
+    loss = PortraitGANLoss(None, D, LossConfig(**{**QUIET, 'r1_gamma': gamma, 'r1_gamma_seg': gamma_seg}), 'cpu')
+    b = _batch(_generator())
+    collector = training_stats.Collector(regex='Loss/.*')
+    _run(loss, 'Dreg', b, gain=gain)
+    collector.update()
+    r1 = (D.a.square().sum() + D.b.square().sum()).item()
+    r1_seg = D.m.square().sum().item()
+    assert collector.mean('Loss/r1_penalty') == pytest.approx(r1, rel=1e-5)
+    assert collector.mean('Loss/r1_seg_penalty') == pytest.approx(r1_seg, rel=1e-5)
+    assert collector.mean('Loss/D/reg') == pytest.approx(gamma / 2 * r1 + gamma_seg / 2 * r1_seg, rel=1e-5)
+    # d/da of gain * (gamma/2 |a|^2) = gain * gamma * a, and likewise for b and m.
+    torch.testing.assert_close(D.a.grad, gain * gamma * D.a.detach())
+    torch.testing.assert_close(D.b.grad, gain * gamma * D.b.detach())
+    torch.testing.assert_close(D.m.grad, gain * gamma_seg * D.m.detach())
+
+
+def test_r1_on_the_dual_discriminator_matches_direct_autograd():
+    G = _generator()
+    D, D_ref = _discriminator(), _discriminator()
+    gamma, gamma_seg, gain = 1.0, 3.0, 4.0
+    b = _batch(G)
+    collector = training_stats.Collector(regex='Loss/.*')
+    _run(_loss(G, D, r1_gamma=gamma, r1_gamma_seg=gamma_seg), 'Dreg', b, gain=gain)
+    collector.update()
+    assert all(p.grad is None for p in G.parameters())
+
+    resize = dict(size=(R, R), mode='bilinear', align_corners=False, antialias=True)
+    image = b['real_img'].clone().requires_grad_(True)
+    raw = F.interpolate(b['real_img'], **resize).requires_grad_(True)
+    mask = F.interpolate(b['real_seg'], **resize).requires_grad_(True)
+    logits, _ = D_ref({'image': image, 'image_raw': raw, 'image_mask': mask}, b['real_c'])
+    gi, gr, gm = torch.autograd.grad(logits.sum(), [image, raw, mask], create_graph=True)
+    r1 = gi.square().sum([1, 2, 3]) + gr.square().sum([1, 2, 3])
+    r1_seg = gm.square().sum([1, 2, 3])
+    assert collector.mean('Loss/r1_penalty') == pytest.approx(r1.mean().item(), rel=1e-4)
+    assert collector.mean('Loss/r1_seg_penalty') == pytest.approx(r1_seg.mean().item(), rel=1e-4)
+    ((r1 * gamma / 2 + r1_seg * gamma_seg / 2).mean() * gain).backward()
+    reached = 0
+    for (name, p), p_ref in zip(D.named_parameters(), D_ref.parameters()):
+        if p_ref.grad is None:
+            assert p.grad is None or p.grad.abs().sum() == 0, name
+            continue
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-6, msg=name)
+        reached += bool(p_ref.grad.abs().sum() > 0)
+    assert reached > 0
+    # R1 differentiates the logit only: the pose head takes no gradient.
+    assert _untouched({k: v for k, v in _grads(D).items() if k.startswith('pose_branch.')})
+
+
+def test_dreg_is_skipped_when_both_gammas_are_zero():
+    G, D = _generator(), _discriminator()
+    _run(_loss(G, D, r1_gamma=0.0, r1_gamma_seg=0.0), 'Dreg', _batch(G))
+    assert all(p.grad is None for p in D.parameters())
+
+
+def test_schedule_values_reach_the_networks(monkeypatch):
+    """Density noise (training G only, passed as an argument), blur and rendering resolution follow cur_nimg."""
+    G, D = _generator(), _discriminator()
+    D.requires_grad_(False)
+    loss = _loss(G, D, density_noise_fade_kimg=4, blur_init_sigma=2.0, blur_fade_kimg=4,
+                 neural_rendering_resolution_initial=R, neural_rendering_resolution_final=2 * R,
+                 neural_rendering_resolution_fade_kimg=4, resume_nimg=1000)
+    calls = _capture_synthesis(G, monkeypatch)
+    sigmas = []
+    original_run_D = loss.run_D
+    monkeypatch.setattr(loss, 'run_D', lambda d, c, blur_sigma, update_emas=False:
+                        sigmas.append(blur_sigma) or original_run_D(d, c, blur_sigma, update_emas))
+    _run(loss, 'Gmain', _batch(G), cur_nimg=3000)
+    assert calls[0]['density_noise'] == pytest.approx(schedules.density_noise(3000, 4)) == pytest.approx(0.25)
+    assert calls[0]['neural_rendering_resolution'] == 24  # 16 -> 32 over 4 kimg from the resume point at 1 kimg
+    assert sigmas == [pytest.approx(0.5)]
+
+
+def test_dboth_runs_the_main_and_the_r1_phase():
+    G, D = _generator(), _discriminator()
+    collector = training_stats.Collector(regex='Loss/.*')
+    _run(_loss(G, D), 'Dboth', _batch(G))
+    collector.update()
+    for name in ['Loss/scores/fake', 'Loss/scores/real', 'Loss/D/pose', 'Loss/r1_penalty', 'Loss/r1_seg_penalty']:
+        assert collector.num(name) == BATCH and math.isfinite(collector.mean(name)), name
+    assert all(p.grad is None for p in G.parameters())

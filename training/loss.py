@@ -1,0 +1,331 @@
+"""The training losses: non-saturating GAN loss, pose self-learning, lazy R1 and density regularization.
+
+`PortraitGANLoss.accumulate_gradients` runs one phase (SPEC section 7.3) on one chunk of a batch
+and calls `.backward()`; the training loop owns the optimizers, decides which module takes
+gradients (`requires_grad_`) and steps it. The loss never writes into G or D: every schedule
+value (blur, density noise, GPC swap probability, pose-prior weight, rendering resolution) is
+recomputed from the image counter by `phase_state` and passed to the networks as arguments.
+
+Phases:
+  Gmain  softplus(-D(G(z))) + lambda(t) * ||p_G - p_coarse||^2           -> G
+  Greg   density smoothness on random points (only when density_reg > 0) -> G
+  Dmain  softplus(D(G(z))) + w_pose * ||p_D(G(z)) - p_G||^2, softplus(-D(x)) -> D
+  Dreg   R1 on the real image, raw image and mask                        -> D
+  Gboth / Dboth run the main and the regularization phase one after the other.
+
+Reported statistics (training_stats, per sample unless noted): Loss/scores/{fake,real},
+Loss/signs/{fake,real}, Loss/G/loss, Loss/G/pose_prior (the weighted prior term),
+Loss/G/density_reg and Loss/G/monotonic (per call), Loss/D/loss, Loss/D/pose, Loss/r1_penalty,
+Loss/r1_seg_penalty, Loss/D/reg, and the pose errors (mean absolute over the 6 values)
+Pose/G_vs_coarse (p_G vs. the data set pose of gen_c), Pose/G_vs_D_fake (D's prediction on fakes
+vs. p_G) and Pose/D_real_error (D's prediction on reals vs. their data set pose).
+
+The training loop should copy `phase_state(cur_nimg)['rendering_resolution']` into the
+`neural_rendering_resolution` of G and G_ema where it renders outside this module (snapshots).
+"""
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from torch_utils import training_stats
+from torch_utils.ops import conv2d_gradfix, upfirdn2d
+from training import schedules
+
+PHASES = ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth')
+FILTER_MODES = ('antialiased', 'none')  # resizing of real images: bilinear with / without antialiasing
+REG_TYPES = ('l1', 'monotonic-detach', 'monotonic-fixed')
+DENSITY_REG_POINTS = 1000  # random points per sample for the density regularizer
+
+
+@dataclasses.dataclass
+class LossConfig:
+    """Every weight and schedule parameter of the losses (defaults: the published stage-1 values)."""
+    r1_gamma: float = 1.0                               # R1 weight on the image and raw image
+    r1_gamma_seg: float = 1.0                           # R1 weight on the mask
+    pose_loss_weight: float = 1.0                       # D pose regression on fakes
+    input_pose_params_reg_loss_weight: float = 0.5      # G pose prior weight ...
+    input_pose_params_reg_loss_kimg: float = 200        # ... held for this many kimg ...
+    input_pose_params_reg_loss_decay_kimg: float = 200  # ... then decayed to 0 over this many
+    blur_init_sigma: float = 10                         # blur of D's images (pixels) at image 0 ...
+    blur_fade_kimg: float = 200                         # ... faded to 0 over this many kimg
+    density_noise_fade_kimg: float = 200                # density noise std 1 faded to 0 (0: off)
+    gpc_reg_prob: float = 0.7                           # final GPC swap probability ...
+    gpc_reg_fade_kimg: float = 1000                     # ... reached from 1 after this many kimg
+    bcg_reg_prob: float = 0.2                           # probability of the neighbour's background
+    style_mixing_prob: float = 0.0
+    density_reg: float = 0.0                            # density regularization weight (0: no Greg)
+    density_reg_every: int = 4                          # Greg interval (used by the loop)
+    density_reg_p_dist: float = 0.004                   # std of the point perturbation
+    reg_type: str = 'l1'                                # one of REG_TYPES
+    neural_rendering_resolution_initial: int = 64
+    neural_rendering_resolution_final: int | None = None
+    neural_rendering_resolution_fade_kimg: float = 1000
+    resume_nimg: int = 0                                # image counter at the resume point
+    filter_mode: str = 'antialiased'                    # one of FILTER_MODES
+    blur_raw_target: bool = True                        # blur the real raw image as well
+
+
+def resize_image(x: torch.Tensor, resolution: int, filter_mode: str = 'antialiased') -> torch.Tensor:
+    """Bilinear resize to `resolution`, antialiased when shrinking under 'antialiased'.
+
+    x [B, C, H, W] -> [B, C, resolution, resolution]
+    """
+    if filter_mode not in FILTER_MODES:
+        raise ValueError(f'filter_mode {filter_mode!r}: expected one of {", ".join(FILTER_MODES)}')
+    if x.shape[-2:] == (resolution, resolution):
+        return x
+    return F.interpolate(x, size=(resolution, resolution), mode='bilinear', align_corners=False,
+                         antialias=filter_mode == 'antialiased')
+
+
+def blur_image(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable blur with `schedules.blur_kernel(sigma)`, zero padded, same size (SPEC 7.5).
+
+    x [B, C, H, W] -> [B, C, H, W]; unchanged when the kernel has a single tap (sigma < 1/3).
+    """
+    f = schedules.blur_kernel(sigma, device=x.device)
+    if f.numel() == 1:
+        return x
+    return upfirdn2d.filter2d(x, f)
+
+
+def prepare_real(real_img: torch.Tensor, real_seg: torch.Tensor, resolution: int, blur_sigma: float,
+                 filter_mode: str = 'antialiased') -> dict:
+    """The discriminator input of a real batch (SPEC 7.1, 8.7).
+
+    real_img [B, 3, S, S] in [-1, 1], real_seg [B, 1, S, S] in [0, 1] ->
+      {'image': real_img, 'image_raw': [B, 3, r, r], 'image_mask': [B, 1, r, r]}, r = resolution.
+    The raw image is blurred here with `blur_sigma` (pass 0 for no blur) because D sees the fake raw
+    image unblurred while it is itself low-resolution; the full image is blurred later, in `run_D`,
+    for reals and fakes alike. D always sees the mask at the rendering resolution, like a fake's alpha.
+    """
+    image_raw = blur_image(resize_image(real_img, resolution, filter_mode), blur_sigma)
+    image_mask = resize_image(real_seg, resolution, filter_mode)
+    return {'image': real_img, 'image_raw': image_raw, 'image_mask': image_mask}
+
+
+def swap_with_previous(prob: float, *tensors: torch.Tensor, generator: torch.Generator | None = None) -> list:
+    """Replace, per sample with probability `prob`, each tensor's row by the previous sample's row.
+
+    tensors [B, ...] each -> list of the same shapes. One coin per sample decides for all tensors
+    together, so that a swapped (camera, pose) pair stays a pair; sample 0 takes sample B-1's row.
+    """
+    first = tensors[0]
+    swap = torch.rand([first.shape[0]], device=first.device, generator=generator) < prob
+    return [torch.where(swap.reshape([-1] + [1] * (t.ndim - 1)), t.roll(1, dims=0), t) for t in tensors]
+
+
+class PortraitGANLoss:
+    """All losses of the 3D portrait GAN, one phase per `accumulate_gradients` call."""
+
+    def __init__(self, G: torch.nn.Module, D: torch.nn.Module, config: LossConfig, device: torch.device | str):
+        if config.reg_type not in REG_TYPES:
+            raise ValueError(f'reg_type {config.reg_type!r}: expected one of {", ".join(REG_TYPES)}')
+        if config.filter_mode not in FILTER_MODES:
+            raise ValueError(f'filter_mode {config.filter_mode!r}: expected one of {", ".join(FILTER_MODES)}')
+        self.G = G
+        self.D = D
+        self.config = config
+        self.device = torch.device(device)
+
+    def phase_state(self, cur_nimg: int) -> dict:
+        """The schedule values at the absolute image counter `cur_nimg`.
+
+        -> {'blur_sigma', 'density_noise', 'swap_prob', 'pose_prior_weight': float, 'rendering_resolution': int}
+        """
+        cfg = self.config
+        return {
+            'blur_sigma': schedules.blur_sigma(cur_nimg, cfg.blur_init_sigma, cfg.blur_fade_kimg),
+            'density_noise': schedules.density_noise(cur_nimg, cfg.density_noise_fade_kimg),
+            'swap_prob': schedules.gpc_swap_prob(cur_nimg, cfg.gpc_reg_prob, cfg.gpc_reg_fade_kimg),
+            'pose_prior_weight': schedules.pose_prior_weight(cur_nimg, cfg.input_pose_params_reg_loss_weight,
+                cfg.input_pose_params_reg_loss_kimg, cfg.input_pose_params_reg_loss_decay_kimg),
+            'rendering_resolution': schedules.rendering_resolution(cur_nimg, cfg.resume_nimg,
+                cfg.neural_rendering_resolution_initial, cfg.neural_rendering_resolution_final,
+                cfg.neural_rendering_resolution_fade_kimg),
+        }
+
+    # ------------------------------------------------------------------------------------------
+    # Networks.
+
+    def _mapping(self, z: torch.Tensor, c_cond: torch.Tensor, pose_cond: torch.Tensor, c: torch.Tensor,
+                 pose: torch.Tensor, update_emas: bool) -> torch.Tensor:
+        """ws of z under the (possibly swapped) condition, with optional style mixing.
+
+        z [B, z_dim], c_cond / c [B, 25], pose_cond / pose [B, 6] -> ws [B, num_ws, w_dim]
+        The mixing latent is mapped under the sample's own, unswapped condition (c, pose).
+        """
+        ws = self.G.mapping(z, c_cond, pose_cond, update_emas=update_emas)
+        if self.config.style_mixing_prob > 0 and ws.shape[1] > 1:
+            cutoff = int(torch.randint(1, ws.shape[1], [], device=self.device))
+            if torch.rand([], device=self.device) < self.config.style_mixing_prob:
+                mixed = self.G.mapping(torch.randn_like(z), c, pose, update_emas=False)
+                ws = torch.cat([ws[:, :cutoff], mixed[:, cutoff:]], dim=1)
+        return ws
+
+    def run_G(self, z: torch.Tensor, c: torch.Tensor, pose: torch.Tensor, swapping_prob: float, resolution: int,
+              update_emas: bool = False, density_noise: float = 0.0) -> dict:
+        """Render z from camera c posed by its own pose, conditioned on a possibly swapped (c, pose) (SPEC 7.2).
+
+        z [B, z_dim], c [B, 25], pose [B, 6] (the pose branch output for (z, c)) -> the dict of
+        `G.synthesis` at rendering resolution `resolution`: image [B, 3, S, S], image_raw, image_mask ...
+        Generator pose conditioning: with probability `swapping_prob` a sample is conditioned on the
+        previous sample's (camera, pose), so that G cannot rely on the condition matching the view.
+        Background swap: with probability bcg_reg_prob the background comes from the previous
+        sample's ws, so that the background does not carry the identity.
+        """
+        c_cond, pose_cond = swap_with_previous(swapping_prob, c, pose)
+        ws = self._mapping(z, c_cond, pose_cond, c, pose, update_emas)
+        ws_bcg = None
+        if self.config.bcg_reg_prob > 0:
+            ws_bcg, = swap_with_previous(self.config.bcg_reg_prob, ws)
+        return self.G.synthesis(ws, c, neural_rendering_resolution=resolution, apply_def=True, pose_params=pose,
+                                ws_bcg=ws_bcg, density_noise=density_noise, update_emas=update_emas)
+
+    def run_D(self, img_dict: dict, c: torch.Tensor, blur_sigma: float, update_emas: bool = False) -> tuple:
+        """D on img_dict with its full image blurred by `blur_sigma` (SPEC 7.5).
+
+        img_dict {'image' [B, 3, S, S], 'image_raw' [B, 3, r, r], 'image_mask' [B, 1, r, r]}, c [B, 25]
+        -> (logits [B, 1], predicted pose [B, 6])
+        The raw image is not blurred here: a fake's raw image enters D as rendered, a real one was
+        blurred in `prepare_real`.
+        """
+        if blur_sigma > 0:
+            img_dict = {**img_dict, 'image': blur_image(img_dict['image'], blur_sigma)}
+        return self.D(img_dict, c, update_emas=update_emas)
+
+    # ------------------------------------------------------------------------------------------
+    # Phases.
+
+    def accumulate_gradients(self, phase: str, real_img: torch.Tensor, real_seg: torch.Tensor, real_c: torch.Tensor,
+                             real_pose: torch.Tensor, gen_z: torch.Tensor, gen_c: torch.Tensor,
+                             gen_pose: torch.Tensor, gain: float, cur_nimg: int) -> None:
+        """Run one phase on one chunk and call backward on its loss times `gain`.
+
+        real_img [B, 3, S, S] in [-1, 1], real_seg [B, 1, S, S] in [0, 1], real_c [B, 25],
+        real_pose [B, 6] (the data set's coarse pose, only logged), gen_z [B, z_dim], gen_c [B, 25],
+        gen_pose [B, 6] (the coarse pose of the data set item that gave gen_c: the pose-prior target).
+        Gradients flow into every tensor that requires them; the loop sets requires_grad on the
+        module of the phase only (G phases do backpropagate through D).
+        """
+        if phase not in PHASES:
+            raise ValueError(f'phase {phase!r}: expected one of {", ".join(PHASES)}')
+        cfg = self.config
+        state = self.phase_state(cur_nimg)
+        if phase in ('Gmain', 'Gboth'):
+            self._g_main(gen_z, gen_c, gen_pose, state, gain)
+        if phase in ('Greg', 'Gboth') and cfg.density_reg > 0:
+            self._g_density_reg(gen_z, gen_c, state, gain)
+        do_d_main = phase in ('Dmain', 'Dboth')
+        do_r1 = phase in ('Dreg', 'Dboth') and (cfg.r1_gamma > 0 or cfg.r1_gamma_seg > 0)
+        if do_d_main or do_r1:
+            real = prepare_real(real_img, real_seg, state['rendering_resolution'],
+                                state['blur_sigma'] if cfg.blur_raw_target else 0.0, cfg.filter_mode)
+            if do_d_main:
+                self._d_main(real, real_c, real_pose, gen_z, gen_c, state, gain)
+            if do_r1:
+                self._d_r1(real, real_c, state, gain)
+
+    def _g_main(self, gen_z: torch.Tensor, gen_c: torch.Tensor, gen_pose: torch.Tensor, state: dict,
+                gain: float) -> None:
+        """Non-saturating G loss through all three D inputs, plus the pose prior on the pose branch."""
+        p_G = self.G.get_pose_params(gen_z, gen_c)
+        gen = self.run_G(gen_z, gen_c, p_G, state['swap_prob'], state['rendering_resolution'],
+                         density_noise=state['density_noise'])
+        logits, pose_D = self.run_D(gen, gen_c, state['blur_sigma'])
+        loss_adv = F.softplus(-logits).flatten()                     # [B]
+        prior = (p_G - gen_pose).square().sum(dim=1)                  # [B]
+        loss = loss_adv
+        if state['pose_prior_weight'] > 0:
+            loss = loss + state['pose_prior_weight'] * prior
+        training_stats.report('Loss/scores/fake', logits)
+        training_stats.report('Loss/signs/fake', logits.sign())
+        training_stats.report('Loss/G/loss', loss)
+        training_stats.report('Loss/G/pose_prior', state['pose_prior_weight'] * prior)
+        training_stats.report('Pose/G_vs_coarse', (p_G - gen_pose).detach().abs().mean(dim=1))
+        training_stats.report('Pose/G_vs_D_fake', (p_G - pose_D).detach().abs().mean(dim=1))
+        (loss.mean() * gain).backward()
+
+    def _g_density_reg(self, gen_z: torch.Tensor, gen_c: torch.Tensor, state: dict, gain: float) -> None:
+        """Density smoothness: sigma at random points vs. at slightly perturbed copies (SPEC 7.3 Greg)."""
+        cfg = self.config
+        p_G = self.G.get_pose_params(gen_z, gen_c)
+        # One batch-wide coin, unlike the per-sample swap of run_G.
+        if torch.rand([], device=self.device) < state['swap_prob']:
+            c_cond, pose_cond = gen_c.roll(1, dims=0), p_G.roll(1, dims=0)
+        else:
+            c_cond, pose_cond = gen_c, p_G
+        ws = self._mapping(gen_z, c_cond, pose_cond, gen_c, p_G, update_emas=False)
+        batch = ws.shape[0]
+        # Points span [-1, 1]^3 while the tri-grid box is [-0.5, 0.5]^3 (the published range).
+        points = torch.rand([batch, DENSITY_REG_POINTS, 3], device=ws.device) * 2 - 1
+        loss = 0
+        if cfg.reg_type in ('monotonic-detach', 'monotonic-fixed'):
+            # Density should not decrease from a point to the one just behind it (further along -z).
+            behind = points + points.new_tensor([0.0, 0.0, -1.0]) * (self.G.box_warp / 256)
+            front, back = self._noisy_sigma(torch.cat([points, behind], dim=1), ws, state).chunk(2, dim=1)
+            if cfg.reg_type == 'monotonic-detach':
+                front = front.detach()
+            monotonic = 10 * torch.relu(front - back).mean()
+            training_stats.report('Loss/G/monotonic', monotonic)
+            loss = monotonic
+        perturbed = points + torch.randn_like(points) * cfg.density_reg_p_dist
+        initial, moved = self._noisy_sigma(torch.cat([points, perturbed], dim=1), ws, state).chunk(2, dim=1)
+        smoothness = F.l1_loss(initial, moved) * cfg.density_reg
+        training_stats.report('Loss/G/density_reg', smoothness)
+        (loss + smoothness).mul(gain).backward()
+
+    def _noisy_sigma(self, points: torch.Tensor, ws: torch.Tensor, state: dict) -> torch.Tensor:
+        """Raw density at canonical points with the training-time density noise, as in rendering.
+
+        points [B, M, 3], ws [B, num_ws, w_dim] -> [B, M, 1]
+        """
+        sigma = self.G.sample_mixed(points, ws)['sigma']
+        if state['density_noise'] > 0:
+            sigma = sigma + torch.randn_like(sigma) * state['density_noise']
+        return sigma
+
+    def _d_main(self, real: dict, real_c: torch.Tensor, real_pose: torch.Tensor, gen_z: torch.Tensor,
+                gen_c: torch.Tensor, state: dict, gain: float) -> None:
+        """D on fakes (logit and pose regression toward p_G) and on reals (logit)."""
+        cfg = self.config
+        # G is not optimized here: fakes and the pose target carry no graph back into G.
+        with torch.no_grad():
+            p_G = self.G.get_pose_params(gen_z, gen_c)
+            gen = self.run_G(gen_z, gen_c, p_G, state['swap_prob'], state['rendering_resolution'],
+                             update_emas=True, density_noise=state['density_noise'])
+        logits, pose_D = self.run_D(gen, gen_c, state['blur_sigma'], update_emas=True)
+        loss_fake = F.softplus(logits).flatten()                      # [B]
+        pose_loss = (pose_D - p_G).square().sum(dim=1)                # [B]
+        training_stats.report('Loss/scores/fake', logits)
+        training_stats.report('Loss/signs/fake', logits.sign())
+        training_stats.report('Loss/D/pose', pose_loss)
+        training_stats.report('Pose/G_vs_D_fake', (pose_D - p_G).detach().abs().mean(dim=1))
+        ((loss_fake.mean() + cfg.pose_loss_weight * pose_loss.mean()) * gain).backward()
+
+        logits_real, pose_real = self.run_D(real, real_c, state['blur_sigma'])
+        loss_real = F.softplus(-logits_real).flatten()               # [B]
+        training_stats.report('Loss/scores/real', logits_real)
+        training_stats.report('Loss/signs/real', logits_real.sign())
+        training_stats.report('Loss/D/loss', loss_fake.detach() + cfg.pose_loss_weight * pose_loss.detach() + loss_real)
+        training_stats.report('Pose/D_real_error', (pose_real.detach() - real_pose).abs().mean(dim=1))
+        (loss_real.mean() * gain).backward()
+
+    def _d_r1(self, real: dict, real_c: torch.Tensor, state: dict, gain: float) -> None:
+        """R1: squared gradient norm of D's real logits w.r.t. image and raw image (gamma) and mask (gamma_seg)."""
+        cfg = self.config
+        inputs = {key: real[key].detach().requires_grad_(True) for key in ('image', 'image_raw', 'image_mask')}
+        logits, _ = self.run_D(inputs, real_c, state['blur_sigma'])
+        # Only the input gradients are wanted; the weights get theirs from the penalty's backward.
+        with conv2d_gradfix.no_weight_gradients():
+            grad_image, grad_raw, grad_mask = torch.autograd.grad(outputs=[logits.sum()],
+                inputs=[inputs['image'], inputs['image_raw'], inputs['image_mask']], create_graph=True)
+        r1 = grad_image.square().sum(dim=[1, 2, 3]) + grad_raw.square().sum(dim=[1, 2, 3])   # [B]
+        r1_seg = grad_mask.square().sum(dim=[1, 2, 3])                                       # [B]
+        loss = r1 * (cfg.r1_gamma / 2) + r1_seg * (cfg.r1_gamma_seg / 2)
+        training_stats.report('Loss/r1_penalty', r1)
+        training_stats.report('Loss/r1_seg_penalty', r1_seg)
+        training_stats.report('Loss/D/reg', loss)
+        (loss.mean() * gain).backward()
