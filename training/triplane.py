@@ -38,18 +38,18 @@ def build_body_model(source: str, box_warp: float) -> BodyModel:
 
 def _build_superresolution(sr_module: str, channels: int, input_resolution: int, img_resolution: int, w_dim: int,
                            channel_base: int, channel_max: int, num_fp16_res: int, conv_clamp: float | None,
-                           antialias: bool, noise_mode: str) -> torch.nn.Module:
+                           antialias: bool, noise_mode: str, cpu_bf16: bool) -> torch.nn.Module:
     """The super-resolution head named by `sr_module` (SPEC section 2.8)."""
     if sr_module == 'small':
         return superresolution.SuperresolutionSmall(channels=channels, img_resolution=img_resolution,
             input_resolution=input_resolution, sr_num_fp16_res=num_fp16_res, sr_antialias=antialias,
             channel_base=channel_base, channel_max=channel_max, noise_mode=noise_mode, w_dim=w_dim,
-            conv_clamp=conv_clamp)
+            conv_clamp=conv_clamp, cpu_bf16=cpu_bf16)
     head, head_input = _HYBRID_HEADS[sr_module]
     if input_resolution != head_input:
         raise ValueError(f'sr_module {sr_module!r} works from {head_input} px: set sr_input_resolution={head_input}')
     return head(channels=channels, img_resolution=img_resolution, sr_num_fp16_res=num_fp16_res,
-                sr_antialias=antialias, noise_mode=noise_mode, w_dim=w_dim)
+                sr_antialias=antialias, noise_mode=noise_mode, w_dim=w_dim, cpu_bf16=cpu_bf16)
 
 
 @persistence.persistent_class
@@ -95,6 +95,7 @@ class TriPlaneGenerator(torch.nn.Module):
         body_model: str = 'embedded',        # body driving the deformation: see build_body_model
         thickness: float = 0.25,             # samples this far (m) from every body triangle are not deformed
         deformation_backend: str = 'auto',   # nearest-triangle search: 'auto', 'fcpw' or 'brute'
+        cpu_bf16: bool = False,              # on CPU, run the 2D convolutions under a bfloat16 autocast
     ):
         super().__init__()
         if sr_module not in SR_MODULES:
@@ -111,7 +112,7 @@ class TriPlaneGenerator(torch.nn.Module):
         self.backbone = SynthesisNetwork(w_dim=w_dim, img_resolution=triplane_resolution,
             img_channels=3 * triplane_channels * triplane_depth, channel_base=channel_base,
             channel_max=channel_max, num_fp16_res=num_fp16_res, conv_clamp=conv_clamp,
-            fused_modconv_default='inference_only')
+            fused_modconv_default='inference_only', cpu_bf16=cpu_bf16)
         self.num_ws = self.backbone.num_ws
         self.mapping_network = MappingNetwork(z_dim=z_dim, c_dim=c_dim + pose_dim, w_dim=w_dim,
             num_ws=self.num_ws, num_layers=map_depth)
@@ -120,7 +121,7 @@ class TriPlaneGenerator(torch.nn.Module):
             self.background = SynthesisNetwork(w_dim=w_dim, img_resolution=sr_input_resolution,
                 img_channels=triplane_channels, channel_base=background_channel_base,
                 channel_max=channel_max, num_fp16_res=num_fp16_res, conv_clamp=conv_clamp,
-                fused_modconv_default='inference_only')
+                fused_modconv_default='inference_only', cpu_bf16=cpu_bf16)
             if self.background.num_ws > self.num_ws:
                 raise ValueError(f'the background net needs {self.background.num_ws} ws but the backbone has '
                                  f'{self.num_ws}: lower sr_input_resolution or raise triplane_resolution')
@@ -135,7 +136,7 @@ class TriPlaneGenerator(torch.nn.Module):
         self.superresolution = _build_superresolution(sr_module, channels=triplane_channels,
             input_resolution=sr_input_resolution, img_resolution=img_resolution, w_dim=w_dim,
             channel_base=sr_channel_base, channel_max=sr_channel_max, num_fp16_res=sr_num_fp16_res,
-            conv_clamp=sr_conv_clamp, antialias=sr_antialias, noise_mode=sr_noise_mode)
+            conv_clamp=sr_conv_clamp, antialias=sr_antialias, noise_mode=sr_noise_mode, cpu_bf16=cpu_bf16)
 
     def get_pose_params(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """The body pose the generator chooses for latent z seen from camera c: z [B, z_dim], c [B, 25] -> [B, 6]."""
