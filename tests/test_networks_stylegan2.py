@@ -322,7 +322,7 @@ def test_fp16_settings_fall_back_to_fp32_on_cpu():
     torch.testing.assert_close(G16_cl(z, c, noise_mode='const'), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_cpu_bf16_autocast_stays_within_tolerance():
+def test_cpu_bf16_convolutions_stay_within_tolerance():
     # Stated tolerance of the bf16 option: relative RMS error of the output below 2 %.
     torch.manual_seed(16)
     G = _small_generator(img_resolution=32, channel_base=2048, channel_max=64)
@@ -338,7 +338,7 @@ def test_cpu_bf16_autocast_stays_within_tolerance():
     assert 0 < rel < 0.02, f'bf16 relative RMS error {rel:.4f}'
     # force_fp32 turns the option off.
     assert torch.equal(Gbf(z, c, noise_mode='const', force_fp32=True), ref)
-    # Gradients flow through the autocast region.
+    # Gradients flow through the bf16 convolutions.
     out.sum().backward()
     assert all(p.grad is not None for p in Gbf.synthesis.parameters())
 

@@ -8,15 +8,15 @@ weights convert by name. Two departures, both numerically equivalent:
   default ("non-fused") path convolves `x * s` with the shared weight. The grouped per-sample
   convolution ("fused") is kept for where it is faster: inference on CUDA.
 - fp16 blocks run in fp16 only on CUDA; elsewhere they run in fp32 (in float64 when given float64
-  inputs, so that gradients can be checked numerically). On CPU the synthesis blocks
-  keep activations channels_last (oneDNN's fast layout) and can optionally run their
-  convolutions under a bfloat16 autocast (`cpu_bf16`), which is off by default.
+  inputs, so that gradients can be checked numerically). On CPU the synthesis blocks keep
+  activations channels_last (oneDNN's fast layout) and can optionally run their modulated
+  convolutions in bfloat16 (`cpu_bf16`, off by default), while modulation, demodulation, noise,
+  bias and the image path stay in fp32. This pays off only on CPUs with AMX; with AVX512-BF16
+  alone oneDNN's bf16 convolutions are slower than fp32 ones.
 
 The discriminator epilogue is split in two (`get_flatten_x` and `forward`) so that other heads
 can share the flattened trunk features.
 """
-
-import contextlib
 
 import numpy as np
 import torch
@@ -52,13 +52,11 @@ def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor, eps: f
 
     weight [O, I, kh, kw], styles [B, I] -> [B, O]
     Equals rsqrt(sum_{i,kh,kw} (weight[o,i] * styles[b,i])^2 + eps) without forming the [B,O,I,kh,kw]
-    modulated weight. Written as an elementwise product and sum rather than a matmul so that it
-    stays in full precision under autocast.
+    modulated weight.
     """
     dtype = torch.promote_types(torch.promote_types(weight.dtype, styles.dtype), torch.float32)
     wsq = weight.to(dtype).square().sum(dim=[2, 3])                            # [O, I]
-    ssq = styles.to(dtype).square()                                            # [B, I]
-    return ((ssq.unsqueeze(1) * wsq.unsqueeze(0)).sum(dim=2) + eps).rsqrt()
+    return (styles.to(dtype).square() @ wsq.t() + eps).rsqrt()
 
 
 def modulated_conv2d(
@@ -73,6 +71,7 @@ def modulated_conv2d(
     demodulate: bool = True,                # Normalise each output channel of the modulated weight?
     flip_weight: bool = True,               # False = true convolution (faster with up > 1).
     fused_modconv: bool = True,             # One grouped convolution per batch instead of a shared one?
+    conv_dtype: torch.dtype | None = None,  # dtype of the convolution itself (e.g. bfloat16), None = x's dtype.
 ) -> torch.Tensor:
     """StyleGAN2 modulated convolution: conv(x, weight * styles), demodulated, plus noise.
 
@@ -80,7 +79,8 @@ def modulated_conv2d(
     (H' = H for a 3x3 kernel with padding 1 and up = down = 1; 2H with up = 2.)
     Both paths compute the same function. The non-fused one scales the activations instead of the
     weight, so one shared convolution serves the whole batch; the fused one builds the
-    [B, O, I, kh, kw] weight and runs a grouped convolution.
+    [B, O, I, kh, kw] weight and runs a grouped convolution. With `conv_dtype` only the
+    convolution runs in that dtype; the result comes back in x's dtype.
     """
     batch_size = x.shape[0]
     out_channels, in_channels, kh, kw = weight.shape
@@ -95,14 +95,14 @@ def modulated_conv2d(
         styles = styles / styles.abs().amax(dim=1, keepdim=True)
 
     dcoefs = demodulation_coefficients(weight, styles) if demodulate else None  # [B, O]
-    # Under a CPU bf16 autocast the convolution returns bf16; casting the factors to the input
-    # dtype keeps demodulation and noise in the input's precision.
     dtype = x.dtype
+    conv_dtype = dtype if conv_dtype is None else conv_dtype
 
     if not fused_modconv:
-        x = x * styles.to(dtype).reshape(batch_size, -1, 1, 1)
-        x = conv2d_resample.conv2d_resample(x=x, w=weight.to(dtype), f=resample_filter, up=up, down=down,
+        x = (x * styles.to(dtype).reshape(batch_size, -1, 1, 1)).to(conv_dtype)
+        x = conv2d_resample.conv2d_resample(x=x, w=weight.to(conv_dtype), f=resample_filter, up=up, down=down,
                                             padding=padding, flip_weight=flip_weight)
+        # The factors below are in `dtype`, so the products promote a low-precision result back.
         if demodulate and noise is not None:
             return fma.fma(x, dcoefs.to(dtype).reshape(batch_size, -1, 1, 1), noise.to(dtype))
         if demodulate:
@@ -114,9 +114,9 @@ def modulated_conv2d(
     w = weight.unsqueeze(0) * styles.to(weight.dtype).reshape(batch_size, 1, -1, 1, 1)  # [B, O, I, kh, kw]
     if demodulate:
         w = w * dcoefs.to(w.dtype).reshape(batch_size, -1, 1, 1, 1)
-    x = x.reshape(1, -1, *x.shape[2:])
+    x = x.reshape(1, -1, *x.shape[2:]).to(conv_dtype)
     w = w.reshape(-1, in_channels, kh, kw)
-    x = conv2d_resample.conv2d_resample(x=x, w=w.to(dtype), f=resample_filter, up=up, down=down,
+    x = conv2d_resample.conv2d_resample(x=x, w=w.to(conv_dtype), f=resample_filter, up=up, down=down,
                                         padding=padding, groups=batch_size, flip_weight=flip_weight)
     x = x.reshape(batch_size, -1, *x.shape[2:])
     if noise is not None:
@@ -351,18 +351,17 @@ class SynthesisLayer(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = 'random', fused_modconv: bool = True,
-                gain: float = 1) -> torch.Tensor:
+                gain: float = 1, conv_dtype: torch.dtype | None = None) -> torch.Tensor:
         """x [B, in_channels, res / up, res / up], w [B, w_dim] -> [B, out_channels, res, res]
 
         noise_mode: 'random' (fresh N(0, 1) per call), 'const' (the stored `noise_const`) or 'none'.
+        conv_dtype: see modulated_conv2d.
         """
         if noise_mode not in ('random', 'const', 'none'):
             raise ValueError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
         in_resolution = self.resolution // self.up
         misc.assert_shape(x, [None, self.in_channels, in_resolution, in_resolution])
-        # Styles stay in full precision under an autocast region (see SynthesisBlock.cpu_bf16).
-        with torch.autocast(device_type=w.device.type, enabled=False):
-            styles = self.affine(w.to(full_precision(w.dtype)))
+        styles = self.affine(w.to(full_precision(w.dtype)))
 
         noise = None
         if self.use_noise and noise_mode == 'random':
@@ -373,7 +372,7 @@ class SynthesisLayer(torch.nn.Module):
         flip_weight = (self.up == 1)  # The transposed convolution used for up > 1 flips natively.
         x = modulated_conv2d(x=x, weight=self.weight, styles=styles, noise=noise, up=self.up, padding=self.padding,
                              resample_filter=self.resample_filter, flip_weight=flip_weight,
-                             fused_modconv=fused_modconv)
+                             fused_modconv=fused_modconv, conv_dtype=conv_dtype)
 
         act_gain = self.act_gain * gain
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
@@ -411,11 +410,12 @@ class ToRGBLayer(torch.nn.Module):
         # Without demodulation nothing normalises the weight, so the equalized-LR gain goes on the styles.
         self.weight_gain = 1 / np.sqrt(in_channels * (kernel_size ** 2))
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
-        """x [B, in_channels, H, W], w [B, w_dim] -> [B, out_channels, H, W]"""
-        with torch.autocast(device_type=w.device.type, enabled=False):
-            styles = self.affine(w.to(full_precision(w.dtype))) * self.weight_gain
-        x = modulated_conv2d(x=x, weight=self.weight, styles=styles, demodulate=False, fused_modconv=fused_modconv)
+    def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True,
+                conv_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """x [B, in_channels, H, W], w [B, w_dim] -> [B, out_channels, H, W]  (conv_dtype: see modulated_conv2d)"""
+        styles = self.affine(w.to(full_precision(w.dtype))) * self.weight_gain
+        x = modulated_conv2d(x=x, weight=self.weight, styles=styles, demodulate=False, fused_modconv=fused_modconv,
+                             conv_dtype=conv_dtype)
         return bias_act.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
 
     def extra_repr(self) -> str:
@@ -448,7 +448,7 @@ class SynthesisBlock(torch.nn.Module):
         up: int = 2,                    # Upsampling factor of the input: 2, or 1 to keep the resolution.
         use_noise: bool = True,         # Add per-pixel noise in the synthesis layers?
         activation: str = 'lrelu',      # Activation of the synthesis layers.
-        cpu_bf16: bool = False,         # On CPU, run the convolutions under a bfloat16 autocast?
+        cpu_bf16: bool = False,         # On CPU, run the modulated convolutions in bfloat16?
     ):
         if architecture not in ('orig', 'skip', 'resnet'):
             raise ValueError(f"architecture must be 'orig', 'skip' or 'resnet', got {architecture!r}")
@@ -520,32 +520,32 @@ class SynthesisBlock(torch.nn.Module):
         else:
             memory_format = torch.channels_last  # oneDNN's convolutions are fastest in this layout on CPU.
         use_bf16 = self.cpu_bf16 and not force_fp32 and device.type == 'cpu'
+        conv_dtype = torch.bfloat16 if use_bf16 else None
         fused_modconv = self._resolve_fused_modconv(fused_modconv, device)
         in_resolution = self.resolution // self.up
-        autocast = torch.autocast(device_type='cpu', dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+        layer_args = dict(fused_modconv=fused_modconv, conv_dtype=conv_dtype)
 
-        with autocast:
-            if self.in_channels == 0:
-                x = self.const.to(dtype=dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
-                x = x.contiguous(memory_format=memory_format)
-            else:
-                misc.assert_shape(x, [None, self.in_channels, in_resolution, in_resolution])
-                x = x.to(dtype=dtype, memory_format=memory_format)
+        if self.in_channels == 0:
+            x = self.const.to(dtype=dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            x = x.contiguous(memory_format=memory_format)
+        else:
+            misc.assert_shape(x, [None, self.in_channels, in_resolution, in_resolution])
+            x = x.to(dtype=dtype, memory_format=memory_format)
 
-            if self.in_channels == 0:
-                x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, noise_mode=noise_mode)
-            elif self.architecture == 'resnet':
-                y = self.skip(x, gain=np.sqrt(0.5))
-                x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, noise_mode=noise_mode)
-                x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, noise_mode=noise_mode, gain=np.sqrt(0.5))
-                x = y + x
-            else:
-                x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, noise_mode=noise_mode)
-                x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, noise_mode=noise_mode)
+        if self.in_channels == 0:
+            x = self.conv1(x, next(w_iter), noise_mode=noise_mode, **layer_args)
+        elif self.architecture == 'resnet':
+            y = self.skip(x, gain=np.sqrt(0.5))
+            x = self.conv0(x, next(w_iter), noise_mode=noise_mode, **layer_args)
+            x = self.conv1(x, next(w_iter), noise_mode=noise_mode, gain=np.sqrt(0.5), **layer_args)
+            x = y + x
+        else:
+            x = self.conv0(x, next(w_iter), noise_mode=noise_mode, **layer_args)
+            x = self.conv1(x, next(w_iter), noise_mode=noise_mode, **layer_args)
 
-            rgb = None
-            if self.is_last or self.architecture == 'skip':
-                rgb = self.torgb(x, next(w_iter), fused_modconv=fused_modconv)
+        rgb = None
+        if self.is_last or self.architecture == 'skip':
+            rgb = self.torgb(x, next(w_iter), **layer_args)
 
         # The image path stays in full precision so that rounding does not accumulate over the blocks.
         if img is not None:
@@ -557,8 +557,6 @@ class SynthesisBlock(torch.nn.Module):
             rgb = rgb.to(dtype=fp, memory_format=torch.contiguous_format)
             img = img + rgb if img is not None else rgb
 
-        if use_bf16:
-            x = x.to(fp)
         assert x.dtype == dtype
         assert img is None or img.dtype == fp
         return x, img
@@ -586,7 +584,7 @@ class SynthesisNetwork(torch.nn.Module):
         fp16_channels_last: bool = False,  # Use channels_last with fp16 on CUDA?
         fused_modconv_default=True,     # See SynthesisBlock: True, False or 'inference_only'.
         use_noise: bool = True,         # Add per-pixel noise in the synthesis layers?
-        cpu_bf16: bool = False,         # On CPU, run the convolutions under a bfloat16 autocast?
+        cpu_bf16: bool = False,         # On CPU, run the modulated convolutions in bfloat16?
     ):
         img_resolution_log2 = int(np.log2(img_resolution))
         if img_resolution < 4 or img_resolution != 2 ** img_resolution_log2:

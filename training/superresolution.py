@@ -85,7 +85,7 @@ class SuperresolutionHybrid2X(_SuperresolutionBase):
         fused_modconv_default='inference_only',  # See SynthesisBlock.
         noise_mode: str = 'none',       # Default noise mode of the blocks.
         w_dim: int = 512,               # Intermediate latent (w) dimensionality.
-        cpu_bf16: bool = False,         # On CPU, run the convolutions under a bfloat16 autocast?
+        cpu_bf16: bool = False,         # On CPU, run the modulated convolutions in bfloat16?
     ):
         if img_resolution != 128:
             raise ValueError(f'SuperresolutionHybrid2X produces 128x128 images, got img_resolution={img_resolution}')
@@ -112,7 +112,7 @@ class SuperresolutionHybrid4X(_SuperresolutionBase):
         fused_modconv_default='inference_only',  # See SynthesisBlock.
         noise_mode: str = 'none',       # Default noise mode of the blocks.
         w_dim: int = 512,               # Intermediate latent (w) dimensionality.
-        cpu_bf16: bool = False,         # On CPU, run the convolutions under a bfloat16 autocast?
+        cpu_bf16: bool = False,         # On CPU, run the modulated convolutions in bfloat16?
     ):
         if img_resolution != 256:
             raise ValueError(f'SuperresolutionHybrid4X produces 256x256 images, got img_resolution={img_resolution}')
@@ -139,7 +139,7 @@ class SuperresolutionHybrid8XDC(_SuperresolutionBase):
         fused_modconv_default='inference_only',  # See SynthesisBlock.
         noise_mode: str = 'none',       # Default noise mode of the blocks.
         w_dim: int = 512,               # Intermediate latent (w) dimensionality.
-        cpu_bf16: bool = False,         # On CPU, run the convolutions under a bfloat16 autocast?
+        cpu_bf16: bool = False,         # On CPU, run the modulated convolutions in bfloat16?
     ):
         if img_resolution != 512:
             raise ValueError(f'SuperresolutionHybrid8XDC produces 512x512 images, got img_resolution={img_resolution}')
@@ -172,7 +172,7 @@ class SuperresolutionSmall(_SuperresolutionBase):
         noise_mode: str = 'none',       # Default noise mode of the blocks.
         w_dim: int = 512,               # Intermediate latent (w) dimensionality.
         conv_clamp: float | None = None,  # Clamp conv outputs to +-conv_clamp (None = no clamp).
-        cpu_bf16: bool = False,         # On CPU, run the convolutions under a bfloat16 autocast?
+        cpu_bf16: bool = False,         # On CPU, run the modulated convolutions in bfloat16?
     ):
         factor = img_resolution // input_resolution
         if img_resolution % input_resolution != 0 or factor != 2 ** int(np.log2(factor)):
