@@ -47,8 +47,9 @@ class PosedMeshMap:
         self.thickness = float(thickness)
         self.searches = [NearestFaceSearch(vertices, faces, backend, chunk_size) for vertices in posed.detach()]
 
-        # x_can = C0 + R_can R_posed^T (x - P0), applied as x + shift + (rotation - I)(x - P0),
-        # which is exact for triangles that did not move.
+        # x_can = C0 + R_can R_posed^T (x - P0), applied as x + shift + (rotation - I)(x - P0):
+        # for a triangle that did not move, shift is exactly zero and rotation - I is at the
+        # rounding level, so its points stay put to within rounding times |x - P0|.
         canonical = canonical.to(posed.dtype)
         rotation = face_frames(canonical, faces) @ face_frames(posed, faces).transpose(-1, -2)
         eye = torch.eye(3, dtype=posed.dtype, device=posed.device)
@@ -69,8 +70,8 @@ class PosedMeshMap:
         """
         if points.dim() != 3 or points.shape[0] != self.batch_size or points.shape[-1] != 3:
             raise ValueError(f'canonicalize: points must be [{self.batch_size}, N, 3], got {tuple(points.shape)}')
-        if points.shape[1] == 0:
-            return torch.zeros(points.shape[:2], dtype=torch.long, device=points.device) - 1
+        if points.shape[0] == 0 or points.shape[1] == 0:
+            return torch.full(points.shape[:2], -1, dtype=torch.long, device=points.device)
         return torch.stack([search.query(item, self.thickness)[0]
                             for search, item in zip(self.searches, points.detach())])
 
