@@ -1,0 +1,179 @@
+"""train.py option handling and training/config.py: resolution, validation and one-line errors."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import train
+from training.config import ConfigError, TrainingConfig
+from training.presets import load_preset
+from training.training_loop import RESUME_FORMAT, RESUME_VERSION
+
+
+def _invoke(*args):
+    return CliRunner().invoke(train.main, list(args))
+
+
+def _dry_run(*args) -> dict:
+    result = _invoke('--dry-run', *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def _assert_usage_error(result, fragment: str, exit_code: int = 2):
+    """A click error: the expected exit code, the message, and no Python traceback."""
+    assert result.exit_code == exit_code, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert fragment in result.output, result.output
+    assert 'Traceback' not in result.output
+
+
+def test_dry_run_prints_preset_values_and_overrides():
+    preset = load_preset('cpu-small')
+    resolved = _dry_run('--batch', '16', '--gamma', '2', '--glr', '0.001', '--cbase', '2048', '--triplane_depth', '2',
+                        '--train_g_pose_branch', 'false', '--kimg', '0.5')
+    assert resolved['cfg'] == 'cpu-small'
+    assert (resolved['batch'], resolved['gamma'], resolved['glr'], resolved['kimg']) == (16, 2.0, 0.001, 0.5)
+    assert resolved['train_g_pose_branch'] is False
+    # --cbase sets G's and D's channel base, as published; generator options land in the generator.
+    assert resolved['generator']['channel_base'] == resolved['d_channel_base'] == 2048
+    assert resolved['generator']['triplane_depth'] == 2
+    # Everything not given keeps the preset's value.
+    for key in ('batch_gpu', 'gamma_seg', 'blur_fade_kimg', 'gpc_reg_prob', 'mirror', 'tick', 'snap'):
+        assert resolved[key] == preset['training'][key], key
+    assert resolved['generator']['z_dim'] == preset['generator']['z_dim']
+    # No data given: the built-in synthetic set at the preset's image resolution.
+    assert resolved['data'].endswith('synthetic-portraits-64.zip')
+    assert resolved['seg_data'].endswith('synthetic-portraits-64-seg.zip')
+    assert resolved['device'] == ('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+def test_dry_run_of_full_head_and_metrics_none():
+    resolved = _dry_run('--cfg', 'full-head', '--metrics', 'none')
+    assert resolved['generator']['img_resolution'] == 512 and resolved['batch'] == 32
+    assert resolved['metrics'] == []
+    assert resolved['data'].endswith('synthetic-portraits-512.zip')
+
+
+@pytest.mark.parametrize('args, fragment', [
+    (['--cfg', 'nosuch'], 'unknown preset'),
+    (['--batch', '3', '--batch-gpu', '4'], 'must be a multiple of --batch-gpu'),
+    (['--batch', '8', '--batch-gpu', '4', '--gpus', '4'], 'must be a multiple of --batch-gpu'),
+    (['--batch-gpu', '6', '--mbstd-group', '4', '--batch', '12'], 'multiple of --mbstd-group'),
+    (['--gamma', '-1'], "Invalid value for '--gamma'"),
+    (['--gpc_reg_prob', '1.5'], "Invalid value for '--gpc_reg_prob'"),
+    (['--kimg', '0'], "Invalid value for '--kimg'"),
+    (['--data', '/no/such/images.zip', '--seg_data', '/no/such/masks.zip'], 'does not exist'),
+    (['--data', __file__], 'give both --data and --seg_data'),
+    (['--resume_kimg', '100'], '--resume_kimg needs --resume'),
+    (['--resume_blur'], '--resume_blur only applies'),
+    (['--device', 'tpu'], "Invalid value for '--device'"),
+])
+def test_bad_options_are_click_errors(args, fragment):
+    _assert_usage_error(_invoke('--dry-run', *args), fragment)
+
+
+def test_metrics_without_a_metrics_module_are_refused():
+    if os.path.exists(os.path.join(os.path.dirname(train.__file__), 'metrics', 'metric_main.py')):
+        pytest.skip('this checkout has a metrics module')
+    _assert_usage_error(_invoke('--dry-run', '--cfg', 'full-head'), 'pass --metrics none')
+
+
+def test_unreadable_data_set_is_a_one_line_error(tmp_path):
+    images, masks = tmp_path / 'images', tmp_path / 'masks'
+    images.mkdir()
+    masks.mkdir()
+    result = _invoke('--data', str(images), '--seg_data', str(masks), '--outdir', str(tmp_path / 'runs'))
+    _assert_usage_error(result, 'Error: ', exit_code=1)
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_resume_of_a_directory_without_state(tmp_path):
+    _assert_usage_error(_invoke('--dry-run', '--resume', str(tmp_path)), 'holds no resume-state')
+
+
+def _fake_resume_state(run_dir, cur_nimg: int, **config_changes) -> str:
+    """A resume state file with a stored config and counters (its networks are not needed here)."""
+    config = TrainingConfig.from_preset(load_preset('cpu-small'), 'cpu-small', data='d.zip', seg_data='s.zip', gpus=1)
+    config = dataclasses.replace(config, **config_changes)
+    path = os.path.join(run_dir, f'resume-state-{cur_nimg // 1000:06d}.pt')
+    torch.save(dict(format=RESUME_FORMAT, version=RESUME_VERSION, config_json=config.to_json(),
+                    progress=dict(cur_nimg=cur_nimg, cur_tick=3, tick_start_nimg=cur_nimg, batch_idx=7,
+                                  data_batches=7), networks={}, optimizers={}, rng=[]), path)
+    return path
+
+
+def test_resume_keeps_the_stored_options_and_applies_given_ones(tmp_path):
+    path = _fake_resume_state(str(tmp_path), 2000, gamma=3.0, kimg=10.0)
+    resolved = _dry_run('--resume', str(tmp_path), '--kimg', '20', '--workers', '1')
+    assert resolved['resume'] == path
+    assert (resolved['gamma'], resolved['kimg'], resolved['workers'], resolved['data']) == (3.0, 20.0, 1, 'd.zip')
+    # The snapshot's name finds the state beside it; a snapshot without one needs --resume_kimg.
+    (tmp_path / 'network-snapshot-000002.pkl').write_bytes(b'')
+    assert _dry_run('--resume', str(tmp_path / 'network-snapshot-000002.pkl'))['resume'] == path
+    (tmp_path / 'network-snapshot-000001.pkl').write_bytes(b'')
+    _assert_usage_error(_invoke('--dry-run', '--resume', str(tmp_path / 'network-snapshot-000001.pkl')),
+                        'add --resume_kimg')
+
+
+def test_resume_refuses_changes_that_do_not_fit_the_state(tmp_path):
+    _fake_resume_state(str(tmp_path), 12000, kimg=12.0)
+    _assert_usage_error(_invoke('--dry-run', '--resume', str(tmp_path)), 'pass a larger --kimg')
+    _assert_usage_error(_invoke('--dry-run', '--resume', str(tmp_path), '--kimg', '20', '--cbase', '1024'),
+                        'cannot change the network architecture')
+    _assert_usage_error(_invoke('--dry-run', '--resume', str(tmp_path), '--kimg', '20', '--cfg', 'cpu-small'),
+                        '--cfg cannot be combined with --resume')
+
+
+def test_new_stage_from_a_snapshot(tmp_path):
+    snapshot = tmp_path / 'network-snapshot-006000.pkl'
+    snapshot.write_bytes(b'not read by a dry run')
+    resolved = _dry_run('--resume', str(snapshot), '--resume_kimg', '6', '--kimg', '16', '--train_g_pose_branch', 'false')
+    assert resolved['resume'] == str(snapshot) and resolved['stage_start_kimg'] == 6.0
+    # SPEC 8.1: a new stage has no EMA rampup and, without --resume_blur, no blur or GPC fade.
+    assert resolved['ema_rampup'] is None
+    assert resolved['blur_init_sigma'] == 0.0 and resolved['gpc_reg_fade_kimg'] == 0.0
+    kept = _dry_run('--resume', str(snapshot), '--resume_kimg', '6', '--kimg', '16', '--resume_blur')
+    assert kept['blur_init_sigma'] == load_preset('cpu-small')['training']['blur_init_sigma']
+    _assert_usage_error(_invoke('--dry-run', '--resume', str(snapshot), '--resume_kimg', '16', '--kimg', '16'),
+                        'must be above the stage start')
+
+
+# ------------------------------------------------------------------------------------------------
+# TrainingConfig.
+
+def _config(**changes) -> TrainingConfig:
+    config = TrainingConfig.from_preset(load_preset('cpu-small'), 'cpu-small', data='d.zip', seg_data='s.zip', gpus=1)
+    return config.replace(**changes)
+
+
+def test_config_json_round_trip():
+    config = _config(batch=16, neural_rendering_resolution_final=64, desc='x')
+    assert TrainingConfig.from_json(config.to_json()) == config
+
+
+def test_config_derived_values():
+    config = _config(batch=16, ema_kimg_per_32=10.0, blur_fade_kimg=200.0, gpus=2, batch_gpu=4)
+    assert config.ema_kimg == 5.0 and config.effective_blur_fade_kimg == 100.0
+    assert config.batch_per_process == 8
+    assert _config(density_reg=0.0).g_reg_interval is None and _config(density_reg=0.25).g_reg_interval == 4
+    assert _config(gamma=0.0, gamma_seg=0.0).r1_interval is None and _config().r1_interval == 16
+
+
+def test_config_rejects_unknown_missing_and_mistyped_settings():
+    values = dataclasses.asdict(_config())
+    with pytest.raises(ConfigError, match='unknown setting.*batchsize'):
+        TrainingConfig.from_dict({**values, 'batchsize': 4})
+    with pytest.raises(ConfigError, match='missing setting.*gamma'):
+        TrainingConfig.from_dict({k: v for k, v in values.items() if k != 'gamma'})
+    with pytest.raises(ConfigError, match='batch: expected int'):
+        TrainingConfig.from_dict({**values, 'batch': 'eight'})
+    with pytest.raises(ConfigError, match='mirror: expected bool'):
+        TrainingConfig.from_dict({**values, 'mirror': 1})
+    with pytest.raises(ConfigError, match='generator: unknown argument.*z_size'):
+        _config(generator={**values['generator'], 'z_size': 3}).validate()

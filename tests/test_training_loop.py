@@ -1,0 +1,255 @@
+"""End-to-end runs of training/training_loop.py on a tiny network and a 16-image synthetic set.
+
+The strongest check: a run that stops after one iteration and is continued from its resume state
+ends with exactly the networks and optimizer moments of a run that trained straight through.
+Also: snapshot files load, a process killed while writing a resume state leaves the previous
+one usable and continuable with train.py, two gloo processes hold identical parameters and stop
+together when one of them gets SIGTERM, and persistent NaN losses stop the run.
+"""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import torch
+
+from torch_utils import training_stats
+from training import checkpoint
+from training.config import TrainingConfig
+from training.presets import load_preset
+from training.synthetic import build_synthetic_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BATCH = 4
+
+# A generator small enough to train a few iterations in seconds on two cores.
+TINY_GENERATOR = dict(img_resolution=32, sr_input_resolution=16, triplane_resolution=32,
+                      neural_rendering_resolution=16, channel_base=512, channel_max=32, background_channel_base=256,
+                      sr_channel_base=256, sr_channel_max=16, triplane_channels=8, decoder_hidden=16,
+                      depth_resolution=6, depth_resolution_importance=6, z_dim=32, w_dim=32)
+TINY_TRAINING = dict(batch=BATCH, batch_gpu=BATCH, d_channel_base=256, d_channel_max=32,
+                     neural_rendering_resolution_initial=16, d_reg_interval=2, tick=BATCH / 1000, snap=1,
+                     image_snap=0, snapshot_grid=[2, 1])
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    """-> (preset path, TrainingConfig of one process) on a 16-image 32 px synthetic set."""
+    root = tmp_path_factory.mktemp('tiny')
+    data, seg_data = str(root / 'data.zip'), str(root / 'seg.zip')
+    build_synthetic_dataset(data, seg_data, num_images=16, resolution=32, workers=0, progress=False)
+    preset = load_preset('cpu-small')
+    preset['generator'].update(TINY_GENERATOR)
+    preset['training'].update(TINY_TRAINING)
+    preset_path = str(root / 'tiny.json')
+    with open(preset_path, 'w') as f:
+        json.dump(preset, f)
+    config = TrainingConfig.from_preset(preset, preset_path, data=data, seg_data=seg_data, gpus=1, workers=1)
+    return preset_path, config.validate()
+
+
+def _run(config: TrainingConfig, run_dir: str) -> dict:
+    from training.training_loop import training_loop
+    os.makedirs(run_dir, exist_ok=True)
+    return training_loop(config, run_dir)
+
+
+def _resume_state(run_dir: str) -> dict:
+    from training.training_loop import latest_resume_state, load_resume_state
+    path = latest_resume_state(run_dir)
+    assert path is not None, f'no resume state in {run_dir}: {os.listdir(run_dir)}'
+    return load_resume_state(path)
+
+
+def _stats(run_dir: str) -> list:
+    with open(os.path.join(run_dir, 'stats.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def _assert_same_tensors(a, b, where=''):
+    """Nested dicts/lists of tensors and numbers are exactly equal."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same_tensors(a[key], b[key], f'{where}.{key}')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for index, (x, y) in enumerate(zip(a, b)):
+            _assert_same_tensors(x, y, f'{where}[{index}]')
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f'{where} differs: max |a - b| = {(a.double() - b.double()).abs().max()}'
+    else:
+        assert a == b, where
+
+
+@pytest.mark.slow
+def test_continued_run_equals_uninterrupted_run(tiny, tmp_path):
+    _, config = tiny
+    straight = str(tmp_path / 'straight')
+    first, second = str(tmp_path / 'first'), str(tmp_path / 'second')
+    _run(config.replace(kimg=3 * BATCH / 1000), straight)
+    _run(config.replace(kimg=1 * BATCH / 1000), first)
+
+    # The stopped run's snapshot: every file loads, and the resume state holds the counters.
+    for path in ('network-snapshot-000000.pkl', 'network-snapshot-000000.pt'):
+        modules = checkpoint.load_any(os.path.join(first, path))
+        assert {'G', 'D', 'G_ema', 'D_ema', 'training_set_kwargs'} <= set(modules)
+        assert modules['G_ema'].img_resolution == 32
+    with open(os.path.join(first, 'pose_predict_kwargs-000000.json')) as f:
+        pose_kwargs = json.load(f)
+    assert pose_kwargs['neural_rendering_resolution'] == 16 and pose_kwargs['filter_mode'] == 'antialiased'
+    assert pose_kwargs['blur_sigma'] > 0 and len(pose_kwargs['resample_filter']) == 4
+    assert glob.glob(os.path.join(first, 'fakes_init_*.png')) and os.path.isfile(os.path.join(first, 'reals.png'))
+    stopped = _resume_state(first)
+    assert stopped['progress']['cur_nimg'] == BATCH and stopped['progress']['batch_idx'] == 1
+    losses = [line[name]['mean'] for line in _stats(first) for name in ('Loss/G/loss', 'Loss/D/loss')]
+    assert losses and all(map(lambda v: v == v and abs(v) < float('inf'), losses))
+
+    # Continue to the straight run's end. batch_idx 1 is not a Dreg iteration (interval 2): a
+    # counter restarted at 0 would add an R1 step and change the networks.
+    from training.training_loop import latest_resume_state
+    _run(config.replace(kimg=3 * BATCH / 1000, resume=latest_resume_state(first)), second)
+    assert _stats(second)[0]['Progress/kimg']['mean'] == pytest.approx(2 * BATCH / 1000)
+    expected, continued = _resume_state(straight), _resume_state(second)
+    assert continued['progress'] == expected['progress']
+    _assert_same_tensors(continued['networks'], expected['networks'], 'networks')
+    _assert_same_tensors(continued['optimizers'], expected['optimizers'], 'optimizers')
+    # Training moved the networks, so the equality above is not that of two untouched copies.
+    assert not torch.equal(expected['networks']['G']['backbone.b4.const'], stopped['networks']['G']['backbone.b4.const'])
+
+
+KILL_DURING_SECOND_RESUME_STATE = r'''
+import os, signal, sys
+import torch
+sys.path.insert(0, sys.argv[3])
+torch.set_num_threads(2)
+import training.training_loop as loop
+from training.config import TrainingConfig
+
+real_save = torch.save
+written = []
+
+def save_then_die(obj, file, *args, **kwargs):
+    # The second resume state dies half written, as under SIGKILL or a power cut.
+    if isinstance(obj, dict) and obj.get('format') == loop.RESUME_FORMAT:
+        written.append(obj['progress']['cur_nimg'])
+        if len(written) == 2:
+            file.write(b'PK\x03\x04 half of a resume state')
+            file.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, file, *args, **kwargs)
+
+torch.save = save_then_die
+with open(sys.argv[1]) as f:
+    config = TrainingConfig.from_json(f.read())
+loop.training_loop(config, sys.argv[2])
+'''
+
+
+@pytest.mark.slow
+def test_kill_during_snapshot_write_leaves_previous_state(tiny, tmp_path):
+    preset_path, config = tiny
+    run_dir = str(tmp_path / 'killed')
+    os.makedirs(run_dir)
+    options = tmp_path / 'options.json'
+    options.write_text(config.replace(kimg=2 * BATCH / 1000, workers=0).to_json())
+    result = subprocess.run([sys.executable, '-c', KILL_DURING_SECOND_RESUME_STATE, str(options), run_dir, REPO],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    # The half-written file stays under its temporary name; the state of the first tick is intact.
+    assert glob.glob(os.path.join(run_dir, '.resume-state-000000.pt.*.tmp'))
+    state = _resume_state(run_dir)
+    assert state['progress']['cur_nimg'] == BATCH
+    checkpoint.load_any(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
+
+    # train.py continues from the run directory into a new run directory at the stored counter,
+    # here with two gloo processes instead of one.
+    outdir = str(tmp_path / 'runs')
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'train.py'), '--resume', run_dir, '--kimg',
+                             str(2 * BATCH / 1000), '--outdir', outdir, '--workers', '0', '--gpus', '2',
+                             '--batch-gpu', '2', '--mbstd-group', '2'],
+                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    (continued,) = glob.glob(os.path.join(outdir, '*'))
+    assert os.path.basename(continued) == '00000-tiny-data-gpus2-batch4-gamma1'
+    assert _stats(continued)[0]['Progress/kimg']['mean'] == pytest.approx(2 * BATCH / 1000)
+    assert _resume_state(continued)['progress']['cur_nimg'] == 2 * BATCH
+    with open(os.path.join(continued, 'log.txt')) as f:
+        log = f.read()
+    assert 'Continuing from' in log and 'RNG states of 1 processes, this run has 2' in log
+
+
+def _rank_main(rank: int, world_size: int, config_json: str, run_dir: str, init_file: str, out_dir: str) -> None:
+    """One of the test's gloo processes: train, then dump this rank's networks."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world_size)
+    from training.training_loop import training_loop
+    networks = training_loop(TrainingConfig.from_json(config_json), run_dir, rank=rank, world_size=world_size)
+    torch.save({name: module.state_dict() for name, module in networks.items()},
+               os.path.join(out_dir, f'rank{rank}.pt'))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_stay_identical_and_stop_together(tiny, tmp_path):
+    _, config = tiny
+    config = config.replace(gpus=2, batch_gpu=2, mbstd_group=2, workers=0, kimg=1.0, snap=100)
+    run_dir, out_dir = str(tmp_path / 'run'), str(tmp_path / 'out')
+    os.makedirs(run_dir)
+    os.makedirs(out_dir)
+    with tempfile.TemporaryDirectory() as temp_dir:
+        context = torch.multiprocessing.spawn(_rank_main, args=(2, config.to_json(), run_dir,
+                                              os.path.join(temp_dir, 'init'), out_dir), nprocs=2, join=False)
+        stats_path = os.path.join(run_dir, 'stats.jsonl')
+        deadline = time.time() + 300
+        while not os.path.exists(stats_path) and time.time() < deadline and all(p.is_alive() for p in context.processes):
+            time.sleep(0.2)
+        assert os.path.exists(stats_path), 'the first tick never came'
+        # A signal that reaches one rank only: both must stop after the same iteration (a rank
+        # that stopped alone would leave the other waiting in its next all-reduce).
+        os.kill(context.processes[1].pid, signal.SIGTERM)
+        try:
+            while not context.join(timeout=max(deadline - time.time(), 1)):
+                assert time.time() < deadline, 'the two processes did not stop together'
+        finally:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+    rank0 = torch.load(os.path.join(out_dir, 'rank0.pt'), weights_only=True)
+    rank1 = torch.load(os.path.join(out_dir, 'rank1.pt'), weights_only=True)
+    # The mapping's running average of w follows each rank's own latents (snapshots keep rank
+    # 0's); every parameter and every other buffer is identical.
+    for name in ('G', 'G_ema'):
+        for networks in (rank0, rank1):
+            del networks[name]['mapping_network.w_avg']
+    _assert_same_tensors(rank0, rank1, 'rank 0 vs rank 1')
+    state = _resume_state(run_dir)
+    assert BATCH <= state['progress']['cur_nimg'] < 1000
+    for name in ('G', 'G_ema'):
+        del state['networks'][name]['mapping_network.w_avg']
+    _assert_same_tensors(state['networks'], rank0, 'final snapshot vs rank 0')
+    assert len(state['rng']) == 2 and not torch.equal(state['rng'][0]['torch'], state['rng'][1]['torch'])
+    # Both ranks' losses are in the statistics: each reports its half of the batch.
+    assert _stats(run_dir)[0]['Loss/G/loss']['num'] == BATCH
+
+
+@pytest.mark.slow
+def test_persistent_nan_losses_stop_the_run(tiny, tmp_path, monkeypatch):
+    from training import training_loop as loop
+
+    def losses_nan_after_first_iteration(self, phase, *args, cur_nimg, **kwargs):
+        value = float('nan') if cur_nimg > 0 else 1.0
+        training_stats.report('Loss/G/loss' if phase.startswith('G') else 'Loss/D/loss', value)
+    monkeypatch.setattr(loop.PortraitGANLoss, 'accumulate_gradients', losses_nan_after_first_iteration)
+    _, config = tiny
+    run_dir = str(tmp_path / 'nan')
+    with pytest.raises(loop.TrainingDivergedError, match=r'NaN or infinite for 3 ticks.*resume-state-000000\.pt'):
+        _run(config.replace(kimg=1.0, snap=1, workers=0), run_dir)
+    # Ticks 1-3 had NaN losses: their snapshots were skipped, so tick 0's state stays the newest.
+    assert _resume_state(run_dir)['progress']['cur_nimg'] == BATCH

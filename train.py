@@ -1,0 +1,344 @@
+"""Train a 3D portrait GAN: resolve the options into one TrainingConfig and run the training loop.
+
+Single process (CPU, or one GPU):
+    python train.py --cfg cpu-small                      # built-in synthetic data set, built on first use
+    python train.py --cfg full-head --data portraits.zip --seg_data portraits-seg.zip --gpus 8 --batch 32
+
+Several processes on one machine: `--gpus N` starts N processes (torch.multiprocessing.spawn),
+one per GPU with NCCL, or N CPU processes with gloo when there is no GPU (--device cpu).
+
+torchrun (one or several machines): each process reads RANK, WORLD_SIZE and LOCAL_RANK from the
+environment and joins the process group through torchrun's rendezvous; --gpus is the world size.
+    torchrun --nproc_per_node 8 train.py --cfg full-head --data ... --seg_data ... --batch 32
+    # two machines, 8 GPUs each; run on both, with the first machine's address:
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \
+        --rdzv_id portrait3d train.py --cfg full-head --data ... --seg_data ... --batch 32
+Rank 0 writes the run directory; it must be on a file system that the first machine can write.
+
+Continuing an interrupted run (exactly: image counter, optimizer moments, EMA, schedules, data
+order and RNG states; the options are those stored in the run unless given again):
+    python train.py --resume runs/00003-cpu-small-synthetic-portraits-64-gpus1-batch8-gamma1
+The continued run writes into a new run directory. Starting a new training stage from the
+networks of a snapshot (fresh optimizers, counter set to --resume_kimg), as in the published stages:
+    python train.py --cfg full-head ... --resume stage1/network-snapshot-006000.pkl --resume_kimg 6000 \
+        --kimg 16000 --train_g_pose_branch false --metric_pose_sample_mode D_predict
+"""
+
+import os
+import signal
+import sys
+import tempfile
+
+import click
+import torch
+
+import dnnlib
+from training import presets
+from training.config import ARCHITECTURE_FIELDS, ConfigError, TrainingConfig
+from training.dataset import DatasetError, PortraitDataset
+from training.synthetic import default_synthetic_paths, ensure_synthetic_dataset
+
+# train.py option -> TriPlaneGenerator argument (the preset's "generator" section).
+GENERATOR_OPTIONS = {
+    'map_depth': 'map_depth', 'c_scale': 'c_scale', 'sr_noise_mode': 'sr_noise_mode',
+    'sr_num_fp16_res': 'sr_num_fp16_res', 'g_num_fp16_res': 'num_fp16_res', 'sr_module': 'sr_module',
+    'decoder_lr_mul': 'decoder_lr_mul', 'thickness': 'thickness', 'decoder_activation': 'decoder_activation',
+    'use_torgb_raw': 'use_torgb_raw', 'use_background': 'use_background', 'triplane_depth': 'triplane_depth',
+}
+
+
+def _is_torchrun() -> bool:
+    return all(name in os.environ for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'))
+
+
+def _parse_metrics(ctx, param, value):
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(',') if name.strip()]
+    return [] if names in ([], ['none']) else names
+
+
+def _resolve_device(name: str, gpus: int) -> str:
+    if name == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if name == 'cuda':
+        if not torch.cuda.is_available():
+            raise click.BadParameter('no CUDA device on this machine; use --device cpu', param_hint='--device')
+        if not _is_torchrun() and gpus > torch.cuda.device_count():
+            raise click.BadParameter(f'--gpus {gpus}, but this machine has {torch.cuda.device_count()} CUDA '
+                                     f'device(s)', param_hint='--gpus')
+    return name
+
+
+def _find_resume_state(resume: str) -> str:
+    """The resume state that `--resume` names: a run directory's newest, the state itself, or a snapshot's."""
+    from training.training_loop import latest_resume_state
+    if os.path.isdir(resume):
+        path = latest_resume_state(resume)
+        if path is None:
+            raise click.BadParameter(f'{resume} holds no resume-state-*.pt (no network snapshot was completed)',
+                                     param_hint='--resume')
+        return path
+    name = os.path.basename(resume)
+    if name.startswith('resume-state-'):
+        return resume
+    if name.startswith('network-snapshot-'):
+        kimg = os.path.splitext(name)[0][len('network-snapshot-'):]
+        path = os.path.join(os.path.dirname(resume), f'resume-state-{kimg}.pt')
+        if os.path.isfile(path):
+            return path
+    raise click.BadParameter(f'{resume} has no resume state beside it (only the newest snapshot of a run keeps '
+                             f'one); to start a new training stage from its networks, add --resume_kimg',
+                             param_hint='--resume')
+
+
+def _continued_config(resume_state: str, cfg_given: bool, overrides: dict, generator: dict) -> TrainingConfig:
+    """The stored options of the run being continued, with the options given on this command line."""
+    from training.checkpoint import CheckpointError
+    from training.training_loop import load_resume_state
+    if cfg_given:
+        raise click.UsageError('--cfg cannot be combined with --resume without --resume_kimg: a continued run '
+                               'keeps its preset (add --resume_kimg to start a new stage instead)')
+    try:
+        state = load_resume_state(resume_state, mmap=True)
+    except CheckpointError as err:
+        raise click.BadParameter(str(err), param_hint='--resume') from None
+    stored = TrainingConfig.from_json(state['config_json'], source=resume_state)
+    config = stored.replace(generator={**stored.generator, **generator} if generator else None, **overrides)
+    changed = [name for name in ARCHITECTURE_FIELDS if getattr(config, name) != getattr(stored, name)]
+    if changed:
+        raise click.UsageError(f'a continued run cannot change the network architecture ({", ".join(changed)}); '
+                               f'start a new stage with --resume_kimg instead')
+    if state['progress']['cur_nimg'] >= config.kimg * 1000:
+        raise click.UsageError(f'{resume_state} is at {state["progress"]["cur_nimg"] / 1000:g} kimg, the run ends at '
+                               f'--kimg {config.kimg:g}: pass a larger --kimg to train further')
+    return config.replace(resume=resume_state)
+
+
+def _process(rank: int, world_size: int, config: TrainingConfig, run_dir: str, init_file: str | None) -> None:
+    """One training process: join the process group, pick the device, train; errors become one line and exit 1."""
+    from training.training_loop import TrainingDivergedError, training_loop
+    local_rank = int(os.environ.get('LOCAL_RANK', rank))
+    if config.device == 'cuda':
+        device = torch.device('cuda', local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device('cpu')
+        # Processes share the cores: one thread pool per core would oversubscribe them.
+        local_world = int(os.environ.get('LOCAL_WORLD_SIZE', world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if world_size > 1 and not torch.distributed.is_initialized():
+        backend = 'nccl' if device.type == 'cuda' else 'gloo'
+        torch.distributed.init_process_group(backend, init_method=f'file://{init_file}', rank=rank,
+                                             world_size=world_size)
+    logger = dnnlib.util.Logger(os.path.join(run_dir, 'log.txt'), file_mode='a') if rank == 0 else None
+    try:
+        training_loop(config, run_dir, rank=rank, world_size=world_size, device=device)
+    except TrainingDivergedError as err:
+        print(f'Error: {err}', file=sys.stderr)
+        sys.exit(1)
+    finally:
+        if logger is not None:
+            logger.close()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _launch(config: TrainingConfig, run_dir: str) -> None:
+    """Single process, torchrun's processes, or `gpus` spawned processes."""
+    if _is_torchrun() or config.gpus == 1:
+        _process(int(os.environ.get('RANK', 0)), config.gpus, config, run_dir, None)
+        return
+    # Ctrl-C reaches every process of the terminal's group, so the ranks see it themselves; a
+    # SIGTERM sent to this launcher alone is passed on to them. Either way they finish the
+    # iteration and write a final snapshot.
+    with tempfile.TemporaryDirectory() as temp_dir:
+        context = torch.multiprocessing.spawn(_process, args=(config.gpus, config, run_dir,
+                                              os.path.join(temp_dir, '.torch_distributed_init')),
+                                              nprocs=config.gpus, join=False)
+
+        def forward_sigterm(signum, frame):
+            for process in context.processes:
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGTERM)
+        signal.signal(signal.SIGINT, lambda signum, frame: None)
+        signal.signal(signal.SIGTERM, forward_sigterm)
+        try:
+            while not context.join():
+                pass
+        except torch.multiprocessing.ProcessExitedException as err:
+            raise click.ClickException(f'training process {err.error_index} exited with code {err.exit_code} '
+                                       f'(its message is above)') from None
+
+
+@click.command(context_settings=dict(max_content_width=120))
+# Run.
+@click.option('--outdir', default='runs', show_default=True, type=click.Path(file_okay=False), help='Where to make the run directory')
+@click.option('--cfg', help='Preset: a name in configs/ (cpu-small, full-head) or a path to a preset JSON  [default: cpu-small]')
+@click.option('--data', type=click.Path(exists=True), help='Images zip or folder with dataset.json  [default: the built-in synthetic set]')
+@click.option('--seg_data', type=click.Path(exists=True), help='Masks zip or folder  [default: the built-in synthetic set]')
+@click.option('--gpus', type=click.IntRange(min=1), help='Number of processes (GPUs, or CPU processes with gloo)  [default: 1]')
+@click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), help='Device  [default: auto: CUDA when present]')
+@click.option('--batch', type=click.IntRange(min=1), help='Total batch size')
+@click.option('--batch-gpu', 'batch_gpu', type=click.IntRange(min=1), help='Images per forward pass per process')
+@click.option('--kimg', type=click.FloatRange(min=0, min_open=True), help='Train until this many thousand images (absolute)')
+@click.option('--tick', type=click.FloatRange(min=0, min_open=True), help='kimg between progress lines')
+@click.option('--snap', type=click.IntRange(min=0), help='Ticks between network snapshots (0: at the end only)')
+@click.option('--image-snap', 'image_snap', type=click.IntRange(min=0), help='Ticks between image snapshots')
+@click.option('--seed', type=click.IntRange(min=0), help='Random seed  [default: 0]')
+@click.option('--workers', type=click.IntRange(min=0), help='DataLoader worker processes  [default: 3]')
+@click.option('--nobench', is_flag=True, default=None, help='Disable cuDNN benchmarking')
+@click.option('--desc', help='String appended to the run directory name')
+@click.option('-n', '--dry-run', 'dry_run', is_flag=True, help='Print the resolved options and exit')
+# Resume.
+@click.option('--resume', type=click.Path(exists=True), help='Run directory or snapshot to continue (or to start a stage from, with --resume_kimg)')
+@click.option('--resume_kimg', type=click.FloatRange(min=0), help='Start a new stage from --resume\'s networks at this kimg')
+@click.option('--resume_blur', is_flag=True, help='With --resume_kimg: keep the blur and GPC-fade schedules of the preset')
+# Data and D.
+@click.option('--mirror', type=bool, help='Add mirrored copies of the data set')
+@click.option('--freezed', type=click.IntRange(min=0), help='Freeze the first D layers')
+@click.option('--cbase', type=click.IntRange(min=1), help='G and D channel base')
+@click.option('--cmax', type=click.IntRange(min=1), help='G and D maximum channels')
+@click.option('--mbstd-group', 'mbstd_group', type=click.IntRange(min=1), help='Minibatch-std group size')
+@click.option('--disc_c_noise', type=click.FloatRange(min=0), help='Noise on D\'s conditioning camera')
+@click.option('--d_num_fp16_res', type=click.IntRange(min=0), help='D blocks in fp16 (CUDA)')
+# Optimizers and losses.
+@click.option('--gamma', type=click.FloatRange(min=0), help='R1 weight on the image and raw image')
+@click.option('--gamma_seg', type=click.FloatRange(min=0), help='R1 weight on the mask')
+@click.option('--glr', type=click.FloatRange(min=0, min_open=True), help='G learning rate')
+@click.option('--dlr', type=click.FloatRange(min=0, min_open=True), help='D learning rate')
+@click.option('--blur_fade_kimg', type=click.FloatRange(min=0), help='Blur fade of D inputs in kimg at batch 32')
+@click.option('--gpc_reg_prob', type=click.FloatRange(0, 1), help='Final GPC swap probability')
+@click.option('--gpc_reg_fade_kimg', type=click.FloatRange(min=0), help='GPC swap fade from 1')
+@click.option('--bcg_reg_prob', type=click.FloatRange(0, 1), help='Background swap probability')
+@click.option('--style_mixing_prob', type=click.FloatRange(0, 1), help='Style mixing probability')
+@click.option('--density_reg', type=click.FloatRange(min=0), help='Density regularization weight (0: none)')
+@click.option('--density_reg_every', type=click.IntRange(min=1), help='Density regularization interval')
+@click.option('--density_reg_p_dist', type=click.FloatRange(min=0), help='Density regularization perturbation')
+@click.option('--reg_type', type=click.Choice(['l1', 'monotonic-detach', 'monotonic-fixed']), help='Density regularization type')
+@click.option('--density_noise_fade_kimg', type=click.FloatRange(min=0), help='Density noise fade (0: none)')
+@click.option('--pose_loss_weight', type=click.FloatRange(min=0), help='D pose regression weight')
+@click.option('--input_pose_params_reg_loss_weight', type=click.FloatRange(min=0), help='G pose prior weight')
+@click.option('--input_pose_params_reg_loss_kimg', type=click.FloatRange(min=0), help='G pose prior hold (kimg)')
+@click.option('--input_pose_params_reg_loss_decay_kimg', type=click.FloatRange(min=0), help='G pose prior decay (kimg)')
+@click.option('--train_g_pose_branch', type=bool, help='Train G\'s pose branch')
+@click.option('--neural_rendering_resolution_initial', type=click.IntRange(min=1), help='Rendering resolution')
+@click.option('--neural_rendering_resolution_final', type=click.IntRange(min=1), help='Rendering resolution after the fade')
+@click.option('--neural_rendering_resolution_fade_kimg', type=click.FloatRange(min=0), help='Rendering resolution fade (kimg from the stage start)')
+@click.option('--metrics', callback=_parse_metrics, help='Comma list of metrics or "none"')
+@click.option('--metric_pose_sample_mode', type=click.Choice(['G_predict', 'D_predict']), help='Pose of the metrics\' fakes')
+# Generator.
+@click.option('--map-depth', 'map_depth', type=click.IntRange(min=1), help='G mapping depth')
+@click.option('--c-scale', 'c_scale', type=click.FloatRange(min=0), help='Scale of (camera, pose) before the mapping')
+@click.option('--sr_noise_mode', type=click.Choice(['random', 'none']), help='SR noise')
+@click.option('--sr_num_fp16_res', type=click.IntRange(min=0), help='SR blocks in fp16 (CUDA)')
+@click.option('--g_num_fp16_res', type=click.IntRange(min=0), help='G backbone blocks in fp16 (CUDA)')
+@click.option('--sr-module', 'sr_module', type=click.Choice(['hybrid2x', 'hybrid4x', 'hybrid8xdc', 'small']), help='SR head')
+@click.option('--decoder_lr_mul', type=click.FloatRange(min=0, min_open=True), help='Decoder learning-rate multiplier')
+@click.option('--thickness', type=click.FloatRange(min=0, min_open=True), help='Deformation shell (m)')
+@click.option('--decoder_activation', type=click.Choice(['sigmoid', 'none']), help='Decoder feature activation')
+@click.option('--use_torgb_raw', type=bool, help='Raw image from a ToRGB layer')
+@click.option('--use_background', type=bool, help='2D background behind the head')
+@click.option('--triplane_depth', type=click.IntRange(min=1), help='Depth slices of the tri-grid')
+def main(outdir, cfg, gpus, dry_run, resume, resume_kimg, resume_blur, cbase, cmax, nobench, **options):
+    """Train a 3D portrait GAN (3DPortraitGAN method).
+
+    Options left out keep the preset's values (configs/<cfg>.json, "training" section), or, with
+    --resume of a run, the values that run was trained with.
+    """
+    generator = {GENERATOR_OPTIONS[name]: options.pop(name) for name in GENERATOR_OPTIONS}
+    generator = {key: value for key, value in generator.items() if value is not None}
+    if cbase is not None:
+        generator['channel_base'] = options['d_channel_base'] = cbase
+    if cmax is not None:
+        generator['channel_max'] = options['d_channel_max'] = cmax
+    options['cudnn_benchmark'] = False if nobench else None
+    if (options['data'] is None) != (options['seg_data'] is None):
+        raise click.UsageError('give both --data and --seg_data, or neither (the built-in synthetic set)')
+    if resume_kimg is not None and resume is None:
+        raise click.UsageError('--resume_kimg needs --resume (the snapshot to start the stage from)')
+    if resume_blur and resume_kimg is None:
+        raise click.UsageError('--resume_blur only applies when starting a stage with --resume_kimg')
+    if _is_torchrun():
+        world_size = int(os.environ['WORLD_SIZE'])
+        if gpus is not None and gpus != world_size:
+            raise click.BadParameter(f'--gpus {gpus}, but torchrun started {world_size} processes', param_hint='--gpus')
+        gpus = world_size
+    options['gpus'] = gpus
+
+    try:
+        if resume is not None and resume_kimg is None:
+            config = _continued_config(_find_resume_state(resume), cfg is not None, options, generator)
+        else:
+            config = _new_config(cfg or 'cpu-small', options, generator, resume, resume_kimg, resume_blur)
+        config.validate()
+    except ConfigError as err:
+        raise click.UsageError(str(err)) from None
+    config = config.replace(device=_resolve_device(config.device, config.gpus))
+    if dry_run:
+        print(config.to_json())
+        return
+
+    if _is_torchrun():
+        if config.device == 'cuda':
+            torch.cuda.set_device(int(os.environ['LOCAL_RANK']))
+        torch.distributed.init_process_group('nccl' if config.device == 'cuda' else 'gloo', init_method='env://')
+    rank = int(os.environ.get('RANK', 0))
+    synthetic = (config.data, config.seg_data) == default_synthetic_paths(resolution=config.generator['img_resolution'])
+    if synthetic and int(os.environ.get('LOCAL_RANK', 0)) == 0:
+        ensure_synthetic_dataset(resolution=config.generator['img_resolution'])
+    run_dir = _make_run_dir(outdir, config) if rank == 0 else None
+    if _is_torchrun():
+        shared = [run_dir]
+        torch.distributed.broadcast_object_list(shared, src=0)  # also waits until the synthetic set exists
+        run_dir = shared[0]
+    _launch(config, run_dir)
+
+
+def _new_config(cfg: str, options: dict, generator: dict, resume: str | None, resume_kimg: float | None,
+                resume_blur: bool) -> TrainingConfig:
+    """A preset with the options given; with --resume_kimg, a new stage from a snapshot's networks."""
+    try:
+        preset = presets.load_preset(cfg)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint='--cfg') from None
+    options = dict(options, gpus=options['gpus'] or 1)
+    if options['data'] is None:
+        options['data'], options['seg_data'] = default_synthetic_paths(resolution=preset['generator']['img_resolution'])
+    if resume is not None:
+        if os.path.isdir(resume):
+            from training.training_loop import latest_network_snapshot
+            snapshot = latest_network_snapshot(resume)
+            if snapshot is None:
+                raise click.BadParameter(f'{resume} holds no network-snapshot-*.pkl', param_hint='--resume')
+            resume = snapshot
+        # A new stage: the EMA keeps its full half-life and, unless --resume_blur, the
+        # early-training schedules (blur, GPC fade) stay off (SPEC 8.1).
+        options.update(resume=resume, stage_start_kimg=resume_kimg, ema_rampup=None)
+        if not resume_blur:
+            options.update(blur_init_sigma=0.0, gpc_reg_fade_kimg=0.0)
+    config = TrainingConfig.from_preset(preset, cfg, generator=generator, **options)
+    if resume is not None:
+        config.ema_rampup = None  # from_preset reads None as "keep the preset's"
+    return config
+
+
+def _make_run_dir(outdir: str, config: TrainingConfig) -> str:
+    """Check the data set, create {outdir}/{id:05d}-{cfg}-{data}-gpus{G}-batch{B}-gamma{g}[-desc] and its options file."""
+    try:
+        dataset = PortraitDataset(config.data, config.seg_data, resolution=config.generator['img_resolution'])
+    except DatasetError as err:
+        raise click.ClickException(str(err)) from None
+    desc = f'{config.preset_name}-{dataset.name}-gpus{config.gpus}-batch{config.batch}-gamma{config.gamma:g}'
+    run_dir = dnnlib.util.next_run_dir(outdir, desc + (f'-{config.desc}' if config.desc else ''))
+    os.makedirs(run_dir, exist_ok=False)
+    with open(os.path.join(run_dir, 'training_options.json'), 'w', encoding='utf-8') as f:
+        f.write(config.to_json())
+    print(f'Run directory: {run_dir}')
+    print(f'Preset {config.cfg}, data {config.data} ({len(dataset)} images), {config.gpus} process(es) on '
+          f'{config.device}, batch {config.batch} ({config.batch_gpu} per pass), until {config.kimg:g} kimg')
+    return run_dir
+
+
+if __name__ == '__main__':
+    main()
