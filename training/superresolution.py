@@ -71,8 +71,21 @@ def _hybrid_block_kwargs(w_dim: int, sr_num_fp16_res: int, fused_modconv_default
                 fused_modconv_default=fused_modconv_default, cpu_bf16=cpu_bf16)
 
 
+class _SuperresolutionHybrid(_SuperresolutionBase):
+    """EG3D head pair: 128 channels at the input resolution (no upsampling), 64 channels at twice that."""
+
+    def _build(self, channels: int, img_resolution: int, sr_num_fp16_res: int, sr_antialias: bool,
+               fused_modconv_default, noise_mode: str, w_dim: int, cpu_bf16: bool):
+        input_resolution = img_resolution // 2
+        self._init_common(channels, img_resolution, input_resolution, w_dim, sr_antialias, noise_mode)
+        kwargs = _hybrid_block_kwargs(w_dim, sr_num_fp16_res, fused_modconv_default, cpu_bf16)
+        self.block0 = SynthesisBlock(channels, 128, resolution=input_resolution, is_last=False, up=1, **kwargs)
+        self.block1 = SynthesisBlock(128, 64, resolution=img_resolution, is_last=True, **kwargs)
+        self.block_names = ['block0', 'block1']
+
+
 @persistence.persistent_class
-class SuperresolutionHybrid2X(_SuperresolutionBase):
+class SuperresolutionHybrid2X(_SuperresolutionHybrid):
     """EG3D super-resolution head 64 -> 128: 128 channels at 64 (no upsampling), 64 channels at 128."""
 
     def __init__(self,
@@ -85,21 +98,17 @@ class SuperresolutionHybrid2X(_SuperresolutionBase):
         fused_modconv_default='inference_only',  # See SynthesisBlock.
         noise_mode: str = 'none',       # Default noise mode of the blocks.
         w_dim: int = 512,               # Intermediate latent (w) dimensionality.
-        cpu_bf16: bool = False,         # On CPU, run the modulated convolutions in bfloat16?
+        cpu_bf16: bool = False,         # On CPU, run the convolutions in bfloat16?
     ):
         if img_resolution != 128:
             raise ValueError(f'SuperresolutionHybrid2X produces 128x128 images, got img_resolution={img_resolution}')
         super().__init__()
-        del channel_base, channel_max
-        self._init_common(channels, img_resolution, 64, w_dim, sr_antialias, noise_mode)
-        kwargs = _hybrid_block_kwargs(w_dim, sr_num_fp16_res, fused_modconv_default, cpu_bf16)
-        self.block0 = SynthesisBlock(channels, 128, resolution=64, is_last=False, up=1, **kwargs)
-        self.block1 = SynthesisBlock(128, 64, resolution=128, is_last=True, **kwargs)
-        self.block_names = ['block0', 'block1']
+        self._build(channels, img_resolution, sr_num_fp16_res, sr_antialias, fused_modconv_default, noise_mode,
+                    w_dim, cpu_bf16)
 
 
 @persistence.persistent_class
-class SuperresolutionHybrid4X(_SuperresolutionBase):
+class SuperresolutionHybrid4X(_SuperresolutionHybrid):
     """EG3D super-resolution head 128 -> 256: 128 channels at 128 (no upsampling), 64 channels at 256."""
 
     def __init__(self,
@@ -112,17 +121,13 @@ class SuperresolutionHybrid4X(_SuperresolutionBase):
         fused_modconv_default='inference_only',  # See SynthesisBlock.
         noise_mode: str = 'none',       # Default noise mode of the blocks.
         w_dim: int = 512,               # Intermediate latent (w) dimensionality.
-        cpu_bf16: bool = False,         # On CPU, run the modulated convolutions in bfloat16?
+        cpu_bf16: bool = False,         # On CPU, run the convolutions in bfloat16?
     ):
         if img_resolution != 256:
             raise ValueError(f'SuperresolutionHybrid4X produces 256x256 images, got img_resolution={img_resolution}')
         super().__init__()
-        del channel_base, channel_max
-        self._init_common(channels, img_resolution, 128, w_dim, sr_antialias, noise_mode)
-        kwargs = _hybrid_block_kwargs(w_dim, sr_num_fp16_res, fused_modconv_default, cpu_bf16)
-        self.block0 = SynthesisBlock(channels, 128, resolution=128, is_last=False, up=1, **kwargs)
-        self.block1 = SynthesisBlock(128, 64, resolution=256, is_last=True, **kwargs)
-        self.block_names = ['block0', 'block1']
+        self._build(channels, img_resolution, sr_num_fp16_res, sr_antialias, fused_modconv_default, noise_mode,
+                    w_dim, cpu_bf16)
 
 
 @persistence.persistent_class
