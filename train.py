@@ -112,7 +112,7 @@ def _continued_config(resume_state: str, cfg_given: bool, overrides: dict, gener
     if state['progress']['cur_nimg'] >= config.kimg * 1000:
         raise click.UsageError(f'{resume_state} is at {state["progress"]["cur_nimg"] / 1000:g} kimg, the run ends at '
                                f'--kimg {config.kimg:g}: pass a larger --kimg to train further')
-    return config.replace(resume=resume_state)
+    return config.replace(resume_state=resume_state)
 
 
 def _process(rank: int, world_size: int, config: TrainingConfig, run_dir: str, init_file: str | None) -> None:
@@ -312,6 +312,9 @@ def _new_config(cfg: str, options: dict, generator: dict, resume: str | None, re
             if snapshot is None:
                 raise click.BadParameter(f'{resume} holds no network-snapshot-*.pkl', param_hint='--resume')
             resume = snapshot
+        elif os.path.basename(resume).startswith('resume-state-'):
+            raise click.BadParameter(f'{resume}: a new stage starts from a network snapshot (network-snapshot-*.pkl '
+                                     f'or .pt), not from a resume state', param_hint='--resume')
         # A new stage: the EMA keeps its full half-life and, unless --resume_blur, the
         # early-training schedules (blur, GPC fade) stay off (SPEC 8.1).
         options.update(resume=resume, stage_start_kimg=resume_kimg, ema_rampup=None)

@@ -111,11 +111,11 @@ def _fake_resume_state(run_dir, cur_nimg: int, **config_changes) -> str:
 def test_resume_keeps_the_stored_options_and_applies_given_ones(tmp_path):
     path = _fake_resume_state(str(tmp_path), 2000, gamma=3.0, kimg=10.0)
     resolved = _dry_run('--resume', str(tmp_path), '--kimg', '20', '--workers', '1')
-    assert resolved['resume'] == path
+    assert resolved['resume_state'] == path and resolved['resume'] is None
     assert (resolved['gamma'], resolved['kimg'], resolved['workers'], resolved['data']) == (3.0, 20.0, 1, 'd.zip')
     # The snapshot's name finds the state beside it; a snapshot without one needs --resume_kimg.
     (tmp_path / 'network-snapshot-000002.pkl').write_bytes(b'')
-    assert _dry_run('--resume', str(tmp_path / 'network-snapshot-000002.pkl'))['resume'] == path
+    assert _dry_run('--resume', str(tmp_path / 'network-snapshot-000002.pkl'))['resume_state'] == path
     (tmp_path / 'network-snapshot-000001.pkl').write_bytes(b'')
     _assert_usage_error(_invoke('--dry-run', '--resume', str(tmp_path / 'network-snapshot-000001.pkl')),
                         'add --resume_kimg')
@@ -135,6 +135,7 @@ def test_new_stage_from_a_snapshot(tmp_path):
     snapshot.write_bytes(b'not read by a dry run')
     resolved = _dry_run('--resume', str(snapshot), '--resume_kimg', '6', '--kimg', '16', '--train_g_pose_branch', 'false')
     assert resolved['resume'] == str(snapshot) and resolved['stage_start_kimg'] == 6.0
+    assert resolved['resume_state'] is None
     # SPEC 8.1: a new stage has no EMA rampup and, without --resume_blur, no blur or GPC fade.
     assert resolved['ema_rampup'] is None
     assert resolved['blur_init_sigma'] == 0.0 and resolved['gpc_reg_fade_kimg'] == 0.0
@@ -142,6 +143,9 @@ def test_new_stage_from_a_snapshot(tmp_path):
     assert kept['blur_init_sigma'] == load_preset('cpu-small')['training']['blur_init_sigma']
     _assert_usage_error(_invoke('--dry-run', '--resume', str(snapshot), '--resume_kimg', '16', '--kimg', '16'),
                         'must be above the stage start')
+    state = _fake_resume_state(str(tmp_path), 6000)
+    _assert_usage_error(_invoke('--dry-run', '--resume', state, '--resume_kimg', '6', '--kimg', '16'),
+                        'starts from a network snapshot')
 
 
 # ------------------------------------------------------------------------------------------------

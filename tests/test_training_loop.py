@@ -7,6 +7,7 @@ one usable and continuable with train.py, two gloo processes hold identical para
 together when one of them gets SIGTERM, and persistent NaN losses stop the run.
 """
 
+import copy
 import glob
 import json
 import os
@@ -114,7 +115,7 @@ def test_continued_run_equals_uninterrupted_run(tiny, tmp_path):
     # Continue to the straight run's end. batch_idx 1 is not a Dreg iteration (interval 2): a
     # counter restarted at 0 would add an R1 step and change the networks.
     from training.training_loop import latest_resume_state
-    _run(config.replace(kimg=3 * BATCH / 1000, resume=latest_resume_state(first)), second)
+    _run(config.replace(kimg=3 * BATCH / 1000, resume_state=latest_resume_state(first)), second)
     assert _stats(second)[0]['Progress/kimg']['mean'] == pytest.approx(2 * BATCH / 1000)
     expected, continued = _resume_state(straight), _resume_state(second)
     assert continued['progress'] == expected['progress']
@@ -240,16 +241,58 @@ def test_two_gloo_processes_stay_identical_and_stop_together(tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_persistent_nan_losses_stop_the_run(tiny, tmp_path, monkeypatch):
+def test_persistent_nan_gradients_stop_the_run(tiny, tmp_path, monkeypatch):
     from training import training_loop as loop
 
-    def losses_nan_after_first_iteration(self, phase, *args, cur_nimg, **kwargs):
-        value = float('nan') if cur_nimg > 0 else 1.0
-        training_stats.report('Loss/G/loss' if phase.startswith('G') else 'Loss/D/loss', value)
-    monkeypatch.setattr(loop.PortraitGANLoss, 'accumulate_gradients', losses_nan_after_first_iteration)
+    def nan_after_first_iteration(self, phase, *args, cur_nimg, **kwargs):
+        module = self.G if phase.startswith('G') else self.D
+        for param in module.parameters():
+            if param.requires_grad:
+                param.grad = torch.full_like(param, float('nan') if cur_nimg > 0 else 0.0)
+    monkeypatch.setattr(loop.PortraitGANLoss, 'accumulate_gradients', nan_after_first_iteration)
+    monkeypatch.setattr(training_stats, '_registry', training_stats._Registry())
     _, config = tiny
     run_dir = str(tmp_path / 'nan')
-    with pytest.raises(loop.TrainingDivergedError, match=r'NaN or infinite for 3 ticks.*resume-state-000000\.pt'):
+    with pytest.raises(loop.TrainingDivergedError, match=r'NaN or infinite in every iteration for 3 ticks.*'
+                                                          r'resume-state-000000\.pt'):
         _run(config.replace(kimg=1.0, snap=1, workers=0), run_dir)
-    # Ticks 1-3 had NaN losses: their snapshots were skipped, so tick 0's state stays the newest.
-    assert _resume_state(run_dir)['progress']['cur_nimg'] == BATCH
+    # Ticks 1-3 had NaN gradients: their snapshots were skipped, so tick 0's state stays the newest,
+    # and the sanitized (zeroed) gradients left the networks finite.
+    state = _resume_state(run_dir)
+    assert state['progress']['cur_nimg'] == BATCH
+    assert all(tensor.isfinite().all() for tensor in state['networks']['G'].values() if tensor.is_floating_point())
+
+
+def test_stage_start_loads_the_snapshot_networks(tiny, tmp_path):
+    """SPEC 8.5: G, D, G_ema by name; D_ema from D when the snapshot has none."""
+    from training.training_loop import _build_networks, _load_network_snapshot
+    _, config = tiny
+    torch.manual_seed(1)
+    G, D = _build_networks(config, torch.device('cpu'))
+    path = str(tmp_path / 'network-snapshot-000001.pkl')
+    checkpoint.save_network_pickle(path, dict(G=G, D=D, G_ema=G, training_set_kwargs={}))
+    torch.manual_seed(2)
+    G2, D2 = _build_networks(config, torch.device('cpu'))
+    networks = dict(G=G2, D=D2, G_ema=copy.deepcopy(G2), D_ema=copy.deepcopy(D2))
+    assert not torch.equal(G.backbone.b4.const, G2.backbone.b4.const)
+    _load_network_snapshot(path, networks)
+    for name, source in (('G', G), ('G_ema', G), ('D', D), ('D_ema', D)):
+        _assert_same_tensors(networks[name].state_dict(), source.state_dict(), name)
+
+
+@pytest.mark.slow
+def test_new_stage_counts_from_its_start(tiny, tmp_path):
+    from training.training_loop import _build_networks
+    _, config = tiny
+    G, D = _build_networks(config, torch.device('cpu'))
+    snapshot = str(tmp_path / 'network-snapshot-000006.pkl')
+    checkpoint.save_network_pickle(snapshot, dict(G=G, D=D, G_ema=G, D_ema=D, training_set_kwargs={}))
+    run_dir = str(tmp_path / 'stage')
+    stage = config.replace(resume=snapshot, stage_start_kimg=6.0, kimg=6.0 + BATCH / 1000, workers=0,
+                           neural_rendering_resolution_final=32, neural_rendering_resolution_fade_kimg=1.0)
+    _run(stage.replace(blur_init_sigma=0.0), run_dir)
+    assert _stats(run_dir)[0]['Progress/kimg']['mean'] == pytest.approx(6.0 + BATCH / 1000)
+    with open(os.path.join(run_dir, 'pose_predict_kwargs-000006.json')) as f:
+        pose_kwargs = json.load(f)
+    # Blur off; the rendering resolution fades from the stage start (16 px), not from image 0 (32 px).
+    assert pose_kwargs['blur_sigma'] == 0.0 and pose_kwargs['neural_rendering_resolution'] == 16

@@ -97,8 +97,9 @@ class TrainingConfig:
     cudnn_benchmark: bool = True
 
     # Resume.
-    resume: str | None = None                  # resume state to continue, or network snapshot to start a stage from
+    resume: str | None = None                  # network snapshot whose networks started this stage (None: fresh)
     stage_start_kimg: float = 0.0              # absolute kimg where this training stage started
+    resume_state: str | None = None            # resume state to continue exactly (None: start at the stage start)
     desc: str | None = None                    # appended to the run directory name
 
     # -- Derived values ---------------------------------------------------------------------------
@@ -129,11 +130,6 @@ class TrainingConfig:
     def r1_interval(self) -> int | None:
         """Iterations between Dreg (R1) steps, None when both R1 weights are 0."""
         return self.d_reg_interval if (self.gamma > 0 or self.gamma_seg > 0) else None
-
-    @property
-    def continues(self) -> bool:
-        """Whether `resume` is a resume state to continue exactly (else a snapshot to start a stage from)."""
-        return self.resume is not None and os.path.basename(self.resume).startswith('resume-state-')
 
     # -- Construction -----------------------------------------------------------------------------
 

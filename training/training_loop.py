@@ -34,7 +34,6 @@ import copy
 import dataclasses
 import glob
 import json
-import math
 import os
 import random
 import re
@@ -64,14 +63,14 @@ RESUME_FORMAT = 'portrait3d-resume-state'
 RESUME_VERSION = 1
 NETWORK_NAMES = ('G', 'D', 'G_ema', 'D_ema')
 ADAM_BETAS = (0.0, 0.99)
-# One tick with NaN losses can be a single bad batch (its gradients are zeroed); several in a
-# row mean the networks themselves hold NaN or inf and training cannot recover.
+# A bad batch gives NaN gradients once (they are zeroed); NaN gradients in every iteration of
+# several ticks in a row mean the networks themselves hold NaN or inf and cannot recover.
 NONFINITE_TICKS_BEFORE_STOP = 3
 RESAMPLE_FILTER = [1, 3, 3, 1]  # recorded in pose_predict_kwargs for scripts that resize with it
 
 
 class TrainingDivergedError(RuntimeError):
-    """The losses stayed NaN or infinite; the message names the last good snapshot."""
+    """The gradients stayed NaN or infinite; the message names the last good snapshot."""
 
 
 @dataclasses.dataclass
@@ -98,7 +97,7 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
 
     Returns when `kimg` is reached or after a stop signal.
     With world_size > 1 the default process group must already be initialized (gloo or NCCL).
-    Raises TrainingDivergedError when the losses stay non-finite.
+    Raises TrainingDivergedError when the gradients stay non-finite.
     """
     device = torch.device(device)
     if config.gpus != world_size:
@@ -127,9 +126,9 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
     progress = Progress(cur_nimg=round(config.stage_start_kimg * 1000))
     progress.tick_start_nimg = progress.cur_nimg
     state = None
-    if config.continues:
-        log(f'Continuing from {config.resume}')
-        state = load_resume_state(config.resume)
+    if config.resume_state is not None:
+        log(f'Continuing from {config.resume_state}')
+        state = load_resume_state(config.resume_state)
         for name, module in networks.items():
             module.load_state_dict(state['networks'][name])
         progress = Progress(**state['progress'])
@@ -169,7 +168,8 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
     log(f'Training from {progress.cur_nimg / 1000:g} to {config.kimg:g} kimg...')
     tick_start_time = time.time()
     maintenance_time = tick_start_time - start_time
-    nonfinite_ticks = 0
+    nonfinite_ticks = 0  # consecutive ticks in which every iteration had non-finite gradients
+    tick_nonfinite = torch.ones([], dtype=torch.bool, device=device)  # kept on the device: no sync per iteration
     with _StopSignals(log) as signals:
         while True:
             # 1. Real batch.
@@ -181,6 +181,7 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
             real_pose = real_pose.to(device).split(config.batch_gpu)
 
             # 2. Phases.
+            iteration_nonfinite = torch.zeros([], dtype=torch.bool, device=device)
             for phase in phases:
                 if progress.batch_idx % phase.interval != 0:
                     continue
@@ -195,8 +196,9 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
                     loss.accumulate_gradients(phase.name, *chunk, gain=phase.interval, cur_nimg=progress.cur_nimg)
                 for param in phase.params:
                     param.requires_grad_(False)
-                _average_gradients(phase.params, world_size)
+                iteration_nonfinite |= ~_average_gradients(phase.params, world_size)
                 optimizer.step()
+            tick_nonfinite &= iteration_nonfinite
 
             # 3. EMA and counters.
             schedule = loss.phase_state(progress.cur_nimg)
@@ -248,14 +250,15 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
                 *([f'gpumem {stats["Resources/peak_gpu_mem_gb"].mean:<5.2f}'] if device.type == 'cuda' else []),
                 *[f'{name.split("/")[1]}_loss {value:<7.3f}' for name, value in losses.items()],
             ]))
-            nonfinite_ticks = nonfinite_ticks + 1 if any(not math.isfinite(v) for v in losses.values()) else 0
+            nonfinite_ticks = nonfinite_ticks + 1 if bool(tick_nonfinite) else 0
+            tick_nonfinite.fill_(True)
             if nonfinite_ticks >= NONFINITE_TICKS_BEFORE_STOP:
                 latest = latest_resume_state(run_dir)
                 raise TrainingDivergedError(
-                    f'the losses have been NaN or infinite for {nonfinite_ticks} ticks in a row '
-                    f'({", ".join(f"{k} {v}" for k, v in losses.items())}) at {progress.cur_nimg / 1000:g} kimg; '
-                    f'training stopped. ' + (f'The last good state is {latest}: lower --glr/--dlr and continue '
-                    f'from it with --resume.' if latest else 'No snapshot was written; lower --glr/--dlr.'))
+                    f'the gradients have been NaN or infinite in every iteration for {nonfinite_ticks} ticks in a '
+                    f'row, up to {progress.cur_nimg / 1000:g} kimg; training stopped. '
+                    + (f'The last good state is {latest}: lower --glr/--dlr and continue from it with --resume.'
+                       if latest else 'No snapshot was written; lower --glr/--dlr.'))
             if is_main:
                 _write_stats(run_dir, writer, stats, progress.cur_nimg)
 
@@ -264,7 +267,8 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
                 grid.save_fakes(run_dir, f'fakes{progress.cur_nimg // 1000:06d}', writer, progress.cur_nimg,
                                 G, G_ema, D, schedule)
             if nonfinite_ticks > 0 and (done or (config.snap > 0 and tick % config.snap == 0)):
-                log('Network snapshot skipped: non-finite losses in this tick (the previous snapshot stays the newest)')
+                log('Network snapshot skipped: non-finite gradients throughout this tick (the previous snapshot '
+                    'stays the newest)')
             elif done or (config.snap > 0 and tick % config.snap == 0):
                 if world_size > 1:
                     # Running averages (the mapping's w_avg) follow each rank's own latents and are
@@ -391,18 +395,24 @@ def _sample_generator_labels(dataset: PortraitDataset, count: int, device: torch
     return torch.from_numpy(c).to(device), torch.from_numpy(pose).to(device)
 
 
-def _average_gradients(params: list, world_size: int) -> None:
-    """Mean of the gradients over all ranks, then NaN -> 0 and inf -> +-1e5, in place."""
+def _average_gradients(params: list, world_size: int) -> torch.Tensor:
+    """Mean of the gradients over all ranks, then NaN -> 0 and inf -> +-1e5, in place.
+
+    -> bool tensor [] on the gradients' device: whether the averaged gradients were all finite.
+    """
+    device = params[0].device
     params = [param for param in params if param.grad is not None]
     if not params:
-        return
+        return torch.ones([], dtype=torch.bool, device=device)
+    flat = torch.cat([param.grad.flatten() for param in params])
     if world_size > 1:
-        flat = torch.cat([param.grad.flatten() for param in params])
         torch.distributed.all_reduce(flat)
         flat /= world_size
-        for param, grad in zip(params, flat.split([param.numel() for param in params])):
-            param.grad.copy_(grad.reshape(param.shape))
-    misc.nan_to_num_grads_(params)
+    finite = flat.isfinite().all()
+    torch.nan_to_num(flat, nan=0.0, posinf=1e5, neginf=-1e5, out=flat)
+    for param, grad in zip(params, flat.split([param.numel() for param in params])):
+        param.grad.copy_(grad.reshape(param.shape))
+    return finite
 
 
 @torch.no_grad()
