@@ -88,10 +88,10 @@ class TrainingConfig:
     tick: float                                # kimg between progress lines and statistics
     snap: int                                  # ticks between network snapshots (0: only at the end)
     image_snap: int                            # ticks between image snapshots (0: only before training)
-    snapshot_grid: list = dataclasses.field(default_factory=lambda: [8, 4])  # image snapshot columns, rows
+    snapshot_grid: list                        # image snapshot [columns, rows]
 
     # Processes.
-    seed: int = 0                              # process r of G seeds numpy and torch with seed * G + r
+    seed: int = 0                              # process r of N seeds numpy, torch and random with seed * N + r
     workers: int = 3                           # DataLoader worker processes per training process
     device: str = 'auto'                       # one of DEVICES; auto: CUDA when present
     cudnn_benchmark: bool = True

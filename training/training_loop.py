@@ -219,37 +219,13 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
             # that a resume state holds the tick schedule of the iterations that follow.
             tick = progress.cur_tick
             tick_end_time = time.time()
-            tick_kimg = (progress.cur_nimg - progress.tick_start_nimg) / 1000
-            sec_per_kimg = (tick_end_time - tick_start_time) / max(tick_kimg, 1e-8)
+            stats = _collect_stats(stats_collector, device, tick=tick, kimg=progress.cur_nimg / 1000,
+                                   total_sec=tick_end_time - start_time, sec_per_tick=tick_end_time - tick_start_time,
+                                   tick_kimg=(progress.cur_nimg - progress.tick_start_nimg) / 1000,
+                                   maintenance_sec=maintenance_time)
+            log(_progress_line(stats, config.kimg))
             progress.cur_tick += 1
             progress.tick_start_nimg = progress.cur_nimg
-            training_stats.report0('Progress/tick', tick)
-            training_stats.report0('Progress/kimg', progress.cur_nimg / 1000)
-            training_stats.report0('Timing/total_sec', tick_end_time - start_time)
-            training_stats.report0('Timing/sec_per_tick', tick_end_time - tick_start_time)
-            training_stats.report0('Timing/sec_per_kimg', sec_per_kimg)
-            training_stats.report0('Timing/maintenance_sec', maintenance_time)
-            training_stats.report0('Resources/cpu_mem_gb', psutil.Process().memory_info().rss / 2**30)
-            training_stats.report0('Resources/peak_cpu_mem_gb', _peak_rss_bytes() / 2**30)
-            if device.type == 'cuda':
-                training_stats.report0('Resources/peak_gpu_mem_gb', torch.cuda.max_memory_allocated(device) / 2**30)
-                torch.cuda.reset_peak_memory_stats(device)
-            stats_collector.update()
-            stats = stats_collector.as_dict()
-            losses = {name: stats_collector.mean(name) for name in ('Loss/G/loss', 'Loss/D/loss')
-                      if stats_collector.num(name) > 0}
-            eta = (config.kimg * 1000 - progress.cur_nimg) / 1000 * sec_per_kimg
-            log(' '.join([
-                f'tick {tick:<5d}',
-                f'kimg {progress.cur_nimg / 1000:<9.3f}',
-                f'time {dnnlib.util.format_time(tick_end_time - start_time):<12s}',
-                f'sec/kimg {sec_per_kimg:<8.1f}',
-                f'eta {dnnlib.util.format_time(eta):<12s}',
-                f'maint {maintenance_time:<6.1f}',
-                f'cpumem {psutil.Process().memory_info().rss / 2**30:<5.2f}',
-                *([f'gpumem {stats["Resources/peak_gpu_mem_gb"].mean:<5.2f}'] if device.type == 'cuda' else []),
-                *[f'{name.split("/")[1]}_loss {value:<7.3f}' for name, value in losses.items()],
-            ]))
             nonfinite_ticks = nonfinite_ticks + 1 if bool(tick_nonfinite) else 0
             tick_nonfinite.fill_(True)
             if nonfinite_ticks >= NONFINITE_TICKS_BEFORE_STOP:
@@ -600,6 +576,40 @@ def _load_network_snapshot(path: str, networks: dict) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # Statistics and image snapshots.
+
+def _collect_stats(collector: training_stats.Collector, device: torch.device, tick: int, kimg: float,
+                   total_sec: float, sec_per_tick: float, tick_kimg: float, maintenance_sec: float) -> dict:
+    """Report this tick's progress, timing and memory, then collect everything reported since the last tick."""
+    training_stats.report0('Progress/tick', tick)
+    training_stats.report0('Progress/kimg', kimg)
+    training_stats.report0('Timing/total_sec', total_sec)
+    training_stats.report0('Timing/sec_per_tick', sec_per_tick)
+    training_stats.report0('Timing/sec_per_kimg', sec_per_tick / tick_kimg)
+    training_stats.report0('Timing/maintenance_sec', maintenance_sec)
+    training_stats.report0('Resources/cpu_mem_gb', psutil.Process().memory_info().rss / 2**30)
+    training_stats.report0('Resources/peak_cpu_mem_gb', _peak_rss_bytes() / 2**30)
+    if device.type == 'cuda':
+        training_stats.report0('Resources/peak_gpu_mem_gb', torch.cuda.max_memory_allocated(device) / 2**30)
+        torch.cuda.reset_peak_memory_stats(device)
+    collector.update()
+    return collector.as_dict()
+
+
+def _progress_line(stats: dict, total_kimg: float) -> str:
+    """'tick 3 kimg 1.500 time 10m 02s sec/kimg 600.0 eta ... maint ... cpumem ... G_loss ... D_loss ...'"""
+    def mean(name):
+        return stats[name].mean
+    eta = (total_kimg - mean('Progress/kimg')) * mean('Timing/sec_per_kimg')
+    fields = [f'tick {int(mean("Progress/tick")):<5d}', f'kimg {mean("Progress/kimg"):<9.3f}',
+              f'time {dnnlib.util.format_time(mean("Timing/total_sec")):<12s}',
+              f'sec/kimg {mean("Timing/sec_per_kimg"):<8.1f}', f'eta {dnnlib.util.format_time(eta):<12s}',
+              f'maint {mean("Timing/maintenance_sec"):<6.1f}', f'cpumem {mean("Resources/cpu_mem_gb"):<5.2f}']
+    if 'Resources/peak_gpu_mem_gb' in stats:
+        fields.append(f'gpumem {mean("Resources/peak_gpu_mem_gb"):<5.2f}')
+    fields += [f'{name.split("/")[1]}_loss {mean(name):<7.3f}' for name in ('Loss/G/loss', 'Loss/D/loss')
+               if name in stats]
+    return ' '.join(fields)
+
 
 def _write_stats(run_dir: str, writer, stats: dict, cur_nimg: int) -> None:
     """Append one line to stats.jsonl and the means to TensorBoard (step = images seen)."""
