@@ -13,6 +13,7 @@ import dnnlib
 from training import checkpoint
 from training.camera_utils import camera_label, frontal_camera, orbit_camera
 from training.presets import load_preset
+from training.training_loop import latest_network_snapshot
 from training.triplane import build_generator
 
 VIEWS = {'back': -math.pi / 2, 'side': 0.0, 'front': math.pi / 2}
@@ -31,6 +32,19 @@ def depth_to_uint8(depth: torch.Tensor) -> np.ndarray:
     return to_uint8((high - depth) / (high - low).clamp(min=1e-8), 0.0, 1.0)
 
 
+def resolve_network(network: str) -> str:
+    """A checkpoint path or URL as given; a run directory -> its latest network snapshot; a folder of run
+    directories (a training --outdir) -> the latest snapshot of its newest run."""
+    if not os.path.isdir(network):
+        return network
+    runs = [network] + sorted((os.path.join(network, name) for name in os.listdir(network)), reverse=True)
+    for run_dir in runs:
+        if os.path.isdir(run_dir) and (snapshot := latest_network_snapshot(run_dir)) is not None:
+            return snapshot
+    raise click.BadParameter(f'{network}: no network-snapshot-*.pkl in this folder or its run directories',
+                             param_hint='--network')
+
+
 def load_generator(network: str | None, cfg: str | None, init_seed: int, device: torch.device) -> torch.nn.Module:
     """G_ema from a checkpoint of either format, or a freshly initialized generator of a preset."""
     if (network is None) == (cfg is None):
@@ -42,7 +56,7 @@ def load_generator(network: str | None, cfg: str | None, init_seed: int, device:
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint='--cfg') from None
     try:
-        path = dnnlib.util.open_url(network, return_filename=True)
+        path = dnnlib.util.open_url(resolve_network(network), return_filename=True)
         modules = checkpoint.load_any(path, device=device)
     except (OSError, checkpoint.CheckpointError) as err:
         raise click.ClickException(str(err)) from None
@@ -53,7 +67,7 @@ def load_generator(network: str | None, cfg: str | None, init_seed: int, device:
 
 
 @click.command()
-@click.option('--network', help='Checkpoint (network pickle or weights file), path or URL')
+@click.option('--network', help='Checkpoint (network pickle or weights file, path or URL), or a run directory')
 @click.option('--cfg', help='Preset to initialize freshly instead of loading a checkpoint (e.g. cpu-small)')
 @click.option('--init-seed', type=int, default=0, show_default=True, help='Weight seed with --cfg')
 @click.option('--seeds', type=dnnlib.util.parse_range, default='0-3', show_default=True, help='Latent seeds, e.g. 0,2,5-9')

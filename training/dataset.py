@@ -504,7 +504,7 @@ class PortraitDataset(torch.utils.data.Dataset):
                     array = pyspng.load(file.read())
                 else:
                     with Image.open(file) as image:
-                        array = np.asarray(image.convert('L') if mode == '1' else image)
+                        array = np.array(image.convert('L') if mode == '1' else image)  # writable: DataLoader collation wraps it
         except Exception as error:
             raise DatasetError(f'{tree.display(name)}: cannot be decoded, the file is damaged or truncated '
                                f'({_one_line(error)}); re-export it (`{check_command(self._path, self._seg_path)}` '
