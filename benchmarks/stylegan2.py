@@ -4,10 +4,12 @@ Two outputs: the ordinary 3-channel image and the tri-grid backbone's 288 channe
 (channel_base 32768, channel_max 512, skip architecture, all fp32 blocks). For each, the forward
 pass (inference, no autograd) and forward + backward (training mode, random noise) are timed in
 fp32 and with the optional bfloat16 convolutions (`cpu_bf16=True`, which pays off only on CPUs
-with AMX). Every case runs in its own process so that its peak RSS is its own. Timings on a
-shared machine are noisy; the best of the repetitions is the figure to compare.
+with AMX). Every case runs in its own process so that its peak RSS is its own. Each timed
+repetition first waits (up to --idle-timeout seconds) until the machine's CPUs are less than 10 %
+busy, since other processes on a 2-core machine can halve the speed; the `idle` column counts the
+repetitions that started on an idle machine.
 
-    python -m benchmarks.stylegan2 [--threads 2] [--reps 3] [--batch 1]
+    python -m benchmarks.stylegan2 [--threads 2] [--reps 3] [--warmup 4] [--batch 1]
 """
 
 import argparse
@@ -26,8 +28,32 @@ CASES = [(channels, mode, precision) for channels in (3, 288) for precision in (
          for mode in ('forward', 'forward+backward')]
 
 
-def run_case(img_channels: int, mode: str, precision: str, batch: int, reps: int, fused_modconv) -> dict:
-    """Time one case in this process. Returns best and median milliseconds and the peak RSS in MiB."""
+def cpu_busy_fraction(interval_s: float = 0.5) -> float:
+    """Fraction of all CPUs' time spent busy over the next `interval_s` seconds (from /proc/stat)."""
+    def read() -> tuple[int, int]:
+        with open('/proc/stat') as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # total, idle + iowait
+    total0, idle0 = read()
+    time.sleep(interval_s)
+    total1, idle1 = read()
+    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def wait_for_idle(timeout_s: float, threshold: float = 0.1) -> bool:
+    """Block until the machine is idle or `timeout_s` has passed; True if it became idle."""
+    if not os.path.exists('/proc/stat'):
+        return False
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cpu_busy_fraction() < threshold:
+            return True
+    return False
+
+
+def run_case(img_channels: int, mode: str, precision: str, batch: int, reps: int, warmup: int, fused_modconv,
+             idle_timeout_s: float) -> dict:
+    """Time one case in this process. Returns best and median milliseconds, idle starts and peak RSS in MiB."""
     torch.manual_seed(0)
     net = SynthesisNetwork(w_dim=512, img_resolution=256, img_channels=img_channels, channel_base=32768,
                            channel_max=512, num_fp16_res=0, fused_modconv_default='inference_only',
@@ -47,15 +73,20 @@ def run_case(img_channels: int, mode: str, precision: str, batch: int, reps: int
             with torch.no_grad():
                 net(ws, noise_mode='const', fused_modconv=fused_modconv)
 
-    step()  # Warm-up: oneDNN primitive creation and first-touch allocations.
+    # The first few calls are several times slower (oneDNN kernel generation and weight reorders,
+    # the allocator growing its heap), so warm up before timing.
+    for _ in range(warmup):
+        step()
     times = []
+    idle_starts = 0
     for _ in range(reps):
+        idle_starts += wait_for_idle(idle_timeout_s)
         start = time.perf_counter()
         step()
         times.append((time.perf_counter() - start) * 1000)
     times.sort()
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB.
-    return dict(best_ms=times[0], median_ms=times[len(times) // 2], peak_rss_mib=peak_mib)
+    return dict(best_ms=times[0], median_ms=times[len(times) // 2], idle_starts=idle_starts, peak_rss_mib=peak_mib)
 
 
 def cpu_has_amx() -> bool:
@@ -69,8 +100,10 @@ def cpu_has_amx() -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--threads', type=int, default=2, help='torch intra-op threads')
-    parser.add_argument('--reps', type=int, default=3, help='timed repetitions per case (after one warm-up)')
+    parser.add_argument('--reps', type=int, default=3, help='timed repetitions per case')
+    parser.add_argument('--warmup', type=int, default=4, help='untimed calls before the timed ones')
     parser.add_argument('--batch', type=int, default=1, help='batch size')
+    parser.add_argument('--idle-timeout', type=float, default=60, help='seconds to wait for an idle machine per rep')
     parser.add_argument('--fused', choices=['default', 'true', 'false'], default='default',
                         help="fused_modconv for every block; 'default' = the network's 'inference_only'")
     parser.add_argument('--case', help=argparse.SUPPRESS)  # Internal: run one case, print JSON.
@@ -80,20 +113,23 @@ def main() -> None:
 
     if args.case is not None:
         channels, mode, precision = args.case.split(',')
-        print(json.dumps(run_case(int(channels), mode, precision, args.batch, args.reps, fused)))
+        print(json.dumps(run_case(int(channels), mode, precision, args.batch, args.reps, args.warmup, fused,
+                                  args.idle_timeout)))
         return
 
     print(f'torch {torch.__version__}, {args.threads} threads, batch {args.batch}, 256 px, '
           f'AMX {"yes" if cpu_has_amx() else "no"}, load average {os.getloadavg()[0]:.2f}')
-    print(f'{"channels":>8} {"mode":>17} {"precision":>9} {"best ms":>9} {"median ms":>10} {"peak RSS MiB":>13}')
+    print(f'{"channels":>8} {"mode":>17} {"precision":>9} {"best ms":>9} {"median ms":>10} {"idle":>5} '
+          f'{"peak RSS MiB":>13}')
     for channels, mode, precision in CASES:
         cmd = [sys.executable, '-m', 'benchmarks.stylegan2', '--threads', str(args.threads), '--reps',
-               str(args.reps), '--batch', str(args.batch), '--fused', args.fused,
+               str(args.reps), '--warmup', str(args.warmup), '--batch', str(args.batch), '--fused', args.fused,
+               '--idle-timeout', str(args.idle_timeout),
                '--case', f'{channels},{mode},{precision}']
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         print(f'{channels:>8} {mode:>17} {precision:>9} {r["best_ms"]:>9.0f} {r["median_ms"]:>10.0f} '
-              f'{r["peak_rss_mib"]:>13.0f}', flush=True)
+              f'{r["idle_starts"]:>2d}/{args.reps:<2d} {r["peak_rss_mib"]:>13.0f}', flush=True)
 
 
 if __name__ == '__main__':
