@@ -317,12 +317,12 @@ def _new_config(cfg: str, options: dict, generator: dict, resume: str | None, re
                                      f'or .pt), not from a resume state', param_hint='--resume')
         # A new stage: the EMA keeps its full half-life and, unless --resume_blur, the
         # early-training schedules (blur, GPC fade) stay off (SPEC 8.1).
-        options.update(resume=resume, stage_start_kimg=resume_kimg, ema_rampup=None)
+        options.update(resume=resume, stage_start_kimg=resume_kimg)
         if not resume_blur:
             options.update(blur_init_sigma=0.0, gpc_reg_fade_kimg=0.0)
     config = TrainingConfig.from_preset(preset, cfg, generator=generator, **options)
     if resume is not None:
-        config.ema_rampup = None  # from_preset reads None as "keep the preset's"
+        config.ema_rampup = None  # set here: from_preset reads None as "keep the preset's value"
     return config
 
 

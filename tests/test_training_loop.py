@@ -296,3 +296,24 @@ def test_new_stage_counts_from_its_start(tiny, tmp_path):
         pose_kwargs = json.load(f)
     # Blur off; the rendering resolution fades from the stage start (16 px), not from image 0 (32 px).
     assert pose_kwargs['blur_sigma'] == 0.0 and pose_kwargs['neural_rendering_resolution'] == 16
+
+
+def test_image_snapshots_without_headless_gl(tiny, tmp_path, monkeypatch):
+    """Without EGL the snapshots are written without the mesh overlays instead of ending the run."""
+    from training import mesh_renderer
+    from training.dataset import PortraitDataset
+    from training.training_loop import _build_networks, _SnapshotGrid
+
+    def no_gl(self):
+        raise RuntimeError('MeshRenderer: no headless OpenGL (EGL) context')
+    monkeypatch.setattr(mesh_renderer.MeshRenderer, 'gl_renderer', property(no_gl))
+    _, config = tiny
+    dataset = PortraitDataset(config.data, config.seg_data, xflip=True)
+    grid = _SnapshotGrid(dataset, config, torch.device('cpu'))
+    G, D = _build_networks(config, torch.device('cpu'))
+    grid.save_reals(str(tmp_path), G)
+    grid.save_fakes(str(tmp_path), 'fakes_init', None, 0, G, copy.deepcopy(G).eval(), D,
+                    dict(rendering_resolution=16, blur_sigma=0.0))
+    written = sorted(os.listdir(tmp_path))
+    assert 'reals.png' in written and 'fakes_init_0.png' in written and 'fakes_init_5_no_pose_depth.png' in written
+    assert 'mesh_coarse_real_pose.png' not in written and 'fakes_init_6_real_pose.png' not in written

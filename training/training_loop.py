@@ -162,7 +162,8 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
         grid.save_fakes(run_dir, 'fakes_init', writer, progress.cur_nimg, G, G_ema, D, loss.phase_state(progress.cur_nimg))
     stats_collector = training_stats.Collector(regex='.*')
     if state is not None:
-        _restore_rng(state['rng'], rank, world_size, device, log)
+        _restore_rng(state['rng'], rank, world_size, device, log, fallback_seed=np.random.SeedSequence(
+            [config.seed, world_size, rank, progress.cur_nimg]).generate_state(1)[0])
         del state
 
     log(f'Training from {progress.cur_nimg / 1000:g} to {config.kimg:g} kimg...')
@@ -464,10 +465,12 @@ def _gather_rng_states(world_size: int, device: torch.device) -> list:
     return states
 
 
-def _restore_rng(states: list, rank: int, world_size: int, device: torch.device, log) -> None:
+def _restore_rng(states: list, rank: int, world_size: int, device: torch.device, log, fallback_seed: int) -> None:
+    """This rank's saved RNG states; `fallback_seed` when the state was saved by another number of processes."""
     if len(states) != world_size:
         log(f'The resume state holds the RNG states of {len(states)} processes, this run has {world_size}: '
             f'random draws are seeded afresh, so they differ from an uninterrupted run')
+        _seed_all(int(fallback_seed))
         return
     state = states[rank]
     torch.set_rng_state(state['torch'])
@@ -683,23 +686,22 @@ class _SnapshotGrid:
         self.chunk = config.batch_gpu
         self.device = device
         self.renderer = MeshRenderer()
-        self.overlays_enabled = True
+        try:
+            self.renderer.gl_renderer  # creates the GL context now, after the data loader's workers started
+        except RuntimeError as error:  # no headless GL here: the snapshots go on without mesh overlays
+            print(f'Pose overlays left out of the image snapshots: {error}')
+            self.renderer = None
 
     def _overlay(self, images: torch.Tensor, poses: torch.Tensor, cameras: torch.Tensor, G: torch.nn.Module) -> np.ndarray | None:
         """images uint8 [N, 3, H, W], poses [N, 6], cameras [N, 25] -> uint8 [N, H, W, 3] with the posed mesh, or None."""
-        if not self.overlays_enabled:
+        if self.renderer is None:
             return None
         body = G.deformer.body_model
         vertices = body.pose(poses.to(torch.float32)).cpu().numpy()
         faces = body.faces.cpu().numpy()
         pictures = images.permute(0, 2, 3, 1).cpu().numpy()
-        try:
-            return np.stack([self.renderer.overlay(picture, v, faces, c.cpu().numpy())
-                             for picture, v, c in zip(pictures, vertices, cameras)])
-        except RuntimeError as error:  # no headless GL on this machine: the snapshots go on without overlays
-            print(f'Pose overlays skipped: {error}')
-            self.overlays_enabled = False
-            return None
+        return np.stack([self.renderer.overlay(picture, v, faces, c.cpu().numpy())
+                         for picture, v, c in zip(pictures, vertices, cameras)])
 
     @torch.no_grad()
     def save_reals(self, run_dir: str, G: torch.nn.Module) -> None:
