@@ -306,7 +306,7 @@ def loss_config(config: TrainingConfig) -> LossConfig:
 
 
 def _build_phases(config: TrainingConfig, G: torch.nn.Module, D: torch.nn.Module) -> tuple:
-    """-> (phases in execution order, {'G': Adam, 'D': Adam}).
+    """-> (phases in execution order: G's, then D's, as published; {'G': Adam, 'D': Adam}).
 
     A network with a lazy regularization phase every k iterations steps k + 1 times per k
     iterations, so its learning rate and betas are scaled by k / (k + 1) (SPEC 7.4).
@@ -322,7 +322,6 @@ def _build_phases(config: TrainingConfig, G: torch.nn.Module, D: torch.nn.Module
         phases.append(Phase(f'{name}main', name, params, 1))
         if reg_interval is not None:
             phases.append(Phase(f'{name}reg', name, params, reg_interval))
-    # G first, then D, as published: D's step sees the fakes of the G it will judge next.
     return phases, optimizers
 
 
