@@ -520,24 +520,24 @@ def _save_network_snapshot(run_dir: str, config: TrainingConfig, networks: dict,
             os.remove(path)
 
 
-def latest_resume_state(run_dir: str) -> str | None:
-    """The newest complete resume state of a run directory, or None."""
+def _latest(run_dir: str, prefix: str, suffix: str) -> str | None:
+    """The file {prefix}{kimg}{suffix} of a run directory with the highest kimg (newest on ties), or None."""
     found = []
-    for path in glob.glob(os.path.join(run_dir, 'resume-state-*.pt')):
-        match = re.fullmatch(r'resume-state-(\d+)\.pt', os.path.basename(path))
+    for path in glob.glob(os.path.join(run_dir, f'{prefix}*{suffix}')):
+        match = re.fullmatch(re.escape(prefix) + r'(\d+)' + re.escape(suffix), os.path.basename(path))
         if match:
             found.append((int(match.group(1)), os.path.getmtime(path), path))
     return max(found)[2] if found else None
+
+
+def latest_resume_state(run_dir: str) -> str | None:
+    """The newest resume state of a run directory (complete: written atomically), or None."""
+    return _latest(run_dir, 'resume-state-', '.pt')
 
 
 def latest_network_snapshot(run_dir: str) -> str | None:
     """The newest network pickle of a run directory, or None."""
-    found = []
-    for path in glob.glob(os.path.join(run_dir, 'network-snapshot-*.pkl')):
-        match = re.fullmatch(r'network-snapshot-(\d+)\.pkl', os.path.basename(path))
-        if match:
-            found.append((int(match.group(1)), os.path.getmtime(path), path))
-    return max(found)[2] if found else None
+    return _latest(run_dir, 'network-snapshot-', '.pkl')
 
 
 def load_resume_state(path: str, mmap: bool = False) -> dict:
