@@ -12,24 +12,12 @@ from tqdm import tqdm
 import dnnlib
 from training import checkpoint
 from training.camera_utils import camera_label, frontal_camera, orbit_camera
+from training.images import depth_to_uint8, to_uint8
 from training.presets import load_preset
 from training.training_loop import latest_network_snapshot
 from training.triplane import build_generator
 
 VIEWS = {'back': -math.pi / 2, 'side': 0.0, 'front': math.pi / 2}
-
-
-def to_uint8(images: torch.Tensor, low: float = -1.0, high: float = 1.0) -> np.ndarray:
-    """images [B, C, H, W] in [low, high] -> uint8 [B, H, W, C]."""
-    images = (images - low) * (255 / (high - low))
-    return images.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def depth_to_uint8(depth: torch.Tensor) -> np.ndarray:
-    """depth [B, 1, H, W] -> uint8 [B, H, W, 1], near = bright, min-max normalized per image."""
-    flat = depth.flatten(1)
-    low, high = flat.min(1).values.view(-1, 1, 1, 1), flat.max(1).values.view(-1, 1, 1, 1)
-    return to_uint8((high - depth) / (high - low).clamp(min=1e-8), 0.0, 1.0)
 
 
 def resolve_network(network: str) -> str:

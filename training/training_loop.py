@@ -54,6 +54,7 @@ from training.camera_utils import flip_camera, frontal_camera
 from training.config import TrainingConfig
 from training.dataset import PortraitDataset
 from training.dual_discriminator import PoseAwareDualDiscriminator
+from training.images import depth_to_uint8, to_uint8
 from training.loss import LossConfig, PortraitGANLoss, blur_image, prepare_real
 from training.mesh_renderer import MeshRenderer
 from training.schedules import ema_beta
@@ -631,19 +632,6 @@ def _count(module: torch.nn.Module) -> str:
     return f'{sum(p.numel() for p in module.parameters()):,}'
 
 
-def _to_uint8(images: torch.Tensor, low: float, high: float) -> np.ndarray:
-    """images [N, C, H, W] in [low, high] -> uint8 [N, H, W, C]."""
-    images = (images.to(torch.float32) - low) * (255 / (high - low))
-    return images.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def _depth_to_uint8(depth: torch.Tensor) -> np.ndarray:
-    """depth [N, 1, H, W] -> uint8 [N, H, W, 1], near bright, min-max normalized per image."""
-    flat = depth.flatten(1)
-    low, high = flat.min(1).values.view(-1, 1, 1, 1), flat.max(1).values.view(-1, 1, 1, 1)
-    return _to_uint8((high - depth) / (high - low).clamp(min=1e-8), 0.0, 1.0)
-
-
 def _save_grid(path: str, images: np.ndarray, cols: int, writer=None, tag: str | None = None, step: int = 0) -> None:
     """Tile uint8 [N, H, W, C] row by row, `cols` wide, into a PNG (and a TensorBoard image)."""
     count, height, width, channels = images.shape
@@ -746,10 +734,10 @@ class _SnapshotGrid:
         out = {key: torch.cat(value) for key, value in outputs.items()}
         for suffix, key in (('0', 'image'), ('1_no_pose', 'no_pose'), ('2_raw', 'image_raw'),
                             ('3_no_pose_raw', 'no_pose_raw')):
-            _save_grid(os.path.join(run_dir, f'{name}_{suffix}.png'), _to_uint8(out[key], -1, 1), self.cols,
+            _save_grid(os.path.join(run_dir, f'{name}_{suffix}.png'), to_uint8(out[key], -1, 1), self.cols,
                        writer, f'Images/{suffix}', step)
         for suffix, key in (('4_depth', 'image_depth'), ('5_no_pose_depth', 'no_pose_depth')):
-            _save_grid(os.path.join(run_dir, f'{name}_{suffix}.png'), _depth_to_uint8(out[key]), self.cols,
+            _save_grid(os.path.join(run_dir, f'{name}_{suffix}.png'), depthto_uint8(out[key]), self.cols,
                        writer, f'Images/{suffix}', step)
         overlay = self._overlay(self.real_img, torch.cat(real_poses), self.real_c, G)
         if overlay is not None:
