@@ -737,7 +737,7 @@ class _SnapshotGrid:
             _save_grid(os.path.join(run_dir, f'{name}_{suffix}.png'), to_uint8(out[key], -1, 1), self.cols,
                        writer, f'Images/{suffix}', step)
         for suffix, key in (('4_depth', 'image_depth'), ('5_no_pose_depth', 'no_pose_depth')):
-            _save_grid(os.path.join(run_dir, f'{name}_{suffix}.png'), depthto_uint8(out[key]), self.cols,
+            _save_grid(os.path.join(run_dir, f'{name}_{suffix}.png'), depth_to_uint8(out[key]), self.cols,
                        writer, f'Images/{suffix}', step)
         overlay = self._overlay(self.real_img, torch.cat(real_poses), self.real_c, G)
         if overlay is not None:
