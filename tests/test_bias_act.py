@@ -2,13 +2,12 @@
 
 import math
 import os
-import warnings
 
 import pytest
 import torch
 
 from tests.conftest import requires_cuda
-from torch_utils import custom_ops
+from tests.host_build import build_host_kernel
 from torch_utils.ops import bias_act as bias_act_module
 from torch_utils.ops.bias_act import ACTIVATIONS, bias_act
 
@@ -275,14 +274,8 @@ class HostKernel:
 
 @pytest.fixture(scope='module')
 def host_kernel(tmp_path_factory):
-    source_dir = tmp_path_factory.mktemp('bias_act_host')
-    (source_dir / 'bias_act_host.cpp').write_text(HOST_KERNEL_SOURCE)
     header = os.path.join(os.path.dirname(bias_act_module.__file__), 'bias_act.h')
-    with warnings.catch_warnings():
-        warnings.simplefilter('error', custom_ops.PluginUnavailableWarning)
-        module = custom_ops.get_plugin('bias_act_host_kernel', [str(source_dir / 'bias_act_host.cpp')],
-                                       headers=[header], extra_cflags=['-O1', '-std=c++17'])
-    return HostKernel(module)
+    return HostKernel(build_host_kernel(tmp_path_factory, 'bias_act_host', HOST_KERNEL_SOURCE, header))
 
 
 def kernel_path(x, b, act, gain=None, clamp=None, dim=1):

@@ -1,7 +1,6 @@
 """Tests for torch_utils/ops/upfirdn2d.py against scipy/numpy oracles, analytic cases and gradcheck."""
 
 import os
-import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import scipy.signal
 import torch
 
 from tests.conftest import requires_cuda
-from torch_utils import custom_ops
+from tests.host_build import build_host_kernel
 from torch_utils.ops import upfirdn2d as upfirdn2d_module
 from torch_utils.ops.upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
 
@@ -355,14 +354,8 @@ class HostKernel:
 
 @pytest.fixture(scope='module')
 def host_kernel(tmp_path_factory):
-    source_dir = tmp_path_factory.mktemp('upfirdn2d_host')
-    (source_dir / 'upfirdn2d_host.cpp').write_text(HOST_KERNEL_SOURCE)
     header = os.path.join(os.path.dirname(upfirdn2d_module.__file__), 'upfirdn2d.h')
-    with warnings.catch_warnings():
-        warnings.simplefilter('error', custom_ops.PluginUnavailableWarning)
-        module = custom_ops.get_plugin('upfirdn2d_host_kernel', [str(source_dir / 'upfirdn2d_host.cpp')],
-                                       headers=[header], extra_cflags=['-O1', '-std=c++17'])
-    return HostKernel(module)
+    return HostKernel(build_host_kernel(tmp_path_factory, 'upfirdn2d_host', HOST_KERNEL_SOURCE, header))
 
 
 def _explicit_grad_kernel(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):

@@ -1,0 +1,18 @@
+"""Builds the per-element math of a CUDA kernel (its shared `.h`) as a CPU extension for the tests."""
+
+import os
+import warnings
+
+from torch_utils import custom_ops
+
+
+def build_host_kernel(tmp_path_factory, name: str, source: str, header: str):
+    """Compile `source` (C++ that includes `header`) as plugin `name`; a failed build fails the test."""
+    source_dir = tmp_path_factory.mktemp(name)
+    source_path = os.path.join(str(source_dir), f'{name}.cpp')
+    with open(source_path, 'w', encoding='utf-8') as f:
+        f.write(source)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', custom_ops.PluginUnavailableWarning)
+        return custom_ops.get_plugin(f'{name}_kernel', [source_path], headers=[header],
+                                     extra_cflags=['-O1', '-std=c++17'])
