@@ -83,7 +83,7 @@ class TriPlaneGenerator(torch.nn.Module):
         sr_channel_base: int = 32768,
         sr_channel_max: int = 512,
         sr_num_fp16_res: int = 4,
-        sr_conv_clamp: float | None = 256,
+        sr_conv_clamp: float | None = 256,   # small head's clamp (the hybrid heads clamp at 256 iff fp16)
         sr_antialias: bool = True,
         sr_noise_mode: str = 'none',
         neural_rendering_resolution: int = 64,  # default rays per side; a call may override it
@@ -104,8 +104,6 @@ class TriPlaneGenerator(torch.nn.Module):
         self.c_scale = c_scale
         self.img_resolution, self.img_channels = img_resolution, img_channels
         self.triplane_channels, self.triplane_depth = triplane_channels, triplane_depth
-        self.use_background, self.use_torgb_raw = use_background, use_torgb_raw
-        self.sr_input_resolution = sr_input_resolution
         self.neural_rendering_resolution = neural_rendering_resolution
         self.box_warp = box_warp
 
