@@ -23,36 +23,15 @@ import torch
 from torch_utils import training_stats
 from training import checkpoint
 from training.config import TrainingConfig
-from training.presets import load_preset
-from training.synthetic import build_synthetic_dataset
+from tests.tiny_run import BATCH, tiny_setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BATCH = 4
-
-# A generator small enough to train a few iterations in seconds on two cores.
-TINY_GENERATOR = dict(img_resolution=32, sr_input_resolution=16, triplane_resolution=32,
-                      neural_rendering_resolution=16, channel_base=512, channel_max=32, background_channel_base=256,
-                      sr_channel_base=256, sr_channel_max=16, triplane_channels=8, decoder_hidden=16,
-                      depth_resolution=6, depth_resolution_importance=6, z_dim=32, w_dim=32)
-TINY_TRAINING = dict(batch=BATCH, batch_gpu=BATCH, d_channel_base=256, d_channel_max=32,
-                     neural_rendering_resolution_initial=16, d_reg_interval=2, tick=BATCH / 1000, snap=1,
-                     image_snap=0, snapshot_grid=[2, 1])
 
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
     """-> (preset path, TrainingConfig of one process) on a 16-image 32 px synthetic set."""
-    root = tmp_path_factory.mktemp('tiny')
-    data, seg_data = str(root / 'data.zip'), str(root / 'seg.zip')
-    build_synthetic_dataset(data, seg_data, num_images=16, resolution=32, workers=0, progress=False)
-    preset = load_preset('cpu-small')
-    preset['generator'].update(TINY_GENERATOR)
-    preset['training'].update(TINY_TRAINING)
-    preset_path = str(root / 'tiny.json')
-    with open(preset_path, 'w') as f:
-        json.dump(preset, f)
-    config = TrainingConfig.from_preset(preset, preset_path, data=data, seg_data=seg_data, gpus=1, workers=1)
-    return preset_path, config.validate()
+    return tiny_setup(str(tmp_path_factory.mktemp('tiny')))
 
 
 def _run(config: TrainingConfig, run_dir: str) -> dict:
@@ -265,14 +244,14 @@ def test_persistent_nan_gradients_stop_the_run(tiny, tmp_path, monkeypatch):
 
 def test_stage_start_loads_the_snapshot_networks(tiny, tmp_path):
     """SPEC 8.5: G, D, G_ema by name; D_ema from D when the snapshot has none."""
-    from training.training_loop import _build_networks, _load_network_snapshot
+    from training.training_loop import build_networks, _load_network_snapshot
     _, config = tiny
     torch.manual_seed(1)
-    G, D = _build_networks(config, torch.device('cpu'))
+    G, D = build_networks(config, torch.device('cpu'))
     path = str(tmp_path / 'network-snapshot-000001.pkl')
     checkpoint.save_network_pickle(path, dict(G=G, D=D, G_ema=G, training_set_kwargs={}))
     torch.manual_seed(2)
-    G2, D2 = _build_networks(config, torch.device('cpu'))
+    G2, D2 = build_networks(config, torch.device('cpu'))
     networks = dict(G=G2, D=D2, G_ema=copy.deepcopy(G2), D_ema=copy.deepcopy(D2))
     assert not torch.equal(G.backbone.b4.const, G2.backbone.b4.const)
     _load_network_snapshot(path, networks)
@@ -282,9 +261,9 @@ def test_stage_start_loads_the_snapshot_networks(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_new_stage_counts_from_its_start(tiny, tmp_path):
-    from training.training_loop import _build_networks
+    from training.training_loop import build_networks
     _, config = tiny
-    G, D = _build_networks(config, torch.device('cpu'))
+    G, D = build_networks(config, torch.device('cpu'))
     snapshot = str(tmp_path / 'network-snapshot-000006.pkl')
     checkpoint.save_network_pickle(snapshot, dict(G=G, D=D, G_ema=G, D_ema=D, training_set_kwargs={}))
     run_dir = str(tmp_path / 'stage')
@@ -302,7 +281,7 @@ def test_image_snapshots_without_headless_gl(tiny, tmp_path, monkeypatch):
     """Without EGL the snapshots are written without the mesh overlays instead of ending the run."""
     from training import mesh_renderer
     from training.dataset import PortraitDataset
-    from training.training_loop import _build_networks, _SnapshotGrid
+    from training.training_loop import build_networks, _SnapshotGrid
 
     def no_gl(self):
         raise RuntimeError('MeshRenderer: no headless OpenGL (EGL) context')
@@ -310,7 +289,7 @@ def test_image_snapshots_without_headless_gl(tiny, tmp_path, monkeypatch):
     _, config = tiny
     dataset = PortraitDataset(config.data, config.seg_data, xflip=True)
     grid = _SnapshotGrid(dataset, config, torch.device('cpu'))
-    G, D = _build_networks(config, torch.device('cpu'))
+    G, D = build_networks(config, torch.device('cpu'))
     grid.save_reals(str(tmp_path), G)
     grid.save_fakes(str(tmp_path), 'fakes_init', None, 0, G, copy.deepcopy(G).eval(), D,
                     dict(rendering_resolution=16, blur_sigma=0.0))

@@ -121,7 +121,7 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
         f'{dataset.resolution}x{dataset.resolution})')
 
     # Networks: rank 0's initialization or snapshot is broadcast, so all ranks start equal.
-    G, D = _build_networks(config, device)
+    G, D = build_networks(config, device)
     G_ema, D_ema = copy.deepcopy(G).eval(), copy.deepcopy(D).eval()
     networks = dict(G=G, D=D, G_ema=G_ema, D_ema=D_ema)
     progress = Progress(cur_nimg=round(config.stage_start_kimg * 1000))
@@ -277,7 +277,7 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
 # ------------------------------------------------------------------------------------------------
 # Construction.
 
-def _build_networks(config: TrainingConfig, device: torch.device) -> tuple:
+def build_networks(config: TrainingConfig, device: torch.device) -> tuple:
     """The trained G and D of the config, on `device`, in training mode, not taking gradients."""
     G = build_generator({'generator': config.generator})
     D = PoseAwareDualDiscriminator(
@@ -493,21 +493,32 @@ def _snapshot_paths(run_dir: str, cur_nimg: int) -> dict:
                 resume=os.path.join(run_dir, f'resume-state-{kimg:06d}.pt'))
 
 
-def _save_network_snapshot(run_dir: str, config: TrainingConfig, networks: dict, optimizers: dict,
-                           progress: Progress, rng_states: list, training_set_kwargs: dict,
-                           schedule: dict) -> None:
-    """Write the pickle, the weights file, the pose-prediction settings and the resume state."""
-    paths = _snapshot_paths(run_dir, progress.cur_nimg)
+def save_network_files(run_dir: str, cur_nimg: int, networks: dict, training_set_kwargs: dict,
+                       schedule: dict) -> dict:
+    """Write a network snapshot's pickle, weights file and pose-prediction settings -> their paths.
+
+    networks: {'G', 'D', 'G_ema', 'D_ema'} modules; schedule: the schedule values at `cur_nimg`
+    ('rendering_resolution', 'blur_sigma').
+    """
+    paths = _snapshot_paths(run_dir, cur_nimg)
     checkpoint.save_network_pickle(paths['pkl'], dict(training_set_kwargs=training_set_kwargs, **networks,
                                                       augment_pipe=None))
     checkpoint.save_weights(paths['pt'], networks, extra=dict(
-        training_set_kwargs=training_set_kwargs, cur_nimg=progress.cur_nimg,
+        training_set_kwargs=training_set_kwargs, cur_nimg=cur_nimg,
         neural_rendering_resolution=schedule['rendering_resolution']))
     filter_2d = np.outer(RESAMPLE_FILTER, RESAMPLE_FILTER) / np.sum(RESAMPLE_FILTER) ** 2
     pose_predict_kwargs = dict(blur_sigma=float(schedule['blur_sigma']),
                                neural_rendering_resolution=int(schedule['rendering_resolution']),
                                resample_filter=filter_2d.tolist(), filter_mode='antialiased')
     checkpoint.atomic_write(paths['json'], lambda f: f.write(json.dumps(pose_predict_kwargs, indent=2).encode()))
+    return paths
+
+
+def _save_network_snapshot(run_dir: str, config: TrainingConfig, networks: dict, optimizers: dict,
+                           progress: Progress, rng_states: list, training_set_kwargs: dict,
+                           schedule: dict) -> None:
+    """Write the pickle, the weights file, the pose-prediction settings and the resume state."""
+    paths = save_network_files(run_dir, progress.cur_nimg, networks, training_set_kwargs, schedule)
     # Written last: a resume state implies that its snapshot files are complete.
     state = dict(format=RESUME_FORMAT, version=RESUME_VERSION, config_json=config.to_json(),
                  progress=dataclasses.asdict(progress),
