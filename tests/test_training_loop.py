@@ -296,3 +296,52 @@ def test_image_snapshots_without_headless_gl(tiny, tmp_path, monkeypatch):
     written = sorted(os.listdir(tmp_path))
     assert 'reals.png' in written and 'fakes_init_0.png' in written and 'fakes_init_5_no_pose_depth.png' in written
     assert 'mesh_coarse_real_pose.png' not in written and 'fakes_init_6_real_pose.png' not in written
+
+
+TORCHRUN_RANK = r'''
+import os, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+import train
+import training.training_loop as loop
+
+real_training_loop = loop.training_loop
+
+def training_loop_then_dump(config, run_dir, rank=0, world_size=1, device='cpu'):
+    networks = real_training_loop(config, run_dir, rank=rank, world_size=world_size, device=device)
+    torch.save({name: module.state_dict() for name, module in networks.items()},
+               os.path.join(os.environ['RANK_DUMP_DIR'], f'rank{rank}.pt'))
+    return networks
+
+loop.training_loop = training_loop_then_dump
+train.main(sys.argv[2:])
+'''
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_hold_identical_parameters(tiny, tmp_path):
+    preset_path, config = tiny
+    script = tmp_path / 'rank.py'
+    script.write_text(TORCHRUN_RANK)
+    dump_dir = tmp_path / 'dump'
+    dump_dir.mkdir()
+    outdir = str(tmp_path / 'runs')
+    env = dict(os.environ, RANK_DUMP_DIR=str(dump_dir), OMP_NUM_THREADS='1')
+    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                             str(script), REPO, '--cfg', preset_path, '--data', config.data, '--seg_data',
+                             config.seg_data, '--gpus', '2', '--batch-gpu', '2', '--mbstd-group', '2',
+                             '--kimg', str(2 * BATCH / 1000), '--workers', '0', '--outdir', outdir],
+                            capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    (run_dir,) = glob.glob(os.path.join(outdir, '*'))
+    assert _resume_state(run_dir)['progress']['cur_nimg'] == 2 * BATCH
+    rank0, rank1 = (torch.load(dump_dir / f'rank{rank}.pt', weights_only=True) for rank in (0, 1))
+    stored = _resume_state(run_dir)['networks']
+    # The mapping's running average of w follows each rank's own latents (snapshots keep rank 0's).
+    assert not torch.equal(rank0['G']['mapping_network.w_avg'], rank1['G']['mapping_network.w_avg'])
+    for networks in (rank0, rank1, stored):
+        for name in ('G', 'G_ema'):
+            del networks[name]['mapping_network.w_avg']
+    _assert_same_tensors(rank0, rank1, 'rank 0 vs rank 1')
+    # What the ranks returned are the networks that rank 0 stored at the end of the run.
+    _assert_same_tensors(stored, rank0, 'resume state vs rank 0')
