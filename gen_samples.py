@@ -14,6 +14,7 @@ from training import checkpoint
 from training.camera_utils import camera_label, frontal_camera, orbit_camera
 from training.images import depth_to_uint8, to_uint8
 from training.presets import load_preset
+from training.shapes import DEFAULT_LEVEL, extract_shape, save_shape
 from training.training_loop import latest_network_snapshot
 from training.triplane import build_generator
 
@@ -54,23 +55,60 @@ def load_generator(network: str | None, cfg: str | None, init_seed: int, device:
     return generator.eval().requires_grad_(False)
 
 
+def parse_pose(text: str | None, device: torch.device) -> torch.Tensor | None:
+    """'a,b,c,d,e,f' (radians) -> pose [1, 6] (neck, head axis-angle); None -> None."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(',')]
+    except ValueError:
+        values = []
+    if len(values) != 6:
+        raise click.BadParameter(f'{text!r}: expected six comma-separated numbers (radians)', param_hint='--pose')
+    return torch.tensor([values], device=device)
+
+
+def parse_seeds(text: str) -> list:
+    """'0,2,5-9' -> [0, 2, 5, 6, 7, 8, 9], as a click error for anything else."""
+    try:
+        seeds = dnnlib.util.parse_range(text) if isinstance(text, str) else list(text)
+    except ValueError:
+        seeds = None
+    if not seeds or any(s < 0 or s >= 2 ** 32 for s in seeds):
+        raise click.BadParameter(f'{text!r}: expected seeds like 0,2,5-9 (integers in 0 .. 2^32-1)', param_hint='--seeds')
+    return seeds
+
+
 @click.command()
 @click.option('--network', help='Checkpoint (network pickle or weights file, path or URL), or a run directory')
 @click.option('--cfg', help='Preset to initialize freshly instead of loading a checkpoint (e.g. cpu-small)')
 @click.option('--init-seed', type=int, default=0, show_default=True, help='Weight seed with --cfg')
-@click.option('--seeds', type=dnnlib.util.parse_range, default='0-3', show_default=True, help='Latent seeds, e.g. 0,2,5-9')
+@click.option('--seeds', callback=lambda ctx, param, value: parse_seeds(value), default='0-3', show_default=True, help='Latent seeds, e.g. 0,2,5-9')
+@click.option('--seeds_num', 'seeds_num', type=click.IntRange(min=1), default=None,
+              help='Instead of --seeds: this many random seeds, drawn reproducibly from --seeds-seed')
+@click.option('--seeds-seed', type=int, default=0, show_default=True, help='Draws the seeds of --seeds_num')
 @click.option('--trunc', 'truncation_psi', type=float, default=1.0, show_default=True, help='Truncation psi')
 @click.option('--trunc-cutoff', 'truncation_cutoff', type=int, default=None, help='Truncate only the first N ws')
 @click.option('--views', default='back,side,front', show_default=True, help=f'Comma list of {", ".join(VIEWS)}')
+@click.option('--pose', default=None, help='Render posed: six comma-separated neck/head axis-angle values, radians')
+@click.option('--shapes', is_flag=True, help='Also write the density volume (.mrc) and a coloured mesh (.ply)')
+@click.option('--shape-res', type=click.IntRange(min=8), default=128, show_default=True, help='Shape grid size per axis')
+@click.option('--shape-level', type=float, default=DEFAULT_LEVEL, show_default=True, help='Marching-cubes sigma level')
 @click.option('--sample-mult', type=click.IntRange(min=1), default=2, show_default=True, help='Multiply the samples per ray')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to write the images')
 @click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
-def main(network, cfg, init_seed, seeds, truncation_psi, truncation_cutoff, views, sample_mult, outdir, device):
+def main(network, cfg, init_seed, seeds, seeds_num, seeds_seed, truncation_psi, truncation_cutoff, views, pose,
+         shapes, shape_res, shape_level, sample_mult, outdir, device):
     """Write, per seed, the super-resolved, raw and depth images at the chosen cameras, side by side.
 
-    Conditioning is the frontal camera and zero body pose; the head is rendered in canonical space.
+    Conditioning is the frontal camera and zero body pose; the head is rendered in canonical space,
+    or posed by --pose (deformation on). With --shapes, seedNNNN.mrc and seedNNNN.ply hold the
+    canonical density and its mesh (metres, y up), coloured by the first 3 decoder feature channels.
     """
     device = torch.device(device)
+    if seeds_num is not None:
+        seeds = sorted(np.random.RandomState(seeds_seed).choice(2 ** 31, seeds_num, replace=False).tolist())
+    pose_params = parse_pose(pose, device)
     view_names = [name.strip() for name in views.split(',')]
     unknown = [name for name in view_names if name not in VIEWS]
     if unknown:
@@ -91,12 +129,15 @@ def main(network, cfg, init_seed, seeds, truncation_psi, truncation_cutoff, view
         with torch.no_grad():
             ws = G.mapping(z, condition, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
             ws = ws.expand(len(view_names), -1, -1)
-            out = G.synthesis(ws, cameras, generator=torch.Generator(device).manual_seed(seed), **render_kwargs)
+            posed = dict(apply_def=True, pose_params=pose_params.expand(len(view_names), -1)) if pose_params is not None else {}
+            out = G.synthesis(ws, cameras, generator=torch.Generator(device).manual_seed(seed), **posed, **render_kwargs)
         for suffix, images in [('', to_uint8(out['image'])), ('_raw', to_uint8(out['image_raw'])),
                                ('_depth', depth_to_uint8(out['image_depth']))]:
             row = np.concatenate(list(images), axis=1)
             PIL.Image.fromarray(row.squeeze(-1) if row.shape[-1] == 1 else row).save(
                 os.path.join(outdir, f'seed{seed:04d}{suffix}.png'))
+        if shapes:
+            tqdm.write(save_shape(extract_shape(G, ws[:1], shape_res, shape_level), os.path.join(outdir, f'seed{seed:04d}')))
     print(f'wrote {len(seeds)} seeds to {outdir}')
 
 

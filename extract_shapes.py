@@ -1,0 +1,63 @@
+"""Density volumes (.mrc) and meshes (.ply/.obj) of a generator's canonical heads, in metres, y up."""
+
+import glob
+import os
+
+import click
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from gen_samples import load_generator, parse_seeds
+from training.camera_utils import frontal_camera
+from training.shapes import DEFAULT_LEVEL, close_border, extract_shape, marching_cubes, read_mrc, save_shape, write_mesh
+
+
+@click.command()
+@click.option('--network', help='Checkpoint (network pickle or weights file), a run directory or a training outdir')
+@click.option('--mrc-dir', type=click.Path(exists=True, file_okay=False), help='Instead of --network: mesh every .mrc here')
+@click.option('--seeds', callback=lambda ctx, param, value: parse_seeds(value), default='0', show_default=True,
+              help='Latent seeds, e.g. 0,2,5-9')
+@click.option('--trunc', 'truncation_psi', type=float, default=1.0, show_default=True, help='Truncation psi')
+@click.option('--trunc-cutoff', 'truncation_cutoff', type=int, default=None, help='Truncate only the first N ws')
+@click.option('--shape-res', type=click.IntRange(min=8), default=128, show_default=True, help='Grid size per axis')
+@click.option('--level', type=float, default=DEFAULT_LEVEL, show_default=True, help='Marching-cubes sigma level')
+@click.option('--format', 'mesh_format', type=click.Choice(['ply', 'obj']), default='ply', show_default=True)
+@click.option('--outdir', type=click.Path(file_okay=False), required=True)
+@click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
+def main(network, mrc_dir, seeds, truncation_psi, truncation_cutoff, shape_res, level, mesh_format, outdir, device):
+    """Per seed, seedNNNN.mrc (density on the cube of side 0.8 box_warp) and seedNNNN.<format> (marching
+    cubes, vertex colours from the first 3 decoder feature channels); or, with --mrc-dir, a mesh per .mrc."""
+    if (network is None) == (mrc_dir is None):
+        raise click.UsageError('give exactly one of --network or --mrc-dir')
+    try:
+        os.makedirs(outdir, exist_ok=True)
+    except OSError as err:
+        raise click.ClickException(f'cannot create --outdir {outdir}: {err.strerror}') from None
+    if mrc_dir is not None:
+        paths = sorted(glob.glob(os.path.join(mrc_dir, '*.mrc')))
+        if not paths:
+            raise click.ClickException(f'{mrc_dir}: no .mrc files')
+        for path in tqdm(paths, desc='volumes', unit='file'):
+            try:
+                volume, side = read_mrc(path)
+                vertices, faces = marching_cubes(close_border(volume), side, level)
+            except ValueError as err:
+                tqdm.write(f'{os.path.basename(path)}: skipped ({err})')
+                continue
+            stem = os.path.join(outdir, os.path.splitext(os.path.basename(path))[0])
+            watertight = write_mesh(f'{stem}.{mesh_format}', vertices, faces)
+            tqdm.write(f'{os.path.basename(stem)}: {len(vertices)} vertices, {"watertight" if watertight else "not watertight"}')
+        return
+    device = torch.device(device)
+    G = load_generator(network, None, 0, device)
+    condition = frontal_camera(1, device=device)
+    for seed in tqdm(seeds, desc='seeds', unit='seed'):
+        z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).float().to(device)
+        with torch.no_grad():
+            ws = G.mapping(z, condition, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        tqdm.write(save_shape(extract_shape(G, ws, shape_res, level), os.path.join(outdir, f'seed{seed:04d}'), mesh_format))
+
+
+if __name__ == '__main__':
+    main()
