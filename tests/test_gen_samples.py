@@ -40,6 +40,7 @@ def test_images_and_shapes(run_dir, tmp_path, ext):
         assert mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
 
 
+@pytest.mark.slow
 def test_same_seed_same_image_and_pose_changes_it(run_dir, tmp_path):
     images = []
     for name, extra in [('a', []), ('b', []), ('c', ['--pose', '0.5,0,0,0,0.5,0'])]:
