@@ -107,7 +107,11 @@ def main(network, cfg, init_seed, seeds, seeds_num, seeds_seed, truncation_psi, 
     """
     device = torch.device(device)
     if seeds_num is not None:
-        seeds = sorted(np.random.RandomState(seeds_seed).choice(2 ** 31, seeds_num, replace=False).tolist())
+        # Sampling without replacement from 2**31 values would build the whole permutation: draw until unique.
+        rng, drawn = np.random.RandomState(seeds_seed), set()
+        while len(drawn) < seeds_num:
+            drawn.update(rng.randint(0, 2 ** 31, seeds_num - len(drawn)).tolist())
+        seeds = sorted(drawn)
     pose_params = parse_pose(pose, device)
     view_names = [name.strip() for name in views.split(',')]
     unknown = [name for name in view_names if name not in VIEWS]
