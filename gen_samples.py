@@ -1,5 +1,7 @@
-"""Render images of a generator from a checkpoint (or a freshly initialized preset) at chosen cameras."""
+"""Render images of a generator from a checkpoint (or a freshly initialized preset) at chosen cameras,
+or re-render a folder of real portraits with the body poses its discriminator predicts for them."""
 
+import json
 import math
 import os
 
@@ -11,8 +13,11 @@ from tqdm import tqdm
 
 import dnnlib
 from training import checkpoint
-from training.camera_utils import camera_label, frontal_camera, orbit_camera
+from training.camera_utils import FOCAL, camera_label, frontal_camera, orbit_camera
+from training.dataset import is_image_name, stem
 from training.images import depth_to_uint8, to_uint8
+from training.loss import resize_image
+from training.pose_prediction import load_pose_predict_kwargs, pose_predict_kwargs_for, predict_real_poses
 from training.presets import load_preset
 from training.shapes import DEFAULT_LEVEL, extract_shape, save_shape
 from training.training_loop import latest_network_snapshot
@@ -34,6 +39,15 @@ def resolve_network(network: str) -> str:
                              param_hint='--network')
 
 
+def load_networks(network: str, device: torch.device) -> tuple:
+    """A checkpoint of either format (path, URL or run directory) -> (snapshot path, dict of its modules)."""
+    try:
+        path = dnnlib.util.open_url(resolve_network(network), return_filename=True)
+        return path, checkpoint.load_any(path, device=device)
+    except (OSError, checkpoint.CheckpointError) as err:
+        raise click.ClickException(str(err)) from None
+
+
 def load_generator(network: str | None, cfg: str | None, init_seed: int, device: torch.device) -> torch.nn.Module:
     """G_ema from a checkpoint of either format, or a freshly initialized generator of a preset."""
     if (network is None) == (cfg is None):
@@ -44,15 +58,128 @@ def load_generator(network: str | None, cfg: str | None, init_seed: int, device:
             return build_generator(load_preset(cfg)).eval().requires_grad_(False).to(device)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint='--cfg') from None
-    try:
-        path = dnnlib.util.open_url(resolve_network(network), return_filename=True)
-        modules = checkpoint.load_any(path, device=device)
-    except (OSError, checkpoint.CheckpointError) as err:
-        raise click.ClickException(str(err)) from None
+    modules = load_networks(network, device)[1]
     generator = modules.get('G_ema', modules.get('G'))
     if generator is None:
         raise click.ClickException(f'{network}: the checkpoint holds no generator (G_ema or G)')
     return generator.eval().requires_grad_(False)
+
+
+def read_photo(path: str, mode: str, resolution: int) -> torch.Tensor:
+    """A square image file -> [1, C, resolution, resolution] in [0, 1] (C = 3 for 'RGB', 1 for 'L'),
+    resized bilinearly with antialiasing."""
+    try:
+        with PIL.Image.open(path) as image:
+            array = np.asarray(image.convert(mode), dtype=np.float32)
+    except (OSError, ValueError) as err:
+        raise click.ClickException(f'{path}: cannot read the image ({err})') from None
+    if array.shape[0] != array.shape[1]:
+        raise click.ClickException(f'{path}: the image is {array.shape[1]}x{array.shape[0]}, expected an aligned square crop')
+    tensor = torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1)[None] / 255
+    return resize_image(tensor, resolution)
+
+
+def read_pose_folder(folder: str, resolution: int) -> tuple:
+    """Real portraits with known cameras (SPEC 10.3 layout) -> (names, images, masks, cameras).
+
+    folder/aligned_images/<name> (RGB), folder/mask/<same name, any image extension> (grayscale,
+    255 = person) and folder/result.json = {name: {"camera_pose": 4x4 cam2world, ...}}, with the
+    intrinsics fixed at focal FOCAL. Every entry of result.json needs its image and mask, and every
+    image its entry. -> names: the result.json keys, sorted; images [N, 3, R, R] in [-1, 1];
+    masks [N, 1, R, R] in [0, 1]; cameras [N, 25]; R = resolution.
+    """
+    result_path = os.path.join(folder, 'result.json')
+    image_dir, mask_dir = os.path.join(folder, 'aligned_images'), os.path.join(folder, 'mask')
+    for path in (image_dir, mask_dir):
+        if not os.path.isdir(path):
+            raise click.ClickException(f'{path}: no such folder (--predict-pose expects aligned_images/, mask/ and result.json)')
+    try:
+        with open(result_path) as f:
+            entries = json.load(f)
+    except OSError as err:
+        raise click.ClickException(f'{result_path}: cannot read the cameras ({err.strerror})') from None
+    except json.JSONDecodeError as err:
+        raise click.ClickException(f'{result_path}: not JSON ({err.msg})') from None
+    if not isinstance(entries, dict) or not entries:
+        raise click.ClickException(f'{result_path}: expected {{name: {{"camera_pose": 4x4 cam2world}}}} with at least one name')
+    files = sorted(name for name in os.listdir(image_dir) if is_image_name(name))
+    by_key = {name: name for name in files}
+    for name in files:
+        by_key.setdefault(stem(name), name)
+    masks = {}
+    for name in sorted(os.listdir(mask_dir)):
+        if is_image_name(name):
+            masks[name] = name
+            masks.setdefault(stem(name), name)
+    unlisted = [name for name in files if name not in entries and stem(name) not in entries]
+    if unlisted:
+        raise click.ClickException(f'{os.path.join(image_dir, unlisted[0])}: no entry for it in {result_path}')
+    names, photos, segs, cam2worlds = sorted(entries), [], [], []
+    for name in names:
+        if name not in by_key:
+            raise click.ClickException(f'{result_path}: {name!r} has no image in {image_dir}')
+        file_name = by_key[name]
+        mask_name = masks.get(file_name, masks.get(stem(file_name)))
+        if mask_name is None:
+            raise click.ClickException(f'{os.path.join(image_dir, file_name)}: no mask of the same name in {mask_dir}')
+        pose = entries[name].get('camera_pose') if isinstance(entries[name], dict) else None
+        try:
+            cam2world = np.asarray(pose, dtype=np.float32)
+        except (TypeError, ValueError):
+            cam2world = np.zeros(0)
+        if cam2world.shape != (4, 4) or not np.isfinite(cam2world).all():
+            shape = 'x'.join(map(str, cam2world.shape)) or 'no numbers'
+            raise click.ClickException(f'{result_path}: {name!r} camera_pose is {shape}, expected a 4x4 cam2world matrix')
+        photos.append(read_photo(os.path.join(image_dir, file_name), 'RGB', resolution) * 2 - 1)
+        segs.append(read_photo(os.path.join(mask_dir, mask_name), 'L', resolution))
+        cam2worlds.append(torch.from_numpy(cam2world))
+    return names, torch.cat(photos), torch.cat(segs), camera_label(torch.stack(cam2worlds), FOCAL)
+
+
+def predict_folder_poses(network: str, folder: str, pose_kwargs: str | None, device: torch.device) -> tuple:
+    """D's body pose for every photo of a SPEC 10.3 folder, each photo on its own (batch 1, as in the
+    published script, so that a pose does not depend on the other photos).
+
+    -> (G_ema, names, photos [N, 3, S, S] in [-1, 1], cameras [N, 25], poses [N, 6]); S = D's resolution.
+    """
+    path, modules = load_networks(network, device)
+    D = modules.get('D_ema', modules.get('D'))
+    G = modules.get('G_ema', modules.get('G'))
+    if D is None or G is None:
+        raise click.ClickException(f'{network}: --predict-pose needs a checkpoint with a generator and a discriminator (D_ema or D)')
+    pose_kwargs = pose_kwargs or pose_predict_kwargs_for(path)
+    try:
+        kwargs = load_pose_predict_kwargs(pose_kwargs)
+    except (OSError, ValueError) as err:
+        raise click.ClickException(f'{err}; pass the JSON written beside the snapshot with --pose-kwargs') from None
+    names, photos, masks, cameras = read_pose_folder(folder, D.img_resolution)
+    photos, masks, cameras = photos.to(device), masks.to(device), cameras.to(device)
+    poses = predict_real_poses(D.eval().requires_grad_(False), photos, masks, cameras, kwargs, batch=1)
+    return G.eval().requires_grad_(False), names, photos, cameras, poses
+
+
+def render_photo_poses(G: torch.nn.Module, seeds: list, names: list, photos: torch.Tensor, cameras: torch.Tensor,
+                       poses: torch.Tensor, truncation_psi: float, truncation_cutoff: int | None, render_kwargs: dict,
+                       outdir: str, batch: int = 8) -> None:
+    """Write outdir/seedNNNN_<stem>.png = [photo | G's image at the photo's camera and pose] per seed and photo.
+
+    photos [N, 3, S', S'] in [-1, 1] (resized to G's output resolution S), cameras [N, 25], poses [N, 6].
+    The latent is conditioned on the frontal camera and zero pose, as in every other mode.
+    """
+    device = cameras.device
+    photos = to_uint8(resize_image(photos, G.img_resolution))
+    condition = frontal_camera(1, device=device)
+    for seed in tqdm(seeds, desc='seeds', unit='seed'):
+        z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).float().to(device)
+        generator = torch.Generator(device).manual_seed(seed)
+        with torch.no_grad():
+            ws = G.mapping(z, condition, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+            renders = np.concatenate([to_uint8(G.synthesis(ws.expand(len(c), -1, -1), c, apply_def=True, pose_params=p,
+                                                           generator=generator, **render_kwargs)['image'])
+                                      for c, p in zip(cameras.split(batch), poses.split(batch))])
+        for name, photo, render in zip(names, photos, renders):
+            PIL.Image.fromarray(np.concatenate([photo, render], axis=1)).save(
+                os.path.join(outdir, f'seed{seed:04d}_{stem(name)}.png'))
 
 
 def parse_pose(text: str | None, device: torch.device) -> torch.Tensor | None:
@@ -95,15 +222,26 @@ def parse_seeds(text: str) -> list:
 @click.option('--shape-res', type=click.IntRange(min=8), default=128, show_default=True, help='Shape grid size per axis')
 @click.option('--shape-level', type=float, default=DEFAULT_LEVEL, show_default=True, help='Marching-cubes sigma level')
 @click.option('--sample-mult', type=click.IntRange(min=1), default=2, show_default=True, help='Multiply the samples per ray')
+@click.option('--predict-pose', 'pose_folder', type=click.Path(exists=True, file_okay=False),
+              help='Folder of real portraits (aligned_images/, mask/, result.json): predict their body poses with D '
+                   'and render each seed with each photo\'s camera and pose')
+@click.option('--pose-kwargs', type=click.Path(dir_okay=False),
+              help='Pose-prediction settings for --predict-pose [default: the pose_predict_kwargs-*.json beside the snapshot]')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to write the images')
 @click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
 def main(network, cfg, init_seed, seeds, seeds_num, seeds_seed, truncation_psi, truncation_cutoff, views, pose,
-         shapes, shape_res, shape_level, sample_mult, outdir, device):
+         shapes, shape_res, shape_level, sample_mult, pose_folder, pose_kwargs, outdir, device):
     """Write, per seed, the super-resolved, raw and depth images at the chosen cameras, side by side.
 
     Conditioning is the frontal camera and zero body pose; the head is rendered in canonical space,
     or posed by --pose (deformation on). With --shapes, seedNNNN.mrc and seedNNNN.ply hold the
     canonical density and its mesh (metres, y up), coloured by the first 3 decoder feature channels.
+
+    With --predict-pose DIR, the discriminator (D_ema, else D) predicts the body pose of every photo
+    of DIR (SPEC 8.7, 10.3) and the outputs are instead predicted_poses.json, {name: {"neck": [3],
+    "head": [3]}} (axis-angle, radians, keyed as in DIR/result.json), and per seed and photo
+    seedNNNN_<name>.png: the photo beside the generator's image from that photo's camera with its
+    predicted pose (deformation on), both at the output resolution.
     """
     device = torch.device(device)
     if seeds_num is not None:
@@ -113,6 +251,9 @@ def main(network, cfg, init_seed, seeds, seeds_num, seeds_seed, truncation_psi, 
             drawn.update(rng.randint(0, 2 ** 31, seeds_num - len(drawn)).tolist())
         seeds = sorted(drawn)
     pose_params = parse_pose(pose, device)
+    if pose_folder is not None and (network is None or cfg is not None or pose_params is not None or shapes):
+        raise click.UsageError('--predict-pose needs --network (its discriminator predicts the poses) and takes '
+                               'neither --cfg, --pose nor --shapes')
     view_names = [name.strip() for name in views.split(',')]
     unknown = [name for name in view_names if name not in VIEWS]
     if unknown:
@@ -121,11 +262,20 @@ def main(network, cfg, init_seed, seeds, seeds_num, seeds_seed, truncation_psi, 
         os.makedirs(outdir, exist_ok=True)
     except OSError as err:
         raise click.ClickException(f'cannot create --outdir {outdir}: {err.strerror}') from None
-    G = load_generator(network, cfg, init_seed, device)
+    if pose_folder is not None:
+        G, names, photos, cameras, poses = predict_folder_poses(network, pose_folder, pose_kwargs, device)
+        with open(os.path.join(outdir, 'predicted_poses.json'), 'w') as f:
+            json.dump({name: {'neck': p[:3], 'head': p[3:]} for name, p in zip(names, poses.tolist())}, f, indent=1)
+    else:
+        G = load_generator(network, cfg, init_seed, device)
     renderer = G.renderer
     render_kwargs = dict(depth_resolution=renderer.depth_resolution * sample_mult,
                          depth_resolution_importance=renderer.depth_resolution_importance * sample_mult,
                          noise_mode='const')
+    if pose_folder is not None:
+        render_photo_poses(G, seeds, names, photos, cameras, poses, truncation_psi, truncation_cutoff, render_kwargs, outdir)
+        print(f'wrote the poses of {len(names)} photos and {len(seeds) * len(names)} renders to {outdir}')
+        return
     cameras = camera_label(orbit_camera(torch.tensor([VIEWS[name] for name in view_names]), math.pi / 2, device=device))
     condition = frontal_camera(1, device=device)
     for seed in tqdm(seeds, desc='seeds', unit='seed'):
