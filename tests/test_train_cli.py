@@ -77,10 +77,10 @@ def test_bad_options_are_click_errors(args, fragment):
     _assert_usage_error(_invoke('--dry-run', *args), fragment)
 
 
-def test_metrics_without_a_metrics_module_are_refused():
-    if os.path.exists(os.path.join(os.path.dirname(train.__file__), 'metrics', 'metric_main.py')):
-        pytest.skip('this checkout has a metrics module')
-    _assert_usage_error(_invoke('--dry-run', '--cfg', 'full-head'), 'pass --metrics none')
+def test_metric_names_are_checked_before_training():
+    assert _dry_run('--cfg', 'full-head')['metrics'] == ['fid50k_full']
+    assert _dry_run('--metrics', 'fid2k,kid2k_full,pose_err')['metrics'] == ['fid2k', 'kid2k_full', 'pose_err']
+    _assert_usage_error(_invoke('--dry-run', '--metrics', 'fid2k,fid_big'), 'unknown metric fid_big')
 
 
 def test_unreadable_data_set_is_a_one_line_error(tmp_path):

@@ -241,17 +241,11 @@ class TrainingConfig:
              f'{self.stage_start_kimg:g} kimg (it counts from image 0, not from the resume point)')
         need(all(isinstance(name, str) and name for name in self.metrics), f'metrics {self.metrics}: expected names')
         if self.metrics:
-            need(_metrics_available(), f'--metrics {",".join(self.metrics)}: this checkout has no metrics module '
-                 f'(metrics/metric_main.py); pass --metrics none')
+            from metrics.metric_main import is_valid_metric
+            unknown = [name for name in self.metrics if not is_valid_metric(name)]
+            need(not unknown, f'--metrics: unknown metric {", ".join(unknown)}; expected fid50k_full, kid50k_full, '
+                 f'fid{{N}}k, kid{{N}}k (optionally with _full), pose_err, or none')
         return self
-
-
-def _metrics_available() -> bool:
-    import importlib.util
-    try:
-        return importlib.util.find_spec('metrics.metric_main') is not None
-    except ImportError:
-        return False
 
 
 def _convert(value: Any, annotation: Any, where: str) -> Any:

@@ -257,6 +257,9 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
                 if is_main:
                     _save_network_snapshot(run_dir, config, networks, optimizers, progress, rng_states,
                                            training_set_kwargs, schedule)
+                if config.metrics:
+                    _run_metrics(config, run_dir, progress.cur_nimg, networks, training_set_kwargs, schedule,
+                                 rank, world_size, device, log)
             if writer is not None:
                 writer.flush()
             tick_start_time = time.time()
@@ -506,12 +509,35 @@ def save_network_files(run_dir: str, cur_nimg: int, networks: dict, training_set
     checkpoint.save_weights(paths['pt'], networks, extra=dict(
         training_set_kwargs=training_set_kwargs, cur_nimg=cur_nimg,
         neural_rendering_resolution=schedule['rendering_resolution']))
-    filter_2d = np.outer(RESAMPLE_FILTER, RESAMPLE_FILTER) / np.sum(RESAMPLE_FILTER) ** 2
-    pose_predict_kwargs = dict(blur_sigma=float(schedule['blur_sigma']),
-                               neural_rendering_resolution=int(schedule['rendering_resolution']),
-                               resample_filter=filter_2d.tolist(), filter_mode='antialiased')
-    checkpoint.atomic_write(paths['json'], lambda f: f.write(json.dumps(pose_predict_kwargs, indent=2).encode()))
+    checkpoint.atomic_write(paths['json'], lambda f: f.write(json.dumps(pose_predict_kwargs(schedule), indent=2).encode()))
     return paths
+
+
+def pose_predict_kwargs(schedule: dict) -> dict:
+    """The settings that prepare real images for D.predict_pose at this point of the schedules (SPEC 8.4, 8.7)."""
+    filter_2d = np.outer(RESAMPLE_FILTER, RESAMPLE_FILTER) / np.sum(RESAMPLE_FILTER) ** 2
+    return dict(blur_sigma=float(schedule['blur_sigma']), neural_rendering_resolution=int(schedule['rendering_resolution']),
+                resample_filter=filter_2d.tolist(), filter_mode='antialiased')
+
+
+def _run_metrics(config: TrainingConfig, run_dir: str, cur_nimg: int, networks: dict, training_set_kwargs: dict,
+                 schedule: dict, rank: int, world_size: int, device: torch.device, log) -> None:
+    """The configured metrics of a network snapshot, on every rank (SPEC 8.4): G_ema, and the snapshot's D.
+
+    Results are appended to run_dir/metric-{name}.jsonl by rank 0. The random state is forked, so
+    a run with metrics trains exactly as one without.
+    """
+    from metrics import metric_main, metric_utils
+    opts = metric_utils.MetricOptions(G=networks['G_ema'], D=networks['D'], dataset_kwargs=training_set_kwargs,
+                                      pose_predict_kwargs=pose_predict_kwargs(schedule),
+                                      metric_pose_sample_mode=config.metric_pose_sample_mode,
+                                      num_gpus=world_size, rank=rank, device=device)
+    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+        for name in config.metrics:
+            result = metric_main.calc_metric(name, opts)
+            if rank == 0:
+                metric_main.report_metric(result, run_dir, _snapshot_paths(run_dir, cur_nimg)['pkl'])
+                log(metric_main.format_results(result))
 
 
 def _save_network_snapshot(run_dir: str, config: TrainingConfig, networks: dict, optimizers: dict,

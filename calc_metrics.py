@@ -1,0 +1,153 @@
+"""Compute FID, KID and pose accuracy of a network snapshot; results go next to the checkpoint.
+
+Examples:
+    python calc_metrics.py --network runs/00000-cpu-small-... --metrics fid2k,kid2k,pose_err
+    python calc_metrics.py --network snapshot.pkl --metrics fid50k_full --data D.zip --seg_data D-seg.zip --gpus 8
+    torchrun --nproc_per_node=2 calc_metrics.py --network snapshot.pkl --metrics kid2k
+"""
+
+import os
+import sys
+import tempfile
+
+import click
+import torch
+
+import dnnlib
+from gen_samples import resolve_network
+from metrics import metric_main, metric_utils
+from metrics.detector import DEFAULT_DETECTOR, DetectorError
+from training import checkpoint
+from training.dataset import DatasetError
+from training.pose_prediction import load_pose_predict_kwargs, pose_predict_kwargs_for
+
+
+def _is_torchrun() -> bool:
+    return all(name in os.environ for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'))
+
+
+def _parse_metrics(ctx, param, value):
+    names = [name.strip() for name in value.split(',') if name.strip()]
+    unknown = [name for name in names if not metric_main.is_valid_metric(name)]
+    if not names or unknown:
+        raise click.BadParameter(f'unknown metric {", ".join(unknown) or repr(value)}; expected fid50k_full, '
+                                 f'kid50k_full, fid{{N}}k, kid{{N}}k (optionally with _full) or pose_err')
+    return names
+
+
+def load_snapshot(network: str, device: torch.device) -> tuple:
+    """-> (snapshot path, G_ema, D (D_ema where present), training_set_kwargs or None), as click errors."""
+    try:
+        path = dnnlib.util.open_url(resolve_network(network), return_filename=True)
+        modules = checkpoint.load_any(path, device=device)
+    except (OSError, checkpoint.CheckpointError) as err:
+        raise click.ClickException(str(err)) from None
+    G = modules.get('G_ema', modules.get('G'))
+    D = modules.get('D_ema', modules.get('D'))
+    if G is None:
+        raise click.ClickException(f'{network}: the checkpoint holds no generator (G_ema or G)')
+    return path, G.eval().requires_grad_(False), None if D is None else D.eval().requires_grad_(False), \
+        modules.get('training_set_kwargs')
+
+
+def _evaluate(rank: int, world_size: int, args: dict, init_file: str | None) -> None:
+    """One process: join the process group, load the snapshot, compute and (rank 0) report every metric."""
+    if args['device'] == 'cuda':
+        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', rank)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device('cpu')
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', world_size))))
+    if world_size > 1 and not torch.distributed.is_initialized():
+        backend = 'nccl' if device.type == 'cuda' else 'gloo'
+        init_method = 'env://' if init_file is None else f'file://{init_file}'
+        torch.distributed.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
+    try:
+        path, G, D, training_set_kwargs = load_snapshot(args['network'], device)
+        if args['data'] is not None:
+            dataset_kwargs = dict(path=args['data'], seg_path=args['seg_data'])
+        elif training_set_kwargs is not None:
+            dataset_kwargs = training_set_kwargs
+        else:
+            raise click.UsageError(f'{path} does not name its training data: give --data and --seg_data')
+        kwargs_path = args['pose_predict_kwargs'] or pose_predict_kwargs_for(path)
+        needs_d = args['metric_pose_sample_mode'] == 'D_predict' or 'pose_err' in args['metrics']
+        pose_predict_kwargs = None
+        if os.path.isfile(kwargs_path) or args['pose_predict_kwargs'] is not None:
+            try:
+                pose_predict_kwargs = load_pose_predict_kwargs(kwargs_path)
+            except (OSError, ValueError) as err:
+                raise click.BadParameter(str(err), param_hint='--pose_predict_kwargs') from None
+        elif needs_d:
+            raise click.UsageError(f'D_predict and pose_err need the pose-prediction settings: no {kwargs_path}; '
+                                   f'give --pose_predict_kwargs')
+        if needs_d and D is None:
+            raise click.UsageError(f'{path} holds no discriminator (D_ema or D), which D_predict and pose_err need')
+        try:
+            opts = metric_utils.MetricOptions(
+                G=G, D=D, dataset_kwargs=dataset_kwargs, pose_predict_kwargs=pose_predict_kwargs,
+                metric_pose_sample_mode=args['metric_pose_sample_mode'], identical_c_p=args['identical_c_p'],
+                detector=args['detector'], num_gpus=world_size, rank=rank, device=device, batch_size=args['batch'],
+                progress=args['verbose'])
+            opts.dataset()
+            for name in args['metrics']:
+                result = metric_main.calc_metric(name, opts)
+                if rank == 0:
+                    metric_main.report_metric(result, os.path.dirname(os.path.abspath(path)), path)
+                    print(metric_main.format_results(result), flush=True)
+        except (DatasetError, DetectorError, ValueError) as err:
+            raise click.ClickException(str(err)) from None
+    finally:
+        if world_size > 1 and init_file is not None and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _spawned(rank: int, world_size: int, args: dict, init_file: str) -> None:
+    try:
+        _evaluate(rank, world_size, args, init_file)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(1)
+
+
+@click.command(context_settings=dict(max_content_width=120))
+@click.option('--network', required=True, help='Network snapshot (pickle or weights file, path or URL), or a run directory')
+@click.option('--metrics', default='fid50k_full', show_default=True, callback=_parse_metrics,
+              help='Comma list: fid50k_full, kid50k_full, fid{N}k, kid{N}k, ..._full, pose_err')
+@click.option('--data', type=click.Path(exists=True), help='Images zip or folder  [default: the snapshot\'s training data]')
+@click.option('--seg_data', type=click.Path(exists=True), help='Masks zip or folder (with --data)')
+@click.option('--metric_pose_sample_mode', type=click.Choice(['G_predict', 'D_predict']), default='G_predict',
+              show_default=True, help='Pose of the fakes: G\'s pose branch, or D on a random real image')
+@click.option('--identical_c_p', type=bool, default=False, show_default=True,
+              help='Condition the fakes on their rendering camera and pose (else on an independent draw)')
+@click.option('--pose_predict_kwargs', type=click.Path(), help='Pose-prediction JSON  [default: the one beside the snapshot]')
+@click.option('--detector', default=DEFAULT_DETECTOR, show_default=True,
+              help='Feature detector: the offline default, or a path/URL of inception-2015-12-05.pkl or a TorchScript Inception')
+@click.option('--gpus', type=click.IntRange(min=1), default=1, show_default=True, help='Processes (GPUs, or CPU processes with gloo)')
+@click.option('--device', type=click.Choice(['cpu', 'cuda']), default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
+@click.option('--batch', type=click.IntRange(min=1), default=8, show_default=True, help='Images per generator and detector call')
+@click.option('--verbose/--quiet', default=True, show_default=True, help='Progress bars')
+def main(**args):
+    """Append each metric's result to metric-<name>.jsonl beside the snapshot and print it."""
+    if args['seg_data'] is not None and args['data'] is None or args['data'] is not None and args['seg_data'] is None:
+        raise click.UsageError('give both --data and --seg_data, or neither (the snapshot\'s training data)')
+    if args['device'] == 'cuda' and not torch.cuda.is_available():
+        raise click.BadParameter('no CUDA device on this machine; use --device cpu', param_hint='--device')
+    if _is_torchrun():
+        _evaluate(int(os.environ['RANK']), int(os.environ['WORLD_SIZE']), args, None)
+    elif args['gpus'] == 1:
+        _evaluate(0, 1, args, None)
+    else:
+        with tempfile.TemporaryDirectory() as temp_dir:
+            try:
+                torch.multiprocessing.spawn(_spawned, args=(args['gpus'], args, os.path.join(temp_dir, '.init')),
+                                            nprocs=args['gpus'])
+            except torch.multiprocessing.ProcessRaisedException as err:
+                raise click.ClickException(f'a metric process failed: {str(err).strip().splitlines()[-1]}') from None
+            except torch.multiprocessing.ProcessExitedException as err:
+                raise click.ClickException(f'metric process {err.error_index} exited with code {err.exit_code} '
+                                           f'(its message is above)') from None
+
+
+if __name__ == '__main__':
+    main()
