@@ -32,3 +32,35 @@ def test_mrc_dir_to_meshes(tmp_path):
     mesh = trimesh.load(str(tmp_path / 'out' / 'ball.obj'))
     assert abs(np.linalg.norm(mesh.vertices, axis=1).mean() - 0.2) < 0.8 / 19
     assert 'watertight' in result.output
+
+
+@pytest.mark.parametrize('case', ['missing', 'foreign', 'seeds', 'outdir', 'empty-mrc-dir', 'both'])
+def test_one_line_errors(run_dir, tmp_path, case):
+    foreign = tmp_path / 'notes.txt'
+    foreign.write_text('not a checkpoint')
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    (tmp_path / 'empty').mkdir()
+    source = ['--network', run_dir]
+    seeds, outdir = '0', tmp_path / 'out'
+    hint = {'missing': 'nothing.pkl', 'foreign': 'notes.txt', 'seeds': 'a-b', 'outdir': 'cannot create --outdir',
+            'empty-mrc-dir': 'no .mrc', 'both': '--mrc-dir'}[case]
+    if case == 'missing':
+        source = ['--network', tmp_path / 'nothing.pkl']
+    elif case == 'foreign':
+        source = ['--network', foreign]
+    elif case == 'seeds':
+        seeds = 'a-b'
+    elif case == 'outdir':
+        outdir = blocker / 'sub'
+    elif case == 'empty-mrc-dir':
+        source = ['--mrc-dir', tmp_path / 'empty']
+    else:
+        source += ['--mrc-dir', tmp_path / 'empty']
+    result = CliRunner().invoke(extract_shapes.main, [str(a) for a in source] + [
+        '--seeds', seeds, '--shape-res', '8', '--outdir', str(outdir), '--device', 'cpu'])
+    assert result.exit_code != 0
+    assert 'Traceback' not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith('Error')]
+    assert len(errors) == 1 and hint in errors[0], result.output
+    assert isinstance(result.exception, SystemExit)
