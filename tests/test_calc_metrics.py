@@ -1,0 +1,117 @@
+"""calc_metrics.py on the tiny snapshot: one-line errors, results beside the checkpoint, and identical results
+from one process and from two torchrun processes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import calc_metrics
+from metrics import metric_main
+from tests.tiny_run import write_tiny_snapshot
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+    return write_tiny_snapshot(str(tmp_path_factory.mktemp('tiny')))[0]
+
+
+def _invoke(args: list):
+    return CliRunner().invoke(calc_metrics.main, args + ['--device', 'cpu', '--quiet'])
+
+
+def test_pose_err_is_appended_beside_the_snapshot_and_printed(run_dir, monkeypatch):
+    monkeypatch.setattr(metric_main, 'POSE_ERR_ITEMS', 8)
+    result = _invoke(['--network', run_dir, '--metrics', 'pose_err', '--batch', '4'])
+    assert result.exit_code == 0, result.output
+    with open(os.path.join(run_dir, 'metric-pose_err.jsonl')) as f:
+        line = json.loads(f.readlines()[-1])
+    assert line['metric'] == 'pose_err' and line['snapshot_pkl'] == 'network-snapshot-000000.pkl'
+    assert line['num_gen'] == 8 and line['detector'] is None  # pose_err needs no feature detector
+    assert 'real_head_mean' in result.output and f'{line["results"]["real_head_mean"]:.4f}' in result.output
+
+
+@pytest.mark.parametrize('case', ['missing', 'foreign', 'metric', 'data_alone', 'no_pose_settings', 'bad_data'])
+def test_one_line_errors(run_dir, tmp_path, case):
+    snapshot = os.path.join(run_dir, 'network-snapshot-000000.pkl')
+    foreign = tmp_path / 'notes.pkl'
+    foreign.write_bytes(b'not a pickle')
+    lonely = tmp_path / 'lonely'
+    lonely.mkdir()
+    shutil.copy(snapshot, lonely / 'network-snapshot-000000.pkl')
+    corrupt = tmp_path / 'corrupt.zip'
+    corrupt.write_bytes(b'PK not really')
+    args, expected = {
+        'missing': (['--network', str(tmp_path / 'absent.pkl')], 'absent.pkl'),
+        'foreign': (['--network', str(foreign)], 'notes.pkl'),
+        'metric': (['--network', snapshot, '--metrics', 'fid2k,is50k'], 'unknown metric is50k'),
+        'data_alone': (['--network', snapshot, '--data', str(corrupt)], 'give both --data and --seg_data'),
+        'no_pose_settings': (['--network', str(lonely / 'network-snapshot-000000.pkl'), '--metrics', 'kid2k',
+                              '--metric_pose_sample_mode', 'D_predict'], 'give --pose_predict_kwargs'),
+        'bad_data': (['--network', snapshot, '--metrics', 'kid2k', '--data', str(corrupt), '--seg_data', str(corrupt)],
+                     'corrupt.zip'),
+    }[case]
+    result = _invoke(args)
+    assert result.exit_code != 0 and not isinstance(result.exception, (AssertionError, TypeError, KeyError))
+    message = result.output.strip().splitlines()[-1]
+    assert message.startswith('Error') and expected in message, result.output
+    assert 'Traceback' not in result.output
+
+
+TORCHRUN_WORKER = '''
+import json, os, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+from metrics import metric_main, metric_utils
+from training import checkpoint
+from training.pose_prediction import load_pose_predict_kwargs
+
+run_dir, out_path = sys.argv[2], sys.argv[3]
+torch.set_num_threads(1)
+world_size = int(os.environ.get('WORLD_SIZE', 1))
+rank = int(os.environ.get('RANK', 0))
+if world_size > 1:
+    torch.distributed.init_process_group('gloo')
+modules = checkpoint.load_any(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
+kwargs = load_pose_predict_kwargs(os.path.join(run_dir, 'pose_predict_kwargs-000000.json'))
+training_set_kwargs = modules['training_set_kwargs']
+metric_main.POSE_ERR_ITEMS = 6
+results = {}
+for mode in ('G_predict', 'D_predict'):
+    opts = metric_utils.MetricOptions(G=modules['G_ema'], D=modules['D'], dataset_kwargs=training_set_kwargs,
+                                      pose_predict_kwargs=kwargs, metric_pose_sample_mode=mode, num_gpus=world_size,
+                                      rank=rank, batch_size=2)
+    for name in ('fid2k', 'kid2k', 'pose_err'):
+        results[f'{mode}/{name}'] = dict(metric_main.calc_metric(name, opts, num_gen=6, max_real=6).results)
+if rank == 0:
+    with open(out_path, 'w') as f:
+        json.dump(results, f)
+'''
+
+
+@pytest.mark.slow
+def test_one_process_and_two_torchrun_processes_agree(run_dir, tmp_path):
+    script = tmp_path / 'worker.py'
+    script.write_text(TORCHRUN_WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS='1', DNNLIB_CACHE_DIR=str(tmp_path / 'cache'))
+    launches = {'one': [sys.executable, str(script)],
+                'two': [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(script)]}
+    results = {}
+    for name, launch in launches.items():
+        out_path = tmp_path / f'{name}.json'
+        # Each launch computes its own real features: the cache is cleared between them.
+        shutil.rmtree(tmp_path / 'cache', ignore_errors=True)
+        done = subprocess.run(launch + [REPO, run_dir, str(out_path)], capture_output=True, text=True, timeout=600,
+                              cwd=REPO, env=env)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        results[name] = json.loads(out_path.read_text())
+    assert results['one'].keys() == results['two'].keys()
+    for key, values in results['one'].items():
+        assert values == results['two'][key], key
+    assert results['one']['G_predict/fid2k'] != results['one']['D_predict/fid2k']
