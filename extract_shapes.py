@@ -1,4 +1,4 @@
-"""Density volumes (.mrc) and meshes (.ply/.obj) of a generator's canonical heads, in metres, y up."""
+"""Density volumes (.mrc) and meshes (.ply/.obj/.glb) of a generator's heads, canonical or posed, in metres, y up."""
 
 import glob
 import os
@@ -8,9 +8,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gen_samples import load_generator, parse_seeds
+from gen_samples import load_generator, parse_pose, parse_seeds
 from training.camera_utils import frontal_camera
-from training.shapes import DEFAULT_LEVEL, close_border, extract_shape, marching_cubes, read_mrc, save_shape, write_mesh
+from training.shapes import (DEFAULT_LEVEL, close_border, extract_shape, marching_cubes, pose_vertices, read_mrc,
+                             save_shape, write_mesh)
 
 
 @click.command()
@@ -22,14 +23,20 @@ from training.shapes import DEFAULT_LEVEL, close_border, extract_shape, marching
 @click.option('--trunc-cutoff', 'truncation_cutoff', type=int, default=None, help='Truncate only the first N ws')
 @click.option('--shape-res', type=click.IntRange(min=8), default=128, show_default=True, help='Grid size per axis')
 @click.option('--level', type=float, default=DEFAULT_LEVEL, show_default=True, help='Marching-cubes sigma level')
-@click.option('--format', 'mesh_format', type=click.Choice(['ply', 'obj']), default='ply', show_default=True)
+@click.option('--pose', default=None, help='Pose the meshes: six comma-separated neck/head axis-angle values, radians')
+@click.option('--format', 'mesh_format', type=click.Choice(['ply', 'obj', 'glb']), default='ply', show_default=True)
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)
 @click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
-def main(network, mrc_dir, seeds, truncation_psi, truncation_cutoff, shape_res, level, mesh_format, outdir, device):
+def main(network, mrc_dir, seeds, truncation_psi, truncation_cutoff, shape_res, level, pose, mesh_format, outdir, device):
     """Per seed, seedNNNN.mrc (density on the cube of side 0.8 box_warp) and seedNNNN.<format> (marching
-    cubes, vertex colours from the first 3 decoder feature channels); or, with --mrc-dir, a mesh per .mrc."""
+    cubes, vertex colours from the first 3 decoder feature channels); or, with --mrc-dir, a mesh per .mrc.
+
+    The volume is always canonical; with --pose the mesh is carried into that body pose by the
+    generator's own body model and deformation thickness."""
     if (network is None) == (mrc_dir is None):
         raise click.UsageError('give exactly one of --network or --mrc-dir')
+    if pose is not None and mrc_dir is not None:
+        raise click.UsageError('--pose needs --network: an .mrc file carries no body model')
     try:
         os.makedirs(outdir, exist_ok=True)
     except OSError as err:
@@ -50,13 +57,17 @@ def main(network, mrc_dir, seeds, truncation_psi, truncation_cutoff, shape_res, 
             tqdm.write(f'{os.path.basename(stem)}: {len(vertices)} vertices, {"watertight" if watertight else "not watertight"}')
         return
     device = torch.device(device)
+    pose = parse_pose(pose, device)
     G = load_generator(network, None, 0, device)
     condition = frontal_camera(1, device=device)
     for seed in tqdm(seeds, desc='seeds', unit='seed'):
         z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).float().to(device)
         with torch.no_grad():
             ws = G.mapping(z, condition, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
-        tqdm.write(save_shape(extract_shape(G, ws, shape_res, level), os.path.join(outdir, f'seed{seed:04d}'), mesh_format))
+        shape = extract_shape(G, ws, shape_res, level)
+        if pose is not None and shape['vertices'] is not None:
+            shape['vertices'] = pose_vertices(G.deformer, shape['vertices'], pose)
+        tqdm.write(save_shape(shape, os.path.join(outdir, f'seed{seed:04d}'), mesh_format))
 
 
 if __name__ == '__main__':

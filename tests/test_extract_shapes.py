@@ -23,6 +23,30 @@ def test_network_writes_a_volume(run_dir, tmp_path):
     assert volume.shape == (16, 16, 16) and side == pytest.approx(0.8, rel=1e-4)
 
 
+def test_posed_glb_mesh_is_the_canonical_mesh_carried_by_the_body_model(run_dir, tmp_path):
+    import torch
+    from gen_samples import load_generator
+    # The untrained density stays below the default level; every voxel inside the closed border is above -500.
+    common = ['--network', run_dir, '--seeds', '1', '--shape-res', '12', '--level', '-500', '--format', 'glb',
+              '--device', 'cpu']
+    head_pose = '0,0,0,0.2,-0.7,0.1'
+    for name, extra in (('canonical', []), ('posed', ['--pose', head_pose])):
+        result = CliRunner().invoke(extract_shapes.main, common + extra + ['--outdir', str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+    canonical, posed = (trimesh.load(str(tmp_path / name / 'seed0001.glb'), process=False, force='mesh')
+                        for name in ('canonical', 'posed'))
+    assert len(canonical.vertices) > 0 and canonical.visual.vertex_colors.shape == (len(canonical.vertices), 4)
+    np.testing.assert_array_equal(posed.faces, canonical.faces)
+    np.testing.assert_array_equal(posed.visual.vertex_colors, canonical.visual.vertex_colors)
+    G = load_generator(run_dir, None, 0, torch.device('cpu'))
+    pose = torch.tensor([[float(v) for v in head_pose.split(',')]])
+    np.testing.assert_allclose(posed.vertices, shapes.pose_vertices(G.deformer, np.asarray(canonical.vertices), pose),
+                               atol=1e-6)
+    assert np.abs(posed.vertices - canonical.vertices).max() > 0.01  # the head moved
+    volumes = [shapes.read_mrc(str(tmp_path / name / 'seed0001.mrc'))[0] for name in ('canonical', 'posed')]
+    np.testing.assert_array_equal(volumes[0], volumes[1])  # the volume stays canonical
+
+
 def test_mrc_dir_to_meshes(tmp_path):
     points = shapes.grid_points(20, 0.8).reshape(20, 20, 20, 3).numpy()
     shapes.write_mrc(str(tmp_path / 'ball.mrc'), 15 + 100 * (0.2 - np.linalg.norm(points, axis=-1)), 0.8)
@@ -34,7 +58,7 @@ def test_mrc_dir_to_meshes(tmp_path):
     assert 'watertight' in result.output
 
 
-@pytest.mark.parametrize('case', ['missing', 'foreign', 'seeds', 'outdir', 'empty-mrc-dir', 'both'])
+@pytest.mark.parametrize('case', ['missing', 'foreign', 'seeds', 'outdir', 'empty-mrc-dir', 'both', 'pose', 'pose-mrc'])
 def test_one_line_errors(run_dir, tmp_path, case):
     foreign = tmp_path / 'notes.txt'
     foreign.write_text('not a checkpoint')
@@ -44,7 +68,9 @@ def test_one_line_errors(run_dir, tmp_path, case):
     source = ['--network', run_dir]
     seeds, outdir = '0', tmp_path / 'out'
     hint = {'missing': 'nothing.pkl', 'foreign': 'notes.txt', 'seeds': 'a-b', 'outdir': 'cannot create --outdir',
-            'empty-mrc-dir': 'no .mrc', 'both': '--mrc-dir'}[case]
+            'empty-mrc-dir': 'no .mrc', 'both': '--mrc-dir', 'pose': 'six comma-separated',
+            'pose-mrc': '--pose needs --network'}[case]
+    pose = []
     if case == 'missing':
         source = ['--network', tmp_path / 'nothing.pkl']
     elif case == 'foreign':
@@ -55,9 +81,13 @@ def test_one_line_errors(run_dir, tmp_path, case):
         outdir = blocker / 'sub'
     elif case == 'empty-mrc-dir':
         source = ['--mrc-dir', tmp_path / 'empty']
-    else:
+    elif case == 'both':
         source += ['--mrc-dir', tmp_path / 'empty']
-    result = CliRunner().invoke(extract_shapes.main, [str(a) for a in source] + [
+    elif case == 'pose':
+        pose = ['--pose', '0,0,1']
+    else:
+        source, pose = ['--mrc-dir', tmp_path / 'empty'], ['--pose', '0,0,0,0,0,0.5']
+    result = CliRunner().invoke(extract_shapes.main, [str(a) for a in source + pose] + [
         '--seeds', seeds, '--shape-res', '8', '--outdir', str(outdir), '--device', 'cpu'])
     assert result.exit_code != 0
     assert 'Traceback' not in result.output

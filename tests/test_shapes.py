@@ -70,3 +70,39 @@ def test_write_mesh_keeps_vertex_colors(tmp_path):
     mesh = trimesh.load(path, process=False)
     np.testing.assert_allclose(mesh.vertices, vertices, atol=1e-6)
     np.testing.assert_allclose(mesh.visual.vertex_colors[:, :3] / 255, colors, atol=1 / 255)
+
+
+def test_posed_mesh_turns_rigidly_with_the_head_and_keeps_the_rest():
+    from scipy.spatial.transform import Rotation
+    from tests.test_deformation import THICKNESS, clearly_nearest_to, joint_weight, points_off_faces
+    from training.body import lbs
+    from training.body.body_model import BodyModel
+    from training.body.deformation import Deformer
+    body = BodyModel.embedded().double()
+    deformer = Deformer(body, thickness=THICKNESS, backend='brute')
+    head_pose = np.array([-0.3, 0.6, 0.1])
+    pose = torch.from_numpy(np.concatenate([np.zeros(3), head_pose]))[None]
+    canonical, faces = body.canonical_vertices[0], body.box_faces
+    rigid_head = (joint_weight(body, lbs.HEAD_JOINT)[faces] == 1).all(dim=1)
+    generator = torch.Generator().manual_seed(3)
+    chosen = rigid_head.nonzero()[:, 0][torch.randperm(int(rigid_head.sum()), generator=generator)[:600]]
+    offsets = torch.rand(len(chosen), generator=generator, dtype=torch.float64) * 0.25 - 0.05
+    points = points_off_faces(canonical, faces[chosen], offsets)
+    points = points[clearly_nearest_to(points, canonical, faces, rigid_head)].numpy()
+    assert len(points) > 200
+
+    posed = shapes.pose_vertices(deformer, points, pose)
+    pivot = body.joints[0, lbs.HEAD_JOINT].numpy()
+    expected = (points - pivot) @ Rotation.from_rotvec(head_pose).as_matrix().T + pivot
+    np.testing.assert_allclose(posed, expected, atol=1e-10)
+    # The renderer's deformation carries the posed vertices back where they came from (those that
+    # are also clearly nearest to the head in posed space).
+    kept = clearly_nearest_to(torch.from_numpy(posed), body.pose(pose)[0], faces, rigid_head).numpy()
+    assert kept.mean() > 0.9
+    back = deformer(torch.from_numpy(posed[kept])[None], pose)[0].numpy()
+    np.testing.assert_allclose(back, points[kept], atol=1e-10)
+
+    far = np.array([[0.0, 0.0, 0.9], [0.6, 0.6, -0.6]])
+    np.testing.assert_array_equal(shapes.pose_vertices(deformer, far, pose), far)
+    np.testing.assert_allclose(shapes.pose_vertices(deformer, points, torch.zeros(1, 6, dtype=torch.float64)), points,
+                               atol=1e-12)

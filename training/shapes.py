@@ -124,7 +124,7 @@ def read_mrc(path: str) -> tuple:
 
 
 def write_mesh(path: str, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None = None) -> bool:
-    """Write a mesh (.ply or .obj, told by the extension) with optional vertex colours; returns watertightness.
+    """Write a mesh (.ply, .obj or .glb, told by the extension) with optional vertex colours; returns watertightness.
 
     vertices [V, 3], faces [F, 3], colors [V, 3] in [0, 1] or None
     """
@@ -133,6 +133,23 @@ def write_mesh(path: str, vertices: np.ndarray, faces: np.ndarray, colors: np.nd
     mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=vertex_colors, process=False)
     mesh.export(path)
     return bool(mesh.is_watertight)
+
+
+def pose_vertices(deformer: torch.nn.Module, vertices: np.ndarray, pose: torch.Tensor) -> np.ndarray:
+    """Carry canonical mesh vertices into the posed space of a body pose, through the same body model.
+
+    vertices [V, 3] (canonical, metres), pose [1, 6] (neck, head axis-angle) -> posed vertices [V, 3]
+    The inverse of the renderer's deformation: each vertex within the deformer's thickness of
+    the canonical body takes its nearest canonical triangle and is rebuilt on that triangle of
+    the posed body; farther vertices stay where they are.
+    """
+    from training.body.deformation import PosedMeshMap
+    body = deformer.body_model
+    with torch.no_grad():
+        posed_body = body.pose(pose.to(body.canonical_vertices))
+        forward = PosedMeshMap(body.canonical_vertices, posed_body, body.box_faces, deformer.thickness, deformer.backend)
+        points = torch.from_numpy(np.ascontiguousarray(vertices)).to(posed_body)[None]
+        return forward(points)[0].cpu().numpy().astype(vertices.dtype)
 
 
 def shape_side(G: torch.nn.Module) -> float:
