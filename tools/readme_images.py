@@ -1,0 +1,90 @@
+"""Pictures of the generation tools' outputs for README.md, made by running the tools on a snapshot.
+
+    python tools/readme_images.py --network runs/00000-cpu-small-... --outdir docs/images
+
+writes samples.png (gen_samples.py: a row of back, side and front views per seed), orbit.png (every
+few frames of a gen_videos.py 360-degree orbit) and mesh.png (an extract_shapes.py mesh with its
+vertex colours, rendered headless from the same three views).
+"""
+
+import glob
+import math
+import os
+import subprocess
+import sys
+import tempfile
+
+import click
+import imageio
+import numpy as np
+import PIL.Image
+import torch
+import trimesh
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from gen_samples import VIEWS  # noqa: E402
+from training.camera_utils import camera_label, orbit_camera  # noqa: E402
+from training.mesh_renderer import MeshRenderer  # noqa: E402
+
+
+def run_tool(script: str, *args: str) -> None:
+    """Run one of the repository's command-line tools in a child process; fail loudly."""
+    done = subprocess.run([sys.executable, os.path.join(REPO, script), *args], capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        raise click.ClickException(f'{script} failed: {(done.stderr or done.stdout).strip().splitlines()[-1]}')
+
+
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """[H, W, C] uint8 -> [H * factor, W * factor, C], nearest neighbour (keeps the pixels honest)."""
+    return image.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def mesh_views(mesh_path: str, resolution: int) -> np.ndarray:
+    """A coloured mesh rendered from the back, side and front cameras -> [R, 3R, 3] uint8."""
+    mesh = trimesh.load(mesh_path, process=False, force='mesh')
+    colors = np.asarray(mesh.visual.vertex_colors)[:, :3] / 255.0
+    cameras = camera_label(orbit_camera(torch.tensor([VIEWS[name] for name in ('back', 'side', 'front')]), math.pi / 2))
+    renderer = MeshRenderer()
+    views = [renderer.render(mesh.vertices, mesh.faces, c, resolution, vertex_colors=colors)['rgb'] for c in cameras]
+    return np.round(np.concatenate(views, axis=1) * 255).astype(np.uint8)
+
+
+@click.command()
+@click.option('--network', required=True, help='Network snapshot or run directory')
+@click.option('--outdir', default=os.path.join(REPO, 'docs', 'images'), show_default=True)
+@click.option('--seeds', default='0-3', show_default=True)
+@click.option('--frames', type=click.IntRange(min=2), default=48, show_default=True, help='Frames of the orbit')
+@click.option('--strip', type=click.IntRange(min=2), default=8, show_default=True, help='Orbit frames shown')
+@click.option('--shape-res', type=click.IntRange(min=8), default=128, show_default=True)
+@click.option('--level', type=float, default=15.0, show_default=True, help='Marching-cubes sigma level')
+@click.option('--scale', type=click.IntRange(min=1), default=2, show_default=True, help='Pixel upscaling of the pictures')
+def main(network, outdir, seeds, frames, strip, shape_res, level, scale):
+    os.makedirs(outdir, exist_ok=True)
+    with tempfile.TemporaryDirectory() as work:
+        run_tool('gen_samples.py', '--network', network, '--seeds', seeds, '--outdir', os.path.join(work, 'samples'))
+        rows = [np.asarray(PIL.Image.open(path).convert('RGB'))
+                for path in sorted(glob.glob(os.path.join(work, 'samples', 'seed[0-9][0-9][0-9][0-9].png')))]
+        PIL.Image.fromarray(upscale(np.concatenate(rows, axis=0), scale)).save(os.path.join(outdir, 'samples.png'))
+
+        seed = seeds.split(',')[0].split('-')[0]
+        run_tool('gen_videos.py', '--network', network, '--seeds', seed, '--trajectory', 'orbit', '--w-frames',
+                 str(frames), '--outdir', os.path.join(work, 'videos'))
+        video = imageio.mimread(glob.glob(os.path.join(work, 'videos', '*.mp4'))[0])
+        picks = np.linspace(0, len(video), strip, endpoint=False).round().astype(int)
+        orbit = np.concatenate([video[i] for i in picks], axis=1)
+        PIL.Image.fromarray(upscale(orbit, scale)).save(os.path.join(outdir, 'orbit.png'))
+
+        run_tool('extract_shapes.py', '--network', network, '--seeds', seed, '--shape-res', str(shape_res),
+                 '--level', str(level), '--outdir', os.path.join(work, 'shapes'))
+        meshes = glob.glob(os.path.join(work, 'shapes', '*.ply'))
+        if not meshes:
+            raise click.ClickException(f'seed {seed}: the density does not cross level {level}; try a lower --level')
+        resolution = rows[0].shape[0] * scale
+        PIL.Image.fromarray(mesh_views(meshes[0], resolution)).save(os.path.join(outdir, 'mesh.png'))
+    print(f'wrote samples.png, orbit.png and mesh.png to {outdir}')
+
+
+if __name__ == '__main__':
+    main()
