@@ -182,7 +182,9 @@ def save_shape(shape: dict, stem: str, mesh_format: str = 'ply') -> str:
     write_mrc(stem + '.mrc', shape['volume'], shape['side'])
     name = os.path.basename(stem)
     if shape['vertices'] is None:
-        return f'{name}: the density does not cross the level; wrote the volume only'
+        volume = shape['volume']
+        return (f'{name}: the density ({volume.min():.4g} .. {volume.max():.4g}) does not cross the level; wrote the '
+                f'volume only (a level inside that range meshes it)')
     watertight = write_mesh(f'{stem}.{mesh_format}', shape['vertices'], shape['faces'], shape['colors'])
     return (f'{name}: {len(shape["vertices"])} vertices, {len(shape["faces"])} faces, '
             f'{"watertight" if watertight else "not watertight"}')
