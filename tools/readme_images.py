@@ -24,9 +24,10 @@ import trimesh
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from gen_samples import VIEWS  # noqa: E402
+from gen_samples import VIEWS, parse_seeds  # noqa: E402
 from training.camera_utils import camera_label, orbit_camera  # noqa: E402
 from training.mesh_renderer import MeshRenderer  # noqa: E402
+from training.shapes import DEFAULT_LEVEL  # noqa: E402
 
 
 def run_tool(script: str, *args: str) -> None:
@@ -58,7 +59,7 @@ def mesh_views(mesh_path: str, resolution: int) -> np.ndarray:
 @click.option('--frames', type=click.IntRange(min=2), default=48, show_default=True, help='Frames of the orbit')
 @click.option('--strip', type=click.IntRange(min=2), default=8, show_default=True, help='Orbit frames shown')
 @click.option('--shape-res', type=click.IntRange(min=8), default=128, show_default=True)
-@click.option('--level', type=float, default=15.0, show_default=True, help='Marching-cubes sigma level')
+@click.option('--level', type=float, default=DEFAULT_LEVEL, show_default=True, help='Marching-cubes sigma level')
 @click.option('--scale', type=click.IntRange(min=1), default=2, show_default=True, help='Pixel upscaling of the pictures')
 def main(network, outdir, seeds, frames, strip, shape_res, level, scale):
     os.makedirs(outdir, exist_ok=True)
@@ -68,7 +69,7 @@ def main(network, outdir, seeds, frames, strip, shape_res, level, scale):
                 for path in sorted(glob.glob(os.path.join(work, 'samples', 'seed[0-9][0-9][0-9][0-9].png')))]
         PIL.Image.fromarray(upscale(np.concatenate(rows, axis=0), scale)).save(os.path.join(outdir, 'samples.png'))
 
-        seed = seeds.split(',')[0].split('-')[0]
+        seed = str(parse_seeds(seeds)[0])
         run_tool('gen_videos.py', '--network', network, '--seeds', seed, '--trajectory', 'orbit', '--w-frames',
                  str(frames), '--outdir', os.path.join(work, 'videos'))
         video = imageio.mimread(glob.glob(os.path.join(work, 'videos', '*.mp4'))[0])
