@@ -19,7 +19,7 @@ import torch
 from training import camera_utils
 from training.body.body_model import BodyModel
 from training.body.deformation import Deformer, PosedMeshMap
-from training.body.nearest_face import fcpw_available, nearest_faces
+from training.body.nearest_face import fcpw_available, nearest_faces, resolve_backend
 from training.volumetric_rendering.importance import importance_depths
 from training.volumetric_rendering.ray_sampler import sample_rays
 from training.volumetric_rendering.renderer import stratified_depths
@@ -139,9 +139,13 @@ def main():
     print(f'{num_points} points ({coarse.shape[1]} coarse + {fine.shape[1]} fine), '
           f'{near / num_points:.1%} within {THICKNESS} m of the {body.box_faces.shape[0]} box faces')
 
-    accelerated = Deformer(body, THICKNESS, backend='auto')
-    rows = {f'auto ({"fcpw" if fcpw_available() else "brute"}) {name}': (num_points, seconds)
+    backend = resolve_backend('auto', torch.device('cpu'))
+    accelerated = Deformer(body, THICKNESS, backend=backend)
+    rows = {f'auto ({backend}) {name}': (num_points, seconds)
             for name, seconds in time_deformation(accelerated, pose, coarse, fine, args.reps).items()}
+    if backend != 'fcpw' and fcpw_available():
+        rows.update({f'fcpw {name}': (num_points, seconds) for name, seconds in
+                     time_deformation(Deformer(body, THICKNESS, backend='fcpw'), pose, coarse, fine, args.reps).items()})
 
     subset = torch.randperm(num_points, generator=generator)[:args.subset]
     points = torch.cat([coarse, fine], dim=1)[:, subset]

@@ -1,5 +1,6 @@
 """Tests for training/body/nearest_face.py: the closest-point kernel against trimesh, the brute
-force against an exhaustive oracle, and the fcpw search against the brute force."""
+force against an exhaustive oracle, and the accelerated searches (the C++ hierarchy 'bvh' and
+fcpw) against the brute force."""
 
 import numpy as np
 import pytest
@@ -7,10 +8,12 @@ import torch
 import trimesh
 
 from training.body.body_model import BodyModel
-from training.body.nearest_face import (NearestFaceSearch, closest_point_on_faces, fcpw_available,
-                                        nearest_faces, resolve_backend)
+from training.body.nearest_face import (NearestFaceSearch, bvh_available, closest_point_on_faces,
+                                        fcpw_available, nearest_faces, resolve_backend)
 
 requires_fcpw = pytest.mark.skipif(not fcpw_available(), reason='fcpw is not installed (pip install fcpw==1.2.0)')
+requires_bvh = pytest.mark.skipif(not bvh_available(), reason='the C++ nearest-face extension does not build here')
+ACCELERATED = [pytest.param('bvh', marks=requires_bvh), pytest.param('fcpw', marks=requires_fcpw)]
 
 TIE = 1e-6  # squared distance within which two faces count as equally near
 
@@ -149,34 +152,34 @@ def test_max_distance_is_a_strict_cut_off():
                              [10.0, 10.0, 1.0], [11.0, 10.0, 1.0], [10.0, 11.0, 1.0]])
     faces = torch.tensor([[0, 1, 2], [3, 4, 5]])
     points = torch.tensor([[0.25, 0.25, 0.25], [0.25, 0.25, 0.5], [0.25, 0.25, -0.75], [5.0, 5.0, 5.0]])
-    for backend in ('brute',) + (('fcpw',) if fcpw_available() else ()):
+    for backend in ('brute',) + (('fcpw',) if fcpw_available() else ()) + (('bvh',) if bvh_available() else ()):
         face, squared = nearest_faces(points, vertices, faces, max_distance=0.5, backend=backend)
         assert face.tolist() == [0, -1, -1, -1]
         assert squared[0].item() == 0.0625 and torch.isinf(squared[1:]).all()
 
 
-@requires_fcpw
+@pytest.mark.parametrize('backend', ACCELERATED)
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 @pytest.mark.parametrize('max_distance', [None, 0.1])
-def test_fcpw_matches_brute_force_on_a_small_mesh(dtype, max_distance):
+def test_accelerated_search_matches_brute_force_on_a_small_mesh(backend, dtype, max_distance):
     vertices, faces = bumpy_sphere(seed=4)
     points = torch.from_numpy(points_around(vertices, faces, 4000, seed=5, spread=0.5)).to(dtype)
     vertices_t, faces_t = torch.from_numpy(vertices).to(dtype), torch.from_numpy(faces)
     expected = nearest_faces(points, vertices_t, faces_t, max_distance, backend='brute')
-    actual = nearest_faces(points, vertices_t, faces_t, max_distance, backend='fcpw')
+    actual = nearest_faces(points, vertices_t, faces_t, max_distance, backend=backend)
     assert_same_nearest(points, vertices_t, faces_t, max_distance, expected, actual)
 
 
-@requires_fcpw
+@pytest.mark.parametrize('backend', ACCELERATED)
 @pytest.mark.parametrize('dtype, max_distance', [(torch.float32, 0.25), (torch.float64, None)])
-def test_fcpw_matches_brute_force_on_the_posed_body(body, dtype, max_distance):
+def test_accelerated_search_matches_brute_force_on_the_posed_body(body, backend, dtype, max_distance):
     pose = 0.4 * torch.randn(1, 6, generator=torch.Generator().manual_seed(6))
     vertices = body.pose(pose)[0].to(dtype)
     faces = body.box_faces
     points = torch.from_numpy(points_around(vertices.double().numpy(), faces.numpy(), 2000, seed=7,
                                             spread=0.3)).to(dtype)
     expected = nearest_faces(points, vertices, faces, max_distance, backend='brute')
-    actual = nearest_faces(points, vertices, faces, max_distance, backend='fcpw')
+    actual = nearest_faces(points, vertices, faces, max_distance, backend=backend)
     same_fraction = assert_same_nearest(points, vertices, faces, max_distance, expected, actual)
     assert same_fraction > 0.3  # the rest are ties at shared vertices and edges
     if max_distance is not None:
@@ -205,10 +208,49 @@ def test_empty_inputs(backend):
     assert face.tolist() == [-1] * 4 and torch.isinf(squared).all()
 
 
+@requires_bvh
+def test_bvh_matches_brute_force_on_runs_of_ray_samples(body):
+    # The renderer's layout: consecutive points along rays, which the hierarchy's queries use as
+    # hints for each other; rays pass through, near and beside the posed head and shoulders.
+    generator = torch.Generator().manual_seed(9)
+    vertices = body.pose(0.4 * torch.randn(1, 6, generator=generator))[0]
+    origins = torch.tensor([0.0, 0.1, 2.7]) + 0.3 * torch.randn(64, 3, generator=generator)
+    targets = 0.25 * torch.randn(64, 3, generator=generator)
+    directions = torch.nn.functional.normalize(targets - origins, dim=-1)
+    depths = torch.linspace(2.2, 3.3, 40)
+    points = (origins[:, None] + depths[None, :, None] * directions[:, None]).reshape(-1, 3)
+    for max_distance in (0.25, None):
+        expected = nearest_faces(points, vertices, body.box_faces, max_distance, backend='brute')
+        actual = nearest_faces(points, vertices, body.box_faces, max_distance, backend='bvh')
+        assert_same_nearest(points, vertices, body.box_faces, max_distance, expected, actual)
+
+
+@requires_bvh
+def test_bvh_handles_degenerate_and_coincident_triangles():
+    # Many copies of one triangle (identical centroids: the split falls back to a median cut),
+    # zero-area triangles (a point, a segment) and one far triangle.
+    rng = np.random.default_rng(10)
+    triangle = np.array([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.0, 0.1, 0.0]])
+    point = np.array([[0.3, 0.3, 0.3]] * 3)
+    segment = np.array([[-0.2, 0.0, 0.1], [0.2, 0.0, 0.1], [0.0, 0.0, 0.1]])
+    far = triangle + 5.0
+    corners = np.concatenate([np.repeat(triangle[None], 40, axis=0), point[None], segment[None], far[None]])
+    vertices = torch.from_numpy(corners.reshape(-1, 3))
+    faces = torch.arange(vertices.shape[0]).reshape(-1, 3)
+    points = torch.from_numpy(rng.uniform(-0.5, 0.8, size=(500, 3)))
+    for max_distance in (None, 0.2):
+        expected = nearest_faces(points, vertices, faces, max_distance, backend='brute')
+        actual = nearest_faces(points, vertices, faces, max_distance, backend='bvh')
+        assert_same_nearest(points, vertices, faces, max_distance, expected, actual)
+
+
 def test_backend_resolution():
-    assert resolve_backend('auto', torch.device('cpu')) == ('fcpw' if fcpw_available() else 'brute')
+    expected_cpu = 'bvh' if bvh_available() else 'fcpw' if fcpw_available() else 'brute'
+    assert resolve_backend('auto', torch.device('cpu')) == expected_cpu
     # CUDA tensors always take the chunked brute force on the GPU.
     assert resolve_backend('auto', torch.device('cuda')) == 'brute'
     assert resolve_backend('brute', torch.device('cpu')) == 'brute'
-    with pytest.raises(ValueError, match='one of auto, fcpw, brute'):
+    with pytest.raises(ValueError, match="'bvh' searches CPU tensors"):
+        resolve_backend('bvh', torch.device('cuda'))
+    with pytest.raises(ValueError, match='one of auto, bvh, fcpw, brute'):
         resolve_backend('kdtree', torch.device('cpu'))
