@@ -285,14 +285,15 @@ def test_synthesis_fused_and_non_fused_agree():
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-def test_inference_only_never_fuses_on_cpu():
+def test_inference_only_fuses_in_eval_mode_only():
     block = net.SynthesisBlock(4, 4, w_dim=4, resolution=8, img_channels=3, is_last=True,
                                fused_modconv_default='inference_only')
-    cpu = torch.device('cpu')
-    assert block._resolve_fused_modconv(None, cpu) is False
+    assert block._resolve_fused_modconv(None) is False
     block.eval()
-    assert block._resolve_fused_modconv(None, cpu) is False
-    assert block._resolve_fused_modconv(True, cpu) is True
+    assert block._resolve_fused_modconv(None) is True
+    assert block._resolve_fused_modconv(False) is False
+    block.train()
+    assert block._resolve_fused_modconv(True) is True
 
 
 def test_generator_backward_reaches_every_parameter():

@@ -5,8 +5,9 @@ weights convert by name. Two departures, both numerically equivalent:
 
 - The modulated convolution computes its demodulation coefficients as
   `rsqrt(s^2 @ (sum_k w^2)^T + 1e-8)`, which never materialises the per-sample weight, and the
-  default ("non-fused") path convolves `x * s` with the shared weight. The grouped per-sample
-  convolution ("fused") is kept for where it is faster: inference on CUDA.
+  default ("non-fused") path convolves `x * s` with the shared weight. The fused path modulates
+  the weight of every sample instead (a grouped convolution on CUDA, one convolution per sample
+  on CPU), which saves two passes over the activations; it serves inference.
 - fp16 blocks run in fp16 only on CUDA; elsewhere they run in fp32 (in float64 when given float64
   inputs, so that gradients can be checked numerically). On CPU the synthesis blocks keep
   activations channels_last (oneDNN's fast layout) and can optionally run their modulated
@@ -114,6 +115,16 @@ def modulated_conv2d(
     w = weight.unsqueeze(0) * styles.to(weight.dtype).reshape(batch_size, 1, -1, 1, 1)  # [B, O, I, kh, kw]
     if demodulate:
         w = w * dcoefs.to(w.dtype).reshape(batch_size, -1, 1, 1, 1)
+    if x.device.type == 'cpu':
+        # oneDNN's grouped convolution is slow and cannot stay channels_last, so on CPU every
+        # sample gets its own convolution with its own modulated weight.
+        x = torch.cat([conv2d_resample.conv2d_resample(x=x[i:i + 1].to(conv_dtype), w=w[i].to(conv_dtype),
+                                                       f=resample_filter, up=up, down=down, padding=padding,
+                                                       flip_weight=flip_weight)
+                       for i in range(batch_size)])
+        if noise is not None:
+            return x + noise.to(dtype)
+        return x.to(dtype)
     x = x.reshape(1, -1, *x.shape[2:]).to(conv_dtype)
     w = w.reshape(-1, in_channels, kh, kw)
     x = conv2d_resample.conv2d_resample(x=x, w=w.to(conv_dtype), f=resample_filter, up=up, down=down,
@@ -489,13 +500,13 @@ class SynthesisBlock(torch.nn.Module):
             self.skip = Conv2dLayer(in_channels, out_channels, kernel_size=1, bias=False, up=up,
                                     resample_filter=resample_filter, channels_last=self.channels_last)
 
-    def _resolve_fused_modconv(self, fused_modconv, device: torch.device) -> bool:
+    def _resolve_fused_modconv(self, fused_modconv) -> bool:
         if fused_modconv is None:
             fused_modconv = self.fused_modconv_default
         if fused_modconv == 'inference_only':
-            # The grouped convolution is slower than the shared one on CPU in every mode, and on
-            # CUDA its backward is slower, so it is used only for inference on CUDA.
-            fused_modconv = (not self.training) and device.type == 'cuda'
+            # Modulating the weight saves two passes over the activations, but on CUDA the backward
+            # of the grouped convolution is slower, so the fused form serves inference only.
+            fused_modconv = not self.training
         return bool(fused_modconv)
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor, force_fp32: bool = False,
@@ -521,7 +532,7 @@ class SynthesisBlock(torch.nn.Module):
             memory_format = torch.channels_last  # oneDNN's convolutions are fastest in this layout on CPU.
         use_bf16 = self.cpu_bf16 and not force_fp32 and device.type == 'cpu'
         conv_dtype = torch.bfloat16 if use_bf16 else None
-        fused_modconv = self._resolve_fused_modconv(fused_modconv, device)
+        fused_modconv = self._resolve_fused_modconv(fused_modconv)
         in_resolution = self.resolution // self.up
         layer_args = dict(fused_modconv=fused_modconv, conv_dtype=conv_dtype)
 
