@@ -8,6 +8,10 @@ from training.networks_stylegan2 import FullyConnectedLayer
 
 ACTIVATIONS = ('none', 'sigmoid', 'lrelu')
 
+# Without autograd the points go through the MLP in chunks of this many rows: the MLP is bound
+# by memory traffic, and chunks keep its intermediates in cache.
+INFERENCE_CHUNK = 32768
+
 
 @persistence.persistent_class
 class TriGridDecoder(torch.nn.Module):
@@ -31,11 +35,19 @@ class TriGridDecoder(torch.nn.Module):
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """features [B, M, C] -> {'sigma': [B, M, 1] raw density, 'rgb': [B, M, out_channels]}."""
         batch, num_points, channels = features.shape
-        x = self.hidden(features.reshape(batch * num_points, channels))
-        x = self.out(torch.nn.functional.softplus(x)).reshape(batch, num_points, -1)
+        flat = features.reshape(batch * num_points, channels)
+        if torch.is_grad_enabled() or flat.shape[0] <= INFERENCE_CHUNK:
+            x = self._mlp(flat)
+        else:
+            x = torch.cat([self._mlp(chunk) for chunk in flat.split(INFERENCE_CHUNK)])
+        x = x.reshape(batch, num_points, -1)
         sigma, rgb = x[..., :1], x[..., 1:]
         if self.activation == 'sigmoid':
             rgb = torch.sigmoid(rgb) * (1 + 2 * 0.001) - 0.001
         elif self.activation == 'lrelu':
             rgb = torch.nn.functional.leaky_relu(rgb, 0.2) * np.sqrt(2)
         return {'sigma': sigma, 'rgb': rgb}
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, in_channels] -> [N, 1 + out_channels]"""
+        return self.out(torch.nn.functional.softplus(self.hidden(x)))
