@@ -225,23 +225,41 @@ def test_bvh_matches_brute_force_on_runs_of_ray_samples(body):
         assert_same_nearest(points, vertices, body.box_faces, max_distance, expected, actual)
 
 
+def segment_squared_distances(points: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Oracle: squared distance of every point to every segment. points [N, 3], starts/ends [S, 3] -> [N, S]"""
+    direction = ends - starts
+    length = np.maximum((direction ** 2).sum(-1), 1e-300)
+    offset = points[:, None] - starts[None]
+    t = np.clip((offset * direction[None]).sum(-1) / length, 0, 1)
+    return ((offset - t[..., None] * direction[None]) ** 2).sum(-1)
+
+
 @requires_bvh
 def test_bvh_handles_degenerate_and_coincident_triangles():
     # Many copies of one triangle (identical centroids: the split falls back to a median cut),
-    # zero-area triangles (a point, a segment) and one far triangle.
+    # zero-area triangles (a point, a segment with its third corner inside) and one far triangle.
+    # Oracle: trimesh for the proper triangles, the nearest of the three edges for the flat ones.
     rng = np.random.default_rng(10)
     triangle = np.array([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0], [0.0, 0.1, 0.0]])
     point = np.array([[0.3, 0.3, 0.3]] * 3)
     segment = np.array([[-0.2, 0.0, 0.1], [0.2, 0.0, 0.1], [0.0, 0.0, 0.1]])
-    far = triangle + 5.0
-    corners = np.concatenate([np.repeat(triangle[None], 40, axis=0), point[None], segment[None], far[None]])
+    corners = np.concatenate([np.repeat(triangle[None], 40, axis=0), point[None], segment[None], triangle[None] + 5.0])
+    flat = [40, 41]
     vertices = torch.from_numpy(corners.reshape(-1, 3))
     faces = torch.arange(vertices.shape[0]).reshape(-1, 3)
-    points = torch.from_numpy(rng.uniform(-0.5, 0.8, size=(500, 3)))
+    points = rng.uniform(-0.5, 0.8, size=(500, 3))
+    oracle = exhaustive_squared_distances(points, corners.reshape(-1, 3), faces.numpy())
+    for face in flat:
+        edges = segment_squared_distances(points, corners[face, [0, 0, 1]], corners[face, [1, 2, 2]])
+        oracle[:, face] = edges.min(axis=1)
+    nearest = oracle.min(axis=1)
     for max_distance in (None, 0.2):
-        expected = nearest_faces(points, vertices, faces, max_distance, backend='brute')
-        actual = nearest_faces(points, vertices, faces, max_distance, backend='bvh')
-        assert_same_nearest(points, vertices, faces, max_distance, expected, actual)
+        face, squared = nearest_faces(torch.from_numpy(points), vertices, faces, max_distance, backend='bvh')
+        found = np.ones(len(points), bool) if max_distance is None else nearest < max_distance ** 2
+        assert found.any() and (max_distance is None or not found.all())
+        np.testing.assert_array_equal(face.numpy() >= 0, found)
+        np.testing.assert_allclose(squared.numpy()[found], nearest[found], atol=TIE, rtol=0)
+        np.testing.assert_allclose(oracle[found, face.numpy()[found]], nearest[found], atol=TIE, rtol=0)
 
 
 def test_backend_resolution():
@@ -254,3 +272,20 @@ def test_backend_resolution():
         resolve_backend('bvh', torch.device('cuda'))
     with pytest.raises(ValueError, match='one of auto, bvh, fcpw, brute'):
         resolve_backend('kdtree', torch.device('cpu'))
+
+
+@requires_bvh
+def test_bvh_of_every_width_matches_brute_force(body):
+    # 'auto' builds the width this CPU runs fastest; the 4-lane form is the one for CPUs without AVX2.
+    from training.body import nearest_face
+    vertices = body.pose(0.3 * torch.randn(1, 6, generator=torch.Generator().manual_seed(11)))[0]
+    faces = body.box_faces
+    points = torch.from_numpy(points_around(vertices.double().numpy(), faces.numpy(), 3000, seed=12,
+                                            spread=0.3)).float()
+    expected = nearest_faces(points, vertices, faces, 0.25, backend='brute')
+    widths = [lanes for lanes in (4, 8) if lanes == 4 or {'avx2', 'fma'} <= nearest_face._cpu_flags()]
+    for lanes in widths:
+        plugin = nearest_face._bvh_plugin(lanes)
+        assert plugin is not None, f'the {lanes}-lane extension does not build'
+        face, squared = plugin.query(*plugin.build(vertices.double()[faces]), points, 0.25)
+        assert_same_nearest(points, vertices, faces, 0.25, expected, (face, squared.float()))

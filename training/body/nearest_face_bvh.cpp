@@ -1,24 +1,22 @@
-// Exact nearest triangle of a mesh for many query points, on the CPU.
+// Nearest triangle of a mesh for many query points, on the CPU.
 //
-// A bounding-volume hierarchy of axis-aligned boxes is built from the triangle corners (binned
-// surface-area-heuristic splits of the face centroids, up to `leaf_size` faces per leaf); each
-// query walks it nearest box first and prunes every box that is not closer than the best
-// triangle so far, and a triangle whose plane is already too far is skipped. The search is
-// exact: the returned face has the minimum squared distance, computed in double precision with
-// Ericson's closest-point region test (Real-Time Collision Detection 5.1.5, in his order of
-// regions: vertex a, vertex b, edge ab, vertex c, edge ac, edge bc, interior). Among faces at
-// exactly the same distance any may be returned.
+// A binary bounding-volume hierarchy of axis-aligned boxes is built from the triangle corners
+// (binned surface-area-heuristic splits of the face centroids, up to L faces per leaf) and
+// collapsed into an L-wide tree in float32: every inner node holds the boxes of up to L
+// children (rounded outwards), every leaf a pack of up to L triangles, so that one SIMD
+// operation tests L boxes or L triangles (GCC vector extensions). L = NEAREST_FACE_LANES:
+// 4 (SSE2, any x86-64) or 8 (built with AVX2 and FMA). Each query
+// walks the tree nearest box first and prunes every box that is not closer than the best
+// triangle so far. Triangle distances use Ericson's closest-point region test (Real-Time
+// Collision Detection 5.1.5). The search runs in float32, so among faces within float32
+// rounding of the minimum (~1e-7 in squared distance) it may return any; ties of faces at
+// exactly the same distance (a shared vertex or edge) likewise. The chosen face's squared
+// distance is then computed in float64.
 //
 // Sample points along one camera ray come in runs of consecutive points whose nearest faces
-// are the same or neighbours, so each query starts with the previous point's face as its
-// first candidate: its distance bounds the search from the start. Queries are shared out over
-// torch's threads (at::parallel_for) in contiguous ranges, which keeps those runs together.
-//
-// Layout of a built tree (all CPU tensors):
-//   bounds    [M, 6] float64:  min xyz, max xyz of node m
-//   links     [M, 2] int64:    leaf: (first slot, face count); inner: (left child, 0), right = left + 1
-//   triangles [F, 16] float64: per slot a, b - a, c - a, |b-a|^2, (b-a).(c-a), |c-a|^2, unit normal, 0
-//   order     [F] int64:       face id of each slot
+// are the same or neighbours, so each query first tests the pack of the previous point's face:
+// its distance bounds the search from the start. Queries are shared out over torch's threads
+// (at::parallel_for) in contiguous ranges, which keeps those runs together.
 
 #include <torch/extension.h>
 
@@ -34,10 +32,14 @@
 namespace {
 
 // Below kMedianDepth the surface-area heuristic splits; deeper nodes take median cuts, so the
-// depth stays below kMedianDepth + log2(F) + 1 and a traversal stack of kMaxDepth never overflows.
+// depth of the tree stays below kMedianDepth + log2(F) + 1 (< 112 levels).
 constexpr int kMedianDepth = 48;
-constexpr int kMaxDepth = 128;
-constexpr int kTriangleStride = 16;
+// The float32 search keeps faces up to this much (m) beyond max_distance; float64 then decides.
+constexpr double kRadiusMargin = 1e-4;
+// Triangles this flat (squared sine of the angle at a) are measured as their three edges: in
+// float64 (exact) and in the float32 search (kFlatSine2, wider for float32's rounding).
+constexpr double kFlatSine2Exact = 1e-12;
+constexpr double kFlatSine2 = 1e-6;
 constexpr int kBins = 16;
 
 inline double half_area(const double* lo, const double* hi) {
@@ -169,16 +171,28 @@ inline double dot3(const double* u, const double* v) { return u[0] * v[0] + u[1]
 
 inline double nonzero(double value) { return value != 0.0 ? value : 1.0; }
 
-// Squared distance from p to the triangle stored at t (see the layout above), or infinity when
-// the distance to the triangle's plane already rules out beating `best`.
-inline double triangle_squared_distance(const double* t, const double* p, double best) {
-  const double* a = t;
-  const double* ab = t + 3;
-  const double* ac = t + 6;
-  const double aa = t[9], ab_ac = t[10], cc = t[11];
+// Squared distance from p to the segment from a to b.
+inline double segment_squared_distance(const double* a, const double* b, const double* p) {
+  const double ab[3] = {b[0] - a[0], b[1] - a[1], b[2] - a[2]};
   const double ap[3] = {p[0] - a[0], p[1] - a[1], p[2] - a[2]};
-  const double height = dot3(t + 12, ap);
-  if (height * height >= best) return std::numeric_limits<double>::infinity();
+  const double length_squared = dot3(ab, ab);
+  const double t = length_squared > 0 ? std::min(std::max(dot3(ap, ab) / length_squared, 0.0), 1.0) : 0.0;
+  const double offset[3] = {ap[0] - t * ab[0], ap[1] - t * ab[1], ap[2] - t * ab[2]};
+  return dot3(offset, offset);
+}
+
+// Squared distance in float64 from p to the triangle with corners c = (a, b, c) [9], by
+// Ericson's sequence of regions; a triangle flat to rounding (the squared sine of its angle at
+// a below kFlatSine2Exact) is the union of its edges.
+inline double triangle_squared_distance(const double* c, const double* p) {
+  const double ab[3] = {c[3] - c[0], c[4] - c[1], c[5] - c[2]};
+  const double ac[3] = {c[6] - c[0], c[7] - c[1], c[8] - c[2]};
+  const double ap[3] = {p[0] - c[0], p[1] - c[1], p[2] - c[2]};
+  const double aa = dot3(ab, ab), ab_ac = dot3(ab, ac), cc = dot3(ac, ac);
+  if (aa * cc - ab_ac * ab_ac <= kFlatSine2Exact * aa * cc) {
+    return std::min(std::min(segment_squared_distance(c, c + 3, p), segment_squared_distance(c, c + 6, p)),
+                    segment_squared_distance(c + 3, c + 6, p));
+  }
   const double d1 = dot3(ab, ap);
   const double d2 = dot3(ac, ap);
   const double d3 = d1 - aa;
@@ -211,90 +225,244 @@ inline double triangle_squared_distance(const double* t, const double* p, double
   return dot3(offset, offset);
 }
 
-// Squared distance from p to the box [min xyz, max xyz].
-inline double box_squared_distance(const double* box, const double* p) {
-  double total = 0;
-  for (int axis = 0; axis < 3; ++axis) {
-    const double gap = std::max(std::max(box[axis] - p[axis], p[axis] - box[3 + axis]), 0.0);
-    total += gap * gap;
+// ---------------------------------------------------------------------------------------------
+// The searched form: a kLanes-wide tree in float32 with SIMD box and triangle tests.
+
+#ifndef NEAREST_FACE_LANES
+#define NEAREST_FACE_LANES 4
+#endif
+constexpr int kLanes = NEAREST_FACE_LANES;
+typedef float vfloat __attribute__((vector_size(4 * kLanes)));
+typedef int32_t vint __attribute__((vector_size(4 * kLanes)));
+constexpr int kMaxStack = 1024;  // > 112 levels x (kLanes - 1) + 1 entries: a pop pushes at most kLanes
+// Per leaf pack, kPackFields vectors of kLanes lanes (one triangle per lane):
+//   a (3), b - a (3), c - a (3), |b-a|^2, (b-a).(c-a), |c-a|^2, 1/|b-a|^2, 1/|c-a|^2, 1/|c-b|^2,
+//   kind (0 unused lane, 1 triangle, 2 flat triangle: the squared sine of its angle at a <= kFlatSine2)
+constexpr int kPackFields = 16;
+
+inline vfloat load(const float* data) {
+  vfloat value;
+  __builtin_memcpy(&value, data, sizeof(value));
+  return value;
+}
+
+inline vfloat splat(float value) { return value - vfloat{}; }
+
+inline vfloat vmax(vfloat a, vfloat b) { return a > b ? a : b; }
+
+inline vfloat nonzero(vfloat value) { return value != 0 ? value : splat(1.0f); }
+
+inline float round_down(double value) {
+  const float rounded = static_cast<float>(value);
+  return static_cast<double>(rounded) > value ? std::nextafter(rounded, -std::numeric_limits<float>::infinity()) : rounded;
+}
+
+inline float round_up(double value) {
+  const float rounded = static_cast<float>(value);
+  return static_cast<double>(rounded) < value ? std::nextafter(rounded, std::numeric_limits<float>::infinity()) : rounded;
+}
+
+struct WideBuilder {
+  const Builder& binary;
+  std::vector<float> bounds;       // per wide node: lo x, lo y, lo z, hi x, hi y, hi z, each kLanes lanes
+  std::vector<int32_t> children;   // per wide node, kLanes lanes: >= 0 wide node, < 0 leaf pack -1 - index
+  std::vector<float> packs;        // kPackFields * 4 per pack
+  std::vector<int64_t> pack_faces;  // kLanes per pack, -1 for unused lanes
+
+  bool is_leaf(int64_t node) const { return binary.links[node * 2 + 1] > 0; }
+
+  double area(int64_t node) const { return half_area(&binary.bounds[node * 6], &binary.bounds[node * 6 + 3]); }
+
+  int32_t add_pack(int64_t node) {
+    const int64_t first = binary.links[node * 2], count = binary.links[node * 2 + 1];
+    const int32_t pack = static_cast<int32_t>(pack_faces.size() / kLanes);
+    packs.resize(packs.size() + kPackFields * kLanes, 0.0f);
+    pack_faces.resize(pack_faces.size() + kLanes, -1);
+    float* fields = &packs[static_cast<size_t>(pack) * kPackFields * kLanes];
+    for (int64_t lane = 0; lane < count; ++lane) {
+      const int64_t face = binary.order[first + lane];
+      const double* c = binary.corners + face * 9;
+      const double ab[3] = {c[3] - c[0], c[4] - c[1], c[5] - c[2]};
+      const double ac[3] = {c[6] - c[0], c[7] - c[1], c[8] - c[2]};
+      const double aa = dot3(ab, ab), ab_ac = dot3(ab, ac), cc = dot3(ac, ac);
+      const double bb = aa - 2 * ab_ac + cc;
+      // A (nearly) flat triangle is searched as its three edges: in float32 its interior
+      // region's coordinates would be rounding noise.
+      const double cross_squared = aa * cc - ab_ac * ab_ac;
+      const double kind = cross_squared > kFlatSine2 * aa * cc ? 1 : 2;
+      const double values[kPackFields] = {c[0], c[1], c[2], ab[0], ab[1], ab[2], ac[0], ac[1], ac[2], aa, ab_ac, cc,
+                                          aa != 0 ? 1 / aa : 1, cc != 0 ? 1 / cc : 1, bb != 0 ? 1 / bb : 1, kind};
+      for (int field = 0; field < kPackFields; ++field) fields[field * kLanes + lane] = static_cast<float>(values[field]);
+      pack_faces[pack * kLanes + lane] = face;
+    }
+    return pack;
   }
-  return total;
+
+  // The wide node holding up to kLanes descendants of binary node `node` (inner nodes are opened,
+  // largest box first, until there are kLanes children or only leaves).
+  int32_t build(int64_t node) {
+    std::vector<int64_t> kids;
+    if (is_leaf(node)) {
+      kids.push_back(node);
+    } else {
+      kids = {binary.links[node * 2], binary.links[node * 2] + 1};
+    }
+    while (kids.size() < kLanes) {
+      int best = -1;
+      for (int k = 0; k < static_cast<int>(kids.size()); ++k) {
+        if (!is_leaf(kids[k]) && (best < 0 || area(kids[k]) > area(kids[best]))) best = k;
+      }
+      if (best < 0) break;
+      const int64_t left = binary.links[kids[best] * 2];
+      kids[best] = left;
+      kids.push_back(left + 1);
+    }
+    const int32_t wide = static_cast<int32_t>(children.size() / kLanes);
+    bounds.resize(bounds.size() + 6 * kLanes);
+    children.resize(children.size() + kLanes, 0);
+    for (int lane = 0; lane < kLanes; ++lane) {
+      const bool used = lane < static_cast<int>(kids.size());
+      for (int axis = 0; axis < 3; ++axis) {
+        // Boxes are rounded outwards, so a float box still holds its triangles; unused lanes are empty.
+        bounds[wide * 6 * kLanes + axis * kLanes + lane] =
+            used ? round_down(binary.bounds[kids[lane] * 6 + axis]) : std::numeric_limits<float>::infinity();
+        bounds[wide * 6 * kLanes + (3 + axis) * kLanes + lane] =
+            used ? round_up(binary.bounds[kids[lane] * 6 + 3 + axis]) : -std::numeric_limits<float>::infinity();
+      }
+    }
+    for (int lane = 0; lane < static_cast<int>(kids.size()); ++lane) {
+      const int32_t child = is_leaf(kids[lane]) ? -1 - add_pack(kids[lane]) : build(kids[lane]);
+      children[wide * kLanes + lane] = child;
+    }
+    return wide;
+  }
+};
+
+// Squared distances from p to the kLanes triangles of a pack; infinity in unused lanes. Ericson's
+// regions are applied as overrides from the lowest priority (interior) to the highest (vertex
+// a), which selects the region of his sequence of early returns.
+inline vfloat pack_squared_distance(const float* pack, vfloat px, vfloat py, vfloat pz) {
+  const vfloat zero = splat(0.0f), one = splat(1.0f);
+  const vfloat apx = px - load(pack), apy = py - load(pack + 1 * kLanes), apz = pz - load(pack + 2 * kLanes);
+  const vfloat abx = load(pack + 3 * kLanes), aby = load(pack + 4 * kLanes), abz = load(pack + 5 * kLanes);
+  const vfloat acx = load(pack + 6 * kLanes), acy = load(pack + 7 * kLanes), acz = load(pack + 8 * kLanes);
+  const vfloat aa = load(pack + 9 * kLanes), ab_ac = load(pack + 10 * kLanes), cc = load(pack + 11 * kLanes);
+  const vfloat d1 = abx * apx + aby * apy + abz * apz;
+  const vfloat d2 = acx * apx + acy * apy + acz * apz;
+  const vfloat d3 = d1 - aa, d4 = d2 - ab_ac, d5 = d1 - ab_ac, d6 = d2 - cc;
+  // Zero barycentric numerators make a flat triangle fall into a vertex or edge region (or, at
+  // rounding gaps between those, the interior with v = w = 0, i.e. vertex a: never too near).
+  const vfloat kind = load(pack + 15 * kLanes);
+  const vint flat = kind > 1.5f;
+  const vfloat vc = flat ? zero : d1 * d4 - d3 * d2;
+  const vfloat vb = flat ? zero : d5 * d2 - d1 * d6;
+  const vfloat va = flat ? zero : d3 * d6 - d5 * d4;
+  const vfloat inv_area = one / nonzero(va + vb + vc);
+  vfloat v = vb * inv_area, w = vc * inv_area;
+  const vint in_bc = (va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0);
+  const vfloat t_bc = (d4 - d3) * load(pack + 14 * kLanes);
+  v = in_bc ? one - t_bc : v;
+  w = in_bc ? t_bc : w;
+  const vint in_ac = (vb <= 0) & (d2 >= 0) & (d6 <= 0);
+  v = in_ac ? zero : v;
+  w = in_ac ? d2 * load(pack + 13 * kLanes) : w;
+  const vint in_c = (d6 >= 0) & (d5 <= d6);
+  v = in_c ? zero : v;
+  w = in_c ? one : w;
+  const vint in_ab = (vc <= 0) & (d1 >= 0) & (d3 <= 0);
+  v = in_ab ? d1 * load(pack + 12 * kLanes) : v;
+  w = in_ab ? zero : w;
+  const vint in_b = (d3 >= 0) & (d4 <= d3);
+  v = in_b ? one : v;
+  w = in_b ? zero : w;
+  const vint in_a = (d1 <= 0) & (d2 <= 0);
+  v = in_a ? zero : v;
+  w = in_a ? zero : w;
+  const vfloat ox = apx - v * abx - w * acx, oy = apy - v * aby - w * acy, oz = apz - v * abz - w * acz;
+  const vfloat distance = ox * ox + oy * oy + oz * oz;
+  return kind != 0 ? distance : splat(std::numeric_limits<float>::infinity());
+}
+
+// Squared distances from p to the kLanes child boxes of a wide node (infinity for unused lanes).
+inline vfloat box_squared_distance(const float* box, vfloat px, vfloat py, vfloat pz) {
+  const vfloat zero = splat(0.0f);
+  const vfloat gx = vmax(vmax(load(box) - px, px - load(box + 3 * kLanes)), zero);
+  const vfloat gy = vmax(vmax(load(box + 1 * kLanes) - py, py - load(box + 4 * kLanes)), zero);
+  const vfloat gz = vmax(vmax(load(box + 2 * kLanes) - pz, pz - load(box + 5 * kLanes)), zero);
+  return gx * gx + gy * gy + gz * gz;
 }
 
 struct Tree {
-  const double* bounds;
-  const int64_t* links;
-  const double* triangles;
-  const int64_t* order;
+  const float* bounds;
+  const int32_t* children;
+  const float* packs;
+  const int64_t* pack_faces;
 };
 
-// Nearest face of points [begin, end) with squared distance below `limit`; -1 and inf where none.
+// Nearest face of points [begin, end) by the float32 search, -1 where none is within `limit`.
 template <typename scalar_t>
-void query_range(const Tree& tree, const scalar_t* points, int64_t begin, int64_t end, double limit,
-                 int64_t* face_out, double* distance_out) {
-  int64_t stack_node[kMaxDepth];
-  double stack_distance[kMaxDepth];
-  int64_t hint = -1;
+void query_range(const Tree& tree, const scalar_t* points, int64_t begin, int64_t end, float limit,
+                 int64_t* face_out) {
+  int32_t stack_entry[kMaxStack];
+  float stack_distance[kMaxStack];
+  int64_t hint = -1;  // pack of the previous point's face
   for (int64_t i = begin; i < end; ++i) {
-    const double p[3] = {static_cast<double>(points[i * 3]), static_cast<double>(points[i * 3 + 1]),
-                         static_cast<double>(points[i * 3 + 2])};
-    double best = limit;
+    const vfloat px = splat(static_cast<float>(points[i * 3]));
+    const vfloat py = splat(static_cast<float>(points[i * 3 + 1]));
+    const vfloat pz = splat(static_cast<float>(points[i * 3 + 2]));
+    float best = limit;
     int64_t best_slot = -1;
-    if (hint >= 0) {
-      const double distance = triangle_squared_distance(tree.triangles + hint * kTriangleStride, p, best);
-      if (distance < best) best = distance, best_slot = hint;
-    }
+    auto test_pack = [&](int64_t pack) {
+      const vfloat distance = pack_squared_distance(tree.packs + pack * kPackFields * kLanes, px, py, pz);
+      for (int lane = 0; lane < kLanes; ++lane) {
+        if (distance[lane] < best) best = distance[lane], best_slot = pack * kLanes + lane;
+      }
+    };
+    if (hint >= 0) test_pack(hint);
     int depth = 0;
-    const double root_distance = box_squared_distance(tree.bounds, p);
-    if (root_distance < best) stack_node[depth] = 0, stack_distance[depth++] = root_distance;
+    stack_entry[depth] = 0, stack_distance[depth++] = 0.0f;
     while (depth > 0) {
       --depth;
       if (stack_distance[depth] >= best) continue;
-      const int64_t node = stack_node[depth];
-      const int64_t first = tree.links[node * 2];
-      const int64_t count = tree.links[node * 2 + 1];
-      if (count > 0) {
-        for (int64_t slot = first; slot < first + count; ++slot) {
-          const double distance = triangle_squared_distance(tree.triangles + slot * kTriangleStride, p, best);
-          if (distance < best) best = distance, best_slot = slot;
-        }
+      const int32_t entry = stack_entry[depth];
+      if (entry < 0) {
+        test_pack(-1 - entry);
         continue;
       }
-      const double left_distance = box_squared_distance(tree.bounds + first * 6, p);
-      const double right_distance = box_squared_distance(tree.bounds + (first + 1) * 6, p);
-      // Push the farther child first, so that the nearer one is searched first.
-      const bool left_first = left_distance <= right_distance;
-      const int64_t near_node = left_first ? first : first + 1;
-      const int64_t far_node = left_first ? first + 1 : first;
-      const double near_distance = left_first ? left_distance : right_distance;
-      const double far_distance = left_first ? right_distance : left_distance;
-      if (far_distance < best) stack_node[depth] = far_node, stack_distance[depth++] = far_distance;
-      if (near_distance < best) stack_node[depth] = near_node, stack_distance[depth++] = near_distance;
+      const vfloat distance = box_squared_distance(tree.bounds + entry * 6 * kLanes, px, py, pz);
+      // The open children, sorted farthest first, so that the nearest is popped first.
+      int32_t open_entry[kLanes];
+      float open_distance[kLanes];
+      int open = 0;
+      for (int lane = 0; lane < kLanes; ++lane) {
+        if (!(distance[lane] < best)) continue;
+        int slot = open++;
+        while (slot > 0 && open_distance[slot - 1] < distance[lane]) {
+          open_entry[slot] = open_entry[slot - 1], open_distance[slot] = open_distance[slot - 1];
+          --slot;
+        }
+        open_entry[slot] = tree.children[entry * kLanes + lane], open_distance[slot] = distance[lane];
+      }
+      for (int k = 0; k < open; ++k) stack_entry[depth] = open_entry[k], stack_distance[depth++] = open_distance[k];
     }
-    if (best_slot >= 0) {
-      face_out[i] = tree.order[best_slot];
-      distance_out[i] = best;
-      hint = best_slot;
-    } else {
-      face_out[i] = -1;
-      distance_out[i] = std::numeric_limits<double>::infinity();
-    }
+    face_out[i] = best_slot >= 0 ? tree.pack_faces[best_slot] : -1;
+    if (best_slot >= 0) hint = best_slot / kLanes;
   }
 }
 
 }  // namespace
 
-// corners [F, 3, 3] -> (bounds [M, 6], links [M, 2], triangles [F, 16], order [F])
-std::vector<torch::Tensor> build(torch::Tensor corners, int64_t leaf_size) {
+// corners [F, 3, 3] -> (bounds [W, 6 L] float32, children [W, L] int32, packs [P, 16 L] float32,
+// pack_faces [P, L] int64, corners [F, 9] float64), L = kLanes
+std::vector<torch::Tensor> build(torch::Tensor corners) {
   TORCH_CHECK(corners.device().is_cpu() && corners.dim() == 3 && corners.size(1) == 3 && corners.size(2) == 3,
               "nearest_face_bvh.build: corners must be a CPU tensor [F, 3, 3]");
   TORCH_CHECK(corners.size(0) > 0, "nearest_face_bvh.build: the mesh has no faces");
-  TORCH_CHECK(leaf_size > 0, "nearest_face_bvh.build: leaf_size must be positive");
   corners = corners.to(torch::kFloat64).contiguous();
   const int64_t num_faces = corners.size(0);
   Builder builder;
   builder.corners = corners.data_ptr<double>();
-  builder.leaf_size = leaf_size;
+  builder.leaf_size = kLanes;
   builder.order.resize(num_faces);
   std::iota(builder.order.begin(), builder.order.end(), 0);
   builder.centroids.resize(num_faces * 3);
@@ -305,57 +473,69 @@ std::vector<torch::Tensor> build(torch::Tensor corners, int64_t leaf_size) {
     }
   }
   builder.build(builder.add_node(), 0, num_faces, 0);
+  WideBuilder wide{builder};
+  wide.build(0);
 
-  const int64_t num_nodes = static_cast<int64_t>(builder.links.size() / 2);
-  auto bounds = torch::empty({num_nodes, 6}, torch::kFloat64);
-  auto links = torch::empty({num_nodes, 2}, torch::kInt64);
-  auto triangles = torch::empty({num_faces, kTriangleStride}, torch::kFloat64);
-  auto order = torch::empty({num_faces}, torch::kInt64);
-  std::copy(builder.bounds.begin(), builder.bounds.end(), bounds.data_ptr<double>());
-  std::copy(builder.links.begin(), builder.links.end(), links.data_ptr<int64_t>());
-  std::copy(builder.order.begin(), builder.order.end(), order.data_ptr<int64_t>());
-  double* t = triangles.data_ptr<double>();
-  for (int64_t slot = 0; slot < num_faces; ++slot, t += kTriangleStride) {
-    const double* c = builder.corners + builder.order[slot] * 9;
-    for (int axis = 0; axis < 3; ++axis) {
-      t[axis] = c[axis];
-      t[3 + axis] = c[3 + axis] - c[axis];
-      t[6 + axis] = c[6 + axis] - c[axis];
-    }
-    t[9] = dot3(t + 3, t + 3);
-    t[10] = dot3(t + 3, t + 6);
-    t[11] = dot3(t + 6, t + 6);
-    const double normal[3] = {t[4] * t[8] - t[5] * t[7], t[5] * t[6] - t[3] * t[8], t[3] * t[7] - t[4] * t[6]};
-    const double length = std::sqrt(dot3(normal, normal));
-    for (int axis = 0; axis < 3; ++axis) t[12 + axis] = length > 0 ? normal[axis] / length : 0.0;
-    t[15] = 0;
-  }
-  return {bounds, links, triangles, order};
+  const int64_t num_wide = static_cast<int64_t>(wide.children.size() / kLanes);
+  const int64_t num_packs = static_cast<int64_t>(wide.pack_faces.size() / kLanes);
+  auto bounds = torch::empty({num_wide, 6 * kLanes}, torch::kFloat32);
+  auto children = torch::empty({num_wide, kLanes}, torch::kInt32);
+  auto packs = torch::empty({num_packs, kPackFields * kLanes}, torch::kFloat32);
+  auto pack_faces = torch::empty({num_packs, kLanes}, torch::kInt64);
+  std::copy(wide.bounds.begin(), wide.bounds.end(), bounds.data_ptr<float>());
+  std::copy(wide.children.begin(), wide.children.end(), children.data_ptr<int32_t>());
+  std::copy(wide.packs.begin(), wide.packs.end(), packs.data_ptr<float>());
+  std::copy(wide.pack_faces.begin(), wide.pack_faces.end(), pack_faces.data_ptr<int64_t>());
+  return {bounds, children, packs, pack_faces, corners.reshape({num_faces, 9})};
 }
 
-// points [N, 3] (float32 or float64) -> (face [N] int64, -1 where none; squared distance [N] float64, inf where none)
-// max_distance < 0: no limit; otherwise only faces closer than max_distance count.
-std::vector<torch::Tensor> query(torch::Tensor bounds, torch::Tensor links, torch::Tensor triangles,
-                                 torch::Tensor order, torch::Tensor points, double max_distance) {
+// points [N, 3] (float32 or float64) -> (face [N] int64, -1 where none; squared distance [N]
+// float64, inf where none). max_distance < 0: no limit; otherwise only faces closer than
+// max_distance count. The float32 search may pick, among faces within float32 rounding of the
+// minimum, another than the float64 minimum; the distance of the chosen face is computed in
+// float64 and decides the max_distance cut-off.
+std::vector<torch::Tensor> query(torch::Tensor bounds, torch::Tensor children, torch::Tensor packs,
+                                 torch::Tensor pack_faces, torch::Tensor corners, torch::Tensor points,
+                                 double max_distance) {
   TORCH_CHECK(points.device().is_cpu() && points.dim() == 2 && points.size(1) == 3,
               "nearest_face_bvh.query: points must be a CPU tensor [N, 3]");
-  TORCH_CHECK(bounds.scalar_type() == torch::kFloat64 && links.scalar_type() == torch::kInt64 &&
-                  triangles.scalar_type() == torch::kFloat64 && order.scalar_type() == torch::kInt64,
+  TORCH_CHECK(bounds.scalar_type() == torch::kFloat32 && children.scalar_type() == torch::kInt32 &&
+                  packs.scalar_type() == torch::kFloat32 && pack_faces.scalar_type() == torch::kInt64 &&
+                  corners.scalar_type() == torch::kFloat64,
               "nearest_face_bvh.query: the tree tensors must come from build()");
-  bounds = bounds.contiguous(), links = links.contiguous(), triangles = triangles.contiguous();
-  order = order.contiguous(), points = points.contiguous();
+  bounds = bounds.contiguous(), children = children.contiguous(), packs = packs.contiguous();
+  pack_faces = pack_faces.contiguous(), corners = corners.contiguous(), points = points.contiguous();
   const int64_t num_points = points.size(0);
   auto face = torch::empty({num_points}, torch::kInt64);
   auto distance = torch::empty({num_points}, torch::kFloat64);
-  const Tree tree{bounds.data_ptr<double>(), links.data_ptr<int64_t>(), triangles.data_ptr<double>(),
-                  order.data_ptr<int64_t>()};
-  const double limit = max_distance < 0 ? std::numeric_limits<double>::infinity() : max_distance * max_distance;
+  const Tree tree{bounds.data_ptr<float>(), children.data_ptr<int32_t>(), packs.data_ptr<float>(),
+                  pack_faces.data_ptr<int64_t>()};
+  const double infinity = std::numeric_limits<double>::infinity();
+  const double limit = max_distance < 0 ? infinity : max_distance * max_distance;
+  // The float32 search keeps every face up to a little beyond max_distance; float64 decides.
+  const float search_limit = max_distance < 0 ? std::numeric_limits<float>::infinity()
+                                              : round_up((max_distance + kRadiusMargin) * (max_distance + kRadiusMargin));
   int64_t* face_out = face.data_ptr<int64_t>();
   double* distance_out = distance.data_ptr<double>();
+  const double* corner_data = corners.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "nearest_face_bvh.query", [&] {
     const scalar_t* data = points.data_ptr<scalar_t>();
     at::parallel_for(0, num_points, 4096, [&](int64_t begin, int64_t end) {
-      query_range<scalar_t>(tree, data, begin, end, limit, face_out, distance_out);
+      query_range<scalar_t>(tree, data, begin, end, search_limit, face_out);
+      for (int64_t i = begin; i < end; ++i) {
+        if (face_out[i] < 0) {
+          distance_out[i] = infinity;
+          continue;
+        }
+        const double p[3] = {static_cast<double>(data[i * 3]), static_cast<double>(data[i * 3 + 1]),
+                             static_cast<double>(data[i * 3 + 2])};
+        const double squared = triangle_squared_distance(corner_data + face_out[i] * 9, p);
+        if (squared < limit) {
+          distance_out[i] = squared;
+        } else {
+          face_out[i] = -1, distance_out[i] = infinity;
+        }
+      }
     });
   });
   return {face, distance};
@@ -363,5 +543,5 @@ std::vector<torch::Tensor> query(torch::Tensor bounds, torch::Tensor links, torc
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build", &build, "Build the bounding-volume hierarchy of triangles given by their corners [F, 3, 3]");
-  m.def("query", &query, "Exact nearest face and squared distance of points [N, 3]");
+  m.def("query", &query, "Nearest face and its float64 squared distance for points [N, 3]");
 }
