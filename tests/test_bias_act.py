@@ -116,6 +116,26 @@ def test_input_is_not_modified_and_fp32_channels_last_is_kept():
     assert torch.equal(x, original)
 
 
+@pytest.mark.parametrize('act', ['linear', 'relu', 'lrelu', 'tanh', 'softplus'])
+def test_overwrite_x_computes_in_place_only_without_a_graph(act):
+    generator = torch.Generator().manual_seed(5)
+    x = 2 * torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=generator)
+    want = expected(x, None, 1, act, None, 1.0, 0.9)
+    given = x.clone()
+    got = bias_act(given, None, act=act, gain=1.0, clamp=0.9, impl='ref', overwrite_x=True)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    if act in ('linear', 'relu', 'lrelu', 'tanh'):
+        assert got.data_ptr() == given.data_ptr()  # computed in the given tensor
+    leaf = x.clone().requires_grad_()
+    given = leaf * 1.0
+    kept = given.detach().clone()
+    got = bias_act(given, None, act=act, gain=1.0, clamp=0.9, impl='ref', overwrite_x=True)
+    assert torch.equal(given.detach(), kept)  # autograd needs it, so it was left alone
+    torch.testing.assert_close(got.detach(), want, rtol=1e-12, atol=1e-12)
+    got.sum().backward()
+    assert leaf.grad is not None
+
+
 @pytest.mark.parametrize('act', list(ACTIVATIONS))
 def test_gradcheck_and_gradgradcheck(act):
     generator = torch.Generator().manual_seed(2)

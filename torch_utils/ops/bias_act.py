@@ -46,7 +46,7 @@ _POSITIVELY_HOMOGENEOUS = ('linear', 'relu', 'lrelu')
 
 def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: str = 'linear',
              alpha: float | None = None, gain: float | None = None, clamp: float | None = None,
-             impl: str = 'auto') -> torch.Tensor:
+             impl: str = 'auto', overwrite_x: bool = False) -> torch.Tensor:
     """y = clamp(gain * act(x + b), -clamp, clamp), with b broadcast along dimension `dim` of x.
 
     x [..., C (at dim), ...], b [C] or None -> y [x.shape]
@@ -55,12 +55,14 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
     clamp: None, or a bound >= 0 applied after the gain.
     impl: 'auto' (the CUDA kernel for CUDA tensors when it builds, else the reference), 'ref' or 'cuda'.
     When there is nothing to do (linear, no bias, gain 1, no clamp), x itself is returned.
+    overwrite_x: the caller gives x up (a fresh tensor nothing else refers to), so the reference
+        path may compute in it when autograd does not need it.
     """
     spec, dim, alpha, gain = _check_arguments(x, b, dim, act, alpha, gain, clamp)
     if custom_ops.choose_impl(impl, x, _plugin) == 'cuda':
         config = _kernel_config(spec, dim, alpha, gain, clamp)
         return _BiasActCuda.apply(x, None if b is None else b.to(x.dtype), config)
-    return _bias_act_ref(x, b, dim, act, alpha, gain, clamp)
+    return _bias_act_ref(x, b, dim, act, alpha, gain, clamp, overwrite_x)
 
 
 def _plugin(require_device: bool = True) -> types.ModuleType | None:
@@ -97,7 +99,7 @@ def _check_arguments(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str
 
 
 def _bias_act_ref(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, alpha: float | None,
-                  gain: float, clamp: float | None) -> torch.Tensor:
+                  gain: float, clamp: float | None, overwrite_x: bool = False) -> torch.Tensor:
     """Reference path from torch ops, differentiable to any order. x [..., C, ...], b [C] or None -> [x.shape]"""
     needs_graph = torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad))
     fold_gain = act in _POSITIVELY_HOMOGENEOUS and gain > 0 and gain != 1
@@ -107,7 +109,7 @@ def _bias_act_ref(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, a
     else:
         z = x * gain if fold_gain else x
     # In-place steps are safe only on a fresh tensor that no graph will look back at.
-    in_place = not needs_graph and z is not x
+    in_place = not needs_graph and (z is not x or overwrite_x)
     remaining_gain = 1.0 if fold_gain else gain
 
     if act == 'relu':
@@ -130,7 +132,7 @@ def _bias_act_ref(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, a
     else:
         y = z
 
-    in_place = not needs_graph and y is not x
+    in_place = not needs_graph and (y is not x or overwrite_x)
     if remaining_gain != 1:
         y = y.mul_(remaining_gain) if in_place else y * remaining_gain
         in_place = not needs_graph
