@@ -11,9 +11,11 @@ weights convert by name. Two departures, both numerically equivalent:
 - fp16 blocks run in fp16 only on CUDA; elsewhere they run in fp32 (in float64 when given float64
   inputs, so that gradients can be checked numerically). On CPU the synthesis blocks keep
   activations channels_last (oneDNN's fast layout) and can optionally run their modulated
-  convolutions in bfloat16 (`cpu_bf16`, off by default), while modulation, demodulation, noise,
-  bias and the image path stay in fp32. This pays off only on CPUs with AMX; with AVX512-BF16
-  alone oneDNN's bf16 convolutions are slower than fp32 ones.
+  convolutions in bfloat16 (`cpu_bf16`, off by default), while modulation, demodulation and the
+  image path stay in fp32; noise and bias stay in fp32 too, except in the fused (inference)
+  form, whose activations stay bf16 between layers. Whether bf16 pays off depends on the CPU
+  (benchmarks/generator.py measures it): with AMX or a fast AVX512-BF16 it does, elsewhere
+  oneDNN's bf16 convolutions can be slower than fp32 ones.
 
 The discriminator epilogue is split in two (`get_flatten_x` and `forward`) so that other heads
 can share the flattened trunk features.
@@ -73,14 +75,18 @@ def modulated_conv2d(
     flip_weight: bool = True,               # False = true convolution (faster with up > 1).
     fused_modconv: bool = True,             # One grouped convolution per batch instead of a shared one?
     conv_dtype: torch.dtype | None = None,  # dtype of the convolution itself (e.g. bfloat16), None = x's dtype.
+    bias: torch.Tensor | None = None,       # Optional per-output-channel bias [O], added after the noise.
+    gain: float = 1,                        # Factor on the whole result (noise and bias included).
 ) -> torch.Tensor:
-    """StyleGAN2 modulated convolution: conv(x, weight * styles), demodulated, plus noise.
+    """StyleGAN2 modulated convolution: gain * (conv(x, weight * styles), demodulated, + noise + bias).
 
     x [B, I, H, W], weight [O, I, kh, kw], styles [B, I] -> [B, O, H', W']
     (H' = H for a 3x3 kernel with padding 1 and up = down = 1; 2H with up = 2.)
     Both paths compute the same function. The non-fused one scales the activations instead of the
     weight, so one shared convolution serves the whole batch; the fused one builds the
-    [B, O, I, kh, kw] weight and runs a grouped convolution. With `conv_dtype` only the
+    [B, O, I, kh, kw] weight and runs a grouped convolution (on CUDA) or one convolution per
+    sample (on CPU, where the gain goes into the weight and, without resampling, the bias into
+    the convolution, so no pass over the activations is left). With `conv_dtype` only the
     convolution runs in that dtype; the result comes back in x's dtype.
     """
     batch_size = x.shape[0]
@@ -99,40 +105,77 @@ def modulated_conv2d(
     dtype = x.dtype
     conv_dtype = dtype if conv_dtype is None else conv_dtype
 
+    if fused_modconv and x.device.type == 'cpu':
+        return _modulated_conv2d_per_sample(x, weight, styles, dcoefs, noise, up, down, padding, resample_filter,
+                                            flip_weight, conv_dtype, bias, gain)
+
     if not fused_modconv:
         x = (x * styles.to(dtype).reshape(batch_size, -1, 1, 1)).to(conv_dtype)
         x = conv2d_resample.conv2d_resample(x=x, w=weight.to(conv_dtype), f=resample_filter, up=up, down=down,
                                             padding=padding, flip_weight=flip_weight)
         # The factors below are in `dtype`, so the products promote a low-precision result back.
         if demodulate and noise is not None:
-            return fma.fma(x, dcoefs.to(dtype).reshape(batch_size, -1, 1, 1), noise.to(dtype))
-        if demodulate:
-            return x * dcoefs.to(dtype).reshape(batch_size, -1, 1, 1)
-        if noise is not None:
-            return x + noise.to(dtype)
-        return x.to(dtype)
+            x = fma.fma(x, dcoefs.to(dtype).reshape(batch_size, -1, 1, 1), noise.to(dtype))
+        elif demodulate:
+            x = x * dcoefs.to(dtype).reshape(batch_size, -1, 1, 1)
+        elif noise is not None:
+            x = x + noise.to(dtype)
+        return _add_bias_and_gain(x.to(dtype), bias, gain)
 
     w = weight.unsqueeze(0) * styles.to(weight.dtype).reshape(batch_size, 1, -1, 1, 1)  # [B, O, I, kh, kw]
     if demodulate:
         w = w * dcoefs.to(w.dtype).reshape(batch_size, -1, 1, 1, 1)
-    if x.device.type == 'cpu':
-        # oneDNN's grouped convolution is slow and cannot stay channels_last, so on CPU every
-        # sample gets its own convolution with its own modulated weight.
-        x = torch.cat([conv2d_resample.conv2d_resample(x=x[i:i + 1].to(conv_dtype), w=w[i].to(conv_dtype),
-                                                       f=resample_filter, up=up, down=down, padding=padding,
-                                                       flip_weight=flip_weight)
-                       for i in range(batch_size)])
-        if noise is not None:
-            return x + noise.to(dtype)
-        return x.to(dtype)
     x = x.reshape(1, -1, *x.shape[2:]).to(conv_dtype)
     w = w.reshape(-1, in_channels, kh, kw)
     x = conv2d_resample.conv2d_resample(x=x, w=w.to(conv_dtype), f=resample_filter, up=up, down=down,
                                         padding=padding, groups=batch_size, flip_weight=flip_weight)
     x = x.reshape(batch_size, -1, *x.shape[2:])
     if noise is not None:
-        return x + noise.to(dtype)
-    return x.to(dtype)
+        x = x + noise.to(dtype)
+    return _add_bias_and_gain(x.to(dtype), bias, gain)
+
+
+def _add_bias_and_gain(x: torch.Tensor, bias: torch.Tensor | None, gain: float) -> torch.Tensor:
+    """gain * (x + bias): x [B, O, H, W], bias [O] or None -> [B, O, H, W]"""
+    if bias is not None:
+        return torch.add(bias.to(x.dtype).reshape(1, -1, 1, 1) * gain, x, alpha=gain) if gain != 1 \
+            else x + bias.to(x.dtype).reshape(1, -1, 1, 1)
+    return x * gain if gain != 1 else x
+
+
+def _modulated_conv2d_per_sample(x, weight, styles, dcoefs, noise, up, down, padding, resample_filter, flip_weight,
+                                 conv_dtype, bias, gain) -> torch.Tensor:
+    """The fused modulated convolution on CPU: one convolution per sample with its own weight.
+
+    x [B, I, H, W], weight [O, I, kh, kw], styles [B, I], dcoefs [B, O] or None, noise
+    broadcastable to [B, O, H', W'] or None, bias [O] or None -> gain * (conv + noise + bias)
+    oneDNN's grouped convolution is slow and cannot stay channels_last, so each sample gets its
+    own; the gain is folded into the weight (and the noise), and without resampling the bias
+    goes into the convolution too.
+    """
+    dtype = x.dtype
+    scale = styles.to(weight.dtype)[:, None, :, None, None] * gain  # [B, 1, I, 1, 1]
+    if dcoefs is not None:
+        scale = scale * dcoefs.to(weight.dtype)[:, :, None, None, None]  # [B, O, I, 1, 1]
+    weights = (weight.unsqueeze(0) * scale).to(conv_dtype)  # [B, O, I, kh, kw]
+    plain = up == 1 and down == 1 and flip_weight and isinstance(padding, int)
+    conv_bias = (bias * gain).to(conv_dtype) if (bias is not None and plain) else None
+    outputs = []
+    for i in range(x.shape[0]):
+        sample = x[i:i + 1].to(conv_dtype)
+        if plain:
+            outputs.append(torch.nn.functional.conv2d(sample, weights[i], conv_bias, padding=padding))
+        else:
+            outputs.append(conv2d_resample.conv2d_resample(x=sample, w=weights[i], f=resample_filter, up=up,
+                                                           down=down, padding=padding, flip_weight=flip_weight))
+    x = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    x = x.to(dtype)
+    # x is a fresh tensor that no backward needs, so the additions can be in place.
+    if noise is not None:
+        x = x.add_(noise.to(dtype), alpha=gain)
+    if bias is not None and not plain:
+        x = x.add_((bias.to(dtype) * gain).reshape(1, -1, 1, 1))
+    return x
 
 # ----------------------------------------------------------------------------------------------
 
@@ -381,12 +424,17 @@ class SynthesisLayer(torch.nn.Module):
             noise = self.noise_const * self.noise_strength
 
         flip_weight = (self.up == 1)  # The transposed convolution used for up > 1 flips natively.
-        x = modulated_conv2d(x=x, weight=self.weight, styles=styles, noise=noise, up=self.up, padding=self.padding,
-                             resample_filter=self.resample_filter, flip_weight=flip_weight,
-                             fused_modconv=fused_modconv, conv_dtype=conv_dtype)
-
         act_gain = self.act_gain * gain
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        # On CPU the fused form takes the bias and, for a positively homogeneous activation
+        # (act(g * y) = g * act(y), g > 0), the gain, which saves passes over the activations.
+        fold = fused_modconv and x.device.type == 'cpu' and self.activation in ('linear', 'relu', 'lrelu')
+        x = modulated_conv2d(x=x, weight=self.weight, styles=styles, noise=noise, up=self.up, padding=self.padding,
+                             resample_filter=self.resample_filter, flip_weight=flip_weight,
+                             fused_modconv=fused_modconv, conv_dtype=conv_dtype,
+                             bias=self.bias if fold else None, gain=act_gain if fold else 1)
+        if fold:
+            return bias_act.bias_act(x, None, act=self.activation, gain=1, clamp=act_clamp, overwrite_x=True)
         return bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=act_gain, clamp=act_clamp)
 
     def extra_repr(self) -> str:
@@ -533,6 +581,10 @@ class SynthesisBlock(torch.nn.Module):
         use_bf16 = self.cpu_bf16 and not force_fp32 and device.type == 'cpu'
         conv_dtype = torch.bfloat16 if use_bf16 else None
         fused_modconv = self._resolve_fused_modconv(fused_modconv)
+        if use_bf16 and fused_modconv:
+            # The fused CPU convolution returns bf16 with its bias included, so the activations
+            # stay bf16 between layers rather than round-tripping through fp32.
+            dtype = torch.bfloat16
         in_resolution = self.resolution // self.up
         layer_args = dict(fused_modconv=fused_modconv, conv_dtype=conv_dtype)
 
