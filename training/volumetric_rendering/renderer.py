@@ -6,7 +6,7 @@ import torch
 
 from training.volumetric_rendering.importance import importance_depths, merge_samples
 from training.volumetric_rendering.ray_marcher import march
-from training.volumetric_rendering.trigrid import sample_trigrid
+from training.volumetric_rendering.trigrid import channels_last, sample_trigrid, sample_trigrid_channels_last
 
 # decoder(features [B, M, C]) -> {'sigma': [B, M, 1] raw density, 'rgb': [B, M, C_out] features}
 Decoder = Callable[[torch.Tensor], dict]
@@ -64,10 +64,11 @@ class VolumeRenderer(torch.nn.Module):
         start = self.ray_start if ray_start is None else ray_start
         end = self.ray_end if ray_end is None else ray_end
         batch, num_rays, _ = ray_origins.shape
+        grid = self._grid(planes)  # converted once for the coarse and the fine samples
 
         coarse_depths = stratified_depths(batch, num_rays, num_coarse, start, end, deterministic, generator,
                                           dtype=ray_origins.dtype, device=ray_origins.device)
-        coarse_rgb, coarse_sigma = self._evaluate_along_rays(planes, decoder, ray_origins, ray_dirs,
+        coarse_rgb, coarse_sigma = self._evaluate_along_rays(grid, decoder, ray_origins, ray_dirs,
                                                              coarse_depths, deform, density_noise, generator)
         if num_fine == 0:
             depths, rgb, sigma = coarse_depths, coarse_rgb, coarse_sigma
@@ -76,7 +77,7 @@ class VolumeRenderer(torch.nn.Module):
                 _, _, coarse_weights, _ = march(coarse_rgb, coarse_sigma, coarse_depths)
             fine_depths = importance_depths(coarse_depths, coarse_weights, num_fine, generator=generator,
                                             deterministic=deterministic)
-            fine_rgb, fine_sigma = self._evaluate_along_rays(planes, decoder, ray_origins, ray_dirs,
+            fine_rgb, fine_sigma = self._evaluate_along_rays(grid, decoder, ray_origins, ray_dirs,
                                                              fine_depths, deform, density_noise, generator)
             depths, rgb, sigma = merge_samples(coarse_depths, coarse_rgb, coarse_sigma, fine_depths, fine_rgb, fine_sigma)
         features, depth, _, acc = march(rgb, sigma, depths)
@@ -87,15 +88,22 @@ class VolumeRenderer(torch.nn.Module):
 
         planes [B, 3, C, D, H, W], points [B, M, 3] -> {'sigma': [B, M, 1], 'rgb': [B, M, C_out]}
         """
-        return decoder(self._plane_mean(planes, points))
+        return decoder(self._plane_mean(self._grid(planes), points))
 
-    def _plane_mean(self, planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """planes [B, 3, C, D, H, W], points [B, M, 3] -> mean feature over the planes [B, M, C]"""
-        return sample_trigrid(planes, points, self.box_warp, fast=self.fast_sampler).mean(dim=1)
+    def _grid(self, planes: torch.Tensor) -> torch.Tensor:
+        """The tri-grid in the sampler's layout: channels-last [B, 3, D, H, W, C] for the gather
+        sampler, planes [B, 3, C, D, H, W] unchanged for grid_sample."""
+        return channels_last(planes) if self.fast_sampler else planes
 
-    def _evaluate_along_rays(self, planes, decoder, ray_origins, ray_directions, depths, deform, density_noise,
+    def _plane_mean(self, grid: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """grid (see `_grid`), points [B, M, 3] -> mean feature over the planes [B, M, C]"""
+        if self.fast_sampler:
+            return sample_trigrid_channels_last(grid, points, self.box_warp).mean(dim=1)
+        return sample_trigrid(grid, points, self.box_warp, fast=False).mean(dim=1)
+
+    def _evaluate_along_rays(self, grid, decoder, ray_origins, ray_directions, depths, deform, density_noise,
                              generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode the samples at `depths` along the rays.
+        """Decode the samples at `depths` along the rays, sampling `grid` (see `_grid`).
 
         ray_origins [B, R, 3], ray_directions [B, R, 3], depths [B, R, S, 1]
         -> rgb [B, R, S, C_out], sigma [B, R, S, 1] (raw, noised and cropped)
@@ -104,7 +112,7 @@ class VolumeRenderer(torch.nn.Module):
         points = (ray_origins[:, :, None] + depths * ray_directions[:, :, None]).reshape(batch, -1, 3)
         if deform is not None:
             points = deform(points)
-        decoded = decoder(self._plane_mean(planes, points))
+        decoded = decoder(self._plane_mean(grid, points))
         sigma, rgb = decoded['sigma'], decoded['rgb']
         if density_noise > 0:
             sigma = sigma + density_noise * torch.randn(sigma.shape, generator=generator, dtype=sigma.dtype,

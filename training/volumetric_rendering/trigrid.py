@@ -13,8 +13,9 @@ Two implementations give the same values and gradients:
 - `F.grid_sample` (reference);
 - a gather-based one (default; on CPU about 2-3x faster than grid_sample forward and forward +
   backward, see benchmarks/rendering.py): the planes are laid out channels-last as rows
-  [B*3*D*H*W, C], every point gathers its 8 corner rows with per-corner trilinear weights in one
-  fused `F.embedding_bag`, and the gradient w.r.t. the planes is scattered back with `index_add_`.
+  [B*3*D*H*W, C] (`channels_last`, once per render when the renderer samples several point
+  sets), every point gathers its 8 corner rows with per-corner trilinear weights in one fused
+  `F.embedding_bag`, and the gradient w.r.t. the planes is scattered back with `index_add_`.
   Gradients also reach the sample points (through the trilinear weights), because deformed
   sample points depend on the body pose. It is differentiable once: no double backward (nothing
   in training needs one; the R1 penalty differentiates the discriminator w.r.t. images only).
@@ -58,8 +59,16 @@ def sample_trigrid(planes: torch.Tensor, points: torch.Tensor, box_warp: float,
     """
     coordinates = plane_coordinates(points, box_warp)
     if fast:
-        return _sample_volumes_gather(planes, coordinates)
+        return _sample_volumes_gather(channels_last(planes), coordinates)
     return _sample_volumes_grid_sample(planes, coordinates)
+
+
+def sample_trigrid_channels_last(planes: torch.Tensor, points: torch.Tensor, box_warp: float) -> torch.Tensor:
+    """`sample_trigrid` (gather implementation) from planes already in `channels_last` layout.
+
+    planes [B, 3, D, H, W, C], points [B, M, 3] -> features [B, 3, M, C]
+    """
+    return _sample_volumes_gather(planes, plane_coordinates(points, box_warp))
 
 
 def _sample_volumes_grid_sample(volumes: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
@@ -75,9 +84,9 @@ def _sample_volumes_grid_sample(volumes: torch.Tensor, coordinates: torch.Tensor
 def _axis_neighbours(coordinate: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lower/upper neighbour along one axis, as grid_sample(align_corners=False, zeros) sees them.
 
-    coordinate [N] in normalized units -> indices [2, N] (int64, clamped into range),
-    weights [2, N] and their derivatives w.r.t. `coordinate` [2, N]; both are zero for a
-    neighbour outside the volume.
+    coordinate [N] in normalized units -> lower neighbour's index [N] (int64, may lie outside
+    [0, size)), weights of the lower and upper neighbour [N, 2] and their derivatives w.r.t.
+    `coordinate` [N, 2]; both are zero for a neighbour outside the volume.
     """
     position = ((coordinate + 1) * size - 1) / 2
     # Far-away points would overflow the integer cast; beyond -2 / size+1 both neighbours are
@@ -86,20 +95,18 @@ def _axis_neighbours(coordinate: torch.Tensor, size: int) -> tuple[torch.Tensor,
     upper = lower + 1
     lower_inside = ((lower >= 0) & (lower <= size - 1)).to(coordinate.dtype)
     upper_inside = ((upper >= 0) & (upper <= size - 1)).to(coordinate.dtype)
-    weights = torch.stack([(upper - position) * lower_inside, (position - lower) * upper_inside])
-    slopes = torch.stack([lower_inside * (-size / 2), upper_inside * (size / 2)])
-    indices = torch.stack([lower.clamp(0, size - 1), upper.clamp(0, size - 1)]).long()
-    return indices, weights, slopes
+    weights = torch.stack([(upper - position) * lower_inside, (position - lower) * upper_inside], dim=1)
+    slopes = torch.stack([lower_inside * (-size / 2), upper_inside * (size / 2)], dim=1)
+    return lower.long(), weights, slopes
 
 
 def _outer(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Per-corner product of per-axis factors: x, y, z [2, N] -> [8, N], corner = 4*z + 2*y + x."""
-    # Axis-major layout keeps the long dimension innermost, where broadcasting products vectorize.
-    return ((x[None, None, :, :] * y[None, :, None, :]) * z[:, None, None, :]).reshape(8, -1)
+    """Per-corner product of per-axis factors: x, y, z [N, 2] -> [N, 8], corner = 4*z + 2*y + x."""
+    return (z[:, :, None, None] * y[:, None, :, None] * x[:, None, None, :]).reshape(-1, 8)
 
 
 def _axis_terms(coordinates: torch.Tensor, depth: int, height: int, width: int) -> list:
-    """`_axis_neighbours` of the u, v, w columns: coordinates [V, M, 3] -> 3 x (indices, weights, slopes) [2, V*M]."""
+    """`_axis_neighbours` of the u, v, w columns: coordinates [V, M, 3] -> 3 x (lower [V*M], weights, slopes [V*M, 2])."""
     flat = coordinates.reshape(-1, 3)
     return [_axis_neighbours(flat[:, axis], size) for axis, size in enumerate((width, height, depth))]
 
@@ -111,34 +118,42 @@ def _corner_bags(coordinates: torch.Tensor, num_volumes: int, depth: int, height
     coordinates [V, M, 3] (one point set per volume) -> indices [V*M, 8] into rows
     [V*D*H*W, C] (int64), weights [V*M, 8]
     """
-    (x_index, x_weight, _), (y_index, y_weight, _), (z_index, z_weight, _) = _axis_terms(coordinates, depth, height, width)
+    (x_lower, x_weight, _), (y_lower, y_weight, _), (z_lower, z_weight, _) = _axis_terms(coordinates, depth, height, width)
     volume = torch.arange(num_volumes, device=coordinates.device).repeat_interleave(coordinates.shape[1])
-    z_rows = (volume * depth + z_index) * height  # [2, N]
-    yz_rows = (z_rows[:, None, :] + y_index[None, :, :]) * width  # [2, 2, N]
-    indices = (yz_rows[:, :, None, :] + x_index[None, None, :, :]).reshape(8, -1)
-    return indices.t().contiguous(), _outer(x_weight, y_weight, z_weight).t().contiguous()
+    # Row of the lower corner; the other corners are fixed offsets from it. A corner outside the
+    # volume has weight zero, so its row only has to exist: the clamp keeps it in range.
+    base = ((volume * depth + z_lower) * height + y_lower) * width + x_lower
+    step = torch.tensor([[0, 1, width, width + 1]], device=coordinates.device)
+    offsets = torch.cat([step, step + height * width], dim=1)  # corner = 4*z + 2*y + x
+    indices = (base[:, None] + offsets).clamp_(0, num_volumes * depth * height * width - 1)
+    return indices, _outer(x_weight, y_weight, z_weight)
 
 
-def _channels_last_rows(volumes: torch.Tensor) -> torch.Tensor:
-    """volumes [V, C, D, H, W] -> rows [V*D*H*W, C] (a copy)."""
-    return volumes.permute(0, 2, 3, 4, 1).reshape(-1, volumes.shape[1])
+def channels_last(planes: torch.Tensor) -> torch.Tensor:
+    """The layout the gather sampler reads: planes [B, 3, C, D, H, W] -> [B, 3, D, H, W, C] (a copy).
+
+    Converting once and sampling many point sets (the coarse and the fine samples of a render)
+    saves a copy of the whole tri-grid per set; the copy is differentiable.
+    """
+    return planes.permute(0, 1, 3, 4, 5, 2).contiguous()
 
 
 class _TrilinearGather(torch.autograd.Function):
     """grid_sample(mode='bilinear', padding_mode='zeros', align_corners=False) on 5-D volumes,
     as a gather of 8 channels-last corner rows per point.
 
-    The forward is one fused `F.embedding_bag`. The volume gradient is scattered with
-    `index_add_` (much faster here than embedding_bag's own backward, which sorts all indices);
-    the coordinate gradient is three more embedding bags with the weight derivatives as weights.
-    The corner indices and weights are kept for the backward (96 bytes per point).
+    Takes the volumes channels-last, [V, D, H, W, C]. The forward is one fused
+    `F.embedding_bag`. The volume gradient is scattered with `index_add_` (much faster here than
+    embedding_bag's own backward, which sorts all indices); the coordinate gradient is three more
+    embedding bags with the weight derivatives as weights. The corner indices and weights are
+    kept for the backward (96 bytes per point).
     """
 
     @staticmethod
     def forward(ctx, volumes, coordinates):
-        num_volumes, channels, depth, height, width = volumes.shape
+        num_volumes, depth, height, width, channels = volumes.shape
         indices, weights = _corner_bags(coordinates, num_volumes, depth, height, width)
-        features = F.embedding_bag(indices, _channels_last_rows(volumes), per_sample_weights=weights, mode='sum')
+        features = F.embedding_bag(indices, volumes.reshape(-1, channels), per_sample_weights=weights, mode='sum')
         ctx.save_for_backward(volumes, coordinates, indices, weights)
         return features.view(num_volumes, coordinates.shape[1], channels)
 
@@ -146,7 +161,7 @@ class _TrilinearGather(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_features):
         volumes, coordinates, indices, weights = ctx.saved_tensors
-        num_volumes, channels, depth, height, width = volumes.shape
+        num_volumes, depth, height, width, channels = volumes.shape
         grad_flat = grad_features.reshape(-1, channels)
         grad_volumes = grad_coordinates = None
         if ctx.needs_input_grad[0]:
@@ -156,25 +171,23 @@ class _TrilinearGather(torch.autograd.Function):
             for corner in range(8):
                 torch.mul(grad_flat, weights[:, corner, None], out=weighted)
                 grad_rows.index_add_(0, indices[:, corner], weighted)
-            # A permuted view: whoever needs another layout copies once, after coarse and fine
-            # gradients have been summed.
-            grad_volumes = grad_rows.view(num_volumes, depth, height, width, channels).permute(0, 4, 1, 2, 3)
+            grad_volumes = grad_rows.view(volumes.shape)
         if ctx.needs_input_grad[1]:
             (_, x_weight, x_slope), (_, y_weight, y_slope), (_, z_weight, z_slope) = _axis_terms(
                 coordinates, depth, height, width)
             slopes = (_outer(x_slope, y_weight, z_weight), _outer(x_weight, y_slope, z_weight),
                       _outer(x_weight, y_weight, z_slope))
-            rows = _channels_last_rows(volumes)
+            rows = volumes.reshape(-1, channels)
             grad_coordinates = torch.stack(
                 [torch.bmm(grad_flat[:, None, :],
-                           F.embedding_bag(indices, rows, per_sample_weights=slope.t().contiguous(), mode='sum')[:, :, None])
+                           F.embedding_bag(indices, rows, per_sample_weights=slope, mode='sum')[:, :, None])
                  for slope in slopes], dim=-1).view_as(coordinates)
         return grad_volumes, grad_coordinates
 
 
 def _sample_volumes_gather(volumes: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
-    """volumes [B, P, C, D, H, W], coordinates [B, P, M, 3] -> [B, P, M, C]"""
-    batch, num_planes, channels, depth, height, width = volumes.shape
-    features = _TrilinearGather.apply(volumes.reshape(batch * num_planes, channels, depth, height, width),
+    """volumes channels-last [B, P, D, H, W, C], coordinates [B, P, M, 3] -> [B, P, M, C]"""
+    batch, num_planes, depth, height, width, channels = volumes.shape
+    features = _TrilinearGather.apply(volumes.reshape(batch * num_planes, depth, height, width, channels),
                                       coordinates.reshape(batch * num_planes, -1, 3))
     return features.view(batch, num_planes, -1, channels)
