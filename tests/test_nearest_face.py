@@ -289,3 +289,22 @@ def test_bvh_of_every_width_matches_brute_force(body):
         assert plugin is not None, f'the {lanes}-lane extension does not build'
         face, squared = plugin.query(*plugin.build(vertices.double()[faces]), points, 0.25)
         assert_same_nearest(points, vertices, faces, 0.25, expected, (face, squared.float()))
+
+
+@pytest.mark.parametrize('backend', ACCELERATED)
+def test_accelerated_search_matches_brute_force_on_an_smpl_pickle_body(tmp_path, backend):
+    # The second body-model source: an SMPL-format pickle read without chumpy. Its synthetic mesh
+    # is a soup of long, crossing triangles, unlike the embedded body's surface.
+    from tests.test_lbs import synthetic_smpl_arrays
+    from tests.test_smpl_pickle import write_smpl_pickle
+    path = str(tmp_path / 'SMPL_NEUTRAL.pkl')
+    write_smpl_pickle(path, synthetic_smpl_arrays(num_vertices=300, seed=13))
+    body = BodyModel.from_smpl_pickle(path)
+    vertices = body.pose(0.5 * torch.randn(1, 6, generator=torch.Generator().manual_seed(14)))[0]
+    faces = body.faces
+    points = torch.from_numpy(points_around(vertices.double().numpy(), faces.numpy(), 3000, seed=15,
+                                            spread=0.3)).float()
+    for max_distance in (0.25, None):
+        expected = nearest_faces(points, vertices, faces, max_distance, backend='brute')
+        actual = nearest_faces(points, vertices, faces, max_distance, backend=backend)
+        assert_same_nearest(points, vertices, faces, max_distance, expected, actual)

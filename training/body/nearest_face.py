@@ -7,13 +7,14 @@ is differentiable in the point and the triangle's vertices.
 
 Back-ends, all exact (point-to-triangle distance with Ericson's region test, Real-Time
 Collision Detection 5.1.5) and returning the same nearest triangle up to ties; a tie is
-several triangles at the minimum distance (a shared vertex or edge), or for fcpw, which
-searches in float32, triangles within float32 rounding of it (~1e-7 in squared distance):
+several triangles at the minimum distance (a shared vertex or edge), or for 'bvh' and fcpw,
+which search in float32, triangles within float32 rounding of it (~1e-7 in squared distance):
 - 'bvh': the project's own bounding-volume hierarchy in C++ (nearest_face_bvh.cpp, built
   with ninja on first use): a 4- or 8-wide tree searched with SIMD in float32 on all torch
   threads, each query starting from the previous point's face (sample points of a ray come
   in runs); the chosen face's distance is recomputed in float64 and decides the
-  max_distance cut-off. The fastest CPU back-end (benchmarks/deformation.py).
+  max_distance cut-off. Triangles flat to rounding are measured as their three edges. The
+  fastest CPU back-end (benchmarks/deformation.py).
 - 'fcpw': the fcpw library's BVH (a few ms to build on a posed body, so it is rebuilt per
   mesh); searches a float32 CPU copy, then the distance of the chosen triangle is recomputed
   in the input dtype and decides the max_distance cut-off.
