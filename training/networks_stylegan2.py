@@ -428,7 +428,8 @@ class SynthesisLayer(torch.nn.Module):
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         # On CPU the fused form takes the bias and, for a positively homogeneous activation
         # (act(g * y) = g * act(y), g > 0), the gain, which saves passes over the activations.
-        fold = fused_modconv and x.device.type == 'cpu' and self.activation in ('linear', 'relu', 'lrelu')
+        fold = (fused_modconv and x.device.type == 'cpu' and self.activation in ('linear', 'relu', 'lrelu')
+                and act_gain > 0)
         x = modulated_conv2d(x=x, weight=self.weight, styles=styles, noise=noise, up=self.up, padding=self.padding,
                              resample_filter=self.resample_filter, flip_weight=flip_weight,
                              fused_modconv=fused_modconv, conv_dtype=conv_dtype,
