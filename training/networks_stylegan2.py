@@ -120,7 +120,7 @@ def modulated_conv2d(
             x = x * dcoefs.to(dtype).reshape(batch_size, -1, 1, 1)
         elif noise is not None:
             x = x + noise.to(dtype)
-        return _add_bias_and_gain(x.to(dtype), bias, gain)
+        return bias_act.bias_act(x.to(dtype), None if bias is None else bias.to(dtype), gain=gain)
 
     w = weight.unsqueeze(0) * styles.to(weight.dtype).reshape(batch_size, 1, -1, 1, 1)  # [B, O, I, kh, kw]
     if demodulate:
@@ -132,15 +132,7 @@ def modulated_conv2d(
     x = x.reshape(batch_size, -1, *x.shape[2:])
     if noise is not None:
         x = x + noise.to(dtype)
-    return _add_bias_and_gain(x.to(dtype), bias, gain)
-
-
-def _add_bias_and_gain(x: torch.Tensor, bias: torch.Tensor | None, gain: float) -> torch.Tensor:
-    """gain * (x + bias): x [B, O, H, W], bias [O] or None -> [B, O, H, W]"""
-    if bias is not None:
-        return torch.add(bias.to(x.dtype).reshape(1, -1, 1, 1) * gain, x, alpha=gain) if gain != 1 \
-            else x + bias.to(x.dtype).reshape(1, -1, 1, 1)
-    return x * gain if gain != 1 else x
+    return bias_act.bias_act(x.to(dtype), None if bias is None else bias.to(dtype), gain=gain)
 
 
 def _modulated_conv2d_per_sample(x, weight, styles, dcoefs, noise, up, down, padding, resample_filter, flip_weight,
