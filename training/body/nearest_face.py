@@ -195,6 +195,13 @@ class NearestFaceSearch:
             self.vertices = vertices.detach()
             self.faces = faces.to(device=vertices.device, dtype=torch.long)
             corners = self.vertices[self.faces]  # [F, 3, 3]
+        self.scene = self.tree = None
+        if self.backend == 'bvh':
+            if self.faces.shape[0] > 0:
+                self.tree = _bvh_plugin().build(corners.to(torch.float64))
+            return
+        # The brute force and fcpw need the per-face terms, the recomputation and the box pre-filter.
+        with torch.no_grad():
             self.corners = corners
             self.a = corners[:, 0]
             self.ab = corners[:, 1] - self.a
@@ -203,9 +210,6 @@ class NearestFaceSearch:
             self.face_max = corners.max(1).values
             if self.faces.shape[0] > 0:
                 self.box_min, self.box_max = self.face_min.min(0).values, self.face_max.max(0).values
-        self.scene = self.tree = None
-        if self.backend == 'bvh' and self.faces.shape[0] > 0:
-            self.tree = _bvh_plugin().build(corners.to(torch.float64))
         if self.backend == 'fcpw' and self.faces.shape[0] > 0:
             self.scene = fcpw.scene_3D()
             self.scene.set_object_count(1)
@@ -225,16 +229,15 @@ class NearestFaceSearch:
         if points.dim() != 2 or points.shape[-1] != 3:
             raise ValueError(f'nearest-face query: points must be [N, 3], got {tuple(points.shape)}')
         points = points.detach().to(self.vertices.device)
+        if self.tree is not None:
+            # The extension computes the chosen face's distance in float64 and applies the cut-off.
+            face, squared = _bvh_plugin().query(*self.tree, points, -1.0 if max_distance is None else float(max_distance))
+            return face, squared.to(points.dtype)
         num_points = points.shape[0]
         face_index = torch.full((num_points,), -1, dtype=torch.long, device=points.device)
         squared_distance = torch.full((num_points,), float('inf'), dtype=points.dtype, device=points.device)
         if num_points == 0 or self.faces.shape[0] == 0:
             return face_index, squared_distance
-        if self.backend == 'bvh':
-            # The extension computes the chosen face's distance in float64 and applies the cut-off.
-            face, squared = _bvh_plugin().query(*self.tree, points.contiguous(),
-                                                -1.0 if max_distance is None else float(max_distance))
-            return face, squared.to(points.dtype)
 
         # The distance to the mesh's bounding box is a lower bound of the distance to the mesh.
         candidates = None

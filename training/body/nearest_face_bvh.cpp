@@ -31,6 +31,12 @@
 
 namespace {
 
+// SIMD lanes: children per inner node and triangles per leaf of the searched tree.
+#ifndef NEAREST_FACE_LANES
+#define NEAREST_FACE_LANES 4
+#endif
+constexpr int kLanes = NEAREST_FACE_LANES;
+
 // Below kMedianDepth the surface-area heuristic splits; deeper nodes take median cuts, so the
 // depth of the tree stays below kMedianDepth + log2(F) + 1 (< 112 levels).
 constexpr int kMedianDepth = 48;
@@ -49,7 +55,6 @@ inline double half_area(const double* lo, const double* hi) {
 
 struct Builder {
   const double* corners;  // [F, 3, 3]
-  int64_t leaf_size;
   std::vector<int64_t> order;
   std::vector<double> centroids;  // [F, 3]
   std::vector<double> bounds;     // 6 per node
@@ -86,7 +91,7 @@ struct Builder {
       bounds[node * 6 + axis] = lo[axis];
       bounds[node * 6 + 3 + axis] = hi[axis];
     }
-    if (count <= leaf_size) {
+    if (count <= kLanes) {
       links[node * 2] = first;
       links[node * 2 + 1] = count;
       return;
@@ -228,10 +233,6 @@ inline double triangle_squared_distance(const double* c, const double* p) {
 // ---------------------------------------------------------------------------------------------
 // The searched form: a kLanes-wide tree in float32 with SIMD box and triangle tests.
 
-#ifndef NEAREST_FACE_LANES
-#define NEAREST_FACE_LANES 4
-#endif
-constexpr int kLanes = NEAREST_FACE_LANES;
 typedef float vfloat __attribute__((vector_size(4 * kLanes)));
 typedef int32_t vint __attribute__((vector_size(4 * kLanes)));
 constexpr int kMaxStack = 1024;  // > 112 levels x (kLanes - 1) + 1 entries: a pop pushes at most kLanes
@@ -462,7 +463,6 @@ std::vector<torch::Tensor> build(torch::Tensor corners) {
   const int64_t num_faces = corners.size(0);
   Builder builder;
   builder.corners = corners.data_ptr<double>();
-  builder.leaf_size = kLanes;
   builder.order.resize(num_faces);
   std::iota(builder.order.begin(), builder.order.end(), 0);
   builder.centroids.resize(num_faces * 3);
