@@ -16,18 +16,23 @@
 // Sample points along one camera ray come in runs of consecutive points whose nearest faces
 // are the same or neighbours, so each query first tests the pack of the previous point's face:
 // its distance bounds the search from the start. Queries are shared out over torch's threads
-// (at::parallel_for) in contiguous ranges, which keeps those runs together.
+// (at::parallel_for) in contiguous blocks of kBlock points, each thread taking the next free
+// block, which keeps those runs together and balances dear regions (inside the head) against
+// cheap ones.
 
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <numeric>
 #include <vector>
+
+#include <immintrin.h>
 
 namespace {
 
@@ -47,6 +52,8 @@ constexpr double kRadiusMargin = 1e-4;
 constexpr double kFlatSine2Exact = 1e-12;
 constexpr double kFlatSine2 = 1e-6;
 constexpr int kBins = 16;
+// Points per block of work handed to a thread.
+constexpr int64_t kBlock = 2048;
 
 inline double half_area(const double* lo, const double* hi) {
   const double x = hi[0] - lo[0], y = hi[1] - lo[1], z = hi[2] - lo[2];
@@ -251,6 +258,30 @@ inline vfloat splat(float value) { return value - vfloat{}; }
 
 inline vfloat vmax(vfloat a, vfloat b) { return a > b ? a : b; }
 
+inline vfloat vmin(vfloat a, vfloat b) { return a < b ? a : b; }
+
+// Bit k set where lane k of a comparison result is true.
+inline unsigned lane_mask(vint comparison) {
+#if NEAREST_FACE_LANES == 8
+  return static_cast<unsigned>(_mm256_movemask_ps(reinterpret_cast<__m256>(comparison)));
+#else
+  return static_cast<unsigned>(_mm_movemask_ps(reinterpret_cast<__m128>(comparison)));
+#endif
+}
+
+// The smallest lane of a vector.
+inline float lane_min(vfloat value) {
+#if NEAREST_FACE_LANES == 8
+  value = vmin(value, __builtin_shuffle(value, vint{4, 5, 6, 7, 0, 1, 2, 3}));
+  value = vmin(value, __builtin_shuffle(value, vint{2, 3, 0, 1, 6, 7, 4, 5}));
+  value = vmin(value, __builtin_shuffle(value, vint{1, 0, 3, 2, 5, 4, 7, 6}));
+#else
+  value = vmin(value, __builtin_shuffle(value, vint{2, 3, 0, 1}));
+  value = vmin(value, __builtin_shuffle(value, vint{1, 0, 3, 2}));
+#endif
+  return value[0];
+}
+
 inline vfloat nonzero(vfloat value) { return value != 0 ? value : splat(1.0f); }
 
 inline float round_down(double value) {
@@ -415,8 +446,10 @@ void query_range(const Tree& tree, const scalar_t* points, int64_t begin, int64_
     int64_t best_slot = -1;
     auto test_pack = [&](int64_t pack) {
       const vfloat distance = pack_squared_distance(tree.packs + pack * kPackFields * kLanes, px, py, pz);
-      for (int lane = 0; lane < kLanes; ++lane) {
-        if (distance[lane] < best) best = distance[lane], best_slot = pack * kLanes + lane;
+      const float nearest = lane_min(distance);
+      if (nearest < best) {
+        best = nearest;
+        best_slot = pack * kLanes + __builtin_ctz(lane_mask(distance == nearest));
       }
     };
     if (hint >= 0) test_pack(hint);
@@ -435,8 +468,8 @@ void query_range(const Tree& tree, const scalar_t* points, int64_t begin, int64_
       int32_t open_entry[kLanes];
       float open_distance[kLanes];
       int open = 0;
-      for (int lane = 0; lane < kLanes; ++lane) {
-        if (!(distance[lane] < best)) continue;
+      for (unsigned mask = lane_mask(distance < best); mask != 0; mask &= mask - 1) {
+        const int lane = __builtin_ctz(mask);
         int slot = open++;
         while (slot > 0 && open_distance[slot - 1] < distance[lane]) {
           open_entry[slot] = open_entry[slot - 1], open_distance[slot] = open_distance[slot - 1];
@@ -520,7 +553,9 @@ std::vector<torch::Tensor> query(torch::Tensor bounds, torch::Tensor children, t
   const double* corner_data = corners.data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "nearest_face_bvh.query", [&] {
     const scalar_t* data = points.data_ptr<scalar_t>();
-    at::parallel_for(0, num_points, 4096, [&](int64_t begin, int64_t end) {
+    const int64_t num_blocks = (num_points + kBlock - 1) / kBlock;
+    std::atomic<int64_t> next_block{0};
+    auto query_block = [&](int64_t begin, int64_t end) {
       query_range<scalar_t>(tree, data, begin, end, search_limit, face_out);
       for (int64_t i = begin; i < end; ++i) {
         if (face_out[i] < 0) {
@@ -535,6 +570,11 @@ std::vector<torch::Tensor> query(torch::Tensor bounds, torch::Tensor children, t
         } else {
           face_out[i] = -1, distance_out[i] = infinity;
         }
+      }
+    };
+    at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), num_blocks), 1, [&](int64_t, int64_t) {
+      for (int64_t block = next_block++; block < num_blocks; block = next_block++) {
+        query_block(block * kBlock, std::min(num_points, (block + 1) * kBlock));
       }
     });
   });
