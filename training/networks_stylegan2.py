@@ -604,13 +604,16 @@ class SynthesisBlock(torch.nn.Module):
             rgb = self.torgb(x, next(w_iter), **layer_args)
 
         # The image path stays in full precision so that rounding does not accumulate over the blocks.
+        # On the CPU it stays channels_last like x: the upsampling filter runs about twice as fast
+        # in that layout, and adding ToRGB's output needs no layout copy.
+        img_format = torch.contiguous_format if on_cuda else torch.channels_last
         if img is not None:
             misc.assert_shape(img, [None, self.img_channels, in_resolution, in_resolution])
-            img = img.to(fp)
+            img = img.to(dtype=fp, memory_format=img_format)
             if self.up > 1:
                 img = upfirdn2d.upsample2d(img, self.resample_filter, up=self.up)
         if rgb is not None:
-            rgb = rgb.to(dtype=fp, memory_format=torch.contiguous_format)
+            rgb = rgb.to(dtype=fp, memory_format=img_format)
             img = img + rgb if img is not None else rgb
 
         assert x.dtype == dtype
