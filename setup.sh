@@ -13,13 +13,14 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libEGL_mesa.so.0'; then
     fi
 fi
 
-# A C++ compiler builds the nearest-face search (training/body/nearest_face_bvh.cpp) on first use;
-# without one the deformation falls back to the slower fcpw search.
+# A C++ compiler builds the nearest-face search (training/body/nearest_face_bvh.cpp) and the fused
+# tri-grid sampler (training/volumetric_rendering/trigrid_gather.cpp) on first use; without one
+# the deformation falls back to the slower fcpw search and the sampler to plain PyTorch ops.
 if ! command -v g++ >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++
     else
-        echo "setup.sh: no g++: install it (apt-get install g++) for the fast nearest-face search" >&2
+        echo "setup.sh: no g++: install it (apt-get install g++) for the fast nearest-face search and tri-grid sampler" >&2
     fi
 fi
 

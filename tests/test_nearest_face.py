@@ -7,6 +7,7 @@ import pytest
 import torch
 import trimesh
 
+from torch_utils import custom_ops
 from training.body.body_model import BodyModel
 from training.body.nearest_face import (NearestFaceSearch, bvh_available, closest_point_on_faces,
                                         fcpw_available, nearest_faces, resolve_backend)
@@ -283,7 +284,7 @@ def test_bvh_of_every_width_matches_brute_force(body):
     points = torch.from_numpy(points_around(vertices.double().numpy(), faces.numpy(), 3000, seed=12,
                                             spread=0.3)).float()
     expected = nearest_faces(points, vertices, faces, 0.25, backend='brute')
-    widths = [lanes for lanes in (4, 8) if lanes == 4 or {'avx2', 'fma'} <= nearest_face._cpu_flags()]
+    widths = [lanes for lanes in (4, 8) if lanes == 4 or {'avx2', 'fma'} <= custom_ops.cpu_flags()]
     for lanes in widths:
         plugin = nearest_face._bvh_plugin(lanes)
         assert plugin is not None, f'the {lanes}-lane extension does not build'

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from training.volumetric_rendering import trigrid
 from training.volumetric_rendering.trigrid import planes_from_backbone, sample_trigrid
 
 # World axes (x=0, y=1, z=2) along each plane volume's (W, H, D) axes, written out from the
@@ -31,6 +32,17 @@ def linear_trigrid(matrix: torch.Tensor, offset: torch.Tensor, box_warp: float, 
     return torch.stack(planes)[None]
 
 
+@pytest.fixture(params=['fused', 'torch'])
+def gather_impl(request, monkeypatch):
+    """Run a test with the fused C++ gather (trigrid_gather.cpp) and with the PyTorch ops."""
+    if request.param == 'fused':
+        if trigrid._gather_plugin() is None:
+            pytest.skip('the fused C++ gather did not build here (no C++ compiler?)')
+    else:
+        monkeypatch.setattr(trigrid, '_gather_plugin', lambda: None)
+    return request.param
+
+
 def random_points(generator, batch, count, low, high, dtype=torch.float32):
     return low + (high - low) * torch.rand(batch, count, 3, generator=generator, dtype=dtype)
 
@@ -47,7 +59,7 @@ def test_planes_from_backbone_channel_layout():
         planes_from_backbone(backbone, 5, 3)
 
 
-def test_linear_field_is_interpolated_exactly_at_interior_points():
+def test_linear_field_is_interpolated_exactly_at_interior_points(gather_impl):
     box_warp, depth, height, width = 1.0, 3, 8, 10
     matrix = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.5, -2.0, 3.0]])
     offset = torch.tensor([0.0, 0.0, 0.0, 0.25])
@@ -64,7 +76,7 @@ def test_linear_field_is_interpolated_exactly_at_interior_points():
             torch.testing.assert_close(features[:, plane], expected, atol=1e-12, rtol=0)
 
 
-def test_zero_padding_outside_the_box():
+def test_zero_padding_outside_the_box(gather_impl):
     planes = torch.ones(1, 3, 2, 3, 4, 4, dtype=torch.float64)
     # Far outside -> 0; on the box face -> half of the border voxel (its centre is half a voxel inside).
     points = torch.tensor([[[5.0, 0.0, 0.0], [0.0, -7.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.0, 0.0]]], dtype=torch.float64)
@@ -92,7 +104,7 @@ def boundary_points(depth, height, width, box_warp, dtype):
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
-def test_fast_sampler_matches_grid_sample_values_and_gradients(dtype):
+def test_fast_sampler_matches_grid_sample_values_and_gradients(dtype, gather_impl):
     generator = torch.Generator().manual_seed(0)
     batch, channels, depth, height, width, box_warp = 2, 5, 3, 6, 7, 0.8
     planes = torch.randn(batch, 3, channels, depth, height, width, generator=generator, dtype=dtype)
@@ -113,7 +125,7 @@ def test_fast_sampler_matches_grid_sample_values_and_gradients(dtype):
     assert results[1][2].abs().sum() > 0
 
 
-def test_fast_sampler_only_planes_or_only_points_need_grad():
+def test_fast_sampler_only_planes_or_only_points_need_grad(gather_impl):
     generator = torch.Generator().manual_seed(1)
     planes = torch.randn(1, 3, 2, 3, 4, 5, generator=generator)
     points = random_points(generator, 1, 50, -0.5, 0.5)
@@ -133,9 +145,35 @@ def test_fast_sampler_only_planes_or_only_points_need_grad():
         assert sample_trigrid(planes, points, 1.0).shape == (1, 3, 50, 2)
 
 
-def test_gradcheck_fast_sampler():
+def test_gradcheck_fast_sampler(gather_impl):
     generator = torch.Generator().manual_seed(2)
     planes = torch.randn(1, 3, 2, 3, 4, 3, generator=generator, dtype=torch.float64, requires_grad=True)
     # Keep points off voxel-centre planes, where the trilinear weights have kinks.
     points = random_points(generator, 1, 12, -0.55, 0.55, torch.float64).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda p, q: sample_trigrid(p, q, 1.0, fast=True), (planes, points))
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_fused_gather_matches_the_pytorch_corner_bags(dtype):
+    plugin = trigrid._gather_plugin()
+    if plugin is None:
+        pytest.skip('the fused C++ gather did not build here (no C++ compiler?)')
+    generator = torch.Generator().manual_seed(3)
+    batch, channels, depth, height, width = 2, 4, 3, 5, 6
+    planes = torch.randn(batch, 3, channels, depth, height, width, generator=generator, dtype=dtype)
+    points = torch.cat([random_points(generator, batch, 300, -0.7, 0.7, dtype),
+                        boundary_points(depth, height, width, 1.0, dtype).expand(batch, -1, -1)], dim=1)
+    points[0, :3] = torch.tensor([[float('nan'), 0, 0], [0, float('inf'), 0], [0, 0, -float('inf')]], dtype=dtype)
+    coordinates = trigrid.plane_coordinates(points, 1.0)
+    rows = trigrid.gather_layout(planes).reshape(-1, channels)
+    features, indices, weights = plugin.gather(rows, coordinates, height, width, depth, True)
+    expected_indices, expected_weights = trigrid._corner_bags(coordinates, height, width, 3, depth)
+    expected = torch.nn.functional.embedding_bag(expected_indices, rows, per_sample_weights=expected_weights,
+                                                 mode='sum')
+    finite = torch.isfinite(points).all(dim=-1)[:, None, :].expand(-1, 3, -1).reshape(-1)
+    assert torch.equal(indices[finite], expected_indices[finite])
+    torch.testing.assert_close(weights, expected_weights, equal_nan=True)
+    torch.testing.assert_close(features, expected, equal_nan=True)
+    assert features[~finite].isnan().all() and not features[finite].isnan().any()
+    without_corners = plugin.gather(rows, coordinates, height, width, depth, False)
+    assert torch.equal(without_corners[0].nan_to_num(), features.nan_to_num()) and without_corners[1].numel() == 0

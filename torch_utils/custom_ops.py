@@ -83,6 +83,18 @@ def get_plugin(module_name: str, sources: list[str], headers: list[str] | None =
     return module
 
 
+def cpu_flags() -> set[str]:
+    """Instruction-set flags of this machine's CPU (Linux /proc/cpuinfo; empty elsewhere), for picking build options."""
+    try:
+        with open('/proc/cpuinfo') as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith('flags'):
+                    return set(line.split(':', 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def choose_impl(impl: str, tensor: torch.Tensor, load_plugin: Callable[[], types.ModuleType | None]) -> str:
     """Resolve an op's `impl` argument for one call to 'ref' or 'cuda'.
 

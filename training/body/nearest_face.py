@@ -41,17 +41,6 @@ except ImportError:
 BACKENDS = ('auto', 'bvh', 'fcpw', 'brute')
 
 
-def _cpu_flags() -> set[str]:
-    """Instruction-set flags of this machine's CPU (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        with open('/proc/cpuinfo') as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith('flags'):
-                    return set(line.split(':', 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
 # fcpw searches in float32; widening its radius by this much keeps every face that is within
 # max_distance in the input dtype, and the exact recomputed distance then decides.
 _FCPW_RADIUS_MARGIN = 1e-4
@@ -141,7 +130,7 @@ def _bvh_plugin(lanes: int | None = None) -> types.ModuleType | None:
     and build folder, so machines with different CPUs never share a build.
     """
     if lanes is None:
-        lanes = 8 if {'avx2', 'fma'} <= _cpu_flags() else 4
+        lanes = 8 if {'avx2', 'fma'} <= custom_ops.cpu_flags() else 4
     flags = ['-O3', '-fopenmp', f'-DNEAREST_FACE_LANES={lanes}']
     if lanes == 8:
         flags += ['-mavx2', '-mfma']

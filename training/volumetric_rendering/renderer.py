@@ -6,7 +6,7 @@ import torch
 
 from training.volumetric_rendering.importance import importance_depths, merge_samples
 from training.volumetric_rendering.ray_marcher import march
-from training.volumetric_rendering.trigrid import channels_last, sample_trigrid, sample_trigrid_channels_last
+from training.volumetric_rendering.trigrid import gather_layout, sample_trigrid, sample_trigrid_gather_layout
 
 # decoder(features [B, M, C]) -> {'sigma': [B, M, 1] raw density, 'rgb': [B, M, C_out] features}
 Decoder = Callable[[torch.Tensor], dict]
@@ -91,14 +91,14 @@ class VolumeRenderer(torch.nn.Module):
         return decoder(self._plane_mean(self._grid(planes), points))
 
     def _grid(self, planes: torch.Tensor) -> torch.Tensor:
-        """The tri-grid in the sampler's layout: channels-last [B, 3, D, H, W, C] for the gather
+        """The tri-grid in the sampler's layout: `gather_layout` [B, H, W, 3, D, C] for the gather
         sampler, planes [B, 3, C, D, H, W] unchanged for grid_sample."""
-        return channels_last(planes) if self.fast_sampler else planes
+        return gather_layout(planes) if self.fast_sampler else planes
 
     def _plane_mean(self, grid: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """grid (see `_grid`), points [B, M, 3] -> mean feature over the planes [B, M, C]"""
         if self.fast_sampler:
-            return sample_trigrid_channels_last(grid, points, self.box_warp).mean(dim=1)
+            return sample_trigrid_gather_layout(grid, points, self.box_warp).mean(dim=1)
         return sample_trigrid(grid, points, self.box_warp, fast=False).mean(dim=1)
 
     def _evaluate_along_rays(self, grid, decoder, ray_origins, ray_directions, depths, deform, density_noise,

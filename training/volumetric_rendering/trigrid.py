@@ -12,17 +12,27 @@ as `torch.nn.functional.grid_sample` does for 5-D inputs.
 Two implementations give the same values and gradients:
 - `F.grid_sample` (reference);
 - a gather-based one (default; on CPU about 2-3x faster than grid_sample forward and forward +
-  backward, see benchmarks/rendering.py): the planes are laid out channels-last as rows
-  [B*3*D*H*W, C] (`channels_last`, once per render when the renderer samples several point
+  backward, see benchmarks/rendering.py): the planes are laid out as rows of C features,
+  [B, H, W, 3, D, C] (`gather_layout`, once per render when the renderer samples several point
   sets), every point gathers its 8 corner rows with per-corner trilinear weights in one fused
   `F.embedding_bag`, and the gradient w.r.t. the planes is scattered back with `index_add_`.
+  Pixel-major rows keep a corner's two depth slices next to each other and make the layout copy
+  cheap from the backbone's channels_last output (the copy only reorders the values of each pixel).
+  On the CPU the index and weight computation and the gather run fused in one C++ pass per
+  point (trigrid_gather.cpp, built on first use; 2-4x faster than the PyTorch ops), which
+  writes the corner indices and weights only when a backward needs them.
   Gradients also reach the sample points (through the trilinear weights), because deformed
   sample points depend on the body pose. It is differentiable once: no double backward (nothing
   in training needs one; the R1 penalty differentiates the discriminator w.r.t. images only).
 """
 
+import os
+import types
+
 import torch
 import torch.nn.functional as F
+
+from torch_utils import custom_ops
 
 # Columns of the scaled point (x, y, z) that become (u, v, w) for each plane.
 PLANE_AXES = ((0, 1, 2), (0, 2, 1), (1, 2, 0))
@@ -59,16 +69,16 @@ def sample_trigrid(planes: torch.Tensor, points: torch.Tensor, box_warp: float,
     """
     coordinates = plane_coordinates(points, box_warp)
     if fast:
-        return _sample_volumes_gather(channels_last(planes), coordinates)
+        return _TrilinearGather.apply(gather_layout(planes), coordinates)
     return _sample_volumes_grid_sample(planes, coordinates)
 
 
-def sample_trigrid_channels_last(planes: torch.Tensor, points: torch.Tensor, box_warp: float) -> torch.Tensor:
-    """`sample_trigrid` (gather implementation) from planes already in `channels_last` layout.
+def sample_trigrid_gather_layout(grid: torch.Tensor, points: torch.Tensor, box_warp: float) -> torch.Tensor:
+    """`sample_trigrid` (gather implementation) from a tri-grid already in `gather_layout`.
 
-    planes [B, 3, D, H, W, C], points [B, M, 3] -> features [B, 3, M, C]
+    grid [B, H, W, 3, D, C], points [B, M, 3] -> features [B, 3, M, C]
     """
-    return _sample_volumes_gather(planes, plane_coordinates(points, box_warp))
+    return _TrilinearGather.apply(grid, plane_coordinates(points, box_warp))
 
 
 def _sample_volumes_grid_sample(volumes: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
@@ -100,6 +110,16 @@ def _axis_neighbours(coordinate: torch.Tensor, size: int) -> tuple[torch.Tensor,
     return lower.long(), weights, slopes
 
 
+def _gather_plugin() -> types.ModuleType | None:
+    """The fused C++ gather (trigrid_gather.cpp), built on first use; None when it cannot be built."""
+    flags = ['-O3', '-ffp-contract=off', '-fopenmp']
+    if {'avx2', 'fma'} <= custom_ops.cpu_flags():
+        flags += ['-mavx2', '-mfma']
+    return custom_ops.get_plugin('trigrid_gather_plugin', sources=['trigrid_gather.cpp'],
+                                 source_dir=os.path.dirname(__file__), extra_cflags=flags,
+                                 extra_ldflags=['-fopenmp'])
+
+
 def _outer(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Per-corner product of per-axis factors: x, y, z [N, 2] -> [N, 8], corner = 4*z + 2*y + x."""
     return (z[:, :, None, None] * y[:, None, :, None] * x[:, None, None, :]).reshape(-1, 8)
@@ -111,61 +131,72 @@ def _axis_terms(coordinates: torch.Tensor, depth: int, height: int, width: int) 
     return [_axis_neighbours(flat[:, axis], size) for axis, size in enumerate((width, height, depth))]
 
 
-def _corner_bags(coordinates: torch.Tensor, num_volumes: int, depth: int, height: int,
-                 width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _corner_bags(coordinates: torch.Tensor, height: int, width: int, num_planes: int,
+                 depth: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Row indices and trilinear weights of the 8 corners of every point, one bag per point.
 
-    coordinates [V, M, 3] (one point set per volume) -> indices [V*M, 8] into rows
-    [V*D*H*W, C] (int64), weights [V*M, 8]
+    coordinates [B, P, M, 3] (one point set per plane volume) -> indices [B*P*M, 8] into the rows
+    [B*H*W*P*D, C] of `gather_layout` (int64), weights [B*P*M, 8]
     """
+    batch, _, num_points, _ = coordinates.shape
     (x_lower, x_weight, _), (y_lower, y_weight, _), (z_lower, z_weight, _) = _axis_terms(coordinates, depth, height, width)
-    volume = torch.arange(num_volumes, device=coordinates.device).repeat_interleave(coordinates.shape[1])
-    # Row of the lower corner; the other corners are fixed offsets from it. A corner outside the
+    # Row (((b*H + y)*W + x)*P + p)*D + z: the first row of each volume, then the lower corner's
+    # offset in it; the other corners are fixed offsets from the lower one. A corner outside the
     # volume has weight zero, so its row only has to exist: the clamp keeps it in range.
-    base = ((volume * depth + z_lower) * height + y_lower) * width + x_lower
-    step = torch.tensor([[0, 1, width, width + 1]], device=coordinates.device)
-    offsets = torch.cat([step, step + height * width], dim=1)  # corner = 4*z + 2*y + x
-    indices = (base[:, None] + offsets).clamp_(0, num_volumes * depth * height * width - 1)
+    x_step, y_step = num_planes * depth, width * num_planes * depth
+    volume = torch.arange(batch * num_planes, device=coordinates.device)
+    volume_start = (volume // num_planes) * (height * y_step) + (volume % num_planes) * depth
+    base = ((y_lower * y_step + x_lower * x_step + z_lower).view(batch * num_planes, num_points)
+            + volume_start[:, None]).view(-1)
+    step = torch.tensor([[0, x_step, y_step, y_step + x_step]], device=coordinates.device)
+    offsets = torch.cat([step, step + 1], dim=1)  # corner = 4*z + 2*y + x
+    indices = (base[:, None] + offsets).clamp_(0, batch * height * y_step - 1)
     return indices, _outer(x_weight, y_weight, z_weight)
 
 
-def channels_last(planes: torch.Tensor) -> torch.Tensor:
-    """The layout the gather sampler reads: planes [B, 3, C, D, H, W] -> [B, 3, D, H, W, C] (a copy).
+def gather_layout(planes: torch.Tensor) -> torch.Tensor:
+    """The layout the gather sampler reads: planes [B, 3, C, D, H, W] -> [B, H, W, 3, D, C] (a copy).
 
     Converting once and sampling many point sets (the coarse and the fine samples of a render)
     saves a copy of the whole tri-grid per set; the copy is differentiable.
     """
-    return planes.permute(0, 1, 3, 4, 5, 2).contiguous()
+    return planes.permute(0, 4, 5, 1, 3, 2).contiguous()
 
 
 class _TrilinearGather(torch.autograd.Function):
-    """grid_sample(mode='bilinear', padding_mode='zeros', align_corners=False) on 5-D volumes,
-    as a gather of 8 channels-last corner rows per point.
+    """grid_sample(mode='bilinear', padding_mode='zeros', align_corners=False) on the 5-D plane
+    volumes, as a gather of 8 corner rows per point.
 
-    Takes the volumes channels-last, [V, D, H, W, C]. The forward is one fused
-    `F.embedding_bag`. The volume gradient is scattered with `index_add_` (much faster here than
-    embedding_bag's own backward, which sorts all indices); the coordinate gradient is three more
-    embedding bags with the weight derivatives as weights. The corner indices and weights are
-    kept for the backward (96 bytes per point).
+    Takes the volumes in `gather_layout`, [B, H, W, P, D, C], and per-plane coordinates
+    [B, P, M, 3]. The forward is one fused `F.embedding_bag`. The volume gradient is scattered
+    with `index_add_` (much faster here than embedding_bag's own backward, which sorts all
+    indices); the coordinate gradient is three more embedding bags with the weight derivatives as
+    weights. The corner indices and weights are kept for the backward (96 bytes per point).
     """
 
     @staticmethod
     def forward(ctx, volumes, coordinates):
-        num_volumes, depth, height, width, channels = volumes.shape
-        indices, weights = _corner_bags(coordinates, num_volumes, depth, height, width)
-        features = F.embedding_bag(indices, volumes.reshape(-1, channels), per_sample_weights=weights, mode='sum')
+        _, height, width, num_planes, depth, channels = volumes.shape
+        rows = volumes.reshape(-1, channels)
+        plugin = _gather_plugin() if volumes.device.type == 'cpu' and volumes.dtype == coordinates.dtype else None
+        if plugin is not None:
+            features, indices, weights = plugin.gather(rows, coordinates, height, width, depth,
+                                                       any(ctx.needs_input_grad))
+        else:
+            indices, weights = _corner_bags(coordinates, height, width, num_planes, depth)
+            features = F.embedding_bag(indices, rows, per_sample_weights=weights, mode='sum')
         ctx.save_for_backward(volumes, coordinates, indices, weights)
-        return features.view(num_volumes, coordinates.shape[1], channels)
+        return features.view(*coordinates.shape[:3], channels)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_features):
         volumes, coordinates, indices, weights = ctx.saved_tensors
-        num_volumes, depth, height, width, channels = volumes.shape
+        _, height, width, _, depth, channels = volumes.shape
         grad_flat = grad_features.reshape(-1, channels)
         grad_volumes = grad_coordinates = None
         if ctx.needs_input_grad[0]:
-            grad_rows = grad_flat.new_zeros(num_volumes * depth * height * width, channels)
+            grad_rows = grad_flat.new_zeros(volumes.numel() // channels, channels)
             # One reused buffer: fresh [N, C] temporaries cost more in page faults than in arithmetic.
             weighted = torch.empty_like(grad_flat)
             for corner in range(8):
@@ -183,11 +214,3 @@ class _TrilinearGather(torch.autograd.Function):
                            F.embedding_bag(indices, rows, per_sample_weights=slope, mode='sum')[:, :, None])
                  for slope in slopes], dim=-1).view_as(coordinates)
         return grad_volumes, grad_coordinates
-
-
-def _sample_volumes_gather(volumes: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
-    """volumes channels-last [B, P, D, H, W, C], coordinates [B, P, M, 3] -> [B, P, M, C]"""
-    batch, num_planes, depth, height, width, channels = volumes.shape
-    features = _TrilinearGather.apply(volumes.reshape(batch * num_planes, depth, height, width, channels),
-                                      coordinates.reshape(batch * num_planes, -1, 3))
-    return features.view(batch, num_planes, -1, channels)
