@@ -92,6 +92,9 @@ for mode in ('G_predict', 'D_predict'):
 if rank == 0:
     with open(out_path, 'w') as f:
         json.dump(results, f)
+if world_size > 1:
+    # Without this, gloo's threads may outlive the interpreter and abort the process at exit.
+    torch.distributed.destroy_process_group()
 '''
 
 
