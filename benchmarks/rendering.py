@@ -1,18 +1,27 @@
-"""Timings of the rendering kernels on CPU: tri-grid sampling (gather vs grid_sample) and the ray marcher.
+"""Timings of the rendering kernels on CPU: tri-grid sampling and the ray marcher.
+
+The tri-grid sampler runs as the fused C++ gather (the default on CPU), as the same gather in
+PyTorch ops (what runs where the C++ extension cannot be built) and as `F.grid_sample`.
 
 Run from the repository root:  python -m benchmarks.rendering [--points 400000] [--reps 3]
 Each figure is the best of `--reps` runs, in milliseconds, with 2 threads.
 """
 
 import argparse
+import contextlib
 import functools
 import os
 import time
+from unittest import mock
 
 import torch
 
 from training.volumetric_rendering.ray_marcher import march
+from training.volumetric_rendering import trigrid
 from training.volumetric_rendering.trigrid import sample_trigrid
+
+# Tri-grid samplers: name -> (fast argument of sample_trigrid, whether the C++ gather may run).
+SAMPLERS = {'gather': (True, True), 'gather (PyTorch ops)': (True, False), 'grid_sample': (False, False)}
 
 
 def best_times_ms(functions: dict, reps: int) -> dict:
@@ -33,19 +42,23 @@ def time_trigrid(num_points: int, reps: int) -> dict:
     # Slightly larger than the box so that the zero-padding branch is exercised too.
     points = ((torch.rand(1, num_points, 3, generator=generator) * 2 - 1) * 0.55).requires_grad_(True)
 
-    def forward(fast):
-        with torch.no_grad():
+    def sampler_context(fused):
+        return contextlib.nullcontext() if fused else mock.patch.object(trigrid, '_gather_plugin', lambda: None)
+
+    def forward(fast, fused):
+        with torch.no_grad(), sampler_context(fused):
             sample_trigrid(planes, points, box_warp=1.0, fast=fast)
 
-    def forward_backward(fast):
-        features = sample_trigrid(planes, points, box_warp=1.0, fast=fast)
-        torch.autograd.grad(features.sum(), (planes, points))
+    def forward_backward(fast, fused):
+        with sampler_context(fused):
+            features = sample_trigrid(planes, points, box_warp=1.0, fast=fast)
+            torch.autograd.grad(features.sum(), (planes, points))
 
     functions = {}
-    for name, fast in (('gather', True), ('grid_sample', False)):
-        functions[f'tri-grid {name} fwd'] = functools.partial(forward, fast)
-    for name, fast in (('gather', True), ('grid_sample', False)):
-        functions[f'tri-grid {name} fwd+bwd (planes, points)'] = functools.partial(forward_backward, fast)
+    for name, options in SAMPLERS.items():
+        functions[f'tri-grid {name} fwd'] = functools.partial(forward, *options)
+    for name, options in SAMPLERS.items():
+        functions[f'tri-grid {name} fwd+bwd (planes, points)'] = functools.partial(forward_backward, *options)
     return best_times_ms(functions, reps)
 
 

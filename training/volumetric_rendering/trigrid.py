@@ -19,7 +19,7 @@ Two implementations give the same values and gradients:
   Pixel-major rows keep a corner's two depth slices next to each other and make the layout copy
   cheap from the backbone's channels_last output (the copy only reorders the values of each pixel).
   On the CPU the index and weight computation and the gather run fused in one C++ pass per
-  point (trigrid_gather.cpp, built on first use; 2-4x faster than the PyTorch ops), which
+  point (trigrid_gather.cpp, built on first use; 1.5-2x faster than the PyTorch ops), which
   writes the corner indices and weights only when a backward needs them.
   Gradients also reach the sample points (through the trilinear weights), because deformed
   sample points depend on the body pose. It is differentiable once: no double backward (nothing
@@ -168,7 +168,8 @@ class _TrilinearGather(torch.autograd.Function):
     volumes, as a gather of 8 corner rows per point.
 
     Takes the volumes in `gather_layout`, [B, H, W, P, D, C], and per-plane coordinates
-    [B, P, M, 3]. The forward is one fused `F.embedding_bag`. The volume gradient is scattered
+    [B, P, M, 3]. The forward is the fused C++ pass for float32/float64 CPU tensors, else one
+    `F.embedding_bag` over `_corner_bags`. The volume gradient is scattered
     with `index_add_` (much faster here than embedding_bag's own backward, which sorts all
     indices); the coordinate gradient is three more embedding bags with the weight derivatives as
     weights. The corner indices and weights are kept for the backward (96 bytes per point).
@@ -178,7 +179,9 @@ class _TrilinearGather(torch.autograd.Function):
     def forward(ctx, volumes, coordinates):
         _, height, width, num_planes, depth, channels = volumes.shape
         rows = volumes.reshape(-1, channels)
-        plugin = _gather_plugin() if volumes.device.type == 'cpu' and volumes.dtype == coordinates.dtype else None
+        fused = (volumes.device.type == 'cpu' and volumes.dtype == coordinates.dtype
+                 and volumes.dtype in (torch.float32, torch.float64))
+        plugin = _gather_plugin() if fused else None
         if plugin is not None:
             features, indices, weights = plugin.gather(rows, coordinates, height, width, depth,
                                                        any(ctx.needs_input_grad))

@@ -40,6 +40,11 @@ inline void axis_neighbours(scalar_t coordinate, int64_t size, int64_t& lower, s
     weights[1] = (lower + 1 >= 0 && lower + 1 <= size - 1) ? (position - lower_position) : scalar_t(0);
 }
 
+// Points per batch of the two-phase loop below: first every corner row of the batch is located
+// and prefetched, then the rows are summed, so that the memory reads of many points overlap
+// instead of waiting one point at a time (the rows are scattered over the whole grid).
+constexpr int64_t kBatch = 16;
+
 template <typename scalar_t>
 void gather_points(const scalar_t* __restrict rows, const scalar_t* __restrict coordinates,
                    scalar_t* __restrict features, int64_t* __restrict corner_indices,
@@ -48,32 +53,52 @@ void gather_points(const scalar_t* __restrict rows, const scalar_t* __restrict c
     const int64_t x_step = planes * depth, y_step = width * x_step;
     const int64_t last_row = batch * height * y_step - 1;
     const int64_t offsets[8] = {0, x_step, y_step, y_step + x_step, 1, 1 + x_step, 1 + y_step, 1 + y_step + x_step};
+    const int64_t row_bytes = channels * static_cast<int64_t>(sizeof(scalar_t));
     at::parallel_for(0, batch * planes * points, 1024, [&](int64_t begin, int64_t end) {
-        for (int64_t n = begin; n < end; ++n) {
-            const int64_t volume = n / points;
-            const scalar_t* point = coordinates + 3 * n;
-            int64_t x_lower, y_lower, z_lower;
-            scalar_t x_weight[2], y_weight[2], z_weight[2];
-            axis_neighbours(point[0], width, x_lower, x_weight);
-            axis_neighbours(point[1], height, y_lower, y_weight);
-            axis_neighbours(point[2], depth, z_lower, z_weight);
-            const int64_t base = (volume / planes) * height * y_step + (volume % planes) * depth
-                                 + y_lower * y_step + x_lower * x_step + z_lower;
-            scalar_t* __restrict out = features + n * channels;
-            std::fill(out, out + channels, scalar_t(0));
-            for (int corner = 0; corner < 8; ++corner) {  // corner = 4*z + 2*y + x
-                const int64_t row = std::min(std::max(base + offsets[corner], int64_t(0)), last_row);
-                const scalar_t weight = z_weight[corner >> 2] * y_weight[(corner >> 1) & 1] * x_weight[corner & 1];
+        int64_t batch_rows[kBatch][8];
+        scalar_t batch_weights[kBatch][8];
+        for (int64_t first = begin; first < end; first += kBatch) {
+            const int64_t count = std::min(kBatch, end - first);
+            for (int64_t k = 0; k < count; ++k) {
+                const int64_t n = first + k;
+                const int64_t volume = n / points;
+                const scalar_t* point = coordinates + 3 * n;
+                int64_t x_lower, y_lower, z_lower;
+                scalar_t x_weight[2], y_weight[2], z_weight[2];
+                axis_neighbours(point[0], width, x_lower, x_weight);
+                axis_neighbours(point[1], height, y_lower, y_weight);
+                axis_neighbours(point[2], depth, z_lower, z_weight);
+                const int64_t base = (volume / planes) * height * y_step + (volume % planes) * depth
+                                     + y_lower * y_step + x_lower * x_step + z_lower;
+                for (int corner = 0; corner < 8; ++corner) {  // corner = 4*z + 2*y + x
+                    const int64_t row = std::min(std::max(base + offsets[corner], int64_t(0)), last_row);
+                    const scalar_t weight = z_weight[corner >> 2] * y_weight[(corner >> 1) & 1] * x_weight[corner & 1];
+                    batch_rows[k][corner] = row;
+                    batch_weights[k][corner] = weight;
+                    if (weight != scalar_t(0)) {
+                        const char* address = reinterpret_cast<const char*>(rows + row * channels);
+                        for (int64_t byte = 0; byte < row_bytes; byte += 64) {
+                            __builtin_prefetch(address + byte);
+                        }
+                    }
+                }
                 if (corner_indices != nullptr) {
-                    corner_indices[8 * n + corner] = row;
-                    corner_weights[8 * n + corner] = weight;
+                    std::copy(batch_rows[k], batch_rows[k] + 8, corner_indices + 8 * n);
+                    std::copy(batch_weights[k], batch_weights[k] + 8, corner_weights + 8 * n);
                 }
-                if (weight == scalar_t(0)) {
-                    continue;
-                }
-                const scalar_t* __restrict values = rows + row * channels;
-                for (int64_t c = 0; c < channels; ++c) {
-                    out[c] += weight * values[c];
+            }
+            for (int64_t k = 0; k < count; ++k) {
+                scalar_t* __restrict out = features + (first + k) * channels;
+                std::fill(out, out + channels, scalar_t(0));
+                for (int corner = 0; corner < 8; ++corner) {
+                    const scalar_t weight = batch_weights[k][corner];
+                    if (weight == scalar_t(0)) {
+                        continue;
+                    }
+                    const scalar_t* __restrict values = rows + batch_rows[k][corner] * channels;
+                    for (int64_t c = 0; c < channels; ++c) {
+                        out[c] += weight * values[c];
+                    }
                 }
             }
         }
