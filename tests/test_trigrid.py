@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -32,12 +34,21 @@ def linear_trigrid(matrix: torch.Tensor, offset: torch.Tensor, box_warp: float, 
     return torch.stack(planes)[None]
 
 
+def fused_plugin_or_skip():
+    """The fused C++ gather; skips without a C++ compiler, fails when one is present but the build fails."""
+    plugin = trigrid._gather_plugin()
+    if plugin is None:
+        if shutil.which('c++') or shutil.which('g++'):
+            pytest.fail('the fused C++ gather (trigrid_gather.cpp) does not build although a C++ compiler is present')
+        pytest.skip('no C++ compiler here: the tri-grid sampler runs as PyTorch ops only')
+    return plugin
+
+
 @pytest.fixture(params=['fused', 'torch'])
 def gather_impl(request, monkeypatch):
     """Run a test with the fused C++ gather (trigrid_gather.cpp) and with the PyTorch ops."""
     if request.param == 'fused':
-        if trigrid._gather_plugin() is None:
-            pytest.skip('the fused C++ gather did not build here (no C++ compiler?)')
+        fused_plugin_or_skip()
     else:
         monkeypatch.setattr(trigrid, '_gather_plugin', lambda: None)
     return request.param
@@ -155,9 +166,7 @@ def test_gradcheck_fast_sampler(gather_impl):
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
 def test_fused_gather_matches_the_pytorch_corner_bags(dtype):
-    plugin = trigrid._gather_plugin()
-    if plugin is None:
-        pytest.skip('the fused C++ gather did not build here (no C++ compiler?)')
+    plugin = fused_plugin_or_skip()
     generator = torch.Generator().manual_seed(3)
     batch, channels, depth, height, width = 2, 4, 3, 5, 6
     planes = torch.randn(batch, 3, channels, depth, height, width, generator=generator, dtype=dtype)
