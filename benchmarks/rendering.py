@@ -16,8 +16,8 @@ from unittest import mock
 
 import torch
 
-from training.volumetric_rendering.ray_marcher import march
 from training.volumetric_rendering import trigrid
+from training.volumetric_rendering.ray_marcher import march
 from training.volumetric_rendering.trigrid import sample_trigrid
 
 # Tri-grid samplers: name -> (fast argument of sample_trigrid, whether the C++ gather may run).
