@@ -35,13 +35,14 @@ def _assert_usage_error(result, fragment: str, exit_code: int = 2):
 def test_dry_run_prints_preset_values_and_overrides():
     preset = load_preset('cpu-small')
     resolved = _dry_run('--batch', '16', '--gamma', '2', '--glr', '0.001', '--cbase', '2048', '--triplane_depth', '2',
-                        '--train_g_pose_branch', 'false', '--kimg', '0.5')
+                        '--train_g_pose_branch', 'false', '--kimg', '0.5', '--cpu_bf16', 'true')
     assert resolved['cfg'] == 'cpu-small'
     assert (resolved['batch'], resolved['gamma'], resolved['glr'], resolved['kimg']) == (16, 2.0, 0.001, 0.5)
     assert resolved['train_g_pose_branch'] is False
     # --cbase sets G's and D's channel base, as published; generator options land in the generator.
     assert resolved['generator']['channel_base'] == resolved['d_channel_base'] == 2048
     assert resolved['generator']['triplane_depth'] == 2
+    assert resolved['generator']['cpu_bf16'] is True and preset['generator']['cpu_bf16'] is False
     # Everything not given keeps the preset's value.
     for key in ('batch_gpu', 'gamma_seg', 'blur_fade_kimg', 'gpc_reg_prob', 'mirror', 'tick', 'snap'):
         assert resolved[key] == preset['training'][key], key
