@@ -24,6 +24,7 @@ machine with a CUDA toolkit but no device). Ops pick their implementation per ca
 `choose_impl`.
 """
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -83,16 +84,20 @@ def get_plugin(module_name: str, sources: list[str], headers: list[str] | None =
     return module
 
 
-def cpu_flags() -> set[str]:
-    """Instruction-set flags of this machine's CPU (Linux /proc/cpuinfo; empty elsewhere), for picking build options."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """Instruction-set flags of this machine's CPU (Linux /proc/cpuinfo; empty elsewhere), for picking build options.
+
+    Read once per process: the plugin loaders that pick their build options from it run on every call of their op.
+    """
     try:
         with open('/proc/cpuinfo') as cpuinfo:
             for line in cpuinfo:
                 if line.startswith('flags'):
-                    return set(line.split(':', 1)[1].split())
+                    return frozenset(line.split(':', 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 def choose_impl(impl: str, tensor: torch.Tensor, load_plugin: Callable[[], types.ModuleType | None]) -> str:
