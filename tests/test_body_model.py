@@ -5,6 +5,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from tests.conftest import requires_cuda
 from tests.test_lbs import run_oracle, smplx_oracle, synthetic_smpl_arrays
 from training.body import lbs
 from training.body.body_model import EMBEDDED_MODEL_PATH, BodyModel, load_npz
@@ -202,7 +203,7 @@ def test_npz_errors_name_the_file(tmp_path):
         BodyModel.from_npz(str(tmp_path / 'partial.npz'))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device: the CPU path is checked above')
+@requires_cuda
 def test_pose_on_cuda_matches_cpu(embedded_arrays):
     body = BodyModel(embedded_arrays, betas=[0.5])
     pose = random_pose(2, seed=19).float()

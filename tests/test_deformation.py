@@ -6,6 +6,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from tests.conftest import requires_cuda
 from training.body import lbs
 from training.body.body_model import BodyModel
 from training.body.deformation import Deformer, canonicalize
@@ -134,7 +135,7 @@ def reference_map(points: np.ndarray, posed: np.ndarray, canonical: np.ndarray, 
     return np.array(result)
 
 
-@pytest.mark.parametrize('backend', ['auto', 'brute'])
+@pytest.mark.parametrize('backend', ['auto', 'lbvh', 'brute'])
 def test_map_follows_the_nearest_triangle_formula(body, backend):
     pose = random_pose(6, batch_size=2, scale=0.5, dtype=torch.float64)
     body64 = BodyModel.embedded().double()
@@ -179,19 +180,51 @@ def head_points(body: BodyModel, pose: torch.Tensor, count: int, seed: int) -> t
     return points[face == chosen][:count]
 
 
-def test_gradcheck_with_respect_to_the_pose_and_the_points():
+@pytest.mark.parametrize('backend', ['auto', 'lbvh'])
+def test_gradcheck_with_respect_to_the_pose_and_the_points(backend):
     body = BodyModel.embedded().double()
     pose = random_pose(10, scale=0.3, dtype=torch.float64)
     points = head_points(body, pose, count=6, seed=11)
     assert len(points) == 6
 
     def deform(pose, points):
-        return canonicalize(points[None], body.pose(pose), body.canonical_vertices, body.box_faces, THICKNESS)
+        return canonicalize(points[None], body.pose(pose), body.canonical_vertices, body.box_faces, THICKNESS,
+                            backend=backend)
 
     inputs = (pose.clone().requires_grad_(True), points.clone().requires_grad_(True))
     assert torch.autograd.gradcheck(deform, inputs, eps=1e-7, atol=1e-6)
     gradient = torch.autograd.grad(deform(*inputs).sum(), inputs[0])[0]
     assert gradient[0, 3:].abs().max() > 1e-3  # the head rotation moves these points
+
+
+def test_lbvh_gives_the_brute_force_map_and_pose_gradient():
+    # Points each nearest to one triangle's interior, so that no tie can pick another face.
+    body = BodyModel.embedded().double()
+    pose = random_pose(14, scale=0.4, dtype=torch.float64)
+    points = head_points(body, pose, count=200, seed=15)[None]
+    results = {}
+    for backend in ('lbvh', 'brute'):
+        leaf = pose.clone().requires_grad_(True)
+        canonical = canonicalize(points, body.pose(leaf), body.canonical_vertices, body.box_faces, THICKNESS,
+                                 backend=backend)
+        results[backend] = canonical.detach(), torch.autograd.grad((canonical * points).sum(), leaf)[0]
+    assert torch.equal(results['lbvh'][0], results['brute'][0])
+    assert torch.equal(results['lbvh'][1], results['brute'][1])
+    assert results['lbvh'][1].abs().max() > 1e-3
+
+
+@requires_cuda
+def test_deformer_on_cuda_matches_the_cpu(body):
+    deformer = Deformer(body, thickness=THICKNESS)
+    pose = random_pose(16, batch_size=2)
+    points = (torch.rand(2, 4000, 3, generator=torch.Generator().manual_seed(17)) - 0.5) * 0.9
+    on_cpu = deformer(points, pose)
+    on_gpu = deformer.to('cuda')(points.cuda(), pose.cuda()).cpu()
+    deformer.to('cpu')
+    # Ties at shared edges may pick another face on either device; every other point agrees to rounding.
+    close = (on_gpu - on_cpu).norm(dim=-1) < 1e-5
+    assert close.float().mean() > 0.99
+    assert not torch.equal(on_cpu, points)
 
 
 def test_deformer_poses_once_and_matches_canonicalize(body, monkeypatch):

@@ -1,20 +1,22 @@
 """Tests for training/body/nearest_face.py: the closest-point kernel against trimesh, the brute
-force against an exhaustive oracle, and the accelerated searches (the C++ hierarchy 'bvh' and
-fcpw) against the brute force."""
+force against an exhaustive oracle, and the accelerated searches (the C++ hierarchy 'bvh', fcpw
+and the PyTorch-ops hierarchy 'lbvh', on the CPU and on CUDA) against the brute force."""
 
 import numpy as np
 import pytest
 import torch
 import trimesh
 
+from tests.conftest import requires_cuda
 from torch_utils import custom_ops
 from training.body.body_model import BodyModel
-from training.body.nearest_face import (NearestFaceSearch, bvh_available, closest_point_on_faces,
+from training.body.nearest_face import (NearestFaceSearch, _LinearBoxTree, bvh_available, closest_point_on_faces,
                                         fcpw_available, nearest_faces, resolve_backend)
 
 requires_fcpw = pytest.mark.skipif(not fcpw_available(), reason='fcpw is not installed (pip install fcpw==1.2.0)')
 requires_bvh = pytest.mark.skipif(not bvh_available(), reason='the C++ nearest-face extension does not build here')
-ACCELERATED = [pytest.param('bvh', marks=requires_bvh), pytest.param('fcpw', marks=requires_fcpw)]
+ACCELERATED = [pytest.param('bvh', marks=requires_bvh), pytest.param('fcpw', marks=requires_fcpw), 'lbvh']
+HIERARCHIES = [pytest.param('bvh', marks=requires_bvh), 'lbvh']
 
 TIE = 1e-6  # squared distance within which two faces count as equally near
 
@@ -209,8 +211,8 @@ def test_empty_inputs(backend):
     assert face.tolist() == [-1] * 4 and torch.isinf(squared).all()
 
 
-@requires_bvh
-def test_bvh_matches_brute_force_on_runs_of_ray_samples(body):
+@pytest.mark.parametrize('backend', HIERARCHIES)
+def test_hierarchies_match_brute_force_on_runs_of_ray_samples(body, backend):
     # The renderer's layout: consecutive points along rays, which the hierarchy's queries use as
     # hints for each other; rays pass through, near and beside the posed head and shoulders.
     generator = torch.Generator().manual_seed(9)
@@ -222,7 +224,7 @@ def test_bvh_matches_brute_force_on_runs_of_ray_samples(body):
     points = (origins[:, None] + depths[None, :, None] * directions[:, None]).reshape(-1, 3)
     for max_distance in (0.25, None):
         expected = nearest_faces(points, vertices, body.box_faces, max_distance, backend='brute')
-        actual = nearest_faces(points, vertices, body.box_faces, max_distance, backend='bvh')
+        actual = nearest_faces(points, vertices, body.box_faces, max_distance, backend=backend)
         assert_same_nearest(points, vertices, body.box_faces, max_distance, expected, actual)
 
 
@@ -235,8 +237,8 @@ def segment_squared_distances(points: np.ndarray, starts: np.ndarray, ends: np.n
     return ((offset - t[..., None] * direction[None]) ** 2).sum(-1)
 
 
-@requires_bvh
-def test_bvh_handles_degenerate_and_coincident_triangles():
+@pytest.mark.parametrize('backend', HIERARCHIES)
+def test_hierarchies_handle_degenerate_and_coincident_triangles(backend):
     # Many copies of one triangle (identical centroids: the split falls back to a median cut),
     # zero-area triangles (a point, a segment with its third corner inside) and one far triangle.
     # Oracle: trimesh for the proper triangles, the nearest of the three edges for the flat ones.
@@ -255,7 +257,7 @@ def test_bvh_handles_degenerate_and_coincident_triangles():
         oracle[:, face] = edges.min(axis=1)
     nearest = oracle.min(axis=1)
     for max_distance in (None, 0.2):
-        face, squared = nearest_faces(torch.from_numpy(points), vertices, faces, max_distance, backend='bvh')
+        face, squared = nearest_faces(torch.from_numpy(points), vertices, faces, max_distance, backend=backend)
         found = np.ones(len(points), bool) if max_distance is None else nearest < max_distance ** 2
         assert found.any() and (max_distance is None or not found.all())
         np.testing.assert_array_equal(face.numpy() >= 0, found)
@@ -266,12 +268,13 @@ def test_bvh_handles_degenerate_and_coincident_triangles():
 def test_backend_resolution():
     expected_cpu = 'bvh' if bvh_available() else 'fcpw' if fcpw_available() else 'brute'
     assert resolve_backend('auto', torch.device('cpu')) == expected_cpu
-    # CUDA tensors always take the chunked brute force on the GPU.
-    assert resolve_backend('auto', torch.device('cuda')) == 'brute'
+    # CUDA tensors take the hierarchy in PyTorch ops.
+    assert resolve_backend('auto', torch.device('cuda')) == 'lbvh'
     assert resolve_backend('brute', torch.device('cpu')) == 'brute'
+    assert resolve_backend('lbvh', torch.device('cpu')) == 'lbvh'
     with pytest.raises(ValueError, match="'bvh' searches CPU tensors"):
         resolve_backend('bvh', torch.device('cuda'))
-    with pytest.raises(ValueError, match='one of auto, bvh, fcpw, brute'):
+    with pytest.raises(ValueError, match='one of auto, bvh, fcpw, lbvh, brute'):
         resolve_backend('kdtree', torch.device('cpu'))
 
 
@@ -309,3 +312,55 @@ def test_accelerated_search_matches_brute_force_on_an_smpl_pickle_body(tmp_path,
         expected = nearest_faces(points, vertices, faces, max_distance, backend='brute')
         actual = nearest_faces(points, vertices, faces, max_distance, backend=backend)
         assert_same_nearest(points, vertices, faces, max_distance, expected, actual)
+
+
+def test_lbvh_on_points_exactly_on_vertices_and_edges(body):
+    # Distance zero, where every face sharing the vertex or edge is a tie.
+    vertices = body.pose(0.4 * torch.randn(1, 6, generator=torch.Generator().manual_seed(16)))[0]
+    faces = body.box_faces
+    corners = vertices[faces]
+    rng = np.random.default_rng(17)
+    picked = torch.from_numpy(rng.choice(len(faces), size=500, replace=False))
+    t = torch.from_numpy(rng.uniform(size=(500, 1))).float()
+    on_edges = corners[picked, 0] + t * (corners[picked, 1] - corners[picked, 0])
+    points = torch.cat([vertices[faces[picked, 2]], on_edges])
+    for max_distance in (0.25, None):
+        expected = nearest_faces(points, vertices, faces, max_distance, backend='brute')
+        actual = nearest_faces(points, vertices, faces, max_distance, backend='lbvh')
+        assert_same_nearest(points, vertices, faces, max_distance, expected, actual)
+        assert actual[1].max() < 1e-10
+
+
+@pytest.mark.parametrize('leaf_size, branching', [(1, 2), (3, 5), (16, 16), (64, 2)])
+def test_lbvh_of_any_shape_matches_brute_force(leaf_size, branching):
+    # Deep and shallow trees, leaves and groups padded at the end, and a mesh smaller than one leaf.
+    vertices, faces = bumpy_sphere(seed=18)
+    vertices_t, faces_t = torch.from_numpy(vertices), torch.from_numpy(faces)
+    points = torch.from_numpy(points_around(vertices, faces, 1500, seed=19, spread=0.4))
+    for subset in (faces_t, faces_t[:37], faces_t[:1]):
+        tree = _LinearBoxTree(vertices_t[subset], leaf_size, branching)
+        for max_distance in (0.1, None):
+            limit = float('inf') if max_distance is None else max_distance ** 2
+            face = tree.nearest(points, limit)
+            expected = nearest_faces(points, vertices_t, subset, max_distance, backend='brute')
+            found = face >= 0
+            squared = torch.full_like(points[:, 0], float('inf'))
+            squared[found] = face_squared_distance(points[found], vertices_t, subset, face[found])
+            if max_distance is not None:
+                cut = squared >= limit
+                face, squared = torch.where(cut, -1, face), torch.where(cut, float('inf'), squared)
+            assert_same_nearest(points, vertices_t, subset, max_distance, expected, (face, squared))
+
+
+@requires_cuda
+def test_lbvh_on_cuda_matches_brute_force_on_the_cpu(body):
+    vertices = body.pose(0.4 * torch.randn(1, 6, generator=torch.Generator().manual_seed(20)))[0]
+    faces = body.box_faces
+    points = torch.from_numpy(points_around(vertices.double().numpy(), faces.numpy(), 20000, seed=21,
+                                            spread=0.3)).float()
+    assert resolve_backend('auto', torch.device('cuda')) == 'lbvh'
+    for max_distance in (0.25, None):
+        expected = nearest_faces(points, vertices, faces, max_distance, backend='brute')
+        face, squared = nearest_faces(points.cuda(), vertices.cuda(), faces.cuda(), max_distance, backend='auto')
+        assert face.is_cuda and squared.is_cuda
+        assert_same_nearest(points, vertices, faces, max_distance, expected, (face.cpu(), squared.cpu()))

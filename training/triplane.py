@@ -94,7 +94,7 @@ class TriPlaneGenerator(torch.nn.Module):
         box_warp: float = 1.0,               # side of the tri-grid cube (m)
         body_model: str = 'embedded',        # body driving the deformation: see build_body_model
         thickness: float = 0.25,             # samples this far (m) from every body triangle are not deformed
-        deformation_backend: str = 'auto',   # nearest-triangle search: 'auto', 'bvh', 'fcpw' or 'brute'
+        deformation_backend: str = 'auto',   # nearest-triangle search: see nearest_face.BACKENDS
         cpu_bf16: bool = False,              # on CPU, run the 2D convolutions under a bfloat16 autocast
     ):
         super().__init__()

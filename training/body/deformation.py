@@ -100,7 +100,7 @@ def canonicalize(points: torch.Tensor, posed: torch.Tensor, canonical: torch.Ten
 
     points [B, N, 3], posed [B, V, 3], canonical [1, V, 3], faces [F, 3] -> [B, N, 3]
     Points at or farther than `thickness` from every triangle are returned unchanged.
-    backend: nearest-face search, 'auto', 'bvh', 'fcpw' or 'brute' (see nearest_face.py); chunk_size
+    backend: nearest-face search, 'auto', 'bvh', 'fcpw', 'lbvh' or 'brute' (see nearest_face.py); chunk_size
     bounds the point-triangle pairs the brute force holds at once.
     """
     return PosedMeshMap(posed, canonical, faces, thickness, backend, chunk_size)(points)
@@ -112,7 +112,7 @@ class Deformer(torch.nn.Module):
     def __init__(self,
                  body_model: BodyModel,  # Supplies the canonical mesh, the box faces and pose().
                  thickness: float = 0.25,  # Points this far from every box face stay put, metres.
-                 backend: str = 'auto',  # Nearest-face search: 'auto', 'bvh', 'fcpw' or 'brute'.
+                 backend: str = 'auto',  # Nearest-face search: see nearest_face.BACKENDS.
                  ):
         super().__init__()
         self.body_model = body_model
