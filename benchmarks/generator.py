@@ -1,4 +1,4 @@
-"""CPU timing of the whole tri-grid generator at the presets, with and without the body deformation.
+"""Timing of the whole tri-grid generator at the presets, with and without the body deformation.
 
 For each preset and precision: forward (inference, no autograd) at batch 1 and 4, and forward +
 backward at batch 1 (training mode, random noise, a loss on image, raw image and mask). Every
@@ -17,35 +17,46 @@ import time
 import torch
 
 
-def run_case(preset_name: str, mode: str, batch: int, bf16: bool, deform: bool, reps: int) -> dict:
-    """Time one case in this process: best and median seconds, and the peak RSS in MiB."""
+def run_case(preset_name: str, mode: str, batch: int, bf16: bool, deform: bool, reps: int, device: str = 'cpu',
+             **overrides) -> dict:
+    """Time one case in this process: best and median seconds, and the peak RSS in MiB (and, on
+    CUDA, the allocator's peak in MiB). `overrides` replace generator arguments of the preset
+    (for example num_fp16_res)."""
     from training.camera_utils import random_cameras
     from training.presets import load_preset
     from training.triplane import build_generator
 
+    device = torch.device(device)
     torch.manual_seed(0)
-    G = build_generator(load_preset(preset_name), cpu_bf16=bf16)
+    G = build_generator(load_preset(preset_name), cpu_bf16=bf16, **overrides).to(device)
     training = mode == 'forward+backward'
     G.train(training).requires_grad_(training)
-    z = torch.randn(batch, G.z_dim)
-    c = random_cameras(batch, generator=torch.Generator().manual_seed(0))
-    pose = 0.2 * torch.randn(batch, G.pose_dim) if deform else None
+    z = torch.randn(batch, G.z_dim).to(device)
+    c = random_cameras(batch, generator=torch.Generator().manual_seed(0)).to(device)
+    pose = (0.2 * torch.randn(batch, G.pose_dim)).to(device) if deform else None
 
     def step():
         with torch.set_grad_enabled(training):
             out = G(z, c, pose, apply_def=deform, noise_mode='random' if training else 'const')
             if training:
                 (out['image'].square().mean() + out['image_raw'].square().mean() + out['image_mask'].mean()).backward()
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
 
-    step()  # warm-up: oneDNN primitive creation, allocator
+    step()  # warm-up: oneDNN primitive creation or cuDNN algorithm choice, allocator
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
     times.sort()
-    return dict(best_s=times[0], median_s=times[len(times) // 2],
-                peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result = dict(best_s=times[0], median_s=times[len(times) // 2],
+                  peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if device.type == 'cuda':
+        result['peak_gpu_mib'] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return result
 
 
 def main():
