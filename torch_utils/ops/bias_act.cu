@@ -21,7 +21,9 @@ __global__ void bias_act_kernel(BiasActParams p, const scalar_t* __restrict__ in
     using T = at::opmath_type<scalar_t>;  // float for half and bfloat16
     const T alpha = static_cast<T>(p.alpha);
     const T gain = static_cast<T>(p.gain);
-    const T clamp = static_cast<T>(p.clamp);
+    // The clamp as the storage type holds it: a clamped output is stored as exactly this value, so
+    // that the gradient launches, which see only the stored output, recognise it as clamped.
+    const T clamp = p.clamp < 0 ? T(-1) : static_cast<T>(static_cast<scalar_t>(p.clamp));
     const int64_t step = static_cast<int64_t>(blockDim.x) * gridDim.x;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < p.numel; i += step) {
         const T b = p.bias_size > 0 ? static_cast<T>(bias[(i / p.bias_stride) % p.bias_size]) : T(0);
