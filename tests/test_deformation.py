@@ -9,8 +9,8 @@ from scipy.spatial.transform import Rotation
 from tests.conftest import requires_cuda
 from training.body import lbs
 from training.body.body_model import BodyModel
-from training.body.deformation import Deformer, canonicalize
-from training.body.nearest_face import nearest_faces
+from training.body.deformation import Deformer, PosedMeshMap, canonicalize
+from training.body.nearest_face import closest_point_on_faces, nearest_faces
 
 THICKNESS = 0.25
 
@@ -214,17 +214,28 @@ def test_lbvh_gives_the_brute_force_map_and_pose_gradient():
 
 
 @requires_cuda
-def test_deformer_on_cuda_matches_the_cpu(body):
-    deformer = Deformer(body, thickness=THICKNESS)
+def test_posed_mesh_map_on_cuda_matches_the_cpu(body):
+    # The faces found on CUDA are the CPU's or equally near ones (ties at shared edges and
+    # vertices may go either way), and each point moves with its face's map as on the CPU.
     pose = random_pose(16, batch_size=2)
     points = (torch.rand(2, 4000, 3, generator=torch.Generator().manual_seed(17)) - 0.5) * 0.9
-    on_cpu = deformer(points, pose)
-    on_gpu = deformer.to('cuda')(points.cuda(), pose.cuda()).cpu()
-    deformer.to('cpu')
-    # Ties at shared edges may pick another face on either device; every other point agrees to rounding.
-    close = (on_gpu - on_cpu).norm(dim=-1) < 1e-5
-    assert close.float().mean() > 0.99
-    assert not torch.equal(on_cpu, points)
+    posed = body.pose(pose)
+    on_cpu = PosedMeshMap(posed, body.canonical_vertices, body.box_faces, THICKNESS)
+    on_gpu = PosedMeshMap(posed.cuda(), body.canonical_vertices.cuda(), body.box_faces.cuda(), THICKNESS)
+    faces_cpu = on_cpu.nearest_faces(points)
+    faces_gpu = on_gpu.nearest_faces(points.cuda()).cpu()
+    assert torch.equal(faces_gpu >= 0, faces_cpu >= 0) and (faces_cpu >= 0).float().mean() > 0.3
+    corners = posed.double()[:, body.box_faces]  # [2, F, 3, 3]
+    for item in range(2):
+        near = (faces_cpu[item] >= 0).nonzero()[:, 0]
+        squared = []
+        for faces in (faces_cpu, faces_gpu):
+            chosen = corners[item, faces[item, near]]
+            squared.append(closest_point_on_faces(points[item, near].double(), chosen[:, 0], chosen[:, 1], chosen[:, 2])[1])
+        torch.testing.assert_close(squared[1], squared[0], atol=1e-6, rtol=0)
+    mapped = on_gpu.apply(points.cuda(), faces_gpu.cuda()).cpu()
+    torch.testing.assert_close(mapped, on_cpu.apply(points, faces_gpu), atol=1e-5, rtol=0)
+    assert not torch.equal(mapped, points)
 
 
 def test_deformer_poses_once_and_matches_canonicalize(body, monkeypatch):
