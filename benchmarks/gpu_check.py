@@ -1,0 +1,143 @@
+"""The stages of the prepared GPU check (benchmarks/gpu_check.sh), one subcommand each.
+
+Each stage prints its progress and ends with lines that start with 'SUMMARY ', which the shell
+script gathers into its closing summary.
+
+    python -m benchmarks.gpu_check build-ops [op module ...]
+    python -m benchmarks.gpu_check generator [--reps 5] [--batch 4]
+    python -m benchmarks.gpu_check training-summary RUN_DIR
+    python -m benchmarks.gpu_check compare-renders CUDA_IMAGE CPU_IMAGE
+"""
+
+import argparse
+import concurrent.futures
+import importlib
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+import warnings
+
+import numpy as np
+
+OPS = ('torch_utils.ops.bias_act', 'torch_utils.ops.upfirdn2d')
+
+# Generator precisions of the check: every layer in fp32, the preset's fp16 super-resolution
+# blocks (as trained), and the backbone's four highest-resolution blocks in fp16 as well.
+PRECISIONS = {
+    'fp32': dict(num_fp16_res=0, sr_num_fp16_res=0),
+    'fp16 SR (preset)': dict(num_fp16_res=0, sr_num_fp16_res=4),
+    'fp16 SR + backbone': dict(num_fp16_res=4, sr_num_fp16_res=4),
+}
+
+
+def summary(line: str) -> None:
+    print(f'SUMMARY {line}', flush=True)
+
+
+def build_op(module_name: str) -> tuple[str, float, str]:
+    """Build one op's CUDA plugin in this process. -> (module, seconds, 'ok' or the reason it failed)"""
+    start = time.time()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        try:
+            plugin = importlib.import_module(module_name)._plugin()
+            status = 'ok' if plugin is not None else 'FAILED: ' + '; '.join(str(w.message) for w in caught)
+        except Exception as error:  # Reported like a failed build; the summary names it.
+            status = f'FAILED: {type(error).__name__}: {error}'
+    return module_name, time.time() - start, status
+
+
+def build_ops(modules: list[str]) -> int:
+    """Build the CUDA plugins side by side (one process each). -> exit status"""
+    # Spawned, not forked: a forked child cannot initialize CUDA once its parent has.
+    with concurrent.futures.ProcessPoolExecutor(len(modules), mp_context=multiprocessing.get_context('spawn')) as pool:
+        results = list(pool.map(build_op, modules))
+    for module_name, seconds, status in results:
+        summary(f'{module_name}: {status} ({seconds:.0f} s)')
+    return 0 if all(status == 'ok' for _, _, status in results) else 1
+
+
+def time_generator(reps: int, batch: int) -> int:
+    """full-head generator at `batch`: forward and forward+backward per precision with the deformation, and in fp32 without it."""
+    import torch
+
+    from benchmarks.generator import run_case
+    from training.body.nearest_face import resolve_backend
+    torch.backends.cudnn.benchmark = True
+    print(f'{torch.cuda.get_device_name()}, nearest-face search on CUDA: {resolve_backend("auto", torch.device("cuda"))}',
+          flush=True)
+    cases = [(name, True) for name in PRECISIONS] + [('fp32', False)]
+    for name, deform in cases:
+        for mode in ('forward', 'forward+backward'):
+            result = run_case('full-head', mode, batch, bf16=False, deform=deform, reps=reps, device='cuda',
+                              **PRECISIONS[name])
+            summary(f'full-head G {mode:<16s} batch {batch}, {name:<18s} {"with" if deform else "without"} '
+                    f'deformation: {result["best_s"] * 1e3:7.1f} ms best, {result["median_s"] * 1e3:7.1f} ms median, '
+                    f'peak {result["peak_gpu_mib"]:6.0f} MiB')
+    return 0
+
+
+def training_summary(run_dir: str) -> int:
+    """sec/kimg (ticks after the first) and peak GPU memory of a run, from its stats.jsonl."""
+    path = os.path.join(run_dir, 'stats.jsonl')
+    if not os.path.isfile(path):
+        summary(f'FAILED: no {path}')
+        return 1
+    with open(path) as file:
+        ticks = [json.loads(line) for line in file]
+    timed = [tick['Timing/sec_per_kimg']['mean'] for tick in ticks[1:]]
+    snapshots = sorted(name for name in os.listdir(run_dir) if name.startswith('network-snapshot-'))
+    peak = max(tick.get('Resources/peak_gpu_mem_gb', {}).get('mean', float('nan')) for tick in ticks)
+    if not timed:
+        summary(f'FAILED: {len(ticks)} tick(s), none after the first to time')
+        return 1
+    summary(f'{len(ticks)} ticks, sec/kimg median {statistics.median(timed):.1f} (best {min(timed):.1f}, first tick '
+            f'{ticks[0]["Timing/sec_per_kimg"]["mean"]:.1f}), peak GPU memory {peak:.2f} GiB, snapshots: '
+            f'{", ".join(snapshots) or "none"}')
+    return 0 if snapshots else 1
+
+
+def compare_renders(cuda_image: str, cpu_image: str) -> int:
+    """The same seed rendered from one snapshot on CUDA and on the CPU: they should agree to rounding."""
+    import PIL.Image
+    images = [np.asarray(PIL.Image.open(path).convert('RGB'), dtype=np.float64) for path in (cuda_image, cpu_image)]
+    if images[0].shape != images[1].shape:
+        summary(f'FAILED: image sizes differ, {images[0].shape} on CUDA and {images[1].shape} on the CPU')
+        return 1
+    difference = np.abs(images[0] - images[1])
+    spread = images[1].std()
+    agree = difference.mean() < 2.0 and spread > 1.0
+    summary(f'{"ok" if agree else "FAILED"}: CPU render of the CUDA-trained snapshot, {images[1].shape[1]}x'
+            f'{images[1].shape[0]}, mean |CUDA - CPU| {difference.mean():.3f} of 255 (max {difference.max():.0f}), '
+            f'pixel std {spread:.1f}')
+    return 0 if agree else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest='command', required=True)
+    ops = commands.add_parser('build-ops', help='build the CUDA plugins of torch_utils/ops')
+    ops.add_argument('modules', nargs='*', default=list(OPS))
+    generator = commands.add_parser('generator', help='time the full-head generator on CUDA')
+    generator.add_argument('--reps', type=int, default=5)
+    generator.add_argument('--batch', type=int, default=4)
+    training = commands.add_parser('training-summary', help='sec/kimg and peak memory of a training run')
+    training.add_argument('run_dir')
+    renders = commands.add_parser('compare-renders', help='compare a CUDA and a CPU render of one seed')
+    renders.add_argument('cuda_image')
+    renders.add_argument('cpu_image')
+    args = parser.parse_args()
+    if args.command == 'build-ops':
+        return build_ops(args.modules)
+    if args.command == 'generator':
+        return time_generator(args.reps, args.batch)
+    if args.command == 'training-summary':
+        return training_summary(args.run_dir)
+    return compare_renders(args.cuda_image, args.cpu_image)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Tests for benchmarks/gpu_check.sh: on a machine without CUDA it exits at once, saying so."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the exit path of a machine without CUDA')
+def test_gpu_check_exits_at_once_without_cuda(tmp_path):
+    logs = tmp_path / 'logs'
+    result = subprocess.run(['bash', os.path.join(REPO, 'benchmarks', 'gpu_check.sh')], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, 'PYTHON': sys.executable, 'GPU_CHECK_LOGS': str(logs)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines() == [
+        f'gpu_check: no CUDA device visible to the torch of {sys.executable}; nothing to check']
+    assert result.stderr == '' and not logs.exists()
