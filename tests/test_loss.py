@@ -383,10 +383,14 @@ class _LinearD(torch.nn.Module):
         return logit[:, None], torch.zeros(c.shape[0], 6)
 
 
-def test_r1_analytic_on_linear_D():
+@pytest.mark.parametrize('blur_sigma', [0.0, 5.0])
+def test_r1_analytic_on_linear_D(blur_sigma):
+    # The gradient is taken w.r.t. the (blurred) images D sees, so a linear D's R1 is |a|^2 + |b|^2
+    # whatever the blur; w.r.t. the unblurred input it would be |blur^T a|^2, smaller.
     D = _LinearD()
     gamma, gamma_seg, gain = 2.0, 0.5, 16.0
-    loss = PortraitGANLoss(None, D, LossConfig(**{**QUIET, 'r1_gamma': gamma, 'r1_gamma_seg': gamma_seg}), 'cpu')
+    config = {**QUIET, 'r1_gamma': gamma, 'r1_gamma_seg': gamma_seg, 'blur_init_sigma': blur_sigma, 'blur_fade_kimg': 100}
+    loss = PortraitGANLoss(None, D, LossConfig(**config), 'cpu')
     b = _batch(_generator())
     collector = training_stats.Collector(regex='Loss/.*')
     _run(loss, 'Dreg', b, gain=gain)
@@ -402,19 +406,23 @@ def test_r1_analytic_on_linear_D():
     torch.testing.assert_close(D.m.grad, gain * gamma_seg * D.m.detach())
 
 
-def test_r1_on_the_dual_discriminator_matches_direct_autograd():
+@pytest.mark.parametrize('blur_sigma', [0.0, 3.0])
+def test_r1_on_the_dual_discriminator_matches_direct_autograd(blur_sigma):
+    # During the blur phase R1 on a real image equals R1 computed directly on the pre-blurred image.
     G = _generator()
     D, D_ref = _discriminator(), _discriminator()
     gamma, gamma_seg, gain = 1.0, 3.0, 4.0
     b = _batch(G)
     collector = training_stats.Collector(regex='Loss/.*')
-    _run(_loss(G, D, r1_gamma=gamma, r1_gamma_seg=gamma_seg), 'Dreg', b, gain=gain)
+    _run(_loss(G, D, r1_gamma=gamma, r1_gamma_seg=gamma_seg, blur_init_sigma=blur_sigma, blur_fade_kimg=100), 'Dreg',
+         b, gain=gain)
     collector.update()
     assert all(p.grad is None for p in G.parameters())
 
     resize = dict(size=(R, R), mode='bilinear', align_corners=False, antialias=True)
-    image = b['real_img'].clone().requires_grad_(True)
-    raw = F.interpolate(b['real_img'], **resize).requires_grad_(True)
+    blurred = _blur_by_conv if blur_sigma > 0 else (lambda x, sigma: x.clone())
+    image = blurred(b['real_img'], blur_sigma).requires_grad_(True)
+    raw = blurred(F.interpolate(b['real_img'], **resize), blur_sigma).requires_grad_(True)
     mask = F.interpolate(b['real_seg'], **resize).requires_grad_(True)
     logits, _ = D_ref({'image': image, 'image_raw': raw, 'image_mask': mask}, b['real_c'])
     gi, gr, gm = torch.autograd.grad(logits.sum(), [image, raw, mask], create_graph=True)

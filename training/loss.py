@@ -314,10 +314,15 @@ class PortraitGANLoss:
         (loss_real.mean() * gain).backward()
 
     def _d_r1(self, real: dict, real_c: torch.Tensor, state: dict, gain: float) -> None:
-        """R1: squared gradient norm of D's real logits w.r.t. image and raw image (gamma) and mask (gamma_seg)."""
+        """R1: squared gradient norm of D's real logits w.r.t. image and raw image (gamma) and mask (gamma_seg).
+
+        The gradient is taken w.r.t. the images D sees: during the blur phase, the blurred image.
+        """
         cfg = self.config
+        if state['blur_sigma'] > 0:
+            real = {**real, 'image': blur_image(real['image'], state['blur_sigma'])}
         inputs = {key: real[key].detach().requires_grad_(True) for key in ('image', 'image_raw', 'image_mask')}
-        logits, _ = self.run_D(inputs, real_c, state['blur_sigma'])
+        logits, _ = self.run_D(inputs, real_c, blur_sigma=0.0)
         # Only the input gradients are wanted; the weights get theirs from the penalty's backward.
         with conv2d_gradfix.no_weight_gradients():
             grad_image, grad_raw, grad_mask = torch.autograd.grad(outputs=[logits.sum()],
