@@ -1,0 +1,35 @@
+"""Tests for tools/plot_training.py: the series it reads from a run's jsonl files, and the PNG it writes."""
+
+import json
+
+import numpy as np
+import PIL.Image
+
+from tools.plot_training import metric_series, plot_run, tick_series
+
+
+def write_run(run_dir):
+    ticks = [{'Progress/kimg': {'mean': kimg}, 'Loss/G/loss': {'mean': 2.0 - kimg}, 'Loss/D/loss': {'mean': 1.0 + kimg},
+              **({'Loss/r1_penalty': {'mean': 0.5}} if kimg > 0 else {})} for kimg in (0.0, 0.5, 1.0)]
+    (run_dir / 'stats.jsonl').write_text(''.join(json.dumps(tick) + '\n' for tick in ticks))
+    lines = [{'results': {'fid1k': fid}, 'metric': 'fid1k', 'snapshot_pkl': f'network-snapshot-{kimg:06d}.pkl'}
+             for kimg, fid in ((0, 260.0), (4, 180.0))]
+    (run_dir / 'metric-fid1k.jsonl').write_text(''.join(json.dumps(line) + '\n' for line in lines))
+    pose = {'results': {'real_neck_mean': 12.0, 'real_mean_pose_neck_mean': 18.0}, 'metric': 'pose_err',
+            'snapshot_pkl': 'network-snapshot-000004.pkl'}
+    (run_dir / 'metric-pose_err.jsonl').write_text(json.dumps(pose) + '\n')
+
+
+def test_series_follow_the_files(tmp_path):
+    write_run(tmp_path)
+    ticks = [json.loads(line) for line in (tmp_path / 'stats.jsonl').read_text().splitlines()]
+    assert tick_series(ticks, 'Loss/G/loss') == ([0.0, 0.5, 1.0], [2.0, 1.5, 1.0])
+    assert tick_series(ticks, 'Loss/r1_penalty') == ([0.5, 1.0], [0.5, 0.5])
+    assert metric_series(str(tmp_path / 'metric-fid1k.jsonl')) == {'fid1k': ([0, 4], [260.0, 180.0])}
+
+
+def test_plot_writes_a_png(tmp_path):
+    write_run(tmp_path)
+    out = plot_run(str(tmp_path), str(tmp_path / 'plot.png'))
+    image = np.asarray(PIL.Image.open(out).convert('L'))
+    assert image.shape == (1100, 900) and image.std() > 10

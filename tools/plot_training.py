@@ -1,0 +1,102 @@
+"""Plot a training run: its losses per tick, and its metrics per snapshot, against kimg.
+
+    python tools/plot_training.py RUN_DIR [--out RUN_DIR/training.png]
+
+Reads RUN_DIR/stats.jsonl (one line per tick) and every RUN_DIR/metric-*.jsonl (one line per
+snapshot; the snapshot's kimg is read from its file name). The top panel holds the adversarial
+and regularization losses, the middle one D's pose regression and the pose agreement of G and
+D, the bottom one the metrics: FID/KID on the left axis and pose errors (degrees) on the right.
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+import matplotlib
+
+matplotlib.use('Agg')  # files only: no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+LOSSES = ('Loss/G/loss', 'Loss/D/loss', 'Loss/r1_penalty', 'Loss/r1_seg_penalty')
+POSES = ('Loss/D/pose', 'Pose/G_vs_D_fake', 'Pose/D_real_error', 'Pose/G_vs_coarse')
+SNAPSHOT_KIMG = re.compile(r'network-snapshot-(\d+)\.')
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as file:
+        return [json.loads(line) for line in file if line.strip()]
+
+
+def tick_series(ticks: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """(kimg, mean) of one statistic over the ticks that report it."""
+    points = [(tick['Progress/kimg']['mean'], tick[key]['mean']) for tick in ticks if key in tick]
+    return [kimg for kimg, _ in points], [value for _, value in points]
+
+
+def metric_series(path: str) -> dict[str, tuple[list[float], list[float]]]:
+    """{result name: (kimg, value)} of one metric-*.jsonl."""
+    series = {}
+    for line in read_jsonl(path):
+        match = SNAPSHOT_KIMG.search(line.get('snapshot_pkl') or '')
+        if match is None:
+            continue
+        for name, value in line['results'].items():
+            kimgs, values = series.setdefault(name, ([], []))
+            kimgs.append(int(match.group(1)))
+            values.append(value)
+    return series
+
+
+def plot_run(run_dir: str, out: str) -> str:
+    stats_path = os.path.join(run_dir, 'stats.jsonl')
+    if not os.path.isfile(stats_path):
+        raise FileNotFoundError(f'{run_dir}: no stats.jsonl, not a training run directory')
+    ticks = read_jsonl(stats_path)
+    figure, (losses, poses, metrics) = plt.subplots(3, 1, figsize=(9, 11), sharex=True)
+    for key in LOSSES:
+        losses.plot(*tick_series(ticks, key), label=key, marker='.')
+    losses.set_yscale('symlog', linthresh=1.0)
+    losses.set_ylabel('loss (mean per tick)')
+    losses.legend(fontsize=8)
+    for key in POSES:
+        poses.plot(*tick_series(ticks, key), label=key, marker='.')
+    poses.set_ylabel('pose loss / error (radians)')
+    poses.legend(fontsize=8)
+
+    degrees = metrics.twinx()
+    for path in sorted(glob.glob(os.path.join(run_dir, 'metric-*.jsonl'))):
+        for name, (kimgs, values) in metric_series(path).items():
+            if name.startswith(('fid', 'kid')):
+                metrics.plot(kimgs, values, label=name, marker='o', color='black')
+            elif name.endswith('_mean'):
+                degrees.plot(kimgs, values, label=name, marker='.', linestyle='--' if 'baseline' in name else '-')
+    metrics.set_ylabel('FID / KID')
+    degrees.set_ylabel('pose error (degrees)')
+    handles = [axis.get_legend_handles_labels() for axis in (metrics, degrees)]
+    metrics.legend(handles[0][0] + handles[1][0], handles[0][1] + handles[1][1], fontsize=7, loc='upper right')
+    metrics.set_xlabel('kimg')
+    figure.suptitle(os.path.basename(os.path.normpath(run_dir)), fontsize=10)
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('run_dir')
+    parser.add_argument('--out', help='PNG to write  [default: RUN_DIR/training.png]')
+    args = parser.parse_args()
+    try:
+        print(plot_run(args.run_dir, args.out or os.path.join(args.run_dir, 'training.png')))
+    except (OSError, ValueError, KeyError) as error:
+        print(f'plot_training: {error}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
