@@ -5,7 +5,8 @@
 Reads RUN_DIR/stats.jsonl (one line per tick) and every RUN_DIR/metric-*.jsonl (one line per
 snapshot; the snapshot's kimg is read from its file name). The top panel holds the adversarial
 and regularization losses, the middle one D's pose regression and the pose agreement of G and
-D, the bottom one the metrics: FID/KID on the left axis and pose errors (degrees) on the right.
+D, the bottom one the metrics: FID/KID on the left axis and pose errors (degrees) on the right,
+each beside its constant-mean-pose yardstick (dashed).
 """
 
 import argparse
@@ -67,12 +68,19 @@ def plot_run(run_dir: str, out: str) -> str:
     poses.legend(fontsize=8)
 
     degrees = metrics.twinx()
+    colours = iter(plt.rcParams['axes.prop_cycle'].by_key()['color'])
     for path in sorted(glob.glob(os.path.join(run_dir, 'metric-*.jsonl'))):
-        for name, (kimgs, values) in metric_series(path).items():
+        series = metric_series(path)
+        for name, (kimgs, values) in series.items():
             if name.startswith(('fid', 'kid')):
                 metrics.plot(kimgs, values, label=name, marker='o', color='black')
-            elif name.endswith('_mean'):
-                degrees.plot(kimgs, values, label=name, marker='.', linestyle='--' if 'baseline' in name else '-')
+            elif name.endswith('_mean') and '_mean_pose_' not in name:
+                # Each pose error in a solid line, its constant-mean-pose yardstick dashed in the same colour.
+                colour = next(colours)
+                degrees.plot(kimgs, values, label=name, marker='.', color=colour)
+                yardstick = name.replace('_', '_mean_pose_', 1)
+                if yardstick in series:
+                    degrees.plot(*series[yardstick], label=f'{yardstick} (yardstick)', linestyle='--', color=colour)
     metrics.set_ylabel('FID / KID')
     degrees.set_ylabel('pose error (degrees)')
     handles = [axis.get_legend_handles_labels() for axis in (metrics, degrees)]
