@@ -35,11 +35,11 @@ def _parse_metrics(ctx, param, value):
     return names
 
 
-def load_snapshot(network: str, device: torch.device) -> tuple:
+def load_snapshot(network: str, device: torch.device, trust_pickle: bool = False) -> tuple:
     """-> (snapshot path, G_ema, D (D_ema where present), training_set_kwargs or None), as click errors."""
     try:
         path = dnnlib.util.open_url(resolve_network(network), return_filename=True)
-        modules = checkpoint.load_any(path, device=device)
+        modules = checkpoint.load_any(path, device=device, trust_pickle=trust_pickle)
     except (OSError, checkpoint.CheckpointError) as err:
         raise click.ClickException(str(err)) from None
     G = modules.get('G_ema', modules.get('G'))
@@ -63,7 +63,7 @@ def _evaluate(rank: int, world_size: int, args: dict, init_file: str | None) -> 
         init_method = 'env://' if init_file is None else f'file://{init_file}'
         torch.distributed.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
     try:
-        path, G, D, training_set_kwargs = load_snapshot(args['network'], device)
+        path, G, D, training_set_kwargs = load_snapshot(args['network'], device, args['trust_pickle'])
         if args['data'] is not None:
             dataset_kwargs = dict(path=args['data'], seg_path=args['seg_data'])
         elif training_set_kwargs is not None:
@@ -87,7 +87,7 @@ def _evaluate(rank: int, world_size: int, args: dict, init_file: str | None) -> 
             opts = metric_utils.MetricOptions(
                 G=G, D=D, dataset_kwargs=dataset_kwargs, pose_predict_kwargs=pose_predict_kwargs,
                 metric_pose_sample_mode=args['metric_pose_sample_mode'], identical_c_p=args['identical_c_p'],
-                detector=args['detector'], num_gpus=world_size, rank=rank, device=device, batch_size=args['batch'],
+                detector=args['detector'], trust_pickle=args['trust_pickle'], num_gpus=world_size, rank=rank, device=device, batch_size=args['batch'],
                 progress=args['verbose'])
             opts.dataset()
             for name in args['metrics']:
@@ -126,6 +126,7 @@ def _spawned(rank: int, world_size: int, args: dict, init_file: str) -> None:
 @click.option('--gpus', type=click.IntRange(min=1), default=1, show_default=True, help='Processes (GPUs, or CPU processes with gloo)')
 @click.option('--device', type=click.Choice(['cpu', 'cuda']), default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
 @click.option('--batch', type=click.IntRange(min=1), default=8, show_default=True, help='Images per generator and detector call')
+@click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
 @click.option('--verbose/--quiet', default=True, show_default=True, help='Progress bars')
 def main(**args):
     """Append each metric's result to metric-<name>.jsonl beside the snapshot and print it."""

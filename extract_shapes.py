@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from gen_samples import load_generator, parse_pose, parse_seeds
+from training import checkpoint
 from training.camera_utils import frontal_camera
 from training.shapes import (DEFAULT_LEVEL, close_border, extract_shape, marching_cubes, pose_vertices, read_mrc,
                              save_shape, write_mesh)
@@ -27,7 +28,9 @@ from training.shapes import (DEFAULT_LEVEL, close_border, extract_shape, marchin
 @click.option('--format', 'mesh_format', type=click.Choice(['ply', 'obj', 'glb']), default='ply', show_default=True)
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)
 @click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
-def main(network, mrc_dir, seeds, truncation_psi, truncation_cutoff, shape_res, level, pose, mesh_format, outdir, device):
+@click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
+def main(network, mrc_dir, seeds, truncation_psi, truncation_cutoff, shape_res, level, pose, mesh_format, outdir, device,
+         trust_pickle):
     """Per seed, seedNNNN.mrc (density on the cube of side 0.8 box_warp) and seedNNNN.<format> (marching
     cubes, vertex colours from the first 3 decoder feature channels); or, with --mrc-dir, a mesh per .mrc.
 
@@ -58,7 +61,7 @@ def main(network, mrc_dir, seeds, truncation_psi, truncation_cutoff, shape_res, 
         return
     device = torch.device(device)
     pose = parse_pose(pose, device)
-    G = load_generator(network, None, 0, device)
+    G = load_generator(network, None, 0, device, trust_pickle)
     condition = frontal_camera(1, device=device)
     for seed in tqdm(seeds, desc='seeds', unit='seed'):
         z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).float().to(device)

@@ -39,16 +39,19 @@ def resolve_network(network: str) -> str:
                              param_hint='--network')
 
 
-def load_networks(network: str, device: torch.device) -> tuple:
-    """A checkpoint of either format (path, URL or run directory) -> (snapshot path, dict of its modules)."""
+def load_networks(network: str, device: torch.device, trust_pickle: bool = False) -> tuple:
+    """A checkpoint of either format (path, URL or run directory) -> (snapshot path, dict of its modules).
+
+    trust_pickle: unpickle a network pickle by running its code (see checkpoint.load_network_pickle)."""
     try:
         path = dnnlib.util.open_url(resolve_network(network), return_filename=True)
-        return path, checkpoint.load_any(path, device=device)
+        return path, checkpoint.load_any(path, device=device, trust_pickle=trust_pickle)
     except (OSError, checkpoint.CheckpointError) as err:
         raise click.ClickException(str(err)) from None
 
 
-def load_generator(network: str | None, cfg: str | None, init_seed: int, device: torch.device) -> torch.nn.Module:
+def load_generator(network: str | None, cfg: str | None, init_seed: int, device: torch.device,
+                   trust_pickle: bool = False) -> torch.nn.Module:
     """G_ema from a checkpoint of either format, or a freshly initialized generator of a preset."""
     if (network is None) == (cfg is None):
         raise click.UsageError('give exactly one of --network (a checkpoint) or --cfg (a preset, freshly initialized)')
@@ -58,7 +61,7 @@ def load_generator(network: str | None, cfg: str | None, init_seed: int, device:
             return build_generator(load_preset(cfg)).eval().requires_grad_(False).to(device)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint='--cfg') from None
-    modules = load_networks(network, device)[1]
+    modules = load_networks(network, device, trust_pickle)[1]
     generator = modules.get('G_ema', modules.get('G'))
     if generator is None:
         raise click.ClickException(f'{network}: the checkpoint holds no generator (G_ema or G)')
@@ -136,13 +139,14 @@ def read_pose_folder(folder: str, resolution: int) -> tuple:
     return names, torch.cat(photos), torch.cat(segs), camera_label(torch.stack(cam2worlds), FOCAL)
 
 
-def predict_folder_poses(network: str, folder: str, pose_kwargs: str | None, device: torch.device) -> tuple:
+def predict_folder_poses(network: str, folder: str, pose_kwargs: str | None, device: torch.device,
+                         trust_pickle: bool = False) -> tuple:
     """D's body pose for every photo of a SPEC 10.3 folder, each photo on its own (batch 1, as in the
     published script, so that a pose does not depend on the other photos).
 
     -> (G_ema, names, photos [N, 3, S, S] in [-1, 1], cameras [N, 25], poses [N, 6]); S = D's resolution.
     """
-    path, modules = load_networks(network, device)
+    path, modules = load_networks(network, device, trust_pickle)
     D = modules.get('D_ema', modules.get('D'))
     G = modules.get('G_ema', modules.get('G'))
     if D is None or G is None:
@@ -229,8 +233,9 @@ def parse_seeds(text: str) -> list:
               help='Pose-prediction settings for --predict-pose [default: the pose_predict_kwargs-*.json beside the snapshot]')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to write the images')
 @click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
+@click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
 def main(network, cfg, init_seed, seeds, seeds_num, seeds_seed, truncation_psi, truncation_cutoff, views, pose,
-         shapes, shape_res, shape_level, sample_mult, pose_folder, pose_kwargs, outdir, device):
+         shapes, shape_res, shape_level, sample_mult, pose_folder, pose_kwargs, outdir, device, trust_pickle):
     """Write, per seed, the super-resolved, raw and depth images at the chosen cameras, side by side.
 
     Conditioning is the frontal camera and zero body pose; the head is rendered in canonical space,
@@ -263,11 +268,11 @@ def main(network, cfg, init_seed, seeds, seeds_num, seeds_seed, truncation_psi, 
     except OSError as err:
         raise click.ClickException(f'cannot create --outdir {outdir}: {err.strerror}') from None
     if pose_folder is not None:
-        G, names, photos, cameras, poses = predict_folder_poses(network, pose_folder, pose_kwargs, device)
+        G, names, photos, cameras, poses = predict_folder_poses(network, pose_folder, pose_kwargs, device, trust_pickle)
         with open(os.path.join(outdir, 'predicted_poses.json'), 'w') as f:
             json.dump({name: {'neck': p[:3], 'head': p[3:]} for name, p in zip(names, poses.tolist())}, f, indent=1)
     else:
-        G = load_generator(network, cfg, init_seed, device)
+        G = load_generator(network, cfg, init_seed, device, trust_pickle)
     renderer = G.renderer
     render_kwargs = dict(depth_resolution=renderer.depth_resolution * sample_mult,
                          depth_resolution_importance=renderer.depth_resolution_importance * sample_mult,

@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from gen_samples import load_generator, parse_seeds
+from training import checkpoint
 from training.camera_utils import camera_label, frontal_camera, orbit_camera, wobble_trajectory
 from training.images import depth_to_uint8, to_uint8
 
@@ -77,8 +78,9 @@ def parse_grid(text: str) -> tuple:
 @click.option('--sample-mult', type=click.IntRange(min=1), default=2, show_default=True, help='Multiply the samples per ray')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)
 @click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
+@click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
 def main(network, seeds, grid, trajectory, large_pose, pose_amplitude, image_mode, w_frames, fps, interpolate,
-         truncation_psi, truncation_cutoff, sample_mult, outdir, device):
+         truncation_psi, truncation_cutoff, sample_mult, outdir, device, trust_pickle):
     """Write one mp4 (libx264) of the seeds laid out in the grid, conditioned on the frontal camera and zero pose.
 
     Frames: w_frames per keyframe. A full orbit includes its end point, so its first and last frames are
@@ -95,7 +97,7 @@ def main(network, seeds, grid, trajectory, large_pose, pose_amplitude, image_mod
     except OSError as err:
         raise click.ClickException(f'cannot create --outdir {outdir}: {err.strerror}') from None
     device = torch.device(device)
-    G = load_generator(network, None, 0, device)
+    G = load_generator(network, None, 0, device, trust_pickle)
     num_frames = keyframes * w_frames
     condition = frontal_camera(1, device=device)
     with torch.no_grad():

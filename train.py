@@ -33,7 +33,7 @@ import click
 import torch
 
 import dnnlib
-from training import presets
+from training import checkpoint, presets
 from training.config import ARCHITECTURE_FIELDS, ConfigError, TrainingConfig
 from training.dataset import DatasetError, PortraitDataset
 from training.synthetic import default_synthetic_paths, ensure_synthetic_dataset
@@ -195,6 +195,7 @@ def _launch(config: TrainingConfig, run_dir: str) -> None:
 @click.option('--resume', type=click.Path(exists=True), help='Run directory or snapshot to continue (or to start a stage from, with --resume_kimg)')
 @click.option('--resume_kimg', type=click.FloatRange(min=0), help='Start a new stage from --resume\'s networks at this kimg')
 @click.option('--resume_blur', is_flag=True, help='With --resume_kimg: keep the blur and GPC-fade schedules of the preset')
+@click.option('--trust-pickle', 'trust_pickle', is_flag=True, default=None, help=checkpoint.TRUST_PICKLE_HELP)
 # Data and D.
 @click.option('--mirror', type=bool, help='Add mirrored copies of the data set')
 @click.option('--freezed', type=click.IntRange(min=0), help='Freeze the first D layers')
@@ -281,6 +282,12 @@ def main(outdir, cfg, gpus, dry_run, resume, resume_kimg, resume_blur, cbase, cm
     if dry_run:
         print(config.to_json())
         return
+    if config.resume is not None and config.resume_state is None:
+        # The snapshot that starts the stage is read once here, so that a bad one stops before a run directory exists.
+        try:
+            checkpoint.load_any(config.resume, trust_pickle=config.trust_pickle)
+        except checkpoint.CheckpointError as err:
+            raise click.BadParameter(str(err), param_hint='--resume') from None
 
     if _is_torchrun():
         if config.device == 'cuda':
@@ -313,7 +320,7 @@ def _new_config(cfg: str, options: dict, generator: dict, resume: str | None, re
             from training.training_loop import latest_network_snapshot
             snapshot = latest_network_snapshot(resume)
             if snapshot is None:
-                raise click.BadParameter(f'{resume} holds no network-snapshot-*.pkl', param_hint='--resume')
+                raise click.BadParameter(f'{resume} holds no network-snapshot-*.pt or .pkl', param_hint='--resume')
             resume = snapshot
         elif os.path.basename(resume).startswith('resume-state-'):
             raise click.BadParameter(f'{resume}: a new stage starts from a network snapshot (network-snapshot-*.pkl '

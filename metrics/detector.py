@@ -79,7 +79,9 @@ def _sha1(path: str) -> str:
 class FeatureDetector:
     """Inception-v3 pool features: uint8 images [N, 3, H, W] -> float32 [N, 2048]."""
 
-    def __init__(self, spec: str = DEFAULT_DETECTOR, device: torch.device | str = 'cpu'):
+    def __init__(self, spec: str = DEFAULT_DETECTOR, device: torch.device | str = 'cpu', trust_pickle: bool = False):
+        """spec: DEFAULT_DETECTOR, or a path/URL of a TorchScript Inception or of inception-2015-12-05.pkl;
+        a pickle is unpickled (running code stored in it) only with trust_pickle."""
         self.device = torch.device(device)
         if spec == DEFAULT_DETECTOR:
             path = fid_helper_weights()
@@ -90,6 +92,9 @@ class FeatureDetector:
                 raise DetectorError(f'--detector {spec}: {err}') from None
         self.path = path
         self.takes_uint8 = path.endswith('.pkl')
+        if self.takes_uint8 and not trust_pickle:
+            raise DetectorError(f'{path}: a pickled detector runs code stored in the file when loaded; give '
+                                f'--trust-pickle if you trust its source, or use a TorchScript detector')
         try:
             if self.takes_uint8:
                 with open(path, 'rb') as f:

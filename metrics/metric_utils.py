@@ -40,6 +40,7 @@ class MetricOptions:
     metric_pose_sample_mode: str = 'G_predict'  # pose of the fakes: G's pose branch, or D on a real image
     identical_c_p: bool = False                 # condition on the rendering camera and pose (else an independent draw)
     detector: str = DEFAULT_DETECTOR            # feature detector file (metrics.detector)
+    trust_pickle: bool = False                  # unpickle a .pkl detector by running its code
     num_gpus: int = 1                           # processes taking part (torch.distributed when > 1)
     rank: int = 0
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device('cpu'))
@@ -74,7 +75,7 @@ class MetricOptions:
 
     def feature_detector(self) -> FeatureDetector:
         if 'detector' not in self.memo:
-            self.memo['detector'] = FeatureDetector(self.detector, self.device)
+            self.memo['detector'] = FeatureDetector(self.detector, self.device, self.trust_pickle)
         return self.memo['detector']
 
 

@@ -32,7 +32,8 @@ def test_pose_err_is_appended_beside_the_snapshot_and_printed(run_dir, monkeypat
     assert result.exit_code == 0, result.output
     with open(os.path.join(run_dir, 'metric-pose_err.jsonl')) as f:
         line = json.loads(f.readlines()[-1])
-    assert line['metric'] == 'pose_err' and line['snapshot_pkl'] == 'network-snapshot-000000.pkl'
+    # A run directory resolves to its weights file, which loads without unpickling.
+    assert line['metric'] == 'pose_err' and line['snapshot_pkl'] == 'network-snapshot-000000.pt'
     assert line['num_gen'] == 8 and line['detector'] is None  # pose_err needs no feature detector
     assert 'real_head_mean' in result.output and f'{line["results"]["real_head_mean"]:.4f}' in result.output
 

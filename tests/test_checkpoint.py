@@ -8,7 +8,7 @@ import torch
 
 import dnnlib
 from torch_utils import persistence
-from training import checkpoint
+from training import checkpoint, safe_pickle
 
 
 @persistence.persistent_class
@@ -32,8 +32,8 @@ class TinyNet(torch.nn.Module):
 
 @pytest.fixture
 def allow_test_classes(monkeypatch):
-    """Let weights files rebuild classes defined in this test module."""
-    monkeypatch.setattr(checkpoint, 'ALLOWED_CLASS_PREFIXES', checkpoint.ALLOWED_CLASS_PREFIXES + ('tests.',))
+    """Let weights files and the safe pickle reader rebuild classes defined in this test module."""
+    monkeypatch.setattr(safe_pickle, 'ALLOWED_CLASS_PREFIXES', safe_pickle.ALLOWED_CLASS_PREFIXES + ('tests.',))
 
 
 def _make_nets():
@@ -43,7 +43,7 @@ def _make_nets():
     return G, D
 
 
-def test_network_pickle_round_trip(tmp_path):
+def test_network_pickle_round_trip(tmp_path, allow_test_classes):
     G, D = _make_nets()
     G.train()
     path = str(tmp_path / 'network-snapshot-000000.pkl')
@@ -80,6 +80,23 @@ def test_weights_round_trip(tmp_path, allow_test_classes):
     assert torch.equal(checkpoint.load_any(path)['G'](x), G(x))
 
 
+@persistence.persistent_class
+class TinyRenderer(TinyNet):
+    """A network with a rendering resolution that training schedules change after construction."""
+
+    def __init__(self, in_features):
+        super().__init__(in_features)
+        self.neural_rendering_resolution = 64
+
+
+def test_weights_restore_the_rendering_resolution_of_the_snapshot(tmp_path, allow_test_classes):
+    G = TinyRenderer(4)
+    path = str(tmp_path / 'weights.pt')
+    checkpoint.save_weights(path, dict(G_ema=G, D=TinyNet(4)), extra=dict(neural_rendering_resolution=128))
+    data = checkpoint.load_weights(path)
+    assert data['G_ema'].neural_rendering_resolution == 128 and not hasattr(data['D'], 'neural_rendering_resolution')
+
+
 def test_weights_refuse_unserializable_and_foreign_modules(tmp_path, allow_test_classes):
     path = str(tmp_path / 'weights.pt')
     with pytest.raises(ValueError, match=r"G.init_kwargs\['head_kwargs'\]\['channels'\] is a set"):
@@ -99,7 +116,7 @@ def test_weights_refuse_classes_outside_the_repository(tmp_path):
                    modules=dict(G={'class': 'subprocess.Popen', 'init_args_json': '[["touch", "x"]]',
                                    'init_kwargs_json': '{}', 'state_dict': {}}))
     torch.save(payload, path)
-    with pytest.raises(checkpoint.CheckpointError, match="weights.pt: module 'G' names the class 'subprocess.Popen'"):
+    with pytest.raises(checkpoint.CheckpointError, match="weights.pt: module 'G': the class subprocess.Popen is outside training., torch_utils."):
         checkpoint.load_weights(path)
 
 

@@ -49,7 +49,9 @@ def test_nvidia_style_pickle_is_called_with_uint8_images(tmp_path):
     path = tmp_path / 'inception-2015-12-05.pkl'
     with open(path, 'wb') as f:
         pickle.dump(_RecordingDetector(), f)
-    detector = FeatureDetector(str(path))
+    with pytest.raises(DetectorError, match='runs code stored in the file.*--trust-pickle'):
+        FeatureDetector(str(path))
+    detector = FeatureDetector(str(path), trust_pickle=True)
     images = torch.full((3, 3, 32, 32), 7, dtype=torch.uint8)
     assert torch.equal(detector(images), torch.full((3, 2048), 7.0))
     assert detector.name.startswith('inception-2015-12-05.pkl')

@@ -2,7 +2,9 @@
 
 Network pickle (`network-snapshot-*.pkl`, as EG3D): a pickled dict with `G`, `D`, `G_ema`,
 `D_ema`, `training_set_kwargs`, `augment_pipe`, ... Persistent networks carry their source
-code, so the pickle loads after the code changed; loading runs that pickled code.
+code. By default a pickle is read by `training.safe_pickle`, which runs nothing from the file
+and rebuilds the networks from this repository's classes; `trust_pickle=True` unpickles it
+with `pickle.load`, running the code it holds (only for files from sources you trust).
 
 Weights file: `torch.save` of plain tensors, strings and dicts only, loadable with
 `torch.load(weights_only=True)` and executing no pickled code:
@@ -22,7 +24,6 @@ truncated file.
 """
 
 import copy
-import importlib
 import json
 import os
 import pickle
@@ -34,11 +35,13 @@ import torch
 
 import dnnlib
 from torch_utils import persistence
+from training import safe_pickle
 
 WEIGHTS_FORMAT = '3dportraitgan-weights'
+TRUST_PICKLE_HELP = ('Load network pickles by running the code stored in them (only for files from sources you '
+                     'trust); by default nothing from the file runs and the networks are rebuilt from this repository')
 WEIGHTS_VERSION = 1
 NETWORK_KEYS = ('G', 'G_ema', 'D', 'D_ema')
-ALLOWED_CLASS_PREFIXES = ('training.', 'torch_utils.')
 _ZIP_MAGIC = b'PK\x03\x04'
 
 
@@ -116,11 +119,11 @@ def save_network_pickle(path: str, data: Dict[str, Any]) -> None:
     atomic_write(path, lambda file: pickle.dump(snapshot, file, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def load_network_pickle(path: str, device: Any = 'cpu') -> Dict[str, Any]:
+def load_network_pickle(path: str, device: Any = 'cpu', trust_pickle: bool = False) -> Dict[str, Any]:
     """Load a network pickle; nn.Module values are moved to `device`. Raises CheckpointError on a bad file.
 
-    Unpickling runs code stored in the file: load only pickles from sources you trust, or use
-    the weights-only format.
+    By default nothing from the file is executed (training.safe_pickle); trust_pickle=True runs
+    the code stored in the file, which only a file from a trusted source may do.
     """
     _require_file(path)
     if _is_zip(path):
@@ -128,7 +131,10 @@ def load_network_pickle(path: str, device: Any = 'cpu') -> Dict[str, Any]:
                               f'load_weights or load_any')
     try:
         with open(path, 'rb') as file:
-            data = pickle.load(file)
+            data = pickle.load(file) if trust_pickle else safe_pickle.rebuild_networks(safe_pickle.load(file))
+    except safe_pickle.UnsafePickleError as error:
+        raise CheckpointError(f'{path}: not loaded: {error}; nothing from the file was run (if you trust its source, '
+                              f'--trust-pickle loads it by running its code)') from None
     except (ImportError, AttributeError) as error:
         raise CheckpointError(f'{path}: the pickle refers to code that cannot be found ({error}); install the '
                               f'missing package or use the code version the file was saved with') from None
@@ -193,9 +199,9 @@ def save_weights(path: str, modules: Dict[str, torch.nn.Module], extra: Optional
             raise ValueError(f'save_weights: modules[{key!r}] ({type(module).__qualname__}) is not an instance of a '
                              f'@persistent_class, so its constructor arguments are unknown')
         class_name = persistence.qualified_class_name(module)
-        if not class_name.startswith(ALLOWED_CLASS_PREFIXES):
+        if not class_name.startswith(safe_pickle.ALLOWED_CLASS_PREFIXES):
             raise ValueError(f'save_weights: modules[{key!r}] is a {class_name}; only classes under '
-                             f'{", ".join(ALLOWED_CLASS_PREFIXES)} can be rebuilt from a weights file')
+                             f'{", ".join(safe_pickle.ALLOWED_CLASS_PREFIXES)} can be rebuilt from a weights file')
         state_dict = {}
         for name, tensor in module.state_dict().items():
             if not isinstance(tensor, torch.Tensor):
@@ -214,27 +220,15 @@ def save_weights(path: str, modules: Dict[str, torch.nn.Module], extra: Optional
 
 
 def _import_class(path: str, key: str, class_name: str) -> type:
-    if not isinstance(class_name, str) or not class_name.startswith(ALLOWED_CLASS_PREFIXES):
-        raise CheckpointError(f'{path}: module {key!r} names the class {class_name!r}; only classes under '
-                              f'{", ".join(ALLOWED_CLASS_PREFIXES)} are loaded from weights files')
-    # The module is the longest importable prefix; the rest is the (possibly nested) class path.
-    parts = class_name.split('.')
-    for split in range(len(parts) - 1, 0, -1):
-        module_name = '.'.join(parts[:split])
-        try:
-            obj: Any = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name is not None and module_name.startswith(error.name):
-                continue
-            raise CheckpointError(f'{path}: importing {module_name} for {key!r} failed ({error}); install the '
-                                  f'missing package') from None
-        for attribute in parts[split:]:
-            obj = getattr(obj, attribute, None)
-        if isinstance(obj, type) and issubclass(obj, torch.nn.Module):
-            return obj
-        break
-    raise CheckpointError(f'{path}: module {key!r} needs the class {class_name}, which this repository does not '
-                          f'define; use the code version the file was saved with')
+    if not isinstance(class_name, str):
+        raise CheckpointError(f'{path}: module {key!r} names no class')
+    try:
+        return safe_pickle.import_network_class(class_name)
+    except safe_pickle.UnsafePickleError as error:
+        raise CheckpointError(f'{path}: module {key!r}: {error}; only networks of this repository are loaded from '
+                              f'weights files') from None
+    except ImportError as error:
+        raise CheckpointError(f'{path}: importing the class of {key!r} failed ({error}); install the missing package') from None
 
 
 def load_weights(path: str, device: Any = 'cpu') -> Dict[str, Any]:
@@ -285,15 +279,27 @@ def load_weights(path: str, device: Any = 'cpu') -> Dict[str, Any]:
     except RuntimeError as error:
         raise CheckpointError(f'{path}: the stored weights do not fit their module ({str(error).splitlines()[0]}); '
                               f'the class changed since the file was saved') from None
+    # The rendering resolution at the snapshot, which the schedule may have moved from the constructor's.
+    if isinstance(extra.get('neural_rendering_resolution'), int):
+        for module in result.values():
+            if hasattr(module, 'neural_rendering_resolution'):
+                module.neural_rendering_resolution = extra['neural_rendering_resolution']
     result.update(extra)
     return result
 
 
 # ------------------------------------------------------------------------------------------------
 
-def load_any(path: str, device: Any = 'cpu') -> Dict[str, Any]:
-    """Load a network pickle or a weights file, told apart by content; returns the dict of modules and metadata."""
+def load_any(path: str, device: Any = 'cpu', trust_pickle: bool = False) -> Dict[str, Any]:
+    """Load a network pickle or a weights file, told apart by content; returns the dict of modules and metadata.
+
+    A file named .pt must be a weights file: a pickle by that name is refused, not unpickled.
+    trust_pickle: see load_network_pickle.
+    """
     _require_file(path)
     if _is_zip(path):
         return load_weights(path, device)
-    return load_network_pickle(path, device)
+    if path.endswith('.pt'):
+        raise CheckpointError(f'{path}: named like a weights file but not one (not a torch zip archive); a network '
+                              f'pickle should be named .pkl')
+    return load_network_pickle(path, device, trust_pickle)

@@ -98,6 +98,7 @@ class TrainingConfig:
 
     # Resume.
     resume: str | None = None                  # network snapshot whose networks started this stage (None: fresh)
+    trust_pickle: bool = False                 # read that snapshot, if a network pickle, by running its code
     stage_start_kimg: float = 0.0              # absolute kimg where this training stage started
     resume_state: str | None = None            # resume state to continue exactly (None: start at the stage start)
     desc: str | None = None                    # appended to the run directory name

@@ -135,7 +135,7 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
         progress = Progress(**state['progress'])
     elif config.resume is not None and is_main:
         log(f'Starting a stage at {config.stage_start_kimg:g} kimg from the networks of {config.resume}')
-        _load_network_snapshot(config.resume, networks)
+        _load_network_snapshot(config.resume, networks, config.trust_pickle)
     if world_size > 1:
         for module in networks.values():
             for tensor in misc.params_and_buffers(module):
@@ -574,8 +574,15 @@ def latest_resume_state(run_dir: str) -> str | None:
 
 
 def latest_network_snapshot(run_dir: str) -> str | None:
-    """The newest network pickle of a run directory, or None."""
-    return _latest(run_dir, 'network-snapshot-', '.pkl')
+    """The newest network snapshot of a run directory, or None: its weights file where it has one
+    (it loads without unpickling), else its network pickle."""
+    newest = [path for path in (_latest(run_dir, 'network-snapshot-', '.pt'), _latest(run_dir, 'network-snapshot-', '.pkl'))
+              if path is not None]
+
+    def kimg(path: str) -> int:
+        return int(os.path.splitext(os.path.basename(path))[0].rsplit('-', 1)[1])
+
+    return max(newest, key=kimg, default=None)  # max keeps the first of equals: the weights file
 
 
 def load_resume_state(path: str, mmap: bool = False) -> dict:
@@ -598,9 +605,9 @@ def load_resume_state(path: str, mmap: bool = False) -> dict:
     return state
 
 
-def _load_network_snapshot(path: str, networks: dict) -> None:
+def _load_network_snapshot(path: str, networks: dict, trust_pickle: bool = False) -> None:
     """Copy G, D, G_ema, D_ema by parameter name from a network pickle or weights file (SPEC 8.5)."""
-    snapshot = checkpoint.load_any(path)
+    snapshot = checkpoint.load_any(path, trust_pickle=trust_pickle)
     for name, module in networks.items():
         source = snapshot.get(name)
         if source is None and name == 'D_ema':
