@@ -154,3 +154,23 @@ def test_allowed_containers_and_arrays_come_back_as_data():
     np.testing.assert_array_equal(loaded['array'], value['array'])
     assert loaded['scalar'] == 0.5 and torch.equal(loaded['tensor'], value['tensor'])
     assert loaded['size'] == value['size'] and loaded['dtype'] is torch.float16 and loaded['device'] == value['device']
+
+
+class _StorageRecord:
+    """Pickles as torch.storage._load_from_bytes(data), the way tensors' storages are pickled by value."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def __reduce__(self):
+        return torch.storage._load_from_bytes, (self.data,)
+
+
+def test_storage_records_run_nothing_either(tmp_path):
+    import io
+    marker = str(tmp_path / 'marker')
+    inner = io.BytesIO()
+    torch.save(_WritesMarker(marker), inner, _use_new_zipfile_serialization=False)
+    with pytest.raises(safe_pickle.UnsafePickleError, match='io.open'):
+        safe_pickle.load(io.BytesIO(pickle.dumps({'G': _StorageRecord(inner.getvalue())})))
+    assert not os.path.exists(marker)

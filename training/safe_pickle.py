@@ -6,20 +6,22 @@ storages. `pickle.load` rebuilds such a file by executing the embedded source, a
 can name any callable to run while it loads. The reader here executes nothing from the file:
 
 - Its unpickler resolves only an allow-list of globals: tensor, parameter and storage rebuild
-  functions (a storage's bytes are read with `torch.load(weights_only=True)`), numpy array and
-  scalar reconstruction, `collections.OrderedDict`, `dnnlib.EasyDict`, builtin containers,
-  torch dtypes, `torch.Size` and `torch.device`.
+  functions (a storage's bytes are read by torch's loader with an unpickler that resolves
+  nothing but the storage types), numpy array and scalar reconstruction,
+  `collections.OrderedDict`, `dnnlib.EasyDict`, builtin containers, torch dtypes, `torch.Size`
+  and `torch.device`.
 - A persistent record becomes a `PersistentRecord` holding its names and state; the embedded
   source is ignored.
 - Any other class becomes an inert stand-in that only keeps the state it is given: objects
   pickled by reference (sub-modules, helper classes) are data. Calling such a global (as a
   pickle does to run a function) is refused with `UnsafePickleError`.
 
-`rebuild_networks` then turns the records into networks of this repository: it imports the
-class the record names (under `training.` or `torch_utils.` only), calls it with the stored
-constructor arguments, loads the tensors of the record's state with `load_state_dict(strict)`,
-and copies the plain attributes (numbers, strings, booleans, None) that the state holds, as
-unpickling would have restored them.
+`rebuild_networks` then turns the records into networks of this repository, as unpickling
+would but with this repository's code: each record becomes an object of the class it names
+(a persistent class under `training.` or `torch_utils.`, defined where it is named; inert
+sub-modules may also be torch.nn layers), made with `cls.__new__` and given its stored state
+with `__setstate__`. No constructor runs, so loading is as fast as unpickling; a file whose
+classes have changed since it was saved loads through its weights file instead.
 """
 
 import collections
@@ -32,11 +34,11 @@ import numpy as np
 import torch
 
 import dnnlib
+from torch_utils import persistence
 
 ALLOWED_CLASS_PREFIXES = ('training.', 'torch_utils.')
 _OWN_RECORD = ('torch_utils.persistence', '_reconstruct_persistent_object')
 _RELEASE_RECORD = ('torch_utils.persistence', '_reconstruct_persistent_obj')
-_PLAIN_TYPES = (bool, int, float, str, type(None))
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -100,11 +102,38 @@ def _release_record(meta: dict) -> PersistentRecord:
     return PersistentRecord('', meta['class_name'], dict(meta.get('state') or {}), 'release')
 
 
+class _StorageUnpickler(pickle.Unpickler):
+    """Unpickler of the small pickles inside a storage's torch.save bytes: builtin values only.
+
+    torch's loader resolves the storage types itself (before asking find_class), so every
+    other global is refused; it is the C unpickler, several times faster than weights_only's.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == 'collections' and name == 'OrderedDict':
+            return collections.OrderedDict
+        raise UnsafePickleError(f'a storage record refers to {module}.{name}')
+
+
+class _StoragePickleModule:
+    """The `pickle_module` that torch.load reads a storage record with."""
+
+    Unpickler = _StorageUnpickler
+    __name__ = 'safe_pickle storage reader'
+
+    @staticmethod
+    def load(file: BinaryIO, **kwargs) -> Any:
+        return _StorageUnpickler(file, **kwargs).load()
+
+
 def _storage_from_bytes(data: bytes) -> Any:
-    """A storage pickled by value: its bytes are a torch.save archive, read with weights_only."""
+    """A storage pickled by value: its bytes are a torch.save archive of the storage alone."""
     if not isinstance(data, (bytes, bytearray)):
         raise UnsafePickleError('a storage record without bytes')
-    return torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
+    storage = torch.load(io.BytesIO(data), map_location='cpu', pickle_module=_StoragePickleModule, weights_only=False)
+    if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
+        raise UnsafePickleError(f'a storage record holds a {type(storage).__name__}')
+    return storage
 
 
 def _reconstructor(cls: type, base: type, state: Any) -> Any:
@@ -191,71 +220,49 @@ def import_network_class(qualified_name: str) -> type:
     raise UnsafePickleError(f'this repository defines no network class {qualified_name}')
 
 
-def record_tensors(state: dict, prefix: str = '') -> dict:
-    """The parameters and persistent buffers of a module's state and of its sub-modules' states,
-    by state-dict name. -> {name: tensor}"""
-    tensors = {}
-    for name, value in (state.get('_parameters') or {}).items():
-        if value is not None:
-            tensors[prefix + name] = value
-    skipped = state.get('_non_persistent_buffers_set') or set()
-    for name, value in (state.get('_buffers') or {}).items():
-        if value is not None and name not in skipped:
-            tensors[prefix + name] = value
-    for name, child in (state.get('_modules') or {}).items():
-        if child is None:
-            continue
-        if not isinstance(child, (PersistentRecord, InertObject)) or not isinstance(child.state, dict):
-            raise UnsafePickleError(f'the sub-module {prefix + name} is stored as {type(child).__name__}, not as a module state')
-        tensors.update(record_tensors(child.state, f'{prefix}{name}.'))
-    return tensors
+def _module_class(path: str, persistent: bool) -> type:
+    """The nn.Module class a stored object names: this repository's (a persistent class for a
+    persistent record), or one of torch.nn's own layers and containers."""
+    if path.startswith('torch.nn.modules.') and not persistent:
+        module_name, _, class_name = path.rpartition('.')
+        cls = getattr(importlib.import_module(module_name), class_name, None) if module_name.count('.') == 3 else None
+        if isinstance(cls, type) and issubclass(cls, torch.nn.Module) and cls.__module__ == module_name:
+            return cls
+        raise UnsafePickleError(f'torch defines no layer {path}')
+    cls = import_network_class(path)
+    if persistent != persistence.is_persistent(cls):
+        raise UnsafePickleError(f'{path} is {"not " if persistent else ""}a persistent class in this repository, '
+                                f'unlike in the file')
+    return cls
 
 
-def _copy_plain_attributes(module: torch.nn.Module, state: dict) -> None:
-    """Numbers, strings, booleans and None of a stored state onto the rebuilt module and its sub-modules,
-    where the module has an attribute of that name holding a value of such a type."""
-    for name, value in state.items():
-        if isinstance(value, _PLAIN_TYPES) and not name.startswith('_') \
-                and isinstance(getattr(module, name, object()), _PLAIN_TYPES):
-            setattr(module, name, value)
-    for name, child in (state.get('_modules') or {}).items():
-        sub_module = module._modules.get(name)
-        if sub_module is not None and isinstance(child, (PersistentRecord, InertObject)) and isinstance(child.state, dict):
-            _copy_plain_attributes(sub_module, child.state)
-
-
-def rebuild(record: PersistentRecord) -> torch.nn.Module:
-    """This repository's network for a record: built from the stored constructor arguments, then
-    given the stored tensors (all of them, and no others; with their requires_grad) and plain attributes."""
-    if record.layout != 'own':
-        raise UnsafePickleError(f'{record.class_name} is a persistent record of another code base (StyleGAN2-ADA / '
-                                f'EG3D layout), which the safe reader does not map to this repository')
-    cls = import_network_class(record.qualified_name)
-    args, kwargs = record.state.get('_init_args', ()), record.state.get('_init_kwargs', {})
-    if not isinstance(args, (tuple, list)) or not isinstance(kwargs, dict):
-        raise UnsafePickleError(f'{record.qualified_name}: the stored constructor arguments are not a tuple and a dict')
-    try:
-        module = cls(*args, **kwargs)
-    except Exception as error:
-        raise UnsafePickleError(f'building {record.qualified_name} from the stored arguments failed '
-                                f'({type(error).__name__}: {error}); the class changed since the file was saved') from None
-    tensors = record_tensors(record.state)
-    incompatible = module.load_state_dict(tensors, strict=False)
-    if incompatible.missing_keys or incompatible.unexpected_keys:
-        raise UnsafePickleError(f'the stored tensors of {record.qualified_name} do not fit this repository\'s class '
-                                f'(missing: {", ".join(incompatible.missing_keys[:5]) or "none"}; unexpected: '
-                                f'{", ".join(incompatible.unexpected_keys[:5]) or "none"})')
-    for name, parameter in module.named_parameters():
-        parameter.requires_grad_(bool(tensors[name].requires_grad))
-    _copy_plain_attributes(module, record.state)  # the training flags among them
-    return module
+def _materialize(value: Any, memo: dict) -> Any:
+    """Records and inert objects -> objects of the classes they name, with their stored state; containers
+    are walked, everything else (tensors, numbers, strings, arrays) is kept. Shared objects stay shared."""
+    if isinstance(value, (PersistentRecord, InertObject)):
+        if id(value) in memo:
+            return memo[id(value)]
+        persistent = isinstance(value, PersistentRecord)
+        if persistent and value.layout != 'own':
+            raise UnsafePickleError(f'{value.class_name} is a persistent record of another code base (StyleGAN2-ADA / '
+                                    f'EG3D layout), which the safe reader does not map to this repository')
+        cls = _module_class(value.qualified_name if persistent else value._path, persistent)
+        state = value.state
+        if not isinstance(state, dict) or not all(isinstance(state.get(key), dict)
+                                                  for key in ('_parameters', '_buffers', '_modules')):
+            raise UnsafePickleError(f'the stored {cls.__qualname__} has no module state')
+        module = memo[id(value)] = cls.__new__(cls)
+        module.__setstate__({key: _materialize(item, memo) for key, item in state.items()})
+        return module
+    if isinstance(value, dict):
+        return type(value)((key, _materialize(item, memo)) for key, item in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)) and not isinstance(value, torch.Size):
+        return type(value)(_materialize(item, memo) for item in value)
+    return value
 
 
 def rebuild_networks(data: Any) -> Any:
-    """A loaded network pickle with every top-level record rebuilt (see `rebuild`)."""
-    if isinstance(data, PersistentRecord):
-        return rebuild(data)
-    if isinstance(data, dict):
-        return type(data)((key, rebuild(value) if isinstance(value, PersistentRecord) else value)
-                          for key, value in data.items())
-    return data
+    """A loaded network pickle with every record and inert module turned into this repository's class
+    (or torch.nn's) with the stored state, as unpickling does: objects are made with `cls.__new__` and
+    `__setstate__`; no constructor and nothing from the file runs."""
+    return _materialize(data, {})
