@@ -6,18 +6,32 @@ training reads (images + dataset.json, masks), at one square resolution, in one 
     python dataset_tool.py convert --source ~/360PHQ --dest data/portraits-64.zip \\
         --seg-dest data/portraits-64-seg.zip --resolution 64
 
-The source is a folder or a zip archive laid out as
+The source is a folder or a zip archive in one of two layouts (--layout; auto-detected):
 
+dataset (360°PHQ, or your own photos):
     dataset.json          {"labels": [[name, [31 numbers]], ...]}, 25 camera + 6 pose values;
-                          names are relative to images/ (an 'images/' prefix is accepted too)
+                          names are relative to images/ (an 'images/' prefix is accepted too).
+                          EG3D-style labels of 25 camera values are taken too: their body pose
+                          is set to zero (training learns the pose).
     images/...            the images, any size and format PIL reads, at any depth
     masks/... or seg/...  one person mask per image at the same relative path; only the
                           extension may differ
+    (--images-dir, --masks-dir and --labels name other places; --images-dir . takes a flat
+    folder of images, and --masks a separate folder or zip of masks.)
 
-(--images-dir, --masks-dir and --labels name other places). Images are written as RGB and masks
-as 8-bit grayscale PNG, both named '{idx//1000:05d}/img{idx:08d}.png' in the sorted order of the
-source images, and each label is copied unchanged under the new name. A destination ending in
-.zip is written as a zip archive, anything else as a folder; both appear only when complete.
+aligned (the output of the published data-processing pipeline):
+    aligned_images/...    the aligned square crops
+    mask/...              one mask per image, same name, any image extension
+    result.json           {name: {"camera_pose": 4x4 cam2world, "smpl_pose": 72 values, ...}}; the
+                          label is the cam2world, the normalized intrinsics of focal 6.5104166,
+                          and the axis-angles of SMPL joints 12 (neck, smpl_pose[36:39]) and 15
+                          (head, smpl_pose[45:48])
+
+Images are written as RGB and masks as 8-bit grayscale PNG, both resized with Lanczos filtering
+and named '{idx//1000:05d}/img{idx:08d}.png' in the sorted order of the source images, each
+label under the new name. A destination ending in .zip is written as a zip archive, anything
+else as a folder; both appear only when complete, and an existing one is replaced only with
+--overwrite.
 
 check: list every problem of a converted dataset (labels, pairing, sizes, modes, damaged files):
 
@@ -34,13 +48,18 @@ import zipfile
 from typing import List, Optional
 
 import click
+import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
-from training.dataset import (LABELS_FILE, DatasetError, FileTree, PortraitDataset, check_dataset,
-                              is_image_name, read_labels, stem)
+from training.camera_utils import intrinsics_from_focal
+from training.dataset import (CAMERA_DIM, LABEL_DIM, LABELS_FILE, DatasetError, FileTree, PortraitDataset,
+                              check_dataset, is_image_name, label_problem, read_labels, stem)
 
 MASK_DIR_DEFAULTS = ('masks', 'seg')
+ALIGNED_IMAGES, ALIGNED_MASKS, ALIGNED_RESULT = 'aligned_images', 'mask', 'result.json'
+NECK_POSE, HEAD_POSE = slice(36, 39), slice(45, 48)  # SMPL joints 12 and 15 in a 72-value smpl_pose
 MAX_LISTED = 5
 ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # fixed, so that the same input gives the same archive
 
@@ -94,20 +113,26 @@ class _FolderOutput:
     def commit(self) -> None:
         os.chmod(self._temp, 0o755)  # mkdtemp makes owner-only folders
         if os.path.isdir(self.path):
-            os.rmdir(self.path)  # checked empty before the run
+            shutil.rmtree(self.path)  # empty, or replaced with --overwrite
         os.replace(self._temp, self.path)
 
     def abort(self) -> None:
         shutil.rmtree(self._temp, ignore_errors=True)
 
 
-def _check_destination(path: str, option: str) -> None:
+def _check_destination(path: str, option: str, overwrite: bool) -> None:
     if path.lower().endswith('.zip'):
         if os.path.isdir(path):
             raise click.BadParameter(f'{path} is a folder; name a zip file or a folder without .zip', param_hint=option)
-    elif os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-        raise click.BadParameter(f'{path} exists and is not an empty folder; choose a new name, or end it in '
-                                 f'.zip to write a zip archive', param_hint=option)
+        if os.path.exists(path) and not overwrite:
+            raise click.BadParameter(f'{path} exists; add --overwrite to replace it (once the conversion succeeds)',
+                                     param_hint=option)
+    elif os.path.exists(path) and not os.path.isdir(path):
+        raise click.BadParameter(f'{path} is a file; choose a new name, or end it in .zip to write a zip archive',
+                                 param_hint=option)
+    elif os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise click.BadParameter(f'{path} is a folder that is not empty; add --overwrite to replace it (once the '
+                                 f'conversion succeeds)', param_hint=option)
 
 
 def _open_output(path: str):
@@ -120,9 +145,10 @@ def _open_output(path: str):
 @dataclasses.dataclass
 class _SourceItem:
     image: str         # path inside the source
-    mask: str          # path inside the source
-    label_name: str    # name as written in the source dataset.json
-    label: list        # 31 numbers, copied unchanged
+    mask: str          # path inside the masks' tree (the source, or --masks)
+    label_name: str    # name as written in the source's labels
+    label: list        # 31 numbers
+    camera_only: bool = False  # the source gave 25 camera values: the pose is zero
 
 
 def _listed(items: List[str]) -> str:
@@ -135,28 +161,35 @@ def _prefix(folder: str) -> str:
     return '' if folder in ('', '.') else folder + '/'
 
 
-def _read_source(tree: FileTree, images_dir: str, masks_dir: Optional[str], labels_file: str) -> List[_SourceItem]:
-    """Pair every source image with its mask and label, in sorted order; any gap is a click error."""
+def _read_source(tree: FileTree, images_dir: str, masks_dir: Optional[str], labels_file: str,
+                 mask_tree: FileTree) -> List[_SourceItem]:
+    """Pair every source image with its mask and label, in sorted order; any gap is a click error.
+
+    The masks are looked up in `mask_tree`: the source itself, or a separate tree (--masks)."""
     source = tree.path
     image_prefix = _prefix(images_dir)
-    images = [name for name in tree.names if name.startswith(image_prefix) and is_image_name(name)]
-    if not images:
-        raise click.ClickException(f"{source}: no images under '{image_prefix}'; pass --images-dir "
-                                   f"(the folder inside the source that holds the images)")
-
+    if masks_dir is None and mask_tree is not tree:
+        masks_dir = ''
     if masks_dir is None:
         masks_dir = next((folder for folder in MASK_DIR_DEFAULTS
                           if any(name.startswith(folder + '/') and is_image_name(name) for name in tree.names)), None)
-        if masks_dir is None:
-            raise click.ClickException(f"{source}: no masks under 'masks/' or 'seg/'; pass --masks-dir")
-    mask_prefix = _prefix(masks_dir)
+    mask_prefix = None if masks_dir is None else _prefix(masks_dir)
+    # A flat folder of images (--images-dir .) may hold the masks' folder too.
+    images = [name for name in tree.names if name.startswith(image_prefix) and is_image_name(name)
+              and not (mask_tree is tree and mask_prefix and name.startswith(mask_prefix))]
+    if not images:
+        raise click.ClickException(f"{source}: no images under '{image_prefix}'; pass --images-dir "
+                                   f"(the folder inside the source that holds the images)")
+    if mask_prefix is None:
+        raise click.ClickException(f"{source}: no masks under 'masks/' or 'seg/'; pass --masks-dir, or --masks "
+                                   f"for a separate folder of masks")
     masks_by_stem = {}
-    for name in tree.names:
+    for name in mask_tree.names:
         if name.startswith(mask_prefix) and is_image_name(name):
             masks_by_stem.setdefault(stem(name[len(mask_prefix):]), []).append(name)
 
     problems: List[str] = []
-    labels = read_labels(tree, problems, labels_file.strip('/'))
+    labels = read_labels(tree, problems, labels_file.strip('/'), lengths=(CAMERA_DIM, LABEL_DIM))
     if labels is None or problems:
         raise click.ClickException(f'{len(problems)} label problems: ' + ' | '.join(problems[:MAX_LISTED]))
     # Names may be relative to the images folder or to the source.
@@ -174,13 +207,15 @@ def _read_source(tree: FileTree, images_dir: str, masks_dir: Optional[str], labe
             ambiguous.append(f"{relative} ({', '.join(candidates)})")
         else:
             label_name, value = labels[relative]
-            items.append(_SourceItem(name, candidates[0], label_name, value.tolist()))
+            camera_only = len(value) == CAMERA_DIM
+            label = value.tolist() + [0.0] * (LABEL_DIM - len(value))
+            items.append(_SourceItem(name, candidates[0], label_name, label, camera_only))
     where = tree.display(labels_file.strip('/'))
     if unlabelled:
         raise click.ClickException(f'{where}: {len(unlabelled)} images have no label: {_listed(unlabelled)}; '
                                    f'add their entries or remove the images')
     if unmasked:
-        raise click.ClickException(f"{source}: {len(unmasked)} images have no mask under '{mask_prefix}' "
+        raise click.ClickException(f"{mask_tree.path}: {len(unmasked)} images have no mask under '{mask_prefix}' "
                                    f"(same relative path, any image extension): {_listed(unmasked)}")
     if ambiguous:
         raise click.ClickException(f"{source}: {len(ambiguous)} images have several masks: {_listed(ambiguous)}; "
@@ -190,6 +225,71 @@ def _read_source(tree: FileTree, images_dir: str, masks_dir: Optional[str], labe
         click.echo(f'note: {where}: {unused} labels name no image under {image_prefix!r}; they are not copied',
                    err=True)
     return items
+
+
+def _read_aligned_source(tree: FileTree) -> List[_SourceItem]:
+    """The published pipeline's output (aligned_images/, mask/, result.json) -> items with 31-value labels:
+    cam2world, the normalized intrinsics of focal FOCAL, the neck and head axis-angles of smpl_pose."""
+    where = tree.display(ALIGNED_RESULT)
+    try:
+        with tree.open(ALIGNED_RESULT) as file:
+            entries = json.loads(file.read().decode('utf-8'))
+    except (OSError, KeyError, ValueError) as error:
+        raise click.ClickException(f'{where}: cannot be read as JSON ({type(error).__name__}: {error}); fix the file') from None
+    if not isinstance(entries, dict) or not entries:
+        raise click.ClickException(f'{where}: expected {{name: {{"camera_pose": 4x4, "smpl_pose": 72 values}}}} '
+                                   f'with at least one name')
+    image_prefix, mask_prefix = _prefix(ALIGNED_IMAGES), _prefix(ALIGNED_MASKS)
+    masks_by_stem = {}
+    for name in tree.names:
+        if name.startswith(mask_prefix) and is_image_name(name):
+            masks_by_stem.setdefault(stem(name[len(mask_prefix):]), []).append(name)
+    intrinsics = intrinsics_from_focal(dtype=torch.float64).reshape(-1).tolist()
+    items, unlisted, unmasked = [], [], []
+    used = set()
+    for name in (name for name in tree.names if name.startswith(image_prefix) and is_image_name(name)):
+        relative = name[len(image_prefix):]
+        key = relative if relative in entries else stem(relative) if stem(relative) in entries else None
+        masks = masks_by_stem.get(stem(relative), [])
+        if key is None:
+            unlisted.append(relative)
+            continue
+        if len(masks) != 1:
+            unmasked.append(relative)
+            continue
+        used.add(key)
+        entry = entries[key] if isinstance(entries[key], dict) else {}
+        try:
+            cam2world = np.asarray(entry.get('camera_pose'), dtype=np.float64)
+            smpl_pose = np.asarray(entry.get('smpl_pose'), dtype=np.float64)
+        except (TypeError, ValueError):
+            cam2world = smpl_pose = np.zeros(0)
+        if cam2world.shape != (4, 4) or smpl_pose.shape != (72,):
+            raise click.ClickException(f'{where}: {key!r} needs a 4x4 camera_pose and 72 smpl_pose values, got '
+                                       f'{"x".join(map(str, cam2world.shape)) or "none"} and '
+                                       f'{"x".join(map(str, smpl_pose.shape)) or "none"}; fix its entry')
+        label = cam2world.reshape(-1).tolist() + intrinsics + smpl_pose[NECK_POSE].tolist() + smpl_pose[HEAD_POSE].tolist()
+        problem = label_problem(label)
+        if problem is not None:
+            raise click.ClickException(f'{where}: {key!r} {problem}; fix its entry')
+        items.append(_SourceItem(name, masks[0], key, label))
+    if not items and not unlisted and not unmasked:
+        raise click.ClickException(f"{tree.path}: no images under '{image_prefix}'")
+    if unlisted:
+        raise click.ClickException(f'{where}: {len(unlisted)} images have no entry: {_listed(unlisted)}; add their '
+                                   f'entries or remove the images')
+    if unmasked:
+        raise click.ClickException(f"{tree.path}: {len(unmasked)} images have no single mask under '{mask_prefix}' "
+                                   f"(same name, any image extension): {_listed(unmasked)}")
+    if len(used) < len(entries):
+        click.echo(f'note: {where}: {len(entries) - len(used)} entries name no image under {image_prefix!r}; they '
+                   f'are not copied', err=True)
+    return items
+
+
+def _detect_layout(tree: FileTree) -> str:
+    aligned = ALIGNED_RESULT in tree.names and any(name.startswith(_prefix(ALIGNED_IMAGES)) for name in tree.names)
+    return 'aligned' if aligned else 'dataset'
 
 
 def _read_image(tree: FileTree, name: str, mode: str) -> Image.Image:
@@ -239,23 +339,44 @@ def main():
 @click.option('--images-dir', default='images', show_default=True, help='Folder of the images inside the source')
 @click.option('--masks-dir', default=None, help="Folder of the masks inside the source  [default: 'masks', else 'seg']")
 @click.option('--labels', 'labels_file', default=LABELS_FILE, show_default=True, help='Labels file inside the source')
+@click.option('--masks', 'masks_path', type=click.Path(exists=True), default=None,
+              help='A separate folder or zip of masks, at the images\' relative paths  [default: inside the source]')
+@click.option('--layout', type=click.Choice(['auto', 'dataset', 'aligned']), default='auto', show_default=True,
+              help='dataset: dataset.json, images/, masks/; aligned: aligned_images/, mask/, result.json')
+@click.option('--overwrite', is_flag=True, help='Replace existing destinations (once the conversion succeeds)')
 def convert(source: str, dest: str, seg_dest: str, resolution: int, transform: str, max_images: Optional[int],
-            images_dir: str, masks_dir: Optional[str], labels_file: str):
+            images_dir: str, masks_dir: Optional[str], labels_file: str, masks_path: Optional[str], layout: str,
+            overwrite: bool):
     """Convert images, masks and labels into a training dataset at one square resolution."""
     if os.path.abspath(dest) == os.path.abspath(seg_dest):
         raise click.BadParameter('must differ from --dest: images and masks go to separate datasets', param_hint='--seg-dest')
     for path, option in ((dest, '--dest'), (seg_dest, '--seg-dest')):
-        if os.path.abspath(path) == os.path.abspath(source):
-            raise click.BadParameter('must differ from --source', param_hint=option)
-        _check_destination(path, option)
+        if os.path.abspath(path) in (os.path.abspath(source), os.path.abspath(masks_path or source)):
+            raise click.BadParameter('must differ from --source and --masks', param_hint=option)
+        _check_destination(path, option, overwrite)
     try:
         tree = FileTree(source)
     except DatasetError as error:
         raise click.BadParameter(str(error), param_hint='--source') from error
+    try:
+        mask_tree = tree if masks_path is None else FileTree(masks_path)
+    except DatasetError as error:
+        raise click.BadParameter(str(error), param_hint='--masks') from error
 
-    items = _read_source(tree, images_dir, masks_dir, labels_file)
+    if layout == 'auto':
+        layout = _detect_layout(tree)
+    if layout == 'aligned':
+        if masks_path is not None:
+            raise click.BadParameter('the aligned layout keeps its masks in mask/ inside the source', param_hint='--masks')
+        items = _read_aligned_source(tree)
+    else:
+        items = _read_source(tree, images_dir, masks_dir, labels_file, mask_tree)
     if max_images is not None:
         items = items[:max_images]
+    camera_only = sum(item.camera_only for item in items)
+    if camera_only:
+        click.echo(f'note: {camera_only} labels have {CAMERA_DIM} camera values and no body pose; their pose is '
+                   f'set to zero (training learns the pose)', err=True)
 
     outputs = [_open_output(dest), _open_output(seg_dest)]
     image_output, mask_output = outputs
@@ -263,15 +384,15 @@ def convert(source: str, dest: str, seg_dest: str, resolution: int, transform: s
     try:
         for idx, item in enumerate(tqdm(items, desc='converting', unit='img')):
             image = _read_image(tree, item.image, 'RGB')
-            mask = _read_image(tree, item.mask, 'L')
+            mask = _read_image(mask_tree, item.mask, 'L')
             if mask.size != image.size:
-                raise click.ClickException(f'{tree.display(item.mask)}: mask is {mask.size[0]}x{mask.size[1]} but its '
-                                           f'image is {image.size[0]}x{image.size[1]}; resize the mask to its image')
+                raise click.ClickException(f'{mask_tree.display(item.mask)}: mask is {mask.size[0]}x{mask.size[1]} but '
+                                           f'its image is {image.size[0]}x{image.size[1]}; resize the mask to its image')
             not_square += image.size[0] != image.size[1]
             name = f'{idx // 1000:05d}/img{idx:08d}.png'
+            # Images and masks alike with Lanczos filtering, as the published data tool resizes both.
             image_output.add(name, _png(_transform(image, resolution, transform, Image.Resampling.LANCZOS)))
-            # Bilinear (antialiased when shrinking) keeps mask edges soft without Lanczos overshoot.
-            mask_output.add(name, _png(_transform(mask, resolution, transform, Image.Resampling.BILINEAR)))
+            mask_output.add(name, _png(_transform(mask, resolution, transform, Image.Resampling.LANCZOS)))
             labels.append([name, item.label])
             source_names[name] = item.image
         document = {'labels': labels, 'source_names': source_names}

@@ -163,14 +163,15 @@ def _rigid_problem(cam2world: np.ndarray) -> Optional[str]:
     return None
 
 
-def label_problem(values) -> Optional[str]:
+def label_problem(values, lengths: tuple = (LABEL_DIM,)) -> Optional[str]:
     """Why `values` is not a valid label (31 finite numbers, a rigid cam2world first), or None.
 
+    lengths: the accepted numbers of values (dataset_tool convert also takes 25 camera values).
     The answer completes a sentence that starts with the image's name.
     """
     if not isinstance(values, (list, tuple)):
         return f'has a label of type {type(values).__name__}, expected a list of {LABEL_DIM} numbers'
-    if len(values) != LABEL_DIM:
+    if len(values) not in lengths:
         return f'has {len(values)} label values, expected {LABEL_DIM} ({CAMERA_DIM} camera + {POSE_DIM} pose)'
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         return f'has non-numeric label values, expected {LABEL_DIM} numbers'
@@ -184,10 +185,10 @@ def label_problem(values) -> Optional[str]:
     return None
 
 
-def read_labels(tree: FileTree, problems: List[str],
-                file_name: str = LABELS_FILE) -> Optional[Dict[str, Optional[np.ndarray]]]:
-    """The labels of a `dataset.json` in `tree`, float64 [31] by normalized image name ('\\' -> '/',
-    no leading './'), or None when the file is missing or unusable.
+def read_labels(tree: FileTree, problems: List[str], file_name: str = LABELS_FILE,
+                lengths: tuple = (LABEL_DIM,)) -> Optional[Dict[str, Optional[np.ndarray]]]:
+    """The labels of a `dataset.json` in `tree`, float64 [31] (or another of `lengths`) by normalized
+    image name ('\\' -> '/', no leading './'), or None when the file is missing or unusable.
 
     Appends a problem per bad entry; a bad entry's label is None, so that its image does not
     also count as unlabelled.
@@ -221,7 +222,7 @@ def read_labels(tree: FileTree, problems: List[str],
                             f"{index}); keep one entry")
             continue
         first_entry[name] = index
-        problem = label_problem(entry[1])
+        problem = label_problem(entry[1], lengths)
         if problem is not None:
             problems.append(f"{where}: image '{name}' {problem}; fix its entry")
             labels[name] = None
