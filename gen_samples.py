@@ -194,8 +194,8 @@ def parse_pose(text: str | None, device: torch.device) -> torch.Tensor | None:
         values = [float(v) for v in text.split(',')]
     except ValueError:
         values = []
-    if len(values) != 6:
-        raise click.BadParameter(f'{text!r}: expected six comma-separated numbers (radians)', param_hint='--pose')
+    if len(values) != 6 or not all(math.isfinite(value) for value in values):
+        raise click.BadParameter(f'{text!r}: expected six comma-separated finite numbers (radians)', param_hint='--pose')
     return torch.tensor([values], device=device)
 
 

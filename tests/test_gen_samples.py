@@ -64,7 +64,7 @@ def test_seeds_num_is_reproducible(run_dir, tmp_path):
     assert len(names[0]) == 2 and names[0] == names[1]
 
 
-@pytest.mark.parametrize('case', ['missing', 'foreign', 'seeds', 'outdir', 'pose'])
+@pytest.mark.parametrize('case', ['missing', 'foreign', 'seeds', 'outdir', 'pose', 'nan_pose', 'inf_pose'])
 def test_one_line_errors(run_dir, tmp_path, case):
     foreign = tmp_path / 'notes.txt'
     foreign.write_text('not a checkpoint')
@@ -81,7 +81,7 @@ def test_one_line_errors(run_dir, tmp_path, case):
     elif case == 'outdir':
         args['outdir'] = blocker / 'sub'
     else:
-        extra = ['--pose', '1,2']
+        extra = ['--pose', {'pose': '1,2', 'nan_pose': 'nan,0,0,0,0,0', 'inf_pose': '0,0,0,0,inf,0'}[case]]
     result = invoke('--network', args['network'], '--seeds', args['seeds'], '--outdir', args['outdir'], *extra)
     assert result.exit_code != 0
     assert 'Traceback' not in result.output

@@ -364,3 +364,28 @@ def test_lbvh_on_cuda_matches_brute_force_on_the_cpu(body):
         face, squared = nearest_faces(points.cuda(), vertices.cuda(), faces.cuda(), max_distance, backend='auto')
         assert face.is_cuda and squared.is_cuda
         assert_same_nearest(points, vertices, faces, max_distance, expected, (face.cpu(), squared.cpu()))
+
+
+@pytest.mark.parametrize('backend', ['brute', 'lbvh'] + ACCELERATED[:2])
+def test_non_finite_inputs_are_errors_not_crashes(body, backend):
+    vertices, faces = body.canonical_vertices[0], body.box_faces
+    points = torch.zeros(4, 3)
+    for bad in (float('nan'), float('inf')):
+        broken = vertices.clone()
+        broken[faces[0, 0]] = bad
+        with pytest.raises(ValueError, match='non-finite vertices'):
+            nearest_faces(points, broken, faces, 0.25, backend=backend)
+        with pytest.raises(ValueError, match='non-finite points'):
+            nearest_faces(torch.tensor([[0.0, 0.0, 0.0], [bad, 0.0, 0.0]]), vertices, faces, 0.25, backend=backend)
+
+
+@requires_bvh
+def test_bvh_extension_refuses_non_finite_inputs():
+    from training.body import nearest_face
+    plugin = nearest_face._bvh_plugin()
+    triangle = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match='non-finite vertices'):
+        plugin.build(torch.where(torch.arange(9).reshape(1, 3, 3) == 4, float('nan'), triangle))
+    tree = plugin.build(triangle)
+    with pytest.raises(RuntimeError, match='must be finite'):
+        plugin.query(*tree, torch.tensor([[0.2, 0.2, float('inf')]]), 0.25)

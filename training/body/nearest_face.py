@@ -184,6 +184,9 @@ class NearestFaceSearch:
         if vertices.dim() != 2 or vertices.shape[-1] != 3 or faces.dim() != 2 or faces.shape[-1] != 3:
             raise ValueError(f'nearest-face search: vertices must be [V, 3] and faces [F, 3], got '
                              f'{tuple(vertices.shape)} and {tuple(faces.shape)}')
+        if not torch.isfinite(vertices).all():
+            raise ValueError('nearest-face search: the mesh has non-finite vertices (NaN or inf); a body pose or '
+                             'shape with NaN or inf poses it so')
         self.backend = resolve_backend(backend, vertices.device)
         self.chunk_size = int(chunk_size)
         with torch.no_grad():
@@ -225,6 +228,8 @@ class NearestFaceSearch:
         """
         if points.dim() != 2 or points.shape[-1] != 3:
             raise ValueError(f'nearest-face query: points must be [N, 3], got {tuple(points.shape)}')
+        if not torch.isfinite(points).all():
+            raise ValueError('nearest-face query: non-finite points (NaN or inf)')
         points = points.detach().to(self.vertices.device)
         if self.tree is not None:
             # The extension computes the chosen face's distance in float64 and applies the cut-off.

@@ -492,6 +492,8 @@ std::vector<torch::Tensor> build(torch::Tensor corners) {
   TORCH_CHECK(corners.device().is_cpu() && corners.dim() == 3 && corners.size(1) == 3 && corners.size(2) == 3,
               "nearest_face_bvh.build: corners must be a CPU tensor [F, 3, 3]");
   TORCH_CHECK(corners.size(0) > 0, "nearest_face_bvh.build: the mesh has no faces");
+  TORCH_CHECK(torch::isfinite(corners).all().item<bool>(),
+              "nearest_face_bvh.build: the mesh has non-finite vertices (NaN or inf)");
   corners = corners.to(torch::kFloat64).contiguous();
   const int64_t num_faces = corners.size(0);
   Builder builder;
@@ -532,6 +534,8 @@ std::vector<torch::Tensor> query(torch::Tensor bounds, torch::Tensor children, t
                                  double max_distance) {
   TORCH_CHECK(points.device().is_cpu() && points.dim() == 2 && points.size(1) == 3,
               "nearest_face_bvh.query: points must be a CPU tensor [N, 3]");
+  TORCH_CHECK(points.is_floating_point() && torch::isfinite(points).all().item<bool>(),
+              "nearest_face_bvh.query: the points must be finite floating-point values (NaN or inf found)");
   TORCH_CHECK(bounds.scalar_type() == torch::kFloat32 && children.scalar_type() == torch::kInt32 &&
                   packs.scalar_type() == torch::kFloat32 && pack_faces.scalar_type() == torch::kInt64 &&
                   corners.scalar_type() == torch::kFloat64,
