@@ -11,6 +11,7 @@ from tqdm import tqdm
 from gen_samples import load_generator, parse_pose, parse_seeds
 from training import checkpoint
 from training.camera_utils import frontal_camera
+from training.cli import FiniteFloat
 from training.shapes import (DEFAULT_LEVEL, close_border, extract_shape, marching_cubes, pose_vertices, read_mrc,
                              save_shape, write_mesh)
 
@@ -20,10 +21,10 @@ from training.shapes import (DEFAULT_LEVEL, close_border, extract_shape, marchin
 @click.option('--mrc-dir', type=click.Path(exists=True, file_okay=False), help='Instead of --network: mesh every .mrc here')
 @click.option('--seeds', callback=lambda ctx, param, value: parse_seeds(value), default='0', show_default=True,
               help='Latent seeds, e.g. 0,2,5-9')
-@click.option('--trunc', 'truncation_psi', type=float, default=1.0, show_default=True, help='Truncation psi')
+@click.option('--trunc', 'truncation_psi', type=FiniteFloat(), default=1.0, show_default=True, help='Truncation psi')
 @click.option('--trunc-cutoff', 'truncation_cutoff', type=int, default=None, help='Truncate only the first N ws')
 @click.option('--shape-res', type=click.IntRange(min=8), default=128, show_default=True, help='Grid size per axis')
-@click.option('--level', type=float, default=DEFAULT_LEVEL, show_default=True, help='Marching-cubes sigma level')
+@click.option('--level', type=FiniteFloat(), default=DEFAULT_LEVEL, show_default=True, help='Marching-cubes sigma level')
 @click.option('--pose', default=None, help='Pose the meshes: six comma-separated neck/head axis-angle values, radians')
 @click.option('--format', 'mesh_format', type=click.Choice(['ply', 'obj', 'glb']), default='ply', show_default=True)
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)

@@ -14,6 +14,7 @@ from tqdm import tqdm
 import dnnlib
 from training import checkpoint
 from training.camera_utils import FOCAL, camera_label, frontal_camera, orbit_camera
+from training.cli import FiniteFloat
 from training.dataset import is_image_name, stem
 from training.images import depth_to_uint8, to_uint8
 from training.loss import resize_image
@@ -218,13 +219,13 @@ def parse_seeds(text: str) -> list:
 @click.option('--seeds_num', 'seeds_num', type=click.IntRange(min=1), default=None,
               help='Instead of --seeds: this many random seeds, drawn reproducibly from --seeds-seed')
 @click.option('--seeds-seed', type=int, default=0, show_default=True, help='Draws the seeds of --seeds_num')
-@click.option('--trunc', 'truncation_psi', type=float, default=1.0, show_default=True, help='Truncation psi')
+@click.option('--trunc', 'truncation_psi', type=FiniteFloat(), default=1.0, show_default=True, help='Truncation psi')
 @click.option('--trunc-cutoff', 'truncation_cutoff', type=int, default=None, help='Truncate only the first N ws')
 @click.option('--views', default='back,side,front', show_default=True, help=f'Comma list of {", ".join(VIEWS)}')
 @click.option('--pose', default=None, help='Render posed: six comma-separated neck/head axis-angle values, radians')
 @click.option('--shapes', is_flag=True, help='Also write the density volume (.mrc) and a coloured mesh (.ply)')
 @click.option('--shape-res', type=click.IntRange(min=8), default=128, show_default=True, help='Shape grid size per axis')
-@click.option('--shape-level', type=float, default=DEFAULT_LEVEL, show_default=True, help='Marching-cubes sigma level')
+@click.option('--shape-level', type=FiniteFloat(), default=DEFAULT_LEVEL, show_default=True, help='Marching-cubes sigma level')
 @click.option('--sample-mult', type=click.IntRange(min=1), default=2, show_default=True, help='Multiply the samples per ray')
 @click.option('--predict-pose', 'pose_folder', type=click.Path(exists=True, file_okay=False),
               help='Folder of real portraits (aligned_images/, mask/, result.json): predict their body poses with D '

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from gen_samples import load_generator, parse_seeds
 from training import checkpoint
 from training.camera_utils import camera_label, frontal_camera, orbit_camera, wobble_trajectory
+from training.cli import FiniteFloat
 from training.images import depth_to_uint8, to_uint8
 
 
@@ -67,13 +68,13 @@ def parse_grid(text: str) -> tuple:
 @click.option('--trajectory', type=click.Choice(['orbit', 'wobble', 'pose']), default='orbit', show_default=True,
               help='orbit: 360 degrees of yaw; wobble: small camera loop (SPEC 10.2); pose: neck/head animated, camera fixed')
 @click.option('--large_pose', is_flag=True, help='Alias of --trajectory orbit')
-@click.option('--pose-amplitude', type=float, default=0.6, show_default=True, help='Peak rotation of --trajectory pose, radians')
+@click.option('--pose-amplitude', type=FiniteFloat(), default=0.6, show_default=True, help='Peak rotation of --trajectory pose, radians')
 @click.option('--image_mode', type=click.Choice(['image', 'image_raw', 'image_depth']), default='image', show_default=True)
 @click.option('--w-frames', type=click.IntRange(min=2), default=120, show_default=True, help='Frames per keyframe')
 @click.option('--fps', type=click.IntRange(min=1), default=30, show_default=True)
 @click.option('--interpolate', type=click.Choice(['none', 'linear', 'cubic']), default='none', show_default=True,
               help='Each cell loops through its consecutive seeds\' w (seeds = cells x keyframes)')
-@click.option('--trunc', 'truncation_psi', type=float, default=1.0, show_default=True, help='Truncation psi')
+@click.option('--trunc', 'truncation_psi', type=FiniteFloat(), default=1.0, show_default=True, help='Truncation psi')
 @click.option('--trunc-cutoff', 'truncation_cutoff', type=int, default=None, help='Truncate only the first N ws')
 @click.option('--sample-mult', type=click.IntRange(min=1), default=2, show_default=True, help='Multiply the samples per ray')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)
