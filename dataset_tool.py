@@ -161,6 +161,15 @@ def _prefix(folder: str) -> str:
     return '' if folder in ('', '.') else folder + '/'
 
 
+def _masks_by_stem(tree: FileTree, prefix: str) -> dict:
+    """The mask files under `prefix`, by their path below it without extension -> {stem: [names]}"""
+    masks = {}
+    for name in tree.names:
+        if name.startswith(prefix) and is_image_name(name):
+            masks.setdefault(stem(name[len(prefix):]), []).append(name)
+    return masks
+
+
 def _read_source(tree: FileTree, images_dir: str, masks_dir: Optional[str], labels_file: str,
                  mask_tree: FileTree) -> List[_SourceItem]:
     """Pair every source image with its mask and label, in sorted order; any gap is a click error.
@@ -183,10 +192,7 @@ def _read_source(tree: FileTree, images_dir: str, masks_dir: Optional[str], labe
     if mask_prefix is None:
         raise click.ClickException(f"{source}: no masks under 'masks/' or 'seg/'; pass --masks-dir, or --masks "
                                    f"for a separate folder of masks")
-    masks_by_stem = {}
-    for name in mask_tree.names:
-        if name.startswith(mask_prefix) and is_image_name(name):
-            masks_by_stem.setdefault(stem(name[len(mask_prefix):]), []).append(name)
+    masks_by_stem = _masks_by_stem(mask_tree, mask_prefix)
 
     problems: List[str] = []
     labels = read_labels(tree, problems, labels_file.strip('/'), lengths=(CAMERA_DIM, LABEL_DIM))
@@ -240,10 +246,7 @@ def _read_aligned_source(tree: FileTree) -> List[_SourceItem]:
         raise click.ClickException(f'{where}: expected {{name: {{"camera_pose": 4x4, "smpl_pose": 72 values}}}} '
                                    f'with at least one name')
     image_prefix, mask_prefix = _prefix(ALIGNED_IMAGES), _prefix(ALIGNED_MASKS)
-    masks_by_stem = {}
-    for name in tree.names:
-        if name.startswith(mask_prefix) and is_image_name(name):
-            masks_by_stem.setdefault(stem(name[len(mask_prefix):]), []).append(name)
+    masks_by_stem = _masks_by_stem(tree, mask_prefix)
     intrinsics = intrinsics_from_focal(dtype=torch.float64).reshape(-1).tolist()
     items, unlisted, unmasked = [], [], []
     used = set()
