@@ -76,6 +76,9 @@ def _find_resume_state(resume: str) -> str:
     """The resume state that `--resume` names: a run directory's newest, the state itself, or a snapshot's."""
     from training.training_loop import latest_resume_state
     if os.path.isdir(resume):
+        # The run being continued is over: files it was writing when it was killed are incomplete.
+        for path in checkpoint.remove_unfinished_writes(resume):
+            print(f'removed {path}, an unfinished write of the interrupted run')
         path = latest_resume_state(resume)
         if path is None:
             raise click.BadParameter(f'{resume} holds no resume-state-*.pt (no network snapshot was completed)',
@@ -188,7 +191,7 @@ def _launch(config: TrainingConfig, run_dir: str) -> None:
 @click.option('--snap', type=click.IntRange(min=0), help='Ticks between network snapshots (0: at the end only)')
 @click.option('--image-snap', 'image_snap', type=click.IntRange(min=0), help='Ticks between image snapshots')
 @click.option('--seed', type=click.IntRange(min=0), help='Random seed  [default: 0]')
-@click.option('--workers', type=click.IntRange(min=0), help='DataLoader worker processes  [default: 3]')
+@click.option('--workers', type=click.IntRange(min=0), help='DataLoader worker processes  [default: 3, at most the cores less one]')
 @click.option('--nobench', is_flag=True, default=None, help='Disable cuDNN benchmarking')
 @click.option('--desc', help='String appended to the run directory name')
 @click.option('-n', '--dry-run', 'dry_run', is_flag=True, help='Print the resolved options and exit')

@@ -214,3 +214,19 @@ def test_stylegan2_generator_round_trip_through_both_formats(tmp_path):
         loaded = checkpoint.load_any(path)['G_ema']
         assert type(loaded) is networks_stylegan2.Generator
         assert torch.equal(loaded(z, c, noise_mode='const'), expected)
+
+
+def test_unfinished_writes_are_removed(tmp_path):
+    # A process killed inside atomic_write leaves its temporary file beside the target.
+    def interrupted(file):
+        file.write(b'half')
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.atomic_write(str(tmp_path / 'network-snapshot-000004.pkl'), interrupted)
+    assert os.listdir(tmp_path) == []  # an exception cleans up; a kill -9 does not:
+    stale = tmp_path / '.network-snapshot-000004.pkl.x1y2z3.tmp'
+    stale.write_bytes(b'half')
+    (tmp_path / 'network-snapshot-000000.pkl').write_bytes(b'complete')
+    assert checkpoint.remove_unfinished_writes(str(tmp_path)) == [str(stale)]
+    assert os.listdir(tmp_path) == ['network-snapshot-000000.pkl']

@@ -182,3 +182,11 @@ def test_config_rejects_unknown_missing_and_mistyped_settings():
         TrainingConfig.from_dict({**values, 'mirror': 1})
     with pytest.raises(ConfigError, match='generator: unknown argument.*z_size'):
         _config(generator={**values['generator'], 'z_size': 3}).validate()
+
+
+def test_default_workers_fit_the_cores(monkeypatch):
+    from training import config as config_module
+    monkeypatch.setattr(config_module.os, 'sched_getaffinity', lambda pid: {0, 1}, raising=False)
+    assert config_module.default_workers() == 1
+    monkeypatch.setattr(config_module.os, 'sched_getaffinity', lambda pid: set(range(16)), raising=False)
+    assert config_module.default_workers() == 3

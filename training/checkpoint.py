@@ -66,6 +66,17 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+def remove_unfinished_writes(directory: str) -> list:
+    """Delete the temporary files that atomic_write leaves when its process is killed mid-write
+    (`.<name>.<random>.tmp`); call it only where no other process is writing. -> the removed paths"""
+    removed = []
+    for name in os.listdir(directory):
+        if name.startswith('.') and name.endswith('.tmp') and os.path.isfile(os.path.join(directory, name)):
+            os.remove(os.path.join(directory, name))
+            removed.append(os.path.join(directory, name))
+    return removed
+
+
 def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     """Call `write(file)` on a temporary file next to `path`, then move it over `path` in one step.
 

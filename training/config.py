@@ -27,6 +27,13 @@ class ConfigError(ValueError):
     """An option value that cannot be trained with; the message names the option and the fix."""
 
 
+def default_workers() -> int:
+    """DataLoader workers per training process by default: 3, but no more than the cores this process may
+    use, less one for the training itself (PyTorch warns about more workers than cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return max(1, min(3, cores - 1))
+
+
 @dataclasses.dataclass
 class TrainingConfig:
     """Every setting of a training run. Field names follow the preset keys and the train.py options."""
@@ -92,7 +99,7 @@ class TrainingConfig:
 
     # Processes.
     seed: int = 0                              # process r of N seeds numpy, torch and random with seed * N + r
-    workers: int = 3                           # DataLoader worker processes per training process
+    workers: int = dataclasses.field(default_factory=default_workers)  # DataLoader workers per training process
     device: str = 'auto'                       # one of DEVICES; auto: CUDA when present
     cudnn_benchmark: bool = True
 
