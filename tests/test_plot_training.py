@@ -33,3 +33,13 @@ def test_plot_writes_a_png(tmp_path):
     out = plot_run(str(tmp_path), str(tmp_path / 'plot.png'))
     image = np.asarray(PIL.Image.open(out).convert('L'))
     assert image.shape == (1100, 900) and image.std() > 10
+
+
+def test_a_run_and_its_continuation_plot_as_one(tmp_path):
+    first, second = tmp_path / 'a', tmp_path / 'b'
+    first.mkdir()
+    second.mkdir()
+    write_run(first)
+    (second / 'stats.jsonl').write_text(json.dumps({'Progress/kimg': {'mean': 1.5}, 'Loss/G/loss': {'mean': 0.5}}) + '\n')
+    out = plot_run([str(first), str(second)], str(tmp_path / 'plot.png'))
+    assert np.asarray(PIL.Image.open(out).convert('L')).std() > 10

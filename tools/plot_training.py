@@ -1,8 +1,9 @@
 """Plot a training run: its losses per tick, and its metrics per snapshot, against kimg.
 
-    python tools/plot_training.py RUN_DIR [--out RUN_DIR/training.png]
+    python tools/plot_training.py RUN_DIR [RUN_DIR ...] [--out LAST_RUN_DIR/training.png]
 
-Reads RUN_DIR/stats.jsonl (one line per tick) and every RUN_DIR/metric-*.jsonl (one line per
+Several run directories are one run and its continuations (--resume), plotted as one. Reads
+each RUN_DIR/stats.jsonl (one line per tick) and every RUN_DIR/metric-*.jsonl (one line per
 snapshot; the snapshot's kimg is read from its file name). The top panel holds the adversarial
 and regularization losses, the middle one D's pose regression and the pose agreement of G and
 D, the bottom one the metrics: FID/KID on the left axis and pose errors (degrees) on the right,
@@ -51,11 +52,15 @@ def metric_series(path: str) -> dict[str, tuple[list[float], list[float]]]:
     return series
 
 
-def plot_run(run_dir: str, out: str) -> str:
-    stats_path = os.path.join(run_dir, 'stats.jsonl')
-    if not os.path.isfile(stats_path):
-        raise FileNotFoundError(f'{run_dir}: no stats.jsonl, not a training run directory')
-    ticks = read_jsonl(stats_path)
+def plot_run(run_dirs: str | list[str], out: str) -> str:
+    """Draw the run (one directory, or a run and its continuations) into the PNG `out`. -> out"""
+    run_dirs = [run_dirs] if isinstance(run_dirs, str) else list(run_dirs)
+    ticks = []
+    for run_dir in run_dirs:
+        stats_path = os.path.join(run_dir, 'stats.jsonl')
+        if not os.path.isfile(stats_path):
+            raise FileNotFoundError(f'{run_dir}: no stats.jsonl, not a training run directory')
+        ticks += read_jsonl(stats_path)
     figure, (losses, poses, metrics) = plt.subplots(3, 1, figsize=(9, 11), sharex=True)
     for key in LOSSES:
         losses.plot(*tick_series(ticks, key), label=key, marker='.')
@@ -69,8 +74,14 @@ def plot_run(run_dir: str, out: str) -> str:
 
     degrees = metrics.twinx()
     colours = iter(plt.rcParams['axes.prop_cycle'].by_key()['color'])
-    for path in sorted(glob.glob(os.path.join(run_dir, 'metric-*.jsonl'))):
-        series = metric_series(path)
+    names = sorted({os.path.basename(path) for run_dir in run_dirs for path in glob.glob(os.path.join(run_dir, 'metric-*.jsonl'))})
+    for file_name in names:
+        series = {}
+        for run_dir in run_dirs:
+            if os.path.isfile(os.path.join(run_dir, file_name)):
+                for name, (kimgs, values) in metric_series(os.path.join(run_dir, file_name)).items():
+                    series.setdefault(name, ([], []))[0].extend(kimgs)
+                    series[name][1].extend(values)
         for name, (kimgs, values) in series.items():
             if name.startswith(('fid', 'kid')):
                 metrics.plot(kimgs, values, label=name, marker='o', color='black')
@@ -86,7 +97,7 @@ def plot_run(run_dir: str, out: str) -> str:
     handles = [axis.get_legend_handles_labels() for axis in (metrics, degrees)]
     metrics.legend(handles[0][0] + handles[1][0], handles[0][1] + handles[1][1], fontsize=7, loc='upper right')
     metrics.set_xlabel('kimg')
-    figure.suptitle(os.path.basename(os.path.normpath(run_dir)), fontsize=10)
+    figure.suptitle(' + '.join(os.path.basename(os.path.normpath(run_dir)) for run_dir in run_dirs), fontsize=9)
     figure.tight_layout()
     figure.savefig(out, dpi=100)
     plt.close(figure)
@@ -95,11 +106,11 @@ def plot_run(run_dir: str, out: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('run_dir')
-    parser.add_argument('--out', help='PNG to write  [default: RUN_DIR/training.png]')
+    parser.add_argument('run_dirs', nargs='+', metavar='RUN_DIR', help='a run, then its continuations')
+    parser.add_argument('--out', help='PNG to write  [default: the last RUN_DIR/training.png]')
     args = parser.parse_args()
     try:
-        print(plot_run(args.run_dir, args.out or os.path.join(args.run_dir, 'training.png')))
+        print(plot_run(args.run_dirs, args.out or os.path.join(args.run_dirs[-1], 'training.png')))
     except (OSError, ValueError, KeyError) as error:
         print(f'plot_training: {error}', file=sys.stderr)
         return 1
