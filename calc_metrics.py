@@ -40,10 +40,9 @@ def load_snapshot(network: str, device: torch.device, trust_pickle: bool = False
     try:
         path = dnnlib.util.open_url(resolve_network(network), return_filename=True)
         modules = checkpoint.load_any(path, device=device, trust_pickle=trust_pickle)
+        G, D = checkpoint.snapshot_networks(modules, path)
     except (OSError, checkpoint.CheckpointError) as err:
         raise click.ClickException(str(err)) from None
-    G = modules.get('G_ema', modules.get('G'))
-    D = modules.get('D_ema', modules.get('D'))
     if G is None:
         raise click.ClickException(f'{network}: the checkpoint holds no generator (G_ema or G)')
     return path, G.eval().requires_grad_(False), None if D is None else D.eval().requires_grad_(False), \

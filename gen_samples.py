@@ -62,8 +62,11 @@ def load_generator(network: str | None, cfg: str | None, init_seed: int, device:
             return build_generator(load_preset(cfg)).eval().requires_grad_(False).to(device)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint='--cfg') from None
-    modules = load_networks(network, device, trust_pickle)[1]
-    generator = modules.get('G_ema', modules.get('G'))
+    path, modules = load_networks(network, device, trust_pickle)
+    try:
+        generator = checkpoint.snapshot_networks(modules, path)[0]
+    except checkpoint.CheckpointError as err:
+        raise click.ClickException(str(err)) from None
     if generator is None:
         raise click.ClickException(f'{network}: the checkpoint holds no generator (G_ema or G)')
     return generator.eval().requires_grad_(False)
@@ -148,8 +151,10 @@ def predict_folder_poses(network: str, folder: str, pose_kwargs: str | None, dev
     -> (G_ema, names, photos [N, 3, S, S] in [-1, 1], cameras [N, 25], poses [N, 6]); S = D's resolution.
     """
     path, modules = load_networks(network, device, trust_pickle)
-    D = modules.get('D_ema', modules.get('D'))
-    G = modules.get('G_ema', modules.get('G'))
+    try:
+        G, D = checkpoint.snapshot_networks(modules, path)
+    except checkpoint.CheckpointError as err:
+        raise click.ClickException(str(err)) from None
     if D is None or G is None:
         raise click.ClickException(f'{network}: --predict-pose needs a checkpoint with a generator and a discriminator (D_ema or D)')
     pose_kwargs = pose_kwargs or pose_predict_kwargs_for(path)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 import calc_metrics
 from metrics import metric_main
 from tests.tiny_run import write_tiny_snapshot
+from training import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,7 +39,8 @@ def test_pose_err_is_appended_beside_the_snapshot_and_printed(run_dir, monkeypat
     assert 'real_head_mean' in result.output and f'{line["results"]["real_head_mean"]:.4f}' in result.output
 
 
-@pytest.mark.parametrize('case', ['missing', 'foreign', 'metric', 'data_alone', 'no_pose_settings', 'bad_data'])
+@pytest.mark.parametrize('case', ['missing', 'foreign', 'metric', 'data_alone', 'no_pose_settings', 'bad_data',
+                                  'not_a_generator'])
 def test_one_line_errors(run_dir, tmp_path, case):
     snapshot = os.path.join(run_dir, 'network-snapshot-000000.pkl')
     foreign = tmp_path / 'notes.pkl'
@@ -48,6 +50,9 @@ def test_one_line_errors(run_dir, tmp_path, case):
     shutil.copy(snapshot, lonely / 'network-snapshot-000000.pkl')
     corrupt = tmp_path / 'corrupt.zip'
     corrupt.write_bytes(b'PK not really')
+    swapped = tmp_path / 'swapped.pt'  # a weights file whose G_ema is a discriminator
+    discriminator = checkpoint.load_any(os.path.join(run_dir, 'network-snapshot-000000.pt'))['D']
+    checkpoint.save_weights(str(swapped), dict(G_ema=discriminator, D=discriminator), extra=dict(training_set_kwargs={}))
     args, expected = {
         'missing': (['--network', str(tmp_path / 'absent.pkl')], 'absent.pkl'),
         'foreign': (['--network', str(foreign)], 'notes.pkl'),
@@ -57,6 +62,7 @@ def test_one_line_errors(run_dir, tmp_path, case):
                               '--metric_pose_sample_mode', 'D_predict'], 'give --pose_predict_kwargs'),
         'bad_data': (['--network', snapshot, '--metrics', 'kid2k', '--data', str(corrupt), '--seg_data', str(corrupt)],
                      'corrupt.zip'),
+        'not_a_generator': (['--network', str(swapped)], 'its G_ema is a PoseAwareDualDiscriminator, not a generator'),
     }[case]
     result = _invoke(args)
     assert result.exit_code != 0 and not isinstance(result.exception, (AssertionError, TypeError, KeyError))

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 import gen_samples
 from tests.tiny_run import TINY_GENERATOR, write_tiny_snapshot
+from training import checkpoint
 
 RES = TINY_GENERATOR['img_resolution']
 RAW = TINY_GENERATOR['neural_rendering_resolution']
@@ -64,7 +65,7 @@ def test_seeds_num_is_reproducible(run_dir, tmp_path):
     assert len(names[0]) == 2 and names[0] == names[1]
 
 
-@pytest.mark.parametrize('case', ['missing', 'foreign', 'seeds', 'outdir', 'pose', 'nan_pose', 'inf_pose'])
+@pytest.mark.parametrize('case', ['missing', 'foreign', 'seeds', 'outdir', 'pose', 'nan_pose', 'inf_pose', 'not_a_generator'])
 def test_one_line_errors(run_dir, tmp_path, case):
     foreign = tmp_path / 'notes.txt'
     foreign.write_text('not a checkpoint')
@@ -80,6 +81,10 @@ def test_one_line_errors(run_dir, tmp_path, case):
         args['seeds'] = 'a-b'
     elif case == 'outdir':
         args['outdir'] = blocker / 'sub'
+    elif case == 'not_a_generator':
+        args['network'] = tmp_path / 'swapped.pt'
+        discriminator = checkpoint.load_any(os.path.join(run_dir, 'network-snapshot-000000.pt'))['D']
+        checkpoint.save_weights(str(args['network']), dict(G_ema=discriminator))
     else:
         extra = ['--pose', {'pose': '1,2', 'nan_pose': 'nan,0,0,0,0,0', 'inf_pose': '0,0,0,0,inf,0'}[case]]
     result = invoke('--network', args['network'], '--seeds', args['seeds'], '--outdir', args['outdir'], *extra)
