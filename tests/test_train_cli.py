@@ -13,6 +13,8 @@ from training.config import ConfigError, TrainingConfig
 from training.presets import load_preset
 from training.training_loop import RESUME_FORMAT, RESUME_VERSION
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def _invoke(*args):
     return CliRunner().invoke(train.main, list(args))
@@ -190,3 +192,14 @@ def test_default_workers_fit_the_cores(monkeypatch):
     assert config_module.default_workers() == 1
     monkeypatch.setattr(config_module.os, 'sched_getaffinity', lambda pid: set(range(16)), raising=False)
     assert config_module.default_workers() == 3
+
+
+def test_preset_with_missing_or_unknown_generator_keys_is_a_one_line_error(tmp_path):
+    preset = json.loads(open(os.path.join(REPO, 'configs', 'cpu-small.json')).read())
+    del preset['generator']['img_resolution']
+    preset['generator']['img_resolutoin'] = 64
+    path = tmp_path / 'mine.json'
+    path.write_text(json.dumps(preset))
+    result = CliRunner().invoke(train.main, ['--cfg', str(path), '-n'])
+    assert result.exit_code == 2 and 'Traceback' not in result.output
+    assert 'lacks img_resolution; has unknown img_resolutoin' in result.output.strip().splitlines()[-1]

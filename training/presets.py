@@ -21,6 +21,16 @@ def load_preset(name_or_path: str) -> dict:
             preset = json.load(f)
         except json.JSONDecodeError as err:
             raise ValueError(f'{path}: not valid JSON ({err})') from None
-    if not isinstance(preset, dict) or 'generator' not in preset:
+    if not isinstance(preset, dict) or not isinstance(preset.get('generator'), dict):
         raise ValueError(f'{path}: a preset must be a JSON object with a "generator" section')
+    # Every generator argument is named (a preset writes down every value it sets); none is unknown.
+    import inspect
+    from training.triplane import TriPlaneGenerator
+    arguments = [name for name in inspect.signature(TriPlaneGenerator.__init__).parameters if name != 'self']
+    missing = [name for name in arguments if name not in preset['generator']]
+    unknown = sorted(set(preset['generator']) - set(arguments))
+    if missing or unknown:
+        problems = ([f'lacks {", ".join(missing)}'] if missing else []) + ([f'has unknown {", ".join(unknown)}'] if unknown else [])
+        raise ValueError(f'{path}: the "generator" section {"; ".join(problems)}; name every generator argument, as '
+                         f'configs/cpu-small.json does')
     return preset
