@@ -41,7 +41,7 @@ def load_snapshot(network: str, device: torch.device, trust_pickle: bool = False
         path = dnnlib.util.open_url(resolve_network(network), return_filename=True)
         modules = checkpoint.load_any(path, device=device, trust_pickle=trust_pickle)
         G, D = checkpoint.snapshot_networks(modules, path)
-    except (OSError, checkpoint.CheckpointError) as err:
+    except (OSError, ValueError, checkpoint.CheckpointError) as err:
         raise click.ClickException(str(err)) from None
     if G is None:
         raise click.ClickException(f'{network}: the checkpoint holds no generator (G_ema or G)')

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from gen_samples import load_generator, parse_pose, parse_seeds
 from training import checkpoint
 from training.camera_utils import frontal_camera
-from training.cli import FiniteFloat
+from training.cli import DEFAULT_DEVICE, Device, FiniteFloat
 from training.shapes import (DEFAULT_LEVEL, close_border, extract_shape, marching_cubes, pose_vertices, read_mrc,
                              save_shape, write_mesh)
 
@@ -28,7 +28,7 @@ from training.shapes import (DEFAULT_LEVEL, close_border, extract_shape, marchin
 @click.option('--pose', default=None, help='Pose the meshes: six comma-separated neck/head axis-angle values, radians')
 @click.option('--format', 'mesh_format', type=click.Choice(['ply', 'obj', 'glb']), default='ply', show_default=True)
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)
-@click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
+@click.option('--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N')
 @click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
 def main(network, mrc_dir, seeds, truncation_psi, truncation_cutoff, shape_res, level, pose, mesh_format, outdir, device,
          trust_pickle):
@@ -49,18 +49,21 @@ def main(network, mrc_dir, seeds, truncation_psi, truncation_cutoff, shape_res, 
         paths = sorted(glob.glob(os.path.join(mrc_dir, '*.mrc')))
         if not paths:
             raise click.ClickException(f'{mrc_dir}: no .mrc files')
+        unreadable = []
         for path in tqdm(paths, desc='volumes', unit='file'):
             try:
                 volume, side = read_mrc(path)
                 vertices, faces = marching_cubes(close_border(volume), side, level)
-            except ValueError as err:
+            except (ValueError, OSError, EOFError) as err:
                 tqdm.write(f'{os.path.basename(path)}: skipped ({err})')
+                unreadable.append(f'{path} ({err})')
                 continue
             stem = os.path.join(outdir, os.path.splitext(os.path.basename(path))[0])
             watertight = write_mesh(f'{stem}.{mesh_format}', vertices, faces)
             tqdm.write(f'{os.path.basename(stem)}: {len(vertices)} vertices, {"watertight" if watertight else "not watertight"}')
+        if unreadable:
+            raise click.ClickException(f'{len(unreadable)} of {len(paths)} .mrc files gave no mesh, the first: {unreadable[0]}')
         return
-    device = torch.device(device)
     pose = parse_pose(pose, device)
     G = load_generator(network, None, 0, device, trust_pickle)
     condition = frontal_camera(1, device=device)

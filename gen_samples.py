@@ -14,7 +14,7 @@ from tqdm import tqdm
 import dnnlib
 from training import checkpoint
 from training.camera_utils import FOCAL, camera_label, frontal_camera, orbit_camera
-from training.cli import FiniteFloat
+from training.cli import DEFAULT_DEVICE, Device, FiniteFloat
 from training.dataset import is_image_name, stem
 from training.images import depth_to_uint8, to_uint8
 from training.loss import resize_image
@@ -47,7 +47,7 @@ def load_networks(network: str, device: torch.device, trust_pickle: bool = False
     try:
         path = dnnlib.util.open_url(resolve_network(network), return_filename=True)
         return path, checkpoint.load_any(path, device=device, trust_pickle=trust_pickle)
-    except (OSError, checkpoint.CheckpointError) as err:
+    except (OSError, ValueError, checkpoint.CheckpointError) as err:
         raise click.ClickException(str(err)) from None
 
 
@@ -238,7 +238,7 @@ def parse_seeds(text: str) -> list:
 @click.option('--pose-kwargs', type=click.Path(dir_okay=False),
               help='Pose-prediction settings for --predict-pose [default: the pose_predict_kwargs-*.json beside the snapshot]')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to write the images')
-@click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
+@click.option('--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N')
 @click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
 def main(network, cfg, init_seed, seeds, seeds_num, seeds_seed, truncation_psi, truncation_cutoff, views, pose,
          shapes, shape_res, shape_level, sample_mult, pose_folder, pose_kwargs, outdir, device, trust_pickle):
@@ -254,7 +254,6 @@ def main(network, cfg, init_seed, seeds, seeds_num, seeds_seed, truncation_psi, 
     seedNNNN_<name>.png: the photo beside the generator's image from that photo's camera with its
     predicted pose (deformation on), both at the output resolution.
     """
-    device = torch.device(device)
     if seeds_num is not None:
         # Sampling without replacement from 2**31 values would build the whole permutation: draw until unique.
         rng, drawn = np.random.RandomState(seeds_seed), set()

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from gen_samples import load_generator, parse_seeds
 from training import checkpoint
 from training.camera_utils import camera_label, frontal_camera, orbit_camera, wobble_trajectory
-from training.cli import FiniteFloat
+from training.cli import DEFAULT_DEVICE, Device, FiniteFloat
 from training.images import depth_to_uint8, to_uint8
 
 
@@ -78,7 +78,7 @@ def parse_grid(text: str) -> tuple:
 @click.option('--trunc-cutoff', 'truncation_cutoff', type=int, default=None, help='Truncate only the first N ws')
 @click.option('--sample-mult', type=click.IntRange(min=1), default=2, show_default=True, help='Multiply the samples per ray')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)
-@click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
+@click.option('--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N')
 @click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
 def main(network, seeds, grid, trajectory, large_pose, pose_amplitude, image_mode, w_frames, fps, interpolate,
          truncation_psi, truncation_cutoff, sample_mult, outdir, device, trust_pickle):
@@ -97,7 +97,6 @@ def main(network, seeds, grid, trajectory, large_pose, pose_amplitude, image_mod
         os.makedirs(outdir, exist_ok=True)
     except OSError as err:
         raise click.ClickException(f'cannot create --outdir {outdir}: {err.strerror}') from None
-    device = torch.device(device)
     G = load_generator(network, None, 0, device, trust_pickle)
     num_frames = keyframes * w_frames
     condition = frontal_camera(1, device=device)

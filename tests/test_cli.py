@@ -31,3 +31,35 @@ def test_tools_refuse_non_finite_numbers(tmp_path, tool, option, value):
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
     assert f"Invalid value for '{option}': '{value}' is not a finite number" in result.output
     assert not (tmp_path / 'out').exists()
+
+
+def test_device_option():
+    import torch
+    from training.cli import Device
+    assert Device().convert('cpu', None, None) == torch.device('cpu')
+    for text, message in (('tpu', 'is not a device'), ('meta', 'the tools run on cpu or cuda')):
+        with pytest.raises(click.BadParameter, match=message):
+            Device().convert(text, None, None)
+    if not torch.cuda.is_available():
+        with pytest.raises(click.BadParameter, match='no CUDA device on this machine; use --device cpu'):
+            Device().convert('cuda', None, None)
+
+
+@pytest.mark.parametrize('tool', [gen_samples.main, gen_videos.main, extract_shapes.main])
+def test_tools_refuse_unknown_devices_and_url_schemes(tmp_path, tool):
+    result = CliRunner().invoke(tool, ['--network', 'x.pkl', '--device', 'tpu', '--outdir', str(tmp_path / 'out')])
+    assert result.exit_code == 2 and "Invalid value for '--device': 'tpu' is not a device" in result.output
+    result = CliRunner().invoke(tool, ['--network', 'ftp://host/snapshot.pkl', '--device', 'cpu', '--seeds', '0',
+                                       '--outdir', str(tmp_path / 'out')])
+    assert result.exit_code == 1 and 'Traceback' not in result.output
+    assert 'unsupported URL scheme "ftp"' in result.output.strip().splitlines()[-1]
+
+
+def test_extract_shapes_fails_on_an_unreadable_volume(tmp_path):
+    import numpy as np
+    volumes = tmp_path / 'volumes'
+    volumes.mkdir()
+    (volumes / 'seed0000.mrc').write_bytes(np.random.default_rng(0).bytes(5000))
+    result = CliRunner().invoke(extract_shapes.main, ['--mrc-dir', str(volumes), '--outdir', str(tmp_path / 'out')])
+    assert result.exit_code == 1 and 'Traceback' not in result.output
+    assert 'Error: 1 of 1 .mrc files gave no mesh, the first:' in result.output
