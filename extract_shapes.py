@@ -11,7 +11,7 @@ from tqdm import tqdm
 from gen_samples import load_generator, parse_pose, parse_seeds
 from training import checkpoint
 from training.camera_utils import frontal_camera
-from training.cli import DEFAULT_DEVICE, Device, FiniteFloat
+from training.cli import DEFAULT_DEVICE, Device, FiniteFloat, require_shape_memory
 from training.shapes import (DEFAULT_LEVEL, close_border, extract_shape, marching_cubes, pose_vertices, read_mrc,
                              save_shape, write_mesh)
 
@@ -65,6 +65,7 @@ def main(network, mrc_dir, seeds, truncation_psi, truncation_cutoff, shape_res, 
             raise click.ClickException(f'{len(unreadable)} of {len(paths)} .mrc files gave no mesh, the first: {unreadable[0]}')
         return
     pose = parse_pose(pose, device)
+    require_shape_memory(shape_res, '--shape-res', device)
     G = load_generator(network, None, 0, device, trust_pickle)
     condition = frontal_camera(1, device=device)
     for seed in tqdm(seeds, desc='seeds', unit='seed'):

@@ -14,7 +14,7 @@ from tqdm import tqdm
 import dnnlib
 from training import checkpoint
 from training.camera_utils import FOCAL, camera_label, frontal_camera, orbit_camera
-from training.cli import DEFAULT_DEVICE, Device, FiniteFloat
+from training.cli import DEFAULT_DEVICE, Device, FiniteFloat, require_render_memory, require_shape_memory
 from training.dataset import is_image_name, stem
 from training.images import depth_to_uint8, to_uint8
 from training.loss import resize_image
@@ -278,6 +278,9 @@ def main(network, cfg, init_seed, seeds, seeds_num, seeds_seed, truncation_psi, 
             json.dump({name: {'neck': p[:3], 'head': p[3:]} for name, p in zip(names, poses.tolist())}, f, indent=1)
     else:
         G = load_generator(network, cfg, init_seed, device, trust_pickle)
+    require_render_memory(G, len(view_names) if pose_folder is None else 1, sample_mult, device)
+    if shapes:
+        require_shape_memory(shape_res, '--shape-res', device)
     renderer = G.renderer
     render_kwargs = dict(depth_resolution=renderer.depth_resolution * sample_mult,
                          depth_resolution_importance=renderer.depth_resolution_importance * sample_mult,

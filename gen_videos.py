@@ -12,7 +12,7 @@ from tqdm import tqdm
 from gen_samples import load_generator, parse_seeds
 from training import checkpoint
 from training.camera_utils import camera_label, frontal_camera, orbit_camera, wobble_trajectory
-from training.cli import DEFAULT_DEVICE, Device, FiniteFloat
+from training.cli import DEFAULT_DEVICE, Device, FiniteFloat, require_render_memory
 from training.images import depth_to_uint8, to_uint8
 
 
@@ -115,6 +115,7 @@ def main(network, seeds, grid, trajectory, large_pose, pose_amplitude, image_mod
     else:
         cameras = frontal_camera(num_frames, device=device)
         poses = pose_trajectory(num_frames, pose_amplitude, device)
+    require_render_memory(G, cells, sample_mult, device)
     renderer = G.renderer
     render_kwargs = dict(depth_resolution=renderer.depth_resolution * sample_mult,
                          depth_resolution_importance=renderer.depth_resolution_importance * sample_mult,

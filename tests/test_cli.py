@@ -63,3 +63,21 @@ def test_extract_shapes_fails_on_an_unreadable_volume(tmp_path):
     result = CliRunner().invoke(extract_shapes.main, ['--mrc-dir', str(volumes), '--outdir', str(tmp_path / 'out')])
     assert result.exit_code == 1 and 'Traceback' not in result.output
     assert 'Error: 1 of 1 .mrc files gave no mesh, the first:' in result.output
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+    from tests.tiny_run import write_tiny_snapshot
+    return write_tiny_snapshot(str(tmp_path_factory.mktemp('tiny')))[0]
+
+
+@pytest.mark.parametrize('tool, option, value', [(gen_samples.main, '--sample-mult', '10000000'),
+                                                 (gen_videos.main, '--sample-mult', '10000000'),
+                                                 (extract_shapes.main, '--shape-res', '20000'),
+                                                 (gen_samples.main, '--shape-res', '20000')])
+def test_settings_that_cannot_fit_in_memory_are_refused_before_allocating(run_dir, tmp_path, tool, option, value):
+    extra = ['--shapes'] if tool is gen_samples.main and option == '--shape-res' else []
+    result = CliRunner().invoke(tool, ['--network', run_dir, '--seeds', '0', '--device', 'cpu', option, value,
+                                       '--outdir', str(tmp_path / 'out')] + extra)
+    assert result.exit_code == 2 and 'Traceback' not in result.output
+    assert f"Invalid value for {option}: needs about" in result.output and 'GiB free' in result.output

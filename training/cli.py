@@ -42,3 +42,33 @@ class Device(click.ParamType):
         if device.type == 'cuda' and device.index is not None and device.index >= torch.cuda.device_count():
             self.fail(f'{value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)', param, ctx)
         return device
+
+
+# Rough peak memory, for refusing settings that cannot fit before anything is allocated.
+BYTES_PER_RAY_SAMPLE = 1024   # features of three planes, decoder activations, weights, with headroom
+BYTES_PER_VOXEL = 32          # grid point coordinates, density, the volume and its closed copy
+
+
+def require_memory(needed: float, option: str, device: torch.device) -> None:
+    """A click error naming `option` when `needed` bytes exceed the free memory of `device`."""
+    if device.type == 'cuda':
+        available = torch.cuda.mem_get_info(device)[0]
+    else:
+        import psutil
+        available = psutil.virtual_memory().available
+    if needed > available:
+        raise click.BadParameter(f'needs about {needed / 2 ** 30:,.1f} GiB of memory and {device} has '
+                                 f'{available / 2 ** 30:,.1f} GiB free; choose a smaller value', param_hint=option)
+
+
+def require_render_memory(G: torch.nn.Module, images: int, sample_mult: int, device: torch.device) -> None:
+    """--sample-mult: the ray samples of `images` renders at once must fit."""
+    renderer = G.renderer
+    samples = (images * G.neural_rendering_resolution ** 2 * sample_mult
+               * (renderer.depth_resolution + renderer.depth_resolution_importance))
+    require_memory(samples * BYTES_PER_RAY_SAMPLE, '--sample-mult', device)
+
+
+def require_shape_memory(resolution: int, option: str, device: torch.device) -> None:
+    """--shape-res: the density volume of resolution^3 voxels must fit."""
+    require_memory(float(resolution) ** 3 * BYTES_PER_VOXEL, option, device)
