@@ -89,11 +89,17 @@ def _evaluate(rank: int, world_size: int, args: dict, init_file: str | None) -> 
                 detector=args['detector'], trust_pickle=args['trust_pickle'], num_gpus=world_size, rank=rank, device=device, batch_size=args['batch'],
                 progress=args['verbose'])
             opts.dataset()
+            unwritten = None
             for name in args['metrics']:
                 result = metric_main.calc_metric(name, opts)
                 if rank == 0:
-                    metric_main.report_metric(result, os.path.dirname(os.path.abspath(path)), path)
                     print(metric_main.format_results(result), flush=True)
+                    try:
+                        metric_main.report_metric(result, os.path.dirname(os.path.abspath(path)), path)
+                    except OSError as err:  # the result is printed above; the others are still computed
+                        unwritten = unwritten or f'{err.filename}: cannot be written ({err.strerror}); the results are printed above'
+            if unwritten:
+                raise click.ClickException(unwritten)
         except (DatasetError, DetectorError, ValueError) as err:
             raise click.ClickException(str(err)) from None
     finally:

@@ -39,6 +39,19 @@ def test_pose_err_is_appended_beside_the_snapshot_and_printed(run_dir, monkeypat
     assert 'real_head_mean' in result.output and f'{line["results"]["real_head_mean"]:.4f}' in result.output
 
 
+def test_a_result_that_cannot_be_written_is_printed_with_the_reason(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(metric_main, 'POSE_ERR_ITEMS', 8)
+    folder = tmp_path / 'copy'
+    shutil.copytree(run_dir, folder)
+    if (folder / 'metric-pose_err.jsonl').exists():
+        os.remove(folder / 'metric-pose_err.jsonl')
+    (folder / 'metric-pose_err.jsonl').mkdir()  # writing it fails as in a read-only folder
+    result = _invoke(['--network', str(folder), '--metrics', 'pose_err', '--batch', '4'])
+    assert result.exit_code == 1 and 'Traceback' not in result.output
+    assert 'real_head_mean' in result.output
+    assert 'metric-pose_err.jsonl: cannot be written (Is a directory); the results are printed above' in result.output
+
+
 @pytest.mark.parametrize('case', ['missing', 'foreign', 'metric', 'data_alone', 'no_pose_settings', 'bad_data',
                                   'not_a_generator'])
 def test_one_line_errors(run_dir, tmp_path, case):
