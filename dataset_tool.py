@@ -381,7 +381,14 @@ def convert(source: str, dest: str, seg_dest: str, resolution: int, transform: s
         click.echo(f'note: {camera_only} labels have {CAMERA_DIM} camera values and no body pose; their pose is '
                    f'set to zero (training learns the pose)', err=True)
 
-    outputs = [_open_output(dest), _open_output(seg_dest)]
+    outputs = []
+    try:
+        for path in (dest, seg_dest):
+            outputs.append(_open_output(path))
+    except OSError as err:
+        for output in outputs:
+            output.abort()
+        raise click.ClickException(f'cannot write {path}: {err.strerror}; choose a writable place for it') from None
     image_output, mask_output = outputs
     labels, source_names, not_square = [], {}, 0
     try:

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from gen_samples import load_generator, parse_pose, parse_seeds
 from training import checkpoint
 from training.camera_utils import frontal_camera
-from training.cli import DEFAULT_DEVICE, Device, FiniteFloat, require_shape_memory
+from training.cli import DEFAULT_DEVICE, Device, FiniteFloat, make_outdir, require_shape_memory
 from training.shapes import (DEFAULT_LEVEL, close_border, extract_shape, marching_cubes, pose_vertices, read_mrc,
                              save_shape, write_mesh)
 
@@ -41,10 +41,7 @@ def main(network, mrc_dir, seeds, truncation_psi, truncation_cutoff, shape_res, 
         raise click.UsageError('give exactly one of --network or --mrc-dir')
     if pose is not None and mrc_dir is not None:
         raise click.UsageError('--pose needs --network: an .mrc file carries no body model')
-    try:
-        os.makedirs(outdir, exist_ok=True)
-    except OSError as err:
-        raise click.ClickException(f'cannot create --outdir {outdir}: {err.strerror}') from None
+    make_outdir(outdir)
     if mrc_dir is not None:
         paths = sorted(glob.glob(os.path.join(mrc_dir, '*.mrc')))
         if not paths:

@@ -14,7 +14,8 @@ from tqdm import tqdm
 import dnnlib
 from training import checkpoint
 from training.camera_utils import FOCAL, camera_label, frontal_camera, orbit_camera
-from training.cli import DEFAULT_DEVICE, Device, FiniteFloat, require_render_memory, require_shape_memory
+from training.cli import (DEFAULT_DEVICE, Device, FiniteFloat, make_outdir, require_render_memory,
+                          require_shape_memory)
 from training.dataset import is_image_name, stem
 from training.images import depth_to_uint8, to_uint8
 from training.loss import resize_image
@@ -268,10 +269,7 @@ def main(network, cfg, init_seed, seeds, seeds_num, seeds_seed, truncation_psi, 
     unknown = [name for name in view_names if name not in VIEWS]
     if unknown:
         raise click.BadParameter(f'unknown view {unknown[0]!r}', param_hint='--views')
-    try:
-        os.makedirs(outdir, exist_ok=True)
-    except OSError as err:
-        raise click.ClickException(f'cannot create --outdir {outdir}: {err.strerror}') from None
+    make_outdir(outdir)
     if pose_folder is not None:
         G, names, photos, cameras, poses = predict_folder_poses(network, pose_folder, pose_kwargs, device, trust_pickle)
         with open(os.path.join(outdir, 'predicted_poses.json'), 'w') as f:

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from gen_samples import load_generator, parse_seeds
 from training import checkpoint
 from training.camera_utils import camera_label, frontal_camera, orbit_camera, wobble_trajectory
-from training.cli import DEFAULT_DEVICE, Device, FiniteFloat, require_render_memory
+from training.cli import DEFAULT_DEVICE, Device, FiniteFloat, make_outdir, require_render_memory
 from training.images import depth_to_uint8, to_uint8
 
 
@@ -93,10 +93,7 @@ def main(network, seeds, grid, trajectory, large_pose, pose_amplitude, image_mod
     keyframes = len(seeds) // cells if interpolate != 'none' else 1
     if keyframes < 1 or (interpolate == 'none' and len(seeds) < cells):
         raise click.BadParameter(f'{len(seeds)} seeds do not fill a {grid[0]}x{grid[1]} grid', param_hint='--seeds')
-    try:
-        os.makedirs(outdir, exist_ok=True)
-    except OSError as err:
-        raise click.ClickException(f'cannot create --outdir {outdir}: {err.strerror}') from None
+    make_outdir(outdir)
     G = load_generator(network, None, 0, device, trust_pickle)
     num_frames = keyframes * w_frames
     condition = frontal_camera(1, device=device)

@@ -34,7 +34,7 @@ import torch
 
 import dnnlib
 from training import checkpoint, presets
-from training.cli import FiniteFloat
+from training.cli import FiniteFloat, make_outdir
 from training.config import ARCHITECTURE_FIELDS, ConfigError, TrainingConfig
 from training.dataset import DatasetError, PortraitDataset
 from training.synthetic import default_synthetic_paths, ensure_synthetic_dataset
@@ -347,6 +347,7 @@ def _make_run_dir(outdir: str, config: TrainingConfig) -> str:
     except DatasetError as err:
         raise click.ClickException(str(err)) from None
     desc = f'{config.preset_name}-{dataset.name}-gpus{config.gpus}-batch{config.batch}-gamma{config.gamma:g}'
+    make_outdir(outdir)
     run_dir = dnnlib.util.next_run_dir(outdir, desc + (f'-{config.desc}' if config.desc else ''))
     os.makedirs(run_dir, exist_ok=False)
     with open(os.path.join(run_dir, 'training_options.json'), 'w', encoding='utf-8') as f:

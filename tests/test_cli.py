@@ -1,4 +1,6 @@
-"""Tests for training/cli.py and the numeric options of the tools: NaN and inf are click errors."""
+"""Tests for training/cli.py and the tools' handling of bad options: NaN and inf, devices, URLs, memory, read-only folders."""
+
+import os
 
 import click
 import pytest
@@ -81,3 +83,36 @@ def test_settings_that_cannot_fit_in_memory_are_refused_before_allocating(run_di
                                        '--outdir', str(tmp_path / 'out')] + extra)
     assert result.exit_code == 2 and 'Traceback' not in result.output
     assert f"Invalid value for {option}: needs about" in result.output and 'GiB free' in result.output
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder on a read-only file system (a tmpfs mounted read-only; root only)."""
+    import subprocess
+    folder = tmp_path / 'read-only'
+    folder.mkdir()
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro', 'tmpfs', str(folder)], capture_output=True).returncode != 0:
+        pytest.skip('cannot mount a read-only file system here (needs root)')
+    yield folder
+    subprocess.run(['umount', str(folder)], check=True)
+
+
+def test_read_only_outdirs_are_one_line_errors(run_dir, read_only_folder, tmp_path):
+    import dataset_tool
+    from tests.test_dataset_tool import make_layout
+    root = os.path.dirname(run_dir)
+    cases = [(gen_samples.main, ['--network', run_dir, '--seeds', '0', '--device', 'cpu', '--outdir', str(read_only_folder)]),
+             (gen_videos.main, ['--network', run_dir, '--seeds', '0', '--device', 'cpu', '--outdir', str(read_only_folder)]),
+             (extract_shapes.main, ['--network', run_dir, '--seeds', '0', '--device', 'cpu', '--outdir', str(read_only_folder)]),
+             (train.main, ['--cfg', os.path.join(root, 'tiny.json'), '--data', os.path.join(root, 'data.zip'),
+                           '--seg_data', os.path.join(root, 'seg.zip'), '--outdir', str(read_only_folder / 'runs'),
+                           '--kimg', '0.004', '--workers', '0'])]
+    for tool, args in cases:
+        result = CliRunner().invoke(tool, args)
+        assert result.exit_code == 1 and 'Traceback' not in result.output, result.output
+        assert 'Read-only file system' in result.output.strip().splitlines()[-1], result.output
+    source, _ = make_layout(tmp_path / 'source')
+    result = CliRunner().invoke(dataset_tool.main, ['convert', '--source', source, '--dest', str(read_only_folder / 'a.zip'),
+                                                    '--seg-dest', str(tmp_path / 'b.zip'), '--resolution', '8'])
+    assert result.exit_code == 1 and 'Traceback' not in result.output
+    assert 'a.zip: Read-only file system' in result.output and not (tmp_path / 'b.zip').exists()

@@ -1,6 +1,7 @@
 """Pieces shared by the command-line tools."""
 
 import math
+import os
 
 import click
 import torch
@@ -72,3 +73,15 @@ def require_render_memory(G: torch.nn.Module, images: int, sample_mult: int, dev
 def require_shape_memory(resolution: int, option: str, device: torch.device) -> None:
     """--shape-res: the density volume of resolution^3 voxels must fit."""
     require_memory(float(resolution) ** 3 * BYTES_PER_VOXEL, option, device)
+
+
+def make_outdir(path: str, option: str = '--outdir') -> str:
+    """Create the output folder if needed and make sure files can be written into it; a click error otherwise."""
+    import tempfile
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise click.ClickException(f'cannot write into {option} {path}: {err.strerror}; choose a writable folder') from None
+    return path
