@@ -67,7 +67,7 @@ def test_one_line_errors(run_dir, tmp_path, case):
     (tmp_path / 'empty').mkdir()
     source = ['--network', run_dir]
     seeds, outdir = '0', tmp_path / 'out'
-    hint = {'missing': 'nothing.pkl', 'foreign': 'notes.txt', 'seeds': 'a-b', 'outdir': 'cannot create --outdir',
+    hint = {'missing': 'nothing.pkl', 'foreign': 'notes.txt', 'seeds': 'a-b', 'outdir': 'cannot write into --outdir',
             'empty-mrc-dir': 'no .mrc', 'both': '--mrc-dir', 'pose': 'six comma-separated',
             'pose-mrc': '--pose needs --network'}[case]
     pose = []

@@ -42,7 +42,7 @@ def test_one_line_errors(run_dir, tmp_path, case):
     blocker = tmp_path / 'file'
     blocker.write_text('')
     args = dict(network=run_dir, seeds='0', outdir=tmp_path / 'out', grid='1x1')
-    hint = {'missing': 'nothing.pkl', 'foreign': 'notes.txt', 'seeds': 'a-b', 'outdir': 'cannot create --outdir', 'grid': '2x2'}[case]
+    hint = {'missing': 'nothing.pkl', 'foreign': 'notes.txt', 'seeds': 'a-b', 'outdir': 'cannot write into --outdir', 'grid': '2x2'}[case]
     if case == 'missing':
         args['network'] = tmp_path / 'nothing.pkl'
     elif case == 'foreign':
