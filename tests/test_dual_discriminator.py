@@ -139,6 +139,37 @@ def test_left_samples_use_mirrored_inputs_and_camera():
             torch.testing.assert_close(pose[i:i + 1], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_without_mirror_camera_left_samples_keep_their_camera():
+    # The published discriminator's convention: left-side images are mirrored, their camera is not.
+    disc = _disc(mbstd_group_size=1, mirror_camera=False)
+    d, c = _inputs(4, seed=2), _cameras(MIXED)
+    with torch.no_grad():
+        pose = disc.predict_pose(d, c)
+        for i, left in enumerate([False, True, False, True]):
+            di = {k: v[i:i + 1].flip(3) if left else v[i:i + 1] for k, v in d.items()}
+            expected = disc.pose_branch(torch.cat([disc.features(di), c[i:i + 1]], dim=1))
+            if left:
+                expected = flip_pose(expected)
+            torch.testing.assert_close(pose[i:i + 1], expected, rtol=1e-5, atol=1e-6)
+        default = _disc(mbstd_group_size=1)
+        default.load_state_dict(disc.state_dict())
+        assert not torch.allclose(default.predict_pose(d, c)[1::2], pose[1::2])
+        torch.testing.assert_close(default.predict_pose(d, c)[0::2], pose[0::2], rtol=0, atol=0)
+    assert disc.init_kwargs['mirror_camera'] is False
+    assert pickle.loads(pickle.dumps(disc)).mirror_camera is False
+
+
+def test_discriminator_pickled_before_the_option_mirrors_the_camera():
+    disc = _disc(mbstd_group_size=1)
+    d, c = _inputs(4, seed=2), _cameras(MIXED)
+    with torch.no_grad():
+        expected = disc.predict_pose(d, c)
+    del disc.__dict__['mirror_camera']  # the state of a discriminator saved before the option existed
+    clone = pickle.loads(pickle.dumps(disc))
+    with torch.no_grad():
+        assert torch.equal(clone.predict_pose(d, c), expected)
+
+
 def test_pose_loss_reaches_trunk_and_head_only():
     disc = _disc()
     d, c = _inputs(4), _cameras(MIXED)

@@ -143,6 +143,8 @@ def load_network_pickle(path: str, device: Any = 'cpu', trust_pickle: bool = Fal
     try:
         with open(path, 'rb') as file:
             data = pickle.load(file) if trust_pickle else safe_pickle.rebuild_networks(safe_pickle.load(file))
+    except safe_pickle.ConversionError as error:
+        raise CheckpointError(f'{path}: not loaded: {error}; nothing from the file was run') from None
     except safe_pickle.UnsafePickleError as error:
         raise CheckpointError(f'{path}: not loaded: {error}; nothing from the file was run (if you trust its source, '
                               f'--trust-pickle loads it by running its code)') from None

@@ -9,7 +9,8 @@ adversarial loss never trains the pose head.
 The pose head canonicalizes like the generator's pose branch: inputs seen from the subject's
 left (camera x >= 0) are mirrored, together with their camera, before the trunk and the head,
 and the predicted pose is mirrored back. Mirroring the camera as well as the image is this
-project's choice; the published method passes the unmirrored camera.
+project's choice (`mirror_camera=True`); the published method passes the unmirrored camera
+(`mirror_camera=False`, the setting of discriminators converted from its checkpoints).
 """
 
 import torch
@@ -39,6 +40,9 @@ class PoseAwareDualDiscriminator(Discriminator):
     condition; `pose_branch` is the pose head.
     """
 
+    # Discriminators pickled before the option existed are restored without running __init__.
+    mirror_camera = True
+
     def __init__(self, *,
         c_dim: int = 25,                # Camera label size.
         pose_dim: int = 6,              # Body pose size (neck and head axis-angles).
@@ -56,6 +60,7 @@ class PoseAwareDualDiscriminator(Discriminator):
         pose_hidden=(2048, 512, 128, 32),  # Widths of the pose head's hidden layers.
         disc_c_noise: float = 0.0,      # Noise on the conditioning camera, in units of its batch std.
         freeze_layers: int = 0,         # Freeze this many trunk layers, counted from the input.
+        mirror_camera: bool = True,     # Pose head: mirror the camera of left-side views along with the image.
     ):
         super().__init__(c_dim=c_dim + pose_dim, img_resolution=img_resolution,
                          img_channels=2 * img_channels + seg_channels, architecture='resnet',
@@ -70,6 +75,7 @@ class PoseAwareDualDiscriminator(Discriminator):
         self.rgb_channels = img_channels
         self.seg_channels = seg_channels
         self.disc_c_noise = disc_c_noise
+        self.mirror_camera = bool(mirror_camera)
         flat_features = self.b4.in_channels * self.b4.resolution ** 2
         self.pose_branch = PoseMLP(flat_features + c_dim, hidden=tuple(pose_hidden), out_features=pose_dim)
 
@@ -103,14 +109,15 @@ class PoseAwareDualDiscriminator(Discriminator):
         """Body pose of the subject in each image, mirror-canonicalized.
 
         img_dict as in `build_input`, c [B, 25] -> pose [B, 6]
-        Samples seen from the left (is_left(c)) are mirrored, image and camera both, predicted
-        from the right, and their pose mirrored back.
+        Samples seen from the left (is_left(c)) are mirrored, predicted from the right, and their
+        pose mirrored back; their camera is mirrored too when `mirror_camera`, else the head reads
+        it as given.
         """
         misc.assert_shape(c, [img_dict['image'].shape[0], self.c_dim])
         left = is_left(c)
         flipped = flip_image_dict(img_dict)
         canonical = {key: torch.where(left.reshape(-1, 1, 1, 1), flipped[key], img_dict[key]) for key in img_dict}
-        canonical_c = torch.where(left.unsqueeze(1), flip_camera(c), c)
+        canonical_c = torch.where(left.unsqueeze(1), flip_camera(c), c) if self.mirror_camera else c
         flat = self.features(canonical)
         pose = self.pose_branch(torch.cat([flat, canonical_c.to(flat.dtype)], dim=1))
         return torch.where(left.unsqueeze(1), flip_pose(pose), pose)
@@ -133,4 +140,4 @@ class PoseAwareDualDiscriminator(Discriminator):
 
     def extra_repr(self) -> str:
         return (f'c_dim={self.c_dim:d}, pose_dim={self.pose_dim:d}, img_resolution={self.img_resolution:d}, '
-                f'input_channels={self.img_channels:d}')
+                f'input_channels={self.img_channels:d}, mirror_camera={self.mirror_camera}')

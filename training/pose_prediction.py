@@ -2,7 +2,7 @@
 
 The settings that prepare a real image for `D.predict_pose` (rendering resolution, blur) are the
 ones the training loop writes beside each network snapshot as `pose_predict_kwargs-*.json`
-(SPEC 8.4, 8.7).
+(SPEC 8.4, 8.7); a published 3DPortraitGAN checkpoint carries them in the .json of its own name.
 """
 
 import json
@@ -14,6 +14,7 @@ from training.body.lbs import batch_rodrigues
 from training.loss import blur_image, prepare_real
 
 POSE_PREDICT_KEYS = ('blur_sigma', 'neural_rendering_resolution')
+SNAPSHOT_PREFIX = 'network-snapshot-'
 
 
 def load_pose_predict_kwargs(path: str) -> dict:
@@ -32,10 +33,17 @@ def load_pose_predict_kwargs(path: str) -> dict:
 
 
 def pose_predict_kwargs_for(snapshot_path: str) -> str:
-    """network-snapshot-001234.pkl (or .pt) -> the pose_predict_kwargs-001234.json beside it."""
+    """The pose-prediction JSON beside a snapshot.
+
+    network-snapshot-001234.pkl (or .pt), as written by training -> pose_predict_kwargs-001234.json;
+    any other name, such as the published 3DPortraitGAN512-64.pkl or a file converted from it
+    -> the .json of the same stem (3DPortraitGAN512-64.json).
+    """
     folder, name = os.path.split(snapshot_path)
-    kimg = os.path.splitext(name)[0].rsplit('-', 1)[-1]
-    return os.path.join(folder, f'pose_predict_kwargs-{kimg}.json')
+    stem = os.path.splitext(name)[0]
+    if stem.startswith(SNAPSHOT_PREFIX):
+        return os.path.join(folder, f'pose_predict_kwargs-{stem[len(SNAPSHOT_PREFIX):]}.json')
+    return os.path.join(folder, f'{stem}.json')
 
 
 @torch.no_grad()

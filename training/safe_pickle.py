@@ -22,13 +22,17 @@ would but with this repository's code: each record becomes an object of the clas
 sub-modules may also be torch.nn layers), made with `cls.__new__` and given its stored state
 with `__setstate__`. No constructor runs, so loading is as fast as unpickling; a file whose
 classes have changed since it was saved loads through its weights file instead.
+
+Records of the StyleGAN2-ADA / EG3D layout are mapped only in the published 3DPortraitGAN
+checkpoints, whose networks `training.authors_checkpoint` rebuilds as this project's classes
+from their stored arguments and tensors.
 """
 
 import collections
 import importlib
 import io
 import pickle
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Optional
 
 import numpy as np
 import torch
@@ -43,6 +47,10 @@ _RELEASE_RECORD = ('torch_utils.persistence', '_reconstruct_persistent_obj')
 
 class UnsafePickleError(pickle.UnpicklingError):
     """The pickle asks to run code that is not on the allow-list, or names a class this repository lacks."""
+
+
+class ConversionError(UnsafePickleError):
+    """A published checkpoint of another code base whose networks cannot be mapped onto this project's."""
 
 
 class PersistentRecord:
@@ -245,7 +253,8 @@ def _materialize(value: Any, memo: dict) -> Any:
         persistent = isinstance(value, PersistentRecord)
         if persistent and value.layout != 'own':
             raise UnsafePickleError(f'{value.class_name} is a persistent record of another code base (StyleGAN2-ADA / '
-                                    f'EG3D layout), which the safe reader does not map to this repository')
+                                    f'EG3D layout), which the safe reader does not map to this repository (of that '
+                                    f'layout it maps the published 3DPortraitGAN checkpoints only)')
         cls = _module_class(value.qualified_name if persistent else value._path, persistent)
         state = value.state
         if not isinstance(state, dict) or not all(isinstance(state.get(key), dict)
@@ -261,8 +270,17 @@ def _materialize(value: Any, memo: dict) -> Any:
     return value
 
 
-def rebuild_networks(data: Any) -> Any:
+def rebuild_networks(data: Any, smpl_path: Optional[str] = None) -> Any:
     """A loaded network pickle with every record and inert module turned into this repository's class
     (or torch.nn's) with the stored state, as unpickling does: objects are made with `cls.__new__` and
-    `__setstate__`; no constructor and nothing from the file runs."""
+    `__setstate__`; no constructor and nothing from the file runs.
+
+    A published 3DPortraitGAN checkpoint instead has its networks built as this project's classes
+    and loaded with its renamed tensors (training.authors_checkpoint); their body model reads the
+    SMPL pickle at smpl_path (None: the default path).
+    """
+    from training import authors_checkpoint  # imports this module; the dependency runs one way at import time
+    if authors_checkpoint.is_release_snapshot(data):
+        networks = authors_checkpoint.convert_networks(data, smpl_path)
+        return {key: networks[key] if key in networks else _materialize(value, {}) for key, value in data.items()}
     return _materialize(data, {})
