@@ -45,7 +45,7 @@ GENERATOR_OPTIONS = {
     'sr_num_fp16_res': 'sr_num_fp16_res', 'g_num_fp16_res': 'num_fp16_res', 'sr_module': 'sr_module',
     'decoder_lr_mul': 'decoder_lr_mul', 'thickness': 'thickness', 'decoder_activation': 'decoder_activation',
     'use_torgb_raw': 'use_torgb_raw', 'use_background': 'use_background', 'triplane_depth': 'triplane_depth',
-    'cpu_bf16': 'cpu_bf16',
+    'cpu_bf16': 'cpu_bf16', 'body_model': 'body_model',
 }
 
 
@@ -246,6 +246,7 @@ def _launch(config: TrainingConfig, run_dir: str) -> None:
 @click.option('--use_torgb_raw', type=bool, help='Raw image from a ToRGB layer')
 @click.option('--use_background', type=bool, help='2D background behind the head')
 @click.option('--triplane_depth', type=click.IntRange(min=1), help='Depth slices of the tri-grid')
+@click.option('--body_model', help="Body driving the deformation: embedded, smpl (body_models/smpl/SMPL_NEUTRAL.pkl) or a path")
 @click.option('--cpu_bf16', type=bool,
               help="On the CPU, run G's convolutions in bfloat16 (output within 2% relative RMS of fp32; forward ~1.7x faster)")
 def main(outdir, cfg, gpus, dry_run, resume, resume_kimg, resume_blur, cbase, cmax, nobench, **options):
@@ -287,11 +288,7 @@ def main(outdir, cfg, gpus, dry_run, resume, resume_kimg, resume_blur, cbase, cm
         print(config.to_json())
         return
     if config.resume is not None and config.resume_state is None:
-        # The snapshot that starts the stage is read once here, so that a bad one stops before a run directory exists.
-        try:
-            checkpoint.load_any(config.resume, trust_pickle=config.trust_pickle)
-        except checkpoint.CheckpointError as err:
-            raise click.BadParameter(str(err), param_hint='--resume') from None
+        _check_stage_snapshot(config)
 
     if _is_torchrun():
         if config.device == 'cuda':
@@ -307,6 +304,28 @@ def main(outdir, cfg, gpus, dry_run, resume, resume_kimg, resume_blur, cbase, cm
         torch.distributed.broadcast_object_list(shared, src=0)  # also waits until the synthetic set exists
         run_dir = shared[0]
     _launch(config, run_dir)
+
+
+def _check_stage_snapshot(config: TrainingConfig) -> None:
+    """Read the snapshot that starts a stage and compare its networks with the configured ones, so that a bad
+    or mismatched snapshot stops with one line before a run directory exists."""
+    from training.training_loop import build_networks
+    try:
+        snapshot = checkpoint.load_any(config.resume, trust_pickle=config.trust_pickle)
+        stored = checkpoint.snapshot_networks(snapshot, config.resume)
+        configured = build_networks(config, torch.device('cpu'))
+    except checkpoint.CheckpointError as err:
+        raise click.BadParameter(str(err), param_hint='--resume') from None
+    except (ValueError, OSError) as err:
+        raise click.UsageError(str(err)) from None
+    for role, network, built in zip(('generator', 'discriminator'), stored, configured):
+        stored_tensors = {} if network is None else dict(network.state_dict())
+        for name, tensor in built.state_dict().items():
+            if name in stored_tensors and stored_tensors[name].shape != tensor.shape:
+                raise click.BadParameter(f'{config.resume}: its {role} was built with other options than --cfg '
+                                         f'{config.cfg} ({name} is {list(stored_tensors[name].shape)} there, '
+                                         f'{list(tensor.shape)} here); choose the preset and options it was trained '
+                                         f'with (--body_model, channels, resolutions)', param_hint='--resume')
 
 
 def _new_config(cfg: str, options: dict, generator: dict, resume: str | None, resume_kimg: float | None,

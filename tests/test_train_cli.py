@@ -203,3 +203,18 @@ def test_preset_with_missing_or_unknown_generator_keys_is_a_one_line_error(tmp_p
     result = CliRunner().invoke(train.main, ['--cfg', str(path), '-n'])
     assert result.exit_code == 2 and 'Traceback' not in result.output
     assert 'lacks img_resolution; has unknown img_resolutoin' in result.output.strip().splitlines()[-1]
+
+
+def test_a_stage_from_a_snapshot_of_other_networks_is_a_one_line_error(tmp_path):
+    from tests.tiny_run import write_tiny_snapshot
+    run_dir, _ = write_tiny_snapshot(str(tmp_path / 'tiny'))
+    snapshot = os.path.join(run_dir, 'network-snapshot-000000.pt')
+    garbage = tmp_path / 'garbage.pkl'
+    garbage.write_bytes(os.urandom(3000))
+    for resume, expected in ((snapshot, 'its generator was built with other options than --cfg cpu-small'),
+                             (str(garbage), 'garbage.pkl: not a readable network pickle')):
+        result = CliRunner().invoke(train.main, ['--cfg', 'cpu-small', '--resume', resume, '--resume_kimg', '0',
+                                                 '--outdir', str(tmp_path / 'runs')])
+        assert result.exit_code == 2 and 'Traceback' not in result.output, result.output
+        assert expected in result.output.strip().splitlines()[-1]
+        assert not (tmp_path / 'runs').exists()
