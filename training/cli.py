@@ -2,8 +2,10 @@
 
 import math
 import os
+import tempfile
 
 import click
+import psutil
 import torch
 
 DEFAULT_DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -55,7 +57,6 @@ def require_memory(needed: float, option: str, device: torch.device) -> None:
     if device.type == 'cuda':
         available = torch.cuda.mem_get_info(device)[0]
     else:
-        import psutil
         available = psutil.virtual_memory().available
     if needed > available:
         raise click.BadParameter(f'needs about {needed / 2 ** 30:,.1f} GiB of memory and {device} has '
@@ -77,7 +78,6 @@ def require_shape_memory(resolution: int, option: str, device: torch.device) -> 
 
 def make_outdir(path: str, option: str = '--outdir') -> str:
     """Create the output folder if needed and make sure files can be written into it; a click error otherwise."""
-    import tempfile
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
