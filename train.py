@@ -122,7 +122,7 @@ def _continued_config(resume_state: str, cfg_given: bool, overrides: dict, gener
 
 def _process(rank: int, world_size: int, config: TrainingConfig, run_dir: str, init_file: str | None) -> None:
     """One training process: join the process group, pick the device, train; errors become one line and exit 1."""
-    from training.training_loop import TrainingDivergedError, training_loop
+    from training.training_loop import TrainingDataError, TrainingDivergedError, training_loop
     local_rank = int(os.environ.get('LOCAL_RANK', rank))
     if config.device == 'cuda':
         device = torch.device('cuda', local_rank)
@@ -139,7 +139,8 @@ def _process(rank: int, world_size: int, config: TrainingConfig, run_dir: str, i
     logger = dnnlib.util.Logger(os.path.join(run_dir, 'log.txt'), file_mode='a') if rank == 0 else None
     try:
         training_loop(config, run_dir, rank=rank, world_size=world_size, device=device)
-    except TrainingDivergedError as err:
+    except (TrainingDivergedError, TrainingDataError, DatasetError) as err:
+        # A DatasetError here comes from the set-up, before any training.
         print(f'Error: {err}', file=sys.stderr)
         sys.exit(1)
     finally:

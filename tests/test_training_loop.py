@@ -16,7 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -345,3 +347,37 @@ def test_torchrun_two_processes_hold_identical_parameters(tiny, tmp_path):
     _assert_same_tensors(rank0, rank1, 'rank 0 vs rank 1')
     # What the ranks returned are the networks that rank 0 stored at the end of the run.
     _assert_same_tensors(stored, rank0, 'resume state vs rank 0')
+
+
+def test_an_image_that_does_not_decode_stops_with_a_final_snapshot(tiny, tmp_path):
+    # A member of the images zip is truncated; the data loader's worker meets it during the first pass.
+    from training.dataset import PortraitDataset
+    from training.training_loop import TrainingDataError, latest_network_snapshot, latest_resume_state
+    _, config = tiny
+    # An image that the image snapshots' fixed real batch (drawn as _SnapshotGrid does) leaves out,
+    # so that training meets it, not the set-up before it.
+    dataset = PortraitDataset(config.data, config.seg_data, resolution=config.generator['img_resolution'],
+                              xflip=config.mirror)
+    rng = np.random.RandomState(config.seed)
+    cols, rows = config.snapshot_grid
+    rng.randint(len(dataset), size=cols * rows // 2)
+    rng.randn(cols * rows // 2, config.generator['z_dim'])
+    num_reals = max(config.batch_gpu, cols * rows // config.batch_gpu * config.batch_gpu)
+    shown = {dataset.get_details(int(idx)).image_name for idx in rng.randint(len(dataset), size=num_reals)}
+    broken = str(tmp_path / 'data.zip')
+    with zipfile.ZipFile(config.data) as source, zipfile.ZipFile(broken, 'w') as target:
+        victim = next(name for name in sorted(source.namelist()) if name.endswith('.png') and name not in shown)
+        for name in source.namelist():
+            data = source.read(name)
+            target.writestr(name, data[:60] if name == victim else data)
+    config = config.replace(data=broken, kimg=0.2, snap=100, workers=1)
+    run_dir = str(tmp_path / 'run')
+    with pytest.raises(TrainingDataError) as error:
+        _run(config, run_dir)
+    message = str(error.value)
+    assert '\n' not in message and victim in message and 'cannot be decoded' in message
+    assert f'--resume {run_dir}' in message
+    # Nothing trained so far is lost: the final snapshot and its resume state are there.
+    state = _resume_state(run_dir)
+    assert 0 < state['progress']['cur_nimg'] < 200
+    assert latest_network_snapshot(run_dir) is not None and latest_resume_state(run_dir) is not None

@@ -52,7 +52,7 @@ from torch_utils import misc, training_stats
 from training import checkpoint
 from training.camera_utils import flip_camera, frontal_camera
 from training.config import TrainingConfig
-from training.dataset import PortraitDataset
+from training.dataset import DatasetError, PortraitDataset
 from training.dual_discriminator import PoseAwareDualDiscriminator
 from training.images import depth_to_uint8, to_uint8
 from training.loss import LossConfig, PortraitGANLoss, blur_image, prepare_real
@@ -72,6 +72,17 @@ RESAMPLE_FILTER = [1, 3, 3, 1]  # recorded in pose_predict_kwargs for scripts th
 
 class TrainingDivergedError(RuntimeError):
     """The gradients stayed NaN or infinite; the message names the last good snapshot."""
+
+
+class TrainingDataError(RuntimeError):
+    """A training image could not be read; a final snapshot was written, and the message names the file."""
+
+
+def _dataset_error_line(error: Exception) -> str:
+    """The message of a DatasetError, also when a DataLoader worker re-raised it with its traceback."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(error).__name__
+    return last.split('DatasetError: ', 1)[-1]
 
 
 @dataclasses.dataclass
@@ -171,47 +182,55 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
     tick_start_time = time.time()
     maintenance_time = tick_start_time - start_time
     nonfinite_ticks = 0  # consecutive ticks in which every iteration had non-finite gradients
+    data_failure = None  # the first line of a DatasetError met while reading the training data
+    data_failed = False  # whether any process met one
+    schedule = loss.phase_state(progress.cur_nimg)
     tick_nonfinite = torch.ones([], dtype=torch.bool, device=device)  # kept on the device: no sync per iteration
     with _StopSignals(log) as signals:
         while True:
-            # 1. Real batch.
-            real_img, real_seg, real_c, real_pose = next(data_iter)
-            progress.data_batches += 1
-            real_img = (real_img.to(device).to(torch.float32) / 127.5 - 1).split(config.batch_gpu)
-            real_seg = (real_seg.to(device).to(torch.float32) / 255).split(config.batch_gpu)
-            real_c = real_c.to(device).split(config.batch_gpu)
-            real_pose = real_pose.to(device).split(config.batch_gpu)
+            # 1. Real batch. A file that does not decode stops every process after a final snapshot.
+            try:
+                real_img, real_seg, real_c, real_pose = next(data_iter)
+            except DatasetError as error:
+                data_failure = _dataset_error_line(error)
+            data_failed = _any_rank(data_failure is not None, world_size, device)
+            if not data_failed:
+                progress.data_batches += 1
+                real_img = (real_img.to(device).to(torch.float32) / 127.5 - 1).split(config.batch_gpu)
+                real_seg = (real_seg.to(device).to(torch.float32) / 255).split(config.batch_gpu)
+                real_c = real_c.to(device).split(config.batch_gpu)
+                real_pose = real_pose.to(device).split(config.batch_gpu)
 
-            # 2. Phases.
-            iteration_nonfinite = torch.zeros([], dtype=torch.bool, device=device)
-            for phase in phases:
-                if progress.batch_idx % phase.interval != 0:
-                    continue
-                gen_z = torch.randn([config.batch_per_process, G.z_dim], device=device).split(config.batch_gpu)
-                gen_c, gen_pose = (x.split(config.batch_gpu) for x in
-                                   _sample_generator_labels(dataset, config.batch_per_process, device))
-                optimizer = optimizers[phase.optimizer_name]
-                optimizer.zero_grad(set_to_none=True)
-                for param in phase.params:
-                    param.requires_grad_(True)
-                for chunk in zip(real_img, real_seg, real_c, real_pose, gen_z, gen_c, gen_pose):
-                    loss.accumulate_gradients(phase.name, *chunk, gain=phase.interval, cur_nimg=progress.cur_nimg)
-                for param in phase.params:
-                    param.requires_grad_(False)
-                iteration_nonfinite |= ~_average_gradients(phase.params, world_size)
-                optimizer.step()
-            tick_nonfinite &= iteration_nonfinite
+                # 2. Phases.
+                iteration_nonfinite = torch.zeros([], dtype=torch.bool, device=device)
+                for phase in phases:
+                    if progress.batch_idx % phase.interval != 0:
+                        continue
+                    gen_z = torch.randn([config.batch_per_process, G.z_dim], device=device).split(config.batch_gpu)
+                    gen_c, gen_pose = (x.split(config.batch_gpu) for x in
+                                       _sample_generator_labels(dataset, config.batch_per_process, device))
+                    optimizer = optimizers[phase.optimizer_name]
+                    optimizer.zero_grad(set_to_none=True)
+                    for param in phase.params:
+                        param.requires_grad_(True)
+                    for chunk in zip(real_img, real_seg, real_c, real_pose, gen_z, gen_c, gen_pose):
+                        loss.accumulate_gradients(phase.name, *chunk, gain=phase.interval, cur_nimg=progress.cur_nimg)
+                    for param in phase.params:
+                        param.requires_grad_(False)
+                    iteration_nonfinite |= ~_average_gradients(phase.params, world_size)
+                    optimizer.step()
+                tick_nonfinite &= iteration_nonfinite
 
-            # 3. EMA and counters.
-            schedule = loss.phase_state(progress.cur_nimg)
-            G.neural_rendering_resolution = G_ema.neural_rendering_resolution = schedule['rendering_resolution']
-            beta = ema_beta(config.batch, config.ema_kimg, config.ema_rampup, progress.cur_nimg)
-            _update_ema(G_ema, G, beta)
-            _update_ema(D_ema, D, beta)
-            progress.cur_nimg += config.batch
-            progress.batch_idx += 1
+                # 3. EMA and counters.
+                schedule = loss.phase_state(progress.cur_nimg)
+                G.neural_rendering_resolution = G_ema.neural_rendering_resolution = schedule['rendering_resolution']
+                beta = ema_beta(config.batch, config.ema_kimg, config.ema_rampup, progress.cur_nimg)
+                _update_ema(G_ema, G, beta)
+                _update_ema(D_ema, D, beta)
+                progress.cur_nimg += config.batch
+                progress.batch_idx += 1
 
-            stop = _any_rank(signals.received is not None, world_size, device)
+            stop = _any_rank(signals.received is not None, world_size, device) or data_failed
             done = progress.cur_nimg >= config.kimg * 1000 or stop
             if (not done and progress.cur_tick != 0
                     and progress.cur_nimg < progress.tick_start_nimg + config.tick * 1000):
@@ -269,6 +288,10 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
 
     if writer is not None:
         writer.close()
+    if data_failed:
+        raise TrainingDataError(f'{data_failure or "another training process could not read a training image (its message names it)"}; '
+                                f'training stopped at {progress.cur_nimg / 1000:g} kimg with a final snapshot: fix the data set and '
+                                f'continue with python train.py --resume {run_dir}')
     if signals.received is not None:
         log(f'Stopped by {signals.received} at {progress.cur_nimg / 1000:g} kimg. Continue with: '
             f'python train.py --resume {run_dir}')
@@ -631,7 +654,8 @@ def _collect_stats(collector: training_stats.Collector, device: torch.device, ti
     training_stats.report0('Progress/kimg', kimg)
     training_stats.report0('Timing/total_sec', total_sec)
     training_stats.report0('Timing/sec_per_tick', sec_per_tick)
-    training_stats.report0('Timing/sec_per_kimg', sec_per_tick / tick_kimg)
+    # A tick cut short before its first iteration (a stop) trained no images.
+    training_stats.report0('Timing/sec_per_kimg', sec_per_tick / tick_kimg if tick_kimg > 0 else 0.0)
     training_stats.report0('Timing/maintenance_sec', maintenance_sec)
     training_stats.report0('Resources/cpu_mem_gb', psutil.Process().memory_info().rss / 2**30)
     training_stats.report0('Resources/peak_cpu_mem_gb', _peak_rss_bytes() / 2**30)
