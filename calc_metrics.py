@@ -14,10 +14,10 @@ import click
 import torch
 
 import dnnlib
-from gen_samples import resolve_network
 from metrics import metric_main, metric_utils
 from metrics.detector import DEFAULT_DETECTOR, DetectorError
 from training import checkpoint
+from training.cli import resolve_network
 from training.dataset import DatasetError
 from training.pose_prediction import load_pose_predict_kwargs, pose_predict_kwargs_for
 

@@ -8,10 +8,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gen_samples import load_generator, parse_pose, parse_seeds
 from training import checkpoint
 from training.camera_utils import frontal_camera
-from training.cli import DEFAULT_DEVICE, Device, FiniteFloat, make_outdir, require_shape_memory
+from training.cli import DEFAULT_DEVICE, Device, FiniteFloat, load_generator, make_outdir, parse_pose, parse_seeds, require_shape_memory
 from training.shapes import (DEFAULT_LEVEL, close_border, extract_shape, marching_cubes, pose_vertices, read_mrc,
                              save_shape, write_mesh)
 

@@ -11,66 +11,23 @@ import PIL.Image
 import torch
 from tqdm import tqdm
 
-import dnnlib
 from training import checkpoint
 from training.camera_utils import FOCAL, camera_label, frontal_camera, orbit_camera
-from training.cli import (DEFAULT_DEVICE, Device, FiniteFloat, make_outdir, require_render_memory,
-                          require_shape_memory)
+from training.cli import (DEFAULT_DEVICE, Device, FiniteFloat, load_generator, load_networks, make_outdir,
+                          parse_pose, parse_seeds, require_render_memory, require_shape_memory)
 from training.dataset import is_image_name, stem
 from training.images import depth_to_uint8, to_uint8
 from training.loss import resize_image
 from training.pose_prediction import load_pose_predict_kwargs, pose_predict_kwargs_for, predict_real_poses
-from training.presets import load_preset
 from training.shapes import DEFAULT_LEVEL, extract_shape, save_shape
-from training.training_loop import latest_network_snapshot
-from training.triplane import build_generator
 
 VIEWS = {'back': -math.pi / 2, 'side': 0.0, 'front': math.pi / 2}
 
 
-def resolve_network(network: str) -> str:
-    """A checkpoint path or URL as given; a run directory -> its latest network snapshot; a folder of run
-    directories (a training --outdir) -> the latest snapshot of its newest run."""
-    if not os.path.isdir(network):
-        return network
-    runs = [network] + sorted((os.path.join(network, name) for name in os.listdir(network)), reverse=True)
-    for run_dir in runs:
-        if os.path.isdir(run_dir) and (snapshot := latest_network_snapshot(run_dir)) is not None:
-            return snapshot
-    raise click.BadParameter(f'{network}: no network-snapshot-*.pkl in this folder or its run directories',
-                             param_hint='--network')
 
 
-def load_networks(network: str, device: torch.device, trust_pickle: bool = False) -> tuple:
-    """A checkpoint of either format (path, URL or run directory) -> (snapshot path, dict of its modules).
-
-    trust_pickle: unpickle a network pickle by running its code (see checkpoint.load_network_pickle)."""
-    try:
-        path = dnnlib.util.open_url(resolve_network(network), return_filename=True)
-        return path, checkpoint.load_any(path, device=device, trust_pickle=trust_pickle)
-    except (OSError, ValueError, checkpoint.CheckpointError) as err:
-        raise click.ClickException(str(err)) from None
 
 
-def load_generator(network: str | None, cfg: str | None, init_seed: int, device: torch.device,
-                   trust_pickle: bool = False) -> torch.nn.Module:
-    """G_ema from a checkpoint of either format, or a freshly initialized generator of a preset."""
-    if (network is None) == (cfg is None):
-        raise click.UsageError('give exactly one of --network (a checkpoint) or --cfg (a preset, freshly initialized)')
-    if cfg is not None:
-        torch.manual_seed(init_seed)
-        try:
-            return build_generator(load_preset(cfg)).eval().requires_grad_(False).to(device)
-        except ValueError as err:
-            raise click.BadParameter(str(err), param_hint='--cfg') from None
-    path, modules = load_networks(network, device, trust_pickle)
-    try:
-        generator = checkpoint.snapshot_networks(modules, path)[0]
-    except checkpoint.CheckpointError as err:
-        raise click.ClickException(str(err)) from None
-    if generator is None:
-        raise click.ClickException(f'{network}: the checkpoint holds no generator (G_ema or G)')
-    return generator.eval().requires_grad_(False)
 
 
 def read_photo(path: str, mode: str, resolution: int) -> torch.Tensor:
@@ -88,7 +45,7 @@ def read_photo(path: str, mode: str, resolution: int) -> torch.Tensor:
 
 
 def read_pose_folder(folder: str, resolution: int) -> tuple:
-    """Real portraits with known cameras (SPEC 10.3 layout) -> (names, images, masks, cameras).
+    """Real portraits with known cameras (the layout of the published data-processing pipeline) -> (names, images, masks, cameras).
 
     folder/aligned_images/<name> (RGB), folder/mask/<same name, any image extension> (grayscale,
     255 = person) and folder/result.json = {name: {"camera_pose": 4x4 cam2world, ...}}, with the
@@ -146,7 +103,7 @@ def read_pose_folder(folder: str, resolution: int) -> tuple:
 
 def predict_folder_poses(network: str, folder: str, pose_kwargs: str | None, device: torch.device,
                          trust_pickle: bool = False) -> tuple:
-    """D's body pose for every photo of a SPEC 10.3 folder, each photo on its own (batch 1, as in the
+    """D's body pose for every photo of such a folder, each photo on its own (batch 1, as in the
     published script, so that a pose does not depend on the other photos).
 
     -> (G_ema, names, photos [N, 3, S, S] in [-1, 1], cameras [N, 25], poses [N, 6]); S = D's resolution.
@@ -193,28 +150,8 @@ def render_photo_poses(G: torch.nn.Module, seeds: list, names: list, photos: tor
                 os.path.join(outdir, f'seed{seed:04d}_{stem(name)}.png'))
 
 
-def parse_pose(text: str | None, device: torch.device) -> torch.Tensor | None:
-    """'a,b,c,d,e,f' (radians) -> pose [1, 6] (neck, head axis-angle); None -> None."""
-    if text is None:
-        return None
-    try:
-        values = [float(v) for v in text.split(',')]
-    except ValueError:
-        values = []
-    if len(values) != 6 or not all(math.isfinite(value) for value in values):
-        raise click.BadParameter(f'{text!r}: expected six comma-separated finite numbers (radians)', param_hint='--pose')
-    return torch.tensor([values], device=device)
 
 
-def parse_seeds(text: str) -> list:
-    """'0,2,5-9' -> [0, 2, 5, 6, 7, 8, 9], as a click error for anything else."""
-    try:
-        seeds = dnnlib.util.parse_range(text) if isinstance(text, str) else list(text)
-    except ValueError:
-        seeds = None
-    if not seeds or any(s < 0 or s >= 2 ** 32 for s in seeds):
-        raise click.BadParameter(f'{text!r}: expected seeds like 0,2,5-9 (integers in 0 .. 2^32-1)', param_hint='--seeds')
-    return seeds
 
 
 @click.command()
@@ -250,7 +187,7 @@ def main(network, cfg, init_seed, seeds, seeds_num, seeds_seed, truncation_psi, 
     canonical density and its mesh (metres, y up), coloured by the first 3 decoder feature channels.
 
     With --predict-pose DIR, the discriminator (D_ema, else D) predicts the body pose of every photo
-    of DIR (SPEC 8.7, 10.3) and the outputs are instead predicted_poses.json, {name: {"neck": [3],
+    of DIR and the outputs are instead predicted_poses.json, {name: {"neck": [3],
     "head": [3]}} (axis-angle, radians, keyed as in DIR/result.json), and per seed and photo
     seedNNNN_<name>.png: the photo beside the generator's image from that photo's camera with its
     predicted pose (deformation on), both at the output resolution.

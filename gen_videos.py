@@ -9,10 +9,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gen_samples import load_generator, parse_seeds
 from training import checkpoint
 from training.camera_utils import camera_label, frontal_camera, orbit_camera, wobble_trajectory
-from training.cli import DEFAULT_DEVICE, Device, FiniteFloat, make_outdir, require_render_memory
+from training.cli import DEFAULT_DEVICE, Device, FiniteFloat, load_generator, make_outdir, parse_seeds, require_render_memory
 from training.images import depth_to_uint8, to_uint8
 
 

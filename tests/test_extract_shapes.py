@@ -25,7 +25,7 @@ def test_network_writes_a_volume(run_dir, tmp_path):
 
 def test_posed_glb_mesh_is_the_canonical_mesh_carried_by_the_body_model(run_dir, tmp_path):
     import torch
-    from gen_samples import load_generator
+    from training.cli import load_generator
     # The untrained density stays below the default level; every voxel inside the closed border is above -500.
     common = ['--network', run_dir, '--seeds', '1', '--shape-res', '12', '--level', '-500', '--format', 'glb',
               '--device', 'cpu']

@@ -8,6 +8,12 @@ import click
 import psutil
 import torch
 
+import dnnlib
+from training import checkpoint
+from training.presets import load_preset
+from training.training_loop import latest_network_snapshot
+from training.triplane import build_generator
+
 DEFAULT_DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
@@ -85,3 +91,72 @@ def make_outdir(path: str, option: str = '--outdir') -> str:
     except OSError as err:
         raise click.ClickException(f'cannot write into {option} {path}: {err.strerror}; choose a writable folder') from None
     return path
+
+
+def resolve_network(network: str) -> str:
+    """A checkpoint path or URL as given; a run directory -> its latest network snapshot; a folder of run
+    directories (a training --outdir) -> the latest snapshot of its newest run."""
+    if not os.path.isdir(network):
+        return network
+    runs = [network] + sorted((os.path.join(network, name) for name in os.listdir(network)), reverse=True)
+    for run_dir in runs:
+        if os.path.isdir(run_dir) and (snapshot := latest_network_snapshot(run_dir)) is not None:
+            return snapshot
+    raise click.BadParameter(f'{network}: no network-snapshot-*.pkl in this folder or its run directories',
+                             param_hint='--network')
+
+
+def load_networks(network: str, device: torch.device, trust_pickle: bool = False) -> tuple:
+    """A checkpoint of either format (path, URL or run directory) -> (snapshot path, dict of its modules).
+
+    trust_pickle: unpickle a network pickle by running its code (see checkpoint.load_network_pickle)."""
+    try:
+        path = dnnlib.util.open_url(resolve_network(network), return_filename=True)
+        return path, checkpoint.load_any(path, device=device, trust_pickle=trust_pickle)
+    except (OSError, ValueError, checkpoint.CheckpointError) as err:
+        raise click.ClickException(str(err)) from None
+
+
+def load_generator(network: str | None, cfg: str | None, init_seed: int, device: torch.device,
+                   trust_pickle: bool = False) -> torch.nn.Module:
+    """G_ema from a checkpoint of either format, or a freshly initialized generator of a preset."""
+    if (network is None) == (cfg is None):
+        raise click.UsageError('give exactly one of --network (a checkpoint) or --cfg (a preset, freshly initialized)')
+    if cfg is not None:
+        torch.manual_seed(init_seed)
+        try:
+            return build_generator(load_preset(cfg)).eval().requires_grad_(False).to(device)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint='--cfg') from None
+    path, modules = load_networks(network, device, trust_pickle)
+    try:
+        generator = checkpoint.snapshot_networks(modules, path)[0]
+    except checkpoint.CheckpointError as err:
+        raise click.ClickException(str(err)) from None
+    if generator is None:
+        raise click.ClickException(f'{network}: the checkpoint holds no generator (G_ema or G)')
+    return generator.eval().requires_grad_(False)
+
+
+def parse_pose(text: str | None, device: torch.device) -> torch.Tensor | None:
+    """'a,b,c,d,e,f' (radians) -> pose [1, 6] (neck, head axis-angle); None -> None."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(',')]
+    except ValueError:
+        values = []
+    if len(values) != 6 or not all(math.isfinite(value) for value in values):
+        raise click.BadParameter(f'{text!r}: expected six comma-separated finite numbers (radians)', param_hint='--pose')
+    return torch.tensor([values], device=device)
+
+
+def parse_seeds(text: str) -> list:
+    """'0,2,5-9' -> [0, 2, 5, 6, 7, 8, 9], as a click error for anything else."""
+    try:
+        seeds = dnnlib.util.parse_range(text) if isinstance(text, str) else list(text)
+    except ValueError:
+        seeds = None
+    if not seeds or any(s < 0 or s >= 2 ** 32 for s in seeds):
+        raise click.BadParameter(f'{text!r}: expected seeds like 0,2,5-9 (integers in 0 .. 2^32-1)', param_hint='--seeds')
+    return seeds
