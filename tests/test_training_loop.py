@@ -10,6 +10,7 @@ together when one of them gets SIGTERM, and persistent NaN losses stop the run.
 import copy
 import glob
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -381,3 +382,6 @@ def test_an_image_that_does_not_decode_stops_with_a_final_snapshot(tiny, tmp_pat
     state = _resume_state(run_dir)
     assert 0 < state['progress']['cur_nimg'] < 200
     assert latest_network_snapshot(run_dir) is not None and latest_resume_state(run_dir) is not None
+    # Its data loader's workers (which ignore SIGTERM) are gone, while the traceback still holds the loop's
+    # frame: a leftover one would hang this interpreter's exit.
+    assert multiprocessing.active_children() == []

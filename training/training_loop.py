@@ -163,141 +163,145 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
 
     # The data iterator starts its workers before anything renders with GL (see mesh_renderer.py).
     data_iter = iter(_data_loader(dataset, config, rank, world_size, device, skip_batches=progress.data_batches))
+    try:
+        # Fixed inputs of the image snapshots, and the images written before training.
+        grid = _SnapshotGrid(dataset, config, device) if is_main else None
+        writer = None
+        if is_main:
+            from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
+            writer = SummaryWriter(run_dir)
+            grid.save_reals(run_dir, G)
+            grid.save_fakes(run_dir, 'fakes_init', writer, progress.cur_nimg, G, G_ema, D, loss.phase_state(progress.cur_nimg))
+        stats_collector = training_stats.Collector(regex='.*')
+        if state is not None:
+            _restore_rng(state['rng'], rank, world_size, device, log, fallback_seed=np.random.SeedSequence(
+                [config.seed, world_size, rank, progress.cur_nimg]).generate_state(1)[0])
+            del state
 
-    # Fixed inputs of the image snapshots, and the images written before training.
-    grid = _SnapshotGrid(dataset, config, device) if is_main else None
-    writer = None
-    if is_main:
-        from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
-        writer = SummaryWriter(run_dir)
-        grid.save_reals(run_dir, G)
-        grid.save_fakes(run_dir, 'fakes_init', writer, progress.cur_nimg, G, G_ema, D, loss.phase_state(progress.cur_nimg))
-    stats_collector = training_stats.Collector(regex='.*')
-    if state is not None:
-        _restore_rng(state['rng'], rank, world_size, device, log, fallback_seed=np.random.SeedSequence(
-            [config.seed, world_size, rank, progress.cur_nimg]).generate_state(1)[0])
-        del state
+        log(f'Training from {progress.cur_nimg / 1000:g} to {config.kimg:g} kimg...')
+        tick_start_time = time.time()
+        maintenance_time = tick_start_time - start_time
+        nonfinite_ticks = 0  # consecutive ticks in which every iteration had non-finite gradients
+        data_failure = None  # the first line of a DatasetError met while reading the training data
+        data_failed = False  # whether any process met one
+        schedule = loss.phase_state(progress.cur_nimg)
+        tick_nonfinite = torch.ones([], dtype=torch.bool, device=device)  # kept on the device: no sync per iteration
+        with _StopSignals(log) as signals:
+            while True:
+                # 1. Real batch. A file that does not decode stops every process after a final snapshot.
+                try:
+                    real_img, real_seg, real_c, real_pose = next(data_iter)
+                except DatasetError as error:
+                    data_failure = _dataset_error_line(error)
+                data_failed = _any_rank(data_failure is not None, world_size, device)
+                if not data_failed:
+                    progress.data_batches += 1
+                    real_img = (real_img.to(device).to(torch.float32) / 127.5 - 1).split(config.batch_gpu)
+                    real_seg = (real_seg.to(device).to(torch.float32) / 255).split(config.batch_gpu)
+                    real_c = real_c.to(device).split(config.batch_gpu)
+                    real_pose = real_pose.to(device).split(config.batch_gpu)
 
-    log(f'Training from {progress.cur_nimg / 1000:g} to {config.kimg:g} kimg...')
-    tick_start_time = time.time()
-    maintenance_time = tick_start_time - start_time
-    nonfinite_ticks = 0  # consecutive ticks in which every iteration had non-finite gradients
-    data_failure = None  # the first line of a DatasetError met while reading the training data
-    data_failed = False  # whether any process met one
-    schedule = loss.phase_state(progress.cur_nimg)
-    tick_nonfinite = torch.ones([], dtype=torch.bool, device=device)  # kept on the device: no sync per iteration
-    with _StopSignals(log) as signals:
-        while True:
-            # 1. Real batch. A file that does not decode stops every process after a final snapshot.
-            try:
-                real_img, real_seg, real_c, real_pose = next(data_iter)
-            except DatasetError as error:
-                data_failure = _dataset_error_line(error)
-            data_failed = _any_rank(data_failure is not None, world_size, device)
-            if not data_failed:
-                progress.data_batches += 1
-                real_img = (real_img.to(device).to(torch.float32) / 127.5 - 1).split(config.batch_gpu)
-                real_seg = (real_seg.to(device).to(torch.float32) / 255).split(config.batch_gpu)
-                real_c = real_c.to(device).split(config.batch_gpu)
-                real_pose = real_pose.to(device).split(config.batch_gpu)
+                    # 2. Phases.
+                    iteration_nonfinite = torch.zeros([], dtype=torch.bool, device=device)
+                    for phase in phases:
+                        if progress.batch_idx % phase.interval != 0:
+                            continue
+                        gen_z = torch.randn([config.batch_per_process, G.z_dim], device=device).split(config.batch_gpu)
+                        gen_c, gen_pose = (x.split(config.batch_gpu) for x in
+                                           _sample_generator_labels(dataset, config.batch_per_process, device))
+                        optimizer = optimizers[phase.optimizer_name]
+                        optimizer.zero_grad(set_to_none=True)
+                        for param in phase.params:
+                            param.requires_grad_(True)
+                        for chunk in zip(real_img, real_seg, real_c, real_pose, gen_z, gen_c, gen_pose):
+                            loss.accumulate_gradients(phase.name, *chunk, gain=phase.interval, cur_nimg=progress.cur_nimg)
+                        for param in phase.params:
+                            param.requires_grad_(False)
+                        iteration_nonfinite |= ~_average_gradients(phase.params, world_size)
+                        optimizer.step()
+                    tick_nonfinite &= iteration_nonfinite
 
-                # 2. Phases.
-                iteration_nonfinite = torch.zeros([], dtype=torch.bool, device=device)
-                for phase in phases:
-                    if progress.batch_idx % phase.interval != 0:
-                        continue
-                    gen_z = torch.randn([config.batch_per_process, G.z_dim], device=device).split(config.batch_gpu)
-                    gen_c, gen_pose = (x.split(config.batch_gpu) for x in
-                                       _sample_generator_labels(dataset, config.batch_per_process, device))
-                    optimizer = optimizers[phase.optimizer_name]
-                    optimizer.zero_grad(set_to_none=True)
-                    for param in phase.params:
-                        param.requires_grad_(True)
-                    for chunk in zip(real_img, real_seg, real_c, real_pose, gen_z, gen_c, gen_pose):
-                        loss.accumulate_gradients(phase.name, *chunk, gain=phase.interval, cur_nimg=progress.cur_nimg)
-                    for param in phase.params:
-                        param.requires_grad_(False)
-                    iteration_nonfinite |= ~_average_gradients(phase.params, world_size)
-                    optimizer.step()
-                tick_nonfinite &= iteration_nonfinite
+                    # 3. EMA and counters.
+                    schedule = loss.phase_state(progress.cur_nimg)
+                    G.neural_rendering_resolution = G_ema.neural_rendering_resolution = schedule['rendering_resolution']
+                    beta = ema_beta(config.batch, config.ema_kimg, config.ema_rampup, progress.cur_nimg)
+                    _update_ema(G_ema, G, beta)
+                    _update_ema(D_ema, D, beta)
+                    progress.cur_nimg += config.batch
+                    progress.batch_idx += 1
 
-                # 3. EMA and counters.
-                schedule = loss.phase_state(progress.cur_nimg)
-                G.neural_rendering_resolution = G_ema.neural_rendering_resolution = schedule['rendering_resolution']
-                beta = ema_beta(config.batch, config.ema_kimg, config.ema_rampup, progress.cur_nimg)
-                _update_ema(G_ema, G, beta)
-                _update_ema(D_ema, D, beta)
-                progress.cur_nimg += config.batch
-                progress.batch_idx += 1
+                stop = _any_rank(signals.received is not None, world_size, device) or data_failed
+                done = progress.cur_nimg >= config.kimg * 1000 or stop
+                if (not done and progress.cur_tick != 0
+                        and progress.cur_nimg < progress.tick_start_nimg + config.tick * 1000):
+                    continue
 
-            stop = _any_rank(signals.received is not None, world_size, device) or data_failed
-            done = progress.cur_nimg >= config.kimg * 1000 or stop
-            if (not done and progress.cur_tick != 0
-                    and progress.cur_nimg < progress.tick_start_nimg + config.tick * 1000):
-                continue
-
-            # Tick: statistics and progress line. The counters move on before the snapshots, so
-            # that a resume state holds the tick schedule of the iterations that follow.
-            tick = progress.cur_tick
-            tick_end_time = time.time()
-            stats = _collect_stats(stats_collector, device, tick=tick, kimg=progress.cur_nimg / 1000,
-                                   total_sec=tick_end_time - start_time, sec_per_tick=tick_end_time - tick_start_time,
-                                   tick_kimg=(progress.cur_nimg - progress.tick_start_nimg) / 1000,
-                                   maintenance_sec=maintenance_time)
-            log(_progress_line(stats, config.kimg))
-            progress.cur_tick += 1
-            progress.tick_start_nimg = progress.cur_nimg
-            nonfinite_ticks = nonfinite_ticks + 1 if bool(tick_nonfinite) else 0
-            tick_nonfinite.fill_(True)
-            if nonfinite_ticks >= NONFINITE_TICKS_BEFORE_STOP:
-                latest = latest_resume_state(run_dir)
-                raise TrainingDivergedError(
-                    f'the gradients have been NaN or infinite in every iteration for {nonfinite_ticks} ticks in a '
-                    f'row, up to {progress.cur_nimg / 1000:g} kimg; training stopped. '
-                    + (f'The last good state is {latest}: lower --glr/--dlr and continue from it with --resume.'
-                       if latest else 'No snapshot was written; lower --glr/--dlr.'))
-            if is_main:
-                _write_stats(run_dir, writer, stats, progress.cur_nimg)
-
-            # Snapshots.
-            if is_main and config.image_snap > 0 and (done or tick % config.image_snap == 0):
-                grid.save_fakes(run_dir, f'fakes{progress.cur_nimg // 1000:06d}', writer, progress.cur_nimg,
-                                G, G_ema, D, schedule)
-            if nonfinite_ticks > 0 and (done or (config.snap > 0 and tick % config.snap == 0)):
-                log('Network snapshot skipped: non-finite gradients throughout this tick (the previous snapshot '
-                    'stays the newest)')
-            elif done or (config.snap > 0 and tick % config.snap == 0):
-                if world_size > 1:
-                    # Running averages (the mapping's w_avg) follow each rank's own latents and are
-                    # saved from rank 0; everything else must agree exactly.
-                    for module in networks.values():
-                        misc.check_ddp_consistency(module, ignore_regex=r'.*\.[^.]+_(avg|ema)')
-                rng_states = _gather_rng_states(world_size, device)
+                # Tick: statistics and progress line. The counters move on before the snapshots, so
+                # that a resume state holds the tick schedule of the iterations that follow.
+                tick = progress.cur_tick
+                tick_end_time = time.time()
+                stats = _collect_stats(stats_collector, device, tick=tick, kimg=progress.cur_nimg / 1000,
+                                       total_sec=tick_end_time - start_time, sec_per_tick=tick_end_time - tick_start_time,
+                                       tick_kimg=(progress.cur_nimg - progress.tick_start_nimg) / 1000,
+                                       maintenance_sec=maintenance_time)
+                log(_progress_line(stats, config.kimg))
+                progress.cur_tick += 1
+                progress.tick_start_nimg = progress.cur_nimg
+                nonfinite_ticks = nonfinite_ticks + 1 if bool(tick_nonfinite) else 0
+                tick_nonfinite.fill_(True)
+                if nonfinite_ticks >= NONFINITE_TICKS_BEFORE_STOP:
+                    latest = latest_resume_state(run_dir)
+                    raise TrainingDivergedError(
+                        f'the gradients have been NaN or infinite in every iteration for {nonfinite_ticks} ticks in a '
+                        f'row, up to {progress.cur_nimg / 1000:g} kimg; training stopped. '
+                        + (f'The last good state is {latest}: lower --glr/--dlr and continue from it with --resume.'
+                           if latest else 'No snapshot was written; lower --glr/--dlr.'))
                 if is_main:
-                    _save_network_snapshot(run_dir, config, networks, optimizers, progress, rng_states,
-                                           training_set_kwargs, schedule)
-                if config.metrics:
-                    _run_metrics(config, run_dir, progress.cur_nimg, networks, training_set_kwargs, schedule,
-                                 rank, world_size, device, log)
-            if writer is not None:
-                writer.flush()
-            tick_start_time = time.time()
-            maintenance_time = tick_start_time - tick_end_time
-            if done:
-                break
+                    _write_stats(run_dir, writer, stats, progress.cur_nimg)
 
-    if writer is not None:
-        writer.close()
-    if data_failed:
-        raise TrainingDataError(f'{data_failure or "another training process could not read a training image (its message names it)"}; '
-                                f'training stopped at {progress.cur_nimg / 1000:g} kimg with a final snapshot: fix the data set and '
-                                f'continue with python train.py --resume {run_dir}')
-    if signals.received is not None:
-        log(f'Stopped by {signals.received} at {progress.cur_nimg / 1000:g} kimg. Continue with: '
-            f'python train.py --resume {run_dir}')
-    else:
-        log('Done.')
-    return networks
+                # Snapshots.
+                if is_main and config.image_snap > 0 and (done or tick % config.image_snap == 0):
+                    grid.save_fakes(run_dir, f'fakes{progress.cur_nimg // 1000:06d}', writer, progress.cur_nimg,
+                                    G, G_ema, D, schedule)
+                if nonfinite_ticks > 0 and (done or (config.snap > 0 and tick % config.snap == 0)):
+                    log('Network snapshot skipped: non-finite gradients throughout this tick (the previous snapshot '
+                        'stays the newest)')
+                elif done or (config.snap > 0 and tick % config.snap == 0):
+                    if world_size > 1:
+                        # Running averages (the mapping's w_avg) follow each rank's own latents and are
+                        # saved from rank 0; everything else must agree exactly.
+                        for module in networks.values():
+                            misc.check_ddp_consistency(module, ignore_regex=r'.*\.[^.]+_(avg|ema)')
+                    rng_states = _gather_rng_states(world_size, device)
+                    if is_main:
+                        _save_network_snapshot(run_dir, config, networks, optimizers, progress, rng_states,
+                                               training_set_kwargs, schedule)
+                    if config.metrics:
+                        _run_metrics(config, run_dir, progress.cur_nimg, networks, training_set_kwargs, schedule,
+                                     rank, world_size, device, log)
+                if writer is not None:
+                    writer.flush()
+                tick_start_time = time.time()
+                maintenance_time = tick_start_time - tick_end_time
+                if done:
+                    break
+
+        if writer is not None:
+            writer.close()
+        if data_failed:
+            raise TrainingDataError(f'{data_failure or "another training process could not read a training image (its message names it)"}; '
+                                    f'training stopped at {progress.cur_nimg / 1000:g} kimg with a final snapshot: fix the data set and '
+                                    f'continue with python train.py --resume {run_dir}')
+        if signals.received is not None:
+            log(f'Stopped by {signals.received} at {progress.cur_nimg / 1000:g} kimg. Continue with: '
+                f'python train.py --resume {run_dir}')
+        else:
+            log('Done.')
+        return networks
+    finally:
+        # Stops the DataLoader's workers now, also when a traceback keeps this frame alive: they ignore
+        # SIGTERM, so a leaked one would block the interpreter's exit, which joins its child processes.
+        del data_iter
 
 
 # ------------------------------------------------------------------------------------------------
