@@ -13,9 +13,20 @@
 # On a machine without a CUDA device it says so in one line and exits 0.
 #
 # Environment: PYTHON (default: .venv/bin/python where it exists, else python3), GPU_CHECK_LOGS (a folder
-# for the stage logs; default: a new temporary folder), GPU_CHECK_BUDGET (seconds, default 450).
+# for the stage logs; default: a new temporary folder), GPU_CHECK_BUDGET (seconds, default 450),
+# GPU_CHECK_STAGES (the stages to run, space-separated; default all, in the order above), GPU_CHECK_DATA (a
+# folder holding synthetic-portraits-512.zip and its -seg.zip for the training stage, for machines without
+# headless OpenGL to render them; default: rendered into a temporary folder).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+STAGES=${GPU_CHECK_STAGES:-ops tests deformation generator training cpu-render}
+for name in $STAGES; do
+    case $name in
+        ops | tests | deformation | generator | training | cpu-render) ;;
+        *) echo "gpu_check: unknown stage '$name' in GPU_CHECK_STAGES (stages: ops tests deformation generator training cpu-render)" >&2; exit 2 ;;
+    esac
+done
 
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
@@ -39,6 +50,7 @@ export PYTHONUNBUFFERED=1
 stage() {
     local name=$1 limit=$2
     shift 2
+    [[ " $STAGES " == *" $name "* ]] || return 0
     local left=$((BUDGET - ($(date +%s) - START)))
     if ((left < 20)); then
         SUMMARY+=("$name: skipped, the budget of ${BUDGET} s is spent")
@@ -63,9 +75,10 @@ stage() {
 }
 
 training() {
-    "$PYTHON" -c "from training.synthetic import ensure_synthetic_dataset as build; build(root='$WORK/data', num_images=64, resolution=512, workers=8, progress=False)" || return
+    local data=${GPU_CHECK_DATA:-$WORK/data}
+    "$PYTHON" -c "from training.synthetic import ensure_synthetic_dataset as build; build(root='$data', num_images=64, resolution=512, workers=8, progress=False)" || return
     "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 1 train.py --cfg full-head \
-        --data "$WORK/data/synthetic-portraits-512.zip" --seg_data "$WORK/data/synthetic-portraits-512-seg.zip" \
+        --data "$data/synthetic-portraits-512.zip" --seg_data "$data/synthetic-portraits-512-seg.zip" \
         --gpus 1 --batch 4 --batch-gpu 4 --kimg 0.2 --tick 0.04 --snap 0 --image-snap 0 --workers 4 \
         --metrics none --outdir "$WORK/runs" || return
     "$PYTHON" -m benchmarks.gpu_check training-summary "$(ls -d "$WORK"/runs/*/ | head -n 1)"

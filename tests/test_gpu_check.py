@@ -19,3 +19,14 @@ def test_gpu_check_exits_at_once_without_cuda(tmp_path):
     assert result.stdout.strip().splitlines() == [
         f'gpu_check: no CUDA device visible to the torch of {sys.executable}; nothing to check']
     assert result.stderr == '' and not logs.exists()
+
+
+def test_gpu_check_refuses_an_unknown_stage_before_anything_runs(tmp_path):
+    logs = tmp_path / 'logs'
+    result = subprocess.run(['bash', os.path.join(REPO, 'benchmarks', 'gpu_check.sh')], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, 'PYTHON': sys.executable, 'GPU_CHECK_LOGS': str(logs),
+                                             'GPU_CHECK_STAGES': 'tests trainng'})
+    assert result.returncode == 2 and result.stdout == ''
+    assert result.stderr.strip() == ("gpu_check: unknown stage 'trainng' in GPU_CHECK_STAGES "
+                                     "(stages: ops tests deformation generator training cpu-render)")
+    assert not logs.exists()
