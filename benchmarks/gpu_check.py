@@ -6,7 +6,7 @@ script gathers into its closing summary.
     python -m benchmarks.gpu_check build-ops [op module ...]
     python -m benchmarks.gpu_check generator [--reps 5] [--batch 4]
     python -m benchmarks.gpu_check training-summary RUN_DIR
-    python -m benchmarks.gpu_check compare-renders CUDA_IMAGE CPU_IMAGE
+    python -m benchmarks.gpu_check compare-renders RUN_DIR
 """
 
 import argparse
@@ -100,19 +100,30 @@ def training_summary(run_dir: str) -> int:
     return 0 if snapshots else 1
 
 
-def compare_renders(cuda_image: str, cpu_image: str) -> int:
-    """The same seed rendered from one snapshot on CUDA and on the CPU: they should agree to rounding."""
-    import PIL.Image
-    images = [np.asarray(PIL.Image.open(path).convert('RGB'), dtype=np.float64) for path in (cuda_image, cpu_image)]
-    if images[0].shape != images[1].shape:
-        summary(f'FAILED: image sizes differ, {images[0].shape} on CUDA and {images[1].shape} on the CPU')
-        return 1
-    difference = np.abs(images[0] - images[1])
-    spread = images[1].std()
-    agree = difference.mean() < 2.0 and spread > 1.0
-    summary(f'{"ok" if agree else "FAILED"}: CPU render of the CUDA-trained snapshot, {images[1].shape[1]}x'
-            f'{images[1].shape[0]}, mean |CUDA - CPU| {difference.mean():.3f} of 255 (max {difference.max():.0f}), '
-            f'pixel std {spread:.1f}')
+def compare_renders(run_dir: str, devices: tuple = ('cuda', 'cpu')) -> int:
+    """One latent of the snapshot in `run_dir`, posed, rendered without sample jitter and with TF32 off on
+    the two `devices` (CUDA and the CPU): the two images agree to rounding."""
+    import torch
+
+    from training.camera_utils import frontal_camera
+    from training.cli import load_generator
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    images = []
+    for device in map(torch.device, devices):
+        G = load_generator(run_dir, None, 0, device)
+        z = torch.from_numpy(np.random.RandomState(0).randn(1, G.z_dim)).float().to(device)
+        pose = torch.tensor([[0.0, 0.0, 0.0, 0.3, -0.4, 0.0]], device=device)
+        with torch.no_grad():
+            image = G(z, frontal_camera(1, device=device), pose_params=pose, apply_def=True, noise_mode='const',
+                      deterministic=True)['image']
+        images.append((image[0].cpu().double().clamp(-1, 1) + 1) * 127.5)
+    difference = (images[0] - images[1]).abs()
+    spread = images[1].std().item()
+    agree = difference.mean().item() < 1.0 and spread > 1.0
+    summary(f'{"ok" if agree else "FAILED"}: one latent of the snapshot rendered on {devices[0]} and on {devices[1]} '
+            f'({images[1].shape[2]}x{images[1].shape[1]}, no jitter, no TF32): mean |{devices[0]} - {devices[1]}| '
+            f'{difference.mean().item():.3f} of 255 (max {difference.max().item():.1f}), pixel std {spread:.1f}')
     return 0 if agree else 1
 
 
@@ -126,9 +137,8 @@ def main() -> int:
     generator.add_argument('--batch', type=int, default=4)
     training = commands.add_parser('training-summary', help='sec/kimg and peak memory of a training run')
     training.add_argument('run_dir')
-    renders = commands.add_parser('compare-renders', help='compare a CUDA and a CPU render of one seed')
-    renders.add_argument('cuda_image')
-    renders.add_argument('cpu_image')
+    renders = commands.add_parser('compare-renders', help='render one latent of a snapshot on CUDA and on the CPU')
+    renders.add_argument('run_dir')
     args = parser.parse_args()
     if args.command == 'build-ops':
         return build_ops(args.modules)
@@ -136,7 +146,7 @@ def main() -> int:
         return time_generator(args.reps, args.batch)
     if args.command == 'training-summary':
         return training_summary(args.run_dir)
-    return compare_renders(args.cuda_image, args.cpu_image)
+    return compare_renders(args.run_dir)
 
 
 if __name__ == '__main__':

@@ -30,3 +30,15 @@ def test_gpu_check_refuses_an_unknown_stage_before_anything_runs(tmp_path):
     assert result.stderr.strip() == ("gpu_check: unknown stage 'trainng' in GPU_CHECK_STAGES "
                                      "(stages: ops tests deformation generator training cpu-render)")
     assert not logs.exists()
+
+
+def test_compare_renders_renders_one_latent_reproducibly(tmp_path, capsys):
+    # The comparison that the cpu-render stage makes between CUDA and the CPU, between two CPU renders
+    # here: without sample jitter, they are the same image.
+    from benchmarks.gpu_check import compare_renders
+    from tests.tiny_run import write_tiny_snapshot
+    run_dir = write_tiny_snapshot(str(tmp_path))[0]
+    assert compare_renders(run_dir, devices=('cpu', 'cpu')) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith('SUMMARY ok: one latent of the snapshot rendered on cpu and on cpu')
+    assert 'mean |cpu - cpu| 0.000 of 255 (max 0.0)' in line
