@@ -10,6 +10,7 @@ import torch
 
 import dnnlib
 from training import checkpoint
+from training.latent_file import load_latent
 from training.presets import load_preset
 from training.training_loop import latest_network_snapshot
 from training.triplane import build_generator
@@ -160,3 +161,17 @@ def parse_seeds(text: str) -> list:
     if not seeds or any(s < 0 or s >= 2 ** 32 for s in seeds):
         raise click.BadParameter(f'{text!r}: expected seeds like 0,2,5-9 (integers in 0 .. 2^32-1)', param_hint='--seeds')
     return seeds
+
+
+def option_given(name: str) -> bool:
+    """Whether the current command's parameter `name` came from the command line or the environment, not its default."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+
+
+def load_latent_option(path: str, G: torch.nn.Module, device: torch.device) -> dict:
+    """--latent: the latent file at `path`, checked against G (see latent_file.load_latent), as a click error if bad."""
+    try:
+        return load_latent(path, G, device)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint='--latent') from None
