@@ -10,9 +10,19 @@ from tqdm import tqdm
 
 from training import checkpoint
 from training.camera_utils import frontal_camera
-from training.cli import DEFAULT_DEVICE, Device, FiniteFloat, load_generator, make_outdir, parse_pose, parse_seeds, require_shape_memory
+from training.cli import (DEFAULT_DEVICE, Device, FiniteFloat, load_generator, load_latent_option, make_outdir,
+                          option_given, parse_pose, parse_seeds, require_shape_memory)
 from training.shapes import (DEFAULT_LEVEL, close_border, extract_shape, marching_cubes, pose_vertices, read_mrc,
                              save_shape, write_mesh)
+
+
+def save_posed_shape(G: torch.nn.Module, ws: torch.Tensor, pose: torch.Tensor | None, stem: str, shape_res: int,
+                     level: float, mesh_format: str) -> None:
+    """ws [1, num_ws, w_dim], pose [1, 6] or None (canonical) -> stem.mrc and stem.<mesh_format>, a line on the console."""
+    shape = extract_shape(G, ws, shape_res, level)
+    if pose is not None and shape['vertices'] is not None:
+        shape['vertices'] = pose_vertices(G.deformer, shape['vertices'], pose)
+    tqdm.write(save_shape(shape, stem, mesh_format))
 
 
 @click.command()
@@ -20,8 +30,10 @@ from training.shapes import (DEFAULT_LEVEL, close_border, extract_shape, marchin
 @click.option('--mrc-dir', type=click.Path(exists=True, file_okay=False), help='Instead of --network: mesh every .mrc here')
 @click.option('--seeds', callback=lambda ctx, param, value: parse_seeds(value), default='0', show_default=True,
               help='Latent seeds, e.g. 0,2,5-9')
-@click.option('--trunc', 'truncation_psi', type=FiniteFloat(), default=1.0, show_default=True, help='Truncation psi')
-@click.option('--trunc-cutoff', 'truncation_cutoff', type=int, default=None, help='Truncate only the first N ws')
+@click.option('--latent', type=click.Path(exists=True, dir_okay=False),
+              help='Instead of --seeds: the ws of a latent .npz (e.g. from invert.py); the mesh takes its pose unless --pose is given')
+@click.option('--trunc', 'truncation_psi', type=FiniteFloat(), default=1.0, show_default=True, help='Truncation psi (seeds only)')
+@click.option('--trunc-cutoff', 'truncation_cutoff', type=int, default=None, help='Truncate only the first N ws (seeds only)')
 @click.option('--shape-res', type=click.IntRange(min=8), default=128, show_default=True, help='Grid size per axis')
 @click.option('--level', type=FiniteFloat(), default=DEFAULT_LEVEL, show_default=True, help='Marching-cubes sigma level')
 @click.option('--pose', default=None, help='Pose the meshes: six comma-separated neck/head axis-angle values, radians')
@@ -29,17 +41,25 @@ from training.shapes import (DEFAULT_LEVEL, close_border, extract_shape, marchin
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)
 @click.option('--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N')
 @click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
-def main(network, mrc_dir, seeds, truncation_psi, truncation_cutoff, shape_res, level, pose, mesh_format, outdir, device,
+def main(network, mrc_dir, seeds, latent, truncation_psi, truncation_cutoff, shape_res, level, pose, mesh_format, outdir, device,
          trust_pickle):
     """Per seed, seedNNNN.mrc (density on the cube of side 0.8 box_warp) and seedNNNN.<format> (marching
-    cubes, vertex colours from the first 3 decoder feature channels); or, with --mrc-dir, a mesh per .mrc.
+    cubes, vertex colours from the first 3 decoder feature channels); with --latent, <stem>.mrc and
+    <stem>.<format> of the latent file <stem>.npz; or, with --mrc-dir, a mesh per .mrc.
 
     The volume is always canonical; with --pose the mesh is carried into that body pose by the
-    generator's own body model and deformation thickness."""
+    generator's own body model and deformation thickness. Without --pose a latent file's mesh takes
+    the file's pose if it has one."""
     if (network is None) == (mrc_dir is None):
         raise click.UsageError('give exactly one of --network or --mrc-dir')
     if pose is not None and mrc_dir is not None:
         raise click.UsageError('--pose needs --network: an .mrc file carries no body model')
+    if latent is not None:
+        if mrc_dir is not None:
+            raise click.UsageError('--latent needs --network: give one of --latent or --mrc-dir')
+        for name, option in (('seeds', '--seeds'), ('truncation_psi', '--trunc'), ('truncation_cutoff', '--trunc-cutoff')):
+            if option_given(name):
+                raise click.UsageError(f'{option} does not apply to --latent: the file holds the ws to mesh; give one of them')
     make_outdir(outdir)
     if mrc_dir is not None:
         paths = sorted(glob.glob(os.path.join(mrc_dir, '*.mrc')))
@@ -63,15 +83,18 @@ def main(network, mrc_dir, seeds, truncation_psi, truncation_cutoff, shape_res, 
     pose = parse_pose(pose, device)
     require_shape_memory(shape_res, '--shape-res', device)
     G = load_generator(network, None, 0, device, trust_pickle)
+    if latent is not None:
+        loaded = load_latent_option(latent, G, device)
+        stem = os.path.splitext(os.path.basename(latent))[0]
+        save_posed_shape(G, loaded['ws'], pose if pose is not None else loaded['pose'], os.path.join(outdir, stem),
+                         shape_res, level, mesh_format)
+        return
     condition = frontal_camera(1, device=device)
     for seed in tqdm(seeds, desc='seeds', unit='seed'):
         z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).float().to(device)
         with torch.no_grad():
             ws = G.mapping(z, condition, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
-        shape = extract_shape(G, ws, shape_res, level)
-        if pose is not None and shape['vertices'] is not None:
-            shape['vertices'] = pose_vertices(G.deformer, shape['vertices'], pose)
-        tqdm.write(save_shape(shape, os.path.join(outdir, f'seed{seed:04d}'), mesh_format))
+        save_posed_shape(G, ws, pose, os.path.join(outdir, f'seed{seed:04d}'), shape_res, level, mesh_format)
 
 
 if __name__ == '__main__':

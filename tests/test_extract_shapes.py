@@ -1,4 +1,4 @@
-"""extract_shapes.py: a volume per seed from a tiny snapshot, and meshes from a folder of .mrc files."""
+"""extract_shapes.py: a volume per seed or per latent file from a tiny snapshot, and meshes from a folder of .mrc files."""
 
 import numpy as np
 import pytest
@@ -7,6 +7,7 @@ from click.testing import CliRunner
 
 import extract_shapes
 from training import shapes
+from training.latent_file import save_latent
 from tests.tiny_run import write_tiny_snapshot
 
 
@@ -94,3 +95,65 @@ def test_one_line_errors(run_dir, tmp_path, case):
     errors = [line for line in result.output.splitlines() if line.startswith('Error')]
     assert len(errors) == 1 and hint in errors[0], result.output
     assert isinstance(result.exception, SystemExit)
+
+
+def seed_latent(run_dir: str, seed: int):
+    """The ws extract_shapes maps for `seed` (frontal camera, zero pose, no truncation) -> ws [1, num_ws, w_dim]."""
+    import torch
+    from training.camera_utils import frontal_camera
+    from training.cli import load_generator
+    G = load_generator(run_dir, None, 0, torch.device('cpu'))
+    z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).float()
+    with torch.no_grad():
+        return G.mapping(z, frontal_camera(1))
+
+
+def mesh(run_dir, outdir, stem, *args):
+    # The untrained density stays below the default level; every voxel inside the closed border is above -500.
+    result = CliRunner().invoke(extract_shapes.main, ['--network', run_dir, '--shape-res', '12', '--level', '-500',
+                                                      '--outdir', str(outdir), '--device', 'cpu', *args])
+    assert result.exit_code == 0, result.output
+    assert (outdir / f'{stem}.mrc').exists()
+    return trimesh.load(str(outdir / f'{stem}.ply'), process=False, force='mesh')
+
+
+def test_latent_meshes_like_its_seed_and_takes_its_pose(run_dir, tmp_path):
+    import torch
+    ws = seed_latent(run_dir, 0)
+    head_pose = [0.0, 0.0, 0.0, 0.2, -0.7, 0.1]
+    save_latent(str(tmp_path / 'face.npz'), ws, None, None)
+    save_latent(str(tmp_path / 'posed.npz'), ws, torch.tensor([head_pose]), None)
+    seed = mesh(run_dir, tmp_path / 'seed', 'seed0000', '--seeds', '0')
+    latent = mesh(run_dir, tmp_path / 'latent', 'face', '--latent', str(tmp_path / 'face.npz'))
+    assert len(seed.vertices) > 0
+    np.testing.assert_array_equal(latent.vertices, seed.vertices)
+    np.testing.assert_array_equal(latent.faces, seed.faces)
+    posed = mesh(run_dir, tmp_path / 'posed', 'posed', '--latent', str(tmp_path / 'posed.npz'))
+    np.testing.assert_array_equal(posed.faces, seed.faces)
+    assert np.abs(posed.vertices - seed.vertices).max() > 0.01  # the file's pose moved the head
+    seed_posed = mesh(run_dir, tmp_path / 'seed-posed', 'seed0000', '--seeds', '0',
+                      '--pose', ','.join(str(v) for v in head_pose))
+    np.testing.assert_array_equal(posed.vertices, seed_posed.vertices)
+    # --pose wins over the file's pose: zero pose gives the canonical mesh back.
+    unposed = mesh(run_dir, tmp_path / 'unposed', 'posed', '--latent', str(tmp_path / 'posed.npz'), '--pose', '0,0,0,0,0,0')
+    np.testing.assert_allclose(unposed.vertices, seed.vertices, atol=1e-6)
+
+
+@pytest.mark.parametrize('case', ['ws-shape', 'with-seeds', 'with-mrc-dir', 'trunc'])
+def test_latent_usage_errors(run_dir, tmp_path, case):
+    ws = seed_latent(run_dir, 0)
+    if case == 'ws-shape':
+        ws = ws[:, :, :-1]
+    latent = str(tmp_path / 'face.npz')
+    save_latent(latent, ws, None, None)
+    (tmp_path / 'empty').mkdir()
+    source, hint = {'ws-shape': (['--network', run_dir], f'Invalid value for --latent: {latent}: ws has shape'),
+                    'with-seeds': (['--network', run_dir, '--seeds', '0'], '--seeds does not apply to --latent'),
+                    'with-mrc-dir': (['--mrc-dir', str(tmp_path / 'empty')], '--latent needs --network'),
+                    'trunc': (['--network', run_dir, '--trunc-cutoff', '2'], '--trunc-cutoff does not apply')}[case]
+    result = CliRunner().invoke(extract_shapes.main, source + ['--latent', latent, '--shape-res', '8',
+                                                               '--outdir', str(tmp_path / 'out'), '--device', 'cpu'])
+    assert result.exit_code == 2 and 'Traceback' not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith('Error')]
+    assert len(errors) == 1 and hint in errors[0], result.output
+    assert not (tmp_path / 'out' / 'face.mrc').exists()
