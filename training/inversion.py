@@ -139,7 +139,8 @@ def reconstruction_loss(out: dict, target: Target, D: torch.nn.Module | None, co
                 'image_mask': target.alpha}
         perceptual = perceptual_distance(D, fake, real).mean()
     total = config.pixel_weight * pixel + config.mask_weight * mask + config.perceptual_weight * perceptual
-    parts = dict(total=float(total), pixel=float(pixel), mask=float(mask), perceptual=float(perceptual))
+    parts = {name: float(value.detach()) for name, value in
+             dict(total=total, pixel=pixel, mask=mask, perceptual=perceptual).items()}
     return total, parts
 
 
@@ -229,7 +230,7 @@ def tune_generator(G: torch.nn.Module, D: torch.nn.Module | None, target: Target
                     reference = render_target(render(G, w_near, camera, pose))
                 locality, locality_parts = reconstruction_loss(render(tuned, w_near, camera, pose), reference, D, config)
                 total = total + config.locality_weight * locality
-                parts = dict(parts, total=float(total), locality=locality_parts['total'])
+                parts = dict(parts, total=float(total.detach()), locality=locality_parts['total'])
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()

@@ -1,0 +1,194 @@
+"""Invert real portraits: find the latent (and, with pivotal tuning, a tuned generator) that re-renders
+each photo, then write its reconstruction, a 360-degree video and a mesh."""
+
+import json
+import os
+import sys
+
+import click
+import numpy as np
+import PIL.Image
+import torch
+
+from training import checkpoint
+from training.camera_utils import frontal_camera
+from training.cli import DEFAULT_DEVICE, Device, FiniteFloat, load_networks, make_outdir, parse_pose
+from training.dataset import PortraitDataset, stem
+from training.images import to_uint8
+from training.inversion import InversionConfig, optimize_latent, prepare_target, render, tune_generator
+from training.latent_file import save_latent
+from training.loss import resize_image
+from training.photos import read_photo, read_pose_folder
+from training.pose_prediction import load_pose_predict_kwargs, pose_predict_kwargs_for, predict_real_poses
+from training.shapes import DEFAULT_LEVEL, extract_shape, pose_vertices, save_shape
+from training.video import write_video
+
+
+def parse_camera(text: str, device: torch.device) -> torch.Tensor:
+    """'front', 16 comma-separated values (a 4x4 cam2world matrix, row-major; intrinsics of the data
+    sets) or 25 (a full camera label) -> camera [1, 25]."""
+    if text.strip() == 'front':
+        return frontal_camera(1, device=device)
+    try:
+        values = [float(v) for v in text.split(',')]
+    except ValueError:
+        raise click.BadParameter(f'{text!r}: expected "front" or 16 or 25 comma-separated numbers', param_hint='--camera') from None
+    if len(values) not in (16, 25) or not np.isfinite(values).all():
+        raise click.BadParameter(f'{len(values)} values: expected "front" or 16 (cam2world) or 25 (camera label) finite '
+                                 f'numbers', param_hint='--camera')
+    if len(values) == 16:
+        values = values + frontal_camera(1)[0, 16:].tolist()
+    return torch.tensor([values], dtype=torch.float32, device=device)
+
+
+def read_inputs(image: str, mask: str | None, camera: str | None, resolution: int, device: torch.device) -> tuple:
+    """The photos to invert -> (names, photos [N, 3, R, R] in [-1, 1], masks [N, 1, R, R] in [0, 1], cameras [N, 25]).
+
+    image: one image file (with --mask FILE and --camera), a folder in the layout of the published
+    data-processing pipeline (aligned_images/, mask/, result.json), or a data set of this project
+    (a zip or folder with dataset.json; --mask names its masks).
+    """
+    try:
+        if os.path.isfile(image) and not image.endswith('.zip'):
+            if mask is None or camera is None:
+                raise click.UsageError('a single image needs its person mask (--mask FILE) and its camera (--camera)')
+            photos = read_photo(image, 'RGB', resolution) * 2 - 1
+            masks = read_photo(mask, 'L', resolution)
+            return [os.path.basename(image)], photos, masks, parse_camera(camera, torch.device('cpu'))
+        if camera is not None:
+            raise click.UsageError('--camera is for a single image: the cameras of a folder come from its result.json '
+                                   'or dataset.json')
+        if os.path.isfile(os.path.join(image, 'result.json')):
+            if mask is not None:
+                raise click.UsageError(f'{image} holds its masks in mask/: leave out --mask')
+            return read_pose_folder(image, resolution)
+        if mask is None:
+            raise click.UsageError(f'{image}: a data set with dataset.json needs its masks (--mask, a zip or folder); '
+                                   f'a folder of the published layout needs result.json')
+        dataset = PortraitDataset(image, mask)
+        names, photos, masks, cameras = [], [], [], []
+        for idx in range(len(dataset)):
+            img, seg, c, _ = dataset[idx]
+            names.append(dataset.get_details(idx).image_name)
+            photos.append(torch.from_numpy(img).float()[None] / 127.5 - 1)
+            masks.append(torch.from_numpy(seg).float()[None] / 255)
+            cameras.append(torch.from_numpy(c)[None])
+        return (names, resize_image(torch.cat(photos), resolution), resize_image(torch.cat(masks), resolution).clamp(0, 1),
+                torch.cat(cameras))
+    except (OSError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _save_image(path: str, images: list) -> None:
+    """Images [1, 3, S, S] in [-1, 1] -> one PNG, side by side."""
+    PIL.Image.fromarray(np.concatenate([to_uint8(image)[0] for image in images], axis=1)).save(path)
+
+
+@click.command()
+@click.option('--network', required=True, help='Checkpoint with G and D (network pickle or weights file), or a run directory')
+@click.option('--image', 'image_path', required=True, type=click.Path(exists=True),
+              help='A photo (aligned square crop), a folder of the published layout (aligned_images/, mask/, '
+                   'result.json), or a data set with dataset.json')
+@click.option('--mask', 'mask_path', type=click.Path(exists=True), help='Person mask of --image (file), or the masks of a data set')
+@click.option('--camera', help='Camera of a single photo: front, 16 values (cam2world) or 25 (camera label)')
+@click.option('--pose', help='Body pose of every photo, six comma-separated neck/head axis-angle values [default: predicted by D]')
+@click.option('--pose-kwargs', type=click.Path(dir_okay=False),
+              help='Pose-prediction settings [default: the pose_predict_kwargs-*.json beside the snapshot]')
+@click.option('--refine-pose', is_flag=True, help='Optimize the body pose along with the latent')
+@click.option('--w-steps', type=click.IntRange(min=1), default=500, show_default=True, help='Steps of the latent optimization')
+@click.option('--w-plus', is_flag=True, help='Optimize one w per layer (w+) instead of one w')
+@click.option('--w-lr', type=FiniteFloat(min=0, min_open=True), default=InversionConfig.w_lr, show_default=True,
+              help='Peak learning rate of the latent')
+@click.option('--pti-steps', type=click.IntRange(min=0), default=0, show_default=True,
+              help='Steps of pivotal tuning of the generator (0: latent only)')
+@click.option('--pti-lr', type=FiniteFloat(min=0, min_open=True), default=InversionConfig.pti_lr, show_default=True,
+              help='Learning rate of pivotal tuning')
+@click.option('--locality', type=FiniteFloat(min=0), default=InversionConfig.locality_weight, show_default=True,
+              help='Weight of the locality term of pivotal tuning')
+@click.option('--video/--no-video', default=True, show_default=True, help='Write a 360-degree orbit video of each result')
+@click.option('--frames', type=click.IntRange(min=2), default=120, show_default=True, help='Frames of the video')
+@click.option('--mesh/--no-mesh', default=True, show_default=True, help='Write a posed mesh of each result')
+@click.option('--shape-res', type=click.IntRange(min=8), default=128, show_default=True, help='Mesh grid size per axis')
+@click.option('--seed', type=int, default=0, show_default=True, help='Seed of the latent noise and the locality latents')
+@click.option('--outdir', type=click.Path(file_okay=False), required=True)
+@click.option('--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N')
+@click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
+def main(network, image_path, mask_path, camera, pose, pose_kwargs, refine_pose, w_steps, w_plus, w_lr, pti_steps, pti_lr,
+         locality, video, frames, mesh, shape_res, seed, outdir, device, trust_pickle):
+    """Per photo, in OUTDIR/<photo name>/:
+
+    \b
+    latent.npz          the latent (ws), body pose and camera (gen_videos/extract_shapes --latent take it)
+    G_tuned.pt          the tuned generator, weights only (with --pti-steps; --network of those tools)
+    reconstruction.png  the photo | the latent's render | the tuned generator's render (with --pti-steps)
+    orbit.mp4, mesh.ply a 360-degree video and the posed mesh of the result
+    losses.json         the loss terms of every step of both stages
+
+    The latent starts at the mean latent; the loss compares the render with the photo inside its
+    person mask (pixels, alpha, and activations of the snapshot's discriminator). Ctrl-C ends the
+    running stage and writes what it reached.
+    """
+    given_pose = parse_pose(pose, device)
+    path, modules = load_networks(network, device, trust_pickle)
+    try:
+        G, D = checkpoint.snapshot_networks(modules, path)
+    except checkpoint.CheckpointError as err:
+        raise click.ClickException(str(err)) from None
+    if G is None or D is None:
+        raise click.ClickException(f'{network}: inversion needs a checkpoint with a generator and a discriminator '
+                                   f'(D predicts the pose and gives the perceptual loss)')
+    G, D = G.eval().requires_grad_(False), D.eval().requires_grad_(False)
+    names, photos, masks, cameras = read_inputs(image_path, mask_path, camera, G.img_resolution, device)
+    photos, masks, cameras = photos.to(device), masks.to(device), cameras.to(device)
+    if given_pose is not None:
+        poses = given_pose.expand(len(names), -1)
+    else:
+        settings = pose_kwargs or pose_predict_kwargs_for(path)
+        try:
+            kwargs = load_pose_predict_kwargs(settings)
+        except (OSError, ValueError) as err:
+            raise click.ClickException(f'{err}; pass --pose, or the JSON written beside the snapshot with --pose-kwargs') from None
+        poses = predict_real_poses(D, photos, masks, cameras, kwargs, batch=1)
+    make_outdir(outdir)
+    config = InversionConfig(w_steps=w_steps, w_plus=w_plus, w_lr=w_lr, refine_pose=refine_pose, pti_steps=pti_steps,
+                             pti_lr=pti_lr, locality_weight=locality)
+    for name, photo, mask, c, p in zip(names, photos.split(1), masks.split(1), cameras.split(1), poses.split(1)):
+        folder = make_outdir(os.path.join(outdir, stem(name)))
+        click.echo(f'{name}:')
+        target = prepare_target(G, photo, mask)
+        torch.manual_seed(seed)
+        latent = optimize_latent(G, D, target, c, p, config, seed=seed)
+        save_latent(os.path.join(folder, 'latent.npz'), latent.ws, latent.pose, c)
+        losses = {'w': latent.losses}
+        with torch.no_grad():
+            renders = [target.image, render(G, latent.ws, c, latent.pose)['image']]
+        result_G, interrupted = G, latent.interrupted
+        if pti_steps > 0 and not interrupted:
+            result_G, tuned = tune_generator(G, D, target, latent.ws, c, latent.pose, config, seed=seed)
+            losses['pti'] = tuned.losses
+            interrupted = tuned.interrupted
+            checkpoint.save_weights(os.path.join(folder, 'G_tuned.pt'), {'G_ema': result_G},
+                                    extra=dict(neural_rendering_resolution=int(G.neural_rendering_resolution)))
+            with torch.no_grad():
+                renders.append(render(result_G, latent.ws, c, latent.pose)['image'])
+        _save_image(os.path.join(folder, 'reconstruction.png'), renders)
+        with open(os.path.join(folder, 'losses.json'), 'w') as f:
+            json.dump(dict(losses, interrupted=interrupted), f)
+        if interrupted:
+            click.echo(f'interrupted: {folder} holds what the stage reached', err=True)
+            sys.exit(130)
+        with torch.no_grad():
+            if video:
+                write_video(result_G, [latent.ws.expand(frames, -1, -1)], (1, 1), os.path.join(folder, 'orbit.mp4'),
+                            'orbit', 'image', fps=30, sample_mult=1, pose_amplitude=0.0, base_pose=latent.pose)
+            if mesh:
+                shape = extract_shape(result_G, latent.ws, shape_res, DEFAULT_LEVEL)
+                if shape['vertices'] is not None:
+                    shape['vertices'] = pose_vertices(result_G.deformer, shape['vertices'], latent.pose)
+                click.echo(save_shape(shape, os.path.join(folder, 'mesh'), 'ply'))
+        final = (losses.get('pti') or losses['w'])[-1]['total']
+        click.echo(f'{name}: loss {losses["w"][0]["total"]:.4f} -> {final:.4f}; wrote {folder}')
+
+
+if __name__ == '__main__':
+    main()
