@@ -36,6 +36,7 @@ from training.synthetic import PortraitPainter, Scene, sample_scene
 
 VIEWS = {'input': 0.0, '+45': 45.0, '-45': -45.0, '+90': 90.0, '-90': -90.0, '180': 180.0}  # name -> yaw offset, degrees
 STAGES = ('w', 'w_pti')  # after the latent optimization; after pivotal tuning on top of it
+METRICS = ('psnr', 'ssim', 'psnr_portrait', 'ssim_portrait')  # whole image; portrait over grey
 
 
 def yaw_offset_camera(camera: torch.Tensor, degrees: float, pivot=PIVOT) -> torch.Tensor:
@@ -70,9 +71,19 @@ def view_scene(scene: Scene, degrees: float) -> Scene:
     return dataclasses.replace(scene, camera=camera, light_dirs=light_dirs)
 
 
-def ground_truth(painter: PortraitPainter, scene: Scene, degrees: float, resolution: int) -> np.ndarray:
-    """The painter's render of the scene from its camera turned by `degrees` -> uint8 [R, R, 3]."""
-    return painter.render(view_scene(scene, degrees), resolution)[0]
+def ground_truth(painter: PortraitPainter, scene: Scene, degrees: float, resolution: int) -> tuple:
+    """The painter's render of the scene from its camera turned by `degrees` -> (image uint8 [R, R, 3], mask uint8 [R, R])."""
+    return painter.render(view_scene(scene, degrees), resolution)
+
+
+def on_grey(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """image uint8 [R, R, 3] composited by alpha [R, R] in [0, 1] over uniform grey (128) -> uint8 [R, R, 3].
+
+    Inversion fits the person only (its loss is masked): on a shared background, the metrics measure the
+    portrait's shape and colours and not how the generator's free background differs from the photo's.
+    """
+    blended = image.astype(np.float64) * alpha[..., None] + 128.0 * (1 - alpha[..., None])
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
 def image_metrics(prediction: np.ndarray, truth: np.ndarray) -> dict:
@@ -84,11 +95,17 @@ def image_metrics(prediction: np.ndarray, truth: np.ndarray) -> dict:
 @torch.no_grad()
 def view_metrics(G: torch.nn.Module, ws: torch.Tensor, pose: torch.Tensor, camera: torch.Tensor, truths: dict) -> dict:
     """G's render of ws [1, num_ws, w_dim] in pose [1, 6] from camera [25] turned by each of VIEWS, against
-    truths {view: uint8 [R, R, 3]} -> {view: {'psnr', 'ssim'}}."""
+    truths {view: (image uint8 [R, R, 3], mask uint8 [R, R])} -> {view: {'psnr', 'ssim', 'psnr_portrait',
+    'ssim_portrait'}}: whole images, and both portraits over grey (each by its own mask or alpha)."""
     result = {}
     for name, degrees in VIEWS.items():
         turned = yaw_offset_camera(camera, degrees)[None].to(ws.device)
-        result[name] = image_metrics(to_uint8(render(G, ws, turned, pose)['image'])[0], truths[name])
+        out = render(G, ws, turned, pose)
+        image = to_uint8(out['image'])[0]
+        alpha = resize_image(out['image_mask'], G.img_resolution).clamp(0, 1)[0, 0].cpu().numpy()
+        truth, mask = truths[name]
+        portrait = image_metrics(on_grey(image, alpha), on_grey(truth, mask / 255.0))
+        result[name] = dict(image_metrics(image, truth), psnr_portrait=portrait['psnr'], ssim_portrait=portrait['ssim'])
     return result
 
 
@@ -104,7 +121,7 @@ def benchmark_portrait(G: torch.nn.Module, D: torch.nn.Module, painter: Portrait
     """Invert one portrait from its camera and measure both stages from every view.
 
     pose_predict_kwargs None: the scene's true pose is used -> {'pose_true', 'pose_used': [6] lists,
-    'seconds': {'w', 'pti'}, 'metrics': {stage: {view: {'psnr', 'ssim'}}}}
+    'seconds': {'w', 'pti'}, 'metrics': {stage: {view: {metric: value for metric in METRICS}}}}
     """
     resolution = G.img_resolution
     image, mask = painter.render(scene, resolution)
@@ -138,18 +155,20 @@ def benchmark_portrait(G: torch.nn.Module, D: torch.nn.Module, painter: Portrait
 
 
 def mean_metrics(portraits: list) -> dict:
-    """The per-portrait metrics averaged -> {stage: {view: {'psnr', 'ssim'}}}."""
-    return {stage: {view: {key: float(np.mean([p['metrics'][stage][view][key] for p in portraits]))
-                           for key in ('psnr', 'ssim')} for view in VIEWS} for stage in STAGES}
+    """The per-portrait metrics averaged -> {stage: {view: {'psnr', 'ssim', 'psnr_portrait', 'ssim_portrait'}}}."""
+    return {stage: {view: {key: float(np.mean([p['metrics'][stage][view][key] for p in portraits])) for key in METRICS}
+                    for view in VIEWS} for stage in STAGES}
 
 
 def markdown_table(means: dict, w_plus: bool) -> str:
-    """Rows = views, columns = PSNR and SSIM after each stage."""
+    """Rows = views, columns = PSNR and SSIM after each stage, whole image and portrait over grey."""
     latent = 'W+' if w_plus else 'W'
-    lines = [f'| view | {latent} PSNR | {latent} SSIM | {latent} + PTI PSNR | {latent} + PTI SSIM |',
-             '|---|---:|---:|---:|---:|']
+    lines = [f'| view | {latent} PSNR | {latent} SSIM | {latent} + PTI PSNR | {latent} + PTI SSIM | '
+             f'portrait: {latent} PSNR | {latent} SSIM | {latent} + PTI PSNR | {latent} + PTI SSIM |',
+             '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
     for view in VIEWS:
-        cells = [f'{means[stage][view]["psnr"]:.2f} | {means[stage][view]["ssim"]:.4f}' for stage in STAGES]
+        cells = [f'{means[stage][view]["psnr" + kind]:.2f} | {means[stage][view]["ssim" + kind]:.4f}'
+                 for kind in ('', '_portrait') for stage in STAGES]
         lines.append(f'| {view} | {" | ".join(cells)} |')
     return '\n'.join(lines)
 

@@ -27,11 +27,25 @@ def test_ground_truth_at_the_input_view_is_the_stored_image():
     painter = PortraitPainter()
     _, image_png, _ = render_item(painter, SEED, INDEX, RES)
     stored = np.asarray(PIL.Image.open(io.BytesIO(image_png)))
-    truth = inversion.ground_truth(painter, sample_scene(SEED, INDEX), 0.0, RES)
+    _, _, mask_png = render_item(painter, SEED, INDEX, RES)
+    truth, mask = inversion.ground_truth(painter, sample_scene(SEED, INDEX), 0.0, RES)
     assert truth.dtype == np.uint8 and truth.shape == (RES, RES, 3)
     np.testing.assert_array_equal(truth, stored)
+    np.testing.assert_array_equal(mask, np.asarray(PIL.Image.open(io.BytesIO(mask_png))))
     # A turned view is another picture of the same portrait, not the same one.
-    assert not np.array_equal(inversion.ground_truth(painter, sample_scene(SEED, INDEX), 45.0, RES), stored)
+    assert not np.array_equal(inversion.ground_truth(painter, sample_scene(SEED, INDEX), 45.0, RES)[0], stored)
+
+
+def test_portraits_over_grey_ignore_the_background():
+    rng = np.random.default_rng(0)
+    person = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    alpha = np.zeros((8, 8))
+    alpha[2:6, 2:6] = 1
+    other_background = np.where(alpha[..., None] > 0, person, rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    np.testing.assert_array_equal(inversion.on_grey(person, alpha), inversion.on_grey(other_background, alpha))
+    assert (inversion.on_grey(person, alpha)[0, 0] == 128).all()
+    np.testing.assert_array_equal(inversion.on_grey(person, np.full((8, 8), 0.5))[0, 0],
+                                  np.rint((person[0, 0].astype(float) + 128) / 2).astype(np.uint8))
 
 
 def test_view_scene_keeps_the_lights_in_the_world():
@@ -106,6 +120,7 @@ def test_end_to_end_on_the_tiny_snapshot(run_dir, tmp_path, capsys):
             assert set(stage) == {'input', '+45', '-45', '+90', '-90', '180'}
             for values in stage.values():
                 assert math.isfinite(values['psnr']) and -1 <= values['ssim'] <= 1
+                assert math.isfinite(values['psnr_portrait']) and -1 <= values['ssim_portrait'] <= 1
     table = capsys.readouterr().out
     assert '| 180 |' in table and 'W + PTI PSNR' in table
 
