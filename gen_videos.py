@@ -33,7 +33,7 @@ def parse_grid(text: str) -> tuple:
 @click.option('--grid', callback=lambda ctx, param, value: parse_grid(value), default='1x1', show_default=True,
               help='Cells of the video, WxH')
 @click.option('--trajectory', type=click.Choice(TRAJECTORIES), default='orbit', show_default=True,
-              help='orbit: 360 degrees of yaw; wobble: small camera loop (SPEC 10.2); pose: neck/head animated, camera fixed')
+              help='orbit: 360 degrees of yaw; wobble: small camera loop; pose: neck/head animated, camera fixed')
 @click.option('--large_pose', is_flag=True, help='Alias of --trajectory orbit')
 @click.option('--pose-amplitude', type=FiniteFloat(), default=0.6, show_default=True, help='Peak rotation of --trajectory pose, radians')
 @click.option('--image_mode', type=click.Choice(IMAGE_MODES), default='image', show_default=True)

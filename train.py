@@ -350,7 +350,7 @@ def _new_config(cfg: str, options: dict, generator: dict, resume: str | None, re
             raise click.BadParameter(f'{resume}: a new stage starts from a network snapshot (network-snapshot-*.pkl '
                                      f'or .pt), not from a resume state', param_hint='--resume')
         # A new stage: the EMA keeps its full half-life and, unless --resume_blur, the
-        # early-training schedules (blur, GPC fade) stay off (SPEC 8.1).
+        # early-training schedules (blur, GPC fade) stay off (docs/method.md §9.5).
         options.update(resume=resume, stage_start_kimg=resume_kimg)
         if not resume_blur:
             options.update(blur_init_sigma=0.0, gpc_reg_fade_kimg=0.0)

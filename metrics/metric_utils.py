@@ -36,7 +36,7 @@ class MetricOptions:
     G: torch.nn.Module                          # the generator to evaluate (G_ema)
     dataset_kwargs: dict                        # PortraitDataset arguments: path, seg_path, resolution
     D: torch.nn.Module | None = None            # predicts poses for D_predict and pose_err
-    pose_predict_kwargs: dict | None = None     # blur_sigma, neural_rendering_resolution (SPEC 8.7)
+    pose_predict_kwargs: dict | None = None     # blur_sigma, neural_rendering_resolution (docs/method.md §9.6)
     metric_pose_sample_mode: str = 'G_predict'  # pose of the fakes: G's pose branch, or D on a real image
     identical_c_p: bool = False                 # condition on the rendering camera and pose (else an independent draw)
     detector: str = DEFAULT_DETECTOR            # feature detector file (metrics.detector)
@@ -67,7 +67,7 @@ class MetricOptions:
         return int(self.pose_predict_kwargs['neural_rendering_resolution'])
 
     def dataset(self) -> PortraitDataset:
-        """The mirrored data set at the generator's resolution (SPEC 10.5)."""
+        """The mirrored data set at the generator's resolution (docs/method.md §12.1)."""
         if 'dataset' not in self.memo:
             kwargs = {key: value for key, value in self.dataset_kwargs.items() if key in ('path', 'seg_path', 'max_size')}
             self.memo['dataset'] = PortraitDataset(**kwargs, resolution=self.G.img_resolution, xflip=True)
@@ -149,7 +149,7 @@ def real_features_cache_path(opts: MetricOptions, max_items: int | None) -> str:
 
 
 def real_features(opts: MetricOptions, max_items: int | None) -> np.ndarray:
-    """Detector features of the real images (mirrored set, SPEC 10.5) -> float32 [N, 2048], cached on disk."""
+    """Detector features of the real images (mirrored set, docs/method.md §12.1) -> float32 [N, 2048], cached."""
     memo_key = ('real_features', max_items)
     if memo_key in opts.memo:
         return opts.memo[memo_key]
@@ -184,7 +184,7 @@ def _batch_seeds(opts: MetricOptions, batch: int, stream: int) -> int:
 
 
 def sample_poses(opts: MetricOptions, z: torch.Tensor, indices: np.ndarray) -> tuple:
-    """Cameras and body poses for latents z at data set items `indices` (SPEC 5.4, D6).
+    """Cameras and body poses for latents z at data set items `indices` (docs/method.md §12.1, §13.1).
 
     z [B, z_dim], indices [B] -> (cameras [B, 25], poses [B, 6]) on opts.device.
     G_predict: G's pose branch on the latent's own z and the item's camera; D_predict: D's
@@ -204,7 +204,7 @@ def sample_poses(opts: MetricOptions, z: torch.Tensor, indices: np.ndarray) -> t
 
 @torch.no_grad()
 def generate_batch(opts: MetricOptions, batch: int) -> dict:
-    """The fakes of one batch (SPEC 10.5): truncation 1, random noise, deformation on.
+    """The fakes of one batch (docs/method.md §12.1): truncation 1, random noise, deformation on.
 
     -> {'z' [B, z_dim], 'c' [B, 25], 'pose' [B, 6], 'images' uint8 [B, 3, S, S], and G's outputs 'image',
     'image_raw', 'image_mask'}, B = batch_size. With identical_c_p the mapping is conditioned on the
@@ -239,7 +239,7 @@ def fake_features(opts: MetricOptions, num_items: int) -> np.ndarray:
 
 
 def discriminator_pose_on_fakes(opts: MetricOptions, fakes: dict) -> torch.Tensor:
-    """D's pose of a batch of fakes, their image blurred as D sees fakes in training (SPEC 7.5) -> [B, 6]."""
+    """D's pose of a batch of fakes, their image blurred as D sees fakes (docs/method.md §7.5) -> [B, 6]."""
     blur_sigma = float(opts.pose_predict_kwargs['blur_sigma'])
     image = blur_image(fakes['image'], blur_sigma) if blur_sigma > 0 else fakes['image']
     return opts.D.predict_pose(dict(image=image, image_raw=fakes['image_raw'], image_mask=fakes['image_mask']), fakes['c'])

@@ -119,7 +119,7 @@ def test_points_beyond_the_thickness_are_unchanged(body):
 
 
 def reference_map(points: np.ndarray, posed: np.ndarray, canonical: np.ndarray, triangle: np.ndarray) -> np.ndarray:
-    """The per-triangle map written out as in the method description, one point at a time."""
+    """The per-triangle map written out as in docs/method.md §5.4, one point at a time."""
     def frame(p0, p1, p2):
         e_x = (p1 - p0) / np.linalg.norm(p1 - p0)
         normal = np.cross(p1 - p0, p2 - p0)

@@ -1,5 +1,5 @@
 """Tests for training/loss.py: real-image preparation, GPC and background swaps, and every phase's
-losses and gradient paths (SPEC sections 7.1-7.3b), with a tiny generator and discriminator."""
+losses and gradient paths (docs/method.md §7.1-§7.7), with a tiny generator and discriminator."""
 
 import math
 

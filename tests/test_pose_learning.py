@@ -1,7 +1,7 @@
 """A learning check of the discriminator's pose predictor (training/dual_discriminator.py).
 
 On a fixed set of rendered portraits with exact poses (the built-in synthetic set), a few hundred
-steps of D's pose regression (the loss D minimizes on fakes, SPEC 7.3) bring the angular error of
+steps of D's pose regression (the loss D minimizes on fakes, docs/method.md §7.3) bring the angular error of
 its predictions far below that of the best constant, the set's mean pose. Gradients must reach
 the pose head and the trunk through the mirror canonicalization for this to happen.
 """

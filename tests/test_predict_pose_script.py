@@ -30,8 +30,8 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def photos(tmp_path_factory):
-    """A SPEC 10.3 folder of synthetic portraits -> (folder, images uint8 [N, H, W, 3], masks uint8 [N, H, W],
-    camera labels float32 [N, 25] as the synthetic set stores them)."""
+    """A real-portrait folder of synthetic portraits (docs/method.md §10.4) -> (folder, images uint8 [N, H, W, 3],
+    masks uint8 [N, H, W], camera labels float32 [N, 25] as the synthetic set stores them)."""
     folder = tmp_path_factory.mktemp('photos')
     os.makedirs(folder / 'aligned_images')
     os.makedirs(folder / 'mask')

@@ -139,7 +139,7 @@ def test_new_stage_from_a_snapshot(tmp_path):
     resolved = _dry_run('--resume', str(snapshot), '--resume_kimg', '6', '--kimg', '16', '--train_g_pose_branch', 'false')
     assert resolved['resume'] == str(snapshot) and resolved['stage_start_kimg'] == 6.0
     assert resolved['resume_state'] is None
-    # SPEC 8.1: a new stage has no EMA rampup and, without --resume_blur, no blur or GPC fade.
+    # docs/method.md §9.5: a new stage has no EMA rampup and, without --resume_blur, no blur or GPC fade.
     assert resolved['ema_rampup'] is None
     assert resolved['blur_init_sigma'] == 0.0 and resolved['gpc_reg_fade_kimg'] == 0.0
     kept = _dry_run('--resume', str(snapshot), '--resume_kimg', '6', '--kimg', '16', '--resume_blur')

@@ -246,7 +246,7 @@ def test_persistent_nan_gradients_stop_the_run(tiny, tmp_path, monkeypatch):
 
 
 def test_stage_start_loads_the_snapshot_networks(tiny, tmp_path):
-    """SPEC 8.5: G, D, G_ema by name; D_ema from D when the snapshot has none."""
+    """docs/method.md §9.5: G, D, G_ema by name; D_ema from D when the snapshot has none."""
     from training.training_loop import build_networks, _load_network_snapshot
     _, config = tiny
     torch.manual_seed(1)

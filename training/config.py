@@ -64,7 +64,7 @@ class TrainingConfig:
     ema_rampup: float | None                   # half-life at most ema_rampup * cur_nimg; None: no rampup
     train_g_pose_branch: bool                  # False: G's pose branch is frozen (stages 2 and 3)
 
-    # Losses and their schedules (SPEC 7).
+    # Losses and their schedules (docs/method.md §7, §8).
     gamma: float                               # R1 weight on the image and raw image
     gamma_seg: float                           # R1 weight on the mask
     pose_loss_weight: float                    # D pose regression on fakes

@@ -1,4 +1,4 @@
-"""The small MLP that turns averaged tri-grid features into density and a feature vector (SPEC section 2.5)."""
+"""The small MLP that turns averaged tri-grid features into density and a feature vector (docs/method.md §3.5)."""
 
 import numpy as np
 import torch

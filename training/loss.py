@@ -1,6 +1,6 @@
 """The training losses: non-saturating GAN loss, pose self-learning, lazy R1 and density regularization.
 
-`PortraitGANLoss.accumulate_gradients` runs one phase (SPEC section 7.3) on one chunk of a batch
+`PortraitGANLoss.accumulate_gradients` runs one phase (docs/method.md §7.3) on one chunk of a batch
 and calls `.backward()`; the training loop owns the optimizers, decides which module takes
 gradients (`requires_grad_`) and steps it. The loss never writes into G or D: every schedule
 value (blur, density noise, GPC swap probability, pose-prior weight, rendering resolution) is
@@ -81,7 +81,7 @@ def resize_image(x: torch.Tensor, resolution: int, filter_mode: str = 'antialias
 
 
 def blur_image(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable blur with `schedules.blur_kernel(sigma)`, zero padded, same size (SPEC 7.5).
+    """Separable blur with `schedules.blur_kernel(sigma)`, zero padded, same size (docs/method.md §7.5).
 
     x [B, C, H, W] -> [B, C, H, W]; unchanged when the kernel has a single tap (sigma < 1/3).
     """
@@ -93,7 +93,7 @@ def blur_image(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def prepare_real(real_img: torch.Tensor, real_seg: torch.Tensor, resolution: int, blur_sigma: float,
                  filter_mode: str = 'antialiased') -> dict:
-    """The discriminator input of a real batch (SPEC 7.1, 8.7).
+    """The discriminator input of a real batch (docs/method.md §7.1, §9.6).
 
     real_img [B, 3, S, S] in [-1, 1], real_seg [B, 1, S, S] in [0, 1] ->
       {'image': real_img, 'image_raw': [B, 3, r, r], 'image_mask': [B, 1, r, r]}, r = resolution.
@@ -167,7 +167,9 @@ class PortraitGANLoss:
 
     def run_G(self, z: torch.Tensor, c: torch.Tensor, pose: torch.Tensor, swapping_prob: float, resolution: int,
               update_emas: bool = False, density_noise: float = 0.0) -> dict:
-        """Render z from camera c posed by its own pose, conditioned on a possibly swapped (c, pose) (SPEC 7.2).
+        """Render z from camera c posed by its own pose, conditioned on a possibly swapped (c, pose).
+
+        See docs/method.md §7.2.
 
         z [B, z_dim], c [B, 25], pose [B, 6] (the pose branch output for (z, c)) -> the dict of
         `G.synthesis` at rendering resolution `resolution`: image [B, 3, S, S], image_raw, image_mask ...
@@ -185,7 +187,7 @@ class PortraitGANLoss:
                                 ws_bcg=ws_bcg, density_noise=density_noise, update_emas=update_emas)
 
     def run_D(self, img_dict: dict, c: torch.Tensor, blur_sigma: float, update_emas: bool = False) -> tuple:
-        """D on img_dict with its full image blurred by `blur_sigma` (SPEC 7.5).
+        """D on img_dict with its full image blurred by `blur_sigma` (docs/method.md §7.5).
 
         img_dict {'image' [B, 3, S, S], 'image_raw' [B, 3, r, r], 'image_mask' [B, 1, r, r]}, c [B, 25]
         -> (logits [B, 1], predicted pose [B, 6])
@@ -249,7 +251,7 @@ class PortraitGANLoss:
         (loss.mean() * gain).backward()
 
     def _g_density_reg(self, gen_z: torch.Tensor, gen_c: torch.Tensor, state: dict, gain: float) -> None:
-        """Density smoothness: sigma at random points vs. at slightly perturbed copies (SPEC 7.3 Greg)."""
+        """Density smoothness: sigma at random points vs. at slightly perturbed copies (Greg, docs/method.md §7.3)."""
         cfg = self.config
         p_G = self.G.get_pose_params(gen_z, gen_c)
         # One batch-wide coin, unlike the per-sample swap of run_G.

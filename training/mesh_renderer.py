@@ -1,6 +1,6 @@
 """Headless OpenGL rendering of triangle meshes seen by the project's OpenCV cameras.
 
-Used for the posed-mesh-over-image snapshots (SPEC 4.8) and for synthetic renders: colour,
+Used for the posed-mesh-over-image snapshots (docs/method.md §5.7) and for synthetic renders: colour,
 silhouette mask and metric z-depth of a mesh, without a display, on the CPU (Mesa llvmpipe
 behind a standalone EGL context, driven by moderngl).
 
@@ -404,7 +404,7 @@ class MeshRenderer:
 
     def overlay(self, image: ArrayLike, vertices: ArrayLike, faces: ArrayLike, c,
                 alpha: float = 0.6, color: Sequence[float] = (0.4, 0.5, 0.9)) -> np.ndarray:
-        """Blend the shaded mesh over an image (the posed-mesh snapshot of SPEC 4.8).
+        """Blend the shaded mesh over an image (the posed-mesh snapshot, docs/method.md §5.7).
 
         image uint8 [H, W, 3], vertices [V, 3], faces [F, 3], c as in `render` -> uint8
         [H, W, 3]: inside the mesh's mask (1 - alpha) * image + alpha * shaded mesh, outside it

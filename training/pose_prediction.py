@@ -2,7 +2,7 @@
 
 The settings that prepare a real image for `D.predict_pose` (rendering resolution, blur) are the
 ones the training loop writes beside each network snapshot as `pose_predict_kwargs-*.json`
-(SPEC 8.4, 8.7); a published 3DPortraitGAN checkpoint carries them in the .json of its own name.
+(docs/method.md §9.4, §9.6); a published 3DPortraitGAN checkpoint carries them in the .json of its own name.
 """
 
 import json
@@ -49,7 +49,7 @@ def pose_predict_kwargs_for(snapshot_path: str) -> str:
 @torch.no_grad()
 def predict_real_poses(D: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, cameras: torch.Tensor,
                        pose_predict_kwargs: dict, batch: int = 16) -> torch.Tensor:
-    """D's body pose for each real image, prepared as in training (SPEC 8.7).
+    """D's body pose for each real image, prepared as in training (docs/method.md §9.6).
 
     images [N, 3, H, W] in [-1, 1], masks [N, 1, H, W] in [0, 1], cameras [N, 25] -> poses [N, 6]
     H = W = D's image resolution. Images are batched by `batch`; D's minibatch-std layer couples

@@ -1,8 +1,8 @@
-"""Training schedules: small pure functions of the image counter (SPEC sections 2.9, 7.5, 7.6, 8.3).
+"""Training schedules: small pure functions of the image counter (docs/method.md §8, §7.5).
 
 `cur_nimg` is always the absolute image counter (resume_kimg * 1000 + images trained in this
 run), so that a resumed run continues every schedule where it stopped. The one exception is the
-neural-rendering resolution, whose fade is measured from the resume point (SPEC section 2.9).
+neural-rendering resolution, whose fade is measured from the resume point (docs/method.md §8.2).
 """
 
 import math
@@ -18,17 +18,17 @@ def _fade_out(cur_nimg: int, fade_kimg: float) -> float:
 
 
 def blur_sigma(cur_nimg: int, blur_init_sigma: float, blur_fade_kimg: float) -> float:
-    """Standard deviation (pixels) of the Gaussian blur on the discriminator's images (SPEC 7.1, 7.5)."""
+    """Standard deviation (pixels) of the Gaussian blur on the discriminator's images (docs/method.md §7.1, §7.5)."""
     return blur_init_sigma * _fade_out(cur_nimg, blur_fade_kimg)
 
 
 def density_noise(cur_nimg: int, fade_kimg: float) -> float:
-    """Standard deviation of the noise added to raw densities while training G (SPEC 3.3 step 3)."""
+    """Standard deviation of the noise added to raw densities while training G (docs/method.md §4.3, §8.1)."""
     return _fade_out(cur_nimg, fade_kimg)
 
 
 def gpc_swap_prob(cur_nimg: int, gpc_reg_prob: float, gpc_reg_fade_kimg: float) -> float:
-    """Probability that a sample is conditioned on its neighbour's (camera, pose) (SPEC 7.2).
+    """Probability that a sample is conditioned on its neighbour's (camera, pose) (docs/method.md §7.2).
 
     Starts at 1, so that early on the conditioning never matches the rendering and G cannot tie
     the 3D shape to the camera, and fades linearly to `gpc_reg_prob`; no fade when fade_kimg == 0.
@@ -38,7 +38,7 @@ def gpc_swap_prob(cur_nimg: int, gpc_reg_prob: float, gpc_reg_fade_kimg: float) 
 
 
 def pose_prior_weight(cur_nimg: int, weight: float, hold_kimg: float, decay_kimg: float) -> float:
-    """Weight of the G pose prior ||p_G - p_coarse||^2 (SPEC 5.3).
+    """Weight of the G pose prior ||p_G - p_coarse||^2 (docs/method.md §7.6).
 
     `weight` until hold_kimg thousand images, then linearly down to 0 over decay_kimg thousand
     images (published: 0.5, hold 200, decay 200). Zero when weight <= 0.
@@ -53,7 +53,7 @@ def pose_prior_weight(cur_nimg: int, weight: float, hold_kimg: float, decay_kimg
 
 def rendering_resolution(cur_nimg: int, resume_nimg: int, initial: int, final: int | None,
                          fade_kimg: float) -> int:
-    """Neural rendering resolution r (SPEC 2.9): `initial` if `final` is None, else faded to `final`.
+    """Neural rendering resolution r (docs/method.md §8.2): `initial` if `final` is None, else faded to `final`.
 
     The fade starts at the resume point, not at image 0, so that a stage resumed at a high image
     count (published stage 3) still fades gradually. Intermediate sizes (65, 66, ...) do occur.
@@ -68,7 +68,7 @@ def rendering_resolution(cur_nimg: int, resume_nimg: int, initial: int, final: i
 
 
 def ema_beta(batch_size: int, ema_kimg: float, ema_rampup: float | None, cur_nimg: int) -> float:
-    """Decay of the exponential moving average of G and D per step of `batch_size` images (SPEC 8.3).
+    """Decay of the exponential moving average of G and D per step of `batch_size` images (docs/method.md §8.3).
 
     The half-life is ema_kimg thousand images; with a rampup it is at most ema_rampup * cur_nimg,
     so that the average forgets the random initialization quickly at the start of training.
@@ -80,7 +80,9 @@ def ema_beta(batch_size: int, ema_kimg: float, ema_rampup: float | None, cur_nim
 
 
 def blur_kernel(sigma: float, device: torch.device | str = 'cpu') -> torch.Tensor:
-    """Normalized separable Gaussian-like taps 2^(-(x/sigma)^2), x in [-floor(3 sigma), floor(3 sigma)] (SPEC 7.5).
+    """Normalized separable Gaussian-like taps 2^(-(x/sigma)^2), x in [-floor(3 sigma), floor(3 sigma)].
+
+    See docs/method.md §7.5.
 
     -> [2k + 1] float32 with k = floor(3 sigma); [1] (the identity) when sigma <= 0.
     """

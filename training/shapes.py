@@ -1,7 +1,7 @@
 """Density volumes of a generator on a regular grid, and meshes from them by marching cubes.
 
-The grid is the cube of side `0.8 * box_warp` centred at the world origin (SPEC 10.1), in world
-coordinates (metres, y up, the subject faces +z; SPEC 1.2). Volumes are indexed [x][y][z] in
+The grid is the cube of side `0.8 * box_warp` centred at the world origin (docs/method.md §12.3), in world
+coordinates (metres, y up, the subject faces +z; docs/method.md §2.1). Volumes are indexed [x][y][z] in
 memory; `.mrc` files hold them in the file format's [z][y][x] order with the voxel size in
 angstrom units set to the voxel size in metres, so that a volume survives a round trip.
 """
@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-DEFAULT_LEVEL = 15.0    # SPEC 10.1: the sigma level of the surface
+DEFAULT_LEVEL = 15.0    # the sigma level of the surface (docs/method.md §12.3)
 CUBE_FRACTION = 0.8     # the grid covers this fraction of the tri-grid box
 
 

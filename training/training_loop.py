@@ -2,7 +2,7 @@
 
 `train.py` calls `training_loop` once per process (rank); with several processes every rank
 builds the same networks, draws its own real batch slice, latents and generator labels, and the
-gradients are averaged over ranks before each optimizer step (SPEC 8.3, 8.6).
+gradients are averaged over ranks before each optimizer step (docs/method.md §9.1, §9.3).
 
 One iteration, top to bottom:
   1. fetch this rank's real batch and split it into `batch_gpu` chunks;
@@ -20,7 +20,7 @@ with a final snapshot.
 Files of a run directory (rank 0 writes them, each atomically):
   network-snapshot-{kimg:06d}.pkl       G, D, G_ema, D_ema, training_set_kwargs (EG3D pickle layout)
   network-snapshot-{kimg:06d}.pt        the same networks, weights only (no pickled code)
-  pose_predict_kwargs-{kimg:06d}.json   how to prepare real images for D.predict_pose (SPEC 8.7)
+  pose_predict_kwargs-{kimg:06d}.json   how to prepare real images for D.predict_pose (docs/method.md §9.6)
   resume-state-{kimg:06d}.pt            what continuing needs: networks, optimizer states, counters
                                         and every rank's RNG states; only the newest is kept
   fakes*.png, reals.png, segs.png, mesh_coarse_real_pose.png   image snapshots
@@ -119,7 +119,7 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
     log = print if is_main else (lambda *args, **kwargs: None)
     _seed_all(config.seed * world_size + rank)
     torch.backends.cudnn.benchmark = config.cudnn_benchmark
-    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 changes the GAN's numerics (SPEC 8.3)
+    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 changes the GAN's numerics (docs/method.md §9.1)
     torch.backends.cudnn.allow_tf32 = False
     training_stats.init_multiprocessing(rank, device if world_size > 1 else None)
 
@@ -154,7 +154,7 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
     log(f'G: {_count(G)} parameters, D: {_count(D)} parameters'
         + ('' if config.train_g_pose_branch else ' (G pose branch frozen)'))
 
-    # Optimizers and phases (lazy regularization, SPEC 7.4).
+    # Optimizers and phases (lazy regularization, docs/method.md §7.4).
     phases, optimizers = _build_phases(config, G, D)
     if state is not None:
         for name, optimizer in optimizers.items():
@@ -340,7 +340,7 @@ def _build_phases(config: TrainingConfig, G: torch.nn.Module, D: torch.nn.Module
     """-> (phases in execution order: G's, then D's, as published; {'G': Adam, 'D': Adam}).
 
     A network with a lazy regularization phase every k iterations steps k + 1 times per k
-    iterations, so its learning rate and betas are scaled by k / (k + 1) (SPEC 7.4).
+    iterations, so its learning rate and betas are scaled by k / (k + 1) (docs/method.md §7.4).
     """
     g_params = [param for name, param in G.named_parameters()
                 if config.train_g_pose_branch or not name.startswith('pose_branch.')]
@@ -541,7 +541,10 @@ def save_network_files(run_dir: str, cur_nimg: int, networks: dict, training_set
 
 
 def pose_predict_kwargs(schedule: dict) -> dict:
-    """The settings that prepare real images for D.predict_pose at this point of the schedules (SPEC 8.4, 8.7)."""
+    """The settings that prepare real images for D.predict_pose at this point of the schedules.
+
+    See docs/method.md §9.4, §9.6.
+    """
     filter_2d = np.outer(RESAMPLE_FILTER, RESAMPLE_FILTER) / np.sum(RESAMPLE_FILTER) ** 2
     return dict(blur_sigma=float(schedule['blur_sigma']), neural_rendering_resolution=int(schedule['rendering_resolution']),
                 resample_filter=filter_2d.tolist(), filter_mode='antialiased')
@@ -549,7 +552,7 @@ def pose_predict_kwargs(schedule: dict) -> dict:
 
 def _run_metrics(config: TrainingConfig, run_dir: str, cur_nimg: int, networks: dict, training_set_kwargs: dict,
                  schedule: dict, rank: int, world_size: int, device: torch.device, log) -> None:
-    """The configured metrics of a network snapshot, on every rank (SPEC 8.4): G_ema, and the snapshot's D.
+    """The configured metrics of a network snapshot, on every rank (docs/method.md §9.4): G_ema, and the snapshot's D.
 
     Results are appended to run_dir/metric-{name}.jsonl by rank 0. The random state is forked, so
     a run with metrics trains exactly as one without.
@@ -633,7 +636,7 @@ def load_resume_state(path: str, mmap: bool = False) -> dict:
 
 
 def _load_network_snapshot(path: str, networks: dict, trust_pickle: bool = False) -> None:
-    """Copy G, D, G_ema, D_ema by parameter name from a network pickle or weights file (SPEC 8.5)."""
+    """Copy G, D, G_ema, D_ema by parameter name from a network pickle or weights file (docs/method.md §9.5)."""
     snapshot = checkpoint.load_any(path, trust_pickle=trust_pickle)
     for name, module in networks.items():
         source = snapshot.get(name)
@@ -778,7 +781,7 @@ class _SnapshotGrid:
         _5_no_pose_depth.png, _6_real_pose.png (D's predicted poses over the reals).
 
         G_ema renders are conditioned on the frontal camera and zero pose and posed by the training
-        G's pose branch (SPEC 8.4); no sample jitter and constant noise, so snapshots are comparable.
+        G's pose branch (docs/method.md §9.4); no sample jitter and constant noise, so snapshots are comparable.
         """
         r = schedule['rendering_resolution']
         outputs = {key: [] for key in ('image', 'image_raw', 'image_depth', 'no_pose', 'no_pose_raw', 'no_pose_depth')}

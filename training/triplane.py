@@ -39,7 +39,7 @@ def build_body_model(source: str, box_warp: float) -> BodyModel:
 def _build_superresolution(sr_module: str, channels: int, input_resolution: int, img_resolution: int, w_dim: int,
                            channel_base: int, channel_max: int, num_fp16_res: int, conv_clamp: float | None,
                            antialias: bool, noise_mode: str, cpu_bf16: bool) -> torch.nn.Module:
-    """The super-resolution head named by `sr_module` (SPEC section 2.8)."""
+    """The super-resolution head named by `sr_module` (docs/method.md §3.8)."""
     if sr_module == 'small':
         return superresolution.SuperresolutionSmall(channels=channels, img_resolution=img_resolution,
             input_resolution=input_resolution, sr_num_fp16_res=num_fp16_res, sr_antialias=antialias,
@@ -170,7 +170,7 @@ class TriPlaneGenerator(torch.nn.Module):
           image [B, 3, S, S] (S = img_resolution), image_raw [B, 3, r, r], image_depth [B, 1, r, r],
           image_mask [B, 1, r, r] (alpha), image_background [B, 3, r, r] (only with a background).
         With `apply_def` every ray sample is carried from the space posed by `pose_params` to the
-        canonical space of the tri-grid (SPEC section 4); without it the canonical head is rendered.
+        canonical space of the tri-grid (docs/method.md §5); without it the canonical head is rendered.
         `deterministic` renders without sample jitter; otherwise `generator` drives the jitter.
         synthesis_kwargs (noise_mode, force_fp32) go to the backbone and background nets.
         """
