@@ -13,8 +13,8 @@ from tqdm import tqdm
 
 from training import checkpoint
 from training.camera_utils import camera_label, frontal_camera, orbit_camera
-from training.cli import (DEFAULT_DEVICE, Device, FiniteFloat, load_generator, load_networks, make_outdir,
-                          parse_pose, parse_seeds, require_render_memory, require_shape_memory)
+from training.cli import (DEFAULT_DEVICE, Device, FiniteFloat, load_generator, load_generator_and_discriminator,
+                          make_outdir, parse_pose, parse_seeds, require_render_memory, require_shape_memory)
 from training.dataset import stem
 from training.images import depth_to_uint8, to_uint8
 from training.loss import resize_image
@@ -32,13 +32,7 @@ def predict_folder_poses(network: str, folder: str, pose_kwargs: str | None, dev
 
     -> (G_ema, names, photos [N, 3, S, S] in [-1, 1], cameras [N, 25], poses [N, 6]); S = D's resolution.
     """
-    path, modules = load_networks(network, device, trust_pickle)
-    try:
-        G, D = checkpoint.snapshot_networks(modules, path)
-    except checkpoint.CheckpointError as err:
-        raise click.ClickException(str(err)) from None
-    if D is None or G is None:
-        raise click.ClickException(f'{network}: --predict-pose needs a checkpoint with a generator and a discriminator (D_ema or D)')
+    path, G, D = load_generator_and_discriminator(network, device, trust_pickle, '--predict-pose')
     pose_kwargs = pose_kwargs or pose_predict_kwargs_for(path)
     try:
         kwargs = load_pose_predict_kwargs(pose_kwargs)
@@ -49,8 +43,8 @@ def predict_folder_poses(network: str, folder: str, pose_kwargs: str | None, dev
     except (OSError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     photos, masks, cameras = photos.to(device), masks.to(device), cameras.to(device)
-    poses = predict_real_poses(D.eval().requires_grad_(False), photos, masks, cameras, kwargs, batch=1)
-    return G.eval().requires_grad_(False), names, photos, cameras, poses
+    poses = predict_real_poses(D, photos, masks, cameras, kwargs, batch=1)
+    return G, names, photos, cameras, poses
 
 
 def render_photo_poses(G: torch.nn.Module, seeds: list, names: list, photos: torch.Tensor, cameras: torch.Tensor,

@@ -12,7 +12,7 @@ import torch
 
 from training import checkpoint
 from training.camera_utils import frontal_camera
-from training.cli import DEFAULT_DEVICE, Device, FiniteFloat, load_networks, make_outdir, parse_pose
+from training.cli import DEFAULT_DEVICE, Device, FiniteFloat, load_generator_and_discriminator, make_outdir, parse_pose
 from training.dataset import PortraitDataset, stem
 from training.images import to_uint8
 from training.inversion import InversionConfig, optimize_latent, prepare_target, render, tune_generator
@@ -32,7 +32,8 @@ def parse_camera(text: str, device: torch.device) -> torch.Tensor:
     try:
         values = [float(v) for v in text.split(',')]
     except ValueError:
-        raise click.BadParameter(f'{text!r}: expected "front" or 16 or 25 comma-separated numbers', param_hint='--camera') from None
+        raise click.BadParameter(f'{text!r}: expected "front" or 16 or 25 comma-separated numbers',
+                                 param_hint='--camera') from None
     if len(values) not in (16, 25) or not np.isfinite(values).all():
         raise click.BadParameter(f'{len(values)} values: expected "front" or 16 (cam2world) or 25 (camera label) finite '
                                  f'numbers', param_hint='--camera')
@@ -85,17 +86,21 @@ def _save_image(path: str, images: list) -> None:
 
 
 @click.command()
-@click.option('--network', required=True, help='Checkpoint with G and D (network pickle or weights file), or a run directory')
+@click.option('--network', required=True,
+              help='Checkpoint with G and D (network pickle or weights file), or a run directory')
 @click.option('--image', 'image_path', required=True, type=click.Path(exists=True),
               help='A photo (aligned square crop), a folder of the published layout (aligned_images/, mask/, '
                    'result.json), or a data set with dataset.json')
-@click.option('--mask', 'mask_path', type=click.Path(exists=True), help='Person mask of --image (file), or the masks of a data set')
+@click.option('--mask', 'mask_path', type=click.Path(exists=True),
+              help='Person mask of --image (file), or the masks of a data set')
 @click.option('--camera', help='Camera of a single photo: front, 16 values (cam2world) or 25 (camera label)')
-@click.option('--pose', help='Body pose of every photo, six comma-separated neck/head axis-angle values [default: predicted by D]')
+@click.option('--pose',
+              help='Body pose of every photo, six comma-separated neck/head axis-angle values [default: predicted by D]')
 @click.option('--pose-kwargs', type=click.Path(dir_okay=False),
               help='Pose-prediction settings [default: the pose_predict_kwargs-*.json beside the snapshot]')
 @click.option('--refine-pose', is_flag=True, help='Optimize the body pose along with the latent')
-@click.option('--w-steps', type=click.IntRange(min=1), default=500, show_default=True, help='Steps of the latent optimization')
+@click.option('--w-steps', type=click.IntRange(min=1), default=500, show_default=True,
+              help='Steps of the latent optimization')
 @click.option('--w-plus', is_flag=True, help='Optimize one w per layer (w+) instead of one w')
 @click.option('--w-lr', type=FiniteFloat(min=0, min_open=True), default=InversionConfig.w_lr, show_default=True,
               help='Peak learning rate of the latent')
@@ -129,15 +134,8 @@ def main(network, image_path, mask_path, camera, pose, pose_kwargs, refine_pose,
     running stage and writes what it reached.
     """
     given_pose = parse_pose(pose, device)
-    path, modules = load_networks(network, device, trust_pickle)
-    try:
-        G, D = checkpoint.snapshot_networks(modules, path)
-    except checkpoint.CheckpointError as err:
-        raise click.ClickException(str(err)) from None
-    if G is None or D is None:
-        raise click.ClickException(f'{network}: inversion needs a checkpoint with a generator and a discriminator '
-                                   f'(D predicts the pose and gives the perceptual loss)')
-    G, D = G.eval().requires_grad_(False), D.eval().requires_grad_(False)
+    path, G, D = load_generator_and_discriminator(network, device, trust_pickle,
+                                                  'inversion (D predicts the pose and gives the perceptual loss)')
     names, photos, masks, cameras = read_inputs(image_path, mask_path, camera, G.img_resolution, device)
     photos, masks, cameras = photos.to(device), masks.to(device), cameras.to(device)
     if given_pose is not None:
@@ -147,7 +145,8 @@ def main(network, image_path, mask_path, camera, pose, pose_kwargs, refine_pose,
         try:
             kwargs = load_pose_predict_kwargs(settings)
         except (OSError, ValueError) as err:
-            raise click.ClickException(f'{err}; pass --pose, or the JSON written beside the snapshot with --pose-kwargs') from None
+            raise click.ClickException(f'{err}; pass --pose, or the JSON written beside the snapshot with '
+                                       f'--pose-kwargs') from None
         poses = predict_real_poses(D, photos, masks, cameras, kwargs, batch=1)
     make_outdir(outdir)
     config = InversionConfig(w_steps=w_steps, w_plus=w_plus, w_lr=w_lr, refine_pose=refine_pose, pti_steps=pti_steps,

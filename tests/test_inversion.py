@@ -127,7 +127,7 @@ def test_invert_writes_every_output_and_they_load_in_the_other_tools(networks, t
     ('bad camera', 'Invalid value for --camera: 3 values: expected'),
     ('not square', 'expected an aligned square crop'),
     ('not an image', 'cannot read the image'),
-    ('generator only', 'inversion needs a checkpoint with a generator and a discriminator'),
+    ('generator only', 'needs a checkpoint with a generator and a discriminator (D_ema or D)'),
     ('no pose settings', 'pass --pose, or the JSON written beside the snapshot with --pose-kwargs'),
 ])
 def test_bad_inputs_are_one_line_errors(networks, tmp_path, case, message):

@@ -139,6 +139,21 @@ def load_generator(network: str | None, cfg: str | None, init_seed: int, device:
     return generator.eval().requires_grad_(False)
 
 
+def load_generator_and_discriminator(network: str, device: torch.device, trust_pickle: bool, needed_for: str) -> tuple:
+    """G_ema (else G) and D_ema (else D) of a checkpoint, in eval mode without gradients -> (snapshot path, G, D).
+
+    needed_for: what the caller needs D for, named in the error when the checkpoint lacks one."""
+    path, modules = load_networks(network, device, trust_pickle)
+    try:
+        G, D = checkpoint.snapshot_networks(modules, path)
+    except checkpoint.CheckpointError as err:
+        raise click.ClickException(str(err)) from None
+    if G is None or D is None:
+        raise click.ClickException(f'{network}: {needed_for} needs a checkpoint with a generator and a discriminator '
+                                   f'(D_ema or D)')
+    return path, G.eval().requires_grad_(False), D.eval().requires_grad_(False)
+
+
 def parse_pose(text: str | None, device: torch.device) -> torch.Tensor | None:
     """'a,b,c,d,e,f' (radians) -> pose [1, 6] (neck, head axis-angle); None -> None."""
     if text is None:

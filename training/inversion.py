@@ -165,6 +165,28 @@ def latent_statistics(G: torch.nn.Module, num_samples: int = 1000, seed: int = 0
     return w_avg.clone(), float(((w - w_avg).square().sum() / num_samples).sqrt())
 
 
+def _run_steps(optimizer: torch.optim.Optimizer, steps: int, name: str, progress: bool, loss_at) -> tuple:
+    """`steps` optimizer steps on loss_at(step) -> (total [] with gradients, parts dict), with a progress bar.
+
+    -> (the parts of every step taken, whether Ctrl-C ended the loop early)
+    """
+    losses, interrupted = [], False
+    bar = tqdm(range(steps), desc=name, unit='step', disable=not progress)
+    try:
+        for step in bar:
+            total, parts = loss_at(step)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            losses.append(parts)
+            bar.set_postfix(loss=f'{parts["total"]:.4f}')
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    return losses, interrupted
+
+
 def optimize_latent(G: torch.nn.Module, D: torch.nn.Module | None, target: Target, camera: torch.Tensor,
                     pose: torch.Tensor, config: InversionConfig, progress: bool = True, seed: int = 0) -> StageResult:
     """Stage 1: the latent (w or w+) that renders `target` from `camera` in `pose`.
@@ -180,25 +202,16 @@ def optimize_latent(G: torch.nn.Module, D: torch.nn.Module | None, target: Targe
         params.append({'params': [pose], 'lr': config.pose_lr})
     optimizer = torch.optim.Adam(params, betas=(0.9, 0.999))
     noise = torch.Generator(device='cpu').manual_seed(seed)
-    losses, interrupted = [], False
-    bar = tqdm(range(config.w_steps), desc='w+' if config.w_plus else 'w', unit='step', disable=not progress)
-    try:
-        for step in bar:
-            fade = max(0.0, 1.0 - step / (0.75 * config.w_steps))
-            for group, peak in zip(optimizer.param_groups, (config.w_lr, config.pose_lr)):
-                group['lr'] = _learning_rate(step, config.w_steps, peak, config)
-            w_noise = torch.randn(w.shape, generator=noise).to(w.device) * (w_std * config.w_noise * fade ** 2)
-            ws = (w + w_noise).expand(1, G.num_ws, -1)
-            total, parts = reconstruction_loss(render(G, ws, camera, pose), target, D, config)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            losses.append(parts)
-            bar.set_postfix(loss=f'{parts["total"]:.4f}')
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        bar.close()
+
+    def loss_at(step: int) -> tuple:
+        fade = max(0.0, 1.0 - step / (0.75 * config.w_steps))
+        for group, peak in zip(optimizer.param_groups, (config.w_lr, config.pose_lr)):
+            group['lr'] = _learning_rate(step, config.w_steps, peak, config)
+        w_noise = torch.randn(w.shape, generator=noise).to(w.device) * (w_std * config.w_noise * fade ** 2)
+        ws = (w + w_noise).expand(1, G.num_ws, -1)
+        return reconstruction_loss(render(G, ws, camera, pose), target, D, config)
+
+    losses, interrupted = _run_steps(optimizer, config.w_steps, 'w+' if config.w_plus else 'w', progress, loss_at)
     return StageResult(ws=w.detach().expand(1, G.num_ws, -1).clone(), pose=pose.detach(), losses=losses,
                        interrupted=interrupted)
 
@@ -217,29 +230,21 @@ def tune_generator(G: torch.nn.Module, D: torch.nn.Module | None, target: Target
     rng = torch.Generator().manual_seed(seed)
     device = ws.device
     condition = frontal_camera(1, device=device)
-    losses, interrupted = [], False
-    bar = tqdm(range(config.pti_steps), desc='pti', unit='step', disable=not progress)
-    try:
-        for _ in bar:
-            total, parts = reconstruction_loss(render(tuned, ws, camera, pose), target, D, config)
-            if config.locality_weight > 0:
-                with torch.no_grad():
-                    z = torch.randn([1, G.z_dim], generator=rng).to(device)
-                    direction = G.mapping(z, condition) - ws
-                    w_near = ws + config.locality_alpha * direction / direction.norm()
-                    reference = render_target(render(G, w_near, camera, pose))
-                locality, locality_parts = reconstruction_loss(render(tuned, w_near, camera, pose), reference, D, config)
-                total = total + config.locality_weight * locality
-                parts = dict(parts, total=float(total.detach()), locality=locality_parts['total'])
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            losses.append(parts)
-            bar.set_postfix(loss=f'{parts["total"]:.4f}')
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        bar.close()
+
+    def loss_at(step: int) -> tuple:
+        total, parts = reconstruction_loss(render(tuned, ws, camera, pose), target, D, config)
+        if config.locality_weight > 0:
+            with torch.no_grad():
+                z = torch.randn([1, G.z_dim], generator=rng).to(device)
+                direction = G.mapping(z, condition) - ws
+                w_near = ws + config.locality_alpha * direction / direction.norm()
+                reference = render_target(render(G, w_near, camera, pose))
+            locality, locality_parts = reconstruction_loss(render(tuned, w_near, camera, pose), reference, D, config)
+            total = total + config.locality_weight * locality
+            parts = dict(parts, total=float(total.detach()), locality=locality_parts['total'])
+        return total, parts
+
+    losses, interrupted = _run_steps(optimizer, config.pti_steps, 'pti', progress, loss_at)
     return tuned.eval().requires_grad_(False), StageResult(ws=ws, pose=pose, losses=losses, interrupted=interrupted)
 
 
