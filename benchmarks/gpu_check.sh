@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared check of the CUDA paths on a machine with one GPU: under 9 minutes, a short summary at the end.
+# The prepared check of the CUDA paths on a machine with one GPU: under 8 minutes, a short summary at the end.
 #
 #   bash benchmarks/gpu_check.sh
 #
@@ -14,7 +14,7 @@
 # On a machine without a CUDA device it says so in one line and exits 0.
 #
 # Environment: PYTHON (default: .venv/bin/python where it exists, else python3), GPU_CHECK_LOGS (a folder
-# for the stage logs; default: a new temporary folder), GPU_CHECK_BUDGET (seconds, default 540),
+# for the stage logs; default: a new temporary folder), GPU_CHECK_BUDGET (seconds, default 470),
 # GPU_CHECK_STAGES (the stages to run, space-separated; default all, in the order above), GPU_CHECK_DATA (a
 # folder holding synthetic-portraits-512.zip and its -seg.zip for the training stage, for machines without
 # headless OpenGL to render them; default: rendered into a temporary folder).
@@ -40,7 +40,7 @@ fi
 LOGS=${GPU_CHECK_LOGS:-$(mktemp -d)}
 WORK=$(mktemp -d)
 mkdir -p "$LOGS"
-BUDGET=${GPU_CHECK_BUDGET:-540}
+BUDGET=${GPU_CHECK_BUDGET:-470}
 START=$(date +%s)
 SUMMARY=()
 FAILED=0
@@ -80,7 +80,7 @@ training() {
     "$PYTHON" -c "from training.synthetic import ensure_synthetic_dataset as build; build(root='$data', num_images=64, resolution=512, workers=8, progress=False)" || return
     "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 1 train.py --cfg full-head \
         --data "$data/synthetic-portraits-512.zip" --seg_data "$data/synthetic-portraits-512-seg.zip" \
-        --gpus 1 --batch 4 --batch-gpu 4 --kimg 0.12 --tick 0.04 --snap 0 --image-snap 0 --workers 4 \
+        --gpus 1 --batch 4 --batch-gpu 4 --kimg 0.08 --tick 0.02 --snap 0 --image-snap 0 --workers 4 \
         --metrics none --outdir "$WORK/runs" || return
     "$PYTHON" -m benchmarks.gpu_check training-summary "$(ls -d "$WORK"/runs/*/ | head -n 1)"
 }
@@ -102,7 +102,7 @@ stage tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider --continue-on-collect
     $(grep -l 'requires_cuda' tests/test_*.py)
 stage deformation 60 "$PYTHON" -m benchmarks.deformation --device cuda --reps 5 --subset 65536
 stage generator 100 "$PYTHON" -m benchmarks.gpu_check generator --reps 5 --batch 4
-stage training 240 training
+stage training 200 training
 stage cpu-render 90 cpu_render
 
 echo
