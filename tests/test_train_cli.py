@@ -14,6 +14,10 @@ from training.presets import load_preset
 from training.training_loop import RESUME_FORMAT, RESUME_VERSION
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# training_options.json of a stage-2 full-head run (8 GPUs, batch 64, density regularization,
+# metrics), written by train.py at commit fed11c5, before the loss settings were read from
+# TrainingConfig by name: run directories and resume states of that time must keep loading.
+OLD_TRAINING_OPTIONS = os.path.join(REPO, 'tests', 'fixtures', 'training_options.json')
 
 
 def _invoke(*args):
@@ -100,12 +104,15 @@ def test_resume_of_a_directory_without_state(tmp_path):
     _assert_usage_error(_invoke('--dry-run', '--resume', str(tmp_path)), 'holds no resume-state')
 
 
-def _fake_resume_state(run_dir, cur_nimg: int, **config_changes) -> str:
-    """A resume state file with a stored config and counters (its networks are not needed here)."""
-    config = TrainingConfig.from_preset(load_preset('cpu-small'), 'cpu-small', data='d.zip', seg_data='s.zip', gpus=1)
-    config = dataclasses.replace(config, **config_changes)
+def _fake_resume_state(run_dir, cur_nimg: int, config_json: str | None = None, **config_changes) -> str:
+    """A resume state file with a stored config (by default cpu-small's) and counters (its networks are not
+    needed here)."""
+    if config_json is None:
+        config = TrainingConfig.from_preset(load_preset('cpu-small'), 'cpu-small', data='d.zip', seg_data='s.zip',
+                                            gpus=1)
+        config_json = dataclasses.replace(config, **config_changes).to_json()
     path = os.path.join(run_dir, f'resume-state-{cur_nimg // 1000:06d}.pt')
-    torch.save(dict(format=RESUME_FORMAT, version=RESUME_VERSION, config_json=config.to_json(),
+    torch.save(dict(format=RESUME_FORMAT, version=RESUME_VERSION, config_json=config_json,
                     progress=dict(cur_nimg=cur_nimg, cur_tick=3, tick_start_nimg=cur_nimg, batch_idx=7,
                                   data_batches=7), networks={}, optimizers={}, rng=[]), path)
     return path
@@ -162,6 +169,20 @@ def _config(**changes) -> TrainingConfig:
 def test_config_json_round_trip():
     config = _config(batch=16, neural_rendering_resolution_final=64, desc='x')
     assert TrainingConfig.from_json(config.to_json()) == config
+
+
+def test_training_options_of_an_earlier_version_still_load(tmp_path):
+    with open(OLD_TRAINING_OPTIONS, encoding='utf-8') as f:
+        text = f.read()
+    config = TrainingConfig.from_json(text, source=OLD_TRAINING_OPTIONS).validate()
+    assert config.to_json() == text  # and are written back unchanged
+    assert (config.cfg, config.batch, config.gamma, config.stage_start_kimg) == ('full-head', 64, 2.0, 6000.0)
+    assert config.metrics == ['fid50k_full', 'pose_err'] and config.reg_type == 'monotonic-detach'
+    # --resume of a run whose resume state carries those options.
+    _fake_resume_state(str(tmp_path), 7_000_000, config_json=text)
+    resolved = _dry_run('--resume', str(tmp_path), '--device', 'cpu')
+    assert resolved == {**json.loads(text), 'device': 'cpu', 'resume_state': resolved['resume_state']}
+    assert resolved['resume_state'].endswith('resume-state-007000.pt')
 
 
 def test_config_derived_values():
