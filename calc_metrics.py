@@ -16,6 +16,7 @@ import torch
 import dnnlib
 from metrics import metric_main, metric_utils
 from metrics.detector import DEFAULT_DETECTOR, DetectorError
+from metrics.names import METRIC_POSE_SAMPLE_MODES, expected_metrics, is_valid_metric
 from training import checkpoint
 from training.cli import resolve_network
 from training.dataset import DatasetError
@@ -28,10 +29,9 @@ def _is_torchrun() -> bool:
 
 def _parse_metrics(ctx, param, value):
     names = [name.strip() for name in value.split(',') if name.strip()]
-    unknown = [name for name in names if not metric_main.is_valid_metric(name)]
+    unknown = [name for name in names if not is_valid_metric(name)]
     if not names or unknown:
-        raise click.BadParameter(f'unknown metric {", ".join(unknown) or repr(value)}; expected fid50k_full, '
-                                 f'kid50k_full, fid{{N}}k, kid{{N}}k (optionally with _full) or pose_err')
+        raise click.BadParameter(f'unknown metric {", ".join(unknown) or repr(value)}; expected {expected_metrics()}')
     return names
 
 
@@ -121,7 +121,7 @@ def _spawned(rank: int, world_size: int, args: dict, init_file: str) -> None:
               help='Comma list: fid50k_full, kid50k_full, fid{N}k, kid{N}k, ..._full, pose_err')
 @click.option('--data', type=click.Path(exists=True), help='Images zip or folder  [default: the snapshot\'s training data]')
 @click.option('--seg_data', type=click.Path(exists=True), help='Masks zip or folder (with --data)')
-@click.option('--metric_pose_sample_mode', type=click.Choice(['G_predict', 'D_predict']), default='G_predict',
+@click.option('--metric_pose_sample_mode', type=click.Choice(METRIC_POSE_SAMPLE_MODES), default='G_predict',
               show_default=True, help='Pose of the fakes: G\'s pose branch, or D on a random real image')
 @click.option('--identical_c_p', type=bool, default=False, show_default=True,
               help='Condition the fakes on their rendering camera and pose (else on an independent draw)')

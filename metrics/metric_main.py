@@ -1,47 +1,19 @@
-"""The metrics by name, their computation and their report files.
+"""The metrics by name (metrics/names.py), their computation and their report files.
 
-Names:
-  fid50k_full, kid50k_full   50,000 fakes against every real image of the mirrored data set
-  fid{N}k, kid{N}k           N thousand fakes against a fixed subset of N thousand real images
-  fid{N}k_full, kid{N}k_full N thousand fakes against every real image
-  pose_err                   D's pose accuracy on real images and on fakes (metrics.pose_accuracy)
 Results are appended as one JSON line per snapshot to `metric-{name}.jsonl` in the run directory.
 """
 
 import json
 import os
-import re
 import time
 
 import numpy as np
 
 import dnnlib
 from metrics import distances, metric_utils, pose_accuracy
+from metrics.names import POSE_ERR, parse_metric
 
-FEATURE_METRIC = re.compile(r'^(fid|kid)(\d+)k(_full)?$')
-POSE_ERR = 'pose_err'
-POSE_ERR_ITEMS = 2000  # real images and fakes of pose_err
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
-
-
-def parse_metric(name: str) -> dnnlib.EasyDict:
-    """'fid2k' -> {kind: 'fid', num_gen: 2000, max_real: 2000}; 'pose_err' -> {kind: 'pose_err', ...}; else ValueError."""
-    if name == POSE_ERR:
-        return dnnlib.EasyDict(kind=POSE_ERR, num_gen=POSE_ERR_ITEMS, max_real=POSE_ERR_ITEMS)
-    match = FEATURE_METRIC.match(name)
-    if match is None or int(match.group(2)) == 0:
-        raise ValueError(f'unknown metric {name!r}: expected fid50k_full, kid50k_full, fid{{N}}k, kid{{N}}k '
-                         f'(optionally with _full) or {POSE_ERR}')
-    num_gen = int(match.group(2)) * 1000
-    return dnnlib.EasyDict(kind=match.group(1), num_gen=num_gen, max_real=None if match.group(3) else num_gen)
-
-
-def is_valid_metric(name: str) -> bool:
-    try:
-        parse_metric(name)
-    except ValueError:
-        return False
-    return True
 
 
 def calc_metric(name: str, opts: metric_utils.MetricOptions, num_gen: int | None = None,

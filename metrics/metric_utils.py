@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 import dnnlib
 from metrics.detector import DEFAULT_DETECTOR, FEATURE_DIM, FeatureDetector
+from metrics.names import METRIC_POSE_SAMPLE_MODES
 from training import checkpoint
-from training.config import METRIC_POSE_SAMPLE_MODES
 from training.dataset import PortraitDataset
 from training.images import to_uint8
 from training.loss import blur_image

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import calc_metrics
-from metrics import metric_main
+from metrics import names
 from tests.tiny_run import write_tiny_snapshot
 from training import checkpoint
 
@@ -28,7 +28,7 @@ def _invoke(args: list):
 
 
 def test_pose_err_is_appended_beside_the_snapshot_and_printed(run_dir, monkeypatch):
-    monkeypatch.setattr(metric_main, 'POSE_ERR_ITEMS', 8)
+    monkeypatch.setattr(names, 'POSE_ERR_ITEMS', 8)
     result = _invoke(['--network', run_dir, '--metrics', 'pose_err', '--batch', '4'])
     assert result.exit_code == 0, result.output
     with open(os.path.join(run_dir, 'metric-pose_err.jsonl')) as f:
@@ -40,7 +40,7 @@ def test_pose_err_is_appended_beside_the_snapshot_and_printed(run_dir, monkeypat
 
 
 def test_a_result_that_cannot_be_written_is_printed_with_the_reason(run_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(metric_main, 'POSE_ERR_ITEMS', 8)
+    monkeypatch.setattr(names, 'POSE_ERR_ITEMS', 8)
     folder = tmp_path / 'copy'
     shutil.copytree(run_dir, folder)
     if (folder / 'metric-pose_err.jsonl').exists():
@@ -88,7 +88,7 @@ TORCHRUN_WORKER = '''
 import json, os, sys
 import torch
 sys.path.insert(0, sys.argv[1])
-from metrics import metric_main, metric_utils
+from metrics import metric_main, metric_utils, names
 from training import checkpoint
 from training.pose_prediction import load_pose_predict_kwargs
 
@@ -101,7 +101,7 @@ if world_size > 1:
 modules = checkpoint.load_any(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
 kwargs = load_pose_predict_kwargs(os.path.join(run_dir, 'pose_predict_kwargs-000000.json'))
 training_set_kwargs = modules['training_set_kwargs']
-metric_main.POSE_ERR_ITEMS = 6
+names.POSE_ERR_ITEMS = 6
 results = {}
 for mode in ('G_predict', 'D_predict'):
     opts = metric_utils.MetricOptions(G=modules['G_ema'], D=modules['D'], dataset_kwargs=training_set_kwargs,

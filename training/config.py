@@ -16,7 +16,8 @@ import types
 import typing
 from typing import Any
 
-METRIC_POSE_SAMPLE_MODES = ('G_predict', 'D_predict')
+from metrics.names import METRIC_POSE_SAMPLE_MODES, expected_metrics, is_valid_metric
+
 REG_TYPES = ('l1', 'monotonic-detach', 'monotonic-fixed')
 DEVICES = ('auto', 'cpu', 'cuda')
 # Settings that shape the networks; a continued run cannot change them, its weights would not fit.
@@ -248,11 +249,8 @@ class TrainingConfig:
         need(self.kimg > self.stage_start_kimg, f'--kimg {self.kimg:g} must be above the stage start '
              f'{self.stage_start_kimg:g} kimg (it counts from image 0, not from the resume point)')
         need(all(isinstance(name, str) and name for name in self.metrics), f'metrics {self.metrics}: expected names')
-        if self.metrics:
-            from metrics.metric_main import is_valid_metric
-            unknown = [name for name in self.metrics if not is_valid_metric(name)]
-            need(not unknown, f'--metrics: unknown metric {", ".join(unknown)}; expected fid50k_full, kid50k_full, '
-                 f'fid{{N}}k, kid{{N}}k (optionally with _full), pose_err, or none')
+        unknown = [name for name in self.metrics if not is_valid_metric(name)]
+        need(not unknown, f'--metrics: unknown metric {", ".join(unknown)}; expected {expected_metrics(none=True)}')
         return self
 
 

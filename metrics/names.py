@@ -1,0 +1,48 @@
+"""Metric names: which exist, how many images each one uses, and the pose modes of the metrics' fakes.
+
+Names:
+  fid50k_full, kid50k_full   50,000 fakes against every real image of the mirrored data set
+  fid{N}k, kid{N}k           N thousand fakes against a fixed subset of N thousand real images
+  fid{N}k_full, kid{N}k_full N thousand fakes against every real image
+  pose_err                   D's pose accuracy on POSE_ERR_ITEMS real images and fakes (metrics.pose_accuracy)
+
+Free of torch, so that training/config.py checks --metrics without loading the metrics, and
+metrics/metric_main.py, which computes them, can import both.
+"""
+
+import re
+
+from dnnlib.util import EasyDict
+
+METRIC_POSE_SAMPLE_MODES = ('G_predict', 'D_predict')  # pose of the fakes: G's pose branch, or D on a real image
+FEATURE_METRIC = re.compile(r'^(fid|kid)(\d+)k(_full)?$')
+POSE_ERR = 'pose_err'
+POSE_ERR_ITEMS = 2000  # real images and fakes of pose_err
+
+
+def expected_metrics(none: bool = False) -> str:
+    """The accepted names, for error messages: '... or pose_err', or with `none` '..., pose_err, or none'."""
+    forms = 'fid50k_full, kid50k_full, fid{N}k, kid{N}k (optionally with _full)'
+    return f'{forms}, {POSE_ERR}, or none' if none else f'{forms} or {POSE_ERR}'
+
+
+def parse_metric(name: str) -> EasyDict:
+    """'fid2k' -> {kind: 'fid', num_gen: 2000, max_real: 2000}; 'pose_err' -> {kind: 'pose_err', ...}; else ValueError.
+
+    max_real None: every real image.
+    """
+    if name == POSE_ERR:
+        return EasyDict(kind=POSE_ERR, num_gen=POSE_ERR_ITEMS, max_real=POSE_ERR_ITEMS)
+    match = FEATURE_METRIC.match(name)
+    if match is None or int(match.group(2)) == 0:
+        raise ValueError(f'unknown metric {name!r}: expected {expected_metrics()}')
+    num_gen = int(match.group(2)) * 1000
+    return EasyDict(kind=match.group(1), num_gen=num_gen, max_real=None if match.group(3) else num_gen)
+
+
+def is_valid_metric(name: str) -> bool:
+    try:
+        parse_metric(name)
+    except ValueError:
+        return False
+    return True
