@@ -33,11 +33,15 @@ import click
 import torch
 
 import dnnlib
+from metrics.names import METRIC_POSE_SAMPLE_MODES
 from training import checkpoint, presets
 from training.cli import FiniteFloat, make_outdir
-from training.config import ARCHITECTURE_FIELDS, ConfigError, TrainingConfig
+from training.config import ARCHITECTURE_FIELDS, DEVICES, ConfigError, TrainingConfig
 from training.dataset import DatasetError, PortraitDataset
+from training.decoder import ACTIVATIONS as DECODER_ACTIVATIONS
+from training.loss import REG_TYPES
 from training.synthetic import default_synthetic_paths, ensure_synthetic_dataset
+from training.triplane import SR_MODULES
 
 # train.py option -> TriPlaneGenerator argument (the preset's "generator" section).
 GENERATOR_OPTIONS = {
@@ -184,7 +188,7 @@ def _launch(config: TrainingConfig, run_dir: str) -> None:
 @click.option('--data', type=click.Path(exists=True), help='Images zip or folder with dataset.json  [default: the built-in synthetic set]')
 @click.option('--seg_data', type=click.Path(exists=True), help='Masks zip or folder  [default: the built-in synthetic set]')
 @click.option('--gpus', type=click.IntRange(min=1), help='Number of processes (GPUs, or CPU processes with gloo)  [default: 1]')
-@click.option('--device', type=click.Choice(['auto', 'cpu', 'cuda']), help='Device  [default: auto: CUDA when present]')
+@click.option('--device', type=click.Choice(DEVICES), help='Device  [default: auto: CUDA when present]')
 @click.option('--batch', type=click.IntRange(min=1), help='Total batch size')
 @click.option('--batch-gpu', 'batch_gpu', type=click.IntRange(min=1), help='Images per forward pass per process')
 @click.option('--kimg', type=FiniteFloat(min=0, min_open=True), help='Train until this many thousand images (absolute)')
@@ -222,7 +226,7 @@ def _launch(config: TrainingConfig, run_dir: str) -> None:
 @click.option('--density_reg', type=FiniteFloat(min=0), help='Density regularization weight (0: none)')
 @click.option('--density_reg_every', type=click.IntRange(min=1), help='Density regularization interval')
 @click.option('--density_reg_p_dist', type=FiniteFloat(min=0), help='Density regularization perturbation')
-@click.option('--reg_type', type=click.Choice(['l1', 'monotonic-detach', 'monotonic-fixed']), help='Density regularization type')
+@click.option('--reg_type', type=click.Choice(REG_TYPES), help='Density regularization type')
 @click.option('--density_noise_fade_kimg', type=FiniteFloat(min=0), help='Density noise fade (0: none)')
 @click.option('--pose_loss_weight', type=FiniteFloat(min=0), help='D pose regression weight')
 @click.option('--input_pose_params_reg_loss_weight', type=FiniteFloat(min=0), help='G pose prior weight')
@@ -233,17 +237,17 @@ def _launch(config: TrainingConfig, run_dir: str) -> None:
 @click.option('--neural_rendering_resolution_final', type=click.IntRange(min=1), help='Rendering resolution after the fade')
 @click.option('--neural_rendering_resolution_fade_kimg', type=FiniteFloat(min=0), help='Rendering resolution fade (kimg from the stage start)')
 @click.option('--metrics', callback=_parse_metrics, help='Comma list of metrics or "none"')
-@click.option('--metric_pose_sample_mode', type=click.Choice(['G_predict', 'D_predict']), help='Pose of the metrics\' fakes')
+@click.option('--metric_pose_sample_mode', type=click.Choice(METRIC_POSE_SAMPLE_MODES), help='Pose of the metrics\' fakes')
 # Generator.
 @click.option('--map-depth', 'map_depth', type=click.IntRange(min=1), help='G mapping depth')
 @click.option('--c-scale', 'c_scale', type=FiniteFloat(min=0), help='Scale of (camera, pose) before the mapping')
 @click.option('--sr_noise_mode', type=click.Choice(['random', 'none']), help='SR noise')
 @click.option('--sr_num_fp16_res', type=click.IntRange(min=0), help='SR blocks in fp16 (CUDA)')
 @click.option('--g_num_fp16_res', type=click.IntRange(min=0), help='G backbone blocks in fp16 (CUDA)')
-@click.option('--sr-module', 'sr_module', type=click.Choice(['hybrid2x', 'hybrid4x', 'hybrid8xdc', 'small']), help='SR head')
+@click.option('--sr-module', 'sr_module', type=click.Choice(SR_MODULES), help='SR head')
 @click.option('--decoder_lr_mul', type=FiniteFloat(min=0, min_open=True), help='Decoder learning-rate multiplier')
 @click.option('--thickness', type=FiniteFloat(min=0, min_open=True), help='Deformation shell (m)')
-@click.option('--decoder_activation', type=click.Choice(['sigmoid', 'none']), help='Decoder feature activation')
+@click.option('--decoder_activation', type=click.Choice(DECODER_ACTIVATIONS), help='Decoder feature activation')
 @click.option('--use_torgb_raw', type=bool, help='Raw image from a ToRGB layer')
 @click.option('--use_background', type=bool, help='2D background behind the head')
 @click.option('--triplane_depth', type=click.IntRange(min=1), help='Depth slices of the tri-grid')

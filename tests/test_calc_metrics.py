@@ -27,6 +27,11 @@ def _invoke(args: list):
     return CliRunner().invoke(calc_metrics.main, args + ['--device', 'cpu', '--quiet'])
 
 
+def test_pose_mode_choice_is_built_from_the_constant():
+    choice, = [param.type for param in calc_metrics.main.params if param.name == 'metric_pose_sample_mode']
+    assert tuple(choice.choices) == names.METRIC_POSE_SAMPLE_MODES
+
+
 def test_pose_err_is_appended_beside_the_snapshot_and_printed(run_dir, monkeypatch):
     monkeypatch.setattr(names, 'POSE_ERR_ITEMS', 8)
     result = _invoke(['--network', run_dir, '--metrics', 'pose_err', '--batch', '4'])

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 
+import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -82,6 +83,20 @@ def test_dry_run_of_full_head_and_metrics_none():
 ])
 def test_bad_options_are_click_errors(args, fragment):
     _assert_usage_error(_invoke('--dry-run', *args), fragment)
+
+
+def test_choices_are_built_from_the_constants():
+    from metrics.names import METRIC_POSE_SAMPLE_MODES
+    from training.config import DEVICES
+    from training.decoder import ACTIVATIONS
+    from training.loss import REG_TYPES
+    from training.triplane import SR_MODULES
+    choices = {param.name: tuple(param.type.choices) for param in train.main.params
+               if isinstance(param.type, click.Choice)}
+    assert choices['device'] == DEVICES and choices['reg_type'] == REG_TYPES
+    assert choices['metric_pose_sample_mode'] == METRIC_POSE_SAMPLE_MODES
+    assert choices['sr_module'] == SR_MODULES and choices['decoder_activation'] == ACTIVATIONS
+    _assert_usage_error(_invoke('--dry-run', '--reg_type', 'total-detach'), "Invalid value for '--reg_type'")
 
 
 def test_metric_names_are_checked_before_training():

@@ -18,7 +18,6 @@ from typing import Any
 
 from metrics.names import METRIC_POSE_SAMPLE_MODES, expected_metrics, is_valid_metric
 
-REG_TYPES = ('l1', 'monotonic-detach', 'monotonic-fixed')
 DEVICES = ('auto', 'cpu', 'cuda')
 # Settings that shape the networks; a continued run cannot change them, its weights would not fit.
 ARCHITECTURE_FIELDS = ('generator', 'd_channel_base', 'd_channel_max')
@@ -82,7 +81,7 @@ class TrainingConfig:
     density_reg: float                         # density smoothness weight (0: no Greg phase)
     density_reg_every: int                     # iterations between Greg steps
     density_reg_p_dist: float                  # std of the point perturbation of the density regularizer
-    reg_type: str                              # one of REG_TYPES
+    reg_type: str                              # one of training.loss.REG_TYPES
     neural_rendering_resolution_initial: int
     neural_rendering_resolution_final: int | None  # None: no resolution fade
     neural_rendering_resolution_fade_kimg: float   # measured from the stage start (stage_start_kimg)
@@ -203,7 +202,9 @@ class TrainingConfig:
             if not ok:
                 raise ConfigError(message)
 
-        from training.triplane import TriPlaneGenerator  # imported here: the config is read before torch work starts
+        # Imported here: the config is read before torch work starts.
+        from training.loss import REG_TYPES
+        from training.triplane import TriPlaneGenerator
         accepted = set(inspect.signature(TriPlaneGenerator.__init__).parameters) - {'self'}
         unknown = sorted(set(self.generator) - accepted)
         need(not unknown, f'generator: unknown argument(s) {", ".join(unknown)} of TriPlaneGenerator')

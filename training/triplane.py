@@ -15,12 +15,12 @@ from training.volumetric_rendering.ray_sampler import sample_rays
 from training.volumetric_rendering.renderer import VolumeRenderer
 from training.volumetric_rendering.trigrid import planes_from_backbone
 
-SR_MODULES = ('hybrid2x', 'hybrid4x', 'hybrid8xdc', 'small')
 _HYBRID_HEADS = {  # name -> (class, the fixed input resolution of that head)
     'hybrid2x': (superresolution.SuperresolutionHybrid2X, 64),
     'hybrid4x': (superresolution.SuperresolutionHybrid4X, 128),
     'hybrid8xdc': (superresolution.SuperresolutionHybrid8XDC, 128),
 }
+SR_MODULES = (*_HYBRID_HEADS, 'small')  # the sr_module names
 
 
 def build_body_model(source: str, box_warp: float) -> BodyModel:
@@ -78,7 +78,7 @@ class TriPlaneGenerator(torch.nn.Module):
         use_background: bool = True,         # composite a 2D background feature map behind the head
         background_channel_base: int = 16384,
         use_torgb_raw: bool = True,          # raw image = ToRGB(features) instead of the first 3 features
-        sr_module: str = 'hybrid8xdc',       # super-resolution head: hybrid2x / hybrid4x / hybrid8xdc / small
+        sr_module: str = 'hybrid8xdc',       # super-resolution head: one of SR_MODULES
         sr_input_resolution: int = 128,      # resolution the SR head (and the background) works from
         sr_channel_base: int = 32768,
         sr_channel_max: int = 512,
