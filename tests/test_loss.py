@@ -1,7 +1,10 @@
 """Tests for training/loss.py: real-image preparation, GPC and background swaps, and every phase's
 losses and gradient paths (docs/method.md §7.1-§7.7), with a tiny generator and discriminator."""
 
+import dataclasses
 import math
+import os
+import typing
 
 import pytest
 import torch
@@ -10,11 +13,13 @@ import torch.nn.functional as F
 from torch_utils import training_stats
 from training import schedules
 from training.camera_utils import random_cameras
+from training.config import TrainingConfig
 from training.dual_discriminator import PoseAwareDualDiscriminator
 from training.loss import LossConfig, PortraitGANLoss, blur_image, prepare_real, swap_with_previous
 from training.presets import load_preset
 from training.triplane import build_generator
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S = 32      # final image resolution
 R = 16      # neural rendering resolution
 BATCH = 4
@@ -191,11 +196,11 @@ def test_run_G_keeps_own_background_without_bcg_swap(monkeypatch):
 
 
 def test_phase_state_follows_the_schedules():
-    cfg = dict(blur_init_sigma=10, blur_fade_kimg=200, density_noise_fade_kimg=200, gpc_reg_prob=0.7,
+    cfg = dict(blur_init_sigma=10, effective_blur_fade_kimg=200, density_noise_fade_kimg=200, gpc_reg_prob=0.7,
                gpc_reg_fade_kimg=1000, input_pose_params_reg_loss_weight=0.5, input_pose_params_reg_loss_kimg=200,
                input_pose_params_reg_loss_decay_kimg=200, neural_rendering_resolution_initial=64,
                neural_rendering_resolution_final=128, neural_rendering_resolution_fade_kimg=1000,
-               resume_nimg=100_000)
+               stage_start_nimg=100_000)
     loss = PortraitGANLoss(None, None, LossConfig(**cfg), device='cpu')
     state = loss.phase_state(100_000)
     assert state == pytest.approx(dict(blur_sigma=5.0, density_noise=0.5, swap_prob=0.97, pose_prior_weight=0.5,
@@ -209,9 +214,64 @@ def test_phase_state_follows_the_schedules():
 def test_config_and_phase_validation():
     with pytest.raises(ValueError, match='reg_type'):
         PortraitGANLoss(None, None, LossConfig(reg_type='total-variation'), device='cpu')
+    with pytest.raises(ValueError, match='filter_mode'):
+        PortraitGANLoss(None, None, LossConfig(), device='cpu', filter_mode='classic')
     with pytest.raises(ValueError, match='phase'):
         PortraitGANLoss(None, None, LossConfig(), device='cpu').accumulate_gradients(
             'Gall', *[None] * 7, gain=1, cur_nimg=0)
+
+
+def _training_config_attribute_type(name: str):
+    """The type of TrainingConfig's field `name`, or the return type of its derived value (property) `name`."""
+    fields = typing.get_type_hints(TrainingConfig)
+    if name in fields:
+        return fields[name]
+    derived = getattr(TrainingConfig, name, None)
+    assert isinstance(derived, property), f'LossConfig.{name}: TrainingConfig has no setting or derived value {name}'
+    return typing.get_type_hints(derived.fget)['return']
+
+
+def test_every_loss_setting_is_the_training_setting_of_the_same_name():
+    # Each training setting that the loss reads gets a value no other one has, so that a field read
+    # from the wrong setting, converted or left at its default shows.
+    config = TrainingConfig.from_preset(load_preset('cpu-small'), 'cpu-small', data='d.zip', seg_data='s.zip', gpus=1)
+    training_fields = {field.name: field.type for field in dataclasses.fields(TrainingConfig)}
+    distinct = {}
+    for index, field in enumerate(dataclasses.fields(LossConfig)):
+        if field.name in training_fields and field.name != 'reg_type':
+            distinct[field.name] = (1000 + index) if 'int' in str(training_fields[field.name]) else 0.125 * (index + 3)
+    config = dataclasses.replace(config, reg_type='monotonic-fixed', batch=48, **distinct)
+    loss_config = LossConfig.from_training_config(config)
+    hints = typing.get_type_hints(LossConfig)
+    for field in dataclasses.fields(LossConfig):
+        assert hints[field.name] == _training_config_attribute_type(field.name), field.name
+        value, expected = getattr(loss_config, field.name), getattr(config, field.name)
+        assert value == expected and type(value) is type(expected), field.name
+    assert loss_config.effective_blur_fade_kimg == 48 * config.blur_fade_kimg / 32
+    assert loss_config.stage_start_nimg == round(config.stage_start_kimg * 1000)
+
+
+def test_a_loss_setting_unknown_to_the_training_config_fails_loudly():
+    @dataclasses.dataclass
+    class WithANewSetting(LossConfig):
+        pose_smoothness_weight: float = 1.0
+
+    config = TrainingConfig.from_preset(load_preset('cpu-small'), 'cpu-small', data='d.zip', seg_data='s.zip', gpus=1)
+    with pytest.raises(TypeError, match='pose_smoothness_weight have no TrainingConfig setting of the same name'):
+        WithANewSetting.from_training_config(config)
+
+
+def test_loss_settings_of_an_earlier_training_options_json():
+    # The values the hand-written copy (training_loop.loss_config, fed11c5) gave for this file.
+    with open(os.path.join(REPO, 'tests', 'fixtures', 'training_options.json'), encoding='utf-8') as f:
+        config = TrainingConfig.from_json(f.read())
+    assert LossConfig.from_training_config(config) == LossConfig(
+        gamma=2.0, gamma_seg=0.5, pose_loss_weight=1.0, input_pose_params_reg_loss_weight=0.5,
+        input_pose_params_reg_loss_kimg=200.0, input_pose_params_reg_loss_decay_kimg=200.0, blur_init_sigma=0.0,
+        effective_blur_fade_kimg=400.0, density_noise_fade_kimg=200.0, gpc_reg_prob=0.7, gpc_reg_fade_kimg=0.0,
+        bcg_reg_prob=0.2, style_mixing_prob=0.0, density_reg=0.25, density_reg_p_dist=0.004,
+        reg_type='monotonic-detach', neural_rendering_resolution_initial=64, neural_rendering_resolution_final=128,
+        neural_rendering_resolution_fade_kimg=1000.0, stage_start_nimg=6_000_000)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,7 +287,7 @@ def test_gmain_gradients_reach_G_through_all_D_inputs(monkeypatch):
     G, D = _generator(), _discriminator()
     D.requires_grad_(False)  # as the loop does for G phases
     loss = _loss(G, D, input_pose_params_reg_loss_weight=0.0, bcg_reg_prob=0.2, blur_init_sigma=1.0,
-                 blur_fade_kimg=10, density_noise_fade_kimg=10)
+                 effective_blur_fade_kimg=10, density_noise_fade_kimg=10)
     input_grads = {}
     original_run_D = loss.run_D
 
@@ -389,7 +449,8 @@ def test_r1_analytic_on_linear_D(blur_sigma):
     # whatever the blur; w.r.t. the unblurred input it would be |blur^T a|^2, smaller.
     D = _LinearD()
     gamma, gamma_seg, gain = 2.0, 0.5, 16.0
-    config = {**QUIET, 'r1_gamma': gamma, 'r1_gamma_seg': gamma_seg, 'blur_init_sigma': blur_sigma, 'blur_fade_kimg': 100}
+    config = {**QUIET, 'gamma': gamma, 'gamma_seg': gamma_seg, 'blur_init_sigma': blur_sigma,
+              'effective_blur_fade_kimg': 100}
     loss = PortraitGANLoss(None, D, LossConfig(**config), 'cpu')
     b = _batch(_generator())
     collector = training_stats.Collector(regex='Loss/.*')
@@ -414,8 +475,8 @@ def test_r1_on_the_dual_discriminator_matches_direct_autograd(blur_sigma):
     gamma, gamma_seg, gain = 1.0, 3.0, 4.0
     b = _batch(G)
     collector = training_stats.Collector(regex='Loss/.*')
-    _run(_loss(G, D, r1_gamma=gamma, r1_gamma_seg=gamma_seg, blur_init_sigma=blur_sigma, blur_fade_kimg=100), 'Dreg',
-         b, gain=gain)
+    _run(_loss(G, D, gamma=gamma, gamma_seg=gamma_seg, blur_init_sigma=blur_sigma, effective_blur_fade_kimg=100),
+         'Dreg', b, gain=gain)
     collector.update()
     assert all(p.grad is None for p in G.parameters())
 
@@ -445,7 +506,7 @@ def test_r1_on_the_dual_discriminator_matches_direct_autograd(blur_sigma):
 
 def test_dreg_is_skipped_when_both_gammas_are_zero():
     G, D = _generator(), _discriminator()
-    _run(_loss(G, D, r1_gamma=0.0, r1_gamma_seg=0.0), 'Dreg', _batch(G))
+    _run(_loss(G, D, gamma=0.0, gamma_seg=0.0), 'Dreg', _batch(G))
     assert all(p.grad is None for p in D.parameters())
 
 
@@ -453,9 +514,9 @@ def test_schedule_values_reach_the_networks(monkeypatch):
     """Density noise (training G only, passed as an argument), blur and rendering resolution follow cur_nimg."""
     G, D = _generator(), _discriminator()
     D.requires_grad_(False)
-    loss = _loss(G, D, density_noise_fade_kimg=4, blur_init_sigma=2.0, blur_fade_kimg=4,
+    loss = _loss(G, D, density_noise_fade_kimg=4, blur_init_sigma=2.0, effective_blur_fade_kimg=4,
                  neural_rendering_resolution_initial=R, neural_rendering_resolution_final=2 * R,
-                 neural_rendering_resolution_fade_kimg=4, resume_nimg=1000)
+                 neural_rendering_resolution_fade_kimg=4, stage_start_nimg=1000)
     calls = _capture_synthesis(G, monkeypatch)
     sigmas = []
     original_run_D = loss.run_D

@@ -126,6 +126,11 @@ class TrainingConfig:
         return self.batch * self.blur_fade_kimg / 32
 
     @property
+    def stage_start_nimg(self) -> int:
+        """The image counter at the stage start."""
+        return round(self.stage_start_kimg * 1000)
+
+    @property
     def batch_per_process(self) -> int:
         return self.batch // self.gpus
 

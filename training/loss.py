@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch_utils import training_stats
 from torch_utils.ops import conv2d_gradfix, upfirdn2d
 from training import schedules
+from training.config import TrainingConfig
 
 PHASES = ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth')
 FILTER_MODES = ('antialiased', 'none')  # resizing of real images: bilinear with / without antialiasing
@@ -41,30 +42,42 @@ DENSITY_REG_POINTS = 1000  # random points per sample for the density regularize
 
 @dataclasses.dataclass
 class LossConfig:
-    """Every weight and schedule parameter of the losses (defaults: the published stage-1 values)."""
-    r1_gamma: float = 1.0                               # R1 weight on the image and raw image
-    r1_gamma_seg: float = 1.0                           # R1 weight on the mask
+    """Every weight and schedule parameter of the losses (defaults: the published stage-1 values).
+
+    Each field is the TrainingConfig setting (or derived value) of the same name and meaning, and
+    `from_training_config` reads it by that name: a new loss setting is added to TrainingConfig
+    (training/config.py) and the presets under the name it has here.
+    """
+    gamma: float = 1.0                                  # R1 weight on the image and raw image
+    gamma_seg: float = 1.0                              # R1 weight on the mask
     pose_loss_weight: float = 1.0                       # D pose regression on fakes
     input_pose_params_reg_loss_weight: float = 0.5      # G pose prior weight ...
     input_pose_params_reg_loss_kimg: float = 200        # ... held for this many kimg ...
     input_pose_params_reg_loss_decay_kimg: float = 200  # ... then decayed to 0 over this many
     blur_init_sigma: float = 10                         # blur of D's images (pixels) at image 0 ...
-    blur_fade_kimg: float = 200                         # ... faded to 0 over this many kimg
+    effective_blur_fade_kimg: float = 200               # ... faded to 0 over this many kimg (at the run's batch)
     density_noise_fade_kimg: float = 200                # density noise std 1 faded to 0 (0: off)
     gpc_reg_prob: float = 0.7                           # final GPC swap probability ...
     gpc_reg_fade_kimg: float = 1000                     # ... reached from 1 after this many kimg
     bcg_reg_prob: float = 0.2                           # probability of the neighbour's background
     style_mixing_prob: float = 0.0
     density_reg: float = 0.0                            # density regularization weight (0: no Greg)
-    density_reg_every: int = 4                          # Greg interval (used by the loop)
     density_reg_p_dist: float = 0.004                   # std of the point perturbation
     reg_type: str = 'l1'                                # one of REG_TYPES
     neural_rendering_resolution_initial: int = 64
     neural_rendering_resolution_final: int | None = None
     neural_rendering_resolution_fade_kimg: float = 1000
-    resume_nimg: int = 0                                # image counter at the resume point
-    filter_mode: str = 'antialiased'                    # one of FILTER_MODES
-    blur_raw_target: bool = True                        # blur the real raw image as well
+    stage_start_nimg: int = 0                           # image counter at the stage start (resolution fade origin)
+
+    @classmethod
+    def from_training_config(cls, config: TrainingConfig) -> 'LossConfig':
+        """The loss settings of a run: every field read from the TrainingConfig attribute of the same name."""
+        names = [field.name for field in dataclasses.fields(cls)]
+        missing = [name for name in names if not hasattr(config, name)]
+        if missing:
+            raise TypeError(f'LossConfig setting(s) {", ".join(missing)} have no TrainingConfig setting of the same '
+                            f'name: add them to TrainingConfig (training/config.py) and the presets')
+        return cls(**{name: getattr(config, name) for name in names})
 
 
 def resize_image(x: torch.Tensor, resolution: int, filter_mode: str = 'antialiased') -> torch.Tensor:
@@ -120,15 +133,24 @@ def swap_with_previous(prob: float, *tensors: torch.Tensor, generator: torch.Gen
 class PortraitGANLoss:
     """All losses of the 3D portrait GAN, one phase per `accumulate_gradients` call."""
 
-    def __init__(self, G: torch.nn.Module, D: torch.nn.Module, config: LossConfig, device: torch.device | str):
+    def __init__(self,
+        G: torch.nn.Module,
+        D: torch.nn.Module,
+        config: LossConfig,
+        device: torch.device | str,
+        filter_mode: str = 'antialiased',   # resizing of real images to the rendering resolution: one of FILTER_MODES
+        blur_raw_target: bool = True,       # blur the real raw image as well during the blur phase
+    ):
         if config.reg_type not in REG_TYPES:
             raise ValueError(f'reg_type {config.reg_type!r}: expected one of {", ".join(REG_TYPES)}')
-        if config.filter_mode not in FILTER_MODES:
-            raise ValueError(f'filter_mode {config.filter_mode!r}: expected one of {", ".join(FILTER_MODES)}')
+        if filter_mode not in FILTER_MODES:
+            raise ValueError(f'filter_mode {filter_mode!r}: expected one of {", ".join(FILTER_MODES)}')
         self.G = G
         self.D = D
         self.config = config
         self.device = torch.device(device)
+        self.filter_mode = filter_mode
+        self.blur_raw_target = blur_raw_target
 
     def phase_state(self, cur_nimg: int) -> dict:
         """The schedule values at the absolute image counter `cur_nimg`.
@@ -137,12 +159,12 @@ class PortraitGANLoss:
         """
         cfg = self.config
         return {
-            'blur_sigma': schedules.blur_sigma(cur_nimg, cfg.blur_init_sigma, cfg.blur_fade_kimg),
+            'blur_sigma': schedules.blur_sigma(cur_nimg, cfg.blur_init_sigma, cfg.effective_blur_fade_kimg),
             'density_noise': schedules.density_noise(cur_nimg, cfg.density_noise_fade_kimg),
             'swap_prob': schedules.gpc_swap_prob(cur_nimg, cfg.gpc_reg_prob, cfg.gpc_reg_fade_kimg),
             'pose_prior_weight': schedules.pose_prior_weight(cur_nimg, cfg.input_pose_params_reg_loss_weight,
                 cfg.input_pose_params_reg_loss_kimg, cfg.input_pose_params_reg_loss_decay_kimg),
-            'rendering_resolution': schedules.rendering_resolution(cur_nimg, cfg.resume_nimg,
+            'rendering_resolution': schedules.rendering_resolution(cur_nimg, cfg.stage_start_nimg,
                 cfg.neural_rendering_resolution_initial, cfg.neural_rendering_resolution_final,
                 cfg.neural_rendering_resolution_fade_kimg),
         }
@@ -221,10 +243,10 @@ class PortraitGANLoss:
         if phase in ('Greg', 'Gboth') and cfg.density_reg > 0:
             self._g_density_reg(gen_z, gen_c, state, gain)
         do_d_main = phase in ('Dmain', 'Dboth')
-        do_r1 = phase in ('Dreg', 'Dboth') and (cfg.r1_gamma > 0 or cfg.r1_gamma_seg > 0)
+        do_r1 = phase in ('Dreg', 'Dboth') and (cfg.gamma > 0 or cfg.gamma_seg > 0)
         if do_d_main or do_r1:
             real = prepare_real(real_img, real_seg, state['rendering_resolution'],
-                                state['blur_sigma'] if cfg.blur_raw_target else 0.0, cfg.filter_mode)
+                                state['blur_sigma'] if self.blur_raw_target else 0.0, self.filter_mode)
             if do_d_main:
                 self._d_main(real, real_c, real_pose, gen_z, gen_c, state, gain)
             if do_r1:
@@ -331,7 +353,7 @@ class PortraitGANLoss:
                 inputs=[inputs['image'], inputs['image_raw'], inputs['image_mask']], create_graph=True)
         r1 = grad_image.square().sum(dim=[1, 2, 3]) + grad_raw.square().sum(dim=[1, 2, 3])   # [B]
         r1_seg = grad_mask.square().sum(dim=[1, 2, 3])                                       # [B]
-        loss = r1 * (cfg.r1_gamma / 2) + r1_seg * (cfg.r1_gamma_seg / 2)
+        loss = r1 * (cfg.gamma / 2) + r1_seg * (cfg.gamma_seg / 2)
         training_stats.report('Loss/r1_penalty', r1)
         training_stats.report('Loss/r1_seg_penalty', r1_seg)
         training_stats.report('Loss/D/reg', loss)

@@ -135,7 +135,7 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
     G, D = build_networks(config, device)
     G_ema, D_ema = copy.deepcopy(G).eval(), copy.deepcopy(D).eval()
     networks = dict(G=G, D=D, G_ema=G_ema, D_ema=D_ema)
-    progress = Progress(cur_nimg=round(config.stage_start_kimg * 1000))
+    progress = Progress(cur_nimg=config.stage_start_nimg)
     progress.tick_start_nimg = progress.cur_nimg
     state = None
     if config.resume_state is not None:
@@ -159,7 +159,7 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
     if state is not None:
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state['optimizers'][name])
-    loss = PortraitGANLoss(G, D, loss_config(config), device)
+    loss = PortraitGANLoss(G, D, LossConfig.from_training_config(config), device)
 
     # The data iterator starts its workers before anything renders with GL (see mesh_renderer.py).
     data_iter = iter(_data_loader(dataset, config, rank, world_size, device, skip_batches=progress.data_batches))
@@ -316,24 +316,6 @@ def build_networks(config: TrainingConfig, device: torch.device) -> tuple:
         num_fp16_res=config.d_num_fp16_res, conv_clamp=256 if config.d_num_fp16_res > 0 else None,
         mbstd_group_size=config.mbstd_group, freeze_layers=config.freezed, disc_c_noise=config.disc_c_noise)
     return (G.train().requires_grad_(False).to(device), D.train().requires_grad_(False).to(device))
-
-
-def loss_config(config: TrainingConfig) -> LossConfig:
-    """The loss settings of a training config."""
-    return LossConfig(
-        r1_gamma=config.gamma, r1_gamma_seg=config.gamma_seg, pose_loss_weight=config.pose_loss_weight,
-        input_pose_params_reg_loss_weight=config.input_pose_params_reg_loss_weight,
-        input_pose_params_reg_loss_kimg=config.input_pose_params_reg_loss_kimg,
-        input_pose_params_reg_loss_decay_kimg=config.input_pose_params_reg_loss_decay_kimg,
-        blur_init_sigma=config.blur_init_sigma, blur_fade_kimg=config.effective_blur_fade_kimg,
-        density_noise_fade_kimg=config.density_noise_fade_kimg, gpc_reg_prob=config.gpc_reg_prob,
-        gpc_reg_fade_kimg=config.gpc_reg_fade_kimg, bcg_reg_prob=config.bcg_reg_prob,
-        style_mixing_prob=config.style_mixing_prob, density_reg=config.density_reg,
-        density_reg_every=config.density_reg_every, density_reg_p_dist=config.density_reg_p_dist,
-        reg_type=config.reg_type, neural_rendering_resolution_initial=config.neural_rendering_resolution_initial,
-        neural_rendering_resolution_final=config.neural_rendering_resolution_final,
-        neural_rendering_resolution_fade_kimg=config.neural_rendering_resolution_fade_kimg,
-        resume_nimg=round(config.stage_start_kimg * 1000), filter_mode='antialiased', blur_raw_target=True)
 
 
 def _build_phases(config: TrainingConfig, G: torch.nn.Module, D: torch.nn.Module) -> tuple:
