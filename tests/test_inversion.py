@@ -129,6 +129,7 @@ def test_invert_writes_every_output_and_they_load_in_the_other_tools(networks, t
     ('not an image', 'cannot read the image'),
     ('generator only', 'needs a checkpoint with a generator and a discriminator (D_ema or D)'),
     ('no pose settings', 'pass --pose, or the JSON written beside the snapshot with --pose-kwargs'),
+    ('foreign checkpoint', 'not a weights file of this project'),
 ])
 def test_bad_inputs_are_one_line_errors(networks, tmp_path, case, message):
     run_dir, G, D = networks
@@ -149,6 +150,9 @@ def test_bad_inputs_are_one_line_errors(networks, tmp_path, case, message):
     elif case == 'generator only':
         network = str(tmp_path / 'G.pt')
         checkpoint.save_weights(network, {'G_ema': G})
+    elif case == 'foreign checkpoint':
+        network = str(tmp_path / 'other.pt')
+        torch.save({'state_dict': G.state_dict()}, network)
     elif case == 'no pose settings':
         network = str(tmp_path / 'snapshot.pt')
         checkpoint.save_weights(network, {'G_ema': G, 'D': D})
