@@ -17,7 +17,7 @@ from training.cli import (DEFAULT_DEVICE, Device, FiniteFloat, load_generator, l
                           make_outdir, parse_pose, parse_seeds, require_render_memory, require_shape_memory)
 from training.dataset import stem
 from training.images import depth_to_uint8, to_uint8
-from training.loss import resize_image
+from training.d_input import resize_image
 from training.photos import read_pose_folder
 from training.pose_prediction import load_pose_predict_kwargs, pose_predict_kwargs_for, predict_real_poses
 from training.shapes import DEFAULT_LEVEL, extract_shape, save_shape

@@ -23,7 +23,7 @@ from metrics.names import METRIC_POSE_SAMPLE_MODES
 from training import checkpoint
 from training.dataset import PortraitDataset
 from training.images import to_uint8
-from training.loss import blur_image
+from training.d_input import discriminator_input
 from training.pose_prediction import predict_real_poses
 
 REAL_SUBSET_SEED = 0
@@ -241,5 +241,4 @@ def fake_features(opts: MetricOptions, num_items: int) -> np.ndarray:
 def discriminator_pose_on_fakes(opts: MetricOptions, fakes: dict) -> torch.Tensor:
     """D's pose of a batch of fakes, their image blurred as D sees fakes (docs/method.md §7.5) -> [B, 6]."""
     blur_sigma = float(opts.pose_predict_kwargs['blur_sigma'])
-    image = blur_image(fakes['image'], blur_sigma) if blur_sigma > 0 else fakes['image']
-    return opts.D.predict_pose(dict(image=image, image_raw=fakes['image_raw'], image_mask=fakes['image_mask']), fakes['c'])
+    return opts.D.predict_pose(discriminator_input(fakes, blur_sigma), fakes['c'])

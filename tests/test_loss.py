@@ -11,11 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from torch_utils import training_stats
+from training import loss as loss_module
 from training import schedules
 from training.camera_utils import random_cameras
 from training.config import TrainingConfig
+from training.d_input import blur_image, discriminator_input
 from training.dual_discriminator import PoseAwareDualDiscriminator
-from training.loss import LossConfig, PortraitGANLoss, blur_image, prepare_real, swap_with_previous
+from training.loss import LossConfig, PortraitGANLoss, swap_with_previous
 from training.presets import load_preset
 from training.triplane import build_generator
 
@@ -93,42 +95,36 @@ def test_blur_image_matches_convolution():
     assert blur_image(x, 0.0) is x
 
 
-def test_prepare_real_resizes_and_blurs_raw_only():
+def test_discriminator_input_resizes_reals_and_blurs_their_image_and_raw_image():
     g = torch.Generator().manual_seed(3)
     img = torch.rand(2, 3, S, S, generator=g) * 2 - 1
     seg = torch.rand(2, 1, S, S, generator=g)
+    real = {'image': img, 'mask': seg}
     resize = dict(size=(R, R), mode='bilinear', align_corners=False, antialias=True)
-    sharp = prepare_real(img, seg, R, 0.0)
+    sharp = discriminator_input(real, 0.0, R)
     assert sharp['image'] is img
     torch.testing.assert_close(sharp['image_raw'], F.interpolate(img, **resize))
     torch.testing.assert_close(sharp['image_mask'], F.interpolate(seg, **resize))
-    blurred = prepare_real(img, seg, R, 1.5)
-    assert blurred['image'] is img
+    blurred = discriminator_input(real, 1.5, R)
+    torch.testing.assert_close(blurred['image'], _blur_by_conv(img, 1.5), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(blurred['image_raw'], _blur_by_conv(F.interpolate(img, **resize), 1.5),
                                rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(blurred['image_mask'], F.interpolate(seg, **resize))
-    plain = prepare_real(img, seg, R, 0.0, filter_mode='none')
+    raw_sharp = discriminator_input(real, 1.5, R, blur_raw=False)
+    torch.testing.assert_close(raw_sharp['image_raw'], F.interpolate(img, **resize))
+    plain = discriminator_input(real, 0.0, R, filter_mode='none')
     torch.testing.assert_close(plain['image_raw'],
                                F.interpolate(img, size=(R, R), mode='bilinear', align_corners=False))
     with pytest.raises(ValueError, match='filter_mode'):
-        prepare_real(img, seg, R, 0.0, filter_mode='classic')
+        discriminator_input(real, 0.0, R, filter_mode='classic')
 
 
-def test_run_D_blurs_the_image_not_the_raw_image():
-    seen = {}
-
-    class RecordingD(torch.nn.Module):
-        def forward(self, img_dict, c, update_emas=False):
-            seen.update(img_dict)
-            return torch.zeros(c.shape[0], 1), torch.zeros(c.shape[0], 6)
-
-    loss = PortraitGANLoss(None, RecordingD(), LossConfig(), device='cpu')
+def test_discriminator_input_blurs_a_fakes_image_not_its_raw_image():
     d = {'image': torch.randn(2, 3, S, S), 'image_raw': torch.randn(2, 3, R, R), 'image_mask': torch.rand(2, 1, R, R)}
-    loss.run_D(d, torch.zeros(2, 25), blur_sigma=1.0)
+    seen = discriminator_input(d, 1.0)
     torch.testing.assert_close(seen['image'], _blur_by_conv(d['image'], 1.0), rtol=1e-5, atol=1e-5)
     assert seen['image_raw'] is d['image_raw'] and seen['image_mask'] is d['image_mask']
-    loss.run_D(d, torch.zeros(2, 25), blur_sigma=0.0)
-    assert seen['image'] is d['image']
+    assert discriminator_input(d, 0.0)['image'] is d['image']
 
 
 def test_swap_with_previous_statistics():
@@ -291,10 +287,10 @@ def test_gmain_gradients_reach_G_through_all_D_inputs(monkeypatch):
     input_grads = {}
     original_run_D = loss.run_D
 
-    def hooked_run_D(img_dict, c, blur_sigma, update_emas=False):
+    def hooked_run_D(img_dict, c, update_emas=False):
         for key in ('image', 'image_raw', 'image_mask'):
             img_dict[key].register_hook(lambda grad, key=key: input_grads.__setitem__(key, grad))
-        return original_run_D(img_dict, c, blur_sigma, update_emas)
+        return original_run_D(img_dict, c, update_emas)
 
     monkeypatch.setattr(loss, 'run_D', hooked_run_D)
     attributes = {k: v for k, v in vars(G).items() if not isinstance(v, (torch.nn.Module, dict))}
@@ -519,9 +515,8 @@ def test_schedule_values_reach_the_networks(monkeypatch):
                  neural_rendering_resolution_fade_kimg=4, stage_start_nimg=1000)
     calls = _capture_synthesis(G, monkeypatch)
     sigmas = []
-    original_run_D = loss.run_D
-    monkeypatch.setattr(loss, 'run_D', lambda d, c, blur_sigma, update_emas=False:
-                        sigmas.append(blur_sigma) or original_run_D(d, c, blur_sigma, update_emas))
+    monkeypatch.setattr(loss_module, 'discriminator_input', lambda images, blur_sigma, *args, **kwargs:
+                        sigmas.append(blur_sigma) or discriminator_input(images, blur_sigma, *args, **kwargs))
     _run(loss, 'Gmain', _batch(G), cur_nimg=3000)
     assert calls[0]['density_noise'] == pytest.approx(schedules.density_noise(3000, 4)) == pytest.approx(0.25)
     assert calls[0]['neural_rendering_resolution'] == 24  # 16 -> 32 over 4 kimg from the resume point at 1 kimg

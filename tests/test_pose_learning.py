@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.tiny_run import tiny_setup
+from training.d_input import discriminator_input
 from training.dataset import PortraitDataset
-from training.loss import prepare_real
 from training.pose_prediction import pose_errors
 from training.training_loop import build_networks
 
@@ -28,7 +28,7 @@ def test_pose_regression_beats_the_mean_pose(tmp_path):
     mask = torch.stack([torch.from_numpy(item[1]) for item in items]).float() / 255
     camera = torch.stack([torch.from_numpy(item[2]) for item in items])
     pose = torch.stack([torch.from_numpy(item[3]) for item in items])
-    inputs = prepare_real(image, mask, config.generator['neural_rendering_resolution'], blur_sigma=0.0)
+    inputs = discriminator_input({'image': image, 'mask': mask}, 0.0, config.generator['neural_rendering_resolution'])
 
     torch.manual_seed(0)
     _, D = build_networks(config, torch.device('cpu'))

@@ -30,12 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from torch_utils import training_stats
-from torch_utils.ops import conv2d_gradfix, upfirdn2d
+from torch_utils.ops import conv2d_gradfix
 from training import schedules
 from training.config import TrainingConfig
+from training.d_input import FILTER_MODES, discriminator_input
+from training.d_input import resize_image  # noqa: F401  (imported from here by invert.py and the inversion modules)
 
 PHASES = ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth')
-FILTER_MODES = ('antialiased', 'none')  # resizing of real images: bilinear with / without antialiasing
 REG_TYPES = ('l1', 'monotonic-detach', 'monotonic-fixed')
 DENSITY_REG_POINTS = 1000  # random points per sample for the density regularizer
 
@@ -78,45 +79,6 @@ class LossConfig:
             raise TypeError(f'LossConfig setting(s) {", ".join(missing)} have no TrainingConfig setting of the same '
                             f'name: add them to TrainingConfig (training/config.py) and the presets')
         return cls(**{name: getattr(config, name) for name in names})
-
-
-def resize_image(x: torch.Tensor, resolution: int, filter_mode: str = 'antialiased') -> torch.Tensor:
-    """Bilinear resize to `resolution`, antialiased when shrinking under 'antialiased'.
-
-    x [B, C, H, W] -> [B, C, resolution, resolution]
-    """
-    if filter_mode not in FILTER_MODES:
-        raise ValueError(f'filter_mode {filter_mode!r}: expected one of {", ".join(FILTER_MODES)}')
-    if x.shape[-2:] == (resolution, resolution):
-        return x
-    return F.interpolate(x, size=(resolution, resolution), mode='bilinear', align_corners=False,
-                         antialias=filter_mode == 'antialiased')
-
-
-def blur_image(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable blur with `schedules.blur_kernel(sigma)`, zero padded, same size (docs/method.md §7.5).
-
-    x [B, C, H, W] -> [B, C, H, W]; unchanged when the kernel has a single tap (sigma < 1/3).
-    """
-    f = schedules.blur_kernel(sigma, device=x.device)
-    if f.numel() == 1:
-        return x
-    return upfirdn2d.filter2d(x, f)
-
-
-def prepare_real(real_img: torch.Tensor, real_seg: torch.Tensor, resolution: int, blur_sigma: float,
-                 filter_mode: str = 'antialiased') -> dict:
-    """The discriminator input of a real batch (docs/method.md §7.1, §9.6).
-
-    real_img [B, 3, S, S] in [-1, 1], real_seg [B, 1, S, S] in [0, 1] ->
-      {'image': real_img, 'image_raw': [B, 3, r, r], 'image_mask': [B, 1, r, r]}, r = resolution.
-    The raw image is blurred here with `blur_sigma` (pass 0 for no blur) because D sees the fake raw
-    image unblurred while it is itself low-resolution; the full image is blurred later, in `run_D`,
-    for reals and fakes alike. D always sees the mask at the rendering resolution, like a fake's alpha.
-    """
-    image_raw = blur_image(resize_image(real_img, resolution, filter_mode), blur_sigma)
-    image_mask = resize_image(real_seg, resolution, filter_mode)
-    return {'image': real_img, 'image_raw': image_raw, 'image_mask': image_mask}
 
 
 def swap_with_previous(prob: float, *tensors: torch.Tensor, generator: torch.Generator | None = None) -> list:
@@ -208,17 +170,13 @@ class PortraitGANLoss:
         return self.G.synthesis(ws, c, neural_rendering_resolution=resolution, apply_def=True, pose_params=pose,
                                 ws_bcg=ws_bcg, density_noise=density_noise, update_emas=update_emas)
 
-    def run_D(self, img_dict: dict, c: torch.Tensor, blur_sigma: float, update_emas: bool = False) -> tuple:
-        """D on img_dict with its full image blurred by `blur_sigma` (docs/method.md §7.5).
+    def run_D(self, d_input: dict, c: torch.Tensor, update_emas: bool = False) -> tuple:
+        """D on an input built by `discriminator_input` (training/d_input.py).
 
-        img_dict {'image' [B, 3, S, S], 'image_raw' [B, 3, r, r], 'image_mask' [B, 1, r, r]}, c [B, 25]
+        d_input {'image' [B, 3, S, S], 'image_raw' [B, 3, r, r], 'image_mask' [B, 1, r, r]}, c [B, 25]
         -> (logits [B, 1], predicted pose [B, 6])
-        The raw image is not blurred here: a fake's raw image enters D as rendered, a real one was
-        blurred in `prepare_real`.
         """
-        if blur_sigma > 0:
-            img_dict = {**img_dict, 'image': blur_image(img_dict['image'], blur_sigma)}
-        return self.D(img_dict, c, update_emas=update_emas)
+        return self.D(d_input, c, update_emas=update_emas)
 
     # ------------------------------------------------------------------------------------------
     # Phases.
@@ -245,8 +203,8 @@ class PortraitGANLoss:
         do_d_main = phase in ('Dmain', 'Dboth')
         do_r1 = phase in ('Dreg', 'Dboth') and (cfg.gamma > 0 or cfg.gamma_seg > 0)
         if do_d_main or do_r1:
-            real = prepare_real(real_img, real_seg, state['rendering_resolution'],
-                                state['blur_sigma'] if self.blur_raw_target else 0.0, self.filter_mode)
+            real = discriminator_input({'image': real_img, 'mask': real_seg}, state['blur_sigma'],
+                                       state['rendering_resolution'], self.filter_mode, self.blur_raw_target)
             if do_d_main:
                 self._d_main(real, real_c, real_pose, gen_z, gen_c, state, gain)
             if do_r1:
@@ -258,7 +216,7 @@ class PortraitGANLoss:
         p_G = self.G.get_pose_params(gen_z, gen_c)
         gen = self.run_G(gen_z, gen_c, p_G, state['swap_prob'], state['rendering_resolution'],
                          density_noise=state['density_noise'])
-        logits, pose_D = self.run_D(gen, gen_c, state['blur_sigma'])
+        logits, pose_D = self.run_D(discriminator_input(gen, state['blur_sigma']), gen_c)
         loss_adv = F.softplus(-logits).flatten()                     # [B]
         prior = (p_G - gen_pose).square().sum(dim=1)                  # [B]
         loss = loss_adv
@@ -320,7 +278,7 @@ class PortraitGANLoss:
             p_G = self.G.get_pose_params(gen_z, gen_c)
             gen = self.run_G(gen_z, gen_c, p_G, state['swap_prob'], state['rendering_resolution'],
                              update_emas=True, density_noise=state['density_noise'])
-        logits, pose_D = self.run_D(gen, gen_c, state['blur_sigma'], update_emas=True)
+        logits, pose_D = self.run_D(discriminator_input(gen, state['blur_sigma']), gen_c, update_emas=True)
         loss_fake = F.softplus(logits).flatten()                      # [B]
         pose_loss = (pose_D - p_G).square().sum(dim=1)                # [B]
         training_stats.report('Loss/scores/fake', logits)
@@ -329,7 +287,7 @@ class PortraitGANLoss:
         training_stats.report('Pose/G_vs_D_fake', (pose_D - p_G).detach().abs().mean(dim=1))
         ((loss_fake.mean() + cfg.pose_loss_weight * pose_loss.mean()) * gain).backward()
 
-        logits_real, pose_real = self.run_D(real, real_c, state['blur_sigma'])
+        logits_real, pose_real = self.run_D(real, real_c)
         loss_real = F.softplus(-logits_real).flatten()               # [B]
         training_stats.report('Loss/scores/real', logits_real)
         training_stats.report('Loss/signs/real', logits_real.sign())
@@ -340,13 +298,11 @@ class PortraitGANLoss:
     def _d_r1(self, real: dict, real_c: torch.Tensor, state: dict, gain: float) -> None:
         """R1: squared gradient norm of D's real logits w.r.t. image and raw image (gamma) and mask (gamma_seg).
 
-        The gradient is taken w.r.t. the images D sees: during the blur phase, the blurred image.
+        The gradient is taken w.r.t. the images D sees (`real` is D's input): during the blur phase, the blurred image.
         """
         cfg = self.config
-        if state['blur_sigma'] > 0:
-            real = {**real, 'image': blur_image(real['image'], state['blur_sigma'])}
         inputs = {key: real[key].detach().requires_grad_(True) for key in ('image', 'image_raw', 'image_mask')}
-        logits, _ = self.run_D(inputs, real_c, blur_sigma=0.0)
+        logits, _ = self.run_D(inputs, real_c)
         # Only the input gradients are wanted; the weights get theirs from the penalty's backward.
         with conv2d_gradfix.no_weight_gradients():
             grad_image, grad_raw, grad_mask = torch.autograd.grad(outputs=[logits.sum()],

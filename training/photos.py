@@ -13,7 +13,7 @@ import torch
 
 from training.camera_utils import FOCAL, camera_label
 from training.dataset import is_image_name, stem
-from training.loss import resize_image
+from training.d_input import resize_image
 
 
 def read_photo(path: str, mode: str, resolution: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ import os
 import torch
 
 from training.body.lbs import batch_rodrigues
-from training.loss import blur_image, prepare_real
+from training.d_input import discriminator_input
 
 POSE_PREDICT_KEYS = ('blur_sigma', 'neural_rendering_resolution')
 SNAPSHOT_PREFIX = 'network-snapshot-'
@@ -66,9 +66,7 @@ def predict_real_poses(D: torch.nn.Module, images: torch.Tensor, masks: torch.Te
         if count < batch and len(images) >= batch:
             pad = batch - count
             img, seg, c = (torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in (img, seg, c))
-        real = prepare_real(img, seg, resolution, blur_sigma, filter_mode)
-        if blur_sigma > 0:
-            real['image'] = blur_image(real['image'], blur_sigma)
+        real = discriminator_input({'image': img, 'mask': seg}, blur_sigma, resolution, filter_mode)
         poses.append(D.predict_pose(real, c)[:count])
     return torch.cat(poses)
 

@@ -55,8 +55,9 @@ from training.config import TrainingConfig
 from training.dataset import DatasetError, PortraitDataset
 from training.dual_discriminator import PoseAwareDualDiscriminator
 from training.images import depth_to_uint8, to_uint8
-from training.loss import LossConfig, PortraitGANLoss, blur_image, prepare_real
+from training.loss import LossConfig, PortraitGANLoss
 from training.mesh_renderer import MeshRenderer
+from training.pose_prediction import predict_real_poses
 from training.schedules import ema_beta
 from training.triplane import build_generator
 
@@ -780,14 +781,9 @@ class _SnapshotGrid:
                 for key in ('image', 'image_raw', 'image_depth'):
                     outputs[key].append(posed[key])
                     outputs[key.replace('image', 'no_pose')].append(canonical[key])
-            real_poses = []
-            for img, seg, c in zip(self.real_img.split(self.chunk), self.real_seg.split(self.chunk),
-                                   self.real_c.split(self.chunk)):
-                real = prepare_real(img.to(torch.float32) / 127.5 - 1, seg.to(torch.float32) / 255, r,
-                                    schedule['blur_sigma'])
-                if schedule['blur_sigma'] > 0:
-                    real['image'] = blur_image(real['image'], schedule['blur_sigma'])
-                real_poses.append(D.predict_pose(real, c))
+            real_poses = predict_real_poses(D, self.real_img.to(torch.float32) / 127.5 - 1,
+                                            self.real_seg.to(torch.float32) / 255, self.real_c,
+                                            pose_predict_kwargs(schedule), batch=self.chunk)
         out = {key: torch.cat(value) for key, value in outputs.items()}
         for suffix, key in (('0', 'image'), ('1_no_pose', 'no_pose'), ('2_raw', 'image_raw'),
                             ('3_no_pose_raw', 'no_pose_raw')):
@@ -796,7 +792,7 @@ class _SnapshotGrid:
         for suffix, key in (('4_depth', 'image_depth'), ('5_no_pose_depth', 'no_pose_depth')):
             _save_grid(os.path.join(run_dir, f'{name}_{suffix}.png'), depth_to_uint8(out[key]), self.cols,
                        writer, f'Images/{suffix}', step)
-        overlay = self._overlay(self.real_img, torch.cat(real_poses), self.real_c, G)
+        overlay = self._overlay(self.real_img, real_poses, self.real_c, G)
         if overlay is not None:
             _save_grid(os.path.join(run_dir, f'{name}_6_real_pose.png'), overlay, self.cols, writer,
                        'Images/6_real_pose', step)
