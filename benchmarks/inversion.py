@@ -30,7 +30,7 @@ from training import checkpoint
 from training.camera_utils import PIVOT
 from training.images import to_uint8
 from training.inversion import InversionConfig, optimize_latent, prepare_target, render, tune_generator
-from training.loss import resize_image
+from training.d_input import resize_image
 from training.pose_prediction import load_pose_predict_kwargs, pose_errors, pose_predict_kwargs_for, predict_real_poses
 from training.synthetic import PortraitPainter, Scene, sample_scene
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training.camera_utils import frontal_camera
-from training.loss import resize_image
+from training.d_input import resize_image
 
 
 @dataclasses.dataclass

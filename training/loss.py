@@ -34,7 +34,6 @@ from torch_utils.ops import conv2d_gradfix
 from training import schedules
 from training.config import TrainingConfig
 from training.d_input import FILTER_MODES, discriminator_input
-from training.d_input import resize_image  # noqa: F401  (imported from here by invert.py and the inversion modules)
 
 PHASES = ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth')
 REG_TYPES = ('l1', 'monotonic-detach', 'monotonic-fixed')
