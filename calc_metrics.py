@@ -18,7 +18,7 @@ from metrics import metric_main, metric_utils
 from metrics.detector import DEFAULT_DETECTOR, DetectorError
 from metrics.names import METRIC_POSE_SAMPLE_MODES, expected_metrics, is_valid_metric
 from training import checkpoint
-from training.cli import resolve_network
+from training.cli import Command, resolve_network
 from training.dataset import DatasetError
 from training.pose_prediction import load_pose_predict_kwargs, pose_predict_kwargs_for
 
@@ -115,7 +115,7 @@ def _spawned(rank: int, world_size: int, args: dict, init_file: str) -> None:
         sys.exit(1)
 
 
-@click.command(context_settings=dict(max_content_width=120))
+@click.command(cls=Command, context_settings=dict(max_content_width=120))
 @click.option('--network', required=True, help='Network snapshot (pickle or weights file, path or URL), or a run directory')
 @click.option('--metrics', default='fid50k_full', show_default=True, callback=_parse_metrics,
               help='Comma list: fid50k_full, kid50k_full, fid{N}k, kid{N}k, ..._full, pose_err')

@@ -54,6 +54,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from training.camera_utils import intrinsics_from_focal
+from training.cli import Command
 from training.dataset import (CAMERA_DIM, LABEL_DIM, LABELS_FILE, DatasetError, FileTree, PortraitDataset,
                               check_dataset, is_image_name, label_problem, read_labels, stem)
 
@@ -331,7 +332,7 @@ def main():
     """Prepare (convert) and check portrait datasets: images, person masks and camera + pose labels."""
 
 
-@main.command()
+@main.command(cls=Command)
 @click.option('--source', required=True, type=click.Path(exists=True), help='Source folder or zip archive (layout: see dataset_tool.py)')
 @click.option('--dest', required=True, type=click.Path(), help='Output images + dataset.json: NAME.zip or a new folder')
 @click.option('--seg-dest', required=True, type=click.Path(), help='Output masks: NAME.zip or a new folder')
@@ -419,7 +420,7 @@ def convert(source: str, dest: str, seg_dest: str, resolution: int, transform: s
                    f'intrinsics must already describe the {transform} result', err=True)
 
 
-@main.command()
+@main.command(cls=Command)
 @click.option('--data', required=True, type=click.Path(exists=True), help='Images + dataset.json: zip or folder')
 @click.option('--seg-data', required=True, type=click.Path(exists=True), help='Masks: zip or folder')
 @click.option('--progress/--no-progress', default=True, show_default=True, help='Show a progress bar')
@@ -437,7 +438,7 @@ def check(ctx: click.Context, data: str, seg_data: str, progress: bool):
     click.echo(f'{data}: OK, {len(dataset)} images {resolution}x{resolution} with labels, masks in {seg_data}')
 
 
-@main.command()
+@main.command(cls=Command)
 @click.option('--dest', required=True, type=click.Path(), help='Output images + dataset.json: NAME.zip')
 @click.option('--seg-dest', required=True, type=click.Path(), help='Output masks: NAME.zip')
 @click.option('--num-images', type=click.IntRange(min=1), default=2000, show_default=True, help='Number of images')

@@ -10,8 +10,8 @@ from tqdm import tqdm
 
 from training import checkpoint
 from training.camera_utils import frontal_camera
-from training.cli import (DEFAULT_DEVICE, Device, FiniteFloat, load_generator, load_latent_option, make_outdir,
-                          option_given, parse_pose, parse_seeds, require_shape_memory)
+from training.cli import (DEFAULT_DEVICE, Command, Device, FiniteFloat, load_generator, load_latent_option,
+                          make_outdir, option_given, parse_pose, parse_seeds, require_shape_memory)
 from training.shapes import (DEFAULT_LEVEL, close_border, extract_shape, marching_cubes, pose_vertices, read_mrc,
                              save_shape, write_mesh)
 
@@ -25,7 +25,7 @@ def save_posed_shape(G: torch.nn.Module, ws: torch.Tensor, pose: torch.Tensor | 
     tqdm.write(save_shape(shape, stem, mesh_format))
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option('--network', help='Checkpoint (network pickle or weights file), a run directory or a training outdir')
 @click.option('--mrc-dir', type=click.Path(exists=True, file_okay=False), help='Instead of --network: mesh every .mrc here')
 @click.option('--seeds', callback=lambda ctx, param, value: parse_seeds(value), default='0', show_default=True,

@@ -13,8 +13,9 @@ from tqdm import tqdm
 
 from training import checkpoint
 from training.camera_utils import camera_label, frontal_camera, orbit_camera
-from training.cli import (DEFAULT_DEVICE, Device, FiniteFloat, load_generator, load_generator_and_discriminator,
-                          make_outdir, parse_pose, parse_seeds, require_render_memory, require_shape_memory)
+from training.cli import (DEFAULT_DEVICE, Command, Device, FiniteFloat, load_generator,
+                          load_generator_and_discriminator, make_outdir, parse_pose, parse_seeds, require_render_memory,
+                          require_shape_memory)
 from training.dataset import stem
 from training.images import depth_to_uint8, to_uint8
 from training.d_input import resize_image
@@ -71,7 +72,7 @@ def render_photo_poses(G: torch.nn.Module, seeds: list, names: list, photos: tor
                 os.path.join(outdir, f'seed{seed:04d}_{stem(name)}.png'))
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option('--network', help='Checkpoint (network pickle or weights file, path or URL), or a run directory')
 @click.option('--cfg', help='Preset to initialize freshly instead of loading a checkpoint (e.g. cpu-small)')
 @click.option('--init-seed', type=int, default=0, show_default=True, help='Weight seed with --cfg')

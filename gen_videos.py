@@ -8,8 +8,8 @@ import torch
 
 from training import checkpoint
 from training.camera_utils import frontal_camera
-from training.cli import (DEFAULT_DEVICE, Device, FiniteFloat, load_generator, load_latent_option, make_outdir,
-                          option_given, parse_seeds, require_render_memory)
+from training.cli import (DEFAULT_DEVICE, Command, Device, FiniteFloat, load_generator, load_latent_option,
+                          make_outdir, option_given, parse_seeds, require_render_memory)
 from training.video import IMAGE_MODES, TRAJECTORIES, interpolate_ws, write_video
 
 
@@ -24,7 +24,7 @@ def parse_grid(text: str) -> tuple:
     return width, height
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option('--network', required=True, help='Checkpoint (network pickle or weights file), a run directory or a training outdir')
 @click.option('--seeds', callback=lambda ctx, param, value: parse_seeds(value), default='0', show_default=True,
               help='Latent seeds, e.g. 0,2,5-9; one per grid cell, or keyframes with --interpolate')

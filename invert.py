@@ -12,7 +12,8 @@ import torch
 
 from training import checkpoint
 from training.camera_utils import frontal_camera
-from training.cli import DEFAULT_DEVICE, Device, FiniteFloat, load_generator_and_discriminator, make_outdir, parse_pose
+from training.cli import (DEFAULT_DEVICE, Command, Device, FiniteFloat, load_generator_and_discriminator, make_outdir,
+                          parse_pose)
 from training.dataset import PortraitDataset, stem
 from training.images import to_uint8
 from training.inversion import InversionConfig, optimize_latent, prepare_target, render, tune_generator
@@ -85,7 +86,7 @@ def _save_image(path: str, images: list) -> None:
     PIL.Image.fromarray(np.concatenate([to_uint8(image)[0] for image in images], axis=1)).save(path)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option('--network', required=True,
               help='Checkpoint with G and D (network pickle or weights file), or a run directory')
 @click.option('--image', 'image_path', required=True, type=click.Path(exists=True),

@@ -35,7 +35,7 @@ import torch
 import dnnlib
 from metrics.names import METRIC_POSE_SAMPLE_MODES
 from training import checkpoint, presets
-from training.cli import FiniteFloat, make_outdir
+from training.cli import Command, FiniteFloat, make_outdir
 from training.config import ARCHITECTURE_FIELDS, DEVICES, ConfigError, TrainingConfig
 from training.dataset import DatasetError, PortraitDataset
 from training.decoder import ACTIVATIONS as DECODER_ACTIVATIONS
@@ -181,7 +181,7 @@ def _launch(config: TrainingConfig, run_dir: str) -> None:
                                        f'(its message is above)') from None
 
 
-@click.command(context_settings=dict(max_content_width=120))
+@click.command(cls=Command, context_settings=dict(max_content_width=120))
 # Run.
 @click.option('--outdir', default='runs', show_default=True, type=click.Path(file_okay=False), help='Where to make the run directory')
 @click.option('--cfg', help='Preset: a name in configs/ (cpu-small, full-head) or a path to a preset JSON  [default: cpu-small]')

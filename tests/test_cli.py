@@ -116,3 +116,29 @@ def test_read_only_outdirs_are_one_line_errors(run_dir, read_only_folder, tmp_pa
                                                     '--seg-dest', str(tmp_path / 'b.zip'), '--resolution', '8'])
     assert result.exit_code == 1 and 'Traceback' not in result.output
     assert 'a.zip: Read-only file system' in result.output and not (tmp_path / 'b.zip').exists()
+
+
+def test_commands_take_long_options_in_both_spellings(tmp_path):
+    from training.cli import Command
+
+    @click.command(cls=Command)
+    @click.option('--seg_data')
+    @click.option('--batch-gpu', type=int)
+    @click.option('--mirror/--no-mirror', default=True)
+    @click.argument('rest', nargs=-1)
+    def tool(seg_data, batch_gpu, mirror, rest):
+        click.echo(f'{seg_data} {batch_gpu} {mirror} {list(rest)}')
+
+    runner = CliRunner()
+    for args in (['--seg-data', 'a', '--batch_gpu', '3', '--no_mirror'], ['--seg_data=a', '--batch-gpu=3', '--no-mirror']):
+        result = runner.invoke(tool, args)
+        assert result.exit_code == 0 and result.output == "a 3 False []\n", result.output
+    # After '--' nothing is respelled; an option that exists in neither spelling is still refused.
+    assert runner.invoke(tool, ['--', '--seg-data']).output == "None None True ['--seg-data']\n"
+    result = runner.invoke(tool, ['--seg-date', 'a'])
+    assert result.exit_code == 2 and "No such option '--seg-date'" in result.output
+    assert '--seg_data' in runner.invoke(tool, ['--help']).output
+    # A real tool: extract_shapes declares --mrc-dir and takes --mrc_dir.
+    (tmp_path / 'volumes').mkdir()
+    result = runner.invoke(extract_shapes.main, ['--mrc_dir', str(tmp_path / 'volumes'), '--outdir', str(tmp_path / 'out')])
+    assert result.exit_code == 1 and 'no .mrc files' in result.output, result.output

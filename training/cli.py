@@ -18,6 +18,28 @@ from training.triplane import build_generator
 DEFAULT_DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
+class Command(click.Command):
+    """A click command that takes each long option in both spellings, `--seg_data` and `--seg-data`: the
+    published tools mix the two styles, and so do the commands users copy from them. Help shows the
+    declared spelling."""
+
+    def parse_args(self, ctx: click.Context, args: list) -> list:
+        known = {name for param in self.params for name in (*param.opts, *param.secondary_opts)}
+        respelled = []
+        for index, arg in enumerate(args):
+            if arg == '--':
+                respelled.extend(args[index:])
+                break
+            name, equals, value = arg.partition('=')
+            if name.startswith('--') and name not in known:
+                for other in ('--' + name[2:].replace('-', '_'), '--' + name[2:].replace('_', '-')):
+                    if other in known:
+                        name = other
+                        break
+            respelled.append(name + equals + value)
+        return super().parse_args(ctx, respelled)
+
+
 class FiniteFloat(click.FloatRange):
     """A float option that must be finite (NaN and inf are refused), optionally within a range."""
 
