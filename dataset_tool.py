@@ -62,6 +62,7 @@ MASK_DIR_DEFAULTS = ('masks', 'seg')
 ALIGNED_IMAGES, ALIGNED_MASKS, ALIGNED_RESULT = 'aligned_images', 'mask', 'result.json'
 NECK_POSE, HEAD_POSE = slice(36, 39), slice(45, 48)  # SMPL joints 12 and 15 in a 72-value smpl_pose
 MAX_LISTED = 5
+MAX_RESOLUTION = 8192  # a 8192x8192 RGB image is 200 MB; anything larger is a typo
 ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # fixed, so that the same input gives the same archive
 
 
@@ -336,7 +337,7 @@ def main():
 @click.option('--source', required=True, type=click.Path(exists=True), help='Source folder or zip archive (layout: see dataset_tool.py)')
 @click.option('--dest', required=True, type=click.Path(), help='Output images + dataset.json: NAME.zip or a new folder')
 @click.option('--seg-dest', required=True, type=click.Path(), help='Output masks: NAME.zip or a new folder')
-@click.option('--resolution', required=True, type=click.IntRange(min=1), help='Output width and height in pixels')
+@click.option('--resolution', required=True, type=click.IntRange(1, MAX_RESOLUTION), help='Output width and height in pixels')
 @click.option('--transform', type=click.Choice(['center-crop', 'resize']), default='center-crop', show_default=True,
               help='center-crop: crop the largest centred square, then resize; resize: squeeze the whole frame')
 @click.option('--max-images', type=click.IntRange(min=1), default=None, help='Convert only the first K images (sorted by name)')
@@ -442,7 +443,8 @@ def check(ctx: click.Context, data: str, seg_data: str, progress: bool):
 @click.option('--dest', required=True, type=click.Path(), help='Output images + dataset.json: NAME.zip')
 @click.option('--seg-dest', required=True, type=click.Path(), help='Output masks: NAME.zip')
 @click.option('--num-images', type=click.IntRange(min=1), default=2000, show_default=True, help='Number of images')
-@click.option('--resolution', type=click.IntRange(min=1), default=64, show_default=True, help='Width and height in pixels')
+@click.option('--resolution', type=click.IntRange(1, MAX_RESOLUTION), default=64, show_default=True,
+              help='Width and height in pixels')
 @click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True, help='Image idx depends only on (seed, idx)')
 @click.option('--workers', type=click.IntRange(min=1), default=2, show_default=True, help='Rendering processes')
 def synth(dest: str, seg_dest: str, num_images: int, resolution: int, seed: int, workers: int):
@@ -453,7 +455,10 @@ def synth(dest: str, seg_dest: str, num_images: int, resolution: int, seed: int,
     for path, option in ((dest, '--dest'), (seg_dest, '--seg-dest')):
         if not path.lower().endswith('.zip') or os.path.isdir(path):
             raise click.BadParameter(f'{path}: name a zip file (NAME.zip)', param_hint=option)
-    build_synthetic_dataset(dest, seg_dest, num_images=num_images, resolution=resolution, seed=seed, workers=workers)
+    try:
+        build_synthetic_dataset(dest, seg_dest, num_images=num_images, resolution=resolution, seed=seed, workers=workers)
+    except OSError as err:
+        raise click.ClickException(f'{err.filename or dest}: cannot write the data set ({err.strerror})') from None
     click.echo(f'wrote {num_images} synthetic images to {dest} and their masks to {seg_dest} ({resolution}x{resolution})')
 
 

@@ -33,7 +33,8 @@ def save_posed_shape(G: torch.nn.Module, ws: torch.Tensor, pose: torch.Tensor | 
 @click.option('--latent', type=click.Path(exists=True, dir_okay=False),
               help='Instead of --seeds: the ws of a latent .npz (e.g. from invert.py); the mesh takes its pose unless --pose is given')
 @click.option('--trunc', 'truncation_psi', type=FiniteFloat(), default=1.0, show_default=True, help='Truncation psi (seeds only)')
-@click.option('--trunc-cutoff', 'truncation_cutoff', type=int, default=None, help='Truncate only the first N ws (seeds only)')
+@click.option('--trunc-cutoff', 'truncation_cutoff', type=click.IntRange(min=0), default=None,
+              help='Truncate only the first N ws (seeds only)')
 @click.option('--shape-res', type=click.IntRange(min=8), default=128, show_default=True, help='Grid size per axis')
 @click.option('--level', type=FiniteFloat(), default=DEFAULT_LEVEL, show_default=True, help='Marching-cubes sigma level')
 @click.option('--pose', default=None, help='Pose the meshes: six comma-separated neck/head axis-angle values, radians')

@@ -13,9 +13,9 @@ from tqdm import tqdm
 
 from training import checkpoint
 from training.camera_utils import camera_label, frontal_camera, orbit_camera
-from training.cli import (DEFAULT_DEVICE, Command, Device, FiniteFloat, load_generator,
-                          load_generator_and_discriminator, make_outdir, parse_pose, parse_seeds, require_render_memory,
-                          require_shape_memory)
+from training.cli import (DEFAULT_DEVICE, MAX_SEEDS, SEED_RANGE, Command, Device, FiniteFloat,
+                          load_generator, load_generator_and_discriminator, make_outdir, parse_pose, parse_seeds,
+                          require_render_memory, require_shape_memory)
 from training.dataset import stem
 from training.images import depth_to_uint8, to_uint8
 from training.d_input import resize_image
@@ -75,13 +75,14 @@ def render_photo_poses(G: torch.nn.Module, seeds: list, names: list, photos: tor
 @click.command(cls=Command)
 @click.option('--network', help='Checkpoint (network pickle or weights file, path or URL), or a run directory')
 @click.option('--cfg', help='Preset to initialize freshly instead of loading a checkpoint (e.g. cpu-small)')
-@click.option('--init-seed', type=int, default=0, show_default=True, help='Weight seed with --cfg')
+@click.option('--init-seed', type=SEED_RANGE, default=0, show_default=True, help='Weight seed with --cfg')
 @click.option('--seeds', callback=lambda ctx, param, value: parse_seeds(value), default='0-3', show_default=True, help='Latent seeds, e.g. 0,2,5-9')
-@click.option('--seeds_num', 'seeds_num', type=click.IntRange(min=1), default=None,
+@click.option('--seeds_num', 'seeds_num', type=click.IntRange(1, MAX_SEEDS), default=None,
               help='Instead of --seeds: this many random seeds, drawn reproducibly from --seeds-seed')
-@click.option('--seeds-seed', type=int, default=0, show_default=True, help='Draws the seeds of --seeds_num')
+@click.option('--seeds-seed', type=SEED_RANGE, default=0, show_default=True, help='Draws the seeds of --seeds_num')
 @click.option('--trunc', 'truncation_psi', type=FiniteFloat(), default=1.0, show_default=True, help='Truncation psi')
-@click.option('--trunc-cutoff', 'truncation_cutoff', type=int, default=None, help='Truncate only the first N ws')
+@click.option('--trunc-cutoff', 'truncation_cutoff', type=click.IntRange(min=0), default=None,
+              help='Truncate only the first N ws')
 @click.option('--views', default='back,side,front', show_default=True, help=f'Comma list of {", ".join(VIEWS)}')
 @click.option('--pose', default=None, help='Render posed: six comma-separated neck/head axis-angle values, radians')
 @click.option('--shapes', is_flag=True, help='Also write the density volume (.mrc) and a coloured mesh (.ply)')

@@ -42,7 +42,8 @@ def parse_grid(text: str) -> tuple:
 @click.option('--interpolate', type=click.Choice(['none', 'linear', 'cubic']), default='none', show_default=True,
               help='Each cell loops through its consecutive seeds\' w (seeds = cells x keyframes)')
 @click.option('--trunc', 'truncation_psi', type=FiniteFloat(), default=1.0, show_default=True, help='Truncation psi (seeds only)')
-@click.option('--trunc-cutoff', 'truncation_cutoff', type=int, default=None, help='Truncate only the first N ws (seeds only)')
+@click.option('--trunc-cutoff', 'truncation_cutoff', type=click.IntRange(min=0), default=None,
+              help='Truncate only the first N ws (seeds only)')
 @click.option('--sample-mult', type=click.IntRange(min=1), default=2, show_default=True, help='Multiply the samples per ray')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)
 @click.option('--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N')

@@ -12,8 +12,8 @@ import torch
 
 from training import checkpoint
 from training.camera_utils import frontal_camera
-from training.cli import (DEFAULT_DEVICE, Command, Device, FiniteFloat, load_generator_and_discriminator, make_outdir,
-                          parse_pose)
+from training.cli import (DEFAULT_DEVICE, SEED_RANGE, Command, Device, FiniteFloat, load_generator_and_discriminator,
+                          make_outdir, parse_pose, require_shape_memory)
 from training.dataset import PortraitDataset, stem
 from training.images import to_uint8
 from training.inversion import InversionConfig, optimize_latent, prepare_target, render, tune_generator
@@ -115,7 +115,8 @@ def _save_image(path: str, images: list) -> None:
 @click.option('--frames', type=click.IntRange(min=2), default=120, show_default=True, help='Frames of the video')
 @click.option('--mesh/--no-mesh', default=True, show_default=True, help='Write a posed mesh of each result')
 @click.option('--shape-res', type=click.IntRange(min=8), default=128, show_default=True, help='Mesh grid size per axis')
-@click.option('--seed', type=int, default=0, show_default=True, help='Seed of the latent noise and the locality latents')
+@click.option('--seed', type=SEED_RANGE, default=0, show_default=True,
+              help='Seed of the latent noise and the locality latents')
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)
 @click.option('--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N')
 @click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
@@ -135,6 +136,8 @@ def main(network, image_path, mask_path, camera, pose, pose_kwargs, refine_pose,
     running stage and writes what it reached.
     """
     given_pose = parse_pose(pose, device)
+    if mesh:
+        require_shape_memory(shape_res, '--shape-res', device)
     path, G, D = load_generator_and_discriminator(network, device, trust_pickle,
                                                   'inversion (D predicts the pose and gives the perceptual loss)')
     names, photos, masks, cameras = read_inputs(image_path, mask_path, camera, G.img_resolution, device)

@@ -41,7 +41,7 @@ from training.dataset import DatasetError, PortraitDataset
 from training.decoder import ACTIVATIONS as DECODER_ACTIVATIONS
 from training.loss import REG_TYPES
 from training.synthetic import default_synthetic_paths, ensure_synthetic_dataset
-from training.triplane import SR_MODULES
+from training.triplane import SR_MODULES, build_body_model
 
 # train.py option -> TriPlaneGenerator argument (the preset's "generator" section).
 GENERATOR_OPTIONS = {
@@ -181,6 +181,14 @@ def _launch(config: TrainingConfig, run_dir: str) -> None:
                                        f'(its message is above)') from None
 
 
+def _check_body_model(config: TrainingConfig) -> None:
+    """Load the body model once before anything is written, so that a missing or unreadable one is a one-line error."""
+    try:
+        build_body_model(config.generator['body_model'], config.generator['box_warp'])
+    except (ValueError, OSError) as err:
+        raise click.BadParameter(str(err).splitlines()[0], param_hint='--body_model') from None
+
+
 @click.command(cls=Command, context_settings=dict(max_content_width=120))
 # Run.
 @click.option('--outdir', default='runs', show_default=True, type=click.Path(file_okay=False), help='Where to make the run directory')
@@ -292,6 +300,7 @@ def main(outdir, cfg, gpus, dry_run, resume, resume_kimg, resume_blur, cbase, cm
     if dry_run:
         print(config.to_json())
         return
+    _check_body_model(config)
     if config.resume is not None and config.resume_state is None:
         _check_stage_snapshot(config)
 

@@ -142,3 +142,50 @@ def test_commands_take_long_options_in_both_spellings(tmp_path):
     (tmp_path / 'volumes').mkdir()
     result = runner.invoke(extract_shapes.main, ['--mrc_dir', str(tmp_path / 'volumes'), '--outdir', str(tmp_path / 'out')])
     assert result.exit_code == 1 and 'no .mrc files' in result.output, result.output
+
+
+def test_seed_lists_are_bounded_before_they_are_expanded():
+    from training.cli import MAX_SEEDS, parse_seeds
+    assert parse_seeds('0,2,5-7') == [0, 2, 5, 6, 7] and parse_seeds([3, 1]) == [3, 1]
+    for text in ('0-99999999999', '5-2', '1,,2', '-1', str(2 ** 32)):
+        with pytest.raises(click.BadParameter, match='expected seeds like 0,2,5-9'):
+            parse_seeds(text)
+    with pytest.raises(click.BadParameter, match=f'names {MAX_SEEDS + 1} seeds; at most {MAX_SEEDS}'):
+        parse_seeds(f'0-{MAX_SEEDS}')
+
+
+@pytest.mark.parametrize('tool, args, option', [
+    (gen_samples.main, ['--cfg', 'cpu-small', '--trunc-cutoff', '-1'], '--trunc-cutoff'),
+    (gen_samples.main, ['--cfg', 'cpu-small', '--seeds_num', '2', '--seeds-seed', '-1'], '--seeds-seed'),
+    (gen_samples.main, ['--cfg', 'cpu-small', '--init-seed', str(10 ** 23)], '--init-seed'),
+    (gen_samples.main, ['--cfg', 'cpu-small', '--seeds_num', '3000000000'], '--seeds_num'),
+    (gen_videos.main, ['--network', 'x.pt', '--trunc-cutoff', '-1'], '--trunc-cutoff'),
+    (extract_shapes.main, ['--network', 'x.pt', '--trunc-cutoff', '-1'], '--trunc-cutoff'),
+])
+def test_out_of_range_integers_are_usage_errors(tool, args, option, tmp_path):
+    result = CliRunner().invoke(tool, [*args, '--outdir', str(tmp_path / 'out')])
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output, result.output
+
+
+def test_a_rendering_resolution_above_the_output_is_refused_before_training(tmp_path):
+    result = CliRunner().invoke(train.main, ['--cfg', 'cpu-small', '--neural_rendering_resolution_initial', '100000',
+                                             '--outdir', str(tmp_path / 'runs'), '--dry-run'])
+    assert result.exit_code == 2 and 'rays per image side cannot exceed the output resolution 64' in result.output
+
+
+def test_a_missing_body_model_is_refused_before_the_run_directory_exists(tmp_path):
+    result = CliRunner().invoke(train.main, ['--cfg', 'cpu-small', '--body_model', str(tmp_path / 'missing.pkl'),
+                                             '--outdir', str(tmp_path / 'runs')])
+    assert result.exit_code == 2 and "Invalid value for --body_model: SMPL model not found" in result.output
+    assert not (tmp_path / 'runs').exists()
+
+
+def test_an_image_too_large_to_decode_is_a_one_line_error(tmp_path, monkeypatch):
+    import PIL.Image
+
+    from training.photos import read_photo
+    path = str(tmp_path / 'big.png')
+    PIL.Image.new('RGB', (8, 8)).save(path)
+    monkeypatch.setattr(PIL.Image, 'MAX_IMAGE_PIXELS', 10)  # 64 pixels is then a decompression bomb
+    with pytest.raises(ValueError, match='big.png: cannot read the image'):
+        read_photo(path, 'RGB', 8)

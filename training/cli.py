@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 import tempfile
 
 import click
@@ -189,15 +190,29 @@ def parse_pose(text: str | None, device: torch.device) -> torch.Tensor | None:
     return torch.tensor([values], device=device)
 
 
+MAX_SEEDS = 1_000_000  # more images than any tool or metric here needs; keeps a typo from filling the memory
+SEED_RANGE = click.IntRange(0, 2 ** 32 - 1)  # what numpy's RandomState and torch's generators take
+
+
 def parse_seeds(text: str) -> list:
-    """'0,2,5-9' -> [0, 2, 5, 6, 7, 8, 9], as a click error for anything else."""
-    try:
-        seeds = dnnlib.util.parse_range(text) if isinstance(text, str) else list(text)
-    except ValueError:
-        seeds = None
-    if not seeds or any(s < 0 or s >= 2 ** 32 for s in seeds):
+    """'0,2,5-9' -> [0, 2, 5, 6, 7, 8, 9], as a click error for anything else. Seeds are in 0 .. 2^32-1, at
+    most MAX_SEEDS of them; ranges are checked before they are expanded."""
+    if not isinstance(text, str):
+        text = ','.join(str(seed) for seed in text)
+    bounds = []
+    for part in text.split(','):
+        match = re.fullmatch(r'\s*(\d+)\s*(?:-\s*(\d+)\s*)?', part)
+        if match is None:
+            bounds = None
+            break
+        first = int(match.group(1))
+        bounds.append((first, int(match.group(2)) if match.group(2) else first))
+    if not bounds or any(last < first or last >= 2 ** 32 for first, last in bounds):
         raise click.BadParameter(f'{text!r}: expected seeds like 0,2,5-9 (integers in 0 .. 2^32-1)', param_hint='--seeds')
-    return seeds
+    count = sum(last - first + 1 for first, last in bounds)
+    if count > MAX_SEEDS:
+        raise click.BadParameter(f'{text!r} names {count} seeds; at most {MAX_SEEDS} at a time', param_hint='--seeds')
+    return [seed for first, last in bounds for seed in range(first, last + 1)]
 
 
 def option_given(name: str) -> bool:

@@ -248,6 +248,11 @@ class TrainingConfig:
              f'--neural_rendering_resolution_initial must be positive, got {self.neural_rendering_resolution_initial}')
         need(self.neural_rendering_resolution_final is None or self.neural_rendering_resolution_final >= 1,
              f'--neural_rendering_resolution_final must be positive, got {self.neural_rendering_resolution_final}')
+        output = self.generator.get('img_resolution')
+        for name in ('neural_rendering_resolution_initial', 'neural_rendering_resolution_final'):
+            value = getattr(self, name)
+            need(value is None or not isinstance(output, int) or value <= output,
+                 f'--{name} {value}: rays per image side cannot exceed the output resolution {output}')
         need(len(self.snapshot_grid) == 2 and all(isinstance(n, int) and n >= 1 for n in self.snapshot_grid)
              and self.snapshot_grid[0] % 2 == 0,
              f'snapshot_grid {self.snapshot_grid}: expected [columns, rows] with an even number of columns '

@@ -22,7 +22,7 @@ def read_photo(path: str, mode: str, resolution: int) -> torch.Tensor:
     try:
         with PIL.Image.open(path) as image:
             array = np.asarray(image.convert(mode), dtype=np.float32)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, PIL.Image.DecompressionBombError) as err:
         raise ValueError(f'{path}: cannot read the image ({err})') from None
     if array.shape[0] != array.shape[1]:
         raise ValueError(f'{path}: the image is {array.shape[1]}x{array.shape[0]}, expected an aligned square crop')
