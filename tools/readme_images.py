@@ -24,9 +24,8 @@ import trimesh
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from gen_samples import VIEWS  # noqa: E402
+from training.camera_utils import VIEWS, camera_label, orbit_camera  # noqa: E402
 from training.cli import parse_seeds  # noqa: E402
-from training.camera_utils import camera_label, orbit_camera  # noqa: E402
 from training.mesh_renderer import MeshRenderer  # noqa: E402
 from training.shapes import DEFAULT_LEVEL  # noqa: E402
 

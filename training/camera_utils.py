@@ -155,6 +155,9 @@ def camera_yaw(c: torch.Tensor) -> torch.Tensor:
     return torch.atan2(c[:, 3], c[:, 11])
 
 
+VIEWS = {'back': -math.pi / 2, 'side': 0.0, 'front': math.pi / 2}  # named views: the orbit camera's horizontal angle
+
+
 def frontal_camera(batch: int = 1, device=None, focal: float = FOCAL) -> torch.Tensor:
     """The average (frontal) conditioning camera: at (0, 0, RADIUS), looking at PIVOT.
 
