@@ -43,8 +43,9 @@ def parse_camera(text: str, device: torch.device) -> torch.Tensor:
     return torch.tensor([values], dtype=torch.float32, device=device)
 
 
-def read_inputs(image: str, mask: str | None, camera: str | None, resolution: int, device: torch.device) -> tuple:
-    """The photos to invert -> (names, photos [N, 3, R, R] in [-1, 1], masks [N, 1, R, R] in [0, 1], cameras [N, 25]).
+def read_inputs(image: str, mask: str | None, camera: str | None, resolution: int) -> tuple:
+    """The photos to invert, on the CPU -> (names, photos [N, 3, R, R] in [-1, 1], masks [N, 1, R, R] in [0, 1],
+    cameras [N, 25]).
 
     image: one image file (with --mask FILE and --camera), a folder in the layout of the published
     data-processing pipeline (aligned_images/, mask/, result.json), or a data set of this project
@@ -140,7 +141,7 @@ def main(network, image_path, mask_path, camera, pose, pose_kwargs, refine_pose,
         require_shape_memory(shape_res, '--shape-res', device)
     path, G, D = load_generator_and_discriminator(network, device, trust_pickle,
                                                   'inversion (D predicts the pose and gives the perceptual loss)')
-    names, photos, masks, cameras = read_inputs(image_path, mask_path, camera, G.img_resolution, device)
+    names, photos, masks, cameras = read_inputs(image_path, mask_path, camera, G.img_resolution)
     photos, masks, cameras = photos.to(device), masks.to(device), cameras.to(device)
     if given_pose is not None:
         poses = given_pose.expand(len(names), -1)
@@ -159,7 +160,6 @@ def main(network, image_path, mask_path, camera, pose, pose_kwargs, refine_pose,
         folder = make_outdir(os.path.join(outdir, stem(name)))
         click.echo(f'{name}:')
         target = prepare_target(G, photo, mask)
-        torch.manual_seed(seed)
         latent = optimize_latent(G, D, target, c, p, config, seed=seed)
         save_latent(os.path.join(folder, 'latent.npz'), latent.ws, latent.pose, c)
         losses = {'w': latent.losses}

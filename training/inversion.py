@@ -114,13 +114,6 @@ def perceptual_distance(D: torch.nn.Module, a: dict, b: dict) -> torch.Tensor:
     return torch.stack(distances).mean(dim=0)
 
 
-def _masked(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """image [B, C, H, W], mask [1 or B, 1, h, w] -> the image with everything outside the mask set to 0 (grey)."""
-    if mask.shape[-1] != image.shape[-1]:
-        mask = resize_image(mask, image.shape[-1])
-    return image * mask
-
-
 def reconstruction_loss(out: dict, target: Target, D: torch.nn.Module | None, config: InversionConfig) -> tuple:
     """The masked loss of one render against a target.
 
@@ -128,15 +121,16 @@ def reconstruction_loss(out: dict, target: Target, D: torch.nn.Module | None, co
       (total [] with gradients, {'total', 'pixel', 'mask', 'perceptual'} as floats)
     The perceptual term needs D; without it, it is 0.
     """
-    pixel = (_masked(out['image'] - target.image, target.mask).square().mean()
-             + _masked(out['image_raw'] - target.image_raw, target.mask_raw).square().mean())
-    mask = (out['image_mask'] - target.alpha).square().mean()
+    # Outside the masks both sides are 0 (grey), so only the person counts.
+    fake = {'image': out['image'] * target.mask, 'image_raw': out['image_raw'] * target.mask_raw,
+            'image_mask': out['image_mask']}
+    real = {'image': target.image * target.mask, 'image_raw': target.image_raw * target.mask_raw,
+            'image_mask': target.alpha}
+    pixel = ((fake['image'] - real['image']).square().mean()
+             + (fake['image_raw'] - real['image_raw']).square().mean())
+    mask = (fake['image_mask'] - real['image_mask']).square().mean()
     perceptual = torch.zeros([], device=pixel.device)
     if D is not None and config.perceptual_weight > 0:
-        fake = {'image': _masked(out['image'], target.mask), 'image_raw': _masked(out['image_raw'], target.mask_raw),
-                'image_mask': out['image_mask']}
-        real = {'image': _masked(target.image, target.mask), 'image_raw': _masked(target.image_raw, target.mask_raw),
-                'image_mask': target.alpha}
         perceptual = perceptual_distance(D, fake, real).mean()
     total = config.pixel_weight * pixel + config.mask_weight * mask + config.perceptual_weight * perceptual
     parts = {name: float(value.detach()) for name, value in
