@@ -152,25 +152,26 @@ def load_generator(network: str | None, cfg: str | None, init_seed: int, device:
             return build_generator(load_preset(cfg)).eval().requires_grad_(False).to(device)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint='--cfg') from None
-    path, modules = load_networks(network, device, trust_pickle)
-    try:
-        generator = checkpoint.snapshot_networks(modules, path)[0]
-    except checkpoint.CheckpointError as err:
-        raise click.ClickException(str(err)) from None
+    generator = _snapshot_networks(network, device, trust_pickle)[1]
     if generator is None:
         raise click.ClickException(f'{network}: the checkpoint holds no generator (G_ema or G)')
     return generator.eval().requires_grad_(False)
+
+
+def _snapshot_networks(network: str, device: torch.device, trust_pickle: bool) -> tuple:
+    """-> (snapshot path, G_ema else G or None, D_ema else D or None) of a checkpoint, as click errors."""
+    path, modules = load_networks(network, device, trust_pickle)
+    try:
+        return (path, *checkpoint.snapshot_networks(modules, path))
+    except checkpoint.CheckpointError as err:
+        raise click.ClickException(str(err)) from None
 
 
 def load_generator_and_discriminator(network: str, device: torch.device, trust_pickle: bool, needed_for: str) -> tuple:
     """G_ema (else G) and D_ema (else D) of a checkpoint, in eval mode without gradients -> (snapshot path, G, D).
 
     needed_for: what the caller needs D for, named in the error when the checkpoint lacks one."""
-    path, modules = load_networks(network, device, trust_pickle)
-    try:
-        G, D = checkpoint.snapshot_networks(modules, path)
-    except checkpoint.CheckpointError as err:
-        raise click.ClickException(str(err)) from None
+    path, G, D = _snapshot_networks(network, device, trust_pickle)
     if G is None or D is None:
         raise click.ClickException(f'{network}: {needed_for} needs a checkpoint with a generator and a discriminator '
                                    f'(D_ema or D)')
