@@ -13,14 +13,14 @@ import tempfile
 import click
 import torch
 
-import dnnlib
 from metrics import metric_main, metric_utils
 from metrics.detector import DEFAULT_DETECTOR, DetectorError
 from metrics.names import METRIC_POSE_SAMPLE_MODES, expected_metrics, is_valid_metric
 from training import checkpoint
-from training.cli import Command, resolve_network
+from training.cli import Command, load_snapshot
 from training.dataset import DatasetError
-from training.pose_prediction import load_pose_predict_kwargs, pose_predict_kwargs_for
+from training.pose_prediction import load_pose_predict_kwargs
+from training.run_files import pose_predict_kwargs_for
 
 
 def _is_torchrun() -> bool:
@@ -33,20 +33,6 @@ def _parse_metrics(ctx, param, value):
     if not names or unknown:
         raise click.BadParameter(f'unknown metric {", ".join(unknown) or repr(value)}; expected {expected_metrics()}')
     return names
-
-
-def load_snapshot(network: str, device: torch.device, trust_pickle: bool = False) -> tuple:
-    """-> (snapshot path, G_ema, D (D_ema where present), training_set_kwargs or None), as click errors."""
-    try:
-        path = dnnlib.util.open_url(resolve_network(network), return_filename=True)
-        modules = checkpoint.load_any(path, device=device, trust_pickle=trust_pickle)
-        G, D = checkpoint.snapshot_networks(modules, path)
-    except (OSError, ValueError, checkpoint.CheckpointError) as err:
-        raise click.ClickException(str(err)) from None
-    if G is None:
-        raise click.ClickException(f'{network}: the checkpoint holds no generator (G_ema or G)')
-    return path, G.eval().requires_grad_(False), None if D is None else D.eval().requires_grad_(False), \
-        modules.get('training_set_kwargs')
 
 
 def _evaluate(rank: int, world_size: int, args: dict, init_file: str | None) -> None:
@@ -62,7 +48,10 @@ def _evaluate(rank: int, world_size: int, args: dict, init_file: str | None) -> 
         init_method = 'env://' if init_file is None else f'file://{init_file}'
         torch.distributed.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
     try:
-        path, G, D, training_set_kwargs = load_snapshot(args['network'], device, args['trust_pickle'])
+        path, G, D, contents = load_snapshot(args['network'], device, args['trust_pickle'])
+        if G is None:
+            raise click.ClickException(f'{args["network"]}: the checkpoint holds no generator (G_ema or G)')
+        training_set_kwargs = contents.get('training_set_kwargs')
         if args['data'] is not None:
             dataset_kwargs = dict(path=args['data'], seg_path=args['seg_data'])
         elif training_set_kwargs is not None:

@@ -20,7 +20,8 @@ from training.dataset import stem
 from training.d_input import resize_image
 from training.images import depth_to_uint8, to_uint8
 from training.photos import read_pose_folder
-from training.pose_prediction import load_pose_predict_kwargs, pose_predict_kwargs_for, predict_real_poses
+from training.run_files import pose_predict_kwargs_for
+from training.pose_prediction import load_pose_predict_kwargs, predict_real_poses
 from training.shapes import DEFAULT_LEVEL, extract_shape, save_shape
 
 

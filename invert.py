@@ -20,7 +20,8 @@ from training.inversion import InversionConfig, optimize_latent, prepare_target,
 from training.latent_file import save_latent
 from training.d_input import resize_image
 from training.photos import read_photo, read_pose_folder
-from training.pose_prediction import load_pose_predict_kwargs, pose_predict_kwargs_for, predict_real_poses
+from training.run_files import pose_predict_kwargs_for
+from training.pose_prediction import load_pose_predict_kwargs, predict_real_poses
 from training.shapes import DEFAULT_LEVEL, extract_shape, pose_vertices, save_shape
 from training.video import write_video
 

@@ -34,7 +34,7 @@ import torch
 
 import dnnlib
 from metrics.names import METRIC_POSE_SAMPLE_MODES
-from training import checkpoint, presets
+from training import checkpoint, presets, run_files
 from training.cli import Command, FiniteFloat, make_outdir
 from training.config import ARCHITECTURE_FIELDS, DEVICES, ConfigError, TrainingConfig
 from training.dataset import DatasetError, PortraitDataset
@@ -78,39 +78,24 @@ def _resolve_device(name: str, gpus: int) -> str:
 
 def _find_resume_state(resume: str) -> str:
     """The resume state that `--resume` names: a run directory's newest, the state itself, or a snapshot's."""
-    from training.training_loop import latest_resume_state
     if os.path.isdir(resume):
         # The run being continued is over: files it was writing when it was killed are incomplete.
         for path in checkpoint.remove_unfinished_writes(resume):
             print(f'removed {path}, an unfinished write of the interrupted run')
-        path = latest_resume_state(resume)
-        if path is None:
-            raise click.BadParameter(f'{resume} holds no resume-state-*.pt (no network snapshot was completed)',
-                                     param_hint='--resume')
-        return path
-    name = os.path.basename(resume)
-    if name.startswith('resume-state-'):
-        return resume
-    if name.startswith('network-snapshot-'):
-        kimg = os.path.splitext(name)[0][len('network-snapshot-'):]
-        path = os.path.join(os.path.dirname(resume), f'resume-state-{kimg}.pt')
-        if os.path.isfile(path):
-            return path
-    raise click.BadParameter(f'{resume} has no resume state beside it (only the newest snapshot of a run keeps '
-                             f'one); to start a new training stage from its networks, add --resume_kimg',
-                             param_hint='--resume')
+    try:
+        return run_files.find_resume_state(resume)
+    except checkpoint.CheckpointError as err:
+        raise click.BadParameter(str(err), param_hint='--resume') from None
 
 
 def _continued_config(resume_state: str, cfg_given: bool, overrides: dict, generator: dict) -> TrainingConfig:
     """The stored options of the run being continued, with the options given on this command line."""
-    from training.checkpoint import CheckpointError
-    from training.training_loop import load_resume_state
     if cfg_given:
         raise click.UsageError('--cfg cannot be combined with --resume without --resume_kimg: a continued run '
                                'keeps its preset (add --resume_kimg to start a new stage instead)')
     try:
-        state = load_resume_state(resume_state, mmap=True)
-    except CheckpointError as err:
+        state = run_files.load_resume_state(resume_state, mmap=True)
+    except checkpoint.CheckpointError as err:
         raise click.BadParameter(str(err), param_hint='--resume') from None
     stored = TrainingConfig.from_json(state['config_json'], source=resume_state)
     config = stored.replace(generator={**stored.generator, **generator} if generator else None, **overrides)
@@ -326,7 +311,7 @@ def _check_stage_snapshot(config: TrainingConfig) -> None:
     from training.training_loop import build_networks
     try:
         snapshot = checkpoint.load_any(config.resume, trust_pickle=config.trust_pickle)
-        stored = checkpoint.snapshot_networks(snapshot, config.resume)
+        stored = run_files.snapshot_networks(snapshot, config.resume)
         configured = build_networks(config, torch.device('cpu'))
     except checkpoint.CheckpointError as err:
         raise click.BadParameter(str(err), param_hint='--resume') from None
@@ -353,15 +338,10 @@ def _new_config(cfg: str, options: dict, generator: dict, resume: str | None, re
     if options['data'] is None:
         options['data'], options['seg_data'] = default_synthetic_paths(resolution=preset['generator']['img_resolution'])
     if resume is not None:
-        if os.path.isdir(resume):
-            from training.training_loop import latest_network_snapshot
-            snapshot = latest_network_snapshot(resume)
-            if snapshot is None:
-                raise click.BadParameter(f'{resume} holds no network-snapshot-*.pt or .pkl', param_hint='--resume')
-            resume = snapshot
-        elif os.path.basename(resume).startswith('resume-state-'):
-            raise click.BadParameter(f'{resume}: a new stage starts from a network snapshot (network-snapshot-*.pkl '
-                                     f'or .pt), not from a resume state', param_hint='--resume')
+        try:
+            resume = run_files.stage_start_snapshot(resume)
+        except checkpoint.CheckpointError as err:
+            raise click.BadParameter(str(err), param_hint='--resume') from None
         # A new stage: the EMA keeps its full half-life and, unless --resume_blur, the
         # early-training schedules (blur, GPC fade) stay off (docs/method.md §9.5).
         options.update(resume=resume, stage_start_kimg=resume_kimg)

@@ -26,12 +26,13 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from training import checkpoint
+from training import checkpoint, run_files
 from training.camera_utils import PIVOT
 from training.images import to_uint8
 from training.inversion import InversionConfig, optimize_latent, prepare_target, render, tune_generator
 from training.d_input import resize_image
-from training.pose_prediction import load_pose_predict_kwargs, pose_errors, pose_predict_kwargs_for, predict_real_poses
+from training.run_files import pose_predict_kwargs_for
+from training.pose_prediction import load_pose_predict_kwargs, pose_errors, predict_real_poses
 from training.synthetic import PortraitPainter, Scene, sample_scene
 
 VIEWS = {'input': 0.0, '+45': 45.0, '-45': -45.0, '+90': 90.0, '-90': -90.0, '180': 180.0}  # name -> yaw offset, degrees
@@ -176,7 +177,7 @@ def markdown_table(means: dict, w_plus: bool) -> str:
 def load_snapshot(parser: argparse.ArgumentParser, path: str, given_pose: bool, device: torch.device) -> tuple:
     """-> (G, D, pose_predict_kwargs or None with given_pose), in eval mode; every problem a one-line parser error."""
     try:
-        G, D = checkpoint.snapshot_networks(checkpoint.load_any(path, device=device), path)
+        G, D = run_files.snapshot_networks(checkpoint.load_any(path, device=device), path)
     except (OSError, ValueError, checkpoint.CheckpointError) as err:
         parser.error(str(err))
     if G is None:

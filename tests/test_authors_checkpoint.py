@@ -27,7 +27,8 @@ from torch_utils import persistence
 from training import authors_checkpoint, checkpoint, safe_pickle
 from training.camera_utils import camera_label, orbit_camera
 from training.dual_discriminator import PoseAwareDualDiscriminator
-from training.pose_prediction import load_pose_predict_kwargs, pose_predict_kwargs_for
+from training.pose_prediction import load_pose_predict_kwargs
+from training.run_files import pose_predict_kwargs_for
 from training.triplane import TriPlaneGenerator
 
 S = 128  # output resolution: the smallest of the published super-resolution heads (2X, from 64 px)

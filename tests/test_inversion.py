@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 import invert
-from training import checkpoint
+from training import checkpoint, run_files
 from training.camera_utils import camera_label, frontal_camera, orbit_camera
 from training.inversion import (InversionConfig, optimize_latent, perceptual_distance, psnr, render, render_target,
                                 tune_generator)
@@ -26,7 +26,7 @@ def networks(tmp_path_factory):
     from tests.tiny_run import write_tiny_snapshot
     run_dir = write_tiny_snapshot(str(tmp_path_factory.mktemp('tiny')))[0]
     path = os.path.join(run_dir, 'network-snapshot-000000.pt')
-    G, D = checkpoint.snapshot_networks(checkpoint.load_any(path), path)
+    G, D = run_files.snapshot_networks(checkpoint.load_any(path), path)
     return run_dir, G.eval().requires_grad_(False), D.eval().requires_grad_(False)
 
 
@@ -116,7 +116,7 @@ def test_invert_writes_every_output_and_they_load_in_the_other_tools(networks, t
     latent = load_latent(str(folder / 'latent.npz'), G, torch.device('cpu'))
     assert torch.allclose(latent['camera'], _camera(), atol=1e-5)
     tuned_path = str(folder / 'G_tuned.pt')
-    tuned = checkpoint.snapshot_networks(checkpoint.load_any(tuned_path), tuned_path)[0]
+    tuned = run_files.snapshot_networks(checkpoint.load_any(tuned_path), tuned_path)[0]
     assert tuned.neural_rendering_resolution == G.neural_rendering_resolution
     assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), G.state_dict().values()))
 

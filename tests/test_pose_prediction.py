@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from training.pose_prediction import (load_pose_predict_kwargs, pose_errors, pose_predict_kwargs_for,
-                                      predict_real_poses, rotation_angle_error)
+from training.pose_prediction import load_pose_predict_kwargs, pose_errors, predict_real_poses, rotation_angle_error
+from training.run_files import pose_predict_kwargs_for
 
 
 def test_rotation_angle_error_matches_scipy():

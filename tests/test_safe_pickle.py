@@ -17,7 +17,7 @@ import extract_shapes
 import gen_samples
 import gen_videos
 from tests.tiny_run import write_tiny_snapshot
-from training import checkpoint, cli, safe_pickle
+from training import checkpoint, run_files, safe_pickle
 from training.camera_utils import frontal_camera
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,7 +123,7 @@ def test_trust_pickle_loads_by_running_the_code(run_dir, tmp_path):
 
 
 def test_run_directory_resolves_to_the_weights_file(run_dir):
-    assert cli.resolve_network(run_dir) == os.path.join(run_dir, 'network-snapshot-000000.pt')
+    assert run_files.resolve_network(run_dir) == os.path.join(run_dir, 'network-snapshot-000000.pt')
 
 
 def test_a_pickle_named_pt_is_not_unpickled(tmp_path):

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import train
 from training.config import ConfigError, TrainingConfig
 from training.presets import load_preset
-from training.training_loop import RESUME_FORMAT, RESUME_VERSION
+from training.run_files import RESUME_FORMAT, RESUME_VERSION
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # training_options.json of a stage-2 full-head run (8 GPUs, batch 64, density regularization,

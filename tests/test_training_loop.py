@@ -44,7 +44,7 @@ def _run(config: TrainingConfig, run_dir: str) -> dict:
 
 
 def _resume_state(run_dir: str) -> dict:
-    from training.training_loop import latest_resume_state, load_resume_state
+    from training.run_files import latest_resume_state, load_resume_state
     path = latest_resume_state(run_dir)
     assert path is not None, f'no resume state in {run_dir}: {os.listdir(run_dir)}'
     return load_resume_state(path)
@@ -96,7 +96,7 @@ def test_continued_run_equals_uninterrupted_run(tiny, tmp_path):
 
     # Continue to the straight run's end. batch_idx 1 is not a Dreg iteration (interval 2): a
     # counter restarted at 0 would add an R1 step and change the networks.
-    from training.training_loop import latest_resume_state
+    from training.run_files import latest_resume_state
     _run(config.replace(kimg=3 * BATCH / 1000, resume_state=latest_resume_state(first)), second)
     assert _stats(second)[0]['Progress/kimg']['mean'] == pytest.approx(2 * BATCH / 1000)
     expected, continued = _resume_state(straight), _resume_state(second)
@@ -120,7 +120,7 @@ written = []
 
 def save_then_die(obj, file, *args, **kwargs):
     # The second resume state dies half written, as under SIGKILL or a power cut.
-    if isinstance(obj, dict) and obj.get('format') == loop.RESUME_FORMAT:
+    if isinstance(obj, dict) and obj.get('format') == run_files.RESUME_FORMAT:
         written.append(obj['progress']['cur_nimg'])
         if len(written) == 2:
             file.write(b'PK\x03\x04 half of a resume state')
@@ -353,7 +353,8 @@ def test_torchrun_two_processes_hold_identical_parameters(tiny, tmp_path):
 def test_an_image_that_does_not_decode_stops_with_a_final_snapshot(tiny, tmp_path):
     # A member of the images zip is truncated; the data loader's worker meets it during the first pass.
     from training.dataset import PortraitDataset
-    from training.training_loop import TrainingDataError, latest_network_snapshot, latest_resume_state
+    from training.run_files import latest_network_snapshot, latest_resume_state
+    from training.training_loop import TrainingDataError
     _, config = tiny
     # An image that the image snapshots' fixed real batch (drawn as _SnapshotGrid does) leaves out,
     # so that training meets it, not the set-up before it.

@@ -7,7 +7,7 @@ rebuilds its generators and discriminators as this project's networks (training.
 and writes them with training.checkpoint.save_weights: a file that loads with
 `torch.load(weights_only=True)` through `checkpoint.load_weights`, or wherever a snapshot is
 accepted. The pose-prediction settings in the .json beside IN (same stem) are copied beside OUT,
-where the tools look for them (training.pose_prediction.pose_predict_kwargs_for).
+where the tools look for them (training.run_files.pose_predict_kwargs_for).
 
 The generators deform an SMPL body read from the user's SMPL_NEUTRAL.pkl: --smpl PATH, by
 default body_models/smpl/SMPL_NEUTRAL.pkl. The weights file records that choice, so loading it

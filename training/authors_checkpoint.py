@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
 
-from training import checkpoint, pose_prediction, safe_pickle
+from training import checkpoint, pose_prediction, run_files, safe_pickle
 from training.body import smpl_pickle
 from training.dual_discriminator import PoseAwareDualDiscriminator
 from training.safe_pickle import ConversionError, InertObject, PersistentRecord, UnsafePickleError
@@ -476,7 +476,7 @@ def convert_checkpoint(in_path: str, out_path: str, smpl_path: Optional[str] = N
         extra['neural_rendering_resolution'] = generator.neural_rendering_resolution
     if isinstance(data.get('training_set_kwargs'), dict):
         extra['training_set_kwargs'] = dict(data['training_set_kwargs'])
-    settings_path = pose_prediction.pose_predict_kwargs_for(in_path)
+    settings_path = run_files.pose_predict_kwargs_for(in_path)
     settings = None
     if os.path.isfile(settings_path):
         try:
@@ -489,7 +489,7 @@ def convert_checkpoint(in_path: str, out_path: str, smpl_path: Optional[str] = N
         raise checkpoint.CheckpointError(f'{out_path}: not written: {error}') from None
     if settings is None:
         return out_path, None
-    json_path = pose_prediction.pose_predict_kwargs_for(out_path)
+    json_path = run_files.pose_predict_kwargs_for(out_path)
     text = json.dumps(settings, indent=2) + '\n'
     checkpoint.atomic_write(json_path, lambda file: file.write(text.encode()))
     return out_path, json_path

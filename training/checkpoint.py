@@ -301,27 +301,6 @@ def load_weights(path: str, device: Any = 'cpu') -> Dict[str, Any]:
     return result
 
 
-# ------------------------------------------------------------------------------------------------
-
-def snapshot_networks(modules: Dict[str, Any], path: str) -> tuple:
-    """The networks to use from a loaded snapshot -> (G_ema else G, D_ema else D), each None where absent.
-
-    Raises CheckpointError when the entry there is not this project's generator or discriminator.
-    """
-    from training.dual_discriminator import PoseAwareDualDiscriminator
-    from training.triplane import TriPlaneGenerator
-    picked = []
-    for names, cls, role in ((('G_ema', 'G'), TriPlaneGenerator, 'generator'),
-                             (('D_ema', 'D'), PoseAwareDualDiscriminator, 'discriminator')):
-        key = next((name for name in names if modules.get(name) is not None), None)
-        network = None if key is None else modules[key]
-        if network is not None and not isinstance(network, cls):
-            raise CheckpointError(f'{path}: its {key} is a {type(network).__name__}, not a {role} of this project '
-                                  f'({cls.__name__}); the file is not a snapshot of this project\'s networks')
-        picked.append(network)
-    return tuple(picked)
-
-
 def load_any(path: str, device: Any = 'cpu', trust_pickle: bool = False) -> Dict[str, Any]:
     """Load a network pickle or a weights file, told apart by content; returns the dict of modules and metadata.
 

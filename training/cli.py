@@ -10,10 +10,9 @@ import psutil
 import torch
 
 import dnnlib
-from training import checkpoint
+from training import checkpoint, run_files
 from training.latent_file import load_latent
 from training.presets import load_preset
-from training.training_loop import latest_network_snapshot
 from training.triplane import build_generator
 
 DEFAULT_DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -117,28 +116,20 @@ def make_outdir(path: str, option: str = '--outdir') -> str:
     return path
 
 
-def resolve_network(network: str) -> str:
-    """A checkpoint path or URL as given; a run directory -> its latest network snapshot; a folder of run
-    directories (a training --outdir) -> the latest snapshot of its newest run."""
-    if not os.path.isdir(network):
-        return network
-    runs = [network] + sorted((os.path.join(network, name) for name in os.listdir(network)), reverse=True)
-    for run_dir in runs:
-        if os.path.isdir(run_dir) and (snapshot := latest_network_snapshot(run_dir)) is not None:
-            return snapshot
-    raise click.BadParameter(f'{network}: no network-snapshot-*.pkl in this folder or its run directories',
-                             param_hint='--network')
-
-
-def load_networks(network: str, device: torch.device, trust_pickle: bool = False) -> tuple:
-    """A checkpoint of either format (path, URL or run directory) -> (snapshot path, dict of its modules).
+def load_snapshot(network: str, device: torch.device, trust_pickle: bool = False) -> tuple:
+    """--network (a file, URL, run directory or training outdir: run_files.resolve_network) -> (snapshot path,
+    G_ema else G, D_ema else D, dict of everything the file holds), as click errors. The networks are in eval
+    mode without gradients, None where the file has none.
 
     trust_pickle: unpickle a network pickle by running its code (see checkpoint.load_network_pickle)."""
     try:
-        path = dnnlib.util.open_url(resolve_network(network), return_filename=True)
-        return path, checkpoint.load_any(path, device=device, trust_pickle=trust_pickle)
+        path = dnnlib.util.open_url(run_files.resolve_network(network), return_filename=True)
+        contents = checkpoint.load_any(path, device=device, trust_pickle=trust_pickle)
+        networks = run_files.snapshot_networks(contents, path)
     except (OSError, ValueError, checkpoint.CheckpointError) as err:
         raise click.ClickException(str(err)) from None
+    G, D = (None if network is None else network.eval().requires_grad_(False) for network in networks)
+    return path, G, D, contents
 
 
 def load_generator(network: str | None, cfg: str | None, init_seed: int, device: torch.device,
@@ -152,30 +143,21 @@ def load_generator(network: str | None, cfg: str | None, init_seed: int, device:
             return build_generator(load_preset(cfg)).eval().requires_grad_(False).to(device)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint='--cfg') from None
-    generator = _snapshot_networks(network, device, trust_pickle)[1]
+    generator = load_snapshot(network, device, trust_pickle)[1]
     if generator is None:
         raise click.ClickException(f'{network}: the checkpoint holds no generator (G_ema or G)')
-    return generator.eval().requires_grad_(False)
-
-
-def _snapshot_networks(network: str, device: torch.device, trust_pickle: bool) -> tuple:
-    """-> (snapshot path, G_ema else G or None, D_ema else D or None) of a checkpoint, as click errors."""
-    path, modules = load_networks(network, device, trust_pickle)
-    try:
-        return (path, *checkpoint.snapshot_networks(modules, path))
-    except checkpoint.CheckpointError as err:
-        raise click.ClickException(str(err)) from None
+    return generator
 
 
 def load_generator_and_discriminator(network: str, device: torch.device, trust_pickle: bool, needed_for: str) -> tuple:
     """G_ema (else G) and D_ema (else D) of a checkpoint, in eval mode without gradients -> (snapshot path, G, D).
 
     needed_for: what the caller needs D for, named in the error when the checkpoint lacks one."""
-    path, G, D = _snapshot_networks(network, device, trust_pickle)
+    path, G, D, _ = load_snapshot(network, device, trust_pickle)
     if G is None or D is None:
         raise click.ClickException(f'{network}: {needed_for} needs a checkpoint with a generator and a discriminator '
                                    f'(D_ema or D)')
-    return path, G.eval().requires_grad_(False), D.eval().requires_grad_(False)
+    return path, G, D
 
 
 def parse_pose(text: str | None, device: torch.device) -> torch.Tensor | None:

@@ -6,7 +6,6 @@ ones the training loop writes beside each network snapshot as `pose_predict_kwar
 """
 
 import json
-import os
 
 import torch
 
@@ -14,7 +13,6 @@ from training.body.lbs import batch_rodrigues
 from training.d_input import discriminator_input
 
 POSE_PREDICT_KEYS = ('blur_sigma', 'neural_rendering_resolution')
-SNAPSHOT_PREFIX = 'network-snapshot-'
 
 
 def load_pose_predict_kwargs(path: str) -> dict:
@@ -30,20 +28,6 @@ def load_pose_predict_kwargs(path: str) -> dict:
     if missing:
         raise ValueError(f'{path}: pose-prediction settings lack {", ".join(missing)}')
     return kwargs
-
-
-def pose_predict_kwargs_for(snapshot_path: str) -> str:
-    """The pose-prediction JSON beside a snapshot.
-
-    network-snapshot-001234.pkl (or .pt), as written by training -> pose_predict_kwargs-001234.json;
-    any other name, such as the published 3DPortraitGAN512-64.pkl or a file converted from it
-    -> the .json of the same stem (3DPortraitGAN512-64.json).
-    """
-    folder, name = os.path.split(snapshot_path)
-    stem = os.path.splitext(name)[0]
-    if stem.startswith(SNAPSHOT_PREFIX):
-        return os.path.join(folder, f'pose_predict_kwargs-{stem[len(SNAPSHOT_PREFIX):]}.json')
-    return os.path.join(folder, f'{stem}.json')
 
 
 @torch.no_grad()

@@ -17,14 +17,7 @@ Every `tick` kimg (and right after the first iteration): a progress line, the st
 every `snap` ticks and at the end. SIGINT or SIGTERM ends the run after the current iteration
 with a final snapshot.
 
-Files of a run directory (rank 0 writes them, each atomically):
-  network-snapshot-{kimg:06d}.pkl       G, D, G_ema, D_ema, training_set_kwargs (EG3D pickle layout)
-  network-snapshot-{kimg:06d}.pt        the same networks, weights only (no pickled code)
-  pose_predict_kwargs-{kimg:06d}.json   how to prepare real images for D.predict_pose (docs/method.md §9.6)
-  resume-state-{kimg:06d}.pt            what continuing needs: networks, optimizer states, counters
-                                        and every rank's RNG states; only the newest is kept
-  fakes*.png, reals.png, segs.png, mesh_coarse_real_pose.png   image snapshots
-  stats.jsonl, events.out.tfevents.*    statistics per tick
+Rank 0 writes the files of the run directory (training/run_files.py), each atomically.
 A resume state is self-contained (one atomic file), so an interrupted write leaves the previous
 state usable; continuing from it reproduces the uninterrupted run (same data order, latents,
 optimizer moments and schedules).
@@ -32,11 +25,9 @@ optimizer moments and schedules).
 
 import copy
 import dataclasses
-import glob
 import json
 import os
 import random
-import re
 import resource
 import signal
 import threading
@@ -49,7 +40,7 @@ import torch
 
 import dnnlib
 from torch_utils import misc, training_stats
-from training import checkpoint
+from training import checkpoint, run_files
 from training.camera_utils import flip_camera, frontal_camera
 from training.config import TrainingConfig
 from training.dataset import DatasetError, PortraitDataset
@@ -61,8 +52,6 @@ from training.pose_prediction import predict_real_poses
 from training.schedules import ema_beta
 from training.triplane import build_generator
 
-RESUME_FORMAT = 'portrait3d-resume-state'
-RESUME_VERSION = 1
 NETWORK_NAMES = ('G', 'D', 'G_ema', 'D_ema')
 ADAM_BETAS = (0.0, 0.99)
 # A bad batch gives NaN gradients once (they are zeroed); NaN gradients in every iteration of
@@ -141,7 +130,7 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
     state = None
     if config.resume_state is not None:
         log(f'Continuing from {config.resume_state}')
-        state = load_resume_state(config.resume_state)
+        state = run_files.load_resume_state(config.resume_state)
         for name, module in networks.items():
             module.load_state_dict(state['networks'][name])
         progress = Progress(**state['progress'])
@@ -251,7 +240,7 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
                 nonfinite_ticks = nonfinite_ticks + 1 if bool(tick_nonfinite) else 0
                 tick_nonfinite.fill_(True)
                 if nonfinite_ticks >= NONFINITE_TICKS_BEFORE_STOP:
-                    latest = latest_resume_state(run_dir)
+                    latest = run_files.latest_resume_state(run_dir)
                     raise TrainingDivergedError(
                         f'the gradients have been NaN or infinite in every iteration for {nonfinite_ticks} ticks in a '
                         f'row, up to {progress.cur_nimg / 1000:g} kimg; training stopped. '
@@ -498,14 +487,6 @@ def _restore_rng(states: list, rank: int, world_size: int, device: torch.device,
 # ------------------------------------------------------------------------------------------------
 # Snapshots and resume.
 
-def _snapshot_paths(run_dir: str, cur_nimg: int) -> dict:
-    kimg = cur_nimg // 1000
-    return dict(pkl=os.path.join(run_dir, f'network-snapshot-{kimg:06d}.pkl'),
-                pt=os.path.join(run_dir, f'network-snapshot-{kimg:06d}.pt'),
-                json=os.path.join(run_dir, f'pose_predict_kwargs-{kimg:06d}.json'),
-                resume=os.path.join(run_dir, f'resume-state-{kimg:06d}.pt'))
-
-
 def save_network_files(run_dir: str, cur_nimg: int, networks: dict, training_set_kwargs: dict,
                        schedule: dict) -> dict:
     """Write a network snapshot's pickle, weights file and pose-prediction settings -> their paths.
@@ -513,7 +494,7 @@ def save_network_files(run_dir: str, cur_nimg: int, networks: dict, training_set
     networks: {'G', 'D', 'G_ema', 'D_ema'} modules; schedule: the schedule values at `cur_nimg`
     ('rendering_resolution', 'blur_sigma').
     """
-    paths = _snapshot_paths(run_dir, cur_nimg)
+    paths = run_files.snapshot_paths(run_dir, cur_nimg)
     checkpoint.save_network_pickle(paths['pkl'], dict(training_set_kwargs=training_set_kwargs, **networks,
                                                       augment_pipe=None))
     checkpoint.save_weights(paths['pt'], networks, extra=dict(
@@ -549,7 +530,7 @@ def _run_metrics(config: TrainingConfig, run_dir: str, cur_nimg: int, networks: 
         for name in config.metrics:
             result = metric_main.calc_metric(name, opts)
             if rank == 0:
-                metric_main.report_metric(result, run_dir, _snapshot_paths(run_dir, cur_nimg)['pkl'])
+                metric_main.report_metric(result, run_dir, run_files.snapshot_paths(run_dir, cur_nimg)['pkl'])
                 log(metric_main.format_results(result))
 
 
@@ -559,63 +540,13 @@ def _save_network_snapshot(run_dir: str, config: TrainingConfig, networks: dict,
     """Write the pickle, the weights file, the pose-prediction settings and the resume state."""
     paths = save_network_files(run_dir, progress.cur_nimg, networks, training_set_kwargs, schedule)
     # Written last: a resume state implies that its snapshot files are complete.
-    state = dict(format=RESUME_FORMAT, version=RESUME_VERSION, config_json=config.to_json(),
+    state = dict(format=run_files.RESUME_FORMAT, version=run_files.RESUME_VERSION, config_json=config.to_json(),
                  progress=dataclasses.asdict(progress),
                  networks={name: module.state_dict() for name, module in networks.items()},
                  optimizers={name: optimizer.state_dict() for name, optimizer in optimizers.items()},
                  rng=rng_states)
     checkpoint.atomic_write(paths['resume'], lambda f: torch.save(state, f))
-    # Resume states hold the optimizer moments too (about three times a network snapshot): keep the newest.
-    for path in glob.glob(os.path.join(run_dir, 'resume-state-*.pt')):
-        if os.path.abspath(path) != os.path.abspath(paths['resume']):
-            os.remove(path)
-
-
-def _latest(run_dir: str, prefix: str, suffix: str) -> str | None:
-    """The file {prefix}{kimg}{suffix} of a run directory with the highest kimg (newest on ties), or None."""
-    found = []
-    for path in glob.glob(os.path.join(run_dir, f'{prefix}*{suffix}')):
-        match = re.fullmatch(re.escape(prefix) + r'(\d+)' + re.escape(suffix), os.path.basename(path))
-        if match:
-            found.append((int(match.group(1)), os.path.getmtime(path), path))
-    return max(found)[2] if found else None
-
-
-def latest_resume_state(run_dir: str) -> str | None:
-    """The newest resume state of a run directory (complete: written atomically), or None."""
-    return _latest(run_dir, 'resume-state-', '.pt')
-
-
-def latest_network_snapshot(run_dir: str) -> str | None:
-    """The newest network snapshot of a run directory, or None: its weights file where it has one
-    (it loads without unpickling), else its network pickle."""
-    newest = [path for path in (_latest(run_dir, 'network-snapshot-', '.pt'), _latest(run_dir, 'network-snapshot-', '.pkl'))
-              if path is not None]
-
-    def kimg(path: str) -> int:
-        return int(os.path.splitext(os.path.basename(path))[0].rsplit('-', 1)[1])
-
-    return max(newest, key=kimg, default=None)  # max keeps the first of equals: the weights file
-
-
-def load_resume_state(path: str, mmap: bool = False) -> dict:
-    """Read a resume state with torch.load(weights_only=True); raises checkpoint.CheckpointError on a bad file.
-
-    mmap=True maps the tensors instead of reading them (to look at the config or counters only).
-    """
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
-    except FileNotFoundError:
-        raise checkpoint.CheckpointError(f'{path}: no such resume state') from None
-    except Exception as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise checkpoint.CheckpointError(f'{path}: not a readable resume state ({message})') from None
-    if not isinstance(state, dict) or state.get('format') != RESUME_FORMAT:
-        raise checkpoint.CheckpointError(f'{path}: not a resume state of this project (no "{RESUME_FORMAT}" marker)')
-    if state.get('version') != RESUME_VERSION:
-        raise checkpoint.CheckpointError(f'{path}: resume state version {state.get("version")!r}; this code reads '
-                                         f'version {RESUME_VERSION}')
-    return state
+    run_files.remove_older_resume_states(run_dir, keep=paths['resume'])
 
 
 def _load_network_snapshot(path: str, networks: dict, trust_pickle: bool = False) -> None:
