@@ -97,6 +97,15 @@ def test_weights_restore_the_rendering_resolution_of_the_snapshot(tmp_path, allo
     assert data['G_ema'].neural_rendering_resolution == 128 and not hasattr(data['D'], 'neural_rendering_resolution')
 
 
+def test_pickle_records_the_rendering_resolution_and_leaves_the_live_network(tmp_path, allow_test_classes):
+    G = TinyRenderer(4)
+    path = str(tmp_path / 'snapshot.pkl')
+    checkpoint.save_network_pickle(path, dict(G_ema=G, D=TinyNet(4)), neural_rendering_resolution=96)
+    data = checkpoint.load_network_pickle(path, trust_pickle=True)
+    assert data['G_ema'].neural_rendering_resolution == 96 and G.neural_rendering_resolution == 64
+    assert not hasattr(data['D'], 'neural_rendering_resolution')
+
+
 def test_weights_refuse_unserializable_and_foreign_modules(tmp_path, allow_test_classes):
     path = str(tmp_path / 'weights.pt')
     with pytest.raises(ValueError, match=r"G.init_kwargs\['head_kwargs'\]\['channels'\] is a set"):

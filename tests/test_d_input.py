@@ -145,11 +145,13 @@ def test_loss_hands_D_the_frozen_real_input_in_dmain_and_dreg(filter_mode, blur_
     config = LossConfig(blur_init_sigma=2.0, effective_blur_fade_kimg=4, neural_rendering_resolution_initial=R,
                         gamma=1.0, gamma_seg=1.0)
     loss = PortraitGANLoss(None, D, config, device='cpu', filter_mode=filter_mode, blur_raw_target=blur_raw)
-    sigma = loss.phase_state(1000)['blur_sigma']
+    schedule = schedules.schedule_values(config, 1000)
+    sigma = schedule['blur_sigma']
     assert sigma == pytest.approx(1.5)
     loss._d_main = lambda real, real_c, *args: loss.run_D(real, real_c)
     loss._d_r1 = lambda real, real_c, *args: D.seen.append(real)
-    loss.accumulate_gradients('Dboth', img, seg, torch.zeros(BATCH, 25), torch.zeros(BATCH, 6), None, None, None,
-                              gain=1.0, cur_nimg=1000)
+    for phase in ('Dmain', 'Dreg'):
+        loss.accumulate_gradients(phase, img, seg, torch.zeros(BATCH, 25), torch.zeros(BATCH, 6), None, None, None,
+                                  gain=1.0, schedule=schedule)
     _assert_equal(D.seen[0], _frozen_real(img, seg, R, sigma, filter_mode, blur_raw))
     _assert_equal(D.seen[1], _frozen_real(img, seg, R, sigma, filter_mode, blur_raw))

@@ -174,7 +174,7 @@ def test_run_G_conditions_on_own_or_previous_pair(swap_prob, monkeypatch):
     call, = calls
     torch.testing.assert_close(call['ws'], expected_ws)
     # Rendering always uses the sample's own camera and pose, with deformation on.
-    assert call['c'] is c and call['pose_params'] is pose and call['apply_def'] is True
+    assert call['c'] is c and call['pose_params'] is pose
     assert call['neural_rendering_resolution'] == R and call['density_noise'] == 0.25
     # bcg_reg_prob 1: every background comes from the previous sample's ws.
     torch.testing.assert_close(call['ws_bcg'], expected_ws.roll(1, 0))
@@ -191,17 +191,16 @@ def test_run_G_keeps_own_background_without_bcg_swap(monkeypatch):
     assert calls[0]['ws_bcg'] is None and calls[0]['density_noise'] == 0.0
 
 
-def test_phase_state_follows_the_schedules():
+def test_schedule_values_follow_the_schedules():
     cfg = dict(blur_init_sigma=10, effective_blur_fade_kimg=200, density_noise_fade_kimg=200, gpc_reg_prob=0.7,
                gpc_reg_fade_kimg=1000, input_pose_params_reg_loss_weight=0.5, input_pose_params_reg_loss_kimg=200,
                input_pose_params_reg_loss_decay_kimg=200, neural_rendering_resolution_initial=64,
                neural_rendering_resolution_final=128, neural_rendering_resolution_fade_kimg=1000,
                stage_start_nimg=100_000)
-    loss = PortraitGANLoss(None, None, LossConfig(**cfg), device='cpu')
-    state = loss.phase_state(100_000)
+    state = schedules.schedule_values(LossConfig(**cfg), 100_000)
     assert state == pytest.approx(dict(blur_sigma=5.0, density_noise=0.5, swap_prob=0.97, pose_prior_weight=0.5,
                                        rendering_resolution=64))
-    state = loss.phase_state(600_000)
+    state = schedules.schedule_values(LossConfig(**cfg), 600_000)
     assert state == pytest.approx(dict(blur_sigma=0.0, density_noise=0.0, swap_prob=0.82, pose_prior_weight=0.0,
                                        rendering_resolution=96))
     assert isinstance(state['rendering_resolution'], int)
@@ -214,7 +213,7 @@ def test_config_and_phase_validation():
         PortraitGANLoss(None, None, LossConfig(), device='cpu', filter_mode='classic')
     with pytest.raises(ValueError, match='phase'):
         PortraitGANLoss(None, None, LossConfig(), device='cpu').accumulate_gradients(
-            'Gall', *[None] * 7, gain=1, cur_nimg=0)
+            'Gboth', *[None] * 7, gain=1, schedule={})
 
 
 def _training_config_attribute_type(name: str):
@@ -276,7 +275,7 @@ def test_loss_settings_of_an_earlier_training_options_json():
 
 def _run(loss, phase, batch, gain=1.0, cur_nimg=0, seed=0):
     torch.manual_seed(seed)
-    loss.accumulate_gradients(phase, **batch, gain=gain, cur_nimg=cur_nimg)
+    loss.accumulate_gradients(phase, **batch, gain=gain, schedule=schedules.schedule_values(loss.config, cur_nimg))
 
 
 def test_gmain_gradients_reach_G_through_all_D_inputs(monkeypatch):
@@ -350,18 +349,6 @@ def test_pose_prior_gradient_reaches_only_the_pose_branch():
     assert prior == pytest.approx(0.0, abs=1e-10)
     for name, g in matched.items():
         torch.testing.assert_close(g, base[name])
-
-
-def test_gboth_without_density_reg_is_gmain():
-    b = _batch(_generator())
-    results = []
-    for phase in ['Gmain', 'Gboth']:
-        G, D = _generator(), _discriminator()
-        D.requires_grad_(False)
-        _run(_loss(G, D), phase, b)
-        results.append(_grads(G))
-    for name, g in results[0].items():
-        torch.testing.assert_close(results[1][name], g)
 
 
 @pytest.mark.parametrize('reg_type', ['l1', 'monotonic-detach'])
@@ -523,10 +510,12 @@ def test_schedule_values_reach_the_networks(monkeypatch):
     assert sigmas == [pytest.approx(0.5)]
 
 
-def test_dboth_runs_the_main_and_the_r1_phase():
+def test_dmain_and_dreg_report_every_discriminator_statistic():
     G, D = _generator(), _discriminator()
     collector = training_stats.Collector(regex='Loss/.*')
-    _run(_loss(G, D), 'Dboth', _batch(G))
+    loss, batch = _loss(G, D), _batch(G)
+    _run(loss, 'Dmain', batch)
+    _run(loss, 'Dreg', batch)
     collector.update()
     for name in ['Loss/scores/fake', 'Loss/scores/real', 'Loss/D/pose', 'Loss/r1_penalty', 'Loss/r1_seg_penalty']:
         assert collector.num(name) == BATCH and math.isfinite(collector.mean(name)), name

@@ -113,6 +113,7 @@ import torch
 sys.path.insert(0, sys.argv[3])
 torch.set_num_threads(2)
 import training.training_loop as loop
+from training import run_files
 from training.config import TrainingConfig
 
 real_save = torch.save
@@ -226,14 +227,18 @@ def test_two_gloo_processes_stay_identical_and_stop_together(tiny, tmp_path):
 def test_persistent_nan_gradients_stop_the_run(tiny, tmp_path, monkeypatch):
     from training import training_loop as loop
 
-    def nan_after_first_iteration(self, phase, *args, cur_nimg, **kwargs):
+    _, config = tiny
+    chunks_per_phase = config.batch // config.batch_gpu
+    gmain_calls = []
+
+    def nan_after_first_iteration(self, phase, *args, **kwargs):
+        gmain_calls.extend([phase] if phase == 'Gmain' else [])
         module = self.G if phase.startswith('G') else self.D
         for param in module.parameters():
             if param.requires_grad:
-                param.grad = torch.full_like(param, float('nan') if cur_nimg > 0 else 0.0)
+                param.grad = torch.full_like(param, float('nan') if len(gmain_calls) > chunks_per_phase else 0.0)
     monkeypatch.setattr(loop.PortraitGANLoss, 'accumulate_gradients', nan_after_first_iteration)
     monkeypatch.setattr(training_stats, '_registry', training_stats._Registry())
-    _, config = tiny
     run_dir = str(tmp_path / 'nan')
     with pytest.raises(loop.TrainingDivergedError, match=r'NaN or infinite in every iteration for 3 ticks.*'
                                                           r'resume-state-000000\.pt'):
@@ -307,6 +312,7 @@ import torch
 sys.path.insert(0, sys.argv[1])
 import train
 import training.training_loop as loop
+from training import run_files
 
 real_training_loop = loop.training_loop
 

@@ -117,16 +117,27 @@ def _snapshot_module(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module).eval().requires_grad_(False).cpu()
 
 
-def save_network_pickle(path: str, data: Dict[str, Any]) -> None:
+def _set_rendering_resolution(modules: Dict[str, Any], resolution: int) -> None:
+    """Set the default neural rendering resolution of every generator among `modules`' values."""
+    for module in modules.values():
+        if hasattr(module, 'neural_rendering_resolution'):
+            module.neural_rendering_resolution = int(resolution)
+
+
+def save_network_pickle(path: str, data: Dict[str, Any], neural_rendering_resolution: Optional[int] = None) -> None:
     """Pickle `data` to `path` atomically; nn.Module values are deep-copied, set to eval, frozen and moved to CPU.
 
     data: a dict with at least one of G, G_ema, D (e.g. G, D, G_ema, D_ema, training_set_kwargs,
-    augment_pipe). The live modules passed in are not modified.
+    augment_pipe). The live modules passed in are not modified. neural_rendering_resolution: the
+    rendering resolution the generators of the snapshot render at by default (their attribute of
+    that name, as EG3D pickles carry it); None keeps theirs.
     """
     if not isinstance(data, dict) or not any(data.get(key) is not None for key in NETWORK_KEYS[:3]):
         raise ValueError(f'save_network_pickle: {path}: expected a dict holding at least one of G, G_ema, D')
     snapshot = {key: _snapshot_module(value) if isinstance(value, torch.nn.Module) else copy.deepcopy(value)
                 for key, value in data.items()}
+    if neural_rendering_resolution is not None:
+        _set_rendering_resolution(snapshot, neural_rendering_resolution)
     atomic_write(path, lambda file: pickle.dump(snapshot, file, protocol=pickle.HIGHEST_PROTOCOL))
 
 
@@ -294,9 +305,7 @@ def load_weights(path: str, device: Any = 'cpu') -> Dict[str, Any]:
                               f'the class changed since the file was saved') from None
     # The rendering resolution at the snapshot, which the schedule may have moved from the constructor's.
     if isinstance(extra.get('neural_rendering_resolution'), int):
-        for module in result.values():
-            if hasattr(module, 'neural_rendering_resolution'):
-                module.neural_rendering_resolution = extra['neural_rendering_resolution']
+        _set_rendering_resolution(result, extra['neural_rendering_resolution'])
     result.update(extra)
     return result
 

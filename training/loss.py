@@ -2,16 +2,16 @@
 
 `PortraitGANLoss.accumulate_gradients` runs one phase (docs/method.md §7.3) on one chunk of a batch
 and calls `.backward()`; the training loop owns the optimizers, decides which module takes
-gradients (`requires_grad_`) and steps it. The loss never writes into G or D: every schedule
-value (blur, density noise, GPC swap probability, pose-prior weight, rendering resolution) is
-recomputed from the image counter by `phase_state` and passed to the networks as arguments.
+gradients (`requires_grad_`) and steps it. The loss never writes into G or D, and owns no schedule: the
+loop computes the schedule values of the iteration (blur, density noise, GPC swap probability,
+pose-prior weight, rendering resolution; `schedules.schedule_values`) and passes them in, and the
+loss passes them on to the networks as arguments.
 
 Phases:
   Gmain  softplus(-D(G(z))) + lambda(t) * ||p_G - p_coarse||^2           -> G
   Greg   density smoothness on random points (only when density_reg > 0) -> G
   Dmain  softplus(D(G(z))) + w_pose * ||p_D(G(z)) - p_G||^2, softplus(-D(x)) -> D
   Dreg   R1 on the real image, raw image and mask                        -> D
-  Gboth / Dboth run the main and the regularization phase one after the other.
 
 Reported statistics (training_stats, per sample unless noted): Loss/scores/{fake,real},
 Loss/signs/{fake,real}, Loss/G/loss, Loss/G/pose_prior (the weighted prior term),
@@ -19,9 +19,6 @@ Loss/G/density_reg and Loss/G/monotonic (per call), Loss/D/loss, Loss/D/pose, Lo
 Loss/r1_seg_penalty, Loss/D/reg, and the pose errors (mean absolute over the 6 values)
 Pose/G_vs_coarse (p_G vs. the data set pose of gen_c), Pose/G_vs_D_fake (D's prediction on fakes
 vs. p_G) and Pose/D_real_error (D's prediction on reals vs. their data set pose).
-
-The training loop should copy `phase_state(cur_nimg)['rendering_resolution']` into the
-`neural_rendering_resolution` of G and G_ema where it renders outside this module (snapshots).
 """
 
 import dataclasses
@@ -31,11 +28,10 @@ import torch.nn.functional as F
 
 from torch_utils import training_stats
 from torch_utils.ops import conv2d_gradfix
-from training import schedules
 from training.config import TrainingConfig
 from training.d_input import FILTER_MODES, discriminator_input
 
-PHASES = ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth')
+PHASES = ('Gmain', 'Greg', 'Dmain', 'Dreg')
 REG_TYPES = ('l1', 'monotonic-detach', 'monotonic-fixed')
 DENSITY_REG_POINTS = 1000  # random points per sample for the density regularizer
 
@@ -113,23 +109,6 @@ class PortraitGANLoss:
         self.filter_mode = filter_mode
         self.blur_raw_target = blur_raw_target
 
-    def phase_state(self, cur_nimg: int) -> dict:
-        """The schedule values at the absolute image counter `cur_nimg`.
-
-        -> {'blur_sigma', 'density_noise', 'swap_prob', 'pose_prior_weight': float, 'rendering_resolution': int}
-        """
-        cfg = self.config
-        return {
-            'blur_sigma': schedules.blur_sigma(cur_nimg, cfg.blur_init_sigma, cfg.effective_blur_fade_kimg),
-            'density_noise': schedules.density_noise(cur_nimg, cfg.density_noise_fade_kimg),
-            'swap_prob': schedules.gpc_swap_prob(cur_nimg, cfg.gpc_reg_prob, cfg.gpc_reg_fade_kimg),
-            'pose_prior_weight': schedules.pose_prior_weight(cur_nimg, cfg.input_pose_params_reg_loss_weight,
-                cfg.input_pose_params_reg_loss_kimg, cfg.input_pose_params_reg_loss_decay_kimg),
-            'rendering_resolution': schedules.rendering_resolution(cur_nimg, cfg.stage_start_nimg,
-                cfg.neural_rendering_resolution_initial, cfg.neural_rendering_resolution_final,
-                cfg.neural_rendering_resolution_fade_kimg),
-        }
-
     # ------------------------------------------------------------------------------------------
     # Networks.
 
@@ -166,7 +145,7 @@ class PortraitGANLoss:
         ws_bcg = None
         if self.config.bcg_reg_prob > 0:
             ws_bcg, = swap_with_previous(self.config.bcg_reg_prob, ws)
-        return self.G.synthesis(ws, c, neural_rendering_resolution=resolution, apply_def=True, pose_params=pose,
+        return self.G.synthesis(ws, c, neural_rendering_resolution=resolution, pose_params=pose,
                                 ws_bcg=ws_bcg, density_noise=density_noise, update_emas=update_emas)
 
     def run_D(self, d_input: dict, c: torch.Tensor, update_emas: bool = False) -> tuple:
@@ -182,59 +161,59 @@ class PortraitGANLoss:
 
     def accumulate_gradients(self, phase: str, real_img: torch.Tensor, real_seg: torch.Tensor, real_c: torch.Tensor,
                              real_pose: torch.Tensor, gen_z: torch.Tensor, gen_c: torch.Tensor,
-                             gen_pose: torch.Tensor, gain: float, cur_nimg: int) -> None:
+                             gen_pose: torch.Tensor, gain: float, schedule: dict) -> None:
         """Run one phase on one chunk and call backward on its loss times `gain`.
 
         real_img [B, 3, S, S] in [-1, 1], real_seg [B, 1, S, S] in [0, 1], real_c [B, 25],
         real_pose [B, 6] (the data set's coarse pose, only logged), gen_z [B, z_dim], gen_c [B, 25],
-        gen_pose [B, 6] (the coarse pose of the data set item that gave gen_c: the pose-prior target).
+        gen_pose [B, 6] (the coarse pose of the data set item that gave gen_c: the pose-prior target);
+        schedule: the schedule values of this iteration (schedules.schedule_values).
         Gradients flow into every tensor that requires them; the loop sets requires_grad on the
         module of the phase only (G phases do backpropagate through D).
         """
         if phase not in PHASES:
             raise ValueError(f'phase {phase!r}: expected one of {", ".join(PHASES)}')
         cfg = self.config
-        state = self.phase_state(cur_nimg)
-        if phase in ('Gmain', 'Gboth'):
-            self._g_main(gen_z, gen_c, gen_pose, state, gain)
-        if phase in ('Greg', 'Gboth') and cfg.density_reg > 0:
-            self._g_density_reg(gen_z, gen_c, state, gain)
-        do_d_main = phase in ('Dmain', 'Dboth')
-        do_r1 = phase in ('Dreg', 'Dboth') and (cfg.gamma > 0 or cfg.gamma_seg > 0)
+        if phase == 'Gmain':
+            self._g_main(gen_z, gen_c, gen_pose, schedule, gain)
+        if phase == 'Greg' and cfg.density_reg > 0:
+            self._g_density_reg(gen_z, gen_c, schedule, gain)
+        do_d_main = phase == 'Dmain'
+        do_r1 = phase == 'Dreg' and (cfg.gamma > 0 or cfg.gamma_seg > 0)
         if do_d_main or do_r1:
-            real = discriminator_input({'image': real_img, 'mask': real_seg}, state['blur_sigma'],
-                                       state['rendering_resolution'], self.filter_mode, self.blur_raw_target)
+            real = discriminator_input({'image': real_img, 'mask': real_seg}, schedule['blur_sigma'],
+                                       schedule['rendering_resolution'], self.filter_mode, self.blur_raw_target)
             if do_d_main:
-                self._d_main(real, real_c, real_pose, gen_z, gen_c, state, gain)
+                self._d_main(real, real_c, real_pose, gen_z, gen_c, schedule, gain)
             if do_r1:
-                self._d_r1(real, real_c, state, gain)
+                self._d_r1(real, real_c, schedule, gain)
 
-    def _g_main(self, gen_z: torch.Tensor, gen_c: torch.Tensor, gen_pose: torch.Tensor, state: dict,
+    def _g_main(self, gen_z: torch.Tensor, gen_c: torch.Tensor, gen_pose: torch.Tensor, schedule: dict,
                 gain: float) -> None:
         """Non-saturating G loss through all three D inputs, plus the pose prior on the pose branch."""
         p_G = self.G.get_pose_params(gen_z, gen_c)
-        gen = self.run_G(gen_z, gen_c, p_G, state['swap_prob'], state['rendering_resolution'],
-                         density_noise=state['density_noise'])
-        logits, pose_D = self.run_D(discriminator_input(gen, state['blur_sigma']), gen_c)
+        gen = self.run_G(gen_z, gen_c, p_G, schedule['swap_prob'], schedule['rendering_resolution'],
+                         density_noise=schedule['density_noise'])
+        logits, pose_D = self.run_D(discriminator_input(gen, schedule['blur_sigma']), gen_c)
         loss_adv = F.softplus(-logits).flatten()                     # [B]
         prior = (p_G - gen_pose).square().sum(dim=1)                  # [B]
         loss = loss_adv
-        if state['pose_prior_weight'] > 0:
-            loss = loss + state['pose_prior_weight'] * prior
+        if schedule['pose_prior_weight'] > 0:
+            loss = loss + schedule['pose_prior_weight'] * prior
         training_stats.report('Loss/scores/fake', logits)
         training_stats.report('Loss/signs/fake', logits.sign())
         training_stats.report('Loss/G/loss', loss)
-        training_stats.report('Loss/G/pose_prior', state['pose_prior_weight'] * prior)
+        training_stats.report('Loss/G/pose_prior', schedule['pose_prior_weight'] * prior)
         training_stats.report('Pose/G_vs_coarse', (p_G - gen_pose).detach().abs().mean(dim=1))
         training_stats.report('Pose/G_vs_D_fake', (p_G - pose_D).detach().abs().mean(dim=1))
         (loss.mean() * gain).backward()
 
-    def _g_density_reg(self, gen_z: torch.Tensor, gen_c: torch.Tensor, state: dict, gain: float) -> None:
+    def _g_density_reg(self, gen_z: torch.Tensor, gen_c: torch.Tensor, schedule: dict, gain: float) -> None:
         """Density smoothness: sigma at random points vs. at slightly perturbed copies (Greg, docs/method.md §7.3)."""
         cfg = self.config
         p_G = self.G.get_pose_params(gen_z, gen_c)
         # One batch-wide coin, unlike the per-sample swap of run_G.
-        if torch.rand([], device=self.device) < state['swap_prob']:
+        if torch.rand([], device=self.device) < schedule['swap_prob']:
             c_cond, pose_cond = gen_c.roll(1, dims=0), p_G.roll(1, dims=0)
         else:
             c_cond, pose_cond = gen_c, p_G
@@ -246,38 +225,38 @@ class PortraitGANLoss:
         if cfg.reg_type in ('monotonic-detach', 'monotonic-fixed'):
             # Density should not decrease from a point to the one just behind it (further along -z).
             behind = points + points.new_tensor([0.0, 0.0, -1.0]) * (self.G.box_warp / 256)
-            front, back = self._noisy_sigma(torch.cat([points, behind], dim=1), ws, state).chunk(2, dim=1)
+            front, back = self._noisy_sigma(torch.cat([points, behind], dim=1), ws, schedule).chunk(2, dim=1)
             if cfg.reg_type == 'monotonic-detach':
                 front = front.detach()
             monotonic = 10 * torch.relu(front - back).mean()
             training_stats.report('Loss/G/monotonic', monotonic)
             loss = monotonic
         perturbed = points + torch.randn_like(points) * cfg.density_reg_p_dist
-        initial, moved = self._noisy_sigma(torch.cat([points, perturbed], dim=1), ws, state).chunk(2, dim=1)
+        initial, moved = self._noisy_sigma(torch.cat([points, perturbed], dim=1), ws, schedule).chunk(2, dim=1)
         smoothness = F.l1_loss(initial, moved) * cfg.density_reg
         training_stats.report('Loss/G/density_reg', smoothness)
         (loss + smoothness).mul(gain).backward()
 
-    def _noisy_sigma(self, points: torch.Tensor, ws: torch.Tensor, state: dict) -> torch.Tensor:
+    def _noisy_sigma(self, points: torch.Tensor, ws: torch.Tensor, schedule: dict) -> torch.Tensor:
         """Raw density at canonical points with the training-time density noise, as in rendering.
 
         points [B, M, 3], ws [B, num_ws, w_dim] -> [B, M, 1]
         """
         sigma = self.G.sample_mixed(points, ws)['sigma']
-        if state['density_noise'] > 0:
-            sigma = sigma + torch.randn_like(sigma) * state['density_noise']
+        if schedule['density_noise'] > 0:
+            sigma = sigma + torch.randn_like(sigma) * schedule['density_noise']
         return sigma
 
     def _d_main(self, real: dict, real_c: torch.Tensor, real_pose: torch.Tensor, gen_z: torch.Tensor,
-                gen_c: torch.Tensor, state: dict, gain: float) -> None:
+                gen_c: torch.Tensor, schedule: dict, gain: float) -> None:
         """D on fakes (logit and pose regression toward p_G) and on reals (logit)."""
         cfg = self.config
         # G is not optimized here: fakes and the pose target carry no graph back into G.
         with torch.no_grad():
             p_G = self.G.get_pose_params(gen_z, gen_c)
-            gen = self.run_G(gen_z, gen_c, p_G, state['swap_prob'], state['rendering_resolution'],
-                             update_emas=True, density_noise=state['density_noise'])
-        logits, pose_D = self.run_D(discriminator_input(gen, state['blur_sigma']), gen_c, update_emas=True)
+            gen = self.run_G(gen_z, gen_c, p_G, schedule['swap_prob'], schedule['rendering_resolution'],
+                             update_emas=True, density_noise=schedule['density_noise'])
+        logits, pose_D = self.run_D(discriminator_input(gen, schedule['blur_sigma']), gen_c, update_emas=True)
         loss_fake = F.softplus(logits).flatten()                      # [B]
         pose_loss = (pose_D - p_G).square().sum(dim=1)                # [B]
         training_stats.report('Loss/scores/fake', logits)
@@ -294,7 +273,7 @@ class PortraitGANLoss:
         training_stats.report('Pose/D_real_error', (pose_real.detach() - real_pose).abs().mean(dim=1))
         (loss_real.mean() * gain).backward()
 
-    def _d_r1(self, real: dict, real_c: torch.Tensor, state: dict, gain: float) -> None:
+    def _d_r1(self, real: dict, real_c: torch.Tensor, schedule: dict, gain: float) -> None:
         """R1: squared gradient norm of D's real logits w.r.t. image and raw image (gamma) and mask (gamma_seg).
 
         The gradient is taken w.r.t. the images D sees (`real` is D's input): during the blur phase, the blurred image.

@@ -92,3 +92,23 @@ def blur_kernel(sigma: float, device: torch.device | str = 'cpu') -> torch.Tenso
     x = torch.arange(-half, half + 1, dtype=torch.float32, device=device)
     taps = torch.exp2(-(x / sigma).square())
     return taps / taps.sum()
+
+
+def schedule_values(config, cur_nimg: int) -> dict:
+    """Every schedule value of a training iteration at the absolute image counter `cur_nimg`.
+
+    config: a loss.LossConfig (its blur, density-noise, GPC, pose-prior and rendering-resolution fields).
+    -> {'blur_sigma', 'density_noise', 'swap_prob', 'pose_prior_weight': float, 'rendering_resolution': int}
+    """
+    return {
+        'blur_sigma': blur_sigma(cur_nimg, config.blur_init_sigma, config.effective_blur_fade_kimg),
+        'density_noise': density_noise(cur_nimg, config.density_noise_fade_kimg),
+        'swap_prob': gpc_swap_prob(cur_nimg, config.gpc_reg_prob, config.gpc_reg_fade_kimg),
+        'pose_prior_weight': pose_prior_weight(cur_nimg, config.input_pose_params_reg_loss_weight,
+                                               config.input_pose_params_reg_loss_kimg,
+                                               config.input_pose_params_reg_loss_decay_kimg),
+        'rendering_resolution': rendering_resolution(cur_nimg, config.stage_start_nimg,
+                                                     config.neural_rendering_resolution_initial,
+                                                     config.neural_rendering_resolution_final,
+                                                     config.neural_rendering_resolution_fade_kimg),
+    }

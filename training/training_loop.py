@@ -49,7 +49,7 @@ from training.images import depth_to_uint8, to_uint8
 from training.loss import LossConfig, PortraitGANLoss
 from training.mesh_renderer import MeshRenderer
 from training.pose_prediction import predict_real_poses
-from training.schedules import ema_beta
+from training.schedules import ema_beta, schedule_values
 from training.triplane import build_generator
 
 NETWORK_NAMES = ('G', 'D', 'G_ema', 'D_ema')
@@ -149,7 +149,8 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
     if state is not None:
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state['optimizers'][name])
-    loss = PortraitGANLoss(G, D, LossConfig.from_training_config(config), device)
+    loss_config = LossConfig.from_training_config(config)
+    loss = PortraitGANLoss(G, D, loss_config, device)
 
     # The data iterator starts its workers before anything renders with GL (see mesh_renderer.py).
     data_iter = iter(_data_loader(dataset, config, rank, world_size, device, skip_batches=progress.data_batches))
@@ -161,7 +162,8 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
             from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
             writer = SummaryWriter(run_dir)
             grid.save_reals(run_dir, G)
-            grid.save_fakes(run_dir, 'fakes_init', writer, progress.cur_nimg, G, G_ema, D, loss.phase_state(progress.cur_nimg))
+            grid.save_fakes(run_dir, 'fakes_init', writer, progress.cur_nimg, G, G_ema, D,
+                            schedule_values(loss_config, progress.cur_nimg))
         stats_collector = training_stats.Collector(regex='.*')
         if state is not None:
             _restore_rng(state['rng'], rank, world_size, device, log, fallback_seed=np.random.SeedSequence(
@@ -174,7 +176,7 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
         nonfinite_ticks = 0  # consecutive ticks in which every iteration had non-finite gradients
         data_failure = None  # the first line of a DatasetError met while reading the training data
         data_failed = False  # whether any process met one
-        schedule = loss.phase_state(progress.cur_nimg)
+        schedule = schedule_values(loss_config, progress.cur_nimg)  # of the newest iteration: the snapshots use it
         tick_nonfinite = torch.ones([], dtype=torch.bool, device=device)  # kept on the device: no sync per iteration
         with _StopSignals(log) as signals:
             while True:
@@ -191,7 +193,8 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
                     real_c = real_c.to(device).split(config.batch_gpu)
                     real_pose = real_pose.to(device).split(config.batch_gpu)
 
-                    # 2. Phases.
+                    # 2. Phases, with the schedule values of this iteration.
+                    schedule = schedule_values(loss_config, progress.cur_nimg)
                     iteration_nonfinite = torch.zeros([], dtype=torch.bool, device=device)
                     for phase in phases:
                         if progress.batch_idx % phase.interval != 0:
@@ -204,7 +207,7 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
                         for param in phase.params:
                             param.requires_grad_(True)
                         for chunk in zip(real_img, real_seg, real_c, real_pose, gen_z, gen_c, gen_pose):
-                            loss.accumulate_gradients(phase.name, *chunk, gain=phase.interval, cur_nimg=progress.cur_nimg)
+                            loss.accumulate_gradients(phase.name, *chunk, gain=phase.interval, schedule=schedule)
                         for param in phase.params:
                             param.requires_grad_(False)
                         iteration_nonfinite |= ~_average_gradients(phase.params, world_size)
@@ -212,8 +215,6 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
                     tick_nonfinite &= iteration_nonfinite
 
                     # 3. EMA and counters.
-                    schedule = loss.phase_state(progress.cur_nimg)
-                    G.neural_rendering_resolution = G_ema.neural_rendering_resolution = schedule['rendering_resolution']
                     beta = ema_beta(config.batch, config.ema_kimg, config.ema_rampup, progress.cur_nimg)
                     _update_ema(G_ema, G, beta)
                     _update_ema(D_ema, D, beta)
@@ -496,7 +497,8 @@ def save_network_files(run_dir: str, cur_nimg: int, networks: dict, training_set
     """
     paths = run_files.snapshot_paths(run_dir, cur_nimg)
     checkpoint.save_network_pickle(paths['pkl'], dict(training_set_kwargs=training_set_kwargs, **networks,
-                                                      augment_pipe=None))
+                                                      augment_pipe=None),
+                                   neural_rendering_resolution=schedule['rendering_resolution'])
     checkpoint.save_weights(paths['pt'], networks, extra=dict(
         training_set_kwargs=training_set_kwargs, cur_nimg=cur_nimg,
         neural_rendering_resolution=schedule['rendering_resolution']))
@@ -705,7 +707,7 @@ class _SnapshotGrid:
             for z, c in zip(self.z.split(self.chunk), self.c.split(self.chunk)):
                 pose = G.get_pose_params(z, c)
                 ws = G_ema.mapping(z, frontal_camera(len(z), device=self.device), torch.zeros_like(pose))
-                posed = G_ema.synthesis(ws, c, neural_rendering_resolution=r, apply_def=True, pose_params=pose,
+                posed = G_ema.synthesis(ws, c, neural_rendering_resolution=r, pose_params=pose,
                                         noise_mode='const', deterministic=True)
                 canonical = G_ema.synthesis(ws, c, neural_rendering_resolution=r, noise_mode='const',
                                             deterministic=True)
