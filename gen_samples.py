@@ -63,7 +63,7 @@ def render_photo_poses(G: torch.nn.Module, seeds: list, names: list, photos: tor
         generator = torch.Generator(device).manual_seed(seed)
         with torch.no_grad():
             ws = G.mapping(z, condition, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
-            renders = np.concatenate([to_uint8(G.synthesis(ws.expand(len(c), -1, -1), c, apply_def=True, pose_params=p,
+            renders = np.concatenate([to_uint8(G.synthesis(ws.expand(len(c), -1, -1), c, pose_params=p,
                                                            generator=generator, **render_kwargs)['image'])
                                       for c, p in zip(cameras.split(batch), poses.split(batch))])
         for name, photo, render in zip(names, photos, renders):
@@ -149,8 +149,9 @@ def main(network, cfg, init_seed, seeds, seeds_num, seeds_seed, truncation_psi, 
         with torch.no_grad():
             ws = G.mapping(z, condition, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
             ws = ws.expand(len(view_names), -1, -1)
-            posed = dict(apply_def=True, pose_params=pose_params.expand(len(view_names), -1)) if pose_params is not None else {}
-            out = G.synthesis(ws, cameras, generator=torch.Generator(device).manual_seed(seed), **posed, **render_kwargs)
+            pose = None if pose_params is None else pose_params.expand(len(view_names), -1)
+            out = G.synthesis(ws, cameras, pose_params=pose, generator=torch.Generator(device).manual_seed(seed),
+                              **render_kwargs)
         for suffix, images in [('', to_uint8(out['image'])), ('_raw', to_uint8(out['image_raw'])),
                                ('_depth', depth_to_uint8(out['image_depth']))]:
             row = np.concatenate(list(images), axis=1)

@@ -219,7 +219,7 @@ def generate_batch(opts: MetricOptions, batch: int) -> dict:
     torch.manual_seed(_batch_seeds(opts, batch, 1))  # the backbone's random noise maps
     generator = torch.Generator(opts.device).manual_seed(_batch_seeds(opts, batch, 2))
     ws = G.mapping(z, c_cond, pose_cond)
-    out = G.synthesis(ws, c, neural_rendering_resolution=opts.rendering_resolution, apply_def=True, pose_params=pose,
+    out = G.synthesis(ws, c, neural_rendering_resolution=opts.rendering_resolution, pose_params=pose,
                       noise_mode='random', generator=generator)
     images = torch.from_numpy(to_uint8(out['image'])).permute(0, 3, 1, 2)
     return dict(z=z, c=c, pose=pose, images=images, image=out['image'], image_raw=out['image_raw'],

@@ -115,20 +115,11 @@ def test_zero_body_pose_renders_the_canonical_head(small_generator):
     kwargs = dict(noise_mode='const', deterministic=True)
     with torch.no_grad():
         canonical = G.synthesis(ws, c, **kwargs)
-        zero_pose = G.synthesis(ws, c, apply_def=True, pose_params=torch.zeros(2, 6), **kwargs)
-        nodding = G.synthesis(ws, c, apply_def=True, pose_params=torch.tensor([[0.5, 0, 0, 0.3, 0, 0]] * 2), **kwargs)
+        zero_pose = G.synthesis(ws, c, pose_params=torch.zeros(2, 6), **kwargs)
+        nodding = G.synthesis(ws, c, pose_params=torch.tensor([[0.5, 0, 0, 0.3, 0, 0]] * 2), **kwargs)
     for key in ['image_raw', 'image_mask', 'image']:
         assert torch.allclose(canonical[key], zero_pose[key], atol=1e-4), key
     assert not torch.allclose(canonical['image_mask'], nodding['image_mask'], atol=1e-3)
-
-
-def test_apply_def_and_pose_params_go_together(small_generator):
-    G = small_generator
-    ws = G.mapping(torch.randn(1, G.z_dim), random_cameras(1))
-    with pytest.raises(ValueError, match='apply_def'):
-        G.synthesis(ws, random_cameras(1), apply_def=True)
-    with pytest.raises(ValueError, match='apply_def'):
-        G.synthesis(ws, random_cameras(1), pose_params=torch.zeros(1, 6))
 
 
 def test_sample_mixed_matches_renderer_density_ordering(small_generator):

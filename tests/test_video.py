@@ -45,8 +45,8 @@ class _RecordingGenerator:
         self.renderer = types.SimpleNamespace(depth_resolution=3, depth_resolution_importance=2)
         self.resolution, self.calls = resolution, []
 
-    def synthesis(self, ws, c, apply_def=False, pose_params=None, **kwargs):
-        self.calls.append(dict(ws=ws, c=c, apply_def=apply_def, pose_params=pose_params, **kwargs))
+    def synthesis(self, ws, c, pose_params=None, **kwargs):
+        self.calls.append(dict(ws=ws, c=c, pose_params=pose_params, **kwargs))
         batch = ws.shape[0]
         level = ws[:, 0, 0].reshape(batch, 1, 1, 1)  # each cell's own grey level
         return {'image': level.expand(batch, 3, self.resolution, self.resolution)}
@@ -63,8 +63,9 @@ def test_write_video_renders_each_frame_of_each_cell(tmp_path, base_pose):
     for call in G.calls:
         assert call['ws'].shape == (2, 3, 2) and call['c'].shape == (2, 25)
         assert call['depth_resolution'] == 6 and call['depth_resolution_importance'] == 4 and call['deterministic']
-        assert call['apply_def'] == (base_pose is not None)
-        if base_pose is not None:
+        if base_pose is None:
+            assert call['pose_params'] is None
+        else:
             assert torch.equal(call['pose_params'], base_pose.expand(2, -1))
     frames = imageio.mimread(path)
     assert len(frames) == 4 and frames[0].shape == (8, 16, 3)

@@ -159,7 +159,7 @@ class TriPlaneGenerator(torch.nn.Module):
         return planes_from_backbone(x, channels=self.triplane_channels, depth=self.triplane_depth)
 
     def synthesis(self, ws: torch.Tensor, c: torch.Tensor, neural_rendering_resolution: int | None = None,
-                  apply_def: bool = False, pose_params: torch.Tensor | None = None, ws_bcg: torch.Tensor | None = None, density_noise: float = 0.0,
+                  pose_params: torch.Tensor | None = None, ws_bcg: torch.Tensor | None = None, density_noise: float = 0.0,
                   depth_resolution: int | None = None, depth_resolution_importance: int | None = None,
                   ray_start: float | None = None, ray_end: float | None = None,
                   update_emas: bool = False, deterministic: bool = False,
@@ -169,16 +169,14 @@ class TriPlaneGenerator(torch.nn.Module):
         ws [B, num_ws, w_dim], c [B, 25], pose_params [B, 6], ws_bcg [B, num_ws, w_dim] or None -> dict:
           image [B, 3, S, S] (S = img_resolution), image_raw [B, 3, r, r], image_depth [B, 1, r, r],
           image_mask [B, 1, r, r] (alpha), image_background [B, 3, r, r] (only with a background).
-        With `apply_def` every ray sample is carried from the space posed by `pose_params` to the
-        canonical space of the tri-grid (docs/method.md §5); without it the canonical head is rendered.
+        With `pose_params` every ray sample is carried from the space posed by them to the canonical
+        space of the tri-grid (docs/method.md §5); without them (None) the canonical head is rendered.
         `deterministic` renders without sample jitter; otherwise `generator` drives the jitter.
         synthesis_kwargs (noise_mode, force_fp32) go to the backbone and background nets.
         """
-        if apply_def != (pose_params is not None):
-            raise ValueError('synthesis: apply_def=True needs pose_params [B, 6]; apply_def=False takes none')
         r = neural_rendering_resolution or self.neural_rendering_resolution
         batch = ws.shape[0]
-        deform = self.deformer.for_pose(pose_params) if apply_def else None
+        deform = None if pose_params is None else self.deformer.for_pose(pose_params)
         planes = self.planes(ws, update_emas=update_emas, **synthesis_kwargs)
         cam2world, intrinsics = split_label(c)
         origins, dirs = sample_rays(cam2world, intrinsics, r)
@@ -231,7 +229,7 @@ class TriPlaneGenerator(torch.nn.Module):
         """
         ws = self.mapping(z, c, pose_params, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
                           update_emas=update_emas)
-        return self.synthesis(ws, c, apply_def=apply_def, pose_params=pose_params if apply_def else None,
+        return self.synthesis(ws, c, pose_params=pose_params if apply_def else None,
                               update_emas=update_emas, **synthesis_kwargs)
 
 

@@ -86,8 +86,8 @@ def write_video(G: torch.nn.Module, cell_ws: list[torch.Tensor], grid: tuple, pa
         for frame in tqdm(range(num_frames), desc='frames', unit='frame'):
             with torch.no_grad():
                 w = torch.stack([cw[frame] for cw in cell_ws])
-                posed = dict(apply_def=True, pose_params=poses[frame:frame + 1].expand(cells, -1)) if poses is not None else {}
-                out = G.synthesis(w, cameras[frame:frame + 1].expand(cells, -1), **posed, **render_kwargs)
+                pose = None if poses is None else poses[frame:frame + 1].expand(cells, -1)
+                out = G.synthesis(w, cameras[frame:frame + 1].expand(cells, -1), pose_params=pose, **render_kwargs)
             images = depth_to_uint8(out['image_depth']) if image_mode == 'image_depth' else to_uint8(out[image_mode])
             if images.shape[-1] == 1:
                 images = images.repeat(3, axis=-1)
