@@ -72,10 +72,27 @@ def _hybrid_block_kwargs(w_dim: int, sr_num_fp16_res: int, fused_modconv_default
 
 
 class _SuperresolutionHybrid(_SuperresolutionBase):
-    """EG3D head pair: 128 channels at the input resolution (no upsampling), 64 channels at twice that."""
+    """EG3D head pair: 128 channels at the input resolution (no upsampling), 64 channels at twice that.
 
-    def _build(self, channels: int, img_resolution: int, sr_num_fp16_res: int, sr_antialias: bool,
-               fused_modconv_default, noise_mode: str, w_dim: int, cpu_bf16: bool):
+    Subclasses name their output resolution (`output_resolution`); the input is half of it.
+    """
+
+    output_resolution: int
+
+    def __init__(self,
+        channels: int,                  # Channels of the feature image x (32).
+        img_resolution: int,            # Output resolution; must be the head's output_resolution.
+        sr_num_fp16_res: int = 0,       # > 0: fp16 blocks with conv clamp 256 (fp16 on CUDA only).
+        sr_antialias: bool = True,      # Antialias when resizing the inputs down to the input resolution.
+        fused_modconv_default='inference_only',  # See SynthesisBlock.
+        noise_mode: str = 'none',       # Default noise mode of the blocks.
+        w_dim: int = 512,               # Intermediate latent (w) dimensionality.
+        cpu_bf16: bool = False,         # On CPU, run the convolutions in bfloat16?
+    ):
+        if img_resolution != self.output_resolution:
+            raise ValueError(f'{type(self).__name__} produces {self.output_resolution}x{self.output_resolution} '
+                             f'images, got img_resolution={img_resolution}')
+        super().__init__()
         input_resolution = img_resolution // 2
         self._init_common(channels, img_resolution, input_resolution, w_dim, sr_antialias, noise_mode)
         kwargs = _hybrid_block_kwargs(w_dim, sr_num_fp16_res, fused_modconv_default, cpu_bf16)
@@ -88,46 +105,14 @@ class _SuperresolutionHybrid(_SuperresolutionBase):
 class SuperresolutionHybrid2X(_SuperresolutionHybrid):
     """EG3D super-resolution head 64 -> 128: 128 channels at 64 (no upsampling), 64 channels at 128."""
 
-    def __init__(self,
-        channels: int,                  # Channels of the feature image x (32).
-        img_resolution: int,            # Output resolution; must be 128.
-        sr_num_fp16_res: int = 0,       # > 0: fp16 blocks with conv clamp 256 (fp16 on CUDA only).
-        sr_antialias: bool = True,      # Antialias when resizing the inputs down to 64.
-        channel_base: int | None = None,  # Unused by this fixed-width head; accepted so one sr_kwargs fits every head.
-        channel_max: int | None = None,   # Unused by this fixed-width head; accepted so one sr_kwargs fits every head.
-        fused_modconv_default='inference_only',  # See SynthesisBlock.
-        noise_mode: str = 'none',       # Default noise mode of the blocks.
-        w_dim: int = 512,               # Intermediate latent (w) dimensionality.
-        cpu_bf16: bool = False,         # On CPU, run the convolutions in bfloat16?
-    ):
-        if img_resolution != 128:
-            raise ValueError(f'SuperresolutionHybrid2X produces 128x128 images, got img_resolution={img_resolution}')
-        super().__init__()
-        self._build(channels, img_resolution, sr_num_fp16_res, sr_antialias, fused_modconv_default, noise_mode,
-                    w_dim, cpu_bf16)
+    output_resolution = 128
 
 
 @persistence.persistent_class
 class SuperresolutionHybrid4X(_SuperresolutionHybrid):
     """EG3D super-resolution head 128 -> 256: 128 channels at 128 (no upsampling), 64 channels at 256."""
 
-    def __init__(self,
-        channels: int,                  # Channels of the feature image x (32).
-        img_resolution: int,            # Output resolution; must be 256.
-        sr_num_fp16_res: int = 0,       # > 0: fp16 blocks with conv clamp 256 (fp16 on CUDA only).
-        sr_antialias: bool = True,      # Antialias when resizing the inputs down to 128.
-        channel_base: int | None = None,  # Unused by this fixed-width head; accepted so one sr_kwargs fits every head.
-        channel_max: int | None = None,   # Unused by this fixed-width head; accepted so one sr_kwargs fits every head.
-        fused_modconv_default='inference_only',  # See SynthesisBlock.
-        noise_mode: str = 'none',       # Default noise mode of the blocks.
-        w_dim: int = 512,               # Intermediate latent (w) dimensionality.
-        cpu_bf16: bool = False,         # On CPU, run the convolutions in bfloat16?
-    ):
-        if img_resolution != 256:
-            raise ValueError(f'SuperresolutionHybrid4X produces 256x256 images, got img_resolution={img_resolution}')
-        super().__init__()
-        self._build(channels, img_resolution, sr_num_fp16_res, sr_antialias, fused_modconv_default, noise_mode,
-                    w_dim, cpu_bf16)
+    output_resolution = 256
 
 
 @persistence.persistent_class
@@ -139,8 +124,6 @@ class SuperresolutionHybrid8XDC(_SuperresolutionBase):
         img_resolution: int,            # Output resolution; must be 512.
         sr_num_fp16_res: int = 0,       # > 0: fp16 blocks with conv clamp 256 (fp16 on CUDA only).
         sr_antialias: bool = True,      # Antialias when resizing the inputs down to 128.
-        channel_base: int | None = None,  # Unused by this fixed-width head; accepted so one sr_kwargs fits every head.
-        channel_max: int | None = None,   # Unused by this fixed-width head; accepted so one sr_kwargs fits every head.
         fused_modconv_default='inference_only',  # See SynthesisBlock.
         noise_mode: str = 'none',       # Default noise mode of the blocks.
         w_dim: int = 512,               # Intermediate latent (w) dimensionality.
@@ -149,7 +132,6 @@ class SuperresolutionHybrid8XDC(_SuperresolutionBase):
         if img_resolution != 512:
             raise ValueError(f'SuperresolutionHybrid8XDC produces 512x512 images, got img_resolution={img_resolution}')
         super().__init__()
-        del channel_base, channel_max
         self._init_common(channels, img_resolution, 128, w_dim, sr_antialias, noise_mode)
         kwargs = _hybrid_block_kwargs(w_dim, sr_num_fp16_res, fused_modconv_default, cpu_bf16)
         self.block0 = SynthesisBlock(channels, 256, resolution=256, is_last=False, **kwargs)
