@@ -16,11 +16,27 @@ def _lrelu(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, 0.2) * np.sqrt(2)
 
 
-def _small_generator(**kwargs) -> net.Generator:
+class _StyleGAN2(torch.nn.Module):
+    """The plain StyleGAN2 generator, as these tests exercise its two halves: mapping then synthesis."""
+
+    def __init__(self, z_dim: int, c_dim: int, w_dim: int, img_resolution: int, img_channels: int,
+                 mapping_kwargs: dict, **synthesis_kwargs):
+        super().__init__()
+        self.synthesis = net.SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
+                                              **synthesis_kwargs)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = net.MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mapping_kwargs)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor, **synthesis_kwargs) -> torch.Tensor:
+        """z [B, z_dim], c [B, c_dim] -> image [B, img_channels, img_resolution, img_resolution]"""
+        return self.synthesis(self.mapping(z, c), **synthesis_kwargs)
+
+
+def _small_generator(**kwargs) -> _StyleGAN2:
     args = dict(z_dim=16, c_dim=3, w_dim=16, img_resolution=16, img_channels=3, channel_base=256, channel_max=32,
                 num_fp16_res=0, mapping_kwargs=dict(num_layers=2))
     args.update(kwargs)
-    return net.Generator(**args)
+    return _StyleGAN2(**args)
 
 
 def _small_discriminator(**kwargs) -> net.Discriminator:

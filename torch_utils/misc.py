@@ -1,13 +1,13 @@
 """Tensor and module helpers used by the networks and the training loop.
 
-Cached constants, shape assertions, copying parameters by name, DDP helpers, a module summary
-table printed at start-up and the endless sampler that feeds the training loop.
+Cached constants, shape assertions, copying parameters by name, a check that every process holds
+the same networks, and the endless sampler that feeds the training loop.
 """
 
 import contextlib
 import re
 import warnings
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -114,25 +114,8 @@ def copy_params_and_buffers(src_module: torch.nn.Module, dst_module: torch.nn.Mo
     return missing
 
 
-def nan_to_num_grads_(params: Iterable[torch.Tensor]) -> None:
-    """Sanitize gradients in place: NaN -> 0, +inf -> 1e5, -inf -> -1e5 (one bad batch must not poison Adam)."""
-    for param in params:
-        if param.grad is not None:
-            torch.nan_to_num(param.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=param.grad)
-
-
 # ------------------------------------------------------------------------------------------------
 # Distributed data parallel.
-
-@contextlib.contextmanager
-def ddp_sync(module: torch.nn.Module, sync: bool) -> Iterator[None]:
-    """Skip DDP's gradient all-reduce inside the block when `sync` is False (gradient accumulation)."""
-    if isinstance(module, torch.nn.parallel.DistributedDataParallel) and not sync:
-        with module.no_sync():
-            yield
-    else:
-        yield
-
 
 def check_ddp_consistency(module: torch.nn.Module, ignore_regex: Optional[str] = None) -> None:
     """Assert that every rank holds the same parameters and buffers as rank 0; a no-op without torch.distributed.
@@ -159,91 +142,6 @@ def check_ddp_consistency(module: torch.nn.Module, ignore_regex: Optional[str] =
     if mismatched:
         raise AssertionError(f'check_ddp_consistency: {", ".join(mismatched)} on rank {rank} differ(s) from rank 0; '
                              f'broadcast the parameters from rank 0 after construction')
-
-
-# ------------------------------------------------------------------------------------------------
-# Module summary.
-
-def _flatten_tensors(value: Any) -> List[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [tensor for item in value for tensor in _flatten_tensors(item)]
-    if isinstance(value, dict):
-        return [tensor for item in value.values() for tensor in _flatten_tensors(item)]
-    return []
-
-
-def print_module_summary(module: torch.nn.Module, inputs: Sequence[Any], max_nesting: int = 3,
-                         skip_redundant: bool = True) -> Any:
-    """Run `module(*inputs)` once and print a table of its submodules; return the outputs.
-
-    Each row lists a submodule that ran, in order of completion: its qualified name, the number
-    of parameters and buffers it owns that no earlier row counted, the shapes and dtypes of its
-    tensor outputs. Submodules nested deeper than `max_nesting` are folded into their ancestor.
-    `skip_redundant` hides rows that add no tensors and only pass on outputs already listed.
-    """
-    if not isinstance(module, torch.nn.Module):
-        raise TypeError(f'print_module_summary: expected a torch.nn.Module, got {type(module).__name__}')
-    if isinstance(inputs, torch.Tensor):
-        raise TypeError('print_module_summary: pass the inputs as a list or tuple, e.g. [z, c]')
-
-    names = {submodule: name for name, submodule in module.named_modules()}
-    calls: List[Dict[str, Any]] = []
-    depth = [0]
-
-    def pre_hook(submodule, _inputs):
-        depth[0] += 1
-
-    def post_hook(submodule, _inputs, outputs):
-        depth[0] -= 1
-        if depth[0] <= max_nesting:
-            calls.append(dict(module=submodule, outputs=_flatten_tensors(outputs)))
-
-    handles = []
-    for submodule in module.modules():
-        handles.append(submodule.register_forward_pre_hook(pre_hook))
-        handles.append(submodule.register_forward_hook(post_hook))
-    try:
-        outputs = module(*inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-
-    seen_tensors = set()
-    seen_outputs = set()
-    rows = []
-    for call in calls:
-        submodule = call['module']
-        new_params = [t for t in submodule.parameters() if id(t) not in seen_tensors]
-        new_buffers = [t for t in submodule.buffers() if id(t) not in seen_tensors]
-        new_outputs = [t for t in call['outputs'] if id(t) not in seen_outputs]
-        seen_tensors.update(id(t) for t in new_params + new_buffers)
-        seen_outputs.update(id(t) for t in call['outputs'])
-        if skip_redundant and not (new_params or new_buffers or new_outputs) and submodule is not module:
-            continue
-        name = '<top-level>' if submodule is module else names.get(submodule, type(submodule).__name__)
-        shown_outputs = call['outputs'] if call['outputs'] else [None]
-        for index, output in enumerate(shown_outputs):
-            rows.append([
-                name if index == 0 else f'{name}:{index}',
-                str(sum(t.numel() for t in new_params)) if index == 0 else '-',
-                str(sum(t.numel() for t in new_buffers)) if index == 0 else '-',
-                str(list(output.shape)) if output is not None else '-',
-                str(output.dtype).replace('torch.', '') if output is not None else '-',
-            ])
-
-    total_params = sum(t.numel() for t in module.parameters())
-    total_buffers = sum(t.numel() for t in module.buffers())
-    header = ['Module', 'Parameters', 'Buffers', 'Output shape', 'Datatype']
-    footer = ['Total', str(total_params), str(total_buffers), '-', '-']
-    table = [header, ['---'] * len(header)] + rows + [['---'] * len(header), footer]
-    widths = [max(len(row[column]) for row in table) for column in range(len(header))]
-    print()
-    for row in table:
-        print('  '.join(cell + ' ' * (width - len(cell)) for cell, width in zip(row, widths)).rstrip())
-    print()
-    return outputs
 
 
 # ------------------------------------------------------------------------------------------------

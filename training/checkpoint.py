@@ -10,7 +10,7 @@ Weights file: `torch.save` of plain tensors, strings and dicts only, loadable wi
 `torch.load(weights_only=True)` and executing no pickled code:
 
     {'format': WEIGHTS_FORMAT, 'version': 1,
-     'modules': {key: {'class': 'training.networks_stylegan2.Generator',
+     'modules': {key: {'class': 'training.triplane.TriPlaneGenerator',
                        'init_args_json': '[...]', 'init_kwargs_json': '{...}',
                        'state_dict': {name: tensor}}},
      'extra_json': '{...}'}

@@ -699,43 +699,6 @@ class SynthesisNetwork(torch.nn.Module):
 
 
 @persistence.persistent_class
-class Generator(torch.nn.Module):
-    """StyleGAN2 generator: MappingNetwork followed by SynthesisNetwork."""
-
-    def __init__(self,
-        z_dim: int,                     # Latent dimensionality.
-        c_dim: int,                     # Conditioning dimensionality, 0 = unconditional.
-        w_dim: int,                     # Intermediate latent (w) dimensionality.
-        img_resolution: int,            # Output image resolution.
-        img_channels: int,              # Number of output image channels.
-        mapping_kwargs: dict | None = None,  # Extra MappingNetwork arguments (num_layers, lr_multiplier, ...).
-        **synthesis_kwargs,             # SynthesisNetwork arguments (channel_base, num_fp16_res, ...).
-    ):
-        super().__init__()
-        self.z_dim = z_dim
-        self.c_dim = c_dim
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
-                                          **synthesis_kwargs)
-        self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws,
-                                      **(mapping_kwargs or {}))
-
-    def forward(self, z: torch.Tensor, c: torch.Tensor | None, truncation_psi: float = 1,
-                truncation_cutoff: int | None = None, update_emas: bool = False, force_fp32: bool = False,
-                fused_modconv=None, noise_mode: str = 'random') -> torch.Tensor:
-        """z [B, z_dim], c [B, c_dim] -> img [B, img_channels, img_resolution, img_resolution]"""
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
-                          update_emas=update_emas)
-        return self.synthesis(ws, force_fp32=force_fp32, fused_modconv=fused_modconv, update_emas=update_emas,
-                              noise_mode=noise_mode)
-
-# ----------------------------------------------------------------------------------------------
-
-
-@persistence.persistent_class
 class DiscriminatorBlock(torch.nn.Module):
     """One resolution of the StyleGAN2 discriminator: (fromRGB +) conv, conv with 2x downsampling, skip."""
 

@@ -213,13 +213,6 @@ class TriPlaneGenerator(torch.nn.Module):
         """
         return self.renderer.sample_points(self.planes(ws, **synthesis_kwargs), self.decoder, points)
 
-    def sample(self, points: torch.Tensor, z: torch.Tensor, c: torch.Tensor, pose: torch.Tensor | None = None,
-               truncation_psi: float = 1, truncation_cutoff: int | None = None,
-               **synthesis_kwargs) -> dict[str, torch.Tensor]:
-        """points [B, M, 3], z [B, z_dim], c [B, 25], pose [B, 6] or None -> {'sigma', 'rgb'} as sample_mixed."""
-        ws = self.mapping(z, c, pose, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
-        return self.sample_mixed(points, ws, **synthesis_kwargs)
-
     def forward(self, z: torch.Tensor, c: torch.Tensor, pose_params: torch.Tensor | None = None,
                 apply_def: bool = False, truncation_psi: float = 1, truncation_cutoff: int | None = None,
                 update_emas: bool = False, **synthesis_kwargs) -> dict[str, torch.Tensor]:
