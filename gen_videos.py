@@ -34,7 +34,8 @@ def parse_grid(text: str) -> tuple:
               help='Cells of the video, WxH')
 @click.option('--trajectory', type=click.Choice(TRAJECTORIES), default='orbit', show_default=True,
               help='orbit: 360 degrees of yaw; wobble: small camera loop; pose: neck/head animated, camera fixed')
-@click.option('--large_pose', is_flag=True, help='Alias of --trajectory orbit')
+@click.option('--large_pose', type=click.BOOL, is_flag=False, flag_value=True, default=False,
+              help='--large_pose or --large_pose=True (the published spelling): --trajectory orbit')
 @click.option('--pose-amplitude', type=FiniteFloat(), default=0.6, show_default=True, help='Peak rotation of --trajectory pose, radians')
 @click.option('--image_mode', type=click.Choice(IMAGE_MODES), default='image', show_default=True)
 @click.option('--w-frames', type=click.IntRange(min=2), default=120, show_default=True, help='Frames per keyframe')

@@ -28,6 +28,16 @@ def test_orbit_video_frames_and_closure(run_dir, tmp_path):
     assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).max() <= 8
 
 
+@pytest.mark.parametrize('spelling, trajectory', [('--large_pose', 'orbit'), ('--large_pose=True', 'orbit'),
+                                                  ('--large_pose=False', 'wobble')])
+def test_large_pose_takes_the_published_spellings(run_dir, tmp_path, spelling, trajectory):
+    result = CliRunner().invoke(gen_videos.main, ['--network', run_dir, '--seeds', '0', '--trajectory', 'wobble',
+                                                  spelling, '--w-frames', '2', '--sample-mult', '1',
+                                                  '--outdir', str(tmp_path), '--device', 'cpu'])
+    assert result.exit_code == 0, result.output
+    assert [path.name for path in tmp_path.glob('*.mp4')] == [f'seeds0_{trajectory}_image.mp4']
+
+
 @pytest.mark.parametrize('case', ['missing', 'foreign', 'seeds', 'outdir', 'grid'])
 def test_one_line_errors(run_dir, tmp_path, case):
     foreign = tmp_path / 'notes.txt'
