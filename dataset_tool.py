@@ -42,9 +42,6 @@ import dataclasses
 import io
 import json
 import os
-import shutil
-import tempfile
-import zipfile
 from typing import List, Optional
 
 import click
@@ -53,6 +50,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from training.atomic_files import FolderOutput, ZipOutput
 from training.camera_utils import intrinsics_from_focal
 from training.cli import Command
 from training.dataset import (CAMERA_DIM, LABEL_DIM, LABELS_FILE, DatasetError, FileTree, PortraitDataset,
@@ -63,64 +61,10 @@ ALIGNED_IMAGES, ALIGNED_MASKS, ALIGNED_RESULT = 'aligned_images', 'mask', 'resul
 NECK_POSE, HEAD_POSE = slice(36, 39), slice(45, 48)  # SMPL joints 12 and 15 in a 72-value smpl_pose
 MAX_LISTED = 5
 MAX_RESOLUTION = 8192  # a 8192x8192 RGB image is 200 MB; anything larger is a typo
-ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # fixed, so that the same input gives the same archive
 
 
 # ------------------------------------------------------------------------------------------------
-# Outputs that appear only when complete.
-
-class _ZipOutput:
-    """A zip archive written to a temporary file beside `path` and renamed over it on commit."""
-
-    def __init__(self, path: str):
-        self.path = path
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, self._temp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=directory)
-        os.close(fd)
-        # Stored, not deflated: PNG is compressed already, and stored members read fastest.
-        self._zip = zipfile.ZipFile(self._temp, 'w', compression=zipfile.ZIP_STORED)
-
-    def add(self, name: str, data: bytes) -> None:
-        self._zip.writestr(zipfile.ZipInfo(name, date_time=ZIP_TIMESTAMP), data)
-
-    def commit(self) -> None:
-        self._zip.close()
-        with open(self._temp, 'rb+') as file:
-            os.fsync(file.fileno())
-        os.chmod(self._temp, 0o644)  # mkstemp makes owner-only files
-        os.replace(self._temp, self.path)
-
-    def abort(self) -> None:
-        self._zip.close()
-        if os.path.exists(self._temp):
-            os.remove(self._temp)
-
-
-class _FolderOutput:
-    """A folder filled under a temporary name beside `path` and renamed to it on commit."""
-
-    def __init__(self, path: str):
-        self.path = path
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
-        self._temp = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.normpath(path))}.', suffix='.tmp', dir=parent)
-
-    def add(self, name: str, data: bytes) -> None:
-        target = os.path.join(self._temp, *name.split('/'))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with open(target, 'wb') as file:
-            file.write(data)
-
-    def commit(self) -> None:
-        os.chmod(self._temp, 0o755)  # mkdtemp makes owner-only folders
-        if os.path.isdir(self.path):
-            shutil.rmtree(self.path)  # empty, or replaced with --overwrite
-        os.replace(self._temp, self.path)
-
-    def abort(self) -> None:
-        shutil.rmtree(self._temp, ignore_errors=True)
-
+# Outputs (they appear only when complete: training/atomic_files.py).
 
 def _check_destination(path: str, option: str, overwrite: bool) -> None:
     if path.lower().endswith('.zip'):
@@ -138,7 +82,7 @@ def _check_destination(path: str, option: str, overwrite: bool) -> None:
 
 
 def _open_output(path: str):
-    return _ZipOutput(path) if path.lower().endswith('.zip') else _FolderOutput(path)
+    return ZipOutput(path) if path.lower().endswith('.zip') else FolderOutput(path)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import torch
 import dnnlib
 from metrics.names import METRIC_POSE_SAMPLE_MODES
 from training import checkpoint, presets, run_files
+from training.atomic_files import remove_unfinished_writes
 from training.cli import Command, FiniteFloat, make_outdir
 from training.config import ARCHITECTURE_FIELDS, DEVICES, ConfigError, TrainingConfig
 from training.dataset import DatasetError, PortraitDataset
@@ -80,7 +81,7 @@ def _find_resume_state(resume: str) -> str:
     """The resume state that `--resume` names: a run directory's newest, the state itself, or a snapshot's."""
     if os.path.isdir(resume):
         # The run being continued is over: files it was writing when it was killed are incomplete.
-        for path in checkpoint.remove_unfinished_writes(resume):
+        for path in remove_unfinished_writes(resume):
             print(f'removed {path}, an unfinished write of the interrupted run')
     try:
         return run_files.find_resume_state(resume)

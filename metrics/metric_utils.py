@@ -20,7 +20,7 @@ from tqdm import tqdm
 import dnnlib
 from metrics.detector import DEFAULT_DETECTOR, FEATURE_DIM, FeatureDetector
 from metrics.names import METRIC_POSE_SAMPLE_MODES
-from training import checkpoint
+from training.atomic_files import atomic_write
 from training.dataset import PortraitDataset
 from training.images import to_uint8
 from training.d_input import discriminator_input
@@ -170,7 +170,7 @@ def real_features(opts: MetricOptions, max_items: int | None) -> np.ndarray:
             results[batch] = detector(images)
         features = gather_batches(results, len(indices), FEATURE_DIM, opts)
         if cache_path is not None and opts.rank == 0:
-            checkpoint.atomic_write(cache_path, lambda f: np.save(f, features))
+            atomic_write(cache_path, lambda f: np.save(f, features))
     opts.memo[memo_key] = features
     return features
 

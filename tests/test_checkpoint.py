@@ -8,7 +8,7 @@ import torch
 
 import dnnlib
 from torch_utils import persistence
-from training import checkpoint, safe_pickle
+from training import atomic_files, checkpoint, safe_pickle
 
 
 @persistence.persistent_class
@@ -231,10 +231,10 @@ def test_unfinished_writes_are_removed(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.atomic_write(str(tmp_path / 'network-snapshot-000004.pkl'), interrupted)
+        atomic_files.atomic_write(str(tmp_path / 'network-snapshot-000004.pkl'), interrupted)
     assert os.listdir(tmp_path) == []  # an exception cleans up; a kill -9 does not:
     stale = tmp_path / '.network-snapshot-000004.pkl.x1y2z3.tmp'
     stale.write_bytes(b'half')
     (tmp_path / 'network-snapshot-000000.pkl').write_bytes(b'complete')
-    assert checkpoint.remove_unfinished_writes(str(tmp_path)) == [str(stale)]
+    assert atomic_files.remove_unfinished_writes(str(tmp_path)) == [str(stale)]
     assert os.listdir(tmp_path) == ['network-snapshot-000000.pkl']

@@ -32,6 +32,7 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 import torch
 
 from training import checkpoint, pose_prediction, run_files, safe_pickle
+from training.atomic_files import atomic_write
 from training.body import smpl_pickle
 from training.dual_discriminator import PoseAwareDualDiscriminator
 from training.safe_pickle import ConversionError, InertObject, PersistentRecord, UnsafePickleError
@@ -491,5 +492,5 @@ def convert_checkpoint(in_path: str, out_path: str, smpl_path: Optional[str] = N
         return out_path, None
     json_path = run_files.pose_predict_kwargs_for(out_path)
     text = json.dumps(settings, indent=2) + '\n'
-    checkpoint.atomic_write(json_path, lambda file: file.write(text.encode()))
+    atomic_write(json_path, lambda file: file.write(text.encode()))
     return out_path, json_path

@@ -27,15 +27,15 @@ import copy
 import json
 import os
 import pickle
-import tempfile
 import zipfile
-from typing import Any, BinaryIO, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 
 import dnnlib
 from torch_utils import persistence
 from training import safe_pickle
+from training.atomic_files import atomic_write
 
 WEIGHTS_FORMAT = '3dportraitgan-weights'
 TRUST_PICKLE_HELP = ('Load network pickles by running the code stored in them (only for files from sources you '
@@ -47,57 +47,6 @@ _ZIP_MAGIC = b'PK\x03\x04'
 
 class CheckpointError(Exception):
     """A snapshot file that is missing, incomplete or not a snapshot."""
-
-
-# ------------------------------------------------------------------------------------------------
-# Atomic writes.
-
-def _fsync_directory(directory: str) -> None:
-    # Makes the rename itself durable; not possible on every platform, hence best effort.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def remove_unfinished_writes(directory: str) -> list:
-    """Delete the temporary files that atomic_write leaves when its process is killed mid-write
-    (`.<name>.<random>.tmp`); call it only where no other process is writing. -> the removed paths"""
-    removed = []
-    for name in os.listdir(directory):
-        if name.startswith('.') and name.endswith('.tmp') and os.path.isfile(os.path.join(directory, name)):
-            os.remove(os.path.join(directory, name))
-            removed.append(os.path.join(directory, name))
-    return removed
-
-
-def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Call `write(file)` on a temporary file next to `path`, then move it over `path` in one step.
-
-    On any error the temporary file is removed and an existing file at `path` is left untouched.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, temp_path = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=directory)
-    try:
-        with os.fdopen(fd, 'wb') as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        # mkstemp creates owner-only files; snapshots are ordinary files.
-        os.chmod(temp_path, 0o644)
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-        raise
-    _fsync_directory(directory)
 
 
 def _require_file(path: str) -> None:

@@ -32,7 +32,6 @@ import math
 import multiprocessing
 import os
 import queue
-import tempfile
 import traceback
 import zipfile
 from typing import Iterator, List, Optional, Tuple
@@ -43,6 +42,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from training import camera_utils
+from training.atomic_files import ZipOutput
 from training.body import lbs
 from training.body.body_model import EMBEDDED_MODEL_PATH, BodyModel, load_npz
 from training.dataset import LABELS_FILE
@@ -52,7 +52,6 @@ from training.mesh_renderer import MeshRenderer
 # rebuilds sets made by an older version.
 SYNTHETIC_VERSION = 1
 MASK_MARKER_FILE = 'synthetic.json'  # not an image, so the dataset reader skips it
-ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
 MAX_RENDER_SIZE = 1024  # supersampling stops below this many rendered pixels a side
 
 # Cameras: uniform yaw over the full circle; pitch = offset of the orbit angle v from pi/2
@@ -451,35 +450,6 @@ def build_parameters(num_images: int, resolution: int, seed: int) -> dict:
     return parameters
 
 
-class _TempZip:
-    """A stored (uncompressed) zip archive written beside its destination, moved there on commit."""
-
-    def __init__(self, path: str):
-        self.path = os.path.abspath(path)
-        directory = os.path.dirname(self.path)
-        os.makedirs(directory, exist_ok=True)
-        fd, self.temp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=directory)
-        os.close(fd)
-        self.zip = zipfile.ZipFile(self.temp, 'w', compression=zipfile.ZIP_STORED)
-
-    def add(self, name: str, data: bytes) -> None:
-        self.zip.writestr(zipfile.ZipInfo(name, date_time=ZIP_TIMESTAMP), data)
-
-    def close(self) -> None:
-        self.zip.close()
-        with open(self.temp, 'rb+') as file:
-            os.fsync(file.fileno())
-        os.chmod(self.temp, 0o644)  # mkstemp makes owner-only files
-
-    def commit(self) -> None:
-        os.replace(self.temp, self.path)
-
-    def discard(self) -> None:
-        self.zip.close()
-        if os.path.exists(self.temp):
-            os.remove(self.temp)
-
-
 def build_synthetic_dataset(dest_zip: str, seg_dest_zip: str, num_images: int = 2000, resolution: int = 64,
                             seed: int = 0, workers: int = 2, progress: bool = True) -> dict:
     """Render the synthetic set into an images zip (with dataset.json) and a masks zip.
@@ -494,7 +464,7 @@ def build_synthetic_dataset(dest_zip: str, seg_dest_zip: str, num_images: int = 
         raise ValueError(f'synthetic data set: need num_images >= 1, resolution >= 1, seed >= 0, workers >= 0; '
                          f'got {num_images}, {resolution}, {seed}, {workers}')
     parameters = build_parameters(num_images, resolution, seed)
-    outputs = [_TempZip(dest_zip), _TempZip(seg_dest_zip)]
+    outputs = [ZipOutput(dest_zip), ZipOutput(seg_dest_zip)]
     images, masks = outputs
     try:
         labels = []
@@ -511,14 +481,14 @@ def build_synthetic_dataset(dest_zip: str, seg_dest_zip: str, num_images: int = 
         images.add(LABELS_FILE, json.dumps({'labels': labels, 'synthetic': parameters}).encode('utf-8'))
         masks.add(MASK_MARKER_FILE, json.dumps({'synthetic': parameters}).encode('utf-8'))
         for output in outputs:
-            output.close()
+            output.finish()
         if os.path.exists(images.path):
             os.remove(images.path)
         masks.commit()
         images.commit()
     except BaseException:
         for output in outputs:
-            output.discard()
+            output.abort()
         raise
     return parameters
 

@@ -41,6 +41,7 @@ import torch
 import dnnlib
 from torch_utils import misc, training_stats
 from training import checkpoint, run_files
+from training.atomic_files import atomic_write
 from training.camera_utils import flip_camera, frontal_camera
 from training.config import TrainingConfig
 from training.dataset import DatasetError, PortraitDataset
@@ -502,7 +503,7 @@ def save_network_files(run_dir: str, cur_nimg: int, networks: dict, training_set
     checkpoint.save_weights(paths['pt'], networks, extra=dict(
         training_set_kwargs=training_set_kwargs, cur_nimg=cur_nimg,
         neural_rendering_resolution=schedule['rendering_resolution']))
-    checkpoint.atomic_write(paths['json'], lambda f: f.write(json.dumps(pose_predict_kwargs(schedule), indent=2).encode()))
+    atomic_write(paths['json'], lambda f: f.write(json.dumps(pose_predict_kwargs(schedule), indent=2).encode()))
     return paths
 
 
@@ -547,7 +548,7 @@ def _save_network_snapshot(run_dir: str, config: TrainingConfig, networks: dict,
                  networks={name: module.state_dict() for name, module in networks.items()},
                  optimizers={name: optimizer.state_dict() for name, optimizer in optimizers.items()},
                  rng=rng_states)
-    checkpoint.atomic_write(paths['resume'], lambda f: torch.save(state, f))
+    atomic_write(paths['resume'], lambda f: torch.save(state, f))
     run_files.remove_older_resume_states(run_dir, keep=paths['resume'])
 
 

@@ -1,0 +1,132 @@
+"""Outputs that appear only when complete: written under a temporary name beside their destination
+(`.<name>.<random>.tmp`) and moved over it in one step, so that a crash or a kill mid-write leaves
+the previous file, or none, but never a partial one.
+"""
+
+import os
+import shutil
+import tempfile
+import zipfile
+from typing import BinaryIO, Callable
+
+ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # fixed, so that the same members give the same archive
+
+
+def _fsync_directory(directory: str) -> None:
+    # Makes the rename itself durable; not possible on every platform, hence best effort.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _temporary_file_beside(path: str) -> str:
+    """Create an empty temporary file in the folder of `path` (made if missing) -> its path."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, temp_path = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=directory)
+    os.close(fd)
+    return temp_path
+
+
+def _move_into_place(temp_path: str, path: str) -> None:
+    """Flush the finished temporary file to disk and rename it over `path`."""
+    with open(temp_path, 'rb+') as file:
+        os.fsync(file.fileno())
+    os.chmod(temp_path, 0o644)  # mkstemp makes owner-only files; outputs are ordinary files
+    os.replace(temp_path, path)
+    _fsync_directory(os.path.dirname(os.path.abspath(path)))
+
+
+def remove_unfinished_writes(directory: str) -> list:
+    """Delete the temporary files that a writer here leaves when its process is killed mid-write
+    (`.<name>.<random>.tmp`); call it only where no other process is writing. -> the removed paths"""
+    removed = []
+    for name in os.listdir(directory):
+        if name.startswith('.') and name.endswith('.tmp') and os.path.isfile(os.path.join(directory, name)):
+            os.remove(os.path.join(directory, name))
+            removed.append(os.path.join(directory, name))
+    return removed
+
+
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write(file)` on a temporary file next to `path`, then move it over `path` in one step.
+
+    On any error the temporary file is removed and an existing file at `path` is left untouched.
+    """
+    temp_path = _temporary_file_beside(path)
+    try:
+        with open(temp_path, 'wb') as file:
+            write(file)
+        _move_into_place(temp_path, path)
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.remove(temp_path)
+        raise
+
+
+class ZipOutput:
+    """A stored (uncompressed) zip archive with fixed member timestamps, written beside `path`.
+
+    add() members, then commit() to move the archive to `path`, or abort() to delete it. finish()
+    completes the archive on disk without moving it, so that several outputs can all be finished
+    before any of them is committed. Stored, not deflated: images are compressed already, and stored
+    members read fastest.
+    """
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        self._temp = _temporary_file_beside(path)
+        self._zip = zipfile.ZipFile(self._temp, 'w', compression=zipfile.ZIP_STORED)
+        self._finished = False
+
+    def add(self, name: str, data: bytes) -> None:
+        self._zip.writestr(zipfile.ZipInfo(name, date_time=ZIP_TIMESTAMP), data)
+
+    def finish(self) -> None:
+        if not self._finished:
+            self._zip.close()
+            with open(self._temp, 'rb+') as file:
+                os.fsync(file.fileno())
+            self._finished = True
+
+    def commit(self) -> None:
+        self.finish()
+        _move_into_place(self._temp, self.path)
+
+    def abort(self) -> None:
+        self._zip.close()
+        if os.path.exists(self._temp):
+            os.remove(self._temp)
+
+
+class FolderOutput:
+    """A folder filled under a temporary name beside `path` and renamed to it on commit (an existing,
+    empty or to-be-overwritten folder at `path` is replaced); abort() deletes it."""
+
+    def __init__(self, path: str):
+        self.path = path
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        self._temp = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.normpath(path))}.', suffix='.tmp', dir=parent)
+
+    def add(self, name: str, data: bytes) -> None:
+        target = os.path.join(self._temp, *name.split('/'))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, 'wb') as file:
+            file.write(data)
+
+    def commit(self) -> None:
+        os.chmod(self._temp, 0o755)  # mkdtemp makes owner-only folders
+        if os.path.isdir(self.path):
+            shutil.rmtree(self.path)
+        os.replace(self._temp, self.path)
+
+    def abort(self) -> None:
+        shutil.rmtree(self._temp, ignore_errors=True)
