@@ -13,6 +13,7 @@ import tempfile
 import click
 import torch
 
+from torch_utils import distributed
 from metrics import metric_main, metric_utils
 from metrics.detector import DEFAULT_DETECTOR, DetectorError
 from metrics.names import METRIC_POSE_SAMPLE_MODES, expected_metrics, is_valid_metric
@@ -21,10 +22,6 @@ from training.cli import Command, load_snapshot
 from training.dataset import DatasetError
 from training.pose_prediction import load_pose_predict_kwargs
 from training.run_files import pose_predict_kwargs_for
-
-
-def _is_torchrun() -> bool:
-    return all(name in os.environ for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'))
 
 
 def _parse_metrics(ctx, param, value):
@@ -37,16 +34,8 @@ def _parse_metrics(ctx, param, value):
 
 def _evaluate(rank: int, world_size: int, args: dict, init_file: str | None) -> None:
     """One process: join the process group, load the snapshot, compute and (rank 0) report every metric."""
-    if args['device'] == 'cuda':
-        device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', rank)))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device('cpu')
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', world_size))))
-    if world_size > 1 and not torch.distributed.is_initialized():
-        backend = 'nccl' if device.type == 'cuda' else 'gloo'
-        init_method = 'env://' if init_file is None else f'file://{init_file}'
-        torch.distributed.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
+    device = distributed.process_device(args['device'], rank, world_size)
+    distributed.join_process_group(device, rank, world_size, init_file)
     try:
         path, G, D, contents = load_snapshot(args['network'], device, args['trust_pickle'])
         if G is None:
@@ -128,7 +117,7 @@ def main(**args):
         raise click.UsageError('give both --data and --seg_data, or neither (the snapshot\'s training data)')
     if args['device'] == 'cuda' and not torch.cuda.is_available():
         raise click.BadParameter('no CUDA device on this machine; use --device cpu', param_hint='--device')
-    if _is_torchrun():
+    if distributed.is_torchrun():
         _evaluate(int(os.environ['RANK']), int(os.environ['WORLD_SIZE']), args, None)
     elif args['gpus'] == 1:
         _evaluate(0, 1, args, None)

@@ -33,6 +33,7 @@ import click
 import torch
 
 import dnnlib
+from torch_utils import distributed
 from metrics.names import METRIC_POSE_SAMPLE_MODES
 from training import checkpoint, presets, run_files
 from training.atomic_files import remove_unfinished_writes
@@ -54,10 +55,6 @@ GENERATOR_OPTIONS = {
 }
 
 
-def _is_torchrun() -> bool:
-    return all(name in os.environ for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK'))
-
-
 def _parse_metrics(ctx, param, value):
     if value is None:
         return None
@@ -71,7 +68,7 @@ def _resolve_device(name: str, gpus: int) -> str:
     if name == 'cuda':
         if not torch.cuda.is_available():
             raise click.BadParameter('no CUDA device on this machine; use --device cpu', param_hint='--device')
-        if not _is_torchrun() and gpus > torch.cuda.device_count():
+        if not distributed.is_torchrun() and gpus > torch.cuda.device_count():
             raise click.BadParameter(f'--gpus {gpus}, but this machine has {torch.cuda.device_count()} CUDA '
                                      f'device(s)', param_hint='--gpus')
     return name
@@ -113,19 +110,8 @@ def _continued_config(resume_state: str, cfg_given: bool, overrides: dict, gener
 def _process(rank: int, world_size: int, config: TrainingConfig, run_dir: str, init_file: str | None) -> None:
     """One training process: join the process group, pick the device, train; errors become one line and exit 1."""
     from training.training_loop import TrainingDataError, TrainingDivergedError, training_loop
-    local_rank = int(os.environ.get('LOCAL_RANK', rank))
-    if config.device == 'cuda':
-        device = torch.device('cuda', local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device('cpu')
-        # Processes share the cores: one thread pool per core would oversubscribe them.
-        local_world = int(os.environ.get('LOCAL_WORLD_SIZE', world_size))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    if world_size > 1 and not torch.distributed.is_initialized():
-        backend = 'nccl' if device.type == 'cuda' else 'gloo'
-        torch.distributed.init_process_group(backend, init_method=f'file://{init_file}', rank=rank,
-                                             world_size=world_size)
+    device = distributed.process_device(config.device, rank, world_size)
+    distributed.join_process_group(device, rank, world_size, init_file)
     logger = dnnlib.util.Logger(os.path.join(run_dir, 'log.txt'), file_mode='a') if rank == 0 else None
     try:
         training_loop(config, run_dir, rank=rank, world_size=world_size, device=device)
@@ -142,7 +128,7 @@ def _process(rank: int, world_size: int, config: TrainingConfig, run_dir: str, i
 
 def _launch(config: TrainingConfig, run_dir: str) -> None:
     """Single process, torchrun's processes, or `gpus` spawned processes."""
-    if _is_torchrun() or config.gpus == 1:
+    if distributed.is_torchrun() or config.gpus == 1:
         _process(int(os.environ.get('RANK', 0)), config.gpus, config, run_dir, None)
         return
     # Ctrl-C reaches every process of the terminal's group, so the ranks see it themselves; a
@@ -267,7 +253,7 @@ def main(outdir, cfg, gpus, dry_run, resume, resume_kimg, resume_blur, cbase, cm
         raise click.UsageError('--resume_kimg needs --resume (the snapshot to start the stage from)')
     if resume_blur and resume_kimg is None:
         raise click.UsageError('--resume_blur only applies when starting a stage with --resume_kimg')
-    if _is_torchrun():
+    if distributed.is_torchrun():
         world_size = int(os.environ['WORLD_SIZE'])
         if gpus is not None and gpus != world_size:
             raise click.BadParameter(f'--gpus {gpus}, but torchrun started {world_size} processes', param_hint='--gpus')
@@ -290,16 +276,16 @@ def main(outdir, cfg, gpus, dry_run, resume, resume_kimg, resume_blur, cbase, cm
     if config.resume is not None and config.resume_state is None:
         _check_stage_snapshot(config)
 
-    if _is_torchrun():
-        if config.device == 'cuda':
-            torch.cuda.set_device(int(os.environ['LOCAL_RANK']))
-        torch.distributed.init_process_group('nccl' if config.device == 'cuda' else 'gloo', init_method='env://')
     rank = int(os.environ.get('RANK', 0))
+    if distributed.is_torchrun():
+        world_size = int(os.environ['WORLD_SIZE'])
+        distributed.join_process_group(distributed.process_device(config.device, rank, world_size), rank, world_size,
+                                       init_file=None)
     synthetic = (config.data, config.seg_data) == default_synthetic_paths(resolution=config.generator['img_resolution'])
     if synthetic and int(os.environ.get('LOCAL_RANK', 0)) == 0:
         ensure_synthetic_dataset(resolution=config.generator['img_resolution'])
     run_dir = _make_run_dir(outdir, config) if rank == 0 else None
-    if _is_torchrun():
+    if distributed.is_torchrun():
         shared = [run_dir]
         torch.distributed.broadcast_object_list(shared, src=0)  # also waits until the synthetic set exists
         run_dir = shared[0]
