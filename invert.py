@@ -15,7 +15,7 @@ from training.camera_utils import frontal_camera
 from training.cli import (DEFAULT_DEVICE, SEED_RANGE, Command, Device, FiniteFloat, load_generator_and_discriminator,
                           make_outdir, parse_pose, require_shape_memory)
 from training.dataset import PortraitDataset, stem
-from training.images import to_uint8
+from training.images import image_from_uint8, mask_from_uint8, to_uint8
 from training.inversion import InversionConfig, optimize_latent, prepare_target, render, tune_generator
 from training.latent_file import save_latent
 from training.d_input import resize_image
@@ -74,8 +74,8 @@ def read_inputs(image: str, mask: str | None, camera: str | None, resolution: in
         for idx in range(len(dataset)):
             img, seg, c, _ = dataset[idx]
             names.append(dataset.get_details(idx).image_name)
-            photos.append(torch.from_numpy(img).float()[None] / 127.5 - 1)
-            masks.append(torch.from_numpy(seg).float()[None] / 255)
+            photos.append(image_from_uint8(torch.from_numpy(img)[None]))
+            masks.append(mask_from_uint8(torch.from_numpy(seg)[None]))
             cameras.append(torch.from_numpy(c)[None])
         return (names, resize_image(torch.cat(photos), resolution), resize_image(torch.cat(masks), resolution).clamp(0, 1),
                 torch.cat(cameras))

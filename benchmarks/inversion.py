@@ -28,7 +28,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from training import checkpoint, run_files
 from training.camera_utils import PIVOT
-from training.images import to_uint8
+from training.images import image_from_uint8, to_uint8
 from training.inversion import InversionConfig, optimize_latent, prepare_target, render, tune_generator
 from training.d_input import resize_image
 from training.run_files import pose_predict_kwargs_for
@@ -113,7 +113,7 @@ def view_metrics(G: torch.nn.Module, ws: torch.Tensor, pose: torch.Tensor, camer
 def photo_tensors(image: np.ndarray, mask: np.ndarray, device: torch.device) -> tuple:
     """image uint8 [R, R, 3], mask uint8 [R, R] -> (photo [1, 3, R, R] in [-1, 1], mask [1, 1, R, R] in [0, 1]),
     scaled as the data set loader scales them."""
-    photo = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(127.5).sub(1).to(device)
+    photo = image_from_uint8(torch.from_numpy(image).permute(2, 0, 1)[None], device)
     return photo, torch.from_numpy(mask)[None, None].float().div(255).to(device)
 
 

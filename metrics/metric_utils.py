@@ -22,7 +22,7 @@ from metrics.detector import DEFAULT_DETECTOR, FEATURE_DIM, FeatureDetector
 from metrics.names import METRIC_POSE_SAMPLE_MODES
 from training.atomic_files import atomic_write
 from training.dataset import PortraitDataset
-from training.images import to_uint8
+from training.images import image_from_uint8, mask_from_uint8, to_uint8
 from training.d_input import discriminator_input
 from training.pose_prediction import predict_real_poses
 
@@ -195,8 +195,7 @@ def sample_poses(opts: MetricOptions, z: torch.Tensor, indices: np.ndarray) -> t
         c = torch.from_numpy(np.stack([dataset.get_label(int(i)) for i in indices])).to(opts.device)
         return c, opts.G.get_pose_params(z, c)
     images, masks, c, _ = load_real_batch(dataset, indices)
-    images = images.to(opts.device).float() / 127.5 - 1
-    masks = masks.to(opts.device).float() / 255
+    images, masks = image_from_uint8(images, opts.device), mask_from_uint8(masks, opts.device)
     c = c.to(opts.device)
     poses = predict_real_poses(opts.D, images, masks, c, opts.pose_predict_kwargs, batch=len(indices))
     return c, poses

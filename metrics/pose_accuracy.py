@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from metrics import metric_utils
+from training.images import image_from_uint8, mask_from_uint8
 from training.pose_prediction import pose_errors, predict_real_poses
 
 POSE_WIDTH = 12  # predicted [6] and target [6] poses, side by side
@@ -35,8 +36,8 @@ def real_pose_pairs(opts: metric_utils.MetricOptions, max_items: int | None) -> 
     for batch in metric_utils.progress_bar(metric_utils.rank_batches(len(indices), opts), opts, 'real poses'):
         chunk = indices[batch * opts.batch_size:(batch + 1) * opts.batch_size]
         images, masks, cameras, poses = metric_utils.load_real_batch(dataset, chunk)
-        predicted = predict_real_poses(opts.D, images.to(opts.device).float() / 127.5 - 1,
-                                       masks.to(opts.device).float() / 255, cameras.to(opts.device),
+        predicted = predict_real_poses(opts.D, image_from_uint8(images, opts.device), mask_from_uint8(masks, opts.device),
+                                       cameras.to(opts.device),
                                        opts.pose_predict_kwargs, batch=opts.batch_size)
         results[batch] = torch.cat([predicted.cpu(), poses], dim=1)
     table = metric_utils.gather_batches(results, len(indices), POSE_WIDTH, opts)

@@ -12,6 +12,7 @@ import torch
 from tests.tiny_run import tiny_setup
 from training.d_input import discriminator_input
 from training.dataset import PortraitDataset
+from training.images import image_from_uint8
 from training.pose_prediction import pose_errors
 from training.training_loop import build_networks
 
@@ -24,7 +25,7 @@ def test_pose_regression_beats_the_mean_pose(tmp_path):
     _, config = tiny_setup(str(tmp_path), num_images=NUM_IMAGES)
     dataset = PortraitDataset(config.data, config.seg_data, resolution=config.generator['img_resolution'], xflip=False)
     items = [dataset[i] for i in range(len(dataset))]
-    image = torch.stack([torch.from_numpy(item[0]) for item in items]).float() / 127.5 - 1
+    image = image_from_uint8(torch.stack([torch.from_numpy(item[0]) for item in items]))
     mask = torch.stack([torch.from_numpy(item[1]) for item in items]).float() / 255
     camera = torch.stack([torch.from_numpy(item[2]) for item in items])
     pose = torch.stack([torch.from_numpy(item[3]) for item in items])

@@ -1,4 +1,4 @@
-"""Conversions of network outputs to 8-bit pictures, shared by the training snapshots and the scripts."""
+"""Conversions between 8-bit pictures and the networks' value ranges, shared by training, metrics and the scripts."""
 
 import numpy as np
 import torch
@@ -15,3 +15,13 @@ def depth_to_uint8(depth: torch.Tensor) -> np.ndarray:
     flat = depth.flatten(1)
     low, high = flat.min(1).values.view(-1, 1, 1, 1), flat.max(1).values.view(-1, 1, 1, 1)
     return to_uint8((high - depth) / (high - low).clamp(min=1e-8), 0.0, 1.0)
+
+
+def image_from_uint8(images: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 images [N, C, H, W] in 0..255 -> float32 [N, C, H, W] in [-1, 1] (the generator's range), on `device`."""
+    return images.to(device).to(torch.float32) / 127.5 - 1
+
+
+def mask_from_uint8(masks: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 masks [N, 1, H, W] in 0..255 -> float32 [N, 1, H, W] in [0, 1], on `device`."""
+    return masks.to(device).to(torch.float32) / 255

@@ -46,7 +46,7 @@ from training.camera_utils import flip_camera, frontal_camera
 from training.config import TrainingConfig
 from training.dataset import DatasetError, PortraitDataset
 from training.dual_discriminator import PoseAwareDualDiscriminator
-from training.images import depth_to_uint8, to_uint8
+from training.images import depth_to_uint8, image_from_uint8, mask_from_uint8, to_uint8
 from training.loss import LossConfig, PortraitGANLoss
 from training.mesh_renderer import MeshRenderer
 from training.pose_prediction import predict_real_poses
@@ -189,8 +189,8 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
                 data_failed = _any_rank(data_failure is not None, world_size, device)
                 if not data_failed:
                     progress.data_batches += 1
-                    real_img = (real_img.to(device).to(torch.float32) / 127.5 - 1).split(config.batch_gpu)
-                    real_seg = (real_seg.to(device).to(torch.float32) / 255).split(config.batch_gpu)
+                    real_img = image_from_uint8(real_img, device).split(config.batch_gpu)
+                    real_seg = mask_from_uint8(real_seg, device).split(config.batch_gpu)
                     real_c = real_c.to(device).split(config.batch_gpu)
                     real_pose = real_pose.to(device).split(config.batch_gpu)
 
@@ -715,8 +715,7 @@ class _SnapshotGrid:
                 for key in ('image', 'image_raw', 'image_depth'):
                     outputs[key].append(posed[key])
                     outputs[key.replace('image', 'no_pose')].append(canonical[key])
-            real_poses = predict_real_poses(D, self.real_img.to(torch.float32) / 127.5 - 1,
-                                            self.real_seg.to(torch.float32) / 255, self.real_c,
+            real_poses = predict_real_poses(D, image_from_uint8(self.real_img), mask_from_uint8(self.real_seg), self.real_c,
                                             pose_predict_kwargs(schedule), batch=self.chunk)
         out = {key: torch.cat(value) for key, value in outputs.items()}
         for suffix, key in (('0', 'image'), ('1_no_pose', 'no_pose'), ('2_raw', 'image_raw'),
