@@ -11,22 +11,13 @@ import argparse
 import copy
 import os
 import tempfile
-import time
 
 import torch
 
 from training import checkpoint
 from training.presets import load_preset
 from training.training_loop import build_networks, save_network_files
-
-
-def best_seconds(function, reps: int) -> float:
-    best = float('inf')
-    for _ in range(reps):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best
+from benchmarks.timing import time_calls
 
 
 def main():
@@ -47,10 +38,10 @@ def main():
         paths = save_network_files(folder, 0, networks, dict(path='unused.zip'), schedule)
         size = os.path.getsize(paths['pkl']) / 2 ** 20
         rows = {
-            'network pickle, safe reader (default)': best_seconds(lambda: checkpoint.load_any(paths['pkl']), args.reps),
-            'network pickle, --trust-pickle': best_seconds(lambda: checkpoint.load_any(paths['pkl'], trust_pickle=True),
-                                                           args.reps),
-            'weights file': best_seconds(lambda: checkpoint.load_any(paths['pt']), args.reps),
+            'network pickle, safe reader (default)': time_calls(lambda: checkpoint.load_any(paths['pkl']), args.reps, warmup=0).best,
+            'network pickle, --trust-pickle': time_calls(lambda: checkpoint.load_any(paths['pkl'], trust_pickle=True),
+                                                         args.reps, warmup=0).best,
+            'weights file': time_calls(lambda: checkpoint.load_any(paths['pt']), args.reps, warmup=0).best,
         }
     print(f'{args.cfg}: G {sum(p.numel() for p in G.parameters()) / 1e6:.2f} M and D '
           f'{sum(p.numel() for p in D.parameters()) / 1e6:.2f} M parameters, each twice; pickle {size:.0f} MiB; '

@@ -16,9 +16,10 @@ import argparse
 import math
 import os
 import threading
-import time
 
 import psutil
+import time
+
 import torch
 
 from training import camera_utils
@@ -28,6 +29,7 @@ from training.body.nearest_face import fcpw_available, nearest_faces, resolve_ba
 from training.volumetric_rendering.importance import importance_depths
 from training.volumetric_rendering.ray_sampler import sample_rays
 from training.volumetric_rendering.renderer import stratified_depths
+from benchmarks.timing import time_calls
 
 RESOLUTION = 64
 NUM_COARSE = 48
@@ -57,45 +59,10 @@ def render_samples(body: BodyModel, pose: torch.Tensor, generator: torch.Generat
     return coarse, fine
 
 
-def busy_fraction(interval: float = 0.5) -> float:
-    """Fraction of CPU time spent busy by all processes over `interval` seconds (Linux /proc/stat)."""
-    def sample():
-        with open('/proc/stat') as stat:
-            ticks = [int(value) for value in stat.readline().split()[1:]]
-        return sum(ticks), ticks[3] + ticks[4]  # total, idle + iowait
-
-    total_start, idle_start = sample()
-    time.sleep(interval)
-    total_end, idle_end = sample()
-    return 1 - (idle_end - idle_start) / max(1, total_end - total_start)
-
-
-def wait_until_idle(limit: float = 0.1, timeout: float = 60.0) -> None:
-    """Other jobs on the same cores distort timings: wait (up to `timeout`) until the machine is idle."""
-    if not os.path.exists('/proc/stat'):
-        return
-    deadline = time.monotonic() + timeout
-    while busy_fraction() >= limit and time.monotonic() < deadline:
-        pass
-
-
 def best_seconds(function, reps: int, device: torch.device = torch.device('cpu')) -> float:
-    """Best wall-clock seconds of `function` over `reps` calls, after one untimed call."""
-    def synchronize():
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-
-    function()
-    best = float('inf')
-    for _ in range(reps):
-        if device.type == 'cpu':
-            wait_until_idle()
-        synchronize()
-        start = time.perf_counter()
-        function()
-        synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
+    """Best wall-clock seconds of `function` over `reps` calls, after one untimed call; on the CPU each call
+    waits (up to a minute) for an idle machine."""
+    return time_calls(function, reps, device=device, idle_timeout_s=60.0 if device.type == 'cpu' else 0.0).best
 
 
 def peak_memory_mib(function, device: torch.device) -> float:

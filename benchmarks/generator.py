@@ -12,9 +12,9 @@ import json
 import resource
 import subprocess
 import sys
-import time
 
 import torch
+from benchmarks.timing import synchronize, time_calls
 
 
 def run_case(preset_name: str, mode: str, batch: int, bf16: bool, deform: bool, reps: int, device: str = 'cpu',
@@ -40,19 +40,13 @@ def run_case(preset_name: str, mode: str, batch: int, bf16: bool, deform: bool, 
             out = G(z, c, pose, apply_def=deform, noise_mode='random' if training else 'const')
             if training:
                 (out['image'].square().mean() + out['image_raw'].square().mean() + out['image_mask'].mean()).backward()
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
 
     step()  # warm-up: oneDNN primitive creation or cuDNN algorithm choice, allocator
+    synchronize(device)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    result = dict(best_s=times[0], median_s=times[len(times) // 2],
+    timing = time_calls(step, reps, warmup=0, device=device)
+    result = dict(best_s=timing.best, median_s=timing.median,
                   peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if device.type == 'cuda':
         result['peak_gpu_mib'] = torch.cuda.max_memory_allocated(device) / 2 ** 20

@@ -8,19 +8,14 @@ default is 0 (render in the calling thread, fork-safe).
 
 import argparse
 import os
-import time
 
 import torch
+from benchmarks.timing import time_calls
 
 
 def best_ms(function, reps: int) -> float:
-    function()  # first call: context, shaders, framebuffer
-    best = float('inf')
-    for _ in range(reps):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best * 1000
+    """Best milliseconds of `function` after one untimed call (GL context, shaders, framebuffer)."""
+    return time_calls(function, reps).best * 1000
 
 
 def main():

@@ -13,8 +13,6 @@ inputs on a device, and the variants to compare, each a function of those inputs
 
 import argparse
 import math
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +25,7 @@ from torch_utils.ops import upfirdn2d
 from torch_utils.ops.conv2d_resample import conv2d_resample
 from torch_utils.ops.bias_act import bias_act
 from torch_utils.ops.fma import fma
+from benchmarks.timing import time_calls
 
 
 @dataclass(frozen=True)
@@ -130,23 +129,6 @@ CASES: list[Case] = [
 ]
 
 
-def median_ms(function: Callable[[], None], repeats: int, device: torch.device) -> float:
-    def synchronize():
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-
-    for _ in range(2):
-        function()
-    times = []
-    for _ in range(repeats):
-        synchronize()
-        start = time.perf_counter()
-        function()
-        synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def time_variant(variant: Callable[..., torch.Tensor], inputs: list[torch.Tensor], repeats: int,
                  device: torch.device) -> tuple[float, float]:
     """(forward ms, forward+backward ms) of one variant."""
@@ -162,7 +144,8 @@ def time_variant(variant: Callable[..., torch.Tensor], inputs: list[torch.Tensor
     def forward_backward():
         torch.autograd.grad(variant(*inputs), trainable, upstream)
 
-    return median_ms(forward, repeats, device), median_ms(forward_backward, repeats, device)
+    return tuple(time_calls(function, repeats, warmup=2, device=device).median * 1e3
+                 for function in (forward, forward_backward))
 
 
 def run(cases: list[Case], repeats: int) -> list[tuple[str, str, str, float, float]]:

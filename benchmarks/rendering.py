@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import functools
 import os
-import time
 from unittest import mock
 
 import torch
@@ -19,21 +18,14 @@ import torch
 from training.volumetric_rendering import trigrid
 from training.volumetric_rendering.ray_marcher import march
 from training.volumetric_rendering.trigrid import sample_trigrid
+from benchmarks.timing import best_seconds_taking_turns
 
 # Tri-grid samplers: name -> (fast argument of sample_trigrid, whether the C++ gather may run).
 SAMPLERS = {'gather': (True, True), 'gather (PyTorch ops)': (True, False), 'grid_sample': (False, False)}
 
 
-def best_times_ms(functions: dict, reps: int) -> dict:
-    """Best wall time of each function in ms; the functions take turns so that load from
-    other processes affects them alike."""
-    best = {name: float('inf') for name in functions}
-    for _ in range(reps):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: seconds * 1000 for name, seconds in best.items()}
+def _best_ms(functions: dict, reps: int) -> dict:
+    return {name: seconds * 1000 for name, seconds in best_seconds_taking_turns(functions, reps).items()}
 
 
 def time_trigrid(num_points: int, reps: int) -> dict:
@@ -59,7 +51,7 @@ def time_trigrid(num_points: int, reps: int) -> dict:
         functions[f'tri-grid {name} fwd'] = functools.partial(forward, *options)
     for name, options in SAMPLERS.items():
         functions[f'tri-grid {name} fwd+bwd (planes, points)'] = functools.partial(forward_backward, *options)
-    return best_times_ms(functions, reps)
+    return _best_ms(functions, reps)
 
 
 def time_marcher(reps: int) -> dict:
@@ -77,7 +69,7 @@ def time_marcher(reps: int) -> dict:
         features, depth, _, acc = march(colors, densities, depths)
         torch.autograd.grad(features.sum() + depth.sum() + acc.sum(), (colors, densities))
 
-    return best_times_ms({f'marcher fwd [1, {rays}, {samples}, {channels}]': forward,
+    return _best_ms({f'marcher fwd [1, {rays}, {samples}, {channels}]': forward,
                           f'marcher fwd+bwd [1, {rays}, {samples}, {channels}]': forward_backward}, reps)
 
 

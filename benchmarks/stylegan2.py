@@ -18,37 +18,14 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 import torch
 
 from training.networks_stylegan2 import SynthesisNetwork
+from benchmarks.timing import time_calls
 
 CASES = [(channels, mode, precision) for channels in (3, 288) for precision in ('fp32', 'bf16')
          for mode in ('forward', 'forward+backward')]
-
-
-def cpu_busy_fraction(interval_s: float = 0.5) -> float:
-    """Fraction of all CPUs' time spent busy over the next `interval_s` seconds (from /proc/stat)."""
-    def read() -> tuple[int, int]:
-        with open('/proc/stat') as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-        return sum(values), values[3] + values[4]  # total, idle + iowait
-    total0, idle0 = read()
-    time.sleep(interval_s)
-    total1, idle1 = read()
-    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
-
-
-def wait_for_idle(timeout_s: float, threshold: float = 0.1) -> bool:
-    """Block until the machine is idle or `timeout_s` has passed; True if it became idle."""
-    if not os.path.exists('/proc/stat'):
-        return False
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cpu_busy_fraction() < threshold:
-            return True
-    return False
 
 
 def run_case(img_channels: int, mode: str, precision: str, batch: int, reps: int, warmup: int, fused_modconv,
@@ -75,18 +52,10 @@ def run_case(img_channels: int, mode: str, precision: str, batch: int, reps: int
 
     # The first few calls are several times slower (oneDNN kernel generation and weight reorders,
     # the allocator growing its heap), so warm up before timing.
-    for _ in range(warmup):
-        step()
-    times = []
-    idle_starts = 0
-    for _ in range(reps):
-        idle_starts += wait_for_idle(idle_timeout_s)
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1000)
-    times.sort()
+    timing = time_calls(step, reps, warmup=warmup, idle_timeout_s=idle_timeout_s)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB.
-    return dict(best_ms=times[0], median_ms=times[len(times) // 2], idle_starts=idle_starts, peak_rss_mib=peak_mib)
+    return dict(best_ms=timing.best * 1000, median_ms=timing.median * 1000, idle_starts=timing.idle_starts,
+                peak_rss_mib=peak_mib)
 
 
 def cpu_has_amx() -> bool:
