@@ -13,10 +13,10 @@ import tempfile
 import click
 import torch
 
-from torch_utils import distributed
 from metrics import metric_main, metric_utils
 from metrics.detector import DEFAULT_DETECTOR, DetectorError
 from metrics.names import METRIC_POSE_SAMPLE_MODES, expected_metrics, is_valid_metric
+from torch_utils import distributed
 from training import checkpoint
 from training.cli import Command, load_snapshot
 from training.dataset import DatasetError

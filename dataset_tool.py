@@ -42,7 +42,6 @@ import dataclasses
 import io
 import json
 import os
-from typing import List, Optional
 
 import click
 import numpy as np
@@ -53,8 +52,19 @@ from tqdm import tqdm
 from training.atomic_files import FolderOutput, ZipOutput
 from training.camera_utils import intrinsics_from_focal
 from training.cli import Command
-from training.dataset import (CAMERA_DIM, LABEL_DIM, LABELS_FILE, DatasetError, FileTree, PortraitDataset,
-                              check_dataset, is_image_name, label_problem, read_labels, stem)
+from training.dataset import (
+    CAMERA_DIM,
+    LABEL_DIM,
+    LABELS_FILE,
+    DatasetError,
+    FileTree,
+    PortraitDataset,
+    check_dataset,
+    is_image_name,
+    label_problem,
+    read_labels,
+    stem,
+)
 
 MASK_DIR_DEFAULTS = ('masks', 'seg')
 ALIGNED_IMAGES, ALIGNED_MASKS, ALIGNED_RESULT = 'aligned_images', 'mask', 'result.json'
@@ -97,7 +107,7 @@ class _SourceItem:
     camera_only: bool = False  # the source gave 25 camera values: the pose is zero
 
 
-def _listed(items: List[str]) -> str:
+def _listed(items: list[str]) -> str:
     more = f' and {len(items) - MAX_LISTED} more' if len(items) > MAX_LISTED else ''
     return ', '.join(items[:MAX_LISTED]) + more
 
@@ -116,8 +126,8 @@ def _masks_by_stem(tree: FileTree, prefix: str) -> dict:
     return masks
 
 
-def _read_source(tree: FileTree, images_dir: str, masks_dir: Optional[str], labels_file: str,
-                 mask_tree: FileTree) -> List[_SourceItem]:
+def _read_source(tree: FileTree, images_dir: str, masks_dir: str | None, labels_file: str,
+                 mask_tree: FileTree) -> list[_SourceItem]:
     """Pair every source image with its mask and label, in sorted order; any gap is a click error.
 
     The masks are looked up in `mask_tree`: the source itself, or a separate tree (--masks)."""
@@ -140,7 +150,7 @@ def _read_source(tree: FileTree, images_dir: str, masks_dir: Optional[str], labe
                                    f"for a separate folder of masks")
     masks_by_stem = _masks_by_stem(mask_tree, mask_prefix)
 
-    problems: List[str] = []
+    problems: list[str] = []
     labels = read_labels(tree, problems, labels_file.strip('/'), lengths=(CAMERA_DIM, LABEL_DIM))
     if labels is None or problems:
         raise click.ClickException(f'{len(problems)} label problems: ' + ' | '.join(problems[:MAX_LISTED]))
@@ -179,7 +189,7 @@ def _read_source(tree: FileTree, images_dir: str, masks_dir: Optional[str], labe
     return items
 
 
-def _read_aligned_source(tree: FileTree) -> List[_SourceItem]:
+def _read_aligned_source(tree: FileTree) -> list[_SourceItem]:
     """The published pipeline's output (aligned_images/, mask/, result.json) -> items with 31-value labels:
     cam2world, the normalized intrinsics of focal FOCAL, the neck and head axis-angles of smpl_pose."""
     where = tree.display(ALIGNED_RESULT)
@@ -293,8 +303,8 @@ def main():
 @click.option('--layout', type=click.Choice(['auto', 'dataset', 'aligned']), default='auto', show_default=True,
               help='dataset: dataset.json, images/, masks/; aligned: aligned_images/, mask/, result.json')
 @click.option('--overwrite', is_flag=True, help='Replace existing destinations (once the conversion succeeds)')
-def convert(source: str, dest: str, seg_dest: str, resolution: int, transform: str, max_images: Optional[int],
-            images_dir: str, masks_dir: Optional[str], labels_file: str, masks_path: Optional[str], layout: str,
+def convert(source: str, dest: str, seg_dest: str, resolution: int, transform: str, max_images: int | None,
+            images_dir: str, masks_dir: str | None, labels_file: str, masks_path: str | None, layout: str,
             overwrite: bool):
     """Convert images, masks and labels into a training dataset at one square resolution."""
     if os.path.abspath(dest) == os.path.abspath(seg_dest):

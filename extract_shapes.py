@@ -10,10 +10,29 @@ from tqdm import tqdm
 
 from training import checkpoint
 from training.camera_utils import frontal_camera
-from training.cli import (DEFAULT_DEVICE, Command, Device, FiniteFloat, load_generator, load_latent_option,
-                          make_outdir, option_given, parse_pose, parse_seeds, require_shape_memory)
-from training.shapes import (DEFAULT_LEVEL, close_border, extract_shape, marching_cubes, pose_vertices, read_mrc,
-                             save_shape, write_mesh)
+from training.cli import (
+    DEFAULT_DEVICE,
+    Command,
+    Device,
+    FiniteFloat,
+    load_generator,
+    load_latent_option,
+    make_outdir,
+    option_given,
+    parse_pose,
+    parse_seeds,
+    require_shape_memory,
+)
+from training.shapes import (
+    DEFAULT_LEVEL,
+    close_border,
+    extract_shape,
+    marching_cubes,
+    pose_vertices,
+    read_mrc,
+    save_shape,
+    write_mesh,
+)
 
 
 def save_posed_shape(G: torch.nn.Module, ws: torch.Tensor, pose: torch.Tensor | None, stem: str, shape_res: int,

@@ -13,15 +13,27 @@ from tqdm import tqdm
 
 from training import checkpoint
 from training.camera_utils import VIEWS, camera_label, frontal_camera, orbit_camera
-from training.cli import (DEFAULT_DEVICE, MAX_SEEDS, SEED_RANGE, Command, Device, FiniteFloat,
-                          load_generator, load_generator_and_discriminator, make_outdir, parse_pose, parse_seeds,
-                          require_render_memory, require_shape_memory)
-from training.dataset import stem
+from training.cli import (
+    DEFAULT_DEVICE,
+    MAX_SEEDS,
+    SEED_RANGE,
+    Command,
+    Device,
+    FiniteFloat,
+    load_generator,
+    load_generator_and_discriminator,
+    make_outdir,
+    parse_pose,
+    parse_seeds,
+    require_render_memory,
+    require_shape_memory,
+)
 from training.d_input import resize_image
+from training.dataset import stem
 from training.images import depth_to_uint8, to_uint8
 from training.photos import read_pose_folder
-from training.run_files import pose_predict_kwargs_for
 from training.pose_prediction import load_pose_predict_kwargs, predict_real_poses
+from training.run_files import pose_predict_kwargs_for
 from training.shapes import DEFAULT_LEVEL, extract_shape, save_shape
 
 

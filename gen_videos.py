@@ -8,8 +8,18 @@ import torch
 
 from training import checkpoint
 from training.camera_utils import frontal_camera
-from training.cli import (DEFAULT_DEVICE, Command, Device, FiniteFloat, load_generator, load_latent_option,
-                          make_outdir, option_given, parse_seeds, require_render_memory)
+from training.cli import (
+    DEFAULT_DEVICE,
+    Command,
+    Device,
+    FiniteFloat,
+    load_generator,
+    load_latent_option,
+    make_outdir,
+    option_given,
+    parse_seeds,
+    require_render_memory,
+)
 from training.video import IMAGE_MODES, TRAJECTORIES, interpolate_ws, write_video
 
 

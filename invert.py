@@ -12,16 +12,25 @@ import torch
 
 from training import checkpoint
 from training.camera_utils import frontal_camera
-from training.cli import (DEFAULT_DEVICE, SEED_RANGE, Command, Device, FiniteFloat, load_generator_and_discriminator,
-                          make_outdir, parse_pose, require_shape_memory)
+from training.cli import (
+    DEFAULT_DEVICE,
+    SEED_RANGE,
+    Command,
+    Device,
+    FiniteFloat,
+    load_generator_and_discriminator,
+    make_outdir,
+    parse_pose,
+    require_shape_memory,
+)
+from training.d_input import resize_image
 from training.dataset import PortraitDataset, stem
 from training.images import image_from_uint8, mask_from_uint8, to_uint8
 from training.inversion import InversionConfig, optimize_latent, prepare_target, render, tune_generator
 from training.latent_file import save_latent
-from training.d_input import resize_image
 from training.photos import read_photo, read_pose_folder
-from training.run_files import pose_predict_kwargs_for
 from training.pose_prediction import load_pose_predict_kwargs, predict_real_poses
+from training.run_files import pose_predict_kwargs_for
 from training.shapes import DEFAULT_LEVEL, extract_shape, pose_vertices, save_shape
 from training.video import write_video
 

@@ -33,8 +33,8 @@ import click
 import torch
 
 import dnnlib
-from torch_utils import distributed
 from metrics.names import METRIC_POSE_SAMPLE_MODES
+from torch_utils import distributed
 from training import checkpoint, presets, run_files
 from training.atomic_files import remove_unfinished_writes
 from training.cli import Command, FiniteFloat, make_outdir

@@ -14,10 +14,10 @@ import tempfile
 
 import torch
 
+from benchmarks.timing import time_calls
 from training import checkpoint
 from training.presets import load_preset
 from training.training_loop import build_networks, save_network_files
-from benchmarks.timing import time_calls
 
 
 def main():

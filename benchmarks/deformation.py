@@ -16,12 +16,12 @@ import argparse
 import math
 import os
 import threading
-
-import psutil
 import time
 
+import psutil
 import torch
 
+from benchmarks.timing import time_calls
 from training import camera_utils
 from training.body.body_model import BodyModel
 from training.body.deformation import Deformer, PosedMeshMap
@@ -29,7 +29,6 @@ from training.body.nearest_face import fcpw_available, nearest_faces, resolve_ba
 from training.volumetric_rendering.importance import importance_depths
 from training.volumetric_rendering.ray_sampler import sample_rays
 from training.volumetric_rendering.renderer import stratified_depths
-from benchmarks.timing import time_calls
 
 RESOLUTION = 64
 NUM_COARSE = 48

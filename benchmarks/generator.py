@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import torch
+
 from benchmarks.timing import synchronize, time_calls
 
 

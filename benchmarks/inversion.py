@@ -28,11 +28,11 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from training import checkpoint, run_files
 from training.camera_utils import PIVOT
+from training.d_input import resize_image
 from training.images import image_from_uint8, to_uint8
 from training.inversion import InversionConfig, optimize_latent, prepare_target, render, tune_generator
-from training.d_input import resize_image
-from training.run_files import pose_predict_kwargs_for
 from training.pose_prediction import load_pose_predict_kwargs, pose_errors, predict_real_poses
+from training.run_files import pose_predict_kwargs_for
 from training.synthetic import PortraitPainter, Scene, sample_scene
 
 VIEWS = {'input': 0.0, '+45': 45.0, '-45': -45.0, '+90': 90.0, '-90': -90.0, '180': 180.0}  # name -> yaw offset, degrees

@@ -10,6 +10,7 @@ import argparse
 import os
 
 import torch
+
 from benchmarks.timing import time_calls
 
 

@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from torch_utils.ops import bias_act as bias_act_module
-from torch_utils.ops import conv2d_gradfix
-from torch_utils.ops import upfirdn2d
-from torch_utils.ops.conv2d_resample import conv2d_resample
-from torch_utils.ops.bias_act import bias_act
-from torch_utils.ops.fma import fma
 from benchmarks.timing import time_calls
+from torch_utils.ops import bias_act as bias_act_module
+from torch_utils.ops import conv2d_gradfix, upfirdn2d
+from torch_utils.ops.bias_act import bias_act
+from torch_utils.ops.conv2d_resample import conv2d_resample
+from torch_utils.ops.fma import fma
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from unittest import mock
 
 import torch
 
+from benchmarks.timing import best_seconds_taking_turns
 from training.volumetric_rendering import trigrid
 from training.volumetric_rendering.ray_marcher import march
 from training.volumetric_rendering.trigrid import sample_trigrid
-from benchmarks.timing import best_seconds_taking_turns
 
 # Tri-grid samplers: name -> (fast argument of sample_trigrid, whether the C++ gather may run).
 SAMPLERS = {'gather': (True, True), 'gather (PyTorch ops)': (True, False), 'grid_sample': (False, False)}

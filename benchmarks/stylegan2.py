@@ -21,8 +21,8 @@ import sys
 
 import torch
 
-from training.networks_stylegan2 import SynthesisNetwork
 from benchmarks.timing import time_calls
+from training.networks_stylegan2 import SynthesisNetwork
 
 CASES = [(channels, mode, precision) for channels in (3, 288) for precision in ('fp32', 'bf16')
          for mode in ('forward', 'forward+backward')]

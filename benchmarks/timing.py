@@ -4,7 +4,7 @@ for an idle machine so that other jobs on the same cores do not distort them."""
 import dataclasses
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

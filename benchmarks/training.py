@@ -92,7 +92,7 @@ def main():
             rows.append(run_case(procs, args, outdir))
             print(json.dumps(rows[-1]), flush=True)
     print(f'\n{args.cfg}, {os.cpu_count()} CPU cores, {args.kimg:g} kimg per run, ticks of {args.tick:g} kimg')
-    print(f'| processes | ticks timed | sec/kimg (median) | sec/kimg (best) | peak RSS, all processes (MiB) | rank 0 peak RSS (MiB) |')
+    print('| processes | ticks timed | sec/kimg (median) | sec/kimg (best) | peak RSS, all processes (MiB) | rank 0 peak RSS (MiB) |')
     print('|---:|---:|---:|---:|---:|---:|')
     for row in rows:
         print(f'| {row["procs"]} | {row["ticks"]} | {row["sec_per_kimg"]:.0f} | {row["best_sec_per_kimg"]:.0f} | '

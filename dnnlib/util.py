@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, BinaryIO, List, Optional, TextIO, Tuple, Union
+from typing import Any, BinaryIO, TextIO
 
 
 class EasyDict(dict):
@@ -47,7 +47,7 @@ class _TeeStream:
         self.original = original
         self.logger = logger
 
-    def write(self, text: Union[str, bytes]) -> int:
+    def write(self, text: str | bytes) -> int:
         if isinstance(text, bytes):
             text = text.decode()
         if self.logger.file is not None:
@@ -73,8 +73,8 @@ class Logger:
     Used as a context manager or closed explicitly; closing restores the original streams.
     """
 
-    def __init__(self, file_name: Optional[str] = None, file_mode: str = 'w', should_flush: bool = True):
-        self.file: Optional[TextIO] = open(file_name, file_mode) if file_name is not None else None
+    def __init__(self, file_name: str | None = None, file_mode: str = 'w', should_flush: bool = True):
+        self.file: TextIO | None = open(file_name, file_mode) if file_name is not None else None
         self.should_flush = should_flush
         self.original_stdout = sys.stdout
         self.original_stderr = sys.stderr
@@ -102,7 +102,7 @@ class Logger:
             self.file = None
 
 
-def format_time(seconds: Union[int, float]) -> str:
+def format_time(seconds: int | float) -> str:
     """Render a duration compactly: '42s', '3m 05s', '2h 07m 09s', '1d 04h 12m'."""
     total = int(round(seconds))
     if total < 60:
@@ -117,7 +117,7 @@ def format_time(seconds: Union[int, float]) -> str:
 # ------------------------------------------------------------------------------------------------
 # Command-line parsers.
 
-def parse_range(spec: Union[str, int, List[int], Tuple[int, ...]]) -> List[int]:
+def parse_range(spec: str | int | list[int] | tuple[int, ...]) -> list[int]:
     """Parse a list of integers and inclusive ranges: '1,3-5,10' -> [1, 3, 4, 5, 10].
 
     An int gives a one-element list; a list or tuple of ints is returned as a list.
@@ -149,12 +149,12 @@ def parse_range(spec: Union[str, int, List[int], Tuple[int, ...]]) -> List[int]:
     return values
 
 
-def parse_seeds(spec: Union[str, int, List[int], Tuple[int, ...]]) -> List[int]:
+def parse_seeds(spec: str | int | list[int] | tuple[int, ...]) -> list[int]:
     """Parse a seed list for the generation scripts; the same syntax as `parse_range`."""
     return parse_range(spec)
 
 
-def parse_tuple(spec: Union[str, Tuple[int, ...], List[int]]) -> Tuple[int, ...]:
+def parse_tuple(spec: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     """Parse a tuple of integers separated by 'x' or ',': '4x2' -> (4, 2), '3,5,7' -> (3, 5, 7)."""
     if isinstance(spec, (tuple, list)):
         return tuple(int(item) for item in spec)
@@ -165,7 +165,7 @@ def parse_tuple(spec: Union[str, Tuple[int, ...], List[int]]) -> Tuple[int, ...]
         raise ValueError(f'parse_tuple: cannot read "{spec}"; write integers separated by "x" or ",", e.g. "4x2"') from None
 
 
-def parse_vec2(spec: Union[str, Tuple[float, float], List[float]]) -> Tuple[float, float]:
+def parse_vec2(spec: str | tuple[float, float] | list[float]) -> tuple[float, float]:
     """Parse a 2-vector of floats: '0,1' -> (0.0, 1.0), '-0.5,0.25' -> (-0.5, 0.25)."""
     if isinstance(spec, (tuple, list)):
         if len(spec) != 2:
@@ -211,7 +211,7 @@ def make_cache_dir_path(*paths: str) -> str:
     return os.path.join(os.path.expanduser('~'), '.cache', 'dnnlib', *paths)
 
 
-def url_cache_path(url: str, cache_dir: Optional[str] = None) -> str:
+def url_cache_path(url: str, cache_dir: str | None = None) -> str:
     """Where `open_url` keeps the download of `url`: `{cache_dir}/{md5(url)}_{basename}`."""
     if cache_dir is None:
         cache_dir = make_cache_dir_path('downloads')
@@ -226,7 +226,7 @@ def _is_url(text: str) -> bool:
 
 
 def _download(url: str, num_attempts: int, verbose: bool) -> bytes:
-    last_error: Optional[BaseException] = None
+    last_error: BaseException | None = None
     for attempt in range(num_attempts):
         if verbose:
             print(f'Downloading {url} ...', end='', flush=True)
@@ -246,8 +246,8 @@ def _download(url: str, num_attempts: int, verbose: bool) -> bytes:
     raise last_error
 
 
-def open_url(url_or_path: str, cache_dir: Optional[str] = None, num_attempts: int = 3, verbose: bool = True,
-             return_filename: bool = False, cache: bool = True) -> Union[BinaryIO, str]:
+def open_url(url_or_path: str, cache_dir: str | None = None, num_attempts: int = 3, verbose: bool = True,
+             return_filename: bool = False, cache: bool = True) -> BinaryIO | str:
     """Open a local path, a file:// URL or an http(s) URL for binary reading.
 
     http(s) URLs are downloaded once into `cache_dir` (default: `make_cache_dir_path('downloads')`)

@@ -37,6 +37,7 @@ def test_tools_refuse_non_finite_numbers(tmp_path, tool, option, value):
 
 def test_device_option():
     import torch
+
     from training.cli import Device
     assert Device().convert('cpu', None, None) == torch.device('cpu')
     for text, message in (('tpu', 'is not a device'), ('meta', 'the tools run on cpu or cuda')):

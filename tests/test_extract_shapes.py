@@ -6,9 +6,9 @@ import trimesh
 from click.testing import CliRunner
 
 import extract_shapes
+from tests.tiny_run import write_tiny_snapshot
 from training import shapes
 from training.latent_file import save_latent
-from tests.tiny_run import write_tiny_snapshot
 
 
 @pytest.fixture(scope='module')
@@ -26,6 +26,7 @@ def test_network_writes_a_volume(run_dir, tmp_path):
 
 def test_posed_glb_mesh_is_the_canonical_mesh_carried_by_the_body_model(run_dir, tmp_path):
     import torch
+
     from training.cli import load_generator
     # The untrained density stays below the default level; every voxel inside the closed border is above -500.
     common = ['--network', run_dir, '--seeds', '1', '--shape-res', '12', '--level', '-500', '--format', 'glb',
@@ -100,6 +101,7 @@ def test_one_line_errors(run_dir, tmp_path, case):
 def seed_latent(run_dir: str, seed: int):
     """The ws extract_shapes maps for `seed` (frontal camera, zero pose, no truncation) -> ws [1, num_ws, w_dim]."""
     import torch
+
     from training.camera_utils import frontal_camera
     from training.cli import load_generator
     G = load_generator(run_dir, None, 0, torch.device('cpu'))

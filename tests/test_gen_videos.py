@@ -70,6 +70,7 @@ def test_one_line_errors(run_dir, tmp_path, case):
 def seed_latent(run_dir: str, seed: int = 0):
     """The ws gen_videos maps for `seed` (frontal camera, zero pose, no truncation) -> ws [1, num_ws, w_dim]."""
     import torch
+
     from training.camera_utils import frontal_camera
     from training.cli import load_generator
     G = load_generator(run_dir, None, 0, torch.device('cpu'))

@@ -14,8 +14,15 @@ from click.testing import CliRunner
 import invert
 from training import checkpoint, run_files
 from training.camera_utils import camera_label, frontal_camera, orbit_camera
-from training.inversion import (InversionConfig, optimize_latent, perceptual_distance, psnr, render, render_target,
-                                tune_generator)
+from training.inversion import (
+    InversionConfig,
+    optimize_latent,
+    perceptual_distance,
+    psnr,
+    render,
+    render_target,
+    tune_generator,
+)
 from training.latent_file import load_latent
 
 POSE = torch.tensor([[0.1, 0.0, 0.0, 0.2, -0.1, 0.0]])

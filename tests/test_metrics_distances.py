@@ -49,7 +49,8 @@ def test_frechet_distance_of_a_set_with_itself_is_zero():
 def _brute_force_mmd(x: np.ndarray, y: np.ndarray) -> float:
     """Unbiased squared MMD with k(a, b) = (a.b / d + 1)^3, by explicit loops."""
     d = x.shape[1]
-    k = lambda a, b: (a @ b / d + 1) ** 3
+    def k(a, b):
+        return (a @ b / d + 1) ** 3
     m, n = len(x), len(y)
     xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))

@@ -10,8 +10,15 @@ import trimesh
 from tests.conftest import requires_cuda
 from torch_utils import custom_ops
 from training.body.body_model import BodyModel
-from training.body.nearest_face import (NearestFaceSearch, _LinearBoxTree, bvh_available, closest_point_on_faces,
-                                        fcpw_available, nearest_faces, resolve_backend)
+from training.body.nearest_face import (
+    NearestFaceSearch,
+    _LinearBoxTree,
+    bvh_available,
+    closest_point_on_faces,
+    fcpw_available,
+    nearest_faces,
+    resolve_backend,
+)
 
 requires_fcpw = pytest.mark.skipif(not fcpw_available(), reason='fcpw is not installed (pip install fcpw==1.2.0)')
 requires_bvh = pytest.mark.skipif(not bvh_available(), reason='the C++ nearest-face extension does not build here')

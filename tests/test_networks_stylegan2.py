@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torch_utils.ops import conv2d_resample
-from torch_utils.ops import upfirdn2d
+from torch_utils.ops import conv2d_resample, upfirdn2d
 from training import networks_stylegan2 as net
 
 
@@ -131,7 +130,8 @@ def test_modulated_conv2d_gradcheck():
     weight = torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
     styles = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     for fused in (False, True):
-        fn = lambda x, w, s: net.modulated_conv2d(x, w, s, padding=1, fused_modconv=fused)
+        def fn(x, w, s):
+            return net.modulated_conv2d(x, w, s, padding=1, fused_modconv=fused)
         assert torch.autograd.gradcheck(fn, (x, weight, styles))
 
 # ----------------------------------------------------------------------------------------------

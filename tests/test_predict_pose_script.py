@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 import gen_samples
+from tests.tiny_run import TINY_GENERATOR, write_tiny_snapshot
 from training import checkpoint
 from training.pose_prediction import predict_real_poses
 from training.synthetic import PortraitPainter, sample_scene
-from tests.tiny_run import TINY_GENERATOR, write_tiny_snapshot
 
 RES = TINY_GENERATOR['img_resolution']
 PHOTO_RES = 48  # not the networks' resolution, so that the script has to resize

@@ -5,8 +5,14 @@ import os
 import pytest
 
 from training.checkpoint import CheckpointError
-from training.run_files import (find_resume_state, latest_network_snapshot, pose_predict_kwargs_for,
-                                resolve_network, snapshot_paths, stage_start_snapshot)
+from training.run_files import (
+    find_resume_state,
+    latest_network_snapshot,
+    pose_predict_kwargs_for,
+    resolve_network,
+    snapshot_paths,
+    stage_start_snapshot,
+)
 
 
 def touch(path) -> str:

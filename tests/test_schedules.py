@@ -40,7 +40,8 @@ def test_gpc_swap_prob_goes_from_one_to_target():
 
 
 def test_pose_prior_weight_holds_then_decays():
-    w = lambda n: schedules.pose_prior_weight(n, 0.5, 200, 200)
+    def w(n):
+        return schedules.pose_prior_weight(n, 0.5, 200, 200)
     assert w(0) == pytest.approx(0.5)
     assert w(199_999) == pytest.approx(0.5)
     assert w(200_000) == pytest.approx(0.5)
@@ -59,7 +60,8 @@ def test_rendering_resolution_fixed_without_final():
 
 def test_rendering_resolution_fades_from_the_resume_point():
     resume = 10_000_000
-    r = lambda n: schedules.rendering_resolution(n, resume, 64, 128, 1000)
+    def r(n):
+        return schedules.rendering_resolution(n, resume, 64, 128, 1000)
     assert r(resume) == 64
     assert r(resume + 500_000) == 96
     assert r(resume + 250_000) == 80

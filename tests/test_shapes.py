@@ -74,6 +74,7 @@ def test_write_mesh_keeps_vertex_colors(tmp_path):
 
 def test_posed_mesh_turns_rigidly_with_the_head_and_keeps_the_rest():
     from scipy.spatial.transform import Rotation
+
     from tests.test_deformation import THICKNESS, clearly_nearest_to, joint_weight, points_off_faces
     from training.body import lbs
     from training.body.body_model import BodyModel

@@ -57,7 +57,8 @@ def test_inputs_are_resized_bilinearly_with_antialias():
     torch.manual_seed(2)
     head = sr.SuperresolutionSmall(channels=8, img_resolution=32, input_resolution=16, w_dim=W_DIM)
     rgb, x, ws = _inputs(24, channels=8)
-    resize = lambda t: F.interpolate(t, size=(16, 16), mode='bilinear', align_corners=False, antialias=True)
+    def resize(t):
+        return F.interpolate(t, size=(16, 16), mode='bilinear', align_corners=False, antialias=True)
     torch.testing.assert_close(head(rgb, x, ws), head(resize(rgb), resize(x), ws))
     head_no_aa = sr.SuperresolutionSmall(channels=8, img_resolution=32, input_resolution=16, w_dim=W_DIM,
                                          sr_antialias=False)

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tiny_run import BATCH, tiny_setup
 from torch_utils import training_stats
 from training import checkpoint
 from training.config import TrainingConfig
-from tests.tiny_run import BATCH, tiny_setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -252,7 +252,7 @@ def test_persistent_nan_gradients_stop_the_run(tiny, tmp_path, monkeypatch):
 
 def test_stage_start_loads_the_snapshot_networks(tiny, tmp_path):
     """docs/method.md §9.5: G, D, G_ema by name; D_ema from D when the snapshot has none."""
-    from training.training_loop import build_networks, _load_network_snapshot
+    from training.training_loop import _load_network_snapshot, build_networks
     _, config = tiny
     torch.manual_seed(1)
     G, D = build_networks(config, torch.device('cpu'))
@@ -289,7 +289,7 @@ def test_image_snapshots_without_headless_gl(tiny, tmp_path, monkeypatch):
     """Without EGL the snapshots are written without the mesh overlays instead of ending the run."""
     from training import mesh_renderer
     from training.dataset import PortraitDataset
-    from training.training_loop import build_networks, _SnapshotGrid
+    from training.training_loop import _SnapshotGrid, build_networks
 
     def no_gl(self):
         raise RuntimeError('MeshRenderer: no headless OpenGL (EGL) context')

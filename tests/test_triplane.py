@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from training.camera_utils import flip_camera, random_cameras
-from training.presets import load_preset, list_presets
+from training.camera_utils import random_cameras
+from training.presets import list_presets, load_preset
 from training.triplane import TriPlaneGenerator, build_generator
 
 # Cheap rendering settings for the 512 px preset: the network is the published one, only the

@@ -12,7 +12,6 @@ from tests.host_build import build_host_kernel
 from torch_utils.ops import upfirdn2d as upfirdn2d_module
 from torch_utils.ops.upfirdn2d import downsample2d, filter2d, setup_filter, upfirdn2d, upsample2d
 
-
 # ----------------------------------------------------------------------------------------------
 # numpy / scipy oracle, written from the definition: zero insertion, pad/crop, valid convolution,
 # gain, decimation.

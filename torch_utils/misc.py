@@ -7,19 +7,20 @@ the same networks, and the endless sampler that feeds the training loop.
 import contextlib
 import re
 import warnings
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 # Constants are looked up every forward pass (filters, noise shapes); creating them once per
 # (value, shape, dtype, device) avoids a host-to-device copy each time.
-_constant_cache: Dict[tuple, torch.Tensor] = {}
+_constant_cache: dict[tuple, torch.Tensor] = {}
 
 
-def constant(value: Any, shape: Optional[Sequence[int]] = None, dtype: Optional[torch.dtype] = None,
-             device: Optional[Union[str, torch.device]] = None,
-             memory_format: Optional[torch.memory_format] = None) -> torch.Tensor:
+def constant(value: Any, shape: Sequence[int] | None = None, dtype: torch.dtype | None = None,
+             device: str | torch.device | None = None,
+             memory_format: torch.memory_format | None = None) -> torch.Tensor:
     """A cached constant tensor holding `value` (array-like), broadcast to `shape` when given.
 
     The result is shared between callers and must not be modified in place. `dtype` defaults to
@@ -53,7 +54,7 @@ def suppress_tracer_warnings() -> Iterator[None]:
         yield
 
 
-def assert_shape(tensor: torch.Tensor, ref_shape: Sequence[Optional[Union[int, torch.Tensor]]]) -> None:
+def assert_shape(tensor: torch.Tensor, ref_shape: Sequence[int | torch.Tensor | None]) -> None:
     """Raise AssertionError unless `tensor.shape` matches `ref_shape`; None in `ref_shape` matches any size."""
     actual = '[' + ', '.join(str(int(size)) for size in tensor.shape) + ']'
     expected = '[' + ', '.join('*' if size is None else str(int(size)) for size in ref_shape) + ']'
@@ -75,19 +76,19 @@ def assert_shape(tensor: torch.Tensor, ref_shape: Sequence[Optional[Union[int, t
 # ------------------------------------------------------------------------------------------------
 # Parameters and buffers.
 
-def params_and_buffers(module: torch.nn.Module) -> List[torch.Tensor]:
+def params_and_buffers(module: torch.nn.Module) -> list[torch.Tensor]:
     """All parameters followed by all buffers of `module` and its children."""
     return list(module.parameters()) + list(module.buffers())
 
 
-def named_params_and_buffers(module: torch.nn.Module) -> List[Tuple[str, torch.Tensor]]:
+def named_params_and_buffers(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     """All (qualified name, tensor) pairs of parameters followed by buffers."""
     return list(module.named_parameters()) + list(module.named_buffers())
 
 
 @torch.no_grad()
 def copy_params_and_buffers(src_module: torch.nn.Module, dst_module: torch.nn.Module,
-                            require_all: bool = False) -> List[str]:
+                            require_all: bool = False) -> list[str]:
     """Copy every parameter and buffer of `dst_module` from the tensor of the same name in `src_module`.
 
     Returns the names of `dst_module` tensors that `src_module` lacks (left unchanged). With
@@ -117,7 +118,7 @@ def copy_params_and_buffers(src_module: torch.nn.Module, dst_module: torch.nn.Mo
 # ------------------------------------------------------------------------------------------------
 # Distributed data parallel.
 
-def check_ddp_consistency(module: torch.nn.Module, ignore_regex: Optional[str] = None) -> None:
+def check_ddp_consistency(module: torch.nn.Module, ignore_regex: str | None = None) -> None:
     """Assert that every rank holds the same parameters and buffers as rank 0; a no-op without torch.distributed.
 
     Tensors whose qualified name (`ClassName.param.path`) matches `ignore_regex` are skipped.

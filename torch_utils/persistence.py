@@ -38,7 +38,8 @@ import inspect
 import linecache
 import sys
 import types
-from typing import Any, Callable, Dict, List, Optional
+from collections.abc import Callable
+from typing import Any
 
 import dnnlib
 
@@ -50,12 +51,12 @@ _RELEASE_MODULE_NAME = 'embedded_module'
 
 # Per-process caches. Modules by a hash of (module name, source): lets a pickle reuse a module
 # that is already loaded instead of executing the same source twice.
-_module_by_source_key: Dict[str, types.ModuleType] = {}
+_module_by_source_key: dict[str, types.ModuleType] = {}
 # Source of every private module built from an embedded source, by module name: pickling an
 # object of such a module again must embed the same source, and there is no file to read.
-_embedded_sources: Dict[str, str] = {}
+_embedded_sources: dict[str, str] = {}
 # Functions that may rewrite the metadata of each persistent object while it is unpickled.
-_import_hooks: List[Callable[[Dict[str, Any]], Dict[str, Any]]] = []
+_import_hooks: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
 
 
 def persistent_class(cls: type) -> type:
@@ -139,7 +140,7 @@ def qualified_class_name(obj: Any) -> str:
     return f'{cls._persistent_module_name}.{cls.__qualname__}'
 
 
-def import_hook(hook: Callable[[Dict[str, Any]], Dict[str, Any]]) -> Callable[[Dict[str, Any]], Dict[str, Any]]:
+def import_hook(hook: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """Register `hook(meta) -> meta`, called on every persistent object while it is unpickled.
 
     `meta` is a dict with keys format, version, module_name, module_source, class_name and state;
@@ -155,7 +156,7 @@ def import_hook(hook: Callable[[Dict[str, Any]], Dict[str, Any]]) -> Callable[[D
 # ------------------------------------------------------------------------------------------------
 
 def _source_key(module_name: str, source: str) -> str:
-    return hashlib.md5(f'{module_name}\0{source}'.encode('utf-8')).hexdigest()
+    return hashlib.md5(f'{module_name}\0{source}'.encode()).hexdigest()
 
 
 def _module_source(module: types.ModuleType, cls: type) -> str:
@@ -176,7 +177,7 @@ def _remember_module(module_name: str, source: str, module: types.ModuleType) ->
     _module_by_source_key[key] = module
 
 
-def _current_module_file(module_name: str) -> Optional[str]:
+def _current_module_file(module_name: str) -> str | None:
     try:
         spec = importlib.util.find_spec(module_name)
     except (ImportError, ValueError, AttributeError):
@@ -212,7 +213,7 @@ def _module_from_source(module_name: str, source: str) -> types.ModuleType:
     return module
 
 
-def _reconstruct_persistent_object(meta: Dict[str, Any]) -> Any:
+def _reconstruct_persistent_object(meta: dict[str, Any]) -> Any:
     """Unpickling entry point: rebuild one persistent object from its metadata."""
     meta = dict(meta)
     for hook in _import_hooks:
@@ -240,7 +241,7 @@ def _reconstruct_persistent_object(meta: Dict[str, Any]) -> Any:
     return obj
 
 
-def _reconstruct_persistent_obj(meta: Dict[str, Any]) -> Any:
+def _reconstruct_persistent_obj(meta: dict[str, Any]) -> Any:
     """Unpickling entry point of the public StyleGAN2-ADA / StyleGAN3 / EG3D pickles.
 
     Their metadata {type: 'class', version: 4, module_src, class_name, state} is translated to

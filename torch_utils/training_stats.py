@@ -11,7 +11,6 @@ the collector reduces one tensor per name in a fixed order.
 
 import re
 import zlib
-from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -30,15 +29,15 @@ class _Registry:
 
     def __init__(self):
         self.rank = 0
-        self.sync_device: Optional[torch.device] = None
+        self.sync_device: torch.device | None = None
         # name -> device -> tensor [3] holding (count, sum, sum of squares) since the process started.
-        self.moments: Dict[str, Dict[torch.device, torch.Tensor]] = {}
+        self.moments: dict[str, dict[torch.device, torch.Tensor]] = {}
 
 
 _registry = _Registry()
 
 
-def init_multiprocessing(rank: int, sync_device: Optional[Union[str, torch.device]]) -> None:
+def init_multiprocessing(rank: int, sync_device: str | torch.device | None) -> None:
     """Tell the statistics which rank this process is and where to all-reduce (None: never reduce).
 
     Call once per process after `torch.distributed.init_process_group`; `sync_device` is
@@ -48,7 +47,7 @@ def init_multiprocessing(rank: int, sync_device: Optional[Union[str, torch.devic
     _registry.sync_device = None if sync_device is None else torch.device(sync_device)
 
 
-def report(name: str, value: Union[float, int, List[float], np.ndarray, torch.Tensor]) -> Union[float, int, List[float], np.ndarray, torch.Tensor]:
+def report(name: str, value: float | int | list[float] | np.ndarray | torch.Tensor) -> float | int | list[float] | np.ndarray | torch.Tensor:
     """Accumulate the scalar or every element of `value` under `name`; returns `value` unchanged.
 
     value: a number, a sequence, or a tensor of any shape (flattened). An empty value registers
@@ -66,7 +65,7 @@ def report(name: str, value: Union[float, int, List[float], np.ndarray, torch.Te
     return value
 
 
-def report0(name: str, value: Union[float, int, List[float], np.ndarray, torch.Tensor]) -> Union[float, int, List[float], np.ndarray, torch.Tensor]:
+def report0(name: str, value: float | int | list[float] | np.ndarray | torch.Tensor) -> float | int | list[float] | np.ndarray | torch.Tensor:
     """Like `report`, but only rank 0 contributes values; other ranks register the name only."""
     report(name, value if _registry.rank == 0 else [])
     return value
@@ -85,12 +84,12 @@ class Collector:
     def __init__(self, regex: str = '.*', keep_previous: bool = True):
         self._regex = re.compile(regex)
         self._keep_previous = keep_previous
-        self._cumulative: Dict[str, torch.Tensor] = {}
-        self._moments: Dict[str, torch.Tensor] = {}
+        self._cumulative: dict[str, torch.Tensor] = {}
+        self._moments: dict[str, torch.Tensor] = {}
         self.update()
         self._moments.clear()
 
-    def names(self) -> List[str]:
+    def names(self) -> list[str]:
         """Names with statistics in the latest update, sorted."""
         return sorted(self._moments)
 
@@ -139,7 +138,7 @@ class Collector:
         variance = moments[2] / moments[0] - mean.square()
         return float(variance.clamp(min=0).sqrt())
 
-    def as_dict(self) -> Dict[str, dnnlib.EasyDict]:
+    def as_dict(self) -> dict[str, dnnlib.EasyDict]:
         """{name: EasyDict(num, mean, std)} for every name of the latest update."""
         return {name: dnnlib.EasyDict(num=self.num(name), mean=self.mean(name), std=self.std(name))
                 for name in self.names()}
@@ -148,7 +147,7 @@ class Collector:
         return self.mean(name)
 
 
-def _check_same_names(names: List[str], device: torch.device) -> None:
+def _check_same_names(names: list[str], device: torch.device) -> None:
     """Fail clearly, instead of mixing up statistics, when ranks collected different names."""
     fingerprint = float(zlib.crc32('\n'.join(names).encode('utf-8')))
     local = torch.tensor([len(names), fingerprint], dtype=_MOMENTS_DTYPE, device=device)

@@ -7,7 +7,8 @@ import os
 import shutil
 import tempfile
 import zipfile
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # fixed, so that the same members give the same archive
 

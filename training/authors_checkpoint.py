@@ -27,7 +27,8 @@ import json
 import os
 import pickle
 import re
-from typing import Any, Dict, Iterable, Optional, Tuple
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -109,13 +110,13 @@ def _module_state(value: Any, where: str) -> dict:
     return state
 
 
-def stored_tensors(value: Any, where: str) -> Dict[str, torch.Tensor]:
+def stored_tensors(value: Any, where: str) -> dict[str, torch.Tensor]:
     """The state dict of a stored module tree (records and inert objects), under the published names.
 
     value: a PersistentRecord or InertObject whose state is an nn.Module's attribute dict -> {name: tensor}
     Parameters and persistent buffers, as `nn.Module.state_dict` lists them.
     """
-    tensors: Dict[str, torch.Tensor] = {}
+    tensors: dict[str, torch.Tensor] = {}
 
     def walk(node: Any, prefix: str) -> None:
         state = _module_state(node, f'{where}: {prefix.rstrip(".") or "the network"}')
@@ -143,7 +144,7 @@ def _prefix_pattern(prefix: str) -> re.Pattern:
     return re.compile('^' + re.escape(prefix).replace(re.escape('{i}'), r'(?P<i>\d+)'))
 
 
-def rename(key: str, renames: Iterable[Tuple[str, str]], to_published: bool = False) -> str:
+def rename(key: str, renames: Iterable[tuple[str, str]], to_published: bool = False) -> str:
     """A published tensor name -> this project's (or back, with to_published); unlisted names are kept."""
     for published, own in renames:
         source, target = (own, published) if to_published else (published, own)
@@ -154,16 +155,16 @@ def rename(key: str, renames: Iterable[Tuple[str, str]], to_published: bool = Fa
     return key
 
 
-def renamed_tensors(tensors: Dict[str, torch.Tensor], renames: Iterable[Tuple[str, str]],
-                    dropped: Iterable[str]) -> Dict[str, torch.Tensor]:
+def renamed_tensors(tensors: dict[str, torch.Tensor], renames: Iterable[tuple[str, str]],
+                    dropped: Iterable[str]) -> dict[str, torch.Tensor]:
     """{published name: tensor} -> {this project's name: tensor}, without the `dropped` names and prefixes."""
     dropped = tuple(dropped)
     return {rename(key, renames): tensor for key, tensor in tensors.items()
             if not any(key == name or (name.endswith('.') and key.startswith(name)) for name in dropped)}
 
 
-def load_strict(module: torch.nn.Module, tensors: Dict[str, torch.Tensor], where: str,
-                renames: Iterable[Tuple[str, str]], kept_prefix: Optional[str] = None) -> None:
+def load_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str,
+                renames: Iterable[tuple[str, str]], kept_prefix: str | None = None) -> None:
     """Load `tensors` (this project's names) into `module`; every name and shape must match.
 
     kept_prefix: names of `module` under it keep their built values (the body model's tensors).
@@ -213,13 +214,13 @@ def _stored_arguments(record: PersistentRecord, where: str) -> dict:
     return named
 
 
-def _layer_indices(tensors: Dict[str, torch.Tensor], pattern: str) -> list:
+def _layer_indices(tensors: dict[str, torch.Tensor], pattern: str) -> list:
     """Sorted integers captured by `pattern` (one group) over the tensor names."""
     compiled = re.compile(pattern)
     return sorted({int(match.group(1)) for key in tensors for match in [compiled.match(key)] if match})
 
 
-def _numbered_layers(tensors: Dict[str, torch.Tensor], name: str, where: str, renames) -> list:
+def _numbered_layers(tensors: dict[str, torch.Tensor], name: str, where: str, renames) -> list:
     """The indices 0, 1, ... of the layers `name` (with `{i}`) present in `tensors`; a gap is a missing tensor."""
     indices = _layer_indices(tensors, '^' + re.escape(name).replace(re.escape('{i}'), r'(\d+)') + '$')
     for expected, index in enumerate(indices):
@@ -229,13 +230,13 @@ def _numbered_layers(tensors: Dict[str, torch.Tensor], name: str, where: str, re
     return indices
 
 
-def _require(tensors: Dict[str, torch.Tensor], key: str, where: str, renames) -> torch.Tensor:
+def _require(tensors: dict[str, torch.Tensor], key: str, where: str, renames) -> torch.Tensor:
     if key not in tensors:
         raise ConversionError(f'{where}: the file lacks the tensor {rename(key, renames, to_published=True)!r}')
     return tensors[key]
 
 
-def generator_arguments(record: PersistentRecord, tensors: Dict[str, torch.Tensor], body_model: str,
+def generator_arguments(record: PersistentRecord, tensors: dict[str, torch.Tensor], body_model: str,
                         where: str = 'G') -> dict:
     """Keyword arguments of this project's TriPlaneGenerator equivalent to a published generator.
 
@@ -301,12 +302,12 @@ def generator_arguments(record: PersistentRecord, tensors: Dict[str, torch.Tenso
     )
 
 
-def generator_tensors(record: PersistentRecord, where: str = 'G') -> Dict[str, torch.Tensor]:
+def generator_tensors(record: PersistentRecord, where: str = 'G') -> dict[str, torch.Tensor]:
     """The published generator's tensors under this project's names, without those that have no counterpart."""
     return renamed_tensors(stored_tensors(record, where), _GENERATOR_RENAMES, _GENERATOR_DROPPED)
 
 
-def build_generator(record: PersistentRecord, smpl_path: Optional[str] = None, where: str = 'G') -> TriPlaneGenerator:
+def build_generator(record: PersistentRecord, smpl_path: str | None = None, where: str = 'G') -> TriPlaneGenerator:
     """This project's TriPlaneGenerator with the published generator's weights; eval mode, frozen.
 
     smpl_path: the SMPL pickle its body model reads (None: smpl_pickle.DEFAULT_SMPL_PATH).
@@ -339,7 +340,7 @@ def _child_state(value: Any, path: str) -> dict:
     return state if isinstance(state, dict) else {}
 
 
-def _channel_base(channels: Dict[int, int], channel_max: int, preferred: Optional[int]) -> Optional[int]:
+def _channel_base(channels: dict[int, int], channel_max: int, preferred: int | None) -> int | None:
     """A channel_base with min(channel_base // res, channel_max) == channels[res] at every res, `preferred` first."""
     candidates = [preferred] if preferred else []
     candidates += [width * res for res, width in channels.items() if width < channel_max]
@@ -350,8 +351,8 @@ def _channel_base(channels: Dict[int, int], channel_max: int, preferred: Optiona
     return None
 
 
-def discriminator_arguments(value: InertObject, tensors: Dict[str, torch.Tensor],
-                            generator_kwargs: Optional[dict] = None, where: str = 'D') -> dict:
+def discriminator_arguments(value: InertObject, tensors: dict[str, torch.Tensor],
+                            generator_kwargs: dict | None = None, where: str = 'D') -> dict:
     """Keyword arguments of this project's PoseAwareDualDiscriminator equivalent to a published discriminator.
 
     value: the published discriminator as read by safe_pickle.load; tensors: its tensors under this
@@ -396,12 +397,12 @@ def discriminator_arguments(value: InertObject, tensors: Dict[str, torch.Tensor]
     )
 
 
-def discriminator_tensors(value: InertObject, where: str = 'D') -> Dict[str, torch.Tensor]:
+def discriminator_tensors(value: InertObject, where: str = 'D') -> dict[str, torch.Tensor]:
     """The published discriminator's tensors under this project's names, without those that have no counterpart."""
     return renamed_tensors(stored_tensors(value, where), _DISCRIMINATOR_RENAMES, _DISCRIMINATOR_DROPPED)
 
 
-def build_discriminator(value: InertObject, generator_kwargs: Optional[dict] = None,
+def build_discriminator(value: InertObject, generator_kwargs: dict | None = None,
                         where: str = 'D') -> PoseAwareDualDiscriminator:
     """This project's PoseAwareDualDiscriminator with the published discriminator's weights; eval mode, frozen."""
     tensors = discriminator_tensors(value, where)
@@ -418,13 +419,13 @@ def build_discriminator(value: InertObject, generator_kwargs: Optional[dict] = N
 # ------------------------------------------------------------------------------------------------
 # Whole snapshots.
 
-def convert_networks(data: dict, smpl_path: Optional[str] = None) -> Dict[str, Any]:
+def convert_networks(data: dict, smpl_path: str | None = None) -> dict[str, Any]:
     """The networks of a published snapshot (read by safe_pickle.load) as this project's modules.
 
     -> {key: module} for the G, G_ema, D and D_ema it holds, plus augment_pipe: None. Other keys
     are left to the caller.
     """
-    converted: Dict[str, Any] = {}
+    converted: dict[str, Any] = {}
     generator_kwargs = None
     for key in ('G_ema', 'G'):
         if is_generator(data.get(key)):
@@ -442,7 +443,7 @@ def convert_networks(data: dict, smpl_path: Optional[str] = None) -> Dict[str, A
     return converted
 
 
-def _read_release_pickle(path: str, smpl_path: Optional[str]) -> Dict[str, Any]:
+def _read_release_pickle(path: str, smpl_path: str | None) -> dict[str, Any]:
     """A published checkpoint with its networks converted; raises CheckpointError with a one-line reason."""
     if not os.path.isfile(path):
         raise checkpoint.CheckpointError(f'{path}: no such file; pass the path of a published 3DPortraitGAN .pkl')
@@ -462,7 +463,7 @@ def _read_release_pickle(path: str, smpl_path: Optional[str]) -> Dict[str, Any]:
                                          f'the file is truncated, corrupt or of another kind') from None
 
 
-def convert_checkpoint(in_path: str, out_path: str, smpl_path: Optional[str] = None) -> Tuple[str, Optional[str]]:
+def convert_checkpoint(in_path: str, out_path: str, smpl_path: str | None = None) -> tuple[str, str | None]:
     """Write a published checkpoint as this project's weights file, and its pose-prediction JSON beside it.
 
     in_path: a published .pkl (its settings in the .json of the same stem); out_path: the weights
@@ -471,7 +472,7 @@ def convert_checkpoint(in_path: str, out_path: str, smpl_path: Optional[str] = N
     """
     data = _read_release_pickle(in_path, smpl_path)
     modules = {key: data[key] for key in NETWORK_KEYS if isinstance(data.get(key), torch.nn.Module)}
-    extra: Dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     generator = modules.get('G_ema', modules.get('G'))
     if generator is not None:
         extra['neural_rendering_resolution'] = generator.neural_rendering_resolution

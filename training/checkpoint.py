@@ -28,7 +28,7 @@ import json
 import os
 import pickle
 import zipfile
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 
@@ -66,14 +66,14 @@ def _snapshot_module(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module).eval().requires_grad_(False).cpu()
 
 
-def _set_rendering_resolution(modules: Dict[str, Any], resolution: int) -> None:
+def _set_rendering_resolution(modules: dict[str, Any], resolution: int) -> None:
     """Set the default neural rendering resolution of every generator among `modules`' values."""
     for module in modules.values():
         if hasattr(module, 'neural_rendering_resolution'):
             module.neural_rendering_resolution = int(resolution)
 
 
-def save_network_pickle(path: str, data: Dict[str, Any], neural_rendering_resolution: Optional[int] = None) -> None:
+def save_network_pickle(path: str, data: dict[str, Any], neural_rendering_resolution: int | None = None) -> None:
     """Pickle `data` to `path` atomically; nn.Module values are deep-copied, set to eval, frozen and moved to CPU.
 
     data: a dict with at least one of G, G_ema, D (e.g. G, D, G_ema, D_ema, training_set_kwargs,
@@ -90,7 +90,7 @@ def save_network_pickle(path: str, data: Dict[str, Any], neural_rendering_resolu
     atomic_write(path, lambda file: pickle.dump(snapshot, file, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def load_network_pickle(path: str, device: Any = 'cpu', trust_pickle: bool = False) -> Dict[str, Any]:
+def load_network_pickle(path: str, device: Any = 'cpu', trust_pickle: bool = False) -> dict[str, Any]:
     """Load a network pickle; nn.Module values are moved to `device`. Raises CheckpointError on a bad file.
 
     By default nothing from the file is executed (training.safe_pickle); trust_pickle=True runs
@@ -150,7 +150,7 @@ def _to_json_value(value: Any, where: str) -> Any:
                      f'construct the module from numbers, strings, lists and dicts only')
 
 
-def save_weights(path: str, modules: Dict[str, torch.nn.Module], extra: Optional[Dict[str, Any]] = None) -> None:
+def save_weights(path: str, modules: dict[str, torch.nn.Module], extra: dict[str, Any] | None = None) -> None:
     """Write a weights-only file: per module its class, constructor arguments (JSON) and state dict.
 
     modules: {key: persistent nn.Module of this repository}; extra: JSON-serializable metadata
@@ -204,7 +204,7 @@ def _import_class(path: str, key: str, class_name: str) -> type:
         raise CheckpointError(f'{path}: importing the class of {key!r} failed ({error}); install the missing package') from None
 
 
-def load_weights(path: str, device: Any = 'cpu') -> Dict[str, Any]:
+def load_weights(path: str, device: Any = 'cpu') -> dict[str, Any]:
     """Load a weights file: {key: rebuilt module on `device`, eval and frozen} plus the extra metadata keys.
 
     Uses `torch.load(weights_only=True)`; raises CheckpointError on a bad file.
@@ -227,7 +227,7 @@ def load_weights(path: str, device: Any = 'cpu') -> Dict[str, Any]:
         raise CheckpointError(f'{path}: weights file version {payload.get("version")!r}; this code reads version '
                               f'{WEIGHTS_VERSION}, update the repository')
 
-    result: Dict[str, Any] = {}
+    result: dict[str, Any] = {}
     try:
         entries = payload['modules']
         extra = json.loads(payload['extra_json'], object_hook=dnnlib.EasyDict)
@@ -259,7 +259,7 @@ def load_weights(path: str, device: Any = 'cpu') -> Dict[str, Any]:
     return result
 
 
-def load_any(path: str, device: Any = 'cpu', trust_pickle: bool = False) -> Dict[str, Any]:
+def load_any(path: str, device: Any = 'cpu', trust_pickle: bool = False) -> dict[str, Any]:
     """Load a network pickle or a weights file, told apart by content; returns the dict of modules and metadata.
 
     A file named .pt must be a weights file: a pickle by that name is refused, not unpickled.

@@ -23,7 +23,7 @@ import dataclasses
 import json
 import os
 import zipfile
-from typing import BinaryIO, Dict, List, Optional, Tuple
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -89,8 +89,8 @@ class FileTree:
     def __init__(self, path: str):
         self.path = path
         self.is_zip = False
-        self._zip: Optional[zipfile.ZipFile] = None
-        self._zip_pid: Optional[int] = None
+        self._zip: zipfile.ZipFile | None = None
+        self._zip_pid: int | None = None
         if os.path.isdir(path):
             self.names = sorted(self._walk(path))
             return
@@ -107,7 +107,7 @@ class FileTree:
                                f'pass a folder or a valid zip archive') from error
 
     @staticmethod
-    def _walk(root: str) -> List[str]:
+    def _walk(root: str) -> list[str]:
         names = []
         for folder, _, files in os.walk(root, followlinks=True):
             relative = os.path.relpath(folder, root)
@@ -148,7 +148,7 @@ class FileTree:
 # ------------------------------------------------------------------------------------------------
 # Labels.
 
-def _rigid_problem(cam2world: np.ndarray) -> Optional[str]:
+def _rigid_problem(cam2world: np.ndarray) -> str | None:
     """Why a [4, 4] matrix is not a rigid transform within RIGID_TOLERANCE, or None."""
     last_row = cam2world[3]
     if np.abs(last_row - [0, 0, 0, 1]).max() > RIGID_TOLERANCE:
@@ -163,7 +163,7 @@ def _rigid_problem(cam2world: np.ndarray) -> Optional[str]:
     return None
 
 
-def label_problem(values, lengths: tuple = (LABEL_DIM,)) -> Optional[str]:
+def label_problem(values, lengths: tuple = (LABEL_DIM,)) -> str | None:
     """Why `values` is not a valid label (31 finite numbers, a rigid cam2world first), or None.
 
     lengths: the accepted numbers of values (dataset_tool convert also takes 25 camera values).
@@ -185,8 +185,8 @@ def label_problem(values, lengths: tuple = (LABEL_DIM,)) -> Optional[str]:
     return None
 
 
-def read_labels(tree: FileTree, problems: List[str], file_name: str = LABELS_FILE,
-                lengths: tuple = (LABEL_DIM,)) -> Optional[Dict[str, Optional[np.ndarray]]]:
+def read_labels(tree: FileTree, problems: list[str], file_name: str = LABELS_FILE,
+                lengths: tuple = (LABEL_DIM,)) -> dict[str, np.ndarray | None] | None:
     """The labels of a `dataset.json` in `tree`, float64 [31] (or another of `lengths`) by normalized
     image name ('\\' -> '/', no leading './'), or None when the file is missing or unusable.
 
@@ -210,8 +210,8 @@ def read_labels(tree: FileTree, problems: List[str], file_name: str = LABELS_FIL
         problems.append(f'{where}: no "labels" list; the file must hold {{"labels": [[relative_path, '
                         f'[{LABEL_DIM} numbers]], ...]}}')
         return None
-    labels: Dict[str, np.ndarray] = {}
-    first_entry: Dict[str, int] = {}
+    labels: dict[str, np.ndarray] = {}
+    first_entry: dict[str, int] = {}
     for index, entry in enumerate(entries):
         if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)):
             problems.append(f'{where}: entry {index} is not [relative_path, [{LABEL_DIM} numbers]]; fix that entry')
@@ -238,20 +238,20 @@ def read_labels(tree: FileTree, problems: List[str], file_name: str = LABELS_FIL
 class _Scan:
     images: FileTree
     masks: FileTree
-    image_names: List[str]           # sorted
-    mask_names: List[str]            # the mask of each image
-    mask_modes: List[str]
-    labels: Optional[np.ndarray]     # [N, 31] float64, None without labels
+    image_names: list[str]           # sorted
+    mask_names: list[str]            # the mask of each image
+    mask_modes: list[str]
+    labels: np.ndarray | None     # [N, 31] float64, None without labels
     resolution: int
 
 
 def _scan(path: str, seg_path: str, use_labels: bool, decode: bool,
-          progress: bool = False) -> Tuple[List[str], Optional[_Scan]]:
+          progress: bool = False) -> tuple[list[str], _Scan | None]:
     """Every problem found in the dataset, and its index when there is none.
 
     Reads names, labels and image headers; with `decode` also decodes every image and mask.
     """
-    problems: List[str] = []
+    problems: list[str] = []
     trees = []
     for tree_path in (path, seg_path):
         try:
@@ -288,16 +288,16 @@ def _scan(path: str, seg_path: str, use_labels: bool, decode: bool,
             problems.append(f"{path}: images {clashing} differ only in their extension, so their masks cannot "
                             f"be told apart; keep one")
 
-    mask_candidates: Dict[str, List[str]] = collections.defaultdict(list)
+    mask_candidates: dict[str, list[str]] = collections.defaultdict(list)
     if masks is not None:
         for name in masks.names:
             if is_image_name(name):
                 mask_candidates[stem(name)].append(name)
 
     names = tqdm(image_names, desc='checking', unit='img') if progress else image_names
-    sizes: Dict[str, Tuple[int, int]] = {}
-    mask_names: List[str] = []
-    mask_modes: List[str] = []
+    sizes: dict[str, tuple[int, int]] = {}
+    mask_names: list[str] = []
+    mask_modes: list[str] = []
     for name in names:
         info = _inspect(images, name, decode, problems)
         if info is not None:
@@ -349,7 +349,7 @@ def _scan(path: str, seg_path: str, use_labels: bool, decode: bool,
     return problems, _Scan(images, masks, image_names, mask_names, mask_modes, label_array, resolution)
 
 
-def _inspect(tree: FileTree, name: str, decode: bool, problems: List[str]) -> Optional[Tuple[Tuple[int, int], str]]:
+def _inspect(tree: FileTree, name: str, decode: bool, problems: list[str]) -> tuple[tuple[int, int], str] | None:
     """(width, height) and PIL mode of one file from its header, fully decoded with `decode`;
     None, with a problem appended, when it cannot be read."""
     try:
@@ -369,7 +369,7 @@ def _inspect(tree: FileTree, name: str, decode: bool, problems: List[str]) -> Op
     return size, mode
 
 
-def check_dataset(path: str, seg_path: str, use_labels: bool = True, progress: bool = False) -> List[str]:
+def check_dataset(path: str, seg_path: str, use_labels: bool = True, progress: bool = False) -> list[str]:
     """Every problem of a dataset (one line each, naming the file and the fix); empty when the
     dataset is usable. Unlike construction, this decodes every image and mask fully."""
     problems, _ = _scan(path, seg_path, use_labels=use_labels, decode=True, progress=progress)
@@ -390,8 +390,8 @@ class PortraitDataset(torch.utils.data.Dataset):
     def __init__(self,
                  path: str,                           # images and dataset.json: a zip or a folder
                  seg_path: str,                       # masks paired by relative path: a zip or a folder
-                 resolution: Optional[int] = None,    # expected image size; None accepts any
-                 max_size: Optional[int] = None,      # at most this many images (before mirroring)
+                 resolution: int | None = None,    # expected image size; None accepts any
+                 max_size: int | None = None,      # at most this many images (before mirroring)
                  xflip: bool = False,                 # append a mirrored copy of every item
                  random_seed: int = 0,                # picks the subset when max_size is smaller
                  use_labels: bool = True,             # False: dataset.json optional, labels are zeros
@@ -455,15 +455,15 @@ class PortraitDataset(torch.utils.data.Dataset):
         return 3
 
     @property
-    def image_shape(self) -> List[int]:
+    def image_shape(self) -> list[int]:
         return [3, self._resolution, self._resolution]
 
     @property
-    def mask_shape(self) -> List[int]:
+    def mask_shape(self) -> list[int]:
         return [1, self._resolution, self._resolution]
 
     @property
-    def label_shape(self) -> List[int]:
+    def label_shape(self) -> list[int]:
         return [CAMERA_DIM]
 
     @property
@@ -471,7 +471,7 @@ class PortraitDataset(torch.utils.data.Dataset):
         return CAMERA_DIM
 
     @property
-    def pose_shape(self) -> List[int]:
+    def pose_shape(self) -> list[int]:
         return [POSE_DIM]
 
     @property
@@ -487,7 +487,7 @@ class PortraitDataset(torch.utils.data.Dataset):
 
     # Items.
 
-    def __getitem__(self, idx: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def __getitem__(self, idx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """-> image uint8 [3, R, R], mask uint8 [1, R, R], camera float32 [25], pose float32 [6]"""
         raw = int(self._raw_idx[idx])
         image = self._load(self._images, self._image_names[raw], IMAGE_MODE, 3)

@@ -16,8 +16,7 @@ project's choice (`mirror_camera=True`); the published method passes the unmirro
 import torch
 import torch.nn.functional as F
 
-from torch_utils import misc
-from torch_utils import persistence
+from torch_utils import misc, persistence
 from training.camera_utils import flip_camera, flip_pose, is_left
 from training.networks_stylegan2 import Discriminator
 from training.pose_branch import PoseMLP

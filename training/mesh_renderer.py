@@ -21,12 +21,12 @@ raises in the child rather than hang): use the "spawn" or "forkserver" start met
 """
 
 import os
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-ArrayLike = Union[np.ndarray, torch.Tensor, Sequence]
+ArrayLike = np.ndarray | torch.Tensor | Sequence
 
 GL_PACKAGES = 'libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri'
 MAX_LIGHTS = 4

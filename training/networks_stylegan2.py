@@ -24,12 +24,8 @@ can share the flattened trunk features.
 import numpy as np
 import torch
 
-from torch_utils import misc
-from torch_utils import persistence
-from torch_utils.ops import bias_act
-from torch_utils.ops import conv2d_resample
-from torch_utils.ops import fma
-from torch_utils.ops import upfirdn2d
+from torch_utils import misc, persistence
+from torch_utils.ops import bias_act, conv2d_resample, fma, upfirdn2d
 
 
 def _activation_gain(activation: str) -> float:

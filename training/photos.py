@@ -12,8 +12,8 @@ import PIL.Image
 import torch
 
 from training.camera_utils import FOCAL, camera_label
-from training.dataset import is_image_name, stem
 from training.d_input import resize_image
+from training.dataset import is_image_name, stem
 
 
 def read_photo(path: str, mode: str, resolution: int) -> torch.Tensor:

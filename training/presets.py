@@ -25,6 +25,7 @@ def load_preset(name_or_path: str) -> dict:
         raise ValueError(f'{path}: a preset must be a JSON object with a "generator" section')
     # Every generator argument is named (a preset writes down every value it sets); none is unknown.
     import inspect
+
     from training.triplane import TriPlaneGenerator
     arguments = [name for name in inspect.signature(TriPlaneGenerator.__init__).parameters if name != 'self']
     missing = [name for name in arguments if name not in preset['generator']]

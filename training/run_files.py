@@ -17,7 +17,7 @@ Errors are `checkpoint.CheckpointError`s with one line naming the path and the p
 import glob
 import os
 import re
-from typing import Any, Dict, Optional
+from typing import Any
 
 import torch
 
@@ -39,7 +39,7 @@ def snapshot_paths(run_dir: str, cur_nimg: int) -> dict:
                 resume=os.path.join(run_dir, f'{RESUME_PREFIX}{kimg}.pt'))
 
 
-def _newest(run_dir: str, prefix: str, suffix: str) -> Optional[str]:
+def _newest(run_dir: str, prefix: str, suffix: str) -> str | None:
     """The file {prefix}{kimg}{suffix} of a run directory with the highest kimg (newest on ties), or None."""
     found = []
     for path in glob.glob(os.path.join(glob.escape(run_dir), f'{prefix}*{suffix}')):
@@ -49,12 +49,12 @@ def _newest(run_dir: str, prefix: str, suffix: str) -> Optional[str]:
     return max(found)[2] if found else None
 
 
-def latest_resume_state(run_dir: str) -> Optional[str]:
+def latest_resume_state(run_dir: str) -> str | None:
     """The newest resume state of a run directory (complete: written atomically), or None."""
     return _newest(run_dir, RESUME_PREFIX, '.pt')
 
 
-def latest_network_snapshot(run_dir: str) -> Optional[str]:
+def latest_network_snapshot(run_dir: str) -> str | None:
     """The newest network snapshot of a run directory, or None: its weights file where it has one
     (it loads without unpickling), else its network pickle."""
     newest = [path for path in (_newest(run_dir, SNAPSHOT_PREFIX, '.pt'), _newest(run_dir, SNAPSHOT_PREFIX, '.pkl'))
@@ -155,7 +155,7 @@ def pose_predict_kwargs_for(snapshot_path: str) -> str:
     return os.path.join(folder, f'{stem}.json')
 
 
-def snapshot_networks(modules: Dict[str, Any], path: str) -> tuple:
+def snapshot_networks(modules: dict[str, Any], path: str) -> tuple:
     """The networks to use from a loaded snapshot -> (G_ema else G, D_ema else D), each None where absent.
 
     Raises CheckpointError when the entry there is not this project's generator or discriminator.

@@ -32,7 +32,7 @@ import collections
 import importlib
 import io
 import pickle
-from typing import Any, BinaryIO, Optional
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -270,7 +270,7 @@ def _materialize(value: Any, memo: dict) -> Any:
     return value
 
 
-def rebuild_networks(data: Any, smpl_path: Optional[str] = None) -> Any:
+def rebuild_networks(data: Any, smpl_path: str | None = None) -> Any:
     """A loaded network pickle with every record and inert module turned into this repository's class
     (or torch.nn's) with the stored state, as unpickling does: objects are made with `cls.__new__` and
     `__setstate__`; no constructor and nothing from the file runs.

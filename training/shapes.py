@@ -7,7 +7,7 @@ angstrom units set to the voxel size in metres, so that a volume survives a roun
 """
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -13,8 +13,7 @@ synthesis blocks whose skip RGB path starts from the raw image. Every layer uses
 import numpy as np
 import torch
 
-from torch_utils import misc
-from torch_utils import persistence
+from torch_utils import misc, persistence
 from training.networks_stylegan2 import SynthesisBlock
 
 _WS_PER_BLOCK = 3  # conv0, conv1 and torgb of one SynthesisBlock.

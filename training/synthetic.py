@@ -34,7 +34,7 @@ import os
 import queue
 import traceback
 import zipfile
-from typing import Iterator, List, Optional, Tuple
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -250,14 +250,14 @@ class PortraitPainter:
         """The embedded body with shape betas [10]."""
         return BodyModel(self.arrays, betas=betas)
 
-    def vertices(self, scene: Scene, body: Optional[BodyModel] = None) -> np.ndarray:
+    def vertices(self, scene: Scene, body: BodyModel | None = None) -> np.ndarray:
         """Posed vertices re-centred on the body's own neck joint -> float32 [V, 3]."""
         body = self.body(scene.betas) if body is None else body
         with torch.no_grad():
             posed = body.pose(torch.from_numpy(scene.pose)[None])[0]
             return (posed - body.joints[0, lbs.NECK_JOINT]).numpy()
 
-    def vertex_colors(self, scene: Scene, body: Optional[BodyModel] = None) -> np.ndarray:
+    def vertex_colors(self, scene: Scene, body: BodyModel | None = None) -> np.ndarray:
         """Albedo of every vertex, painted on the re-centred zero-pose body -> float32 [V, 3]."""
         body = self.body(scene.betas) if body is None else body
         canonical = body.canonical_vertices[0].numpy().astype(np.float64)
@@ -299,7 +299,7 @@ class PortraitPainter:
         colors[self.is_iris] = scene.iris
         return colors.astype(np.float32)
 
-    def render(self, scene: Scene, resolution: int, supersample: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    def render(self, scene: Scene, resolution: int, supersample: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Render a scene -> image uint8 [R, R, 3], mask uint8 [R, R] (0 or 255).
 
         The mesh is rasterized at `supersample` times the resolution (default: 4, less above
@@ -341,7 +341,7 @@ def item_name(idx: int) -> str:
     return f'{idx // 1000:05d}/img{idx:08d}.png'
 
 
-def render_item(painter: PortraitPainter, seed: int, idx: int, resolution: int) -> Tuple[List[float], bytes, bytes]:
+def render_item(painter: PortraitPainter, seed: int, idx: int, resolution: int) -> tuple[list[float], bytes, bytes]:
     """Image idx of the set -> (label: 31 floats, image PNG, mask PNG)."""
     scene = sample_scene(seed, idx)
     image, mask = painter.render(scene, resolution)
@@ -493,7 +493,7 @@ def build_synthetic_dataset(dest_zip: str, seg_dest_zip: str, num_images: int = 
     return parameters
 
 
-def stored_parameters(dest_zip: str, seg_dest_zip: str) -> Optional[dict]:
+def stored_parameters(dest_zip: str, seg_dest_zip: str) -> dict | None:
     """The build parameters of a complete synthetic set at these paths, or None when either
     zip is missing, unreadable or from another build."""
     found = []
@@ -506,14 +506,14 @@ def stored_parameters(dest_zip: str, seg_dest_zip: str) -> Optional[dict]:
     return found[0] if found[0] is not None and found[0] == found[1] else None
 
 
-def default_synthetic_paths(root: str = 'datasets', resolution: int = 64) -> Tuple[str, str]:
+def default_synthetic_paths(root: str = 'datasets', resolution: int = 64) -> tuple[str, str]:
     """Where ensure_synthetic_dataset keeps the set -> (images zip, masks zip)."""
     return (os.path.join(root, f'synthetic-portraits-{resolution}.zip'),
             os.path.join(root, f'synthetic-portraits-{resolution}-seg.zip'))
 
 
 def ensure_synthetic_dataset(root: str = 'datasets', num_images: int = 2000, resolution: int = 64, seed: int = 0,
-                             workers: int = 2, progress: bool = True) -> Tuple[str, str]:
+                             workers: int = 2, progress: bool = True) -> tuple[str, str]:
     """The synthetic set under `root`, built on first use or when the stored one was built with
     other parameters (or by another version of this file) -> (images zip, masks zip)."""
     dest_zip, seg_dest_zip = default_synthetic_paths(root, resolution)

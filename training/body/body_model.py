@@ -11,7 +11,7 @@ left), with the origin at the neck joint (12) of the zero-shape, zero-pose model
 """
 
 import os
-from typing import Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ EMBEDDED_MODEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), '
 
 REQUIRED_KEYS = ('v_template', 'shapedirs', 'J_regressor', 'weights', 'kintree_table', 'f')
 
-BetasLike = Union[None, Sequence[float], np.ndarray, torch.Tensor]
+BetasLike = None | Sequence[float] | np.ndarray | torch.Tensor
 
 
 def load_npz(path: str) -> dict:
@@ -143,7 +143,7 @@ class BodyModel(torch.nn.Module):
         return cls(load_npz(path), betas=betas, box_warp=box_warp, name=name)
 
     @classmethod
-    def from_smpl_pickle(cls, path: Optional[str] = None, betas: BetasLike = None,
+    def from_smpl_pickle(cls, path: str | None = None, betas: BetasLike = None,
                          box_warp: float = 1.0) -> 'BodyModel':
         """The official SMPL model from the user's own pickle (default: smpl_pickle.DEFAULT_SMPL_PATH)."""
         from training.body import smpl_pickle

@@ -8,7 +8,7 @@ The triangle choice is not differentiated; the frames and P0 are, so the result 
 differentiable in the posed vertices (hence the body pose) and in the points.
 """
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

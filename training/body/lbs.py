@@ -11,7 +11,7 @@ Array conventions (J joints, V vertices, K shape components):
     parents: J ints, parents[0] = -1 and parents[j] < j.
 """
 
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 
@@ -52,7 +52,7 @@ def batch_rodrigues(rotvecs: torch.Tensor) -> torch.Tensor:
 
 
 def forward_kinematics(rot_mats: torch.Tensor, joints: torch.Tensor,
-                       parents: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+                       parents: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Pose a kinematic tree given each joint's rotation relative to its parent.
 
     rot_mats [B, J, 3, 3], joints [B, J, 3] (rest positions) -> posed joints [B, J, 3],
@@ -118,8 +118,8 @@ def as_pose_basis(posedirs: torch.Tensor) -> torch.Tensor:
 
 
 def skin(betas: torch.Tensor, full_pose: torch.Tensor, v_template: torch.Tensor,
-         shapedirs: torch.Tensor, posedirs: Optional[torch.Tensor], J_regressor: torch.Tensor,
-         weights: torch.Tensor, parents: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+         shapedirs: torch.Tensor, posedirs: torch.Tensor | None, J_regressor: torch.Tensor,
+         weights: torch.Tensor, parents: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Pose and shape an SMPL-format body: the complete SMPL forward.
 
     betas [B, K'], full_pose [B, J, 3] axis-angle (joint 0 = global orientation),

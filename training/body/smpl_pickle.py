@@ -11,7 +11,7 @@ builtin containers and those stand-ins may be created: nothing else in the file 
 import io
 import os
 import pickle
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import scipy.sparse
@@ -116,7 +116,7 @@ def _to_array(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def load_smpl_pickle(path: str = DEFAULT_SMPL_PATH) -> Dict[str, np.ndarray]:
+def load_smpl_pickle(path: str = DEFAULT_SMPL_PATH) -> dict[str, np.ndarray]:
     """The SMPL arrays of an official SMPL pickle, as plain numpy arrays.
 
     Returns v_template [V,3] f64, shapedirs [V,3,K] f64, posedirs [V,3,207] f64,
@@ -156,7 +156,7 @@ def load_smpl_pickle(path: str = DEFAULT_SMPL_PATH) -> Dict[str, np.ndarray]:
     return arrays
 
 
-def _check_shapes(path: str, arrays: Dict[str, np.ndarray]) -> None:
+def _check_shapes(path: str, arrays: dict[str, np.ndarray]) -> None:
     num_vertices = arrays['v_template'].shape[0]
     num_joints = arrays['kintree_table'].shape[-1]
     expected = {

@@ -1,6 +1,6 @@
 """Volume rendering of a tri-grid: coarse stratified samples, importance samples, compositing."""
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
