@@ -56,16 +56,28 @@ def _evaluate(rank: int, world_size: int, args: dict, init_file: str | None) -> 
             except (OSError, ValueError) as err:
                 raise click.BadParameter(str(err), param_hint='--pose_predict_kwargs') from None
         elif needs_d:
-            raise click.UsageError(f'D_predict and pose_err need the pose-prediction settings: no {kwargs_path}; '
-                                   f'give --pose_predict_kwargs')
+            raise click.UsageError(
+                f'D_predict and pose_err need the pose-prediction settings: no {kwargs_path}; '
+                f'give --pose_predict_kwargs'
+            )
         if needs_d and D is None:
             raise click.UsageError(f'{path} holds no discriminator (D_ema or D), which D_predict and pose_err need')
         try:
             opts = metric_utils.MetricOptions(
-                G=G, D=D, dataset_kwargs=dataset_kwargs, pose_predict_kwargs=pose_predict_kwargs,
-                metric_pose_sample_mode=args['metric_pose_sample_mode'], identical_c_p=args['identical_c_p'],
-                detector=args['detector'], trust_pickle=args['trust_pickle'], num_gpus=world_size, rank=rank, device=device, batch_size=args['batch'],
-                progress=args['verbose'])
+                G=G,
+                D=D,
+                dataset_kwargs=dataset_kwargs,
+                pose_predict_kwargs=pose_predict_kwargs,
+                metric_pose_sample_mode=args['metric_pose_sample_mode'],
+                identical_c_p=args['identical_c_p'],
+                detector=args['detector'],
+                trust_pickle=args['trust_pickle'],
+                num_gpus=world_size,
+                rank=rank,
+                device=device,
+                batch_size=args['batch'],
+                progress=args['verbose'],
+            )
             opts.dataset()
             unwritten = None
             for name in args['metrics']:
@@ -75,7 +87,10 @@ def _evaluate(rank: int, world_size: int, args: dict, init_file: str | None) -> 
                     try:
                         metric_main.report_metric(result, os.path.dirname(os.path.abspath(path)), path)
                     except OSError as err:  # the result is printed above; the others are still computed
-                        unwritten = unwritten or f'{err.filename}: cannot be written ({err.strerror}); the results are printed above'
+                        unwritten = (
+                            unwritten
+                            or f'{err.filename}: cannot be written ({err.strerror}); the results are printed above'
+                        )
             if unwritten:
                 raise click.ClickException(unwritten)
         except (DatasetError, DetectorError, ValueError) as err:
@@ -94,27 +109,65 @@ def _spawned(rank: int, world_size: int, args: dict, init_file: str) -> None:
 
 
 @click.command(cls=Command, context_settings=dict(max_content_width=120))
-@click.option('--network', required=True, help='Network snapshot (pickle or weights file, path or URL), or a run directory')
-@click.option('--metrics', default='fid50k_full', show_default=True, callback=_parse_metrics,
-              help='Comma list: fid50k_full, kid50k_full, fid{N}k, kid{N}k, ..._full, pose_err')
-@click.option('--data', type=click.Path(exists=True), help='Images zip or folder  [default: the snapshot\'s training data]')
+@click.option(
+    '--network', required=True, help='Network snapshot (pickle or weights file, path or URL), or a run directory'
+)
+@click.option(
+    '--metrics',
+    default='fid50k_full',
+    show_default=True,
+    callback=_parse_metrics,
+    help='Comma list: fid50k_full, kid50k_full, fid{N}k, kid{N}k, ..._full, pose_err',
+)
+@click.option(
+    '--data', type=click.Path(exists=True), help="Images zip or folder  [default: the snapshot's training data]"
+)
 @click.option('--seg_data', type=click.Path(exists=True), help='Masks zip or folder (with --data)')
-@click.option('--metric_pose_sample_mode', type=click.Choice(METRIC_POSE_SAMPLE_MODES), default='G_predict',
-              show_default=True, help='Pose of the fakes: G\'s pose branch, or D on a random real image')
-@click.option('--identical_c_p', type=bool, default=False, show_default=True,
-              help='Condition the fakes on their rendering camera and pose (else on an independent draw)')
-@click.option('--pose_predict_kwargs', type=click.Path(), help='Pose-prediction JSON  [default: the one beside the snapshot]')
-@click.option('--detector', default=DEFAULT_DETECTOR, show_default=True,
-              help='Feature detector: the offline default, or a path/URL of inception-2015-12-05.pkl or a TorchScript Inception')
-@click.option('--gpus', type=click.IntRange(min=1), default=1, show_default=True, help='Processes (GPUs, or CPU processes with gloo)')
-@click.option('--device', type=click.Choice(['cpu', 'cuda']), default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
-@click.option('--batch', type=click.IntRange(min=1), default=8, show_default=True, help='Images per generator and detector call')
+@click.option(
+    '--metric_pose_sample_mode',
+    type=click.Choice(METRIC_POSE_SAMPLE_MODES),
+    default='G_predict',
+    show_default=True,
+    help="Pose of the fakes: G's pose branch, or D on a random real image",
+)
+@click.option(
+    '--identical_c_p',
+    type=bool,
+    default=False,
+    show_default=True,
+    help='Condition the fakes on their rendering camera and pose (else on an independent draw)',
+)
+@click.option(
+    '--pose_predict_kwargs', type=click.Path(), help='Pose-prediction JSON  [default: the one beside the snapshot]'
+)
+@click.option(
+    '--detector',
+    default=DEFAULT_DETECTOR,
+    show_default=True,
+    help='Feature detector: the offline default, or a path/URL of inception-2015-12-05.pkl or a TorchScript Inception',
+)
+@click.option(
+    '--gpus',
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help='Processes (GPUs, or CPU processes with gloo)',
+)
+@click.option(
+    '--device',
+    type=click.Choice(['cpu', 'cuda']),
+    default='cuda' if torch.cuda.is_available() else 'cpu',
+    show_default=True,
+)
+@click.option(
+    '--batch', type=click.IntRange(min=1), default=8, show_default=True, help='Images per generator and detector call'
+)
 @click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
 @click.option('--verbose/--quiet', default=True, show_default=True, help='Progress bars')
 def main(**args):
     """Append each metric's result to metric-<name>.jsonl beside the snapshot and print it."""
     if args['seg_data'] is not None and args['data'] is None or args['data'] is not None and args['seg_data'] is None:
-        raise click.UsageError('give both --data and --seg_data, or neither (the snapshot\'s training data)')
+        raise click.UsageError("give both --data and --seg_data, or neither (the snapshot's training data)")
     if args['device'] == 'cuda' and not torch.cuda.is_available():
         raise click.BadParameter('no CUDA device on this machine; use --device cpu', param_hint='--device')
     if distributed.is_torchrun():
@@ -124,13 +177,15 @@ def main(**args):
     else:
         with tempfile.TemporaryDirectory() as temp_dir:
             try:
-                torch.multiprocessing.spawn(_spawned, args=(args['gpus'], args, os.path.join(temp_dir, '.init')),
-                                            nprocs=args['gpus'])
+                torch.multiprocessing.spawn(
+                    _spawned, args=(args['gpus'], args, os.path.join(temp_dir, '.init')), nprocs=args['gpus']
+                )
             except torch.multiprocessing.ProcessRaisedException as err:
                 raise click.ClickException(f'a metric process failed: {str(err).strip().splitlines()[-1]}') from None
             except torch.multiprocessing.ProcessExitedException as err:
-                raise click.ClickException(f'metric process {err.error_index} exited with code {err.exit_code} '
-                                           f'(its message is above)') from None
+                raise click.ClickException(
+                    f'metric process {err.error_index} exited with code {err.exit_code} (its message is above)'
+                ) from None
 
 
 if __name__ == '__main__':

@@ -76,19 +76,24 @@ MAX_RESOLUTION = 8192  # a 8192x8192 RGB image is 200 MB; anything larger is a t
 # ------------------------------------------------------------------------------------------------
 # Outputs (they appear only when complete: training/atomic_files.py).
 
+
 def _check_destination(path: str, option: str, overwrite: bool) -> None:
     if path.lower().endswith('.zip'):
         if os.path.isdir(path):
             raise click.BadParameter(f'{path} is a folder; name a zip file or a folder without .zip', param_hint=option)
         if os.path.exists(path) and not overwrite:
-            raise click.BadParameter(f'{path} exists; add --overwrite to replace it (once the conversion succeeds)',
-                                     param_hint=option)
+            raise click.BadParameter(
+                f'{path} exists; add --overwrite to replace it (once the conversion succeeds)', param_hint=option
+            )
     elif os.path.exists(path) and not os.path.isdir(path):
-        raise click.BadParameter(f'{path} is a file; choose a new name, or end it in .zip to write a zip archive',
-                                 param_hint=option)
+        raise click.BadParameter(
+            f'{path} is a file; choose a new name, or end it in .zip to write a zip archive', param_hint=option
+        )
     elif os.path.isdir(path) and os.listdir(path) and not overwrite:
-        raise click.BadParameter(f'{path} is a folder that is not empty; add --overwrite to replace it (once the '
-                                 f'conversion succeeds)', param_hint=option)
+        raise click.BadParameter(
+            f'{path} is a folder that is not empty; add --overwrite to replace it (once the conversion succeeds)',
+            param_hint=option,
+        )
 
 
 def _open_output(path: str):
@@ -98,12 +103,13 @@ def _open_output(path: str):
 # ------------------------------------------------------------------------------------------------
 # Source.
 
+
 @dataclasses.dataclass
 class _SourceItem:
-    image: str         # path inside the source
-    mask: str          # path inside the masks' tree (the source, or --masks)
-    label_name: str    # name as written in the source's labels
-    label: list        # 31 numbers
+    image: str  # path inside the source
+    mask: str  # path inside the masks' tree (the source, or --masks)
+    label_name: str  # name as written in the source's labels
+    label: list  # 31 numbers
     camera_only: bool = False  # the source gave 25 camera values: the pose is zero
 
 
@@ -122,12 +128,13 @@ def _masks_by_stem(tree: FileTree, prefix: str) -> dict:
     masks = {}
     for name in tree.names:
         if name.startswith(prefix) and is_image_name(name):
-            masks.setdefault(stem(name[len(prefix):]), []).append(name)
+            masks.setdefault(stem(name[len(prefix) :]), []).append(name)
     return masks
 
 
-def _read_source(tree: FileTree, images_dir: str, masks_dir: str | None, labels_file: str,
-                 mask_tree: FileTree) -> list[_SourceItem]:
+def _read_source(
+    tree: FileTree, images_dir: str, masks_dir: str | None, labels_file: str, mask_tree: FileTree
+) -> list[_SourceItem]:
     """Pair every source image with its mask and label, in sorted order; any gap is a click error.
 
     The masks are looked up in `mask_tree`: the source itself, or a separate tree (--masks)."""
@@ -136,18 +143,32 @@ def _read_source(tree: FileTree, images_dir: str, masks_dir: str | None, labels_
     if masks_dir is None and mask_tree is not tree:
         masks_dir = ''
     if masks_dir is None:
-        masks_dir = next((folder for folder in MASK_DIR_DEFAULTS
-                          if any(name.startswith(folder + '/') and is_image_name(name) for name in tree.names)), None)
+        masks_dir = next(
+            (
+                folder
+                for folder in MASK_DIR_DEFAULTS
+                if any(name.startswith(folder + '/') and is_image_name(name) for name in tree.names)
+            ),
+            None,
+        )
     mask_prefix = None if masks_dir is None else _prefix(masks_dir)
     # A flat folder of images (--images-dir .) may hold the masks' folder too.
-    images = [name for name in tree.names if name.startswith(image_prefix) and is_image_name(name)
-              and not (mask_tree is tree and mask_prefix and name.startswith(mask_prefix))]
+    images = [
+        name
+        for name in tree.names
+        if name.startswith(image_prefix)
+        and is_image_name(name)
+        and not (mask_tree is tree and mask_prefix and name.startswith(mask_prefix))
+    ]
     if not images:
-        raise click.ClickException(f"{source}: no images under '{image_prefix}'; pass --images-dir "
-                                   f"(the folder inside the source that holds the images)")
+        raise click.ClickException(
+            f"{source}: no images under '{image_prefix}'; pass --images-dir "
+            f'(the folder inside the source that holds the images)'
+        )
     if mask_prefix is None:
-        raise click.ClickException(f"{source}: no masks under 'masks/' or 'seg/'; pass --masks-dir, or --masks "
-                                   f"for a separate folder of masks")
+        raise click.ClickException(
+            f"{source}: no masks under 'masks/' or 'seg/'; pass --masks-dir, or --masks for a separate folder of masks"
+        )
     masks_by_stem = _masks_by_stem(mask_tree, mask_prefix)
 
     problems: list[str] = []
@@ -159,14 +180,14 @@ def _read_source(tree: FileTree, images_dir: str, masks_dir: str | None, labels_
 
     items, unlabelled, unmasked, ambiguous = [], [], [], []
     for name in images:
-        relative = name[len(image_prefix):]
+        relative = name[len(image_prefix) :]
         candidates = masks_by_stem.get(stem(relative), [])
         if relative not in labels:
             unlabelled.append(relative)
         elif not candidates:
             unmasked.append(relative)
         elif len(candidates) > 1:
-            ambiguous.append(f"{relative} ({', '.join(candidates)})")
+            ambiguous.append(f'{relative} ({", ".join(candidates)})')
         else:
             label_name, value = labels[relative]
             camera_only = len(value) == CAMERA_DIM
@@ -174,18 +195,24 @@ def _read_source(tree: FileTree, images_dir: str, masks_dir: str | None, labels_
             items.append(_SourceItem(name, candidates[0], label_name, label, camera_only))
     where = tree.display(labels_file.strip('/'))
     if unlabelled:
-        raise click.ClickException(f'{where}: {len(unlabelled)} images have no label: {_listed(unlabelled)}; '
-                                   f'add their entries or remove the images')
+        raise click.ClickException(
+            f'{where}: {len(unlabelled)} images have no label: {_listed(unlabelled)}; '
+            f'add their entries or remove the images'
+        )
     if unmasked:
-        raise click.ClickException(f"{mask_tree.path}: {len(unmasked)} images have no mask under '{mask_prefix}' "
-                                   f"(same relative path, any image extension): {_listed(unmasked)}")
+        raise click.ClickException(
+            f"{mask_tree.path}: {len(unmasked)} images have no mask under '{mask_prefix}' "
+            f'(same relative path, any image extension): {_listed(unmasked)}'
+        )
     if ambiguous:
-        raise click.ClickException(f"{source}: {len(ambiguous)} images have several masks: {_listed(ambiguous)}; "
-                                   f"keep one each")
+        raise click.ClickException(
+            f'{source}: {len(ambiguous)} images have several masks: {_listed(ambiguous)}; keep one each'
+        )
     unused = len(labels) - len(items)
     if unused:
-        click.echo(f'note: {where}: {unused} labels name no image under {image_prefix!r}; they are not copied',
-                   err=True)
+        click.echo(
+            f'note: {where}: {unused} labels name no image under {image_prefix!r}; they are not copied', err=True
+        )
     return items
 
 
@@ -197,17 +224,20 @@ def _read_aligned_source(tree: FileTree) -> list[_SourceItem]:
         with tree.open(ALIGNED_RESULT) as file:
             entries = json.loads(file.read().decode('utf-8'))
     except (OSError, KeyError, ValueError) as error:
-        raise click.ClickException(f'{where}: cannot be read as JSON ({type(error).__name__}: {error}); fix the file') from None
+        raise click.ClickException(
+            f'{where}: cannot be read as JSON ({type(error).__name__}: {error}); fix the file'
+        ) from None
     if not isinstance(entries, dict) or not entries:
-        raise click.ClickException(f'{where}: expected {{name: {{"camera_pose": 4x4, "smpl_pose": 72 values}}}} '
-                                   f'with at least one name')
+        raise click.ClickException(
+            f'{where}: expected {{name: {{"camera_pose": 4x4, "smpl_pose": 72 values}}}} with at least one name'
+        )
     image_prefix, mask_prefix = _prefix(ALIGNED_IMAGES), _prefix(ALIGNED_MASKS)
     masks_by_stem = _masks_by_stem(tree, mask_prefix)
     intrinsics = intrinsics_from_focal(dtype=torch.float64).reshape(-1).tolist()
     items, unlisted, unmasked = [], [], []
     used = set()
     for name in (name for name in tree.names if name.startswith(image_prefix) and is_image_name(name)):
-        relative = name[len(image_prefix):]
+        relative = name[len(image_prefix) :]
         key = relative if relative in entries else stem(relative) if stem(relative) in entries else None
         masks = masks_by_stem.get(stem(relative), [])
         if key is None:
@@ -224,10 +254,14 @@ def _read_aligned_source(tree: FileTree) -> list[_SourceItem]:
         except (TypeError, ValueError):
             cam2world = smpl_pose = np.zeros(0)
         if cam2world.shape != (4, 4) or smpl_pose.shape != (72,):
-            raise click.ClickException(f'{where}: {key!r} needs a 4x4 camera_pose and 72 smpl_pose values, got '
-                                       f'{"x".join(map(str, cam2world.shape)) or "none"} and '
-                                       f'{"x".join(map(str, smpl_pose.shape)) or "none"}; fix its entry')
-        label = cam2world.reshape(-1).tolist() + intrinsics + smpl_pose[NECK_POSE].tolist() + smpl_pose[HEAD_POSE].tolist()
+            raise click.ClickException(
+                f'{where}: {key!r} needs a 4x4 camera_pose and 72 smpl_pose values, got '
+                f'{"x".join(map(str, cam2world.shape)) or "none"} and '
+                f'{"x".join(map(str, smpl_pose.shape)) or "none"}; fix its entry'
+            )
+        label = (
+            cam2world.reshape(-1).tolist() + intrinsics + smpl_pose[NECK_POSE].tolist() + smpl_pose[HEAD_POSE].tolist()
+        )
         problem = label_problem(label)
         if problem is not None:
             raise click.ClickException(f'{where}: {key!r} {problem}; fix its entry')
@@ -235,14 +269,21 @@ def _read_aligned_source(tree: FileTree) -> list[_SourceItem]:
     if not items and not unlisted and not unmasked:
         raise click.ClickException(f"{tree.path}: no images under '{image_prefix}'")
     if unlisted:
-        raise click.ClickException(f'{where}: {len(unlisted)} images have no entry: {_listed(unlisted)}; add their '
-                                   f'entries or remove the images')
+        raise click.ClickException(
+            f'{where}: {len(unlisted)} images have no entry: {_listed(unlisted)}; add their '
+            f'entries or remove the images'
+        )
     if unmasked:
-        raise click.ClickException(f"{tree.path}: {len(unmasked)} images have no single mask under '{mask_prefix}' "
-                                   f"(same name, any image extension): {_listed(unmasked)}")
+        raise click.ClickException(
+            f"{tree.path}: {len(unmasked)} images have no single mask under '{mask_prefix}' "
+            f'(same name, any image extension): {_listed(unmasked)}'
+        )
     if len(used) < len(entries):
-        click.echo(f'note: {where}: {len(entries) - len(used)} entries name no image under {image_prefix!r}; they '
-                   f'are not copied', err=True)
+        click.echo(
+            f'note: {where}: {len(entries) - len(used)} entries name no image under {image_prefix!r}; they '
+            f'are not copied',
+            err=True,
+        )
     return items
 
 
@@ -257,8 +298,10 @@ def _read_image(tree: FileTree, name: str, mode: str) -> Image.Image:
             image.load()
             return image.convert(mode)
     except Exception as error:
-        raise click.ClickException(f'{tree.display(name)}: cannot be read as an image ({type(error).__name__}: '
-                                   f'{error}); re-export it or remove it and its label') from error
+        raise click.ClickException(
+            f'{tree.display(name)}: cannot be read as an image ({type(error).__name__}: '
+            f'{error}); re-export it or remove it and its label'
+        ) from error
 
 
 def _transform(image: Image.Image, resolution: int, transform: str, resample: int) -> Image.Image:
@@ -282,33 +325,71 @@ def _png(image: Image.Image) -> bytes:
 # ------------------------------------------------------------------------------------------------
 # Commands.
 
+
 @click.group()
 def main():
     """Prepare (convert) and check portrait datasets: images, person masks and camera + pose labels."""
 
 
 @main.command(cls=Command)
-@click.option('--source', required=True, type=click.Path(exists=True), help='Source folder or zip archive (layout: see dataset_tool.py)')
+@click.option(
+    '--source',
+    required=True,
+    type=click.Path(exists=True),
+    help='Source folder or zip archive (layout: see dataset_tool.py)',
+)
 @click.option('--dest', required=True, type=click.Path(), help='Output images + dataset.json: NAME.zip or a new folder')
 @click.option('--seg-dest', required=True, type=click.Path(), help='Output masks: NAME.zip or a new folder')
-@click.option('--resolution', required=True, type=click.IntRange(1, MAX_RESOLUTION), help='Output width and height in pixels')
-@click.option('--transform', type=click.Choice(['center-crop', 'resize']), default='center-crop', show_default=True,
-              help='center-crop: crop the largest centred square, then resize; resize: squeeze the whole frame')
-@click.option('--max-images', type=click.IntRange(min=1), default=None, help='Convert only the first K images (sorted by name)')
+@click.option(
+    '--resolution', required=True, type=click.IntRange(1, MAX_RESOLUTION), help='Output width and height in pixels'
+)
+@click.option(
+    '--transform',
+    type=click.Choice(['center-crop', 'resize']),
+    default='center-crop',
+    show_default=True,
+    help='center-crop: crop the largest centred square, then resize; resize: squeeze the whole frame',
+)
+@click.option(
+    '--max-images', type=click.IntRange(min=1), default=None, help='Convert only the first K images (sorted by name)'
+)
 @click.option('--images-dir', default='images', show_default=True, help='Folder of the images inside the source')
 @click.option('--masks-dir', default=None, help="Folder of the masks inside the source  [default: 'masks', else 'seg']")
 @click.option('--labels', 'labels_file', default=LABELS_FILE, show_default=True, help='Labels file inside the source')
-@click.option('--masks', 'masks_path', type=click.Path(exists=True), default=None,
-              help='A separate folder or zip of masks, at the images\' relative paths  [default: inside the source]')
-@click.option('--layout', type=click.Choice(['auto', 'dataset', 'aligned']), default='auto', show_default=True,
-              help='dataset: dataset.json, images/, masks/; aligned: aligned_images/, mask/, result.json')
+@click.option(
+    '--masks',
+    'masks_path',
+    type=click.Path(exists=True),
+    default=None,
+    help="A separate folder or zip of masks, at the images' relative paths  [default: inside the source]",
+)
+@click.option(
+    '--layout',
+    type=click.Choice(['auto', 'dataset', 'aligned']),
+    default='auto',
+    show_default=True,
+    help='dataset: dataset.json, images/, masks/; aligned: aligned_images/, mask/, result.json',
+)
 @click.option('--overwrite', is_flag=True, help='Replace existing destinations (once the conversion succeeds)')
-def convert(source: str, dest: str, seg_dest: str, resolution: int, transform: str, max_images: int | None,
-            images_dir: str, masks_dir: str | None, labels_file: str, masks_path: str | None, layout: str,
-            overwrite: bool):
+def convert(
+    source: str,
+    dest: str,
+    seg_dest: str,
+    resolution: int,
+    transform: str,
+    max_images: int | None,
+    images_dir: str,
+    masks_dir: str | None,
+    labels_file: str,
+    masks_path: str | None,
+    layout: str,
+    overwrite: bool,
+):
     """Convert images, masks and labels into a training dataset at one square resolution."""
     if os.path.abspath(dest) == os.path.abspath(seg_dest):
-        raise click.BadParameter('must differ from --dest: images and masks go to separate datasets', param_hint='--seg-dest')
+        raise click.BadParameter(
+            'must differ from --dest: images and masks go to separate datasets', param_hint='--seg-dest'
+        )
     for path, option in ((dest, '--dest'), (seg_dest, '--seg-dest')):
         if os.path.abspath(path) in (os.path.abspath(source), os.path.abspath(masks_path or source)):
             raise click.BadParameter('must differ from --source and --masks', param_hint=option)
@@ -326,7 +407,9 @@ def convert(source: str, dest: str, seg_dest: str, resolution: int, transform: s
         layout = _detect_layout(tree)
     if layout == 'aligned':
         if masks_path is not None:
-            raise click.BadParameter('the aligned layout keeps its masks in mask/ inside the source', param_hint='--masks')
+            raise click.BadParameter(
+                'the aligned layout keeps its masks in mask/ inside the source', param_hint='--masks'
+            )
         items = _read_aligned_source(tree)
     else:
         items = _read_source(tree, images_dir, masks_dir, labels_file, mask_tree)
@@ -334,8 +417,11 @@ def convert(source: str, dest: str, seg_dest: str, resolution: int, transform: s
         items = items[:max_images]
     camera_only = sum(item.camera_only for item in items)
     if camera_only:
-        click.echo(f'note: {camera_only} labels have {CAMERA_DIM} camera values and no body pose; their pose is '
-                   f'set to zero (training learns the pose)', err=True)
+        click.echo(
+            f'note: {camera_only} labels have {CAMERA_DIM} camera values and no body pose; their pose is '
+            f'set to zero (training learns the pose)',
+            err=True,
+        )
 
     outputs = []
     try:
@@ -352,8 +438,10 @@ def convert(source: str, dest: str, seg_dest: str, resolution: int, transform: s
             image = _read_image(tree, item.image, 'RGB')
             mask = _read_image(mask_tree, item.mask, 'L')
             if mask.size != image.size:
-                raise click.ClickException(f'{mask_tree.display(item.mask)}: mask is {mask.size[0]}x{mask.size[1]} but '
-                                           f'its image is {image.size[0]}x{image.size[1]}; resize the mask to its image')
+                raise click.ClickException(
+                    f'{mask_tree.display(item.mask)}: mask is {mask.size[0]}x{mask.size[1]} but '
+                    f'its image is {image.size[0]}x{image.size[1]}; resize the mask to its image'
+                )
             not_square += image.size[0] != image.size[1]
             name = f'{idx // 1000:05d}/img{idx:08d}.png'
             # Images and masks alike with Lanczos filtering, as the published data tool resizes both.
@@ -371,8 +459,11 @@ def convert(source: str, dest: str, seg_dest: str, resolution: int, transform: s
         raise
     click.echo(f'wrote {len(items)} images to {dest} and their masks to {seg_dest} ({resolution}x{resolution})')
     if not_square:
-        click.echo(f'note: {not_square} source images were not square; labels are copied unchanged, so their '
-                   f'intrinsics must already describe the {transform} result', err=True)
+        click.echo(
+            f'note: {not_square} source images were not square; labels are copied unchanged, so their '
+            f'intrinsics must already describe the {transform} result',
+            err=True,
+        )
 
 
 @main.command(cls=Command)
@@ -397,23 +488,37 @@ def check(ctx: click.Context, data: str, seg_data: str, progress: bool):
 @click.option('--dest', required=True, type=click.Path(), help='Output images + dataset.json: NAME.zip')
 @click.option('--seg-dest', required=True, type=click.Path(), help='Output masks: NAME.zip')
 @click.option('--num-images', type=click.IntRange(min=1), default=2000, show_default=True, help='Number of images')
-@click.option('--resolution', type=click.IntRange(1, MAX_RESOLUTION), default=64, show_default=True,
-              help='Width and height in pixels')
-@click.option('--seed', type=click.IntRange(min=0), default=0, show_default=True, help='Image idx depends only on (seed, idx)')
+@click.option(
+    '--resolution',
+    type=click.IntRange(1, MAX_RESOLUTION),
+    default=64,
+    show_default=True,
+    help='Width and height in pixels',
+)
+@click.option(
+    '--seed', type=click.IntRange(min=0), default=0, show_default=True, help='Image idx depends only on (seed, idx)'
+)
 @click.option('--workers', type=click.IntRange(min=1), default=2, show_default=True, help='Rendering processes')
 def synth(dest: str, seg_dest: str, num_images: int, resolution: int, seed: int, workers: int):
     """Render the built-in synthetic 360-degree portrait set (exact camera and pose labels)."""
     from training.synthetic import build_synthetic_dataset
+
     if os.path.abspath(dest) == os.path.abspath(seg_dest):
-        raise click.BadParameter('must differ from --dest: images and masks go to separate datasets', param_hint='--seg-dest')
+        raise click.BadParameter(
+            'must differ from --dest: images and masks go to separate datasets', param_hint='--seg-dest'
+        )
     for path, option in ((dest, '--dest'), (seg_dest, '--seg-dest')):
         if not path.lower().endswith('.zip') or os.path.isdir(path):
             raise click.BadParameter(f'{path}: name a zip file (NAME.zip)', param_hint=option)
     try:
-        build_synthetic_dataset(dest, seg_dest, num_images=num_images, resolution=resolution, seed=seed, workers=workers)
+        build_synthetic_dataset(
+            dest, seg_dest, num_images=num_images, resolution=resolution, seed=seed, workers=workers
+        )
     except OSError as err:
         raise click.ClickException(f'{err.filename or dest}: cannot write the data set ({err.strerror})') from None
-    click.echo(f'wrote {num_images} synthetic images to {dest} and their masks to {seg_dest} ({resolution}x{resolution})')
+    click.echo(
+        f'wrote {num_images} synthetic images to {dest} and their masks to {seg_dest} ({resolution}x{resolution})'
+    )
 
 
 if __name__ == '__main__':

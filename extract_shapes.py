@@ -35,8 +35,15 @@ from training.shapes import (
 )
 
 
-def save_posed_shape(G: torch.nn.Module, ws: torch.Tensor, pose: torch.Tensor | None, stem: str, shape_res: int,
-                     level: float, mesh_format: str) -> None:
+def save_posed_shape(
+    G: torch.nn.Module,
+    ws: torch.Tensor,
+    pose: torch.Tensor | None,
+    stem: str,
+    shape_res: int,
+    level: float,
+    mesh_format: str,
+) -> None:
     """ws [1, num_ws, w_dim], pose [1, 6] or None (canonical) -> stem.mrc and stem.<mesh_format>, a line on the console."""
     shape = extract_shape(G, ws, shape_res, level)
     if pose is not None and shape['vertices'] is not None:
@@ -46,23 +53,55 @@ def save_posed_shape(G: torch.nn.Module, ws: torch.Tensor, pose: torch.Tensor | 
 
 @click.command(cls=Command)
 @click.option('--network', help='Checkpoint (network pickle or weights file), a run directory or a training outdir')
-@click.option('--mrc-dir', type=click.Path(exists=True, file_okay=False), help='Instead of --network: mesh every .mrc here')
-@click.option('--seeds', callback=lambda ctx, param, value: parse_seeds(value), default='0', show_default=True,
-              help='Latent seeds, e.g. 0,2,5-9')
-@click.option('--latent', type=click.Path(exists=True, dir_okay=False),
-              help='Instead of --seeds: the ws of a latent .npz (e.g. from invert.py); the mesh takes its pose unless --pose is given')
-@click.option('--trunc', 'truncation_psi', type=FiniteFloat(), default=1.0, show_default=True, help='Truncation psi (seeds only)')
-@click.option('--trunc-cutoff', 'truncation_cutoff', type=click.IntRange(min=0), default=None,
-              help='Truncate only the first N ws (seeds only)')
+@click.option(
+    '--mrc-dir', type=click.Path(exists=True, file_okay=False), help='Instead of --network: mesh every .mrc here'
+)
+@click.option(
+    '--seeds',
+    callback=lambda ctx, param, value: parse_seeds(value),
+    default='0',
+    show_default=True,
+    help='Latent seeds, e.g. 0,2,5-9',
+)
+@click.option(
+    '--latent',
+    type=click.Path(exists=True, dir_okay=False),
+    help='Instead of --seeds: the ws of a latent .npz (e.g. from invert.py); the mesh takes its pose unless --pose is given',
+)
+@click.option(
+    '--trunc', 'truncation_psi', type=FiniteFloat(), default=1.0, show_default=True, help='Truncation psi (seeds only)'
+)
+@click.option(
+    '--trunc-cutoff',
+    'truncation_cutoff',
+    type=click.IntRange(min=0),
+    default=None,
+    help='Truncate only the first N ws (seeds only)',
+)
 @click.option('--shape-res', type=click.IntRange(min=8), default=128, show_default=True, help='Grid size per axis')
-@click.option('--level', type=FiniteFloat(), default=DEFAULT_LEVEL, show_default=True, help='Marching-cubes sigma level')
+@click.option(
+    '--level', type=FiniteFloat(), default=DEFAULT_LEVEL, show_default=True, help='Marching-cubes sigma level'
+)
 @click.option('--pose', default=None, help='Pose the meshes: six comma-separated neck/head axis-angle values, radians')
 @click.option('--format', 'mesh_format', type=click.Choice(['ply', 'obj', 'glb']), default='ply', show_default=True)
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)
 @click.option('--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N')
 @click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
-def main(network, mrc_dir, seeds, latent, truncation_psi, truncation_cutoff, shape_res, level, pose, mesh_format, outdir, device,
-         trust_pickle):
+def main(
+    network,
+    mrc_dir,
+    seeds,
+    latent,
+    truncation_psi,
+    truncation_cutoff,
+    shape_res,
+    level,
+    pose,
+    mesh_format,
+    outdir,
+    device,
+    trust_pickle,
+):
     """Per seed, seedNNNN.mrc (density on the cube of side 0.8 box_warp) and seedNNNN.<format> (marching
     cubes, vertex colours from the first 3 decoder feature channels); with --latent, <stem>.mrc and
     <stem>.<format> of the latent file <stem>.npz; or, with --mrc-dir, a mesh per .mrc.
@@ -77,9 +116,15 @@ def main(network, mrc_dir, seeds, latent, truncation_psi, truncation_cutoff, sha
     if latent is not None:
         if mrc_dir is not None:
             raise click.UsageError('--latent needs --network: give one of --latent or --mrc-dir')
-        for name, option in (('seeds', '--seeds'), ('truncation_psi', '--trunc'), ('truncation_cutoff', '--trunc-cutoff')):
+        for name, option in (
+            ('seeds', '--seeds'),
+            ('truncation_psi', '--trunc'),
+            ('truncation_cutoff', '--trunc-cutoff'),
+        ):
             if option_given(name):
-                raise click.UsageError(f'{option} does not apply to --latent: the file holds the ws to mesh; give one of them')
+                raise click.UsageError(
+                    f'{option} does not apply to --latent: the file holds the ws to mesh; give one of them'
+                )
     make_outdir(outdir)
     if mrc_dir is not None:
         paths = sorted(glob.glob(os.path.join(mrc_dir, '*.mrc')))
@@ -96,9 +141,13 @@ def main(network, mrc_dir, seeds, latent, truncation_psi, truncation_cutoff, sha
                 continue
             stem = os.path.join(outdir, os.path.splitext(os.path.basename(path))[0])
             watertight = write_mesh(f'{stem}.{mesh_format}', vertices, faces)
-            tqdm.write(f'{os.path.basename(stem)}: {len(vertices)} vertices, {"watertight" if watertight else "not watertight"}')
+            tqdm.write(
+                f'{os.path.basename(stem)}: {len(vertices)} vertices, {"watertight" if watertight else "not watertight"}'
+            )
         if unreadable:
-            raise click.ClickException(f'{len(unreadable)} of {len(paths)} .mrc files gave no mesh, the first: {unreadable[0]}')
+            raise click.ClickException(
+                f'{len(unreadable)} of {len(paths)} .mrc files gave no mesh, the first: {unreadable[0]}'
+            )
         return
     pose = parse_pose(pose, device)
     require_shape_memory(shape_res, '--shape-res', device)
@@ -106,8 +155,15 @@ def main(network, mrc_dir, seeds, latent, truncation_psi, truncation_cutoff, sha
     if latent is not None:
         loaded = load_latent_option(latent, G, device)
         stem = os.path.splitext(os.path.basename(latent))[0]
-        save_posed_shape(G, loaded['ws'], pose if pose is not None else loaded['pose'], os.path.join(outdir, stem),
-                         shape_res, level, mesh_format)
+        save_posed_shape(
+            G,
+            loaded['ws'],
+            pose if pose is not None else loaded['pose'],
+            os.path.join(outdir, stem),
+            shape_res,
+            level,
+            mesh_format,
+        )
         return
     condition = frontal_camera(1, device=device)
     for seed in tqdm(seeds, desc='seeds', unit='seed'):

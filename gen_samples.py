@@ -37,8 +37,9 @@ from training.run_files import pose_predict_kwargs_for
 from training.shapes import DEFAULT_LEVEL, extract_shape, save_shape
 
 
-def predict_folder_poses(network: str, folder: str, pose_kwargs: str | None, device: torch.device,
-                         trust_pickle: bool = False) -> tuple:
+def predict_folder_poses(
+    network: str, folder: str, pose_kwargs: str | None, device: torch.device, trust_pickle: bool = False
+) -> tuple:
     """D's body pose for every photo of such a folder, each photo on its own (batch 1, as in the
     published script, so that a pose does not depend on the other photos).
 
@@ -59,9 +60,19 @@ def predict_folder_poses(network: str, folder: str, pose_kwargs: str | None, dev
     return G, names, photos, cameras, poses
 
 
-def render_photo_poses(G: torch.nn.Module, seeds: list, names: list, photos: torch.Tensor, cameras: torch.Tensor,
-                       poses: torch.Tensor, truncation_psi: float, truncation_cutoff: int | None, render_kwargs: dict,
-                       outdir: str, batch: int = 8) -> None:
+def render_photo_poses(
+    G: torch.nn.Module,
+    seeds: list,
+    names: list,
+    photos: torch.Tensor,
+    cameras: torch.Tensor,
+    poses: torch.Tensor,
+    truncation_psi: float,
+    truncation_cutoff: int | None,
+    render_kwargs: dict,
+    outdir: str,
+    batch: int = 8,
+) -> None:
     """Write outdir/seedNNNN_<stem>.png = [photo | G's image at the photo's camera and pose] per seed and photo.
 
     photos [N, 3, S', S'] in [-1, 1] (resized to G's output resolution S), cameras [N, 25], poses [N, 6].
@@ -75,41 +86,93 @@ def render_photo_poses(G: torch.nn.Module, seeds: list, names: list, photos: tor
         generator = torch.Generator(device).manual_seed(seed)
         with torch.no_grad():
             ws = G.mapping(z, condition, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
-            renders = np.concatenate([to_uint8(G.synthesis(ws.expand(len(c), -1, -1), c, pose_params=p,
-                                                           generator=generator, **render_kwargs)['image'])
-                                      for c, p in zip(cameras.split(batch), poses.split(batch))])
+            renders = np.concatenate(
+                [
+                    to_uint8(
+                        G.synthesis(ws.expand(len(c), -1, -1), c, pose_params=p, generator=generator, **render_kwargs)[
+                            'image'
+                        ]
+                    )
+                    for c, p in zip(cameras.split(batch), poses.split(batch))
+                ]
+            )
         for name, photo, render in zip(names, photos, renders):
             PIL.Image.fromarray(np.concatenate([photo, render], axis=1)).save(
-                os.path.join(outdir, f'seed{seed:04d}_{stem(name)}.png'))
+                os.path.join(outdir, f'seed{seed:04d}_{stem(name)}.png')
+            )
 
 
 @click.command(cls=Command)
 @click.option('--network', help='Checkpoint (network pickle or weights file, path or URL), or a run directory')
 @click.option('--cfg', help='Preset to initialize freshly instead of loading a checkpoint (e.g. cpu-small)')
 @click.option('--init-seed', type=SEED_RANGE, default=0, show_default=True, help='Weight seed with --cfg')
-@click.option('--seeds', callback=lambda ctx, param, value: parse_seeds(value), default='0-3', show_default=True, help='Latent seeds, e.g. 0,2,5-9')
-@click.option('--seeds_num', 'seeds_num', type=click.IntRange(1, MAX_SEEDS), default=None,
-              help='Instead of --seeds: this many random seeds, drawn reproducibly from --seeds-seed')
+@click.option(
+    '--seeds',
+    callback=lambda ctx, param, value: parse_seeds(value),
+    default='0-3',
+    show_default=True,
+    help='Latent seeds, e.g. 0,2,5-9',
+)
+@click.option(
+    '--seeds_num',
+    'seeds_num',
+    type=click.IntRange(1, MAX_SEEDS),
+    default=None,
+    help='Instead of --seeds: this many random seeds, drawn reproducibly from --seeds-seed',
+)
 @click.option('--seeds-seed', type=SEED_RANGE, default=0, show_default=True, help='Draws the seeds of --seeds_num')
 @click.option('--trunc', 'truncation_psi', type=FiniteFloat(), default=1.0, show_default=True, help='Truncation psi')
-@click.option('--trunc-cutoff', 'truncation_cutoff', type=click.IntRange(min=0), default=None,
-              help='Truncate only the first N ws')
+@click.option(
+    '--trunc-cutoff', 'truncation_cutoff', type=click.IntRange(min=0), default=None, help='Truncate only the first N ws'
+)
 @click.option('--views', default='back,side,front', show_default=True, help=f'Comma list of {", ".join(VIEWS)}')
 @click.option('--pose', default=None, help='Render posed: six comma-separated neck/head axis-angle values, radians')
 @click.option('--shapes', is_flag=True, help='Also write the density volume (.mrc) and a coloured mesh (.ply)')
-@click.option('--shape-res', type=click.IntRange(min=8), default=128, show_default=True, help='Shape grid size per axis')
-@click.option('--shape-level', type=FiniteFloat(), default=DEFAULT_LEVEL, show_default=True, help='Marching-cubes sigma level')
-@click.option('--sample-mult', type=click.IntRange(min=1), default=2, show_default=True, help='Multiply the samples per ray')
-@click.option('--predict-pose', 'pose_folder', type=click.Path(exists=True, file_okay=False),
-              help='Folder of real portraits (aligned_images/, mask/, result.json): predict their body poses with D '
-                   'and render each seed with each photo\'s camera and pose')
-@click.option('--pose-kwargs', type=click.Path(dir_okay=False),
-              help='Pose-prediction settings for --predict-pose [default: the pose_predict_kwargs-*.json beside the snapshot]')
+@click.option(
+    '--shape-res', type=click.IntRange(min=8), default=128, show_default=True, help='Shape grid size per axis'
+)
+@click.option(
+    '--shape-level', type=FiniteFloat(), default=DEFAULT_LEVEL, show_default=True, help='Marching-cubes sigma level'
+)
+@click.option(
+    '--sample-mult', type=click.IntRange(min=1), default=2, show_default=True, help='Multiply the samples per ray'
+)
+@click.option(
+    '--predict-pose',
+    'pose_folder',
+    type=click.Path(exists=True, file_okay=False),
+    help='Folder of real portraits (aligned_images/, mask/, result.json): predict their body poses with D '
+    "and render each seed with each photo's camera and pose",
+)
+@click.option(
+    '--pose-kwargs',
+    type=click.Path(dir_okay=False),
+    help='Pose-prediction settings for --predict-pose [default: the pose_predict_kwargs-*.json beside the snapshot]',
+)
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to write the images')
 @click.option('--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N')
 @click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
-def main(network, cfg, init_seed, seeds, seeds_num, seeds_seed, truncation_psi, truncation_cutoff, views, pose,
-         shapes, shape_res, shape_level, sample_mult, pose_folder, pose_kwargs, outdir, device, trust_pickle):
+def main(
+    network,
+    cfg,
+    init_seed,
+    seeds,
+    seeds_num,
+    seeds_seed,
+    truncation_psi,
+    truncation_cutoff,
+    views,
+    pose,
+    shapes,
+    shape_res,
+    shape_level,
+    sample_mult,
+    pose_folder,
+    pose_kwargs,
+    outdir,
+    device,
+    trust_pickle,
+):
     """Write, per seed, the super-resolved, raw and depth images at the chosen cameras, side by side.
 
     Conditioning is the frontal camera and zero body pose; the head is rendered in canonical space,
@@ -126,12 +189,14 @@ def main(network, cfg, init_seed, seeds, seeds_num, seeds_seed, truncation_psi, 
         # Sampling without replacement from 2**31 values would build the whole permutation: draw until unique.
         rng, drawn = np.random.RandomState(seeds_seed), set()
         while len(drawn) < seeds_num:
-            drawn.update(rng.randint(0, 2 ** 31, seeds_num - len(drawn)).tolist())
+            drawn.update(rng.randint(0, 2**31, seeds_num - len(drawn)).tolist())
         seeds = sorted(drawn)
     pose_params = parse_pose(pose, device)
     if pose_folder is not None and (network is None or cfg is not None or pose_params is not None or shapes):
-        raise click.UsageError('--predict-pose needs --network (its discriminator predicts the poses) and takes '
-                               'neither --cfg, --pose nor --shapes')
+        raise click.UsageError(
+            '--predict-pose needs --network (its discriminator predicts the poses) and takes '
+            'neither --cfg, --pose nor --shapes'
+        )
     view_names = [name.strip() for name in views.split(',')]
     unknown = [name for name in view_names if name not in VIEWS]
     if unknown:
@@ -147,11 +212,15 @@ def main(network, cfg, init_seed, seeds, seeds_num, seeds_seed, truncation_psi, 
     if shapes:
         require_shape_memory(shape_res, '--shape-res', device)
     renderer = G.renderer
-    render_kwargs = dict(depth_resolution=renderer.depth_resolution * sample_mult,
-                         depth_resolution_importance=renderer.depth_resolution_importance * sample_mult,
-                         noise_mode='const')
+    render_kwargs = dict(
+        depth_resolution=renderer.depth_resolution * sample_mult,
+        depth_resolution_importance=renderer.depth_resolution_importance * sample_mult,
+        noise_mode='const',
+    )
     if pose_folder is not None:
-        render_photo_poses(G, seeds, names, photos, cameras, poses, truncation_psi, truncation_cutoff, render_kwargs, outdir)
+        render_photo_poses(
+            G, seeds, names, photos, cameras, poses, truncation_psi, truncation_cutoff, render_kwargs, outdir
+        )
         print(f'wrote the poses of {len(names)} photos and {len(seeds) * len(names)} renders to {outdir}')
         return
     cameras = camera_label(orbit_camera(torch.tensor([VIEWS[name] for name in view_names]), math.pi / 2, device=device))
@@ -162,15 +231,22 @@ def main(network, cfg, init_seed, seeds, seeds_num, seeds_seed, truncation_psi, 
             ws = G.mapping(z, condition, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
             ws = ws.expand(len(view_names), -1, -1)
             pose = None if pose_params is None else pose_params.expand(len(view_names), -1)
-            out = G.synthesis(ws, cameras, pose_params=pose, generator=torch.Generator(device).manual_seed(seed),
-                              **render_kwargs)
-        for suffix, images in [('', to_uint8(out['image'])), ('_raw', to_uint8(out['image_raw'])),
-                               ('_depth', depth_to_uint8(out['image_depth']))]:
+            out = G.synthesis(
+                ws, cameras, pose_params=pose, generator=torch.Generator(device).manual_seed(seed), **render_kwargs
+            )
+        for suffix, images in [
+            ('', to_uint8(out['image'])),
+            ('_raw', to_uint8(out['image_raw'])),
+            ('_depth', depth_to_uint8(out['image_depth'])),
+        ]:
             row = np.concatenate(list(images), axis=1)
             PIL.Image.fromarray(row.squeeze(-1) if row.shape[-1] == 1 else row).save(
-                os.path.join(outdir, f'seed{seed:04d}{suffix}.png'))
+                os.path.join(outdir, f'seed{seed:04d}{suffix}.png')
+            )
         if shapes:
-            tqdm.write(save_shape(extract_shape(G, ws[:1], shape_res, shape_level), os.path.join(outdir, f'seed{seed:04d}')))
+            tqdm.write(
+                save_shape(extract_shape(G, ws[:1], shape_res, shape_level), os.path.join(outdir, f'seed{seed:04d}'))
+            )
     print(f'wrote {len(seeds)} seeds to {outdir}')
 
 

@@ -35,32 +35,95 @@ def parse_grid(text: str) -> tuple:
 
 
 @click.command(cls=Command)
-@click.option('--network', required=True, help='Checkpoint (network pickle or weights file), a run directory or a training outdir')
-@click.option('--seeds', callback=lambda ctx, param, value: parse_seeds(value), default='0', show_default=True,
-              help='Latent seeds, e.g. 0,2,5-9; one per grid cell, or keyframes with --interpolate')
-@click.option('--latent', type=click.Path(exists=True, dir_okay=False),
-              help='Instead of --seeds: the ws of a latent .npz (e.g. from invert.py), posed by its pose if it has one; 1x1 grid')
-@click.option('--grid', callback=lambda ctx, param, value: parse_grid(value), default='1x1', show_default=True,
-              help='Cells of the video, WxH')
-@click.option('--trajectory', type=click.Choice(TRAJECTORIES), default='orbit', show_default=True,
-              help='orbit: 360 degrees of yaw; wobble: small camera loop; pose: neck/head animated, camera fixed')
-@click.option('--large_pose', type=click.BOOL, is_flag=False, flag_value=True, default=False,
-              help='--large_pose or --large_pose=True (the published spelling): --trajectory orbit')
-@click.option('--pose-amplitude', type=FiniteFloat(), default=0.6, show_default=True, help='Peak rotation of --trajectory pose, radians')
+@click.option(
+    '--network', required=True, help='Checkpoint (network pickle or weights file), a run directory or a training outdir'
+)
+@click.option(
+    '--seeds',
+    callback=lambda ctx, param, value: parse_seeds(value),
+    default='0',
+    show_default=True,
+    help='Latent seeds, e.g. 0,2,5-9; one per grid cell, or keyframes with --interpolate',
+)
+@click.option(
+    '--latent',
+    type=click.Path(exists=True, dir_okay=False),
+    help='Instead of --seeds: the ws of a latent .npz (e.g. from invert.py), posed by its pose if it has one; 1x1 grid',
+)
+@click.option(
+    '--grid',
+    callback=lambda ctx, param, value: parse_grid(value),
+    default='1x1',
+    show_default=True,
+    help='Cells of the video, WxH',
+)
+@click.option(
+    '--trajectory',
+    type=click.Choice(TRAJECTORIES),
+    default='orbit',
+    show_default=True,
+    help='orbit: 360 degrees of yaw; wobble: small camera loop; pose: neck/head animated, camera fixed',
+)
+@click.option(
+    '--large_pose',
+    type=click.BOOL,
+    is_flag=False,
+    flag_value=True,
+    default=False,
+    help='--large_pose or --large_pose=True (the published spelling): --trajectory orbit',
+)
+@click.option(
+    '--pose-amplitude',
+    type=FiniteFloat(),
+    default=0.6,
+    show_default=True,
+    help='Peak rotation of --trajectory pose, radians',
+)
 @click.option('--image_mode', type=click.Choice(IMAGE_MODES), default='image', show_default=True)
 @click.option('--w-frames', type=click.IntRange(min=2), default=120, show_default=True, help='Frames per keyframe')
 @click.option('--fps', type=click.IntRange(min=1), default=30, show_default=True)
-@click.option('--interpolate', type=click.Choice(['none', 'linear', 'cubic']), default='none', show_default=True,
-              help='Each cell loops through its consecutive seeds\' w (seeds = cells x keyframes)')
-@click.option('--trunc', 'truncation_psi', type=FiniteFloat(), default=1.0, show_default=True, help='Truncation psi (seeds only)')
-@click.option('--trunc-cutoff', 'truncation_cutoff', type=click.IntRange(min=0), default=None,
-              help='Truncate only the first N ws (seeds only)')
-@click.option('--sample-mult', type=click.IntRange(min=1), default=2, show_default=True, help='Multiply the samples per ray')
+@click.option(
+    '--interpolate',
+    type=click.Choice(['none', 'linear', 'cubic']),
+    default='none',
+    show_default=True,
+    help="Each cell loops through its consecutive seeds' w (seeds = cells x keyframes)",
+)
+@click.option(
+    '--trunc', 'truncation_psi', type=FiniteFloat(), default=1.0, show_default=True, help='Truncation psi (seeds only)'
+)
+@click.option(
+    '--trunc-cutoff',
+    'truncation_cutoff',
+    type=click.IntRange(min=0),
+    default=None,
+    help='Truncate only the first N ws (seeds only)',
+)
+@click.option(
+    '--sample-mult', type=click.IntRange(min=1), default=2, show_default=True, help='Multiply the samples per ray'
+)
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)
 @click.option('--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N')
 @click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
-def main(network, seeds, latent, grid, trajectory, large_pose, pose_amplitude, image_mode, w_frames, fps, interpolate,
-         truncation_psi, truncation_cutoff, sample_mult, outdir, device, trust_pickle):
+def main(
+    network,
+    seeds,
+    latent,
+    grid,
+    trajectory,
+    large_pose,
+    pose_amplitude,
+    image_mode,
+    w_frames,
+    fps,
+    interpolate,
+    truncation_psi,
+    truncation_cutoff,
+    sample_mult,
+    outdir,
+    device,
+    trust_pickle,
+):
     """Write one mp4 (libx264) of the seeds laid out in the grid, conditioned on the frontal camera and zero pose;
     or, with --latent, of the latent in that file.
 
@@ -72,9 +135,15 @@ def main(network, seeds, latent, grid, trajectory, large_pose, pose_amplitude, i
     if large_pose:
         trajectory = 'orbit'
     if latent is not None:
-        for name, option in (('seeds', '--seeds'), ('truncation_psi', '--trunc'), ('truncation_cutoff', '--trunc-cutoff')):
+        for name, option in (
+            ('seeds', '--seeds'),
+            ('truncation_psi', '--trunc'),
+            ('truncation_cutoff', '--trunc-cutoff'),
+        ):
             if option_given(name):
-                raise click.UsageError(f'{option} does not apply to --latent: the file holds the ws to render; give one of them')
+                raise click.UsageError(
+                    f'{option} does not apply to --latent: the file holds the ws to render; give one of them'
+                )
         if grid != (1, 1) or interpolate != 'none':
             raise click.UsageError('--latent renders one latent: use --grid 1x1 and --interpolate none')
     cells = grid[0] * grid[1]
@@ -92,13 +161,21 @@ def main(network, seeds, latent, grid, trajectory, large_pose, pose_amplitude, i
     else:
         condition = frontal_camera(1, device=device)
         with torch.no_grad():
-            zs = torch.from_numpy(np.stack([np.random.RandomState(s).randn(G.z_dim) for s in seeds[:cells * keyframes]]))
-            ws = G.mapping(zs.float().to(device), condition.expand(len(zs), -1), truncation_psi=truncation_psi,
-                           truncation_cutoff=truncation_cutoff)
+            zs = torch.from_numpy(
+                np.stack([np.random.RandomState(s).randn(G.z_dim) for s in seeds[: cells * keyframes]])
+            )
+            ws = G.mapping(
+                zs.float().to(device),
+                condition.expand(len(zs), -1),
+                truncation_psi=truncation_psi,
+                truncation_cutoff=truncation_cutoff,
+            )
         ws = ws.reshape(cells, keyframes, *ws.shape[1:])
-        cell_ws = [interpolate_ws(w, num_frames, interpolate) if interpolate != 'none' else w.expand(num_frames, -1, -1)
-                   for w in ws]
-        name = f'seeds{"-".join(str(s) for s in seeds[:cells * keyframes])}'
+        cell_ws = [
+            interpolate_ws(w, num_frames, interpolate) if interpolate != 'none' else w.expand(num_frames, -1, -1)
+            for w in ws
+        ]
+        name = f'seeds{"-".join(str(s) for s in seeds[: cells * keyframes])}'
     require_render_memory(G, cells, sample_mult, device)
     path = os.path.join(outdir, f'{name}_{trajectory}_{image_mode}.mp4')
     frames = write_video(G, cell_ws, grid, path, trajectory, image_mode, fps, sample_mult, pose_amplitude, base_pose)

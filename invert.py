@@ -43,11 +43,14 @@ def parse_camera(text: str, device: torch.device) -> torch.Tensor:
     try:
         values = [float(v) for v in text.split(',')]
     except ValueError:
-        raise click.BadParameter(f'{text!r}: expected "front" or 16 or 25 comma-separated numbers',
-                                 param_hint='--camera') from None
+        raise click.BadParameter(
+            f'{text!r}: expected "front" or 16 or 25 comma-separated numbers', param_hint='--camera'
+        ) from None
     if len(values) not in (16, 25) or not np.isfinite(values).all():
-        raise click.BadParameter(f'{len(values)} values: expected "front" or 16 (cam2world) or 25 (camera label) finite '
-                                 f'numbers', param_hint='--camera')
+        raise click.BadParameter(
+            f'{len(values)} values: expected "front" or 16 (cam2world) or 25 (camera label) finite numbers',
+            param_hint='--camera',
+        )
     if len(values) == 16:
         values = values + frontal_camera(1)[0, 16:].tolist()
     return torch.tensor([values], dtype=torch.float32, device=device)
@@ -69,15 +72,18 @@ def read_inputs(image: str, mask: str | None, camera: str | None, resolution: in
             masks = read_photo(mask, 'L', resolution)
             return [os.path.basename(image)], photos, masks, parse_camera(camera, torch.device('cpu'))
         if camera is not None:
-            raise click.UsageError('--camera is for a single image: the cameras of a folder come from its result.json '
-                                   'or dataset.json')
+            raise click.UsageError(
+                '--camera is for a single image: the cameras of a folder come from its result.json or dataset.json'
+            )
         if os.path.isfile(os.path.join(image, 'result.json')):
             if mask is not None:
                 raise click.UsageError(f'{image} holds its masks in mask/: leave out --mask')
             return read_pose_folder(image, resolution)
         if mask is None:
-            raise click.UsageError(f'{image}: a data set with dataset.json needs its masks (--mask, a zip or folder); '
-                                   f'a folder of the published layout needs result.json')
+            raise click.UsageError(
+                f'{image}: a data set with dataset.json needs its masks (--mask, a zip or folder); '
+                f'a folder of the published layout needs result.json'
+            )
         dataset = PortraitDataset(image, mask)
         names, photos, masks, cameras = [], [], [], []
         for idx in range(len(dataset)):
@@ -86,8 +92,12 @@ def read_inputs(image: str, mask: str | None, camera: str | None, resolution: in
             photos.append(image_from_uint8(torch.from_numpy(img)[None]))
             masks.append(mask_from_uint8(torch.from_numpy(seg)[None]))
             cameras.append(torch.from_numpy(c)[None])
-        return (names, resize_image(torch.cat(photos), resolution), resize_image(torch.cat(masks), resolution).clamp(0, 1),
-                torch.cat(cameras))
+        return (
+            names,
+            resize_image(torch.cat(photos), resolution),
+            resize_image(torch.cat(masks), resolution).clamp(0, 1),
+            torch.cat(cameras),
+        )
     except (OSError, ValueError) as err:
         raise click.ClickException(str(err)) from None
 
@@ -98,41 +108,100 @@ def _save_image(path: str, images: list) -> None:
 
 
 @click.command(cls=Command)
-@click.option('--network', required=True,
-              help='Checkpoint with G and D (network pickle or weights file), or a run directory')
-@click.option('--image', 'image_path', required=True, type=click.Path(exists=True),
-              help='A photo (aligned square crop), a folder of the published layout (aligned_images/, mask/, '
-                   'result.json), or a data set with dataset.json')
-@click.option('--mask', 'mask_path', type=click.Path(exists=True),
-              help='Person mask of --image (file), or the masks of a data set')
+@click.option(
+    '--network', required=True, help='Checkpoint with G and D (network pickle or weights file), or a run directory'
+)
+@click.option(
+    '--image',
+    'image_path',
+    required=True,
+    type=click.Path(exists=True),
+    help='A photo (aligned square crop), a folder of the published layout (aligned_images/, mask/, '
+    'result.json), or a data set with dataset.json',
+)
+@click.option(
+    '--mask',
+    'mask_path',
+    type=click.Path(exists=True),
+    help='Person mask of --image (file), or the masks of a data set',
+)
 @click.option('--camera', help='Camera of a single photo: front, 16 values (cam2world) or 25 (camera label)')
-@click.option('--pose',
-              help='Body pose of every photo, six comma-separated neck/head axis-angle values [default: predicted by D]')
-@click.option('--pose-kwargs', type=click.Path(dir_okay=False),
-              help='Pose-prediction settings [default: the pose_predict_kwargs-*.json beside the snapshot]')
+@click.option(
+    '--pose', help='Body pose of every photo, six comma-separated neck/head axis-angle values [default: predicted by D]'
+)
+@click.option(
+    '--pose-kwargs',
+    type=click.Path(dir_okay=False),
+    help='Pose-prediction settings [default: the pose_predict_kwargs-*.json beside the snapshot]',
+)
 @click.option('--refine-pose', is_flag=True, help='Optimize the body pose along with the latent')
-@click.option('--w-steps', type=click.IntRange(min=1), default=500, show_default=True,
-              help='Steps of the latent optimization')
+@click.option(
+    '--w-steps', type=click.IntRange(min=1), default=500, show_default=True, help='Steps of the latent optimization'
+)
 @click.option('--w-plus', is_flag=True, help='Optimize one w per layer (w+) instead of one w')
-@click.option('--w-lr', type=FiniteFloat(min=0, min_open=True), default=InversionConfig.w_lr, show_default=True,
-              help='Peak learning rate of the latent')
-@click.option('--pti-steps', type=click.IntRange(min=0), default=0, show_default=True,
-              help='Steps of pivotal tuning of the generator (0: latent only)')
-@click.option('--pti-lr', type=FiniteFloat(min=0, min_open=True), default=InversionConfig.pti_lr, show_default=True,
-              help='Learning rate of pivotal tuning')
-@click.option('--locality', type=FiniteFloat(min=0), default=InversionConfig.locality_weight, show_default=True,
-              help='Weight of the locality term of pivotal tuning')
-@click.option('--video/--no-video', default=True, show_default=True, help='Write a 360-degree orbit video of each result')
+@click.option(
+    '--w-lr',
+    type=FiniteFloat(min=0, min_open=True),
+    default=InversionConfig.w_lr,
+    show_default=True,
+    help='Peak learning rate of the latent',
+)
+@click.option(
+    '--pti-steps',
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help='Steps of pivotal tuning of the generator (0: latent only)',
+)
+@click.option(
+    '--pti-lr',
+    type=FiniteFloat(min=0, min_open=True),
+    default=InversionConfig.pti_lr,
+    show_default=True,
+    help='Learning rate of pivotal tuning',
+)
+@click.option(
+    '--locality',
+    type=FiniteFloat(min=0),
+    default=InversionConfig.locality_weight,
+    show_default=True,
+    help='Weight of the locality term of pivotal tuning',
+)
+@click.option(
+    '--video/--no-video', default=True, show_default=True, help='Write a 360-degree orbit video of each result'
+)
 @click.option('--frames', type=click.IntRange(min=2), default=120, show_default=True, help='Frames of the video')
 @click.option('--mesh/--no-mesh', default=True, show_default=True, help='Write a posed mesh of each result')
 @click.option('--shape-res', type=click.IntRange(min=8), default=128, show_default=True, help='Mesh grid size per axis')
-@click.option('--seed', type=SEED_RANGE, default=0, show_default=True,
-              help='Seed of the latent noise and the locality latents')
+@click.option(
+    '--seed', type=SEED_RANGE, default=0, show_default=True, help='Seed of the latent noise and the locality latents'
+)
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)
 @click.option('--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N')
 @click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
-def main(network, image_path, mask_path, camera, pose, pose_kwargs, refine_pose, w_steps, w_plus, w_lr, pti_steps, pti_lr,
-         locality, video, frames, mesh, shape_res, seed, outdir, device, trust_pickle):
+def main(
+    network,
+    image_path,
+    mask_path,
+    camera,
+    pose,
+    pose_kwargs,
+    refine_pose,
+    w_steps,
+    w_plus,
+    w_lr,
+    pti_steps,
+    pti_lr,
+    locality,
+    video,
+    frames,
+    mesh,
+    shape_res,
+    seed,
+    outdir,
+    device,
+    trust_pickle,
+):
     """Per photo, in OUTDIR/<photo name>/:
 
     \b
@@ -149,8 +218,9 @@ def main(network, image_path, mask_path, camera, pose, pose_kwargs, refine_pose,
     given_pose = parse_pose(pose, device)
     if mesh:
         require_shape_memory(shape_res, '--shape-res', device)
-    path, G, D = load_generator_and_discriminator(network, device, trust_pickle,
-                                                  'inversion (D predicts the pose and gives the perceptual loss)')
+    path, G, D = load_generator_and_discriminator(
+        network, device, trust_pickle, 'inversion (D predicts the pose and gives the perceptual loss)'
+    )
     names, photos, masks, cameras = read_inputs(image_path, mask_path, camera, G.img_resolution)
     photos, masks, cameras = photos.to(device), masks.to(device), cameras.to(device)
     if given_pose is not None:
@@ -160,12 +230,20 @@ def main(network, image_path, mask_path, camera, pose, pose_kwargs, refine_pose,
         try:
             kwargs = load_pose_predict_kwargs(settings)
         except (OSError, ValueError) as err:
-            raise click.ClickException(f'{err}; pass --pose, or the JSON written beside the snapshot with '
-                                       f'--pose-kwargs') from None
+            raise click.ClickException(
+                f'{err}; pass --pose, or the JSON written beside the snapshot with --pose-kwargs'
+            ) from None
         poses = predict_real_poses(D, photos, masks, cameras, kwargs, batch=1)
     make_outdir(outdir)
-    config = InversionConfig(w_steps=w_steps, w_plus=w_plus, w_lr=w_lr, refine_pose=refine_pose, pti_steps=pti_steps,
-                             pti_lr=pti_lr, locality_weight=locality)
+    config = InversionConfig(
+        w_steps=w_steps,
+        w_plus=w_plus,
+        w_lr=w_lr,
+        refine_pose=refine_pose,
+        pti_steps=pti_steps,
+        pti_lr=pti_lr,
+        locality_weight=locality,
+    )
     for name, photo, mask, c, p in zip(names, photos.split(1), masks.split(1), cameras.split(1), poses.split(1)):
         folder = make_outdir(os.path.join(outdir, stem(name)))
         click.echo(f'{name}:')
@@ -180,8 +258,11 @@ def main(network, image_path, mask_path, camera, pose, pose_kwargs, refine_pose,
             result_G, tuned = tune_generator(G, D, target, latent.ws, c, latent.pose, config, seed=seed)
             losses['pti'] = tuned.losses
             interrupted = tuned.interrupted
-            checkpoint.save_weights(os.path.join(folder, 'G_tuned.pt'), {'G_ema': result_G},
-                                    extra=dict(neural_rendering_resolution=int(G.neural_rendering_resolution)))
+            checkpoint.save_weights(
+                os.path.join(folder, 'G_tuned.pt'),
+                {'G_ema': result_G},
+                extra=dict(neural_rendering_resolution=int(G.neural_rendering_resolution)),
+            )
             with torch.no_grad():
                 renders.append(render(result_G, latent.ws, c, latent.pose)['image'])
         _save_image(os.path.join(folder, 'reconstruction.png'), renders)
@@ -192,8 +273,18 @@ def main(network, image_path, mask_path, camera, pose, pose_kwargs, refine_pose,
             sys.exit(130)
         with torch.no_grad():
             if video:
-                write_video(result_G, [latent.ws.expand(frames, -1, -1)], (1, 1), os.path.join(folder, 'orbit.mp4'),
-                            'orbit', 'image', fps=30, sample_mult=1, pose_amplitude=0.0, base_pose=latent.pose)
+                write_video(
+                    result_G,
+                    [latent.ws.expand(frames, -1, -1)],
+                    (1, 1),
+                    os.path.join(folder, 'orbit.mp4'),
+                    'orbit',
+                    'image',
+                    fps=30,
+                    sample_mult=1,
+                    pose_amplitude=0.0,
+                    base_pose=latent.pose,
+                )
             if mesh:
                 shape = extract_shape(result_G, latent.ws, shape_res, DEFAULT_LEVEL)
                 if shape['vertices'] is not None:

@@ -47,11 +47,20 @@ from training.triplane import SR_MODULES, build_body_model
 
 # train.py option -> TriPlaneGenerator argument (the preset's "generator" section).
 GENERATOR_OPTIONS = {
-    'map_depth': 'map_depth', 'c_scale': 'c_scale', 'sr_noise_mode': 'sr_noise_mode',
-    'sr_num_fp16_res': 'sr_num_fp16_res', 'g_num_fp16_res': 'num_fp16_res', 'sr_module': 'sr_module',
-    'decoder_lr_mul': 'decoder_lr_mul', 'thickness': 'thickness', 'decoder_activation': 'decoder_activation',
-    'use_torgb_raw': 'use_torgb_raw', 'use_background': 'use_background', 'triplane_depth': 'triplane_depth',
-    'cpu_bf16': 'cpu_bf16', 'body_model': 'body_model',
+    'map_depth': 'map_depth',
+    'c_scale': 'c_scale',
+    'sr_noise_mode': 'sr_noise_mode',
+    'sr_num_fp16_res': 'sr_num_fp16_res',
+    'g_num_fp16_res': 'num_fp16_res',
+    'sr_module': 'sr_module',
+    'decoder_lr_mul': 'decoder_lr_mul',
+    'thickness': 'thickness',
+    'decoder_activation': 'decoder_activation',
+    'use_torgb_raw': 'use_torgb_raw',
+    'use_background': 'use_background',
+    'triplane_depth': 'triplane_depth',
+    'cpu_bf16': 'cpu_bf16',
+    'body_model': 'body_model',
 }
 
 
@@ -69,8 +78,9 @@ def _resolve_device(name: str, gpus: int) -> str:
         if not torch.cuda.is_available():
             raise click.BadParameter('no CUDA device on this machine; use --device cpu', param_hint='--device')
         if not distributed.is_torchrun() and gpus > torch.cuda.device_count():
-            raise click.BadParameter(f'--gpus {gpus}, but this machine has {torch.cuda.device_count()} CUDA '
-                                     f'device(s)', param_hint='--gpus')
+            raise click.BadParameter(
+                f'--gpus {gpus}, but this machine has {torch.cuda.device_count()} CUDA device(s)', param_hint='--gpus'
+            )
     return name
 
 
@@ -89,8 +99,10 @@ def _find_resume_state(resume: str) -> str:
 def _continued_config(resume_state: str, cfg_given: bool, overrides: dict, generator: dict) -> TrainingConfig:
     """The stored options of the run being continued, with the options given on this command line."""
     if cfg_given:
-        raise click.UsageError('--cfg cannot be combined with --resume without --resume_kimg: a continued run '
-                               'keeps its preset (add --resume_kimg to start a new stage instead)')
+        raise click.UsageError(
+            '--cfg cannot be combined with --resume without --resume_kimg: a continued run '
+            'keeps its preset (add --resume_kimg to start a new stage instead)'
+        )
     try:
         state = run_files.load_resume_state(resume_state, mmap=True)
     except checkpoint.CheckpointError as err:
@@ -99,17 +111,22 @@ def _continued_config(resume_state: str, cfg_given: bool, overrides: dict, gener
     config = stored.replace(generator={**stored.generator, **generator} if generator else None, **overrides)
     changed = [name for name in ARCHITECTURE_FIELDS if getattr(config, name) != getattr(stored, name)]
     if changed:
-        raise click.UsageError(f'a continued run cannot change the network architecture ({", ".join(changed)}); '
-                               f'start a new stage with --resume_kimg instead')
+        raise click.UsageError(
+            f'a continued run cannot change the network architecture ({", ".join(changed)}); '
+            f'start a new stage with --resume_kimg instead'
+        )
     if state['progress']['cur_nimg'] >= config.kimg * 1000:
-        raise click.UsageError(f'{resume_state} is at {state["progress"]["cur_nimg"] / 1000:g} kimg, the run ends at '
-                               f'--kimg {config.kimg:g}: pass a larger --kimg to train further')
+        raise click.UsageError(
+            f'{resume_state} is at {state["progress"]["cur_nimg"] / 1000:g} kimg, the run ends at '
+            f'--kimg {config.kimg:g}: pass a larger --kimg to train further'
+        )
     return config.replace(resume_state=resume_state)
 
 
 def _process(rank: int, world_size: int, config: TrainingConfig, run_dir: str, init_file: str | None) -> None:
     """One training process: join the process group, pick the device, train; errors become one line and exit 1."""
     from training.training_loop import TrainingDataError, TrainingDivergedError, training_loop
+
     device = distributed.process_device(config.device, rank, world_size)
     distributed.join_process_group(device, rank, world_size, init_file)
     logger = dnnlib.util.Logger(os.path.join(run_dir, 'log.txt'), file_mode='a') if rank == 0 else None
@@ -135,22 +152,27 @@ def _launch(config: TrainingConfig, run_dir: str) -> None:
     # SIGTERM sent to this launcher alone is passed on to them. Either way they finish the
     # iteration and write a final snapshot.
     with tempfile.TemporaryDirectory() as temp_dir:
-        context = torch.multiprocessing.spawn(_process, args=(config.gpus, config, run_dir,
-                                              os.path.join(temp_dir, '.torch_distributed_init')),
-                                              nprocs=config.gpus, join=False)
+        context = torch.multiprocessing.spawn(
+            _process,
+            args=(config.gpus, config, run_dir, os.path.join(temp_dir, '.torch_distributed_init')),
+            nprocs=config.gpus,
+            join=False,
+        )
 
         def forward_sigterm(signum, frame):
             for process in context.processes:
                 if process.is_alive():
                     os.kill(process.pid, signal.SIGTERM)
+
         signal.signal(signal.SIGINT, lambda signum, frame: None)
         signal.signal(signal.SIGTERM, forward_sigterm)
         try:
             while not context.join():
                 pass
         except torch.multiprocessing.ProcessExitedException as err:
-            raise click.ClickException(f'training process {err.error_index} exited with code {err.exit_code} '
-                                       f'(its message is above)') from None
+            raise click.ClickException(
+                f'training process {err.error_index} exited with code {err.exit_code} (its message is above)'
+            ) from None
 
 
 def _check_body_model(config: TrainingConfig) -> None:
@@ -163,11 +185,27 @@ def _check_body_model(config: TrainingConfig) -> None:
 
 @click.command(cls=Command, context_settings=dict(max_content_width=120))
 # Run.
-@click.option('--outdir', default='runs', show_default=True, type=click.Path(file_okay=False), help='Where to make the run directory')
-@click.option('--cfg', help='Preset: a name in configs/ (cpu-small, full-head) or a path to a preset JSON  [default: cpu-small]')
-@click.option('--data', type=click.Path(exists=True), help='Images zip or folder with dataset.json  [default: the built-in synthetic set]')
-@click.option('--seg_data', type=click.Path(exists=True), help='Masks zip or folder  [default: the built-in synthetic set]')
-@click.option('--gpus', type=click.IntRange(min=1), help='Number of processes (GPUs, or CPU processes with gloo)  [default: 1]')
+@click.option(
+    '--outdir',
+    default='runs',
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help='Where to make the run directory',
+)
+@click.option(
+    '--cfg', help='Preset: a name in configs/ (cpu-small, full-head) or a path to a preset JSON  [default: cpu-small]'
+)
+@click.option(
+    '--data',
+    type=click.Path(exists=True),
+    help='Images zip or folder with dataset.json  [default: the built-in synthetic set]',
+)
+@click.option(
+    '--seg_data', type=click.Path(exists=True), help='Masks zip or folder  [default: the built-in synthetic set]'
+)
+@click.option(
+    '--gpus', type=click.IntRange(min=1), help='Number of processes (GPUs, or CPU processes with gloo)  [default: 1]'
+)
 @click.option('--device', type=click.Choice(DEVICES), help='Device  [default: auto: CUDA when present]')
 @click.option('--batch', type=click.IntRange(min=1), help='Total batch size')
 @click.option('--batch-gpu', 'batch_gpu', type=click.IntRange(min=1), help='Images per forward pass per process')
@@ -176,14 +214,24 @@ def _check_body_model(config: TrainingConfig) -> None:
 @click.option('--snap', type=click.IntRange(min=0), help='Ticks between network snapshots (0: at the end only)')
 @click.option('--image-snap', 'image_snap', type=click.IntRange(min=0), help='Ticks between image snapshots')
 @click.option('--seed', type=click.IntRange(min=0), help='Random seed  [default: 0]')
-@click.option('--workers', type=click.IntRange(min=0), help='DataLoader worker processes  [default: 3, at most the cores less one]')
+@click.option(
+    '--workers',
+    type=click.IntRange(min=0),
+    help='DataLoader worker processes  [default: 3, at most the cores less one]',
+)
 @click.option('--nobench', is_flag=True, default=None, help='Disable cuDNN benchmarking')
 @click.option('--desc', help='String appended to the run directory name')
 @click.option('-n', '--dry-run', 'dry_run', is_flag=True, help='Print the resolved options and exit')
 # Resume.
-@click.option('--resume', type=click.Path(exists=True), help='Run directory or snapshot to continue (or to start a stage from, with --resume_kimg)')
-@click.option('--resume_kimg', type=FiniteFloat(min=0), help='Start a new stage from --resume\'s networks at this kimg')
-@click.option('--resume_blur', is_flag=True, help='With --resume_kimg: keep the blur and GPC-fade schedules of the preset')
+@click.option(
+    '--resume',
+    type=click.Path(exists=True),
+    help='Run directory or snapshot to continue (or to start a stage from, with --resume_kimg)',
+)
+@click.option('--resume_kimg', type=FiniteFloat(min=0), help="Start a new stage from --resume's networks at this kimg")
+@click.option(
+    '--resume_blur', is_flag=True, help='With --resume_kimg: keep the blur and GPC-fade schedules of the preset'
+)
 @click.option('--trust-pickle', 'trust_pickle', is_flag=True, default=None, help=checkpoint.TRUST_PICKLE_HELP)
 # Data and D.
 @click.option('--mirror', type=bool, help='Add mirrored copies of the data set')
@@ -191,7 +239,7 @@ def _check_body_model(config: TrainingConfig) -> None:
 @click.option('--cbase', type=click.IntRange(min=1), help='G and D channel base')
 @click.option('--cmax', type=click.IntRange(min=1), help='G and D maximum channels')
 @click.option('--mbstd-group', 'mbstd_group', type=click.IntRange(min=1), help='Minibatch-std group size')
-@click.option('--disc_c_noise', type=FiniteFloat(min=0), help='Noise on D\'s conditioning camera')
+@click.option('--disc_c_noise', type=FiniteFloat(min=0), help="Noise on D's conditioning camera")
 @click.option('--d_num_fp16_res', type=click.IntRange(min=0), help='D blocks in fp16 (CUDA)')
 # Optimizers and losses.
 @click.option('--gamma', type=FiniteFloat(min=0), help='R1 weight on the image and raw image')
@@ -212,12 +260,20 @@ def _check_body_model(config: TrainingConfig) -> None:
 @click.option('--input_pose_params_reg_loss_weight', type=FiniteFloat(min=0), help='G pose prior weight')
 @click.option('--input_pose_params_reg_loss_kimg', type=FiniteFloat(min=0), help='G pose prior hold (kimg)')
 @click.option('--input_pose_params_reg_loss_decay_kimg', type=FiniteFloat(min=0), help='G pose prior decay (kimg)')
-@click.option('--train_g_pose_branch', type=bool, help='Train G\'s pose branch')
+@click.option('--train_g_pose_branch', type=bool, help="Train G's pose branch")
 @click.option('--neural_rendering_resolution_initial', type=click.IntRange(min=1), help='Rendering resolution')
-@click.option('--neural_rendering_resolution_final', type=click.IntRange(min=1), help='Rendering resolution after the fade')
-@click.option('--neural_rendering_resolution_fade_kimg', type=FiniteFloat(min=0), help='Rendering resolution fade (kimg from the stage start)')
+@click.option(
+    '--neural_rendering_resolution_final', type=click.IntRange(min=1), help='Rendering resolution after the fade'
+)
+@click.option(
+    '--neural_rendering_resolution_fade_kimg',
+    type=FiniteFloat(min=0),
+    help='Rendering resolution fade (kimg from the stage start)',
+)
 @click.option('--metrics', callback=_parse_metrics, help='Comma list of metrics or "none"')
-@click.option('--metric_pose_sample_mode', type=click.Choice(METRIC_POSE_SAMPLE_MODES), help='Pose of the metrics\' fakes')
+@click.option(
+    '--metric_pose_sample_mode', type=click.Choice(METRIC_POSE_SAMPLE_MODES), help="Pose of the metrics' fakes"
+)
 # Generator.
 @click.option('--map-depth', 'map_depth', type=click.IntRange(min=1), help='G mapping depth')
 @click.option('--c-scale', 'c_scale', type=FiniteFloat(min=0), help='Scale of (camera, pose) before the mapping')
@@ -231,9 +287,14 @@ def _check_body_model(config: TrainingConfig) -> None:
 @click.option('--use_torgb_raw', type=bool, help='Raw image from a ToRGB layer')
 @click.option('--use_background', type=bool, help='2D background behind the head')
 @click.option('--triplane_depth', type=click.IntRange(min=1), help='Depth slices of the tri-grid')
-@click.option('--body_model', help="Body driving the deformation: embedded, smpl (body_models/smpl/SMPL_NEUTRAL.pkl) or a path")
-@click.option('--cpu_bf16', type=bool,
-              help="On the CPU, run G's convolutions in bfloat16 (output within 2% relative RMS of fp32; forward ~1.7x faster)")
+@click.option(
+    '--body_model', help='Body driving the deformation: embedded, smpl (body_models/smpl/SMPL_NEUTRAL.pkl) or a path'
+)
+@click.option(
+    '--cpu_bf16',
+    type=bool,
+    help="On the CPU, run G's convolutions in bfloat16 (output within 2% relative RMS of fp32; forward ~1.7x faster)",
+)
 def main(outdir, cfg, gpus, dry_run, resume, resume_kimg, resume_blur, cbase, cmax, nobench, **options):
     """Train a 3D portrait GAN (3DPortraitGAN method).
 
@@ -279,8 +340,9 @@ def main(outdir, cfg, gpus, dry_run, resume, resume_kimg, resume_blur, cbase, cm
     rank = int(os.environ.get('RANK', 0))
     if distributed.is_torchrun():
         world_size = int(os.environ['WORLD_SIZE'])
-        distributed.join_process_group(distributed.process_device(config.device, rank, world_size), rank, world_size,
-                                       init_file=None)
+        distributed.join_process_group(
+            distributed.process_device(config.device, rank, world_size), rank, world_size, init_file=None
+        )
     synthetic = (config.data, config.seg_data) == default_synthetic_paths(resolution=config.generator['img_resolution'])
     if synthetic and int(os.environ.get('LOCAL_RANK', 0)) == 0:
         ensure_synthetic_dataset(resolution=config.generator['img_resolution'])
@@ -296,6 +358,7 @@ def _check_stage_snapshot(config: TrainingConfig) -> None:
     """Read the snapshot that starts a stage and compare its networks with the configured ones, so that a bad
     or mismatched snapshot stops with one line before a run directory exists."""
     from training.training_loop import build_networks
+
     try:
         snapshot = checkpoint.load_any(config.resume, trust_pickle=config.trust_pickle)
         stored = run_files.snapshot_networks(snapshot, config.resume)
@@ -308,14 +371,18 @@ def _check_stage_snapshot(config: TrainingConfig) -> None:
         stored_tensors = {} if network is None else dict(network.state_dict())
         for name, tensor in built.state_dict().items():
             if name in stored_tensors and stored_tensors[name].shape != tensor.shape:
-                raise click.BadParameter(f'{config.resume}: its {role} was built with other options than --cfg '
-                                         f'{config.cfg} ({name} is {list(stored_tensors[name].shape)} there, '
-                                         f'{list(tensor.shape)} here); choose the preset and options it was trained '
-                                         f'with (--body_model, channels, resolutions)', param_hint='--resume')
+                raise click.BadParameter(
+                    f'{config.resume}: its {role} was built with other options than --cfg '
+                    f'{config.cfg} ({name} is {list(stored_tensors[name].shape)} there, '
+                    f'{list(tensor.shape)} here); choose the preset and options it was trained '
+                    f'with (--body_model, channels, resolutions)',
+                    param_hint='--resume',
+                )
 
 
-def _new_config(cfg: str, options: dict, generator: dict, resume: str | None, resume_kimg: float | None,
-                resume_blur: bool) -> TrainingConfig:
+def _new_config(
+    cfg: str, options: dict, generator: dict, resume: str | None, resume_kimg: float | None, resume_blur: bool
+) -> TrainingConfig:
     """A preset with the options given; with --resume_kimg, a new stage from a snapshot's networks."""
     try:
         preset = presets.load_preset(cfg)
@@ -353,8 +420,10 @@ def _make_run_dir(outdir: str, config: TrainingConfig) -> str:
     with open(os.path.join(run_dir, 'training_options.json'), 'w', encoding='utf-8') as f:
         f.write(config.to_json())
     print(f'Run directory: {run_dir}')
-    print(f'Preset {config.cfg}, data {config.data} ({len(dataset)} images), {config.gpus} process(es) on '
-          f'{config.device}, batch {config.batch} ({config.batch_gpu} per pass), until {config.kimg:g} kimg')
+    print(
+        f'Preset {config.cfg}, data {config.data} ({len(dataset)} images), {config.gpus} process(es) on '
+        f'{config.device}, batch {config.batch} ({config.batch_gpu} per pass), until {config.kimg:g} kimg'
+    )
     return run_dir
 
 

@@ -53,25 +53,26 @@ WORKING = {
     'extract_shapes': '--network {run} --shape-res 8 --outdir {out} --device cpu',
     'calc_metrics': '--network {run} --metrics pose_err --device cpu --quiet',
     'invert': '--network {run} --image {photo} --mask {photo_mask} --camera front --w-steps 1 --no-video --no-mesh '
-              '--outdir {out} --device cpu',
+    '--outdir {out} --device cpu',
     'train': '--cfg {cfg} --data {data} --seg_data {seg} --kimg 0.004 --workers 0 --outdir {out}',
     'dataset_tool convert': '--source {layout} --dest {out}/images.zip --seg-dest {out}/masks.zip --resolution 8',
     'dataset_tool check': '--data {data} --seg-data {seg} --no-progress',
     'dataset_tool synth': '--dest {out}/synth.zip --seg-dest {out}/synth-seg.zip --num-images 2 --resolution 8 '
-                          '--workers 1',
+    '--workers 1',
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One bad command line and what the tool must do with it."""
-    tool: str                  # a key of WORKING: the script (and the subcommand of dataset_tool)
-    args: str                  # shell words; {name}: an input of build_inputs, {out}: this case's own output folder
-    says: str = ''             # the last line must hold this (after {name} substitution); '' : start with "Error"
-    must: str = FAIL           # FAIL: a one-line error, exit code 0 is a failure; END: that, or a normal run
-    alone: bool = False        # the arguments replace the working command line instead of following it
-    quick: bool = False        # in the --quick subset
-    timeout: float = 0         # seconds; 0: --timeout
+
+    tool: str  # a key of WORKING: the script (and the subcommand of dataset_tool)
+    args: str  # shell words; {name}: an input of build_inputs, {out}: this case's own output folder
+    says: str = ''  # the last line must hold this (after {name} substitution); '' : start with "Error"
+    must: str = FAIL  # FAIL: a one-line error, exit code 0 is a failure; END: that, or a normal run
+    alone: bool = False  # the arguments replace the working command line instead of following it
+    quick: bool = False  # in the --quick subset
+    timeout: float = 0  # seconds; 0: --timeout
 
     def command(self) -> str:
         """The arguments after the script, with their {name} placeholders."""
@@ -81,9 +82,9 @@ class Case:
         return set(re.findall(r'{(\w+)}', self.command()))
 
 
-NAN_CAMERA = 'nan' + ',0' * 15             # 16 values, one NaN
+NAN_CAMERA = 'nan' + ',0' * 15  # 16 values, one NaN
 INF_LABEL = ','.join(['1'] * 24 + ['inf'])  # 25 values, one inf
-HUGE_SEED = '99999999999999999999999'      # beyond 64 bits
+HUGE_SEED = '99999999999999999999999'  # beyond 64 bits
 
 CASES = [
     # gen_samples: numbers, lists, every kind of --network, devices, outdirs, usage errors.
@@ -144,15 +145,20 @@ CASES = [
     Case('gen_samples', '--outdir {blocker}', '--outdir'),
     Case('gen_samples', '--cfg cpu-small', 'exactly one of --network'),
     Case('gen_samples', '--cfg nosuch --seeds 0 --outdir {out} --device cpu', '--cfg', alone=True),
-    Case('gen_samples', f'--cfg cpu-small --init-seed {HUGE_SEED} --seeds 0 --views front --sample-mult 1 '
-                        f'--outdir {{out}} --device cpu', '--init-seed', must=END, alone=True),
+    Case(
+        'gen_samples',
+        f'--cfg cpu-small --init-seed {HUGE_SEED} --seeds 0 --views front --sample-mult 1 '
+        f'--outdir {{out}} --device cpu',
+        '--init-seed',
+        must=END,
+        alone=True,
+    ),
     Case('gen_samples', '--predict-pose {empty}', 'aligned_images'),
     Case('gen_samples', '--predict-pose {photo}', '--predict-pose'),
     Case('gen_samples', '--predict-pose {aligned} --shapes', '--predict-pose needs --network'),
     Case('gen_samples', '--predict-pose {aligned} --pose-kwargs {text}', 'notes.txt'),
     Case('gen_samples', '--predict-pose {aligned_broken}', 'result.json'),
     Case('gen_samples', '--predict-pose {aligned_bomb}', 'photo.png'),
-
     # extract_shapes
     Case('extract_shapes', '--level nan', '--level', quick=True),
     Case('extract_shapes', '--level inf', '--level'),
@@ -186,15 +192,21 @@ CASES = [
     Case('extract_shapes', '--mrc-dir {empty} --outdir {out}', 'no .mrc files', alone=True),
     Case('extract_shapes', '--mrc-dir {mrc_dir} --outdir {out}', 'gave no mesh', alone=True, quick=True),
     Case('extract_shapes', '--mrc-dir {missing} --outdir {out}', '--mrc-dir', alone=True),
-    Case('extract_shapes', '--mrc-dir {mrc_dir} --pose 0,0,0,0,0,0.5 --outdir {out}', '--pose needs --network', alone=True),
-    Case('extract_shapes', '--mrc-dir {empty} --latent {latent} --outdir {out}', '--latent needs --network', alone=True),
+    Case(
+        'extract_shapes',
+        '--mrc-dir {mrc_dir} --pose 0,0,0,0,0,0.5 --outdir {out}',
+        '--pose needs --network',
+        alone=True,
+    ),
+    Case(
+        'extract_shapes', '--mrc-dir {empty} --latent {latent} --outdir {out}', '--latent needs --network', alone=True
+    ),
     Case('extract_shapes', '--latent {latent} --seeds 0', '--seeds does not apply'),
     Case('extract_shapes', '--latent {latent_shape}', 'ws has shape'),
     Case('extract_shapes', '--latent {latent_nan}', 'non-finite'),
     Case('extract_shapes', '--latent {text}', 'notes.txt'),
     Case('extract_shapes', '--latent {evil_npz}', 'object array'),
     Case('extract_shapes', '--latent {missing}', '--latent'),
-
     # gen_videos
     Case('gen_videos', '--trunc nan', '--trunc'),
     Case('gen_videos', '--trunc-cutoff -1', '--trunc-cutoff'),
@@ -237,7 +249,6 @@ CASES = [
     Case('gen_videos', '--device cuda', '--device'),
     Case('gen_videos', '--outdir {ro}', 'Read-only file system'),
     Case('gen_videos', '--outdir {blocker}/sub', 'cannot write into --outdir'),
-
     # calc_metrics (pose_err takes minutes: every case but the read-only run directory fails before computing)
     Case('calc_metrics', '--metrics is50k', '--metrics', quick=True),
     Case('calc_metrics', "--metrics ''", '--metrics'),
@@ -277,7 +288,6 @@ CASES = [
     Case('calc_metrics', '--metrics kid1k --detector ftp://host/inception.pkl', 'unsupported URL scheme "ftp"'),
     Case('calc_metrics', '--metrics kid1k --detector {evil_pkl}', 'evil.pkl'),
     Case('calc_metrics', '--network {ro_run}', 'Read-only file system', timeout=900),
-
     # train.py: every click range, the usage errors it defines, bad presets, data sets, resumes, outdirs.
     Case('train', '--gamma nan', '--gamma', quick=True),
     Case('train', '--gamma -1', '--gamma'),
@@ -320,7 +330,9 @@ CASES = [
     Case('train', '--cfg {preset_broken}', 'broken.json'),
     Case('train', '--cfg cpu-small', 'resolution'),
     Case('train', '--data {missing} --seg_data {missing}', '--data'),
-    Case('train', '--cfg {cfg} --data {data} --kimg 0.004 --outdir {out}', 'give both --data and --seg_data', alone=True),
+    Case(
+        'train', '--cfg {cfg} --data {data} --kimg 0.004 --outdir {out}', 'give both --data and --seg_data', alone=True
+    ),
     Case('train', '--data {notzip} --seg_data {notzip}', 'notzip.zip'),
     Case('train', '--data {data_truncated}', 'data-truncated.zip'),
     Case('train', '--data {data_nojson}', 'dataset.json', quick=True),
@@ -344,7 +356,6 @@ CASES = [
     Case('train', '--outdir {blocker}/sub', 'cannot write into --outdir'),
     Case('train', '--body_model {missing}', 'nothing.pkl'),
     Case('train', '--body_model {text}', 'notes.txt'),
-
     # dataset_tool convert: options, sources in both layouts with each kind of damage, destinations.
     Case('dataset_tool convert', '--resolution 0', '--resolution'),
     Case('dataset_tool convert', '--resolution -8', '--resolution'),
@@ -353,8 +364,12 @@ CASES = [
     Case('dataset_tool convert', '--max-images 0', '--max-images'),
     Case('dataset_tool convert', '--transform stretch', '--transform'),
     Case('dataset_tool convert', '--layout foo', '--layout'),
-    Case('dataset_tool convert', '--source {layout} --dest {out}/a.zip --seg-dest {out}/b.zip',
-         "Missing option '--resolution'", alone=True),
+    Case(
+        'dataset_tool convert',
+        '--source {layout} --dest {out}/a.zip --seg-dest {out}/b.zip',
+        "Missing option '--resolution'",
+        alone=True,
+    ),
     Case('dataset_tool convert', '--source {missing}', '--source'),
     Case('dataset_tool convert', '--source {notzip}', 'notzip.zip'),
     Case('dataset_tool convert', '--source {text}', 'notes.txt'),
@@ -381,7 +396,6 @@ CASES = [
     Case('dataset_tool convert', '--dest {ro}/images.zip', 'Read-only file system'),
     Case('dataset_tool convert', '--seg-dest {ro}/masks.zip', 'Read-only file system'),
     Case('dataset_tool convert', '--dest {blocker}/sub/images.zip', 'blocker'),
-
     # dataset_tool check and synth
     Case('dataset_tool check', '--data {missing}', '--data'),
     Case('dataset_tool check', '--data {notzip} --seg-data {notzip}', 'problems found'),
@@ -399,9 +413,8 @@ CASES = [
     Case('dataset_tool synth', '--dest {out}/synth.txt', '--dest'),
     Case('dataset_tool synth', '--dest {out}/same.zip --seg-dest {out}/same.zip', '--seg-dest'),
     Case('dataset_tool synth', '--dest {ro}/synth.zip', 'Read-only file system'),
-
     # invert
-    Case('invert', '--camera 1,2,3', "--camera", quick=True),
+    Case('invert', '--camera 1,2,3', '--camera', quick=True),
     Case('invert', '--camera sideways', '--camera'),
     Case('invert', f'--camera {NAN_CAMERA}', '--camera'),
     Case('invert', f'--camera {INF_LABEL}', '--camera'),
@@ -430,16 +443,38 @@ CASES = [
     Case('invert', '--mask {missing}', '--mask'),
     Case('invert', '--mask {corrupt_png}', 'corrupt.png'),
     Case('invert', '--image {aligned}', '--camera is for a single image'),
-    Case('invert', '--network {run} --image {empty} --w-steps 1 --no-video --no-mesh --outdir {out} --device cpu',
-         'needs its masks', alone=True),
-    Case('invert', '--network {run} --image {data} --w-steps 1 --no-video --no-mesh --outdir {out} --device cpu',
-         'needs its masks', alone=True),
-    Case('invert', '--network {run} --image {data} --mask {seg_missing} --w-steps 1 --no-video --no-mesh '
-                   '--outdir {out} --device cpu', 'mask', alone=True),
-    Case('invert', '--network {run} --image {data_truncated} --mask {seg} --w-steps 1 --no-video --no-mesh '
-                   '--outdir {out} --device cpu', 'data-truncated.zip', alone=True),
-    Case('invert', '--network {run} --image {aligned_broken} --w-steps 1 --no-video --no-mesh --outdir {out} '
-                   '--device cpu', 'result.json', alone=True),
+    Case(
+        'invert',
+        '--network {run} --image {empty} --w-steps 1 --no-video --no-mesh --outdir {out} --device cpu',
+        'needs its masks',
+        alone=True,
+    ),
+    Case(
+        'invert',
+        '--network {run} --image {data} --w-steps 1 --no-video --no-mesh --outdir {out} --device cpu',
+        'needs its masks',
+        alone=True,
+    ),
+    Case(
+        'invert',
+        '--network {run} --image {data} --mask {seg_missing} --w-steps 1 --no-video --no-mesh '
+        '--outdir {out} --device cpu',
+        'mask',
+        alone=True,
+    ),
+    Case(
+        'invert',
+        '--network {run} --image {data_truncated} --mask {seg} --w-steps 1 --no-video --no-mesh '
+        '--outdir {out} --device cpu',
+        'data-truncated.zip',
+        alone=True,
+    ),
+    Case(
+        'invert',
+        '--network {run} --image {aligned_broken} --w-steps 1 --no-video --no-mesh --outdir {out} --device cpu',
+        'result.json',
+        alone=True,
+    ),
     Case('invert', '--network {g_only_pt}', 'a generator and a discriminator'),
     Case('invert', '--network {missing}', 'nothing.pkl'),
     Case('invert', '--network {text}', 'notes.txt'),
@@ -459,6 +494,7 @@ CASES = [
 # ------------------------------------------------------------------------------------------------
 # Inputs.
 
+
 class _WritesMarker:
     """Unpickling this calls open(marker, 'w'): a stand-in for any code a pickle can run."""
 
@@ -471,8 +507,10 @@ class _WritesMarker:
 
 def _png_claiming(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height pixels (its data is one empty row): a decompression bomb to PIL."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+
     header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
     return b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(b'\0')) + chunk(b'IEND', b'')
 
@@ -512,7 +550,7 @@ def _with_label(files: dict, index: int, label: list) -> dict:
 def _half(path: str) -> bytes:
     with open(path, 'rb') as f:
         data = f.read()
-    return data[:len(data) // 2]
+    return data[: len(data) // 2]
 
 
 def build_inputs(root: str) -> tuple:
@@ -534,25 +572,43 @@ def build_inputs(root: str) -> tuple:
     images, masks = _read_zip(data), _read_zip(seg)
     first = sorted(name for name in images if name.endswith('.png'))[0]
     p = lambda name: os.path.join(root, name)  # noqa: E731
-    inputs = dict(run=run, pt=pt, pkl=pkl, data=data, seg=seg, cfg=p('tiny.json'), missing=p('nothing.pkl'),
-                  empty=p('empty'), text=_write(p('notes.txt'), b'not a checkpoint'), blocker=_write(p('blocker'), b''))
+    inputs = dict(
+        run=run,
+        pt=pt,
+        pkl=pkl,
+        data=data,
+        seg=seg,
+        cfg=p('tiny.json'),
+        missing=p('nothing.pkl'),
+        empty=p('empty'),
+        text=_write(p('notes.txt'), b'not a checkpoint'),
+        blocker=_write(p('blocker'), b''),
+    )
     os.makedirs(inputs['empty'])
 
     # Checkpoints: damaged, foreign, hostile, or without the networks a tool needs.
     modules = checkpoint.load_any(pt)
     G, D = modules['G_ema'], modules['D']
-    inputs.update(truncated_pt=_write(p('truncated.pt'), _half(pt)), truncated_pkl=_write(p('truncated.pkl'), _half(pkl)),
-                  plain_pt=_write(p('plain.pt'), pickle.dumps({'G_ema': 'not a network'})),
-                  random_pkl=_write(p('random.pkl'), np.random.default_rng(0).bytes(3000)),
-                  empty_pkl=_write(p('empty.pkl'), b''), swapped_pt=p('swapped.pt'), g_only_pt=p('g-only.pt'),
-                  lonely=p('lonely'))
+    inputs.update(
+        truncated_pt=_write(p('truncated.pt'), _half(pt)),
+        truncated_pkl=_write(p('truncated.pkl'), _half(pkl)),
+        plain_pt=_write(p('plain.pt'), pickle.dumps({'G_ema': 'not a network'})),
+        random_pkl=_write(p('random.pkl'), np.random.default_rng(0).bytes(3000)),
+        empty_pkl=_write(p('empty.pkl'), b''),
+        swapped_pt=p('swapped.pt'),
+        g_only_pt=p('g-only.pt'),
+        lonely=p('lonely'),
+    )
     checkpoint.save_weights(inputs['swapped_pt'], dict(G_ema=D, D=D), extra=dict(training_set_kwargs={}))
     checkpoint.save_weights(inputs['g_only_pt'], dict(G_ema=G))
     os.makedirs(inputs['lonely'])
     shutil.copy(pkl, inputs['lonely'])
     markers = {}
-    for name, path in (('evil_pkl', p('evil.pkl')), ('evil_pt', p('evil.pt')),
-                       ('evil_run', p('evil-run/network-snapshot-000000.pkl'))):
+    for name, path in (
+        ('evil_pkl', p('evil.pkl')),
+        ('evil_pt', p('evil.pt')),
+        ('evil_run', p('evil-run/network-snapshot-000000.pkl')),
+    ):
         markers[name] = p(f'ran-{name}')
         _write(path, pickle.dumps({'G_ema': _WritesMarker(markers[name]), 'G': None}))
         inputs[name] = os.path.dirname(path) if name == 'evil_run' else path
@@ -569,14 +625,21 @@ def build_inputs(root: str) -> tuple:
 
     # Images: a photo and its mask, and damaged ones.
     bomb = _png_claiming(40000, 40000)
-    inputs.update(photo=_write(p('photo.png'), images[first]), photo_mask=_write(p('photo_mask.png'), masks[first]),
-                  corrupt_png=_write(p('corrupt.png'), b'not a png'),
-                  truncated_png=_write(p('truncated.png'), images[first][:60]),
-                  bomb_png=_write(p('bomb.png'), bomb), wide_png=p('wide.png'))
+    inputs.update(
+        photo=_write(p('photo.png'), images[first]),
+        photo_mask=_write(p('photo_mask.png'), masks[first]),
+        corrupt_png=_write(p('corrupt.png'), b'not a png'),
+        truncated_png=_write(p('truncated.png'), images[first][:60]),
+        bomb_png=_write(p('bomb.png'), bomb),
+        wide_png=p('wide.png'),
+    )
     PIL.Image.new('RGB', (32, 24)).save(inputs['wide_png'])
     cam2world = frontal_camera(1)[0, :16].reshape(4, 4).tolist()
-    aligned = {'aligned_images/photo.png': images[first], 'mask/photo.png': masks[first],
-               'result.json': json.dumps({'photo.png': {'camera_pose': cam2world}}).encode()}
+    aligned = {
+        'aligned_images/photo.png': images[first],
+        'mask/photo.png': masks[first],
+        'result.json': json.dumps({'photo.png': {'camera_pose': cam2world}}).encode(),
+    }
     inputs['aligned'] = _write_tree(p('aligned'), aligned)
     inputs['aligned_broken'] = _write_tree(p('aligned-broken'), dict(aligned, **{'result.json': b'[1, 2]'}))
     inputs['aligned_bomb'] = _write_tree(p('aligned-bomb'), dict(aligned, **{'aligned_images/photo.png': bomb}))
@@ -591,22 +654,27 @@ def build_inputs(root: str) -> tuple:
         data_labels=_write_zip(p('data-labels.zip'), _with_label(images, 1, labels[1][1][:30])),
         data_nan=_write_zip(p('data-nan.zip'), _with_label(images, 1, [float('nan')] + labels[1][1][1:])),
         data_corrupt=_write_zip(p('data-corrupt.zip'), damaged),
-        seg_missing=_write_zip(p('seg-missing.zip'), {k: v for k, v in masks.items() if k != first}))
+        seg_missing=_write_zip(p('seg-missing.zip'), {k: v for k, v in masks.items() if k != first}),
+    )
 
     # dataset_tool convert sources: the data set in the documented layout, and damaged copies.
-    layout = {'dataset.json': images['dataset.json'],
-              **{'images/' + k: v for k, v in images.items() if k.endswith('.png')},
-              **{'masks/' + k: v for k, v in masks.items() if k.endswith('.png')}}
+    layout = {
+        'dataset.json': images['dataset.json'],
+        **{'images/' + k: v for k, v in images.items() if k.endswith('.png')},
+        **{'masks/' + k: v for k, v in masks.items() if k.endswith('.png')},
+    }
     second = 'images/' + sorted(k for k in images if k.endswith('.png'))[1]
     inputs['layout'] = _write_tree(p('layout'), layout)
-    for name, files in (('nojson', {k: v for k, v in layout.items() if k != 'dataset.json'}),
-                        ('json_broken', dict(layout, **{'dataset.json': b'{"labels": ['})),
-                        ('labels', _with_label(layout, 1, labels[1][1][:30])),
-                        ('nan', _with_label(layout, 1, [float('nan')] + labels[1][1][1:])),
-                        ('nomasks', {k: v for k, v in layout.items() if not k.startswith('masks/')}),
-                        ('mask_missing', {k: v for k, v in layout.items() if k != 'masks/' + first}),
-                        ('corrupt', dict(layout, **{second: b'not a png'})),
-                        ('bomb', dict(layout, **{second: bomb}))):
+    for name, files in (
+        ('nojson', {k: v for k, v in layout.items() if k != 'dataset.json'}),
+        ('json_broken', dict(layout, **{'dataset.json': b'{"labels": ['})),
+        ('labels', _with_label(layout, 1, labels[1][1][:30])),
+        ('nan', _with_label(layout, 1, [float('nan')] + labels[1][1][1:])),
+        ('nomasks', {k: v for k, v in layout.items() if not k.startswith('masks/')}),
+        ('mask_missing', {k: v for k, v in layout.items() if k != 'masks/' + first}),
+        ('corrupt', dict(layout, **{second: b'not a png'})),
+        ('bomb', dict(layout, **{second: bomb})),
+    ):
         inputs[f'layout_{name}'] = _write_tree(p(f'layout-{name}'), files)
     inputs['layout_truncated'] = _write(p('layout-truncated.zip'), _half(_write_zip(p('layout.zip'), layout)))
 
@@ -647,13 +715,15 @@ def unmount_read_only(root: str) -> None:
 # ------------------------------------------------------------------------------------------------
 # Running and judging.
 
+
 @dataclasses.dataclass
 class Outcome:
     """How one run ended."""
-    returncode: int | None     # None: killed at the timeout; negative: killed by that signal
-    output: str                # stdout and stderr as they came (unbuffered, so in order)
+
+    returncode: int | None  # None: killed at the timeout; negative: killed by that signal
+    output: str  # stdout and stderr as they came (unbuffered, so in order)
     seconds: float = 0.0
-    code_ran: bool = False     # a hostile input's marker file appeared
+    code_ran: bool = False  # a hostile input's marker file appeared
 
 
 def last_line(output: str) -> str:
@@ -691,12 +761,24 @@ def run_case(case: Case, inputs: dict, markers: dict, out: str, timeout: float, 
     """Run the tool on the case's command line in a session of its own, killed whole at the timeout."""
     names = dict(inputs, out=out)
     script, *subcommand = case.tool.split()
-    argv = [sys.executable, f'{script}.py', *subcommand, *(word.format(**names) for word in shlex.split(case.command()))]
-    limit = ['prlimit', f'--as={int(memory_gib * 2 ** 30)}', '--'] if memory_gib > 0 else []  # util-linux
+    argv = [
+        sys.executable,
+        f'{script}.py',
+        *subcommand,
+        *(word.format(**names) for word in shlex.split(case.command())),
+    ]
+    limit = ['prlimit', f'--as={int(memory_gib * 2**30)}', '--'] if memory_gib > 0 else []  # util-linux
     env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', DNNLIB_CACHE_DIR=os.path.join(out, 'cache'))
     start = time.perf_counter()
-    process = subprocess.Popen(limit + argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        limit + argv,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         output, _ = process.communicate(timeout=timeout)
         returncode = process.returncode
@@ -733,15 +815,26 @@ def main(argv: list | None = None) -> int:
         runnable = [case for case in cases if case.inputs() <= set(inputs) | {'out'}]
         skipped = [case for case in cases if case not in runnable]
         with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
-            outcomes = pool.map(lambda item: run_case(item[1], inputs, markers, os.path.join(root, 'out', f'{item[0]:03d}'),
-                                                      item[1].timeout or args.timeout, args.memory_gib),
-                                enumerate(runnable))
+            outcomes = pool.map(
+                lambda item: run_case(
+                    item[1],
+                    inputs,
+                    markers,
+                    os.path.join(root, 'out', f'{item[0]:03d}'),
+                    item[1].timeout or args.timeout,
+                    args.memory_gib,
+                ),
+                enumerate(runnable),
+            )
             failures = []
             for case, outcome in zip(runnable, outcomes):
                 reason = verdict(case, outcome, case.says.format(**inputs, out=''))
                 line = f'{case.tool} {case.args}'
-                print(f'{"NOT CLEAN" if reason else "clean":9s}  {line}  ({outcome.seconds:.0f} s)  '
-                      f'{last_line(outcome.output)[:200]}' + (f'  [{reason}]' if reason else ''), flush=True)
+                print(
+                    f'{"NOT CLEAN" if reason else "clean":9s}  {line}  ({outcome.seconds:.0f} s)  '
+                    f'{last_line(outcome.output)[:200]}' + (f'  [{reason}]' if reason else ''),
+                    flush=True,
+                )
                 if reason:
                     failures.append(f'  {line}: {reason}; last line: {last_line(outcome.output)[:300]}')
     finally:
@@ -749,8 +842,10 @@ def main(argv: list | None = None) -> int:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     if skipped:
-        print(f'skipped {len(skipped)} cases that need a read-only file system (mounting one needs root and the right to mount): '
-              + '; '.join(f'{case.tool} {case.args}' for case in skipped))
+        print(
+            f'skipped {len(skipped)} cases that need a read-only file system (mounting one needs root and the right to mount): '
+            + '; '.join(f'{case.tool} {case.args}' for case in skipped)
+        )
     if failures:
         print('not clean:\n' + '\n'.join(failures))
     print(f'run time {time.perf_counter() - start:.0f} s')

@@ -29,23 +29,31 @@ def main():
     torch.set_num_threads(args.threads)
 
     from training.config import TrainingConfig
-    config = TrainingConfig.from_preset(load_preset(args.cfg), args.cfg, data='unused.zip', seg_data='unused-seg.zip', gpus=1)
+
+    config = TrainingConfig.from_preset(
+        load_preset(args.cfg), args.cfg, data='unused.zip', seg_data='unused-seg.zip', gpus=1
+    )
     torch.manual_seed(0)
     G, D = build_networks(config, torch.device('cpu'))
     networks = dict(G=G, D=D, G_ema=copy.deepcopy(G).eval(), D_ema=copy.deepcopy(D).eval())
     with tempfile.TemporaryDirectory() as folder:
         schedule = dict(rendering_resolution=G.neural_rendering_resolution, blur_sigma=0.0)
         paths = save_network_files(folder, 0, networks, dict(path='unused.zip'), schedule)
-        size = os.path.getsize(paths['pkl']) / 2 ** 20
+        size = os.path.getsize(paths['pkl']) / 2**20
         rows = {
-            'network pickle, safe reader (default)': time_calls(lambda: checkpoint.load_any(paths['pkl']), args.reps, warmup=0).best,
-            'network pickle, --trust-pickle': time_calls(lambda: checkpoint.load_any(paths['pkl'], trust_pickle=True),
-                                                         args.reps, warmup=0).best,
+            'network pickle, safe reader (default)': time_calls(
+                lambda: checkpoint.load_any(paths['pkl']), args.reps, warmup=0
+            ).best,
+            'network pickle, --trust-pickle': time_calls(
+                lambda: checkpoint.load_any(paths['pkl'], trust_pickle=True), args.reps, warmup=0
+            ).best,
             'weights file': time_calls(lambda: checkpoint.load_any(paths['pt']), args.reps, warmup=0).best,
         }
-    print(f'{args.cfg}: G {sum(p.numel() for p in G.parameters()) / 1e6:.2f} M and D '
-          f'{sum(p.numel() for p in D.parameters()) / 1e6:.2f} M parameters, each twice; pickle {size:.0f} MiB; '
-          f'{torch.get_num_threads()} threads, best of {args.reps}')
+    print(
+        f'{args.cfg}: G {sum(p.numel() for p in G.parameters()) / 1e6:.2f} M and D '
+        f'{sum(p.numel() for p in D.parameters()) / 1e6:.2f} M parameters, each twice; pickle {size:.0f} MiB; '
+        f'{torch.get_num_threads()} threads, best of {args.reps}'
+    )
     trusted = rows['network pickle, --trust-pickle']
     for name, seconds in rows.items():
         print(f'{name:<40s} {seconds:7.2f} s  ({seconds / trusted:.2f}x the trusted unpickling)')

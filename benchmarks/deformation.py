@@ -37,7 +37,9 @@ RAY_START, RAY_END = 2.25, 3.3
 THICKNESS = 0.25
 
 
-def render_samples(body: BodyModel, pose: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def render_samples(
+    body: BodyModel, pose: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Coarse and fine sample points of one render. -> coarse [1, R*48, 3], fine [1, R*48, 3]
 
     The fine depths come from the importance sampler fed with weights that peak within a few
@@ -51,7 +53,7 @@ def render_samples(body: BodyModel, pose: torch.Tensor, generator: torch.Generat
     coarse = (origins[:, :, None] + coarse_depths * directions[:, :, None]).reshape(1, -1, 3)
 
     _, squared = nearest_faces(coarse[0], body.pose(pose)[0], body.box_faces, THICKNESS)
-    closeness = torch.exp(-squared / 0.02 ** 2).view(1, num_rays, NUM_COARSE, 1)
+    closeness = torch.exp(-squared / 0.02**2).view(1, num_rays, NUM_COARSE, 1)
     weights = (closeness[:, :, 1:] + closeness[:, :, :-1]) / 2
     fine_depths = importance_depths(coarse_depths, weights, NUM_FINE, generator=generator)
     fine = (origins[:, :, None] + fine_depths * directions[:, :, None]).reshape(1, -1, 3)
@@ -73,7 +75,7 @@ def peak_memory_mib(function, device: torch.device) -> float:
         torch.cuda.reset_peak_memory_stats(device)
         function()
         torch.cuda.synchronize(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
     process = psutil.Process()
     before = peak = process.memory_info().rss
     done = threading.Event()
@@ -91,11 +93,12 @@ def peak_memory_mib(function, device: torch.device) -> float:
     finally:
         done.set()
         sampler.join()
-    return (peak - before) / 2 ** 20
+    return (peak - before) / 2**20
 
 
-def time_deformation(deformer: Deformer, pose: torch.Tensor, coarse: torch.Tensor, fine: torch.Tensor,
-                     reps: int) -> dict:
+def time_deformation(
+    deformer: Deformer, pose: torch.Tensor, coarse: torch.Tensor, fine: torch.Tensor, reps: int
+) -> dict:
     """Seconds of the deformation of both sample sets: forward, and forward + backward to the pose."""
     generator = torch.Generator().manual_seed(1)
     upstream = [torch.randn(points.shape, generator=generator).to(points.device) for points in (coarse, fine)]
@@ -111,8 +114,10 @@ def time_deformation(deformer: Deformer, pose: torch.Tensor, coarse: torch.Tenso
         loss = sum((deform(points) * gradient).sum() for points, gradient in zip((coarse, fine), upstream))
         loss.backward()
 
-    return {'forward': best_seconds(forward, reps, pose.device),
-            'forward+backward': best_seconds(forward_backward, reps, pose.device)}
+    return {
+        'forward': best_seconds(forward, reps, pose.device),
+        'forward+backward': best_seconds(forward_backward, reps, pose.device),
+    }
 
 
 def time_stages(deformer: Deformer, pose: torch.Tensor, coarse: torch.Tensor, fine: torch.Tensor, reps: int) -> dict:
@@ -120,16 +125,21 @@ def time_stages(deformer: Deformer, pose: torch.Tensor, coarse: torch.Tensor, fi
     structures + per-face maps, nearest-face queries, and the gather-map-scatter of the points."""
     body = deformer.body_model
     with torch.no_grad():
+
         def setup():
             return PosedMeshMap(body.pose(pose), body.canonical_vertices, body.box_faces, THICKNESS, deformer.backend)
 
         mesh_map = setup()
         faces = [mesh_map.nearest_faces(points) for points in (coarse, fine)]
-        return {'pose + build': best_seconds(setup, reps, pose.device),
-                'nearest-face queries': best_seconds(lambda: [mesh_map.nearest_faces(points) for points in (coarse, fine)],
-                                                     reps, pose.device),
-                'gather, map, scatter': best_seconds(lambda: [mesh_map.apply(points, face) for points, face in zip((coarse, fine), faces)],
-                                                     reps, pose.device)}
+        return {
+            'pose + build': best_seconds(setup, reps, pose.device),
+            'nearest-face queries': best_seconds(
+                lambda: [mesh_map.nearest_faces(points) for points in (coarse, fine)], reps, pose.device
+            ),
+            'gather, map, scatter': best_seconds(
+                lambda: [mesh_map.apply(points, face) for points, face in zip((coarse, fine), faces)], reps, pose.device
+            ),
+        }
 
 
 def batch_memory_mib(deformer: Deformer, coarse: torch.Tensor, fine: torch.Tensor, batch_size: int = 4) -> float:
@@ -163,13 +173,19 @@ def main():
     coarse, fine = render_samples(body, pose, generator)
     num_points = coarse.shape[1] + fine.shape[1]
     posed = body.pose(pose)[0]
-    near = sum(int((nearest_faces(points[0], posed, body.box_faces, THICKNESS)[0] >= 0).sum()) for points in (coarse, fine))
-    print(f'torch {torch.__version__}, device {device}'
-          f'{f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""}, '
-          f'{torch.get_num_threads()} threads, fcpw available: {fcpw_available()}, '
-          f'best of {args.reps}, load average {os.getloadavg()[0]:.2f}')
-    print(f'{num_points} points ({coarse.shape[1]} coarse + {fine.shape[1]} fine), '
-          f'{near / num_points:.1%} within {THICKNESS} m of the {body.box_faces.shape[0]} box faces')
+    near = sum(
+        int((nearest_faces(points[0], posed, body.box_faces, THICKNESS)[0] >= 0).sum()) for points in (coarse, fine)
+    )
+    print(
+        f'torch {torch.__version__}, device {device}'
+        f'{f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""}, '
+        f'{torch.get_num_threads()} threads, fcpw available: {fcpw_available()}, '
+        f'best of {args.reps}, load average {os.getloadavg()[0]:.2f}'
+    )
+    print(
+        f'{num_points} points ({coarse.shape[1]} coarse + {fine.shape[1]} fine), '
+        f'{near / num_points:.1%} within {THICKNESS} m of the {body.box_faces.shape[0]} box faces'
+    )
 
     body = body.to(device)
     pose, coarse, fine = pose.to(device), coarse.to(device), fine.to(device)
@@ -182,27 +198,39 @@ def main():
     rows, memory = {}, {}
     for label, name in searches.items():
         deformer = Deformer(body, THICKNESS, backend=name)
-        rows.update({f'{label} {mode}': (num_points, seconds)
-                     for mode, seconds in time_deformation(deformer, pose, coarse, fine, args.reps).items()})
+        rows.update(
+            {
+                f'{label} {mode}': (num_points, seconds)
+                for mode, seconds in time_deformation(deformer, pose, coarse, fine, args.reps).items()
+            }
+        )
         memory[label] = batch_memory_mib(deformer, coarse, fine)
 
-    subset = torch.randperm(num_points, generator=generator)[:args.subset].to(device)
+    subset = torch.randperm(num_points, generator=generator)[: args.subset].to(device)
     points = torch.cat([coarse, fine], dim=1)[:, subset]
     half = points.shape[1] // 2
-    brute = time_deformation(Deformer(body, THICKNESS, backend='brute'), pose, points[:, :half], points[:, half:],
-                             max(1, args.reps // 2))
-    rows.update({f'brute {name} (subset of {points.shape[1]}, scaled)': (points.shape[1], seconds)
-                 for name, seconds in brute.items()})
+    brute = time_deformation(
+        Deformer(body, THICKNESS, backend='brute'), pose, points[:, :half], points[:, half:], max(1, args.reps // 2)
+    )
+    rows.update(
+        {
+            f'brute {name} (subset of {points.shape[1]}, scaled)': (points.shape[1], seconds)
+            for name, seconds in brute.items()
+        }
+    )
 
     for name, (count, seconds) in rows.items():
-        print(f'{name:<50s} {count / seconds / 1e6:8.3f} M points/s   ({seconds * 1e3 * num_points / count:8.1f} ms per image)')
+        print(
+            f'{name:<50s} {count / seconds / 1e6:8.3f} M points/s   ({seconds * 1e3 * num_points / count:8.1f} ms per image)'
+        )
     for label in searches:
         print(f'{label} accelerated forward by stage:')
-        for name, seconds in time_stages(Deformer(body, THICKNESS, backend=searches[label]), pose, coarse, fine,
-                                         args.reps).items():
+        for name, seconds in time_stages(
+            Deformer(body, THICKNESS, backend=searches[label]), pose, coarse, fine, args.reps
+        ).items():
             print(f'  {name:<26s} {seconds * 1e3:8.1f} ms')
     for label, mib in memory.items():
-        print(f'{label} peak memory of a full-head render\'s deformation at batch 4 (fwd+bwd): {mib:8.1f} MiB')
+        print(f"{label} peak memory of a full-head render's deformation at batch 4 (fwd+bwd): {mib:8.1f} MiB")
     print(f'load average at the end {os.getloadavg()[0]:.2f}')
 
 

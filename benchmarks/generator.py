@@ -18,8 +18,9 @@ import torch
 from benchmarks.timing import synchronize, time_calls
 
 
-def run_case(preset_name: str, mode: str, batch: int, bf16: bool, deform: bool, reps: int, device: str = 'cpu',
-             **overrides) -> dict:
+def run_case(
+    preset_name: str, mode: str, batch: int, bf16: bool, deform: bool, reps: int, device: str = 'cpu', **overrides
+) -> dict:
     """Time one case in this process: best and median seconds, and the peak RSS in MiB (and, on
     CUDA, the allocator's peak in MiB). `overrides` replace generator arguments of the preset
     (for example num_fp16_res)."""
@@ -47,10 +48,13 @@ def run_case(preset_name: str, mode: str, batch: int, bf16: bool, deform: bool, 
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     timing = time_calls(step, reps, warmup=0, device=device)
-    result = dict(best_s=timing.best, median_s=timing.median,
-                  peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result = dict(
+        best_s=timing.best,
+        median_s=timing.median,
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
     if device.type == 'cuda':
-        result['peak_gpu_mib'] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+        result['peak_gpu_mib'] = torch.cuda.max_memory_allocated(device) / 2**20
     return result
 
 
@@ -65,21 +69,43 @@ def main():
     if args.case:
         print(json.dumps(run_case(**json.loads(args.case), reps=args.reps)))
         return
-    cases = [dict(preset_name=preset, mode=mode, batch=batch, bf16=bf16, deform=deform)
-             for preset in args.presets.split(',')
-             for mode, batch in [('forward', 1), ('forward', 4), ('forward+backward', 1)]
-             for bf16 in (False, True) for deform in (False, True)]
-    print(f'{"preset":<10} {"mode":<17} {"batch":>5} {"precision":<9} {"deform":<6} {"best s":>8} {"median s":>9} '
-          f'{"s/image":>8} {"peak MiB":>9}', flush=True)
+    cases = [
+        dict(preset_name=preset, mode=mode, batch=batch, bf16=bf16, deform=deform)
+        for preset in args.presets.split(',')
+        for mode, batch in [('forward', 1), ('forward', 4), ('forward+backward', 1)]
+        for bf16 in (False, True)
+        for deform in (False, True)
+    ]
+    print(
+        f'{"preset":<10} {"mode":<17} {"batch":>5} {"precision":<9} {"deform":<6} {"best s":>8} {"median s":>9} '
+        f'{"s/image":>8} {"peak MiB":>9}',
+        flush=True,
+    )
     for case in cases:
-        result = subprocess.run([sys.executable, '-m', 'benchmarks.generator', '--threads', str(args.threads),
-                                 '--reps', str(args.reps), '--case', json.dumps(case)],
-                                capture_output=True, text=True, check=True)
+        result = subprocess.run(
+            [
+                sys.executable,
+                '-m',
+                'benchmarks.generator',
+                '--threads',
+                str(args.threads),
+                '--reps',
+                str(args.reps),
+                '--case',
+                json.dumps(case),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(result.stdout.strip().splitlines()[-1])
-        print(f'{case["preset_name"]:<10} {case["mode"]:<17} {case["batch"]:>5} '
-              f'{"bf16" if case["bf16"] else "fp32":<9} {"yes" if case["deform"] else "no":<6} '
-              f'{r["best_s"]:>8.3f} {r["median_s"]:>9.3f} {r["best_s"] / case["batch"]:>8.3f} '
-              f'{r["peak_rss_mib"]:>9.0f}', flush=True)
+        print(
+            f'{case["preset_name"]:<10} {case["mode"]:<17} {case["batch"]:>5} '
+            f'{"bf16" if case["bf16"] else "fp32":<9} {"yes" if case["deform"] else "no":<6} '
+            f'{r["best_s"]:>8.3f} {r["median_s"]:>9.3f} {r["best_s"] / case["batch"]:>8.3f} '
+            f'{r["peak_rss_mib"]:>9.0f}',
+            flush=True,
+        )
 
 
 if __name__ == '__main__':

@@ -66,17 +66,23 @@ def time_generator(reps: int, batch: int) -> int:
 
     from benchmarks.generator import run_case
     from training.body.nearest_face import resolve_backend
+
     torch.backends.cudnn.benchmark = True
-    print(f'{torch.cuda.get_device_name()}, nearest-face search on CUDA: {resolve_backend("auto", torch.device("cuda"))}',
-          flush=True)
+    print(
+        f'{torch.cuda.get_device_name()}, nearest-face search on CUDA: {resolve_backend("auto", torch.device("cuda"))}',
+        flush=True,
+    )
     cases = [(name, True) for name in PRECISIONS] + [('fp32', False)]
     for name, deform in cases:
         for mode in ('forward', 'forward+backward'):
-            result = run_case('full-head', mode, batch, bf16=False, deform=deform, reps=reps, device='cuda',
-                              **PRECISIONS[name])
-            summary(f'full-head G {mode:<16s} batch {batch}, {name:<18s} {"with" if deform else "without"} '
-                    f'deformation: {result["best_s"] * 1e3:7.1f} ms best, {result["median_s"] * 1e3:7.1f} ms median, '
-                    f'peak {result["peak_gpu_mib"]:6.0f} MiB')
+            result = run_case(
+                'full-head', mode, batch, bf16=False, deform=deform, reps=reps, device='cuda', **PRECISIONS[name]
+            )
+            summary(
+                f'full-head G {mode:<16s} batch {batch}, {name:<18s} {"with" if deform else "without"} '
+                f'deformation: {result["best_s"] * 1e3:7.1f} ms best, {result["median_s"] * 1e3:7.1f} ms median, '
+                f'peak {result["peak_gpu_mib"]:6.0f} MiB'
+            )
     return 0
 
 
@@ -94,9 +100,11 @@ def training_summary(run_dir: str) -> int:
     if not timed:
         summary(f'FAILED: {len(ticks)} tick(s), none after the first to time')
         return 1
-    summary(f'{len(ticks)} ticks, sec/kimg median {statistics.median(timed):.1f} (best {min(timed):.1f}, first tick '
-            f'{ticks[0]["Timing/sec_per_kimg"]["mean"]:.1f}), peak GPU memory {peak:.2f} GiB, snapshots: '
-            f'{", ".join(snapshots) or "none"}')
+    summary(
+        f'{len(ticks)} ticks, sec/kimg median {statistics.median(timed):.1f} (best {min(timed):.1f}, first tick '
+        f'{ticks[0]["Timing/sec_per_kimg"]["mean"]:.1f}), peak GPU memory {peak:.2f} GiB, snapshots: '
+        f'{", ".join(snapshots) or "none"}'
+    )
     return 0 if snapshots else 1
 
 
@@ -107,6 +115,7 @@ def compare_renders(run_dir: str, devices: tuple = ('cuda', 'cpu')) -> int:
 
     from training.camera_utils import frontal_camera
     from training.cli import load_generator
+
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     images = []
@@ -115,15 +124,23 @@ def compare_renders(run_dir: str, devices: tuple = ('cuda', 'cpu')) -> int:
         z = torch.from_numpy(np.random.RandomState(0).randn(1, G.z_dim)).float().to(device)
         pose = torch.tensor([[0.0, 0.0, 0.0, 0.3, -0.4, 0.0]], device=device)
         with torch.no_grad():
-            image = G(z, frontal_camera(1, device=device), pose_params=pose, apply_def=True, noise_mode='const',
-                      deterministic=True)['image']
+            image = G(
+                z,
+                frontal_camera(1, device=device),
+                pose_params=pose,
+                apply_def=True,
+                noise_mode='const',
+                deterministic=True,
+            )['image']
         images.append((image[0].cpu().double().clamp(-1, 1) + 1) * 127.5)
     difference = (images[0] - images[1]).abs()
     spread = images[1].std().item()
     agree = difference.mean().item() < 1.0 and spread > 1.0
-    summary(f'{"ok" if agree else "FAILED"}: one latent of the snapshot rendered on {devices[0]} and on {devices[1]} '
-            f'({images[1].shape[2]}x{images[1].shape[1]}, no jitter, no TF32): mean |{devices[0]} - {devices[1]}| '
-            f'{difference.mean().item():.3f} of 255 (max {difference.max().item():.1f}), pixel std {spread:.1f}')
+    summary(
+        f'{"ok" if agree else "FAILED"}: one latent of the snapshot rendered on {devices[0]} and on {devices[1]} '
+        f'({images[1].shape[2]}x{images[1].shape[1]}, no jitter, no TF32): mean |{devices[0]} - {devices[1]}| '
+        f'{difference.mean().item():.3f} of 255 (max {difference.max().item():.1f}), pixel std {spread:.1f}'
+    )
     return 0 if agree else 1
 
 

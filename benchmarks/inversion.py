@@ -35,7 +35,14 @@ from training.pose_prediction import load_pose_predict_kwargs, pose_errors, pred
 from training.run_files import pose_predict_kwargs_for
 from training.synthetic import PortraitPainter, Scene, sample_scene
 
-VIEWS = {'input': 0.0, '+45': 45.0, '-45': -45.0, '+90': 90.0, '-90': -90.0, '180': 180.0}  # name -> yaw offset, degrees
+VIEWS = {
+    'input': 0.0,
+    '+45': 45.0,
+    '-45': -45.0,
+    '+90': 90.0,
+    '-90': -90.0,
+    '180': 180.0,
+}  # name -> yaw offset, degrees
 STAGES = ('w', 'w_pti')  # after the latent optimization; after pivotal tuning on top of it
 METRICS = ('psnr', 'ssim', 'psnr_portrait', 'ssim_portrait')  # whole image; portrait over grey
 
@@ -89,8 +96,10 @@ def on_grey(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 def image_metrics(prediction: np.ndarray, truth: np.ndarray) -> dict:
     """prediction, truth uint8 [R, R, 3] -> {'psnr': dB, 'ssim': float}, whole image."""
-    return dict(psnr=float(peak_signal_noise_ratio(truth, prediction, data_range=255)),
-                ssim=float(structural_similarity(truth, prediction, channel_axis=-1, data_range=255)))
+    return dict(
+        psnr=float(peak_signal_noise_ratio(truth, prediction, data_range=255)),
+        ssim=float(structural_similarity(truth, prediction, channel_axis=-1, data_range=255)),
+    )
 
 
 @torch.no_grad()
@@ -117,8 +126,15 @@ def photo_tensors(image: np.ndarray, mask: np.ndarray, device: torch.device) -> 
     return photo, torch.from_numpy(mask)[None, None].float().div(255).to(device)
 
 
-def benchmark_portrait(G: torch.nn.Module, D: torch.nn.Module, painter: PortraitPainter, scene: Scene,
-                       pose_predict_kwargs: dict | None, config: InversionConfig, device: torch.device) -> dict:
+def benchmark_portrait(
+    G: torch.nn.Module,
+    D: torch.nn.Module,
+    painter: PortraitPainter,
+    scene: Scene,
+    pose_predict_kwargs: dict | None,
+    config: InversionConfig,
+    device: torch.device,
+) -> dict:
     """Invert one portrait from its camera and measure both stages from every view.
 
     pose_predict_kwargs None: the scene's true pose is used -> {'pose_true', 'pose_used': [6] lists,
@@ -133,8 +149,14 @@ def benchmark_portrait(G: torch.nn.Module, D: torch.nn.Module, painter: Portrait
         pose = pose_true
     else:
         # One photo at a time, as a user predicts it, so that a pose does not depend on the other portraits.
-        pose = predict_real_poses(D, resize_image(photo, D.img_resolution), resize_image(seg, D.img_resolution),
-                                  camera[None].to(device), pose_predict_kwargs, batch=1)
+        pose = predict_real_poses(
+            D,
+            resize_image(photo, D.img_resolution),
+            resize_image(seg, D.img_resolution),
+            camera[None].to(device),
+            pose_predict_kwargs,
+            batch=1,
+        )
     target = prepare_target(G, photo, seg)
 
     start = time.perf_counter()
@@ -143,33 +165,51 @@ def benchmark_portrait(G: torch.nn.Module, D: torch.nn.Module, painter: Portrait
     if latent.interrupted:
         raise KeyboardInterrupt  # A stage cut short by Ctrl-C would be measured as if it had finished.
     start = time.perf_counter()
-    tuned, tuning = tune_generator(G, D, target, latent.ws, camera[None].to(device), latent.pose, config, progress=False)
+    tuned, tuning = tune_generator(
+        G, D, target, latent.ws, camera[None].to(device), latent.pose, config, progress=False
+    )
     pti_seconds = time.perf_counter() - start
     if tuning.interrupted:
         raise KeyboardInterrupt
 
     truths = {name: ground_truth(painter, scene, degrees, resolution) for name, degrees in VIEWS.items()}
-    metrics = {'w': view_metrics(G, latent.ws, latent.pose, camera, truths),
-               'w_pti': view_metrics(tuned, latent.ws, latent.pose, camera, truths)}
-    return dict(pose_true=pose_true[0].tolist(), pose_used=latent.pose[0].tolist(),
-                seconds=dict(w=w_seconds, pti=pti_seconds), metrics=metrics)
+    metrics = {
+        'w': view_metrics(G, latent.ws, latent.pose, camera, truths),
+        'w_pti': view_metrics(tuned, latent.ws, latent.pose, camera, truths),
+    }
+    return dict(
+        pose_true=pose_true[0].tolist(),
+        pose_used=latent.pose[0].tolist(),
+        seconds=dict(w=w_seconds, pti=pti_seconds),
+        metrics=metrics,
+    )
 
 
 def mean_metrics(portraits: list) -> dict:
     """The per-portrait metrics averaged -> {stage: {view: {'psnr', 'ssim', 'psnr_portrait', 'ssim_portrait'}}}."""
-    return {stage: {view: {key: float(np.mean([p['metrics'][stage][view][key] for p in portraits])) for key in METRICS}
-                    for view in VIEWS} for stage in STAGES}
+    return {
+        stage: {
+            view: {key: float(np.mean([p['metrics'][stage][view][key] for p in portraits])) for key in METRICS}
+            for view in VIEWS
+        }
+        for stage in STAGES
+    }
 
 
 def markdown_table(means: dict, w_plus: bool) -> str:
     """Rows = views, columns = PSNR and SSIM after each stage, whole image and portrait over grey."""
     latent = 'W+' if w_plus else 'W'
-    lines = [f'| view | {latent} PSNR | {latent} SSIM | {latent} + PTI PSNR | {latent} + PTI SSIM | '
-             f'portrait: {latent} PSNR | {latent} SSIM | {latent} + PTI PSNR | {latent} + PTI SSIM |',
-             '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+    lines = [
+        f'| view | {latent} PSNR | {latent} SSIM | {latent} + PTI PSNR | {latent} + PTI SSIM | '
+        f'portrait: {latent} PSNR | {latent} SSIM | {latent} + PTI PSNR | {latent} + PTI SSIM |',
+        '|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ]
     for view in VIEWS:
-        cells = [f'{means[stage][view]["psnr" + kind]:.2f} | {means[stage][view]["ssim" + kind]:.4f}'
-                 for kind in ('', '_portrait') for stage in STAGES]
+        cells = [
+            f'{means[stage][view]["psnr" + kind]:.2f} | {means[stage][view]["ssim" + kind]:.4f}'
+            for kind in ('', '_portrait')
+            for stage in STAGES
+        ]
         lines.append(f'| {view} | {" | ".join(cells)} |')
     return '\n'.join(lines)
 
@@ -183,8 +223,10 @@ def load_snapshot(parser: argparse.ArgumentParser, path: str, given_pose: bool, 
     if G is None:
         parser.error(f'{path}: the snapshot holds no generator (G_ema or G)')
     if D is None:
-        parser.error(f'{path}: the snapshot holds no discriminator (D_ema or D), which the inversion\'s perceptual '
-                     f'loss and the pose prediction need')
+        parser.error(
+            f"{path}: the snapshot holds no discriminator (D_ema or D), which the inversion's perceptual "
+            f'loss and the pose prediction need'
+        )
     kwargs = None
     if not given_pose:
         try:
@@ -217,10 +259,14 @@ def main(argv: list | None = None) -> dict:
     parser.add_argument('--w-steps', type=non_negative_int, default=300, help='steps of the latent optimization')
     parser.add_argument('--pti-steps', type=non_negative_int, default=100, help='steps of pivotal tuning')
     parser.add_argument('--w-plus', action='store_true', help='optimize w+ (one w per layer) instead of w')
-    parser.add_argument('--given-pose', action='store_true', help='use the true body pose instead of D\'s prediction')
+    parser.add_argument('--given-pose', action='store_true', help="use the true body pose instead of D's prediction")
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--threads', type=positive_int, help='CPU threads of torch (default: its own choice); on '
-                        'cores that other processes share, 1 can be many times faster than more')
+    parser.add_argument(
+        '--threads',
+        type=positive_int,
+        help='CPU threads of torch (default: its own choice); on '
+        'cores that other processes share, 1 can be many times faster than more',
+    )
     parser.add_argument('--json', help='also write the numbers, per portrait and means, to this file')
     args = parser.parse_args(argv)
     if args.json is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
@@ -232,35 +278,61 @@ def main(argv: list | None = None) -> dict:
     config = InversionConfig(w_steps=args.w_steps, pti_steps=args.pti_steps, w_plus=args.w_plus)
     painter = PortraitPainter()
     indices = range(args.first_index, args.first_index + args.num)
-    print(f'{args.network}: {len(indices)} portraits ({indices[0]} .. {indices[-1]} of data seed {args.data_seed}) '
-          f'at {G.img_resolution}x{G.img_resolution}; {"w+" if args.w_plus else "w"} {args.w_steps} steps, '
-          f'PTI {args.pti_steps} steps; pose {"given" if args.given_pose else "predicted by D"}; {device}, '
-          f'{torch.get_num_threads()} threads', flush=True)
+    print(
+        f'{args.network}: {len(indices)} portraits ({indices[0]} .. {indices[-1]} of data seed {args.data_seed}) '
+        f'at {G.img_resolution}x{G.img_resolution}; {"w+" if args.w_plus else "w"} {args.w_steps} steps, '
+        f'PTI {args.pti_steps} steps; pose {"given" if args.given_pose else "predicted by D"}; {device}, '
+        f'{torch.get_num_threads()} threads',
+        flush=True,
+    )
 
     portraits = []
     for idx in indices:
-        result = dict(index=idx, **benchmark_portrait(G, D, painter, sample_scene(args.data_seed, idx),
-                                                      pose_predict_kwargs, config, device))
+        result = dict(
+            index=idx,
+            **benchmark_portrait(G, D, painter, sample_scene(args.data_seed, idx), pose_predict_kwargs, config, device),
+        )
         errors = pose_errors(torch.tensor([result['pose_used']]), torch.tensor([result['pose_true']]))
         result['pose_error'] = dict(neck=errors['neck_mean'], head=errors['head_mean'])
         portraits.append(result)
         metrics = result['metrics']
-        print(f'portrait {idx}: W {result["seconds"]["w"]:.1f} s, PTI {result["seconds"]["pti"]:.1f} s; pose error '
-              f'neck {errors["neck_mean"]:.1f}, head {errors["head_mean"]:.1f} degrees; PSNR input '
-              f'{metrics["w"]["input"]["psnr"]:.2f} / {metrics["w_pti"]["input"]["psnr"]:.2f}, 180 '
-              f'{metrics["w"]["180"]["psnr"]:.2f} / {metrics["w_pti"]["180"]["psnr"]:.2f} dB (W / W + PTI)', flush=True)
+        print(
+            f'portrait {idx}: W {result["seconds"]["w"]:.1f} s, PTI {result["seconds"]["pti"]:.1f} s; pose error '
+            f'neck {errors["neck_mean"]:.1f}, head {errors["head_mean"]:.1f} degrees; PSNR input '
+            f'{metrics["w"]["input"]["psnr"]:.2f} / {metrics["w_pti"]["input"]["psnr"]:.2f}, 180 '
+            f'{metrics["w"]["180"]["psnr"]:.2f} / {metrics["w_pti"]["180"]["psnr"]:.2f} dB (W / W + PTI)',
+            flush=True,
+        )
 
-    errors = pose_errors(torch.tensor([p['pose_used'] for p in portraits]), torch.tensor([p['pose_true'] for p in portraits]))
+    errors = pose_errors(
+        torch.tensor([p['pose_used'] for p in portraits]), torch.tensor([p['pose_true'] for p in portraits])
+    )
     report = dict(
-        network=args.network, first_index=args.first_index, num=args.num, data_seed=args.data_seed,
-        resolution=G.img_resolution, pose='given' if args.given_pose else 'predicted', config=dataclasses.asdict(config),
-        device=str(device), threads=torch.get_num_threads(), views=VIEWS,
-        seconds_per_image=dict(w=float(np.mean([p['seconds']['w'] for p in portraits])),
-                               pti=float(np.mean([p['seconds']['pti'] for p in portraits]))),
-        pose_error=errors, mean=mean_metrics(portraits), portraits=portraits)
-    print(f'\nseconds per image: W {report["seconds_per_image"]["w"]:.1f}, PTI {report["seconds_per_image"]["pti"]:.1f}')
-    print(f'pose error ({report["pose"]}), mean over portraits: neck {errors["neck_mean"]:.2f}, '
-          f'head {errors["head_mean"]:.2f} degrees\n')
+        network=args.network,
+        first_index=args.first_index,
+        num=args.num,
+        data_seed=args.data_seed,
+        resolution=G.img_resolution,
+        pose='given' if args.given_pose else 'predicted',
+        config=dataclasses.asdict(config),
+        device=str(device),
+        threads=torch.get_num_threads(),
+        views=VIEWS,
+        seconds_per_image=dict(
+            w=float(np.mean([p['seconds']['w'] for p in portraits])),
+            pti=float(np.mean([p['seconds']['pti'] for p in portraits])),
+        ),
+        pose_error=errors,
+        mean=mean_metrics(portraits),
+        portraits=portraits,
+    )
+    print(
+        f'\nseconds per image: W {report["seconds_per_image"]["w"]:.1f}, PTI {report["seconds_per_image"]["pti"]:.1f}'
+    )
+    print(
+        f'pose error ({report["pose"]}), mean over portraits: neck {errors["neck_mean"]:.2f}, '
+        f'head {errors["head_mean"]:.2f} degrees\n'
+    )
     print(markdown_table(report['mean'], args.w_plus), flush=True)
     if args.json is not None:
         with open(args.json, 'w') as f:

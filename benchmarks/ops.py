@@ -30,46 +30,61 @@ from torch_utils.ops.fma import fma
 @dataclass(frozen=True)
 class Case:
     """One op at one shape, timed in several variants."""
+
     name: str
     make_inputs: Callable[[torch.device], list[torch.Tensor]]  # requires_grad set on inputs that get gradients
-    variants: dict[str, Callable[..., torch.Tensor]]           # label -> function of the inputs
+    variants: dict[str, Callable[..., torch.Tensor]]  # label -> function of the inputs
     cuda_only: frozenset[str] = field(default_factory=frozenset)  # labels that need a CUDA device
 
 
-def random_inputs(*shapes: tuple[int, ...], grad: tuple[bool, ...] | None = None) -> Callable[[torch.device], list[torch.Tensor]]:
+def random_inputs(
+    *shapes: tuple[int, ...], grad: tuple[bool, ...] | None = None
+) -> Callable[[torch.device], list[torch.Tensor]]:
     """Input maker for normal random tensors of the given shapes; all take gradients unless `grad` says otherwise."""
     grad = grad or (True,) * len(shapes)
 
     def make(device: torch.device) -> list[torch.Tensor]:
         generator = torch.Generator().manual_seed(0)
         return [torch.randn(shape, generator=generator).to(device).requires_grad_(g) for shape, g in zip(shapes, grad)]
+
     return make
 
 
 def bias_act_case(act: str, shape: tuple[int, ...], clamp: float | None = None) -> Case:
-    label = f"bias_act {act}{'' if clamp is None else f' clamp {clamp:g}'} {list(shape)}"
-    return Case(label, random_inputs(shape, (shape[1],)), {
-        'ref': lambda x, b: bias_act(x, b, act=act, clamp=clamp, impl='ref'),
-        'cuda': lambda x, b: bias_act(x, b, act=act, clamp=clamp, impl='cuda'),
-    }, cuda_only=frozenset({'cuda'}))
+    label = f'bias_act {act}{"" if clamp is None else f" clamp {clamp:g}"} {list(shape)}'
+    return Case(
+        label,
+        random_inputs(shape, (shape[1],)),
+        {
+            'ref': lambda x, b: bias_act(x, b, act=act, clamp=clamp, impl='ref'),
+            'cuda': lambda x, b: bias_act(x, b, act=act, clamp=clamp, impl='cuda'),
+        },
+        cuda_only=frozenset({'cuda'}),
+    )
 
 
 def conv2d_case(batch: int, channels: int, resolution: int, kernel: int = 3) -> Case:
     shapes = ((batch, channels, resolution, resolution), (channels, channels, kernel, kernel))
-    return Case(f'conv2d {kernel}x{kernel} {channels}->{channels} [{batch},{channels},{resolution},{resolution}]',
-                random_inputs(*shapes), {
-                    'gradfix': lambda x, w: conv2d_gradfix.conv2d(x, w, padding=kernel // 2),
-                    'torch': lambda x, w: F.conv2d(x, w, padding=kernel // 2),
-                })
+    return Case(
+        f'conv2d {kernel}x{kernel} {channels}->{channels} [{batch},{channels},{resolution},{resolution}]',
+        random_inputs(*shapes),
+        {
+            'gradfix': lambda x, w: conv2d_gradfix.conv2d(x, w, padding=kernel // 2),
+            'torch': lambda x, w: F.conv2d(x, w, padding=kernel // 2),
+        },
+    )
 
 
 def conv_transpose2d_case(batch: int, channels: int, resolution: int) -> Case:
     shapes = ((batch, channels, resolution, resolution), (channels, channels, 3, 3))
-    return Case(f'conv_transpose2d 3x3 s2 {channels}->{channels} [{batch},{channels},{resolution},{resolution}]',
-                random_inputs(*shapes), {
-                    'gradfix': lambda x, w: conv2d_gradfix.conv_transpose2d(x, w, stride=2),
-                    'torch': lambda x, w: F.conv_transpose2d(x, w, stride=2),
-                })
+    return Case(
+        f'conv_transpose2d 3x3 s2 {channels}->{channels} [{batch},{channels},{resolution},{resolution}]',
+        random_inputs(*shapes),
+        {
+            'gradfix': lambda x, w: conv2d_gradfix.conv_transpose2d(x, w, stride=2),
+            'torch': lambda x, w: F.conv_transpose2d(x, w, stride=2),
+        },
+    )
 
 
 def channels_last_inputs(*shapes: tuple[int, ...]) -> Callable[[torch.device], list[torch.Tensor]]:
@@ -77,8 +92,13 @@ def channels_last_inputs(*shapes: tuple[int, ...]) -> Callable[[torch.device], l
     make = random_inputs(*shapes)
 
     def make_channels_last(device: torch.device) -> list[torch.Tensor]:
-        return [t.detach().contiguous(memory_format=torch.channels_last).requires_grad_(t.requires_grad)
-                if t.ndim == 4 else t for t in make(device)]
+        return [
+            t.detach().contiguous(memory_format=torch.channels_last).requires_grad_(t.requires_grad)
+            if t.ndim == 4
+            else t
+            for t in make(device)
+        ]
+
     return make_channels_last
 
 
@@ -86,22 +106,33 @@ def resample2d_case(op_name: str, shape: tuple[int, ...], channels_last: bool = 
     """upsample2d / downsample2d by 2 with StyleGAN's [1,3,3,1] filter."""
     op = {'upsample2d': upfirdn2d.upsample2d, 'downsample2d': upfirdn2d.downsample2d}[op_name]
     make = channels_last_inputs(shape) if channels_last else random_inputs(shape)
-    return Case(f"{op_name} [1,3,3,1] {list(shape)}{' channels_last' if channels_last else ''}", make, {
-        'ref': lambda x: op(x, upfirdn2d.setup_filter([1, 3, 3, 1], device=x.device), impl='ref'),
-        'cuda': lambda x: op(x, upfirdn2d.setup_filter([1, 3, 3, 1], device=x.device), impl='cuda'),
-    }, cuda_only=frozenset({'cuda'}))
+    return Case(
+        f'{op_name} [1,3,3,1] {list(shape)}{" channels_last" if channels_last else ""}',
+        make,
+        {
+            'ref': lambda x: op(x, upfirdn2d.setup_filter([1, 3, 3, 1], device=x.device), impl='ref'),
+            'cuda': lambda x: op(x, upfirdn2d.setup_filter([1, 3, 3, 1], device=x.device), impl='cuda'),
+        },
+        cuda_only=frozenset({'cuda'}),
+    )
 
 
-def conv2d_resample_case(batch: int, channels: int, resolution: int, up: int = 1, down: int = 1, kernel: int = 3,
-                         channels_last: bool = False) -> Case:
+def conv2d_resample_case(
+    batch: int, channels: int, resolution: int, up: int = 1, down: int = 1, kernel: int = 3, channels_last: bool = False
+) -> Case:
     """A StyleGAN2 synthesis (up) or discriminator (down) convolution with the [1,3,3,1] filter."""
     shapes = ((batch, channels, resolution, resolution), (channels, channels, kernel, kernel))
     make = channels_last_inputs(*shapes) if channels_last else random_inputs(*shapes)
-    return Case(f"conv2d_resample {kernel}x{kernel} up{up} down{down} {channels}->{channels} "
-                f"[{batch},{channels},{resolution},{resolution}]{' channels_last' if channels_last else ''}", make, {
-                    'auto': lambda x, w: conv2d_resample(x, w, upfirdn2d.setup_filter([1, 3, 3, 1], device=x.device),
-                                                         up=up, down=down, padding=kernel // 2),
-                })
+    return Case(
+        f'conv2d_resample {kernel}x{kernel} up{up} down{down} {channels}->{channels} '
+        f'[{batch},{channels},{resolution},{resolution}]{" channels_last" if channels_last else ""}',
+        make,
+        {
+            'auto': lambda x, w: conv2d_resample(
+                x, w, upfirdn2d.setup_filter([1, 3, 3, 1], device=x.device), up=up, down=down, padding=kernel // 2
+            ),
+        },
+    )
 
 
 CASES: list[Case] = [
@@ -110,8 +141,11 @@ CASES: list[Case] = [
     bias_act_case('linear', (4, 512)),
     bias_act_case('softplus', (65536, 64)),
     bias_act_case('swish', (4, 256, 32, 32)),
-    Case('fma [4,512,32,32] * [4,512,1,1] + [4,512,32,32]',
-         random_inputs((4, 512, 32, 32), (4, 512, 1, 1), (4, 512, 32, 32)), {'ref': fma}),
+    Case(
+        'fma [4,512,32,32] * [4,512,1,1] + [4,512,32,32]',
+        random_inputs((4, 512, 32, 32), (4, 512, 1, 1), (4, 512, 32, 32)),
+        {'ref': fma},
+    ),
     conv2d_case(4, 256, 32),
     conv_transpose2d_case(4, 256, 16),
     resample2d_case('upsample2d', (4, 256, 64, 64)),
@@ -128,8 +162,9 @@ CASES: list[Case] = [
 ]
 
 
-def time_variant(variant: Callable[..., torch.Tensor], inputs: list[torch.Tensor], repeats: int,
-                 device: torch.device) -> tuple[float, float]:
+def time_variant(
+    variant: Callable[..., torch.Tensor], inputs: list[torch.Tensor], repeats: int, device: torch.device
+) -> tuple[float, float]:
     """(forward ms, forward+backward ms) of one variant."""
     with torch.no_grad():
         output = variant(*inputs)
@@ -143,8 +178,9 @@ def time_variant(variant: Callable[..., torch.Tensor], inputs: list[torch.Tensor
     def forward_backward():
         torch.autograd.grad(variant(*inputs), trainable, upstream)
 
-    return tuple(time_calls(function, repeats, warmup=2, device=device).median * 1e3
-                 for function in (forward, forward_backward))
+    return tuple(
+        time_calls(function, repeats, warmup=2, device=device).median * 1e3 for function in (forward, forward_backward)
+    )
 
 
 def run(cases: list[Case], repeats: int) -> list[tuple[str, str, str, float, float]]:
@@ -176,7 +212,7 @@ def main() -> None:
     if torch.cuda.is_available():
         print(f'GPU: {torch.cuda.get_device_name()}; bias_act plugin built: {bias_act_module._plugin() is not None}')
     print(f'torch {torch.__version__}, CPU threads {torch.get_num_threads()}, median of {args.repeats} calls')
-    print(f"{'case':58s} {'dev':5s} {'variant':8s} {'fwd ms':>10s} {'fwd+bwd ms':>10s}")
+    print(f'{"case":58s} {"dev":5s} {"variant":8s} {"fwd ms":>10s} {"fwd+bwd ms":>10s}')
     run(cases, args.repeats)
 
 

@@ -69,19 +69,28 @@ def time_marcher(reps: int) -> dict:
         features, depth, _, acc = march(colors, densities, depths)
         torch.autograd.grad(features.sum() + depth.sum() + acc.sum(), (colors, densities))
 
-    return _best_ms({f'marcher fwd [1, {rays}, {samples}, {channels}]': forward,
-                          f'marcher fwd+bwd [1, {rays}, {samples}, {channels}]': forward_backward}, reps)
+    return _best_ms(
+        {
+            f'marcher fwd [1, {rays}, {samples}, {channels}]': forward,
+            f'marcher fwd+bwd [1, {rays}, {samples}, {channels}]': forward_backward,
+        },
+        reps,
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--points', type=int, default=400_000, help='sample points per plane (3 planes of [32, 3, 256, 256])')
+    parser.add_argument(
+        '--points', type=int, default=400_000, help='sample points per plane (3 planes of [32, 3, 256, 256])'
+    )
     parser.add_argument('--reps', type=int, default=3, help='timed repetitions; the best is reported')
     parser.add_argument('--threads', type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, {args.points} points, best of {args.reps}, '
-          f'load average {os.getloadavg()[0]:.2f} (other processes slow every figure down)')
+    print(
+        f'torch {torch.__version__}, {torch.get_num_threads()} threads, {args.points} points, best of {args.reps}, '
+        f'load average {os.getloadavg()[0]:.2f} (other processes slow every figure down)'
+    )
     results = {**time_trigrid(args.points, args.reps), **time_marcher(args.reps)}
     for name, milliseconds in results.items():
         print(f'{name:<50s} {milliseconds:9.1f} ms')

@@ -24,19 +24,38 @@ import torch
 from benchmarks.timing import time_calls
 from training.networks_stylegan2 import SynthesisNetwork
 
-CASES = [(channels, mode, precision) for channels in (3, 288) for precision in ('fp32', 'bf16')
-         for mode in ('forward', 'forward+backward')]
+CASES = [
+    (channels, mode, precision)
+    for channels in (3, 288)
+    for precision in ('fp32', 'bf16')
+    for mode in ('forward', 'forward+backward')
+]
 
 
-def run_case(img_channels: int, mode: str, precision: str, batch: int, reps: int, warmup: int, fused_modconv,
-             idle_timeout_s: float) -> dict:
+def run_case(
+    img_channels: int,
+    mode: str,
+    precision: str,
+    batch: int,
+    reps: int,
+    warmup: int,
+    fused_modconv,
+    idle_timeout_s: float,
+) -> dict:
     """Time one case in this process. Returns best and median milliseconds, idle starts and peak RSS in MiB."""
     torch.manual_seed(0)
-    net = SynthesisNetwork(w_dim=512, img_resolution=256, img_channels=img_channels, channel_base=32768,
-                           channel_max=512, num_fp16_res=0, fused_modconv_default='inference_only',
-                           cpu_bf16=(precision == 'bf16'))
+    net = SynthesisNetwork(
+        w_dim=512,
+        img_resolution=256,
+        img_channels=img_channels,
+        channel_base=32768,
+        channel_max=512,
+        num_fp16_res=0,
+        fused_modconv_default='inference_only',
+        cpu_bf16=(precision == 'bf16'),
+    )
     ws = torch.randn(batch, net.num_ws, 512)
-    training = (mode == 'forward+backward')
+    training = mode == 'forward+backward'
     net.train(training)
     for p in net.parameters():
         p.requires_grad_(training)
@@ -54,8 +73,12 @@ def run_case(img_channels: int, mode: str, precision: str, batch: int, reps: int
     # the allocator growing its heap), so warm up before timing.
     timing = time_calls(step, reps, warmup=warmup, idle_timeout_s=idle_timeout_s)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB.
-    return dict(best_ms=timing.best * 1000, median_ms=timing.median * 1000, idle_starts=timing.idle_starts,
-                peak_rss_mib=peak_mib)
+    return dict(
+        best_ms=timing.best * 1000,
+        median_ms=timing.median * 1000,
+        idle_starts=timing.idle_starts,
+        peak_rss_mib=peak_mib,
+    )
 
 
 def cpu_has_amx() -> bool:
@@ -73,8 +96,12 @@ def main() -> None:
     parser.add_argument('--warmup', type=int, default=4, help='untimed calls before the timed ones')
     parser.add_argument('--batch', type=int, default=1, help='batch size')
     parser.add_argument('--idle-timeout', type=float, default=60, help='seconds to wait for an idle machine per rep')
-    parser.add_argument('--fused', choices=['default', 'true', 'false'], default='default',
-                        help="fused_modconv for every block; 'default' = the network's 'inference_only'")
+    parser.add_argument(
+        '--fused',
+        choices=['default', 'true', 'false'],
+        default='default',
+        help="fused_modconv for every block; 'default' = the network's 'inference_only'",
+    )
     parser.add_argument('--case', help=argparse.SUPPRESS)  # Internal: run one case, print JSON.
     args = parser.parse_args()
     fused = {'default': None, 'true': True, 'false': False}[args.fused]
@@ -82,23 +109,48 @@ def main() -> None:
 
     if args.case is not None:
         channels, mode, precision = args.case.split(',')
-        print(json.dumps(run_case(int(channels), mode, precision, args.batch, args.reps, args.warmup, fused,
-                                  args.idle_timeout)))
+        print(
+            json.dumps(
+                run_case(int(channels), mode, precision, args.batch, args.reps, args.warmup, fused, args.idle_timeout)
+            )
+        )
         return
 
-    print(f'torch {torch.__version__}, {args.threads} threads, batch {args.batch}, 256 px, '
-          f'AMX {"yes" if cpu_has_amx() else "no"}, load average {os.getloadavg()[0]:.2f}')
-    print(f'{"channels":>8} {"mode":>17} {"precision":>9} {"best ms":>9} {"median ms":>10} {"idle":>5} '
-          f'{"peak RSS MiB":>13}')
+    print(
+        f'torch {torch.__version__}, {args.threads} threads, batch {args.batch}, 256 px, '
+        f'AMX {"yes" if cpu_has_amx() else "no"}, load average {os.getloadavg()[0]:.2f}'
+    )
+    print(
+        f'{"channels":>8} {"mode":>17} {"precision":>9} {"best ms":>9} {"median ms":>10} {"idle":>5} '
+        f'{"peak RSS MiB":>13}'
+    )
     for channels, mode, precision in CASES:
-        cmd = [sys.executable, '-m', 'benchmarks.stylegan2', '--threads', str(args.threads), '--reps',
-               str(args.reps), '--warmup', str(args.warmup), '--batch', str(args.batch), '--fused', args.fused,
-               '--idle-timeout', str(args.idle_timeout),
-               '--case', f'{channels},{mode},{precision}']
+        cmd = [
+            sys.executable,
+            '-m',
+            'benchmarks.stylegan2',
+            '--threads',
+            str(args.threads),
+            '--reps',
+            str(args.reps),
+            '--warmup',
+            str(args.warmup),
+            '--batch',
+            str(args.batch),
+            '--fused',
+            args.fused,
+            '--idle-timeout',
+            str(args.idle_timeout),
+            '--case',
+            f'{channels},{mode},{precision}',
+        ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
-        print(f'{channels:>8} {mode:>17} {precision:>9} {r["best_ms"]:>9.0f} {r["median_ms"]:>10.0f} '
-              f'{r["idle_starts"]:>2d}/{args.reps:<2d} {r["peak_rss_mib"]:>13.0f}', flush=True)
+        print(
+            f'{channels:>8} {mode:>17} {precision:>9} {r["best_ms"]:>9.0f} {r["median_ms"]:>10.0f} '
+            f'{r["idle_starts"]:>2d}/{args.reps:<2d} {r["peak_rss_mib"]:>13.0f}',
+            flush=True,
+        )
 
 
 if __name__ == '__main__':

@@ -17,10 +17,12 @@ def synchronize(device: torch.device) -> None:
 
 def cpu_busy_fraction(interval_s: float = 0.5) -> float:
     """Fraction of all CPUs' time spent busy over the next `interval_s` seconds (from /proc/stat)."""
+
     def read() -> tuple[int, int]:
         with open('/proc/stat') as f:
             values = [int(v) for v in f.readline().split()[1:]]
         return sum(values), values[3] + values[4]  # total, idle + iowait
+
     total0, idle0 = read()
     time.sleep(interval_s)
     total1, idle1 = read()
@@ -40,8 +42,8 @@ def wait_for_idle(timeout_s: float, threshold: float = 0.1) -> bool:
 
 @dataclasses.dataclass
 class Timing:
-    seconds: list        # wall-clock seconds of each timed call, ascending
-    idle_starts: int     # timed calls that started on an idle machine
+    seconds: list  # wall-clock seconds of each timed call, ascending
+    idle_starts: int  # timed calls that started on an idle machine
 
     @property
     def best(self) -> float:
@@ -52,8 +54,13 @@ class Timing:
         return self.seconds[len(self.seconds) // 2]
 
 
-def time_calls(function: Callable[[], object], reps: int, warmup: int = 1, device: torch.device = torch.device('cpu'),
-               idle_timeout_s: float = 0.0) -> Timing:
+def time_calls(
+    function: Callable[[], object],
+    reps: int,
+    warmup: int = 1,
+    device: torch.device = torch.device('cpu'),
+    idle_timeout_s: float = 0.0,
+) -> Timing:
     """Call `function` `warmup` times untimed (kernel generation, weight reorders, allocator growth), then time
     `reps` calls, each synchronized on CUDA; with idle_timeout_s > 0, each waits up to that long for an idle CPU."""
     for _ in range(warmup):

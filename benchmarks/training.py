@@ -37,9 +37,30 @@ def tree_rss(process: psutil.Process) -> int:
 
 def run_case(procs: int, args: argparse.Namespace, outdir: str) -> dict:
     """Train `args.kimg` kimg with `procs` processes -> sec/kimg per tick (first left out) and peak memory."""
-    command = [sys.executable, os.path.join(REPO, 'train.py'), '--cfg', args.cfg, '--gpus', str(procs),
-               '--device', 'cpu', '--kimg', str(args.kimg), '--tick', str(args.tick), '--snap', '0',
-               '--image-snap', '0', '--workers', str(args.workers), '--outdir', outdir, '--metrics', 'none']
+    command = [
+        sys.executable,
+        os.path.join(REPO, 'train.py'),
+        '--cfg',
+        args.cfg,
+        '--gpus',
+        str(procs),
+        '--device',
+        'cpu',
+        '--kimg',
+        str(args.kimg),
+        '--tick',
+        str(args.tick),
+        '--snap',
+        '0',
+        '--image-snap',
+        '0',
+        '--workers',
+        str(args.workers),
+        '--outdir',
+        outdir,
+        '--metrics',
+        'none',
+    ]
     if args.batch:
         command += ['--batch', str(args.batch)]
     log_path = os.path.join(outdir, f'procs{procs}.log')
@@ -60,10 +81,15 @@ def run_case(procs: int, args: argparse.Namespace, outdir: str) -> dict:
     timings = [tick['Timing/sec_per_kimg']['mean'] for tick in ticks[1:]]
     if not timings:
         raise RuntimeError(f'only {len(ticks)} tick(s): raise --kimg or lower --tick')
-    return dict(procs=procs, ticks=len(timings), sec_per_kimg=statistics.median(timings),
-                best_sec_per_kimg=min(timings), peak_rss_mib=peak / 2**20,
-                rank0_peak_rss_mib=ticks[-1]['Resources/peak_cpu_mem_gb']['mean'] * 1024,
-                wall_s=time.time() - start)
+    return dict(
+        procs=procs,
+        ticks=len(timings),
+        sec_per_kimg=statistics.median(timings),
+        best_sec_per_kimg=min(timings),
+        peak_rss_mib=peak / 2**20,
+        rank0_peak_rss_mib=ticks[-1]['Resources/peak_cpu_mem_gb']['mean'] * 1024,
+        wall_s=time.time() - start,
+    )
 
 
 def main():
@@ -72,7 +98,7 @@ def main():
     parser.add_argument('--procs', default='1,2', help='comma list of process counts')
     parser.add_argument('--kimg', type=float, default=0.128, help='length of each run (kimg)')
     parser.add_argument('--tick', type=float, default=0.032, help='kimg per tick (one timing sample)')
-    parser.add_argument('--batch', type=int, help='total batch (default: the preset\'s)')
+    parser.add_argument('--batch', type=int, help="total batch (default: the preset's)")
     parser.add_argument('--workers', type=int, default=1, help='data loader workers per process')
     parser.add_argument('--outdir', help='keep the runs here (default: a temporary directory)')
     args = parser.parse_args()
@@ -81,8 +107,10 @@ def main():
     sys.path.insert(0, REPO)
     from training.presets import load_preset
     from training.synthetic import ensure_synthetic_dataset
-    ensure_synthetic_dataset(root=os.path.join(REPO, 'datasets'),
-                             resolution=load_preset(args.cfg)['generator']['img_resolution'])
+
+    ensure_synthetic_dataset(
+        root=os.path.join(REPO, 'datasets'), resolution=load_preset(args.cfg)['generator']['img_resolution']
+    )
 
     with tempfile.TemporaryDirectory() as temp_dir:
         rows = []
@@ -92,11 +120,15 @@ def main():
             rows.append(run_case(procs, args, outdir))
             print(json.dumps(rows[-1]), flush=True)
     print(f'\n{args.cfg}, {os.cpu_count()} CPU cores, {args.kimg:g} kimg per run, ticks of {args.tick:g} kimg')
-    print('| processes | ticks timed | sec/kimg (median) | sec/kimg (best) | peak RSS, all processes (MiB) | rank 0 peak RSS (MiB) |')
+    print(
+        '| processes | ticks timed | sec/kimg (median) | sec/kimg (best) | peak RSS, all processes (MiB) | rank 0 peak RSS (MiB) |'
+    )
     print('|---:|---:|---:|---:|---:|---:|')
     for row in rows:
-        print(f'| {row["procs"]} | {row["ticks"]} | {row["sec_per_kimg"]:.0f} | {row["best_sec_per_kimg"]:.0f} | '
-              f'{row["peak_rss_mib"]:.0f} | {row["rank0_peak_rss_mib"]:.0f} |')
+        print(
+            f'| {row["procs"]} | {row["ticks"]} | {row["sec_per_kimg"]:.0f} | {row["best_sec_per_kimg"]:.0f} | '
+            f'{row["peak_rss_mib"]:.0f} | {row["rank0_peak_rss_mib"]:.0f} |'
+        )
 
 
 if __name__ == '__main__':

@@ -40,6 +40,7 @@ class EasyDict(dict):
 # ------------------------------------------------------------------------------------------------
 # Logging and formatting.
 
+
 class _TeeStream:
     """A text stream that writes to an original stream and to a shared log file."""
 
@@ -117,6 +118,7 @@ def format_time(seconds: int | float) -> str:
 # ------------------------------------------------------------------------------------------------
 # Command-line parsers.
 
+
 def parse_range(spec: str | int | list[int] | tuple[int, ...]) -> list[int]:
     """Parse a list of integers and inclusive ranges: '1,3-5,10' -> [1, 3, 4, 5, 10].
 
@@ -142,10 +144,14 @@ def parse_range(spec: str | int | list[int] | tuple[int, ...]) -> list[int]:
         elif span:
             start, stop = int(span.group(1)), int(span.group(2))
             if stop < start:
-                raise ValueError(f'parse_range: range "{token}" in "{spec}" ends before it starts; write it as "{stop}-{start}"')
+                raise ValueError(
+                    f'parse_range: range "{token}" in "{spec}" ends before it starts; write it as "{stop}-{start}"'
+                )
             values.extend(range(start, stop + 1))
         else:
-            raise ValueError(f'parse_range: cannot read "{token}" in "{spec}"; use integers and ranges such as "1,3-5,10"')
+            raise ValueError(
+                f'parse_range: cannot read "{token}" in "{spec}"; use integers and ranges such as "1,3-5,10"'
+            )
     return values
 
 
@@ -162,7 +168,9 @@ def parse_tuple(spec: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     try:
         return tuple(int(token) for token in tokens)
     except ValueError:
-        raise ValueError(f'parse_tuple: cannot read "{spec}"; write integers separated by "x" or ",", e.g. "4x2"') from None
+        raise ValueError(
+            f'parse_tuple: cannot read "{spec}"; write integers separated by "x" or ",", e.g. "4x2"'
+        ) from None
 
 
 def parse_vec2(spec: str | tuple[float, float] | list[float]) -> tuple[float, float]:
@@ -177,11 +185,14 @@ def parse_vec2(spec: str | tuple[float, float] | list[float]) -> tuple[float, fl
     try:
         return (float(tokens[0]), float(tokens[1]))
     except ValueError:
-        raise ValueError(f'parse_vec2: cannot read "{spec}"; write two numbers separated by a comma, e.g. "0,1"') from None
+        raise ValueError(
+            f'parse_vec2: cannot read "{spec}"; write two numbers separated by a comma, e.g. "0,1"'
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------------
 # Run directories.
+
 
 def next_run_dir(outdir: str, desc: str) -> str:
     """Return the path of the next numbered run directory: `{outdir}/{id:05d}-{desc}`.
@@ -203,6 +214,7 @@ def next_run_dir(outdir: str, desc: str) -> str:
 
 # ------------------------------------------------------------------------------------------------
 # Opening files and URLs.
+
 
 def make_cache_dir_path(*paths: str) -> str:
     """Path inside the download cache: `$DNNLIB_CACHE_DIR`, else `~/.cache/dnnlib`."""
@@ -246,8 +258,14 @@ def _download(url: str, num_attempts: int, verbose: bool) -> bytes:
     raise last_error
 
 
-def open_url(url_or_path: str, cache_dir: str | None = None, num_attempts: int = 3, verbose: bool = True,
-             return_filename: bool = False, cache: bool = True) -> BinaryIO | str:
+def open_url(
+    url_or_path: str,
+    cache_dir: str | None = None,
+    num_attempts: int = 3,
+    verbose: bool = True,
+    return_filename: bool = False,
+    cache: bool = True,
+) -> BinaryIO | str:
     """Open a local path, a file:// URL or an http(s) URL for binary reading.
 
     http(s) URLs are downloaded once into `cache_dir` (default: `make_cache_dir_path('downloads')`)
@@ -259,7 +277,9 @@ def open_url(url_or_path: str, cache_dir: str | None = None, num_attempts: int =
 
     if not _is_url(url_or_path):
         if not os.path.isfile(url_or_path):
-            raise FileNotFoundError(f'open_url: no file at "{url_or_path}"; check the path or pass an http(s) or file:// URL')
+            raise FileNotFoundError(
+                f'open_url: no file at "{url_or_path}"; check the path or pass an http(s) or file:// URL'
+            )
         return url_or_path if return_filename else open(url_or_path, 'rb')
 
     scheme = urllib.parse.urlparse(url_or_path).scheme.lower()
@@ -269,9 +289,13 @@ def open_url(url_or_path: str, cache_dir: str | None = None, num_attempts: int =
             raise FileNotFoundError(f'open_url: no file at "{local_path}" (from "{url_or_path}"); check the path')
         return local_path if return_filename else open(local_path, 'rb')
     if scheme not in ('http', 'https'):
-        raise ValueError(f'open_url: unsupported URL scheme "{scheme}" in "{url_or_path}"; use a local path, file://, http:// or https://')
+        raise ValueError(
+            f'open_url: unsupported URL scheme "{scheme}" in "{url_or_path}"; use a local path, file://, http:// or https://'
+        )
     if return_filename and not cache:
-        raise ValueError('open_url: return_filename=True needs cache=True for http(s) URLs, since the download must land in a file')
+        raise ValueError(
+            'open_url: return_filename=True needs cache=True for http(s) URLs, since the download must land in a file'
+        )
 
     cache_path = url_cache_path(url_or_path, cache_dir)
     if cache and os.path.isfile(cache_path):
@@ -281,8 +305,10 @@ def open_url(url_or_path: str, cache_dir: str | None = None, num_attempts: int =
         data = _download(url_or_path, num_attempts, verbose)
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, 'reason', error)
-        raise OSError(f'open_url: could not download "{url_or_path}" ({reason}); without network, place the file at '
-                      f'"{cache_path}" or pass a local path instead') from None
+        raise OSError(
+            f'open_url: could not download "{url_or_path}" ({reason}); without network, place the file at '
+            f'"{cache_path}" or pass a local path instead'
+        ) from None
 
     if not cache:
         return io.BytesIO(data)

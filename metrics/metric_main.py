@@ -16,8 +16,9 @@ from metrics.names import POSE_ERR, parse_metric
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
 
 
-def calc_metric(name: str, opts: metric_utils.MetricOptions, num_gen: int | None = None,
-                max_real: int | None | str = 'default') -> dnnlib.EasyDict:
+def calc_metric(
+    name: str, opts: metric_utils.MetricOptions, num_gen: int | None = None, max_real: int | None | str = 'default'
+) -> dnnlib.EasyDict:
     """Compute one metric -> {results: {...}, metric, total_time, total_time_str, num_gpus, detector, ...}.
 
     num_gen / max_real override the counts that the name implies (for quick checks); every rank
@@ -40,11 +41,19 @@ def calc_metric(name: str, opts: metric_utils.MetricOptions, num_gen: int | None
         results = {name: value}
         detector = opts.feature_detector().name
     total_time = time.time() - start
-    return dnnlib.EasyDict(results=dnnlib.EasyDict(results), metric=name, total_time=total_time,
-                           total_time_str=dnnlib.util.format_time(total_time), num_gpus=opts.num_gpus,
-                           num_gen=num_gen, max_real=max_real, detector=detector,
-                           metric_pose_sample_mode=opts.metric_pose_sample_mode, identical_c_p=opts.identical_c_p,
-                           timestamp=time.time())
+    return dnnlib.EasyDict(
+        results=dnnlib.EasyDict(results),
+        metric=name,
+        total_time=total_time,
+        total_time_str=dnnlib.util.format_time(total_time),
+        num_gpus=opts.num_gpus,
+        num_gen=num_gen,
+        max_real=max_real,
+        detector=detector,
+        metric_pose_sample_mode=opts.metric_pose_sample_mode,
+        identical_c_p=opts.identical_c_p,
+        timestamp=time.time(),
+    )
 
 
 def report_metric(result: dnnlib.EasyDict, run_dir: str | None, snapshot_pkl: str | None) -> str:
@@ -52,8 +61,9 @@ def report_metric(result: dnnlib.EasyDict, run_dir: str | None, snapshot_pkl: st
 
     Without run_dir nothing is written; the line is returned for printing.
     """
-    line = json.dumps(dict(result, snapshot_pkl=os.path.basename(snapshot_pkl) if snapshot_pkl else None),
-                      default=_json_default)
+    line = json.dumps(
+        dict(result, snapshot_pkl=os.path.basename(snapshot_pkl) if snapshot_pkl else None), default=_json_default
+    )
     if run_dir is not None:
         with open(os.path.join(run_dir, f'metric-{result.metric}.jsonl'), 'a') as f:
             f.write(line + '\n')
@@ -70,5 +80,10 @@ def format_results(result: dnnlib.EasyDict) -> str:
     """A result as aligned 'name  value' lines for the console."""
     width = max(len(key) for key in result.results)
     lines = [f'{key:<{width}}  {value:.4f}' for key, value in result.results.items()]
-    return '\n'.join(lines + [f'({result.metric}: {result.total_time_str}, {result.num_gpus} process(es)'
-                              + (f', detector {result.detector})' if result.detector else ')')])
+    return '\n'.join(
+        lines
+        + [
+            f'({result.metric}: {result.total_time_str}, {result.num_gpus} process(es)'
+            + (f', detector {result.detector})' if result.detector else ')')
+        ]
+    )

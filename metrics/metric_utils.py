@@ -33,31 +33,35 @@ REAL_SUBSET_SEED = 0
 class MetricOptions:
     """Everything a metric needs: networks, data, pose sampling, detector and the process layout."""
 
-    G: torch.nn.Module                          # the generator to evaluate (G_ema)
-    dataset_kwargs: dict                        # PortraitDataset arguments: path, seg_path, resolution
-    D: torch.nn.Module | None = None            # predicts poses for D_predict and pose_err
-    pose_predict_kwargs: dict | None = None     # blur_sigma, neural_rendering_resolution (docs/method.md §9.6)
+    G: torch.nn.Module  # the generator to evaluate (G_ema)
+    dataset_kwargs: dict  # PortraitDataset arguments: path, seg_path, resolution
+    D: torch.nn.Module | None = None  # predicts poses for D_predict and pose_err
+    pose_predict_kwargs: dict | None = None  # blur_sigma, neural_rendering_resolution (docs/method.md §9.6)
     metric_pose_sample_mode: str = 'G_predict'  # pose of the fakes: G's pose branch, or D on a real image
-    identical_c_p: bool = False                 # condition on the rendering camera and pose (else an independent draw)
-    detector: str = DEFAULT_DETECTOR            # feature detector file (metrics.detector)
-    trust_pickle: bool = False                  # unpickle a .pkl detector by running its code
-    num_gpus: int = 1                           # processes taking part (torch.distributed when > 1)
+    identical_c_p: bool = False  # condition on the rendering camera and pose (else an independent draw)
+    detector: str = DEFAULT_DETECTOR  # feature detector file (metrics.detector)
+    trust_pickle: bool = False  # unpickle a .pkl detector by running its code
+    num_gpus: int = 1  # processes taking part (torch.distributed when > 1)
     rank: int = 0
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device('cpu'))
-    batch_size: int = 8                         # images per generator / detector call
-    seed: int = 0                               # seeds the fake draws
-    cache: bool = True                          # reuse real-image features from the cache directory
-    progress: bool = False                      # progress bars on rank 0
+    batch_size: int = 8  # images per generator / detector call
+    seed: int = 0  # seeds the fake draws
+    cache: bool = True  # reuse real-image features from the cache directory
+    progress: bool = False  # progress bars on rank 0
     memo: dict = dataclasses.field(default_factory=dict, repr=False)  # shared by the metrics of one call
 
     def __post_init__(self):
         self.device = torch.device(self.device)
         if self.metric_pose_sample_mode not in METRIC_POSE_SAMPLE_MODES:
-            raise ValueError(f'metric_pose_sample_mode {self.metric_pose_sample_mode!r}: expected one of '
-                             f'{", ".join(METRIC_POSE_SAMPLE_MODES)}')
+            raise ValueError(
+                f'metric_pose_sample_mode {self.metric_pose_sample_mode!r}: expected one of '
+                f'{", ".join(METRIC_POSE_SAMPLE_MODES)}'
+            )
         if self.metric_pose_sample_mode == 'D_predict' and (self.D is None or self.pose_predict_kwargs is None):
-            raise ValueError('metric_pose_sample_mode D_predict needs the discriminator and its pose-prediction '
-                             'settings (pose_predict_kwargs-*.json)')
+            raise ValueError(
+                'metric_pose_sample_mode D_predict needs the discriminator and its pose-prediction '
+                'settings (pose_predict_kwargs-*.json)'
+            )
 
     @property
     def rendering_resolution(self) -> int | None:
@@ -69,7 +73,9 @@ class MetricOptions:
     def dataset(self) -> PortraitDataset:
         """The mirrored data set at the generator's resolution (docs/method.md §12.1)."""
         if 'dataset' not in self.memo:
-            kwargs = {key: value for key, value in self.dataset_kwargs.items() if key in ('path', 'seg_path', 'max_size')}
+            kwargs = {
+                key: value for key, value in self.dataset_kwargs.items() if key in ('path', 'seg_path', 'max_size')
+            }
             self.memo['dataset'] = PortraitDataset(**kwargs, resolution=self.G.img_resolution, xflip=True)
         return self.memo['dataset']
 
@@ -81,6 +87,7 @@ class MetricOptions:
 
 # ------------------------------------------------------------------------------------------------
 # Processes and batches.
+
 
 def rank_batches(num_items: int, opts: MetricOptions) -> list:
     """The batch indices of this rank: b = rank, rank + num_gpus, ... over ceil(num_items / batch_size) batches."""
@@ -98,7 +105,7 @@ def gather_batches(results: dict, num_items: int, width: int, opts: MetricOption
     num_batches = -(-num_items // opts.batch_size)
     table = torch.zeros(num_batches, opts.batch_size, width, dtype=torch.float32)
     for index, rows in results.items():
-        table[index, :len(rows)] = rows.float().cpu()
+        table[index, : len(rows)] = rows.float().cpu()
     if opts.num_gpus > 1:
         table = table.to(opts.device)
         torch.distributed.all_reduce(table)
@@ -111,6 +118,7 @@ def progress_bar(batches: list, opts: MetricOptions, desc: str):
 
 # ------------------------------------------------------------------------------------------------
 # Real images.
+
 
 def real_subset(dataset: PortraitDataset, max_items: int | None) -> np.ndarray:
     """Item indices of the real images a metric uses: all of them, or a fixed random subset of max_items -> int64 [N]."""
@@ -141,9 +149,16 @@ def _source_identity(path: str) -> list:
 def real_features_cache_path(opts: MetricOptions, max_items: int | None) -> str:
     """Cache file of the real features: named by the data set and a hash of its content, the subset and the detector."""
     dataset = opts.dataset()
-    key = dict(images=_source_identity(opts.dataset_kwargs['path']), masks=_source_identity(opts.dataset_kwargs['seg_path']),
-               max_size=opts.dataset_kwargs.get('max_size'), resolution=dataset.resolution, xflip=True,
-               max_items=max_items, subset_seed=REAL_SUBSET_SEED, detector=opts.feature_detector().name)
+    key = dict(
+        images=_source_identity(opts.dataset_kwargs['path']),
+        masks=_source_identity(opts.dataset_kwargs['seg_path']),
+        max_size=opts.dataset_kwargs.get('max_size'),
+        resolution=dataset.resolution,
+        xflip=True,
+        max_items=max_items,
+        subset_seed=REAL_SUBSET_SEED,
+        detector=opts.feature_detector().name,
+    )
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return dnnlib.util.make_cache_dir_path('gan-metrics', f'{dataset.name}-{max_items or "all"}-{digest}.npy')
 
@@ -166,7 +181,7 @@ def real_features(opts: MetricOptions, max_items: int | None) -> np.ndarray:
         indices = real_subset(dataset, max_items)
         results = {}
         for batch in progress_bar(rank_batches(len(indices), opts), opts, 'real features'):
-            images, *_ = load_real_batch(dataset, indices[batch * opts.batch_size:(batch + 1) * opts.batch_size])
+            images, *_ = load_real_batch(dataset, indices[batch * opts.batch_size : (batch + 1) * opts.batch_size])
             results[batch] = detector(images)
         features = gather_batches(results, len(indices), FEATURE_DIM, opts)
         if cache_path is not None and opts.rank == 0:
@@ -177,6 +192,7 @@ def real_features(opts: MetricOptions, max_items: int | None) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------
 # Fakes.
+
 
 def _batch_seeds(opts: MetricOptions, batch: int, stream: int) -> int:
     """A seed for one batch and purpose, independent of the process layout."""
@@ -210,7 +226,7 @@ def generate_batch(opts: MetricOptions, batch: int) -> dict:
     rendering camera and pose, otherwise on the camera and pose of an independent draw.
     """
     G, dataset, size = opts.G, opts.dataset(), opts.batch_size
-    rng = np.random.RandomState(_batch_seeds(opts, batch, 0) % 2 ** 32)
+    rng = np.random.RandomState(_batch_seeds(opts, batch, 0) % 2**32)
     indices, condition_indices = rng.randint(len(dataset), size=size), rng.randint(len(dataset), size=size)
     z = torch.from_numpy(rng.standard_normal([size, G.z_dim]).astype(np.float32)).to(opts.device)
     c, pose = sample_poses(opts, z, indices)
@@ -218,11 +234,18 @@ def generate_batch(opts: MetricOptions, batch: int) -> dict:
     torch.manual_seed(_batch_seeds(opts, batch, 1))  # the backbone's random noise maps
     generator = torch.Generator(opts.device).manual_seed(_batch_seeds(opts, batch, 2))
     ws = G.mapping(z, c_cond, pose_cond)
-    out = G.synthesis(ws, c, neural_rendering_resolution=opts.rendering_resolution, pose_params=pose,
-                      noise_mode='random', generator=generator)
+    out = G.synthesis(
+        ws,
+        c,
+        neural_rendering_resolution=opts.rendering_resolution,
+        pose_params=pose,
+        noise_mode='random',
+        generator=generator,
+    )
     images = torch.from_numpy(to_uint8(out['image'])).permute(0, 3, 1, 2)
-    return dict(z=z, c=c, pose=pose, images=images, image=out['image'], image_raw=out['image_raw'],
-                image_mask=out['image_mask'])
+    return dict(
+        z=z, c=c, pose=pose, images=images, image=out['image'], image_raw=out['image_raw'], image_mask=out['image_mask']
+    )
 
 
 def fake_features(opts: MetricOptions, num_items: int) -> np.ndarray:

@@ -19,11 +19,17 @@ POSE_WIDTH = 12  # predicted [6] and target [6] poses, side by side
 
 def _errors(prefix: str, predicted: np.ndarray, target: np.ndarray) -> dict:
     """predicted, target [N, 6] -> {prefix_neck_mean: ..., prefix_head_median: ...} in degrees, and the mean-pose baseline."""
-    errors = {f'{prefix}_{key}': value for key, value in
-              pose_errors(torch.from_numpy(predicted), torch.from_numpy(target)).items()}
+    errors = {
+        f'{prefix}_{key}': value
+        for key, value in pose_errors(torch.from_numpy(predicted), torch.from_numpy(target)).items()
+    }
     constant = np.broadcast_to(target.mean(axis=0, keepdims=True), target.shape).copy()
-    errors.update({f'{prefix}_mean_pose_{key}': value for key, value in
-                   pose_errors(torch.from_numpy(constant), torch.from_numpy(target)).items()})
+    errors.update(
+        {
+            f'{prefix}_mean_pose_{key}': value
+            for key, value in pose_errors(torch.from_numpy(constant), torch.from_numpy(target)).items()
+        }
+    )
     return errors
 
 
@@ -34,11 +40,16 @@ def real_pose_pairs(opts: metric_utils.MetricOptions, max_items: int | None) -> 
     indices = metric_utils.real_subset(dataset, max_items)
     results = {}
     for batch in metric_utils.progress_bar(metric_utils.rank_batches(len(indices), opts), opts, 'real poses'):
-        chunk = indices[batch * opts.batch_size:(batch + 1) * opts.batch_size]
+        chunk = indices[batch * opts.batch_size : (batch + 1) * opts.batch_size]
         images, masks, cameras, poses = metric_utils.load_real_batch(dataset, chunk)
-        predicted = predict_real_poses(opts.D, image_from_uint8(images, opts.device), mask_from_uint8(masks, opts.device),
-                                       cameras.to(opts.device),
-                                       opts.pose_predict_kwargs, batch=opts.batch_size)
+        predicted = predict_real_poses(
+            opts.D,
+            image_from_uint8(images, opts.device),
+            mask_from_uint8(masks, opts.device),
+            cameras.to(opts.device),
+            opts.pose_predict_kwargs,
+            batch=opts.batch_size,
+        )
         results[batch] = torch.cat([predicted.cpu(), poses], dim=1)
     table = metric_utils.gather_batches(results, len(indices), POSE_WIDTH, opts)
     return table[:, :6], table[:, 6:]
@@ -63,7 +74,9 @@ def fake_pose_pairs(opts: metric_utils.MetricOptions, num_items: int) -> tuple:
 def compute_pose_err(opts: metric_utils.MetricOptions, max_real: int | None, num_gen: int) -> dict:
     """-> {'real_neck_mean', ..., 'real_mean_pose_head_median', 'fake_neck_mean', ..., 'fake_mean_pose_...'} degrees."""
     if opts.D is None or opts.pose_predict_kwargs is None:
-        raise ValueError('pose_err needs the discriminator and its pose-prediction settings (pose_predict_kwargs-*.json)')
+        raise ValueError(
+            'pose_err needs the discriminator and its pose-prediction settings (pose_predict_kwargs-*.json)'
+        )
     results = _errors('real', *real_pose_pairs(opts, max_real))
     results.update(_errors('fake', *fake_pose_pairs(opts, num_gen)))
     return results

@@ -19,6 +19,8 @@ def cuda_available() -> bool:
 
 def requires_cuda(test):
     """Marks a test `cuda` (`pytest -m cuda` selects them all) and skips it where no CUDA device is visible."""
-    skip = pytest.mark.skipif(not torch.cuda.is_available(),
-                              reason='no CUDA device on this machine: CUDA kernels are checked against the reference path only where a GPU is present')
+    skip = pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason='no CUDA device on this machine: CUDA kernels are checked against the reference path only where a GPU is present',
+    )
     return pytest.mark.cuda(skip(test))

@@ -14,5 +14,6 @@ def build_host_kernel(tmp_path_factory, name: str, source: str, header: str):
         f.write(source)
     with warnings.catch_warnings():
         warnings.simplefilter('error', custom_ops.PluginUnavailableWarning)
-        return custom_ops.get_plugin(f'{name}_kernel', [source_path], headers=[header],
-                                     extra_cflags=['-O1', '-std=c++17'])
+        return custom_ops.get_plugin(
+            f'{name}_kernel', [source_path], headers=[header], extra_cflags=['-O1', '-std=c++17']
+        )

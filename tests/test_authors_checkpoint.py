@@ -32,48 +32,134 @@ from training.run_files import pose_predict_kwargs_for
 from training.triplane import TriPlaneGenerator
 
 S = 128  # output resolution: the smallest of the published super-resolution heads (2X, from 64 px)
-R = 16   # neural rendering resolution stored in the generator
+R = 16  # neural rendering resolution stored in the generator
 
 RENDERING = dict(
-    image_resolution=S, disparity_space_sampling=False, clamp_mode='softplus',
-    superresolution_module='training.superresolution.SuperresolutionHybrid2X', c_gen_conditioning_zero=False,
-    gpc_reg_prob=0.7, decoder_activation='none', use_torgb_raw=True, use_background=True, triplane_depth=2,
-    c_scale=1, superresolution_noise_mode='none', density_reg=0.0, density_reg_p_dist=0.004, reg_type='l1',
-    decoder_lr_mul=1, sr_antialias=True, depth_resolution=4, depth_resolution_importance=4, ray_start=2.25,
-    ray_end=3.3, box_warp=1)
+    image_resolution=S,
+    disparity_space_sampling=False,
+    clamp_mode='softplus',
+    superresolution_module='training.superresolution.SuperresolutionHybrid2X',
+    c_gen_conditioning_zero=False,
+    gpc_reg_prob=0.7,
+    decoder_activation='none',
+    use_torgb_raw=True,
+    use_background=True,
+    triplane_depth=2,
+    c_scale=1,
+    superresolution_noise_mode='none',
+    density_reg=0.0,
+    density_reg_p_dist=0.004,
+    reg_type='l1',
+    decoder_lr_mul=1,
+    sr_antialias=True,
+    depth_resolution=4,
+    depth_resolution_importance=4,
+    ray_start=2.25,
+    ray_end=3.3,
+    box_warp=1,
+)
 # The published generator's constructor arguments, as its training script passes them.
 PUBLISHED_G_KWARGS = dict(
-    z_dim=16, w_dim=16, mapping_kwargs=dict(num_layers=2), channel_base=256, channel_max=16, batch_size=2,
-    fused_modconv_default='inference_only', rendering_kwargs=RENDERING, num_fp16_res=0, conv_clamp=None,
-    sr_num_fp16_res=0, sr_kwargs=dict(channel_base=256, channel_max=16, fused_modconv_default='inference_only'),
-    thickness=0.25, explicitly_symmetry=True, c_dim=25, img_resolution=S, img_channels=3)
+    z_dim=16,
+    w_dim=16,
+    mapping_kwargs=dict(num_layers=2),
+    channel_base=256,
+    channel_max=16,
+    batch_size=2,
+    fused_modconv_default='inference_only',
+    rendering_kwargs=RENDERING,
+    num_fp16_res=0,
+    conv_clamp=None,
+    sr_num_fp16_res=0,
+    sr_kwargs=dict(channel_base=256, channel_max=16, fused_modconv_default='inference_only'),
+    thickness=0.25,
+    explicitly_symmetry=True,
+    c_dim=25,
+    img_resolution=S,
+    img_channels=3,
+)
 # This project's equivalent generator; tri-grid size and channels and decoder width are fixed in
 # the published source (256, 32, 64 there), so a converter reads them off the tensors.
 OWN_G_KWARGS = dict(
-    z_dim=16, w_dim=16, c_dim=25, pose_dim=6, c_scale=1.0, map_depth=2, img_resolution=S, img_channels=3,
-    triplane_resolution=64, triplane_channels=8, triplane_depth=2, channel_base=256, channel_max=16,
-    num_fp16_res=0, conv_clamp=None, decoder_hidden=16, decoder_activation='none', decoder_lr_mul=1.0,
-    use_background=True, background_channel_base=128, use_torgb_raw=True, sr_module='hybrid2x',
-    sr_input_resolution=64, sr_channel_base=256, sr_channel_max=16, sr_num_fp16_res=0, sr_antialias=True,
-    sr_noise_mode='none', neural_rendering_resolution=R, ray_start=2.25, ray_end=3.3, depth_resolution=4,
-    depth_resolution_importance=4, box_warp=1.0, body_model='smpl', thickness=0.25)
+    z_dim=16,
+    w_dim=16,
+    c_dim=25,
+    pose_dim=6,
+    c_scale=1.0,
+    map_depth=2,
+    img_resolution=S,
+    img_channels=3,
+    triplane_resolution=64,
+    triplane_channels=8,
+    triplane_depth=2,
+    channel_base=256,
+    channel_max=16,
+    num_fp16_res=0,
+    conv_clamp=None,
+    decoder_hidden=16,
+    decoder_activation='none',
+    decoder_lr_mul=1.0,
+    use_background=True,
+    background_channel_base=128,
+    use_torgb_raw=True,
+    sr_module='hybrid2x',
+    sr_input_resolution=64,
+    sr_channel_base=256,
+    sr_channel_max=16,
+    sr_num_fp16_res=0,
+    sr_antialias=True,
+    sr_noise_mode='none',
+    neural_rendering_resolution=R,
+    ray_start=2.25,
+    ray_end=3.3,
+    depth_resolution=4,
+    depth_resolution_importance=4,
+    box_warp=1.0,
+    body_model='smpl',
+    thickness=0.25,
+)
 OWN_D_KWARGS = dict(
-    c_dim=25, pose_dim=6, img_resolution=S, img_channels=3, seg_channels=1, channel_base=256, channel_max=16,
-    num_fp16_res=2, conv_clamp=256, cmap_dim=16, mbstd_group_size=2, mbstd_num_channels=1, mapping_layers=2,
-    pose_hidden=[16, 8], disc_c_noise=0.0)
+    c_dim=25,
+    pose_dim=6,
+    img_resolution=S,
+    img_channels=3,
+    seg_channels=1,
+    channel_base=256,
+    channel_max=16,
+    num_fp16_res=2,
+    conv_clamp=256,
+    cmap_dim=16,
+    mbstd_group_size=2,
+    mbstd_num_channels=1,
+    mapping_layers=2,
+    pose_hidden=[16, 8],
+    disc_c_noise=0.0,
+)
 
 # The published names of this project's tensors (the table of the checkpoint notes).
-G_PREFIXES = (('mapping_network.', 'backbone.mapping.'), ('backbone.', 'backbone.synthesis.'),
-              ('background.', 'bcg_synthesis.'), ('decoder.hidden.', 'decoder.net.0.'),
-              ('decoder.out.', 'decoder.net.2.'))
-BUFFERS = ('w_avg', 'resample_filter', 'noise_const', 'shaped_smpl', 'align_points', 'face_mask', 'head_face_mask',
-           'smpl_joint_regressor')
+G_PREFIXES = (
+    ('mapping_network.', 'backbone.mapping.'),
+    ('backbone.', 'backbone.synthesis.'),
+    ('background.', 'bcg_synthesis.'),
+    ('decoder.hidden.', 'decoder.net.0.'),
+    ('decoder.out.', 'decoder.net.2.'),
+)
+BUFFERS = (
+    'w_avg',
+    'resample_filter',
+    'noise_const',
+    'shaped_smpl',
+    'align_points',
+    'face_mask',
+    'head_face_mask',
+    'smpl_joint_regressor',
+)
 
 
 def published_generator_name(key: str) -> str:
     for own, published in G_PREFIXES:
         if key.startswith(own):
-            return published + key[len(own):]
+            return published + key[len(own) :]
     return re.sub(r'^pose_branch\.mlp\.fc(\d+)\.', r'pose_branch.net.\1.', key)
 
 
@@ -83,6 +169,7 @@ def published_discriminator_name(key: str) -> str:
 
 # ------------------------------------------------------------------------------------------------
 # Writing files in the published format.
+
 
 def _source(marker: str) -> str:
     """Embedded module source that, if it ever ran, would leave a marker file."""
@@ -131,12 +218,17 @@ def _tree(tensors: dict, kinds: dict, attributes: dict, source: str, register, p
     prefix = f'{path}.' if path else ''
     children = set()
     for key in list(tensors) + list(kinds) + list(attributes):
-        if key.startswith(prefix) and key != path and not (key in tensors and '.' not in key[len(prefix):]):
-            children.add(key[len(prefix):].split('.')[0])
-    state = {'training': False, '_parameters': collections.OrderedDict(), '_buffers': collections.OrderedDict(),
-             '_modules': collections.OrderedDict(), '_non_persistent_buffers_set': set()}
+        if key.startswith(prefix) and key != path and not (key in tensors and '.' not in key[len(prefix) :]):
+            children.add(key[len(prefix) :].split('.')[0])
+    state = {
+        'training': False,
+        '_parameters': collections.OrderedDict(),
+        '_buffers': collections.OrderedDict(),
+        '_modules': collections.OrderedDict(),
+        '_non_persistent_buffers_set': set(),
+    }
     for key, tensor in tensors.items():
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         if key.startswith(prefix) and '.' not in name:
             if name in BUFFERS:
                 state['_buffers'][name] = tensor.detach().clone()
@@ -160,11 +252,15 @@ def _tree(tensors: dict, kinds: dict, attributes: dict, source: str, register, p
 
 def _generator_tree(tensors: dict, source: str, register, init_args=(), init_kwargs=None):
     kinds = {
-        '': ('record', 'TriPlaneGenerator'), 'backbone': ('record', 'Generator'),
-        'backbone.mapping': ('record', 'MappingNetwork'), 'backbone.synthesis': ('record', 'SynthesisNetwork'),
-        'bcg_synthesis': ('record', 'SynthesisNetwork'), 'superresolution': ('record', 'SuperresolutionHybrid2X'),
+        '': ('record', 'TriPlaneGenerator'),
+        'backbone': ('record', 'Generator'),
+        'backbone.mapping': ('record', 'MappingNetwork'),
+        'backbone.synthesis': ('record', 'SynthesisNetwork'),
+        'bcg_synthesis': ('record', 'SynthesisNetwork'),
+        'superresolution': ('record', 'SuperresolutionHybrid2X'),
         'torgb': ('record', 'ToRGBLayer'),
-        'decoder': ('reference', 'training.smpl_triplane.OSGDecoder'), 'decoder.net': ('torch', torch.nn.Sequential),
+        'decoder': ('reference', 'training.smpl_triplane.OSGDecoder'),
+        'decoder.net': ('torch', torch.nn.Sequential),
         'decoder.net.1': ('torch', torch.nn.Softplus),
         'pose_branch': ('reference', 'training.smpl_triplane.GPoseBranch'),
         'pose_branch.net': ('torch', torch.nn.Sequential),
@@ -174,20 +270,46 @@ def _generator_tree(tensors: dict, source: str, register, init_args=(), init_kwa
         'ray_sampler': ('reference', 'training.volumetric_rendering.ray_sampler.RaySampler'),
     }
     kwargs = dict(PUBLISHED_G_KWARGS) if init_kwargs is None else init_kwargs
-    attributes = {'': dict(_init_args=tuple(init_args), _init_kwargs=kwargs, neural_rendering_resolution=R,
-                           rendering_kwargs=RENDERING, z_dim=16, c_dim=25, w_dim=16, img_resolution=S, img_channels=3,
-                           batch_size=2, explicitly_symmetry=True, _last_planes=None, avg_c=torch.zeros(1, 25)),
-                  'ray_sampler': {}}
+    attributes = {
+        '': dict(
+            _init_args=tuple(init_args),
+            _init_kwargs=kwargs,
+            neural_rendering_resolution=R,
+            rendering_kwargs=RENDERING,
+            z_dim=16,
+            c_dim=25,
+            w_dim=16,
+            img_resolution=S,
+            img_channels=3,
+            batch_size=2,
+            explicitly_symmetry=True,
+            _last_planes=None,
+            avg_c=torch.zeros(1, 25),
+        ),
+        'ray_sampler': {},
+    }
     return _tree(tensors, kinds, attributes, source, register)
 
 
 def _discriminator_tree(tensors: dict, D: PoseAwareDualDiscriminator, source: str, register):
-    kinds = {'': ('reference', authors_checkpoint.DISCRIMINATOR_PATH),
-             'pose_branch': ('reference', 'training.dual_discriminator.DPoseBranch'),
-             'pose_branch.net': ('torch', torch.nn.Sequential), 'b4.mbstd': ('record', 'MinibatchStdLayer')}
-    attributes = {'': dict(camera_param_dim=25, c_dim=31, img_resolution=S, img_channels=7, disc_c_noise=0,
-                           explicitly_symmetry=True, block_resolutions=D.block_resolutions),
-                  'b4.mbstd': dict(group_size=D.b4.mbstd.group_size, num_channels=D.b4.mbstd.num_channels)}
+    kinds = {
+        '': ('reference', authors_checkpoint.DISCRIMINATOR_PATH),
+        'pose_branch': ('reference', 'training.dual_discriminator.DPoseBranch'),
+        'pose_branch.net': ('torch', torch.nn.Sequential),
+        'b4.mbstd': ('record', 'MinibatchStdLayer'),
+    }
+    attributes = {
+        '': dict(
+            camera_param_dim=25,
+            c_dim=31,
+            img_resolution=S,
+            img_channels=7,
+            disc_c_noise=0,
+            explicitly_symmetry=True,
+            block_resolutions=D.block_resolutions,
+        ),
+        'b4.mbstd': dict(group_size=D.b4.mbstd.group_size, num_channels=D.b4.mbstd.num_channels),
+    }
     for res in D.block_resolutions:
         block = getattr(D, f'b{res}')
         attributes[f'b{res}'] = dict(use_fp16=block.use_fp16, resolution=res, architecture='resnet')
@@ -197,18 +319,22 @@ def _discriminator_tree(tensors: dict, D: PoseAwareDualDiscriminator, source: st
 
 def published_generator_tensors(G: TriPlaneGenerator) -> dict:
     """G's tensors under the published names, with the published extras (SMPL buffers, SR filter)."""
-    tensors = {published_generator_name(key): value for key, value in G.state_dict().items()
-               if not key.startswith('deformer.')}
+    tensors = {
+        published_generator_name(key): value for key, value in G.state_dict().items() if not key.startswith('deformer.')
+    }
     g = torch.Generator().manual_seed(5)
-    tensors.update({
-        'superresolution.resample_filter': torch.rand(4, 4, generator=g),
-        'renderer.shaped_smpl': torch.rand(2, 300, 3, generator=g),
-        'renderer.align_points': torch.rand(2, 3, generator=g),
-        'renderer.face_mask': torch.ones(400), 'renderer.head_face_mask': torch.ones(400),
-        'renderer.aligned_SMPL.smpl_joint_regressor': torch.rand(30, 300, generator=g),
-        'renderer.aligned_SMPL.smpl_model.betas': torch.zeros(2, 10),
-        'renderer.aligned_SMPL.smpl_model.body_pose': torch.zeros(2, 69),
-    })
+    tensors.update(
+        {
+            'superresolution.resample_filter': torch.rand(4, 4, generator=g),
+            'renderer.shaped_smpl': torch.rand(2, 300, 3, generator=g),
+            'renderer.align_points': torch.rand(2, 3, generator=g),
+            'renderer.face_mask': torch.ones(400),
+            'renderer.head_face_mask': torch.ones(400),
+            'renderer.aligned_SMPL.smpl_joint_regressor': torch.rand(30, 300, generator=g),
+            'renderer.aligned_SMPL.smpl_model.betas': torch.zeros(2, 10),
+            'renderer.aligned_SMPL.smpl_model.body_pose': torch.zeros(2, 69),
+        }
+    )
     return tensors
 
 
@@ -218,8 +344,9 @@ def published_discriminator_tensors(D: PoseAwareDualDiscriminator) -> dict:
     return tensors
 
 
-def write_published_pickle(path: str, g_tensors: dict, D: PoseAwareDualDiscriminator, d_tensors: dict,
-                           marker: str, g_args=(), g_kwargs=None) -> str:
+def write_published_pickle(
+    path: str, g_tensors: dict, D: PoseAwareDualDiscriminator, d_tensors: dict, marker: str, g_args=(), g_kwargs=None
+) -> str:
     with pytest.MonkeyPatch.context() as monkeypatch:
         classes = {}
         register = functools.partial(_register, monkeypatch, classes)
@@ -227,9 +354,19 @@ def write_published_pickle(path: str, g_tensors: dict, D: PoseAwareDualDiscrimin
         data = dict(
             G=_generator_tree(g_tensors, source, register, init_args=g_args, init_kwargs=g_kwargs),
             G_ema=_generator_tree(g_tensors, source, register),
-            D=_discriminator_tree(d_tensors, D, source, register), D_ema=None, augment_pipe=None,
-            training_set_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path='portraits.zip',
-                                     use_labels=True, max_size=10, xflip=False, resolution=S, random_seed=0))
+            D=_discriminator_tree(d_tensors, D, source, register),
+            D_ema=None,
+            augment_pipe=None,
+            training_set_kwargs=dict(
+                class_name='training.dataset.ImageFolderDataset',
+                path='portraits.zip',
+                use_labels=True,
+                max_size=10,
+                xflip=False,
+                resolution=S,
+                random_seed=0,
+            ),
+        )
         with open(path, 'wb') as file:
             pickle.dump(data, file)
     return path
@@ -265,10 +402,15 @@ def release(tmp_path_factory):
     marker = str(root / 'marker')
     # G stores its leading arguments positionally, G_ema by keyword: both forms occur.
     positional = ('z_dim', 'c_dim', 'w_dim', 'img_resolution', 'img_channels')
-    pkl = write_published_pickle(str(root / '3DPortraitGAN128-16.pkl'), published_generator_tensors(G),
-                                 D, published_discriminator_tensors(D), marker,
-                                 g_args=tuple(PUBLISHED_G_KWARGS[name] for name in positional),
-                                 g_kwargs={k: v for k, v in PUBLISHED_G_KWARGS.items() if k not in positional})
+    pkl = write_published_pickle(
+        str(root / '3DPortraitGAN128-16.pkl'),
+        published_generator_tensors(G),
+        D,
+        published_discriminator_tensors(D),
+        marker,
+        g_args=tuple(PUBLISHED_G_KWARGS[name] for name in positional),
+        g_kwargs={k: v for k, v in PUBLISHED_G_KWARGS.items() if k not in positional},
+    )
     return types.SimpleNamespace(root=root, pkl=pkl, G=G, D=D, marker=marker)
 
 
@@ -293,9 +435,11 @@ def _render(G: TriPlaneGenerator) -> dict:
 
 def _d_inputs() -> dict:
     g = torch.Generator().manual_seed(8)
-    return {'image': torch.rand(2, 3, S, S, generator=g) * 2 - 1,
-            'image_raw': torch.rand(2, 3, R, R, generator=g) * 2 - 1,
-            'image_mask': torch.rand(2, 1, R, R, generator=g)}
+    return {
+        'image': torch.rand(2, 3, S, S, generator=g) * 2 - 1,
+        'image_raw': torch.rand(2, 3, R, R, generator=g) * 2 - 1,
+        'image_mask': torch.rand(2, 1, R, R, generator=g),
+    }
 
 
 def _assert_same_outputs(a: dict, b: dict) -> None:
@@ -305,6 +449,7 @@ def _assert_same_outputs(a: dict, b: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+
 
 def test_the_embedded_source_would_leave_a_marker(tmp_path):
     exec(_source(str(tmp_path / 'probe')), {})  # noqa: S102 - what the file's loader would do with it
@@ -369,13 +514,19 @@ def _load_error(path: str) -> str:
 def test_a_missing_tensor_is_named(in_release, tmp_path):
     g_tensors = published_generator_tensors(in_release.G)
     del g_tensors['decoder.net.2.bias']
-    path = write_published_pickle(str(tmp_path / 'a.pkl'), g_tensors, in_release.D,
-                                  published_discriminator_tensors(in_release.D), in_release.marker)
+    path = write_published_pickle(
+        str(tmp_path / 'a.pkl'),
+        g_tensors,
+        in_release.D,
+        published_discriminator_tensors(in_release.D),
+        in_release.marker,
+    )
     assert "'decoder.net.2.bias'" in _load_error(path)
     d_tensors = published_discriminator_tensors(in_release.D)
     del d_tensors['pose_branch.net.1.weight']
-    path = write_published_pickle(str(tmp_path / 'b.pkl'), published_generator_tensors(in_release.G), in_release.D,
-                                  d_tensors, in_release.marker)
+    path = write_published_pickle(
+        str(tmp_path / 'b.pkl'), published_generator_tensors(in_release.G), in_release.D, d_tensors, in_release.marker
+    )
     assert "'pose_branch.net.1.weight'" in _load_error(path)
     assert not os.path.exists(in_release.marker)
 
@@ -383,18 +534,29 @@ def test_a_missing_tensor_is_named(in_release, tmp_path):
 def test_an_unexpected_or_misshapen_tensor_is_named(in_release, tmp_path):
     g_tensors = published_generator_tensors(in_release.G)
     g_tensors['bcg_synthesis.b4.extra'] = torch.zeros(3)
-    path = write_published_pickle(str(tmp_path / 'a.pkl'), g_tensors, in_release.D,
-                                  published_discriminator_tensors(in_release.D), in_release.marker)
+    path = write_published_pickle(
+        str(tmp_path / 'a.pkl'),
+        g_tensors,
+        in_release.D,
+        published_discriminator_tensors(in_release.D),
+        in_release.marker,
+    )
     assert "'bcg_synthesis.b4.extra'" in _load_error(path)
     g_tensors = published_generator_tensors(in_release.G)
     g_tensors['pose_branch.net.0.bias'] = torch.zeros(7)
-    path = write_published_pickle(str(tmp_path / 'b.pkl'), g_tensors, in_release.D,
-                                  published_discriminator_tensors(in_release.D), in_release.marker)
+    path = write_published_pickle(
+        str(tmp_path / 'b.pkl'),
+        g_tensors,
+        in_release.D,
+        published_discriminator_tensors(in_release.D),
+        in_release.marker,
+    )
     assert "'pose_branch.net.0.bias' has shape [7]" in _load_error(path)
     d_tensors = published_discriminator_tensors(in_release.D)
     d_tensors['b4.extra'] = torch.zeros(3)
-    path = write_published_pickle(str(tmp_path / 'c.pkl'), published_generator_tensors(in_release.G), in_release.D,
-                                  d_tensors, in_release.marker)
+    path = write_published_pickle(
+        str(tmp_path / 'c.pkl'), published_generator_tensors(in_release.G), in_release.D, d_tensors, in_release.marker
+    )
     assert "'b4.extra'" in _load_error(path)
     assert not os.path.exists(in_release.marker)
 
@@ -409,13 +571,18 @@ def test_published_settings_are_found_beside_the_checkpoint(tmp_path):
     published = pose_predict_kwargs_for(str(tmp_path / '3DPortraitGAN512-64.pkl'))
     assert published == str(tmp_path / '3DPortraitGAN512-64.json')
     assert pose_predict_kwargs_for(str(tmp_path / 'portrait.pt')) == str(tmp_path / 'portrait.json')
-    assert (pose_predict_kwargs_for(str(tmp_path / 'network-snapshot-000012.pt'))
-            == str(tmp_path / 'pose_predict_kwargs-000012.json'))
+    assert pose_predict_kwargs_for(str(tmp_path / 'network-snapshot-000012.pt')) == str(
+        tmp_path / 'pose_predict_kwargs-000012.json'
+    )
 
 
 def test_converter_round_trip(in_release, tmp_path, capsys):
-    settings = dict(blur_sigma=0.0, neural_rendering_resolution=R, filter_mode='antialiased',
-                    resample_filter=[[0.0625, 0.1875], [0.1875, 0.5625]])
+    settings = dict(
+        blur_sigma=0.0,
+        neural_rendering_resolution=R,
+        filter_mode='antialiased',
+        resample_filter=[[0.0625, 0.1875], [0.1875, 0.5625]],
+    )
     with open(pose_predict_kwargs_for(in_release.pkl), 'w') as file:
         json.dump(settings, file)
     out = str(tmp_path / 'converted.pt')
@@ -430,8 +597,9 @@ def test_converter_round_trip(in_release, tmp_path, capsys):
     _assert_same_outputs(_render(loaded['G_ema']), _render(in_release.G))
     assert loaded['D'].mirror_camera is False
     with torch.no_grad():
-        assert torch.equal(loaded['D'].predict_pose(_d_inputs(), _cameras()),
-                           in_release.D.predict_pose(_d_inputs(), _cameras()))
+        assert torch.equal(
+            loaded['D'].predict_pose(_d_inputs(), _cameras()), in_release.D.predict_pose(_d_inputs(), _cameras())
+        )
     assert loaded['neural_rendering_resolution'] == R
     assert load_pose_predict_kwargs(pose_predict_kwargs_for(out)) == settings
 

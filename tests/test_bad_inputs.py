@@ -5,8 +5,10 @@ import re
 
 from benchmarks.bad_inputs import CASES, END, WORKING, Case, Outcome, main, verdict
 
-CLICK_ERROR = "Usage: gen_samples.py [OPTIONS]\nTry 'gen_samples.py --help' for help.\n\n" \
-              "Error: Invalid value for '--trunc': 'nan' is not a finite number\n"
+CLICK_ERROR = (
+    "Usage: gen_samples.py [OPTIONS]\nTry 'gen_samples.py --help' for help.\n\n"
+    "Error: Invalid value for '--trunc': 'nan' is not a finite number\n"
+)
 TRACEBACK = 'Traceback (most recent call last):\n  File "gen_samples.py", line 9, in <module>\nValueError: nan\n'
 
 
@@ -22,11 +24,18 @@ def test_verdict_on_made_up_outcomes():
     assert verdict(case, Outcome(2, CLICK_ERROR, code_ran=True)).startswith('code from the input ran')
     assert verdict(case, Outcome(1, '')) == 'exit code 1 without a message'
     # The last line must be the error: a message followed by other output is not clean.
-    assert verdict(case, Outcome(2, CLICK_ERROR + 'leaked semaphore objects\n')).startswith('the last line does not say')
-    assert verdict(Case('gen_samples', '--trunc nan'), Outcome(1, 'something went wrong\n')) == \
-        'the last line is not an error message'
+    assert verdict(case, Outcome(2, CLICK_ERROR + 'leaked semaphore objects\n')).startswith(
+        'the last line does not say'
+    )
+    assert (
+        verdict(Case('gen_samples', '--trunc nan'), Outcome(1, 'something went wrong\n'))
+        == 'the last line is not an error message'
+    )
     # A message that names the problem without click's prefix is clean when it holds `says`.
-    assert verdict(Case('dataset_tool check', '--data x', 'problems found'), Outcome(1, 'x: bad\n2 problems found\n')) == ''
+    assert (
+        verdict(Case('dataset_tool check', '--data x', 'problems found'), Outcome(1, 'x: bad\n2 problems found\n'))
+        == ''
+    )
 
 
 def test_the_cases_cover_every_tool_and_the_quick_subset_is_small():

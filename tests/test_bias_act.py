@@ -36,8 +36,14 @@ def formula(z: torch.Tensor, act: str, alpha: float | None) -> torch.Tensor:
 
 
 EXPECTED_DEFAULTS = {  # (alpha, gain), from the method description
-    'linear': (None, 1.0), 'relu': (None, math.sqrt(2)), 'lrelu': (0.2, math.sqrt(2)), 'tanh': (None, 1.0),
-    'sigmoid': (None, 1.0), 'elu': (1.0, 1.0), 'selu': (1.6732632423543772, 1.0), 'softplus': (None, 1.0),
+    'linear': (None, 1.0),
+    'relu': (None, math.sqrt(2)),
+    'lrelu': (0.2, math.sqrt(2)),
+    'tanh': (None, 1.0),
+    'sigmoid': (None, 1.0),
+    'elu': (1.0, 1.0),
+    'selu': (1.6732632423543772, 1.0),
+    'softplus': (None, 1.0),
     'swish': (None, math.sqrt(2)),
 }
 
@@ -208,8 +214,14 @@ def test_cuda_matches_reference(act, dtype):
                 x = x_cpu.cuda().to(dtype, memory_format=memory_format).requires_grad_()
                 b = b_cpu.cuda().to(dtype).requires_grad_()
                 # The reference runs in float32 so that float16 rounding inside its op chain does not count.
-                y = bias_act(x.float() if impl == 'ref' else x, b.float() if impl == 'ref' else b,
-                             act=act, gain=1.3, clamp=clamp, impl=impl)
+                y = bias_act(
+                    x.float() if impl == 'ref' else x,
+                    b.float() if impl == 'ref' else b,
+                    act=act,
+                    gain=1.3,
+                    clamp=clamp,
+                    impl=impl,
+                )
                 upstream = torch.linspace(-1, 1, y.numel(), device='cuda').reshape(y.shape)
                 grad_x, grad_b = torch.autograd.grad((y.float() * upstream).sum(), [x, b], create_graph=True)
                 penalty = grad_x.float().square().sum() + grad_b.float().square().sum()
@@ -220,8 +232,12 @@ def test_cuda_matches_reference(act, dtype):
                 results[impl] = [t.float() for t in (y, grad_x, grad_b, second_x, second_b)]
             for name, ref, cuda in zip(('y', 'dx', 'db', 'd2x', 'd2b'), results['ref'], results['cuda']):
                 scale = max(ref.abs().max().item(), 1.0)
-                torch.testing.assert_close(cuda / scale, ref / scale, **tolerance,
-                                           msg=lambda m: f'{act} {dtype} {memory_format} clamp={clamp} {name}: {m}')
+                torch.testing.assert_close(
+                    cuda / scale,
+                    ref / scale,
+                    **tolerance,
+                    msg=lambda m: f'{act} {dtype} {memory_format} clamp={clamp} {name}: {m}',
+                )
 
 
 @requires_cuda
@@ -293,8 +309,9 @@ class HostKernel:
         shape = [-1 if i == dim else 1 for i in range(input.ndim)]
         bias = bias.reshape(shape).expand_as(input) if bias.numel() else torch.zeros_like(input)
         ref = ref if ref.numel() else torch.zeros_like(input)
-        out = self.module.elementwise(kind, mode, input.numpy(), bias.contiguous().numpy(), ref.contiguous().numpy(),
-                                      alpha, gain, clamp)
+        out = self.module.elementwise(
+            kind, mode, input.numpy(), bias.contiguous().numpy(), ref.contiguous().numpy(), alpha, gain, clamp
+        )
         return torch.from_numpy(out).reshape(input.shape)
 
 
@@ -330,8 +347,9 @@ def test_kernel_math_matches_reference_to_second_order(act, host_kernel, monkeyp
                 second = (torch.zeros_like(x), torch.zeros_like(b))
             results.append((y, grad_x, grad_b, *second))
         for name, kernel, reference in zip(('y', 'dx', 'db', 'd2x', 'd2b'), *results):
-            torch.testing.assert_close(kernel, reference, rtol=1e-10, atol=1e-12,
-                                       msg=lambda m: f'{act} gain={gain} clamp={clamp} {name}: {m}')
+            torch.testing.assert_close(
+                kernel, reference, rtol=1e-10, atol=1e-12, msg=lambda m: f'{act} gain={gain} clamp={clamp} {name}: {m}'
+            )
 
     inputs = (x.clone().requires_grad_(), b.clone().requires_grad_())
     assert torch.autograd.gradcheck(lambda x, b: kernel_path(x, b, act, gain=1.3), inputs)

@@ -46,7 +46,9 @@ def test_embedded_npz_holds_the_documented_arrays(embedded_arrays):
     assert embedded_arrays['face_part'].shape == (embedded_arrays['f'].shape[0],)
     assert list(embedded_arrays['keypoint_names']) == ['nose', 'reye', 'leye', 'rear', 'lear']
     # The face looks toward +z and its left side is +x: nose in front, left eye and ear at x > 0.
-    keypoints = dict(zip(embedded_arrays['keypoint_names'], embedded_arrays['v_template'][embedded_arrays['keypoint_ids']]))
+    keypoints = dict(
+        zip(embedded_arrays['keypoint_names'], embedded_arrays['v_template'][embedded_arrays['keypoint_ids']])
+    )
     assert keypoints['nose'][2] > keypoints['leye'][2] > keypoints['lear'][2]
     assert keypoints['leye'][0] > 0 > keypoints['reye'][0] and keypoints['lear'][0] > 0 > keypoints['rear'][0]
 
@@ -152,7 +154,7 @@ def test_batch_items_are_independent(embedded_arrays):
     pose = random_pose(3, seed=14).float()
     batched = body.pose(pose)
     for index in range(3):
-        torch.testing.assert_close(body.pose(pose[index:index + 1])[0], batched[index], atol=1e-6, rtol=0)
+        torch.testing.assert_close(body.pose(pose[index : index + 1])[0], batched[index], atol=1e-6, rtol=0)
 
 
 def test_pose_gradcheck_float64():

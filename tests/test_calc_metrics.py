@@ -28,7 +28,7 @@ def _invoke(args: list):
 
 
 def test_pose_mode_choice_is_built_from_the_constant():
-    choice, = [param.type for param in calc_metrics.main.params if param.name == 'metric_pose_sample_mode']
+    (choice,) = [param.type for param in calc_metrics.main.params if param.name == 'metric_pose_sample_mode']
     assert tuple(choice.choices) == names.METRIC_POSE_SAMPLE_MODES
 
 
@@ -57,8 +57,9 @@ def test_a_result_that_cannot_be_written_is_printed_with_the_reason(run_dir, tmp
     assert 'metric-pose_err.jsonl: cannot be written (Is a directory); the results are printed above' in result.output
 
 
-@pytest.mark.parametrize('case', ['missing', 'foreign', 'metric', 'data_alone', 'no_pose_settings', 'bad_data',
-                                  'not_a_generator'])
+@pytest.mark.parametrize(
+    'case', ['missing', 'foreign', 'metric', 'data_alone', 'no_pose_settings', 'bad_data', 'not_a_generator']
+)
 def test_one_line_errors(run_dir, tmp_path, case):
     snapshot = os.path.join(run_dir, 'network-snapshot-000000.pkl')
     foreign = tmp_path / 'notes.pkl'
@@ -70,16 +71,29 @@ def test_one_line_errors(run_dir, tmp_path, case):
     corrupt.write_bytes(b'PK not really')
     swapped = tmp_path / 'swapped.pt'  # a weights file whose G_ema is a discriminator
     discriminator = checkpoint.load_any(os.path.join(run_dir, 'network-snapshot-000000.pt'))['D']
-    checkpoint.save_weights(str(swapped), dict(G_ema=discriminator, D=discriminator), extra=dict(training_set_kwargs={}))
+    checkpoint.save_weights(
+        str(swapped), dict(G_ema=discriminator, D=discriminator), extra=dict(training_set_kwargs={})
+    )
     args, expected = {
         'missing': (['--network', str(tmp_path / 'absent.pkl')], 'absent.pkl'),
         'foreign': (['--network', str(foreign)], 'notes.pkl'),
         'metric': (['--network', snapshot, '--metrics', 'fid2k,is50k'], 'unknown metric is50k'),
         'data_alone': (['--network', snapshot, '--data', str(corrupt)], 'give both --data and --seg_data'),
-        'no_pose_settings': (['--network', str(lonely / 'network-snapshot-000000.pkl'), '--metrics', 'kid2k',
-                              '--metric_pose_sample_mode', 'D_predict'], 'give --pose_predict_kwargs'),
-        'bad_data': (['--network', snapshot, '--metrics', 'kid2k', '--data', str(corrupt), '--seg_data', str(corrupt)],
-                     'corrupt.zip'),
+        'no_pose_settings': (
+            [
+                '--network',
+                str(lonely / 'network-snapshot-000000.pkl'),
+                '--metrics',
+                'kid2k',
+                '--metric_pose_sample_mode',
+                'D_predict',
+            ],
+            'give --pose_predict_kwargs',
+        ),
+        'bad_data': (
+            ['--network', snapshot, '--metrics', 'kid2k', '--data', str(corrupt), '--seg_data', str(corrupt)],
+            'corrupt.zip',
+        ),
         'not_a_generator': (['--network', str(swapped)], 'its G_ema is a PoseAwareDualDiscriminator, not a generator'),
     }[case]
     result = _invoke(args)
@@ -89,7 +103,7 @@ def test_one_line_errors(run_dir, tmp_path, case):
     assert 'Traceback' not in result.output
 
 
-TORCHRUN_WORKER = '''
+TORCHRUN_WORKER = """
 import json, os, sys
 import torch
 sys.path.insert(0, sys.argv[1])
@@ -120,7 +134,7 @@ if rank == 0:
 if world_size > 1:
     # Without this, gloo's threads may outlive the interpreter and abort the process at exit.
     torch.distributed.destroy_process_group()
-'''
+"""
 
 
 @pytest.mark.slow
@@ -128,15 +142,18 @@ def test_one_process_and_two_torchrun_processes_agree(run_dir, tmp_path):
     script = tmp_path / 'worker.py'
     script.write_text(TORCHRUN_WORKER)
     env = dict(os.environ, OMP_NUM_THREADS='1', DNNLIB_CACHE_DIR=str(tmp_path / 'cache'))
-    launches = {'one': [sys.executable, str(script)],
-                'two': [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(script)]}
+    launches = {
+        'one': [sys.executable, str(script)],
+        'two': [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(script)],
+    }
     results = {}
     for name, launch in launches.items():
         out_path = tmp_path / f'{name}.json'
         # Each launch computes its own real features: the cache is cleared between them.
         shutil.rmtree(tmp_path / 'cache', ignore_errors=True)
-        done = subprocess.run(launch + [REPO, run_dir, str(out_path)], capture_output=True, text=True, timeout=600,
-                              cwd=REPO, env=env)
+        done = subprocess.run(
+            launch + [REPO, run_dir, str(out_path)], capture_output=True, text=True, timeout=600, cwd=REPO, env=env
+        )
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         results[name] = json.loads(out_path.read_text())
     assert results['one'].keys() == results['two'].keys()

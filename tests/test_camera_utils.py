@@ -53,12 +53,15 @@ def test_frontal_camera_position_and_orientation():
     np.testing.assert_allclose(intrinsics[1].numpy(), cu.intrinsics_from_focal(cu.FOCAL).numpy())
 
 
-@pytest.mark.parametrize('h, v, expected', [
-    (0.0, math.pi / 2, (-1, 0, 0)),         # h = 0: camera on the -x side
-    (math.pi, math.pi / 2, (1, 0, 0)),      # h = pi: +x side
-    (-math.pi / 2, math.pi / 2, (0, 0, -1)),  # behind the head
-    (math.pi / 2, math.pi / 4, (0, 0.5, math.sqrt(0.75))),  # v = pi/4: cos(phi) = 1 - 2v/pi = 0.5
-])
+@pytest.mark.parametrize(
+    'h, v, expected',
+    [
+        (0.0, math.pi / 2, (-1, 0, 0)),  # h = 0: camera on the -x side
+        (math.pi, math.pi / 2, (1, 0, 0)),  # h = pi: +x side
+        (-math.pi / 2, math.pi / 2, (0, 0, -1)),  # behind the head
+        (math.pi / 2, math.pi / 4, (0, 0.5, math.sqrt(0.75))),  # v = pi/4: cos(phi) = 1 - 2v/pi = 0.5
+    ],
+)
 def test_orbit_camera_positions(h, v, expected):
     cam2world = cu.orbit_camera(h, v, radius=2.0, pivot=(0, 0, 0))
     np.testing.assert_allclose(cam2world[0, :3, 3].numpy(), 2.0 * np.array(expected), atol=1e-5)
@@ -138,8 +141,8 @@ def test_flip_pose_matches_mirrored_rotation():
     flipped = cu.flip_pose(pose)[0].numpy()
     mirror = np.diag([-1.0, 1.0, 1.0])
     for joint in range(2):
-        original = rotation(pose[0, 3 * joint:3 * joint + 3].numpy())
-        np.testing.assert_allclose(rotation(flipped[3 * joint:3 * joint + 3]), mirror @ original @ mirror, atol=1e-12)
+        original = rotation(pose[0, 3 * joint : 3 * joint + 3].numpy())
+        np.testing.assert_allclose(rotation(flipped[3 * joint : 3 * joint + 3]), mirror @ original @ mirror, atol=1e-12)
 
 
 def test_yaw_and_side():

@@ -48,7 +48,9 @@ def test_network_pickle_round_trip(tmp_path, allow_test_classes):
     G.train()
     path = str(tmp_path / 'network-snapshot-000000.pkl')
     kwargs = dnnlib.EasyDict(path='data.zip', resolution=64)
-    checkpoint.save_network_pickle(path, dict(G=G, D=D, G_ema=G, D_ema=D, training_set_kwargs=kwargs, augment_pipe=None))
+    checkpoint.save_network_pickle(
+        path, dict(G=G, D=D, G_ema=G, D_ema=D, training_set_kwargs=kwargs, augment_pipe=None)
+    )
     assert G.training and G.head.weight.requires_grad  # the live modules are untouched
     data = checkpoint.load_network_pickle(path)
     assert set(data) == {'G', 'D', 'G_ema', 'D_ema', 'training_set_kwargs', 'augment_pipe'}
@@ -121,11 +123,24 @@ def test_weights_refuse_classes_outside_the_repository(tmp_path):
     path = str(tmp_path / 'weights.pt')
     with pytest.raises(ValueError, match='only classes under training., torch_utils.'):
         checkpoint.save_weights(path, dict(G=TinyNet(4)))
-    payload = dict(format=checkpoint.WEIGHTS_FORMAT, version=checkpoint.WEIGHTS_VERSION, extra_json='{}',
-                   modules=dict(G={'class': 'subprocess.Popen', 'init_args_json': '[["touch", "x"]]',
-                                   'init_kwargs_json': '{}', 'state_dict': {}}))
+    payload = dict(
+        format=checkpoint.WEIGHTS_FORMAT,
+        version=checkpoint.WEIGHTS_VERSION,
+        extra_json='{}',
+        modules=dict(
+            G={
+                'class': 'subprocess.Popen',
+                'init_args_json': '[["touch", "x"]]',
+                'init_kwargs_json': '{}',
+                'state_dict': {},
+            }
+        ),
+    )
     torch.save(payload, path)
-    with pytest.raises(checkpoint.CheckpointError, match="weights.pt: module 'G': the class subprocess.Popen is outside training., torch_utils."):
+    with pytest.raises(
+        checkpoint.CheckpointError,
+        match="weights.pt: module 'G': the class subprocess.Popen is outside training., torch_utils.",
+    ):
         checkpoint.load_weights(path)
 
 
@@ -145,7 +160,7 @@ def test_truncated_files_raise_checkpoint_error(tmp_path, allow_test_classes, lo
             content = file.read()
         truncated = path + '.half'
         with open(truncated, 'wb') as file:
-            file.write(content[:len(content) // 2])
+            file.write(content[: len(content) // 2])
         with pytest.raises(checkpoint.CheckpointError, match=os.path.basename(truncated)) as info:
             loader(truncated)
         assert '\n' not in str(info.value)
@@ -208,9 +223,11 @@ def test_crash_while_writing_keeps_previous_file(tmp_path, monkeypatch, allow_te
 
 def test_stylegan2_synthesis_round_trip_through_both_formats(tmp_path):
     from training import networks_stylegan2
+
     torch.manual_seed(0)
-    G = networks_stylegan2.SynthesisNetwork(w_dim=16, img_resolution=16, img_channels=3, channel_base=256,
-                                            channel_max=32)
+    G = networks_stylegan2.SynthesisNetwork(
+        w_dim=16, img_resolution=16, img_channels=3, channel_base=256, channel_max=32
+    )
     G.eval()
     ws = torch.randn(2, G.num_ws, 16)
     expected = G(ws, noise_mode='const')

@@ -17,7 +17,8 @@ def random_case(rng: random.Random, transposed: bool, small: bool = False) -> di
     kernel = (rng.randint(1, 3 if small else 4), rng.randint(1, 3 if small else 4))
     case = dict(
         input_shape=(rng.randint(1, 2), channels_in, rng.randint(5, 9), rng.randint(5, 9)),
-        weight_shape=(channels_in, channels_out // groups, *kernel) if transposed
+        weight_shape=(channels_in, channels_out // groups, *kernel)
+        if transposed
         else (channels_out, channels_in // groups, *kernel),
         bias=rng.random() < 0.5,
         stride=(rng.randint(1, 3), rng.randint(1, 3)),
@@ -67,8 +68,9 @@ def test_matches_torch_functional(transposed):
         for a, b in zip(ours_grads, theirs_grads):
             torch.testing.assert_close(a, b, msg=lambda m: f'{case}: {m}')
         ours_second = torch.autograd.grad(ours_grads[0].square().sum() + ours_grads[1].square().sum(), [input, weight])
-        theirs_second = torch.autograd.grad(theirs_grads[0].square().sum() + theirs_grads[1].square().sum(),
-                                            [input, weight])
+        theirs_second = torch.autograd.grad(
+            theirs_grads[0].square().sum() + theirs_grads[1].square().sum(), [input, weight]
+        )
         for a, b in zip(ours_second, theirs_second):
             torch.testing.assert_close(a, b, msg=lambda m: f'{case}: {m}')
 
@@ -93,8 +95,15 @@ def test_gradcheck_and_gradgradcheck(transposed):
 
 @pytest.mark.parametrize('transposed', [False, True], ids=['conv2d', 'conv_transpose2d'])
 def test_no_weight_gradients(transposed):
-    case = dict(input_shape=(2, 4, 7, 6), weight_shape=(4, 2, 3, 3), bias=True, stride=(2, 1), padding=(1, 1),
-                dilation=(1, 1), groups=2)
+    case = dict(
+        input_shape=(2, 4, 7, 6),
+        weight_shape=(4, 2, 3, 3),
+        bias=True,
+        stride=(2, 1),
+        padding=(1, 1),
+        dilation=(1, 1),
+        groups=2,
+    )
     if transposed:
         case['output_padding'] = (1, 0)
     input, weight, bias = make_tensors(case)

@@ -15,7 +15,7 @@ from torch_utils.ops.upfirdn2d import downsample2d, setup_filter, upsample2d
 def pad_or_crop_2d(z: np.ndarray, px0: int, px1: int, py0: int, py1: int) -> np.ndarray:
     """Zero-pad the last two axes by the positive amounts, crop by the negative ones."""
     z = np.pad(z, [(0, 0), (0, 0), (max(py0, 0), max(py1, 0)), (max(px0, 0), max(px1, 0))])
-    return z[:, :, max(-py0, 0):z.shape[2] - max(-py1, 0), max(-px0, 0):z.shape[3] - max(-px1, 0)]
+    return z[:, :, max(-py0, 0) : z.shape[2] - max(-py1, 0), max(-px0, 0) : z.shape[3] - max(-px1, 0)]
 
 
 def fir_valid(z: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -37,7 +37,7 @@ def slow_conv2d_resample(x, w, f, up, down, padding, groups, flip_weight, flip_f
     if up > 1:
         z = np.zeros((*x.shape[:2], x.shape[2] * up, x.shape[3] * up))
         z[:, :, ::up, ::up] = x
-        z = fir_valid(pad_or_crop_2d(z, px0, px1, py0, py1), h) * up ** 2
+        z = fir_valid(pad_or_crop_2d(z, px0, px1, py0, py1), h) * up**2
     else:
         z = pad_or_crop_2d(x, px0, px1, py0, py1)
     kernel = w if flip_weight else w[:, :, ::-1, ::-1]
@@ -47,8 +47,11 @@ def slow_conv2d_resample(x, w, f, up, down, padding, groups, flip_weight, flip_f
     return y
 
 
-FILTERS = {'none': None, '1331': np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64.0,
-           'separable': np.array([1.0, 2.0, 3.0, 2.0, 1.0]) / 9}
+FILTERS = {
+    'none': None,
+    '1331': np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64.0,
+    'separable': np.array([1.0, 2.0, 3.0, 2.0, 1.0]) / 9,
+}
 
 
 def test_matches_slow_composition_on_random_cases():
@@ -65,11 +68,27 @@ def test_matches_slow_composition_on_random_cases():
             w = rng.standard_normal((out_channels, in_channels // groups, kernel, kernel))
             f = FILTERS[filter_name]
             expected = slow_conv2d_resample(x, w, f, up, down, padding, groups, flip_weight, flip_filter)
-            actual = conv2d_resample(torch.tensor(x), torch.tensor(w), None if f is None else torch.tensor(f), up=up,
-                                     down=down, padding=padding, groups=groups, flip_weight=flip_weight,
-                                     flip_filter=flip_filter).numpy()
-            description = dict(up=up, down=down, kernel=kernel, groups=groups, filter=filter_name, padding=padding,
-                               flip_weight=flip_weight, flip_filter=flip_filter)
+            actual = conv2d_resample(
+                torch.tensor(x),
+                torch.tensor(w),
+                None if f is None else torch.tensor(f),
+                up=up,
+                down=down,
+                padding=padding,
+                groups=groups,
+                flip_weight=flip_weight,
+                flip_filter=flip_filter,
+            ).numpy()
+            description = dict(
+                up=up,
+                down=down,
+                kernel=kernel,
+                groups=groups,
+                filter=filter_name,
+                padding=padding,
+                flip_weight=flip_weight,
+                flip_filter=flip_filter,
+            )
             assert actual.shape == expected.shape, description
             assert np.allclose(actual, expected, rtol=1e-10, atol=1e-10), description
 
@@ -99,8 +118,9 @@ def test_resampling_agrees_with_separate_ops_away_from_borders():
 def test_flip_weight_false_is_true_convolution():
     x = torch.randn(1, 2, 7, 7, dtype=torch.float64)
     w = torch.randn(3, 2, 3, 3, dtype=torch.float64)
-    torch.testing.assert_close(conv2d_resample(x, w, padding=1, flip_weight=False),
-                               F.conv2d(x, w.flip([2, 3]), padding=1))
+    torch.testing.assert_close(
+        conv2d_resample(x, w, padding=1, flip_weight=False), F.conv2d(x, w.flip([2, 3]), padding=1)
+    )
     torch.testing.assert_close(conv2d_resample(x, w, padding=1), F.conv2d(x, w, padding=1))
 
 
@@ -110,12 +130,17 @@ def test_channels_last_input_gives_the_same_values():
     f = setup_filter([1, 3, 3, 1])
     x_cl = x.contiguous(memory_format=torch.channels_last)
     for up, down in ((1, 1), (2, 1), (1, 2)):
-        torch.testing.assert_close(conv2d_resample(x_cl, w, f, up=up, down=down, padding=1),
-                                   conv2d_resample(x, w, f, up=up, down=down, padding=1), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            conv2d_resample(x_cl, w, f, up=up, down=down, padding=1),
+            conv2d_resample(x, w, f, up=up, down=down, padding=1),
+            rtol=1e-5,
+            atol=1e-5,
+        )
 
 
-@pytest.mark.parametrize('up,down,kernel,groups',
-                         [(2, 1, 3, 1), (1, 2, 3, 2), (2, 1, 1, 1), (1, 2, 1, 2), (2, 2, 3, 1)])
+@pytest.mark.parametrize(
+    'up,down,kernel,groups', [(2, 1, 3, 1), (1, 2, 3, 2), (2, 1, 1, 1), (1, 2, 1, 2), (2, 2, 3, 1)]
+)
 def test_gradcheck_and_gradgradcheck(up, down, kernel, groups):
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(1, 2 * groups, 4, 4, dtype=torch.float64, generator=generator, requires_grad=True)
@@ -124,6 +149,7 @@ def test_gradcheck_and_gradgradcheck(up, down, kernel, groups):
 
     def function(x, w):
         return conv2d_resample(x, w, f, up=up, down=down, padding=kernel // 2, groups=groups, flip_weight=False)
+
     assert torch.autograd.gradcheck(function, (x, w))
     assert torch.autograd.gradgradcheck(function, (x, w))
 

@@ -15,10 +15,10 @@ from training.d_input import discriminator_input
 from training.loss import LossConfig, PortraitGANLoss
 from training.pose_prediction import predict_real_poses
 
-S = 32      # image resolution
-R = 16      # rendering resolution
+S = 32  # image resolution
+R = 16  # rendering resolution
 BATCH = 4
-SIGMAS = [0.0, 0.25, 1.5, 3.0]   # 0.25: a single-tap kernel (no blur) although sigma > 0
+SIGMAS = [0.0, 0.25, 1.5, 3.0]  # 0.25: a single-tap kernel (no blur) although sigma > 0
 FILTER_MODES = ['antialiased', 'none']
 
 
@@ -30,8 +30,9 @@ FILTER_MODES = ['antialiased', 'none']
 def _frozen_resize(x, resolution, filter_mode):
     if x.shape[-2:] == (resolution, resolution):
         return x
-    return F.interpolate(x, size=(resolution, resolution), mode='bilinear', align_corners=False,
-                         antialias=filter_mode == 'antialiased')
+    return F.interpolate(
+        x, size=(resolution, resolution), mode='bilinear', align_corners=False, antialias=filter_mode == 'antialiased'
+    )
 
 
 def _frozen_blur(x, sigma):
@@ -63,9 +64,12 @@ def _real_batch():
 
 def _fake():
     g = torch.Generator().manual_seed(12)
-    return {'image': torch.rand(BATCH, 3, S, S, generator=g) * 2 - 1,
-            'image_raw': torch.rand(BATCH, 3, R, R, generator=g) * 2 - 1,
-            'image_mask': torch.rand(BATCH, 1, R, R, generator=g), 'image_depth': torch.rand(BATCH, 1, R, R)}
+    return {
+        'image': torch.rand(BATCH, 3, S, S, generator=g) * 2 - 1,
+        'image_raw': torch.rand(BATCH, 3, R, R, generator=g) * 2 - 1,
+        'image_mask': torch.rand(BATCH, 1, R, R, generator=g),
+        'image_depth': torch.rand(BATCH, 1, R, R),
+    }
 
 
 def _assert_equal(got, expected):
@@ -142,8 +146,9 @@ def test_metrics_pose_error_hands_D_the_frozen_fake_input(sigma):
 def test_loss_hands_D_the_frozen_real_input_in_dmain_and_dreg(filter_mode, blur_raw):
     img, seg = _real_batch()
     D = _RecordingD()
-    config = LossConfig(blur_init_sigma=2.0, effective_blur_fade_kimg=4, neural_rendering_resolution_initial=R,
-                        gamma=1.0, gamma_seg=1.0)
+    config = LossConfig(
+        blur_init_sigma=2.0, effective_blur_fade_kimg=4, neural_rendering_resolution_initial=R, gamma=1.0, gamma_seg=1.0
+    )
     loss = PortraitGANLoss(None, D, config, device='cpu', filter_mode=filter_mode, blur_raw_target=blur_raw)
     schedule = schedules.schedule_values(config, 1000)
     sigma = schedule['blur_sigma']
@@ -151,7 +156,17 @@ def test_loss_hands_D_the_frozen_real_input_in_dmain_and_dreg(filter_mode, blur_
     loss._d_main = lambda real, real_c, *args: loss.run_D(real, real_c)
     loss._d_r1 = lambda real, real_c, *args: D.seen.append(real)
     for phase in ('Dmain', 'Dreg'):
-        loss.accumulate_gradients(phase, img, seg, torch.zeros(BATCH, 25), torch.zeros(BATCH, 6), None, None, None,
-                                  gain=1.0, schedule=schedule)
+        loss.accumulate_gradients(
+            phase,
+            img,
+            seg,
+            torch.zeros(BATCH, 25),
+            torch.zeros(BATCH, 6),
+            None,
+            None,
+            None,
+            gain=1.0,
+            schedule=schedule,
+        )
     _assert_equal(D.seen[0], _frozen_real(img, seg, R, sigma, filter_mode, blur_raw))
     _assert_equal(D.seen[1], _frozen_real(img, seg, R, sigma, filter_mode, blur_raw))

@@ -25,6 +25,7 @@ RES = 16
 # ------------------------------------------------------------------------------------------------
 # Fixtures built from known arrays.
 
+
 def encode(array: np.ndarray, fmt: str = 'PNG', **kwargs) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format=fmt, **kwargs)
@@ -51,7 +52,9 @@ def make_source(n: int = N, res: int = RES, seed: int = 0) -> dnnlib.EasyDict:
 
 def image_files(src: dnnlib.EasyDict) -> dict:
     files = {name: encode(image) for name, image in zip(src.names, src.images)}
-    files['dataset.json'] = json.dumps({'labels': [[name, label.tolist()] for name, label in zip(src.names, src.labels)]}).encode()
+    files['dataset.json'] = json.dumps(
+        {'labels': [[name, label.tolist()] for name, label in zip(src.names, src.labels)]}
+    ).encode()
     return files
 
 
@@ -87,11 +90,15 @@ def labels_of(files: dict) -> list:
 # ------------------------------------------------------------------------------------------------
 # Items.
 
+
 @pytest.mark.parametrize('as_zip', [False, True])
 def test_items_equal_the_written_files(tmp_path, as_zip):
     src = make_source()
-    dataset = PortraitDataset(write(tmp_path / 'data', image_files(src), as_zip),
-                              write(tmp_path / 'seg', mask_files(src), as_zip), resolution=RES)
+    dataset = PortraitDataset(
+        write(tmp_path / 'data', image_files(src), as_zip),
+        write(tmp_path / 'seg', mask_files(src), as_zip),
+        resolution=RES,
+    )
     assert len(dataset) == N
     assert dataset.name == 'data'
     assert dataset.resolution == RES and dataset.image_shape == [3, RES, RES] and dataset.num_channels == 3
@@ -118,8 +125,10 @@ def test_masks_pair_by_name_across_extensions_and_zip_order(tmp_path):
     # An extra mask that sorts first would shift a pairing by position by one.
     masks['00000/aaa.png'] = encode(np.zeros((RES, RES), np.uint8))
     order = sorted(masks, reverse=True)
-    dataset = PortraitDataset(write(tmp_path / 'data', image_files(src), as_zip=True),
-                              write(tmp_path / 'seg', masks, as_zip=True, order=order))
+    dataset = PortraitDataset(
+        write(tmp_path / 'data', image_files(src), as_zip=True),
+        write(tmp_path / 'seg', masks, as_zip=True, order=order),
+    )
     for i, name in enumerate(src.names):
         expected = decode(masks[name.replace('.png', '.jpg')])
         np.testing.assert_array_equal(dataset[i][1][0], expected)
@@ -128,8 +137,9 @@ def test_masks_pair_by_name_across_extensions_and_zip_order(tmp_path):
 
 def test_mirrored_items(tmp_path):
     src = make_source()
-    dataset = PortraitDataset(write(tmp_path / 'data', image_files(src), False),
-                              write(tmp_path / 'seg', mask_files(src), False), xflip=True)
+    dataset = PortraitDataset(
+        write(tmp_path / 'data', image_files(src), False), write(tmp_path / 'seg', mask_files(src), False), xflip=True
+    )
     assert len(dataset) == 2 * N
     mirror = np.diag([-1.0, 1.0, 1.0, 1.0])
     pose_sign = np.array([1, -1, -1, 1, -1, -1], np.float32)
@@ -184,8 +194,9 @@ def test_without_labels(tmp_path):
     src = make_source()
     files = image_files(src)
     del files['dataset.json']
-    dataset = PortraitDataset(write(tmp_path / 'data', files, False), write(tmp_path / 'seg', mask_files(src), False),
-                              use_labels=False)
+    dataset = PortraitDataset(
+        write(tmp_path / 'data', files, False), write(tmp_path / 'seg', mask_files(src), False), use_labels=False
+    )
     assert not dataset.has_labels
     image, _, camera, pose = dataset[1]
     np.testing.assert_array_equal(image, src.images[1].transpose(2, 0, 1))
@@ -195,12 +206,16 @@ def test_without_labels(tmp_path):
 def test_wrong_resolution(tmp_path):
     src = make_source()
     with pytest.raises(DatasetError, match=r'data: images are 16x16, but resolution 32'):
-        PortraitDataset(write(tmp_path / 'data', image_files(src), False),
-                        write(tmp_path / 'seg', mask_files(src), False), resolution=32)
+        PortraitDataset(
+            write(tmp_path / 'data', image_files(src), False),
+            write(tmp_path / 'seg', mask_files(src), False),
+            resolution=32,
+        )
 
 
 # ------------------------------------------------------------------------------------------------
 # One broken fixture per validation error.
+
 
 def _drop_label(images, masks, src):
     set_labels(images, [entry for entry in labels_of(images) if entry[0] != src.names[1]])
@@ -211,6 +226,7 @@ def _set_label(index, value):
         entries = labels_of(images)
         entries[index][1] = value(np.array(entries[index][1]))
         images['dataset.json'] = json.dumps({'labels': entries}).encode()  # writes NaN/Infinity tokens
+
     return mutate
 
 
@@ -243,42 +259,76 @@ def _replace(name_of, data_of, in_masks=False):
     def mutate(images, masks, src):
         target = masks if in_masks else images
         target[name_of(src)] = data_of(src)
+
     return mutate
 
 
 BROKEN = {
-    'missing dataset.json': (lambda images, masks, src: images.pop('dataset.json'), r'data(\.zip)?: dataset\.json is missing'),
+    'missing dataset.json': (
+        lambda images, masks, src: images.pop('dataset.json'),
+        r'data(\.zip)?: dataset\.json is missing',
+    ),
     'image without label': (_drop_label, r"dataset\.json: image '00000/img00000001\.png' has no label"),
-    'label without image': (lambda images, masks, src: images.pop(src.names[2]),
-                            r"dataset\.json: label for '00001/img00000002\.png' has no image file"),
-    'duplicate label': (lambda images, masks, src: set_labels(images, labels_of(images) + labels_of(images)[:1]),
-                        r"image '00000/img00000000\.png' is labelled twice"),
-    'label length': (_set_label(1, lambda label: label[:29].tolist()),
-                     re.escape("dataset.json: image '00000/img00000001.png' has 29 label values, expected 31 (25 camera + 6 pose)")),
-    'label NaN': (_set_label(2, lambda label: [float('nan')] + label[1:].tolist()),
-                  r"dataset\.json: image '00001/img00000002\.png' has non-finite label values .* \[0\]"),
-    'label inf': (_set_label(3, lambda label: label[:30].tolist() + [float('inf')]),
-                  r"dataset\.json: image '00001/img00000003\.png' has non-finite label values .* \[30\]"),
+    'label without image': (
+        lambda images, masks, src: images.pop(src.names[2]),
+        r"dataset\.json: label for '00001/img00000002\.png' has no image file",
+    ),
+    'duplicate label': (
+        lambda images, masks, src: set_labels(images, labels_of(images) + labels_of(images)[:1]),
+        r"image '00000/img00000000\.png' is labelled twice",
+    ),
+    'label length': (
+        _set_label(1, lambda label: label[:29].tolist()),
+        re.escape("dataset.json: image '00000/img00000001.png' has 29 label values, expected 31 (25 camera + 6 pose)"),
+    ),
+    'label NaN': (
+        _set_label(2, lambda label: [float('nan')] + label[1:].tolist()),
+        r"dataset\.json: image '00001/img00000002\.png' has non-finite label values .* \[0\]",
+    ),
+    'label inf': (
+        _set_label(3, lambda label: label[:30].tolist() + [float('inf')]),
+        r"dataset\.json: image '00001/img00000003\.png' has non-finite label values .* \[30\]",
+    ),
     'label not numbers': (_set_label(0, lambda label: ['a'] * 31), r"image '00000/img00000000\.png' has non-numeric"),
-    'rotation not orthonormal': (_set_label(1, _scale_rotation), r"image '00000/img00000001\.png' has a cam2world .* not orthonormal"),
-    'rotation is a reflection': (_set_label(1, _reflect), r"image '00000/img00000001\.png' has a cam2world .* determinant -1"),
+    'rotation not orthonormal': (
+        _set_label(1, _scale_rotation),
+        r"image '00000/img00000001\.png' has a cam2world .* not orthonormal",
+    ),
+    'rotation is a reflection': (
+        _set_label(1, _reflect),
+        r"image '00000/img00000001\.png' has a cam2world .* determinant -1",
+    ),
     'last row': (_set_label(1, _bad_last_row), r"image '00000/img00000001\.png' has a cam2world .* last row"),
     'non-square image': (_non_square_pair, r'img00000001\.png: image is 16x12, expected a square image'),
     'image of another size': (_smaller_pair, r'img00000003\.png: image is 8x8, but 3 other images are 16x16'),
-    'image not RGB': (_replace(lambda src: src.names[0], lambda src: encode(np.dstack([src.images[0], src.masks[0]]))),
-                      r"img00000000\.png: image mode 'RGBA', expected 'RGB'"),
-    'unreadable image': (_replace(lambda src: src.names[2], lambda src: b'not an image at all'),
-                         r'img00000002\.png: cannot be read as an image'),
-    'missing mask': (lambda images, masks, src: masks.pop('00000/img00000001.png'),
-                     r"seg(\.zip)?: no mask for image '00000/img00000001\.png'"),
-    'two masks': (_replace(lambda src: '00000/img00000001.bmp', lambda src: encode(src.masks[1], 'BMP'), in_masks=True),
-                  r"image '00000/img00000001\.png' has several masks"),
-    'mask of another size': (_replace(lambda src: '00000/img00000001.png', lambda src: encode(src.masks[1][:8, :8]), in_masks=True),
-                             r"seg(\.zip)?[/\\]00000[/\\]img00000001\.png: mask is 8x8 but its image '00000/img00000001\.png' is 16x16"),
-    'mask not single-channel': (_replace(lambda src: '00001/img00000002.png', lambda src: encode(src.images[2]), in_masks=True),
-                                r"seg(\.zip)?[/\\]00001[/\\]img00000002\.png: mask mode 'RGB', expected single-channel"),
-    'unreadable mask': (_replace(lambda src: '00001/img00000003.png', lambda src: b'\x89PNG garbage', in_masks=True),
-                        r'seg(\.zip)?[/\\]00001[/\\]img00000003\.png: cannot be read as an image'),
+    'image not RGB': (
+        _replace(lambda src: src.names[0], lambda src: encode(np.dstack([src.images[0], src.masks[0]]))),
+        r"img00000000\.png: image mode 'RGBA', expected 'RGB'",
+    ),
+    'unreadable image': (
+        _replace(lambda src: src.names[2], lambda src: b'not an image at all'),
+        r'img00000002\.png: cannot be read as an image',
+    ),
+    'missing mask': (
+        lambda images, masks, src: masks.pop('00000/img00000001.png'),
+        r"seg(\.zip)?: no mask for image '00000/img00000001\.png'",
+    ),
+    'two masks': (
+        _replace(lambda src: '00000/img00000001.bmp', lambda src: encode(src.masks[1], 'BMP'), in_masks=True),
+        r"image '00000/img00000001\.png' has several masks",
+    ),
+    'mask of another size': (
+        _replace(lambda src: '00000/img00000001.png', lambda src: encode(src.masks[1][:8, :8]), in_masks=True),
+        r"seg(\.zip)?[/\\]00000[/\\]img00000001\.png: mask is 8x8 but its image '00000/img00000001\.png' is 16x16",
+    ),
+    'mask not single-channel': (
+        _replace(lambda src: '00001/img00000002.png', lambda src: encode(src.images[2]), in_masks=True),
+        r"seg(\.zip)?[/\\]00001[/\\]img00000002\.png: mask mode 'RGB', expected single-channel",
+    ),
+    'unreadable mask': (
+        _replace(lambda src: '00001/img00000003.png', lambda src: b'\x89PNG garbage', in_masks=True),
+        r'seg(\.zip)?[/\\]00001[/\\]img00000003\.png: cannot be read as an image',
+    ),
 }
 
 
@@ -341,16 +391,21 @@ def test_check_lists_every_problem(tmp_path):
     masks['00002/img00000005.png'] = encode(src.masks[5][:10])
     data, seg = write(tmp_path / 'data', images, True), write(tmp_path / 'seg', masks, True)
     problems = check_dataset(data, seg)
-    expected = [r"image '00000/img00000000\.png' has 30 label values",
-                r"no mask for image '00001/img00000003\.png'",
-                r'img00000004\.png: cannot be decoded',
-                r'img00000005\.png: image is 16x10']
+    expected = [
+        r"image '00000/img00000000\.png' has 30 label values",
+        r"no mask for image '00001/img00000003\.png'",
+        r'img00000004\.png: cannot be decoded',
+        r'img00000005\.png: image is 16x10',
+    ]
     assert len(problems) == len(expected)
     for pattern in expected:
         assert sum(bool(re.search(pattern, problem)) for problem in problems) == 1, pattern
     # Construction reads headers only: the truncated file is not among its problems.
-    with pytest.raises(DatasetError, match=r'^3 problems in dataset .*has 30 label values.*'
-                                           r'python dataset_tool\.py check --data') as raised:
+    with pytest.raises(
+        DatasetError,
+        match=r'^3 problems in dataset .*has 30 label values.*'
+        r'python dataset_tool\.py check --data',
+    ) as raised:
         PortraitDataset(data, seg)
     assert '\n' not in str(raised.value)
 
@@ -358,10 +413,12 @@ def test_check_lists_every_problem(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # Worker safety.
 
+
 def test_dataloader_workers_match_direct_indexing(tmp_path):
     src = make_source(n=5, res=8)
-    dataset = PortraitDataset(write(tmp_path / 'data', image_files(src), True),
-                              write(tmp_path / 'seg', mask_files(src), True), xflip=True)
+    dataset = PortraitDataset(
+        write(tmp_path / 'data', image_files(src), True), write(tmp_path / 'seg', mask_files(src), True), xflip=True
+    )
     direct = [dataset[i] for i in range(len(dataset))]  # the parent holds open handles before the fork
     loader = torch.utils.data.DataLoader(dataset, batch_size=3, shuffle=False, num_workers=2)
     batches = list(loader)
@@ -374,8 +431,9 @@ def test_dataloader_workers_match_direct_indexing(tmp_path):
 
 def test_pickled_dataset_reopens_its_zip(tmp_path):
     src = make_source()
-    dataset = PortraitDataset(write(tmp_path / 'data', image_files(src), True),
-                              write(tmp_path / 'seg', mask_files(src), True))
+    dataset = PortraitDataset(
+        write(tmp_path / 'data', image_files(src), True), write(tmp_path / 'seg', mask_files(src), True)
+    )
     dataset[0]
     copy = pickle.loads(pickle.dumps(dataset))
     for i in range(N):
@@ -400,8 +458,9 @@ def test_png_decoder_output_layouts(tmp_path, monkeypatch):
 
     monkeypatch.setattr(dataset_module, 'pyspng', StandIn)
     src = make_source()
-    dataset = PortraitDataset(write(tmp_path / 'data', image_files(src), True),
-                              write(tmp_path / 'seg', mask_files(src), True))
+    dataset = PortraitDataset(
+        write(tmp_path / 'data', image_files(src), True), write(tmp_path / 'seg', mask_files(src), True)
+    )
     image, mask, _, _ = dataset[2]
     assert StandIn.calls == 2
     np.testing.assert_array_equal(image, src.images[2].transpose(2, 0, 1))

@@ -18,8 +18,8 @@ from training.camera_utils import camera_label, orbit_camera
 from training.dataset import PortraitDataset
 
 OUT = 8
-CENTRE = [(200, 40, 10), (10, 220, 90), (60, 60, 250)]   # colour of each image's central square
-BORDER = (5, 5, 5)                                          # colour outside it
+CENTRE = [(200, 40, 10), (10, 220, 90), (60, 60, 250)]  # colour of each image's central square
+BORDER = (5, 5, 5)  # colour outside it
 
 
 def png(array: np.ndarray, fmt: str = 'PNG') -> bytes:
@@ -42,11 +42,13 @@ def make_layout(root, as_zip=False, mask_dir='masks', mask_ext='.png'):
         left, top = (width - side) // 2, (height - side) // 2
         image = np.empty((height, width, 3), np.uint8)
         image[:] = BORDER
-        image[top:top + side, left:left + side] = CENTRE[i]
+        image[top : top + side, left : left + side] = CENTRE[i]
         mask = np.zeros((height, width), np.uint8)
-        mask[top:top + side, left:left + side] = 255
+        mask[top : top + side, left : left + side] = 255
         files['images/' + name] = png(image)
-        files[f'{mask_dir}/' + os.path.splitext(name)[0] + mask_ext] = png(mask, 'JPEG' if mask_ext == '.jpg' else 'PNG')
+        files[f'{mask_dir}/' + os.path.splitext(name)[0] + mask_ext] = png(
+            mask, 'JPEG' if mask_ext == '.jpg' else 'PNG'
+        )
         labels[name] = torch.cat([cameras[i], poses[i]]).tolist()
     entries = [[('images/' + name) if name == 'person2.png' else name, labels[name]] for name in names]
     files['dataset.json'] = json.dumps({'labels': entries}).encode()
@@ -82,13 +84,15 @@ def assert_click_error(result, code, pattern):
 # ------------------------------------------------------------------------------------------------
 # convert
 
+
 @pytest.mark.parametrize('dest_ext', ['.zip', ''], ids=['zip', 'folder'])
 @pytest.mark.parametrize('transform', ['center-crop', 'resize'])
 def test_convert_loads_at_the_resolution_with_labels_in_order(tmp_path, transform, dest_ext):
     source, labels = make_layout(tmp_path / 'source')
     dest, seg = str(tmp_path / f'out{dest_ext}'), str(tmp_path / f'out-seg{dest_ext}')
-    result = run('convert', '--source', source, '--dest', dest, '--seg-dest', seg,
-                 '--resolution', OUT, '--transform', transform)
+    result = run(
+        'convert', '--source', source, '--dest', dest, '--seg-dest', seg, '--resolution', OUT, '--transform', transform
+    )
     assert result.exit_code == 0, result.output
     assert 'were not square' in result.output
 
@@ -114,7 +118,9 @@ def test_convert_loads_at_the_resolution_with_labels_in_order(tmp_path, transfor
             assert np.abs(image[:, OUT // 2, OUT // 2].astype(int) - centre).max() <= 6
             assert mask[0, OUT // 2, OUT // 2] >= 245  # Lanczos rings a little at the squeezed edge
 
-    with (zipfile.ZipFile(dest).open('dataset.json') if dest_ext else open(os.path.join(dest, 'dataset.json'), 'rb')) as file:
+    with (
+        zipfile.ZipFile(dest).open('dataset.json') if dest_ext else open(os.path.join(dest, 'dataset.json'), 'rb')
+    ) as file:
         document = json.load(file)
     assert [entry[0] for entry in document['labels']] == [f'00000/img{i:08d}.png' for i in range(3)]
     assert [entry[1] for entry in document['labels']] == [labels[name] for name in SORTED]
@@ -125,8 +131,9 @@ def test_convert_loads_at_the_resolution_with_labels_in_order(tmp_path, transfor
 def test_convert_zip_source_with_seg_masks_and_max_images(tmp_path):
     source, labels = make_layout(tmp_path / 'source', as_zip=True, mask_dir='seg', mask_ext='.jpg')
     dest, seg = tmp_path / 'out.zip', tmp_path / 'seg.zip'
-    result = run('convert', '--source', source, '--dest', dest, '--seg-dest', seg, '--resolution', OUT,
-                 '--max-images', 2)
+    result = run(
+        'convert', '--source', source, '--dest', dest, '--seg-dest', seg, '--resolution', OUT, '--max-images', 2
+    )
     assert result.exit_code == 0, result.output
     dataset = PortraitDataset(str(dest), str(seg), resolution=OUT, xflip=True)
     assert len(dataset) == 4
@@ -163,23 +170,31 @@ def test_convert_replaces_an_existing_zip_only_on_success(tmp_path):
 def test_convert_source_problems_are_click_errors(tmp_path):
     source, _ = make_layout(tmp_path / 'source')
     out = ['--dest', tmp_path / 'o.zip', '--seg-dest', tmp_path / 's.zip', '--resolution', OUT]
-    assert_click_error(run('convert', '--source', source, '--images-dir', 'pictures', *out), 1,
-                       r"no images under 'pictures/'; pass --images-dir")
-    assert_click_error(run('convert', '--source', source, '--masks-dir', 'segmentation', *out), 1,
-                       r"3 images have no mask under 'segmentation/'")
+    assert_click_error(
+        run('convert', '--source', source, '--images-dir', 'pictures', *out),
+        1,
+        r"no images under 'pictures/'; pass --images-dir",
+    )
+    assert_click_error(
+        run('convert', '--source', source, '--masks-dir', 'segmentation', *out),
+        1,
+        r"3 images have no mask under 'segmentation/'",
+    )
 
     document = json.loads(open(os.path.join(source, 'dataset.json')).read())
     document['labels'] = document['labels'][1:]
     with open(os.path.join(source, 'dataset.json'), 'w') as file:
         json.dump(document, file)
-    assert_click_error(run('convert', '--source', source, *out), 1,
-                       r'dataset\.json: 1 images have no label: b/person1\.png')
+    assert_click_error(
+        run('convert', '--source', source, *out), 1, r'dataset\.json: 1 images have no label: b/person1\.png'
+    )
 
     document['labels'][0][1] = document['labels'][0][1][:30]
     with open(os.path.join(source, 'dataset.json'), 'w') as file:
         json.dump(document, file)
-    assert_click_error(run('convert', '--source', source, *out), 1,
-                       r"image 'a/person0\.png' has 30 label values, expected 31")
+    assert_click_error(
+        run('convert', '--source', source, *out), 1, r"image 'a/person0\.png' has 30 label values, expected 31"
+    )
 
     os.remove(os.path.join(source, 'dataset.json'))
     assert_click_error(run('convert', '--source', source, *out), 1, r'source: dataset\.json is missing')
@@ -190,6 +205,7 @@ def make_aligned_layout(root, count=3, seed=0):
     """The published pipeline's output: aligned_images/, mask/ (JPEG, other extension) and result.json
     keyed by file name, with random rigid cameras and 72-value SMPL poses. -> (root, result)"""
     from scipy.spatial.transform import Rotation
+
     rng = np.random.default_rng(seed)
     os.makedirs(root / 'aligned_images')
     os.makedirs(root / 'mask')
@@ -198,14 +214,17 @@ def make_aligned_layout(root, count=3, seed=0):
         name = f'photo{i}.png'
         image = rng.integers(0, 256, size=(20, 20, 3), dtype=np.uint8)
         mask = np.zeros((20, 20), np.uint8)
-        mask[4:16, 5 + i:15] = 255
+        mask[4:16, 5 + i : 15] = 255
         (root / 'aligned_images' / name).write_bytes(png(image))
         (root / 'mask' / f'photo{i}.jpg').write_bytes(png(mask, 'JPEG'))
         cam2world = np.eye(4)
         cam2world[:3, :3] = Rotation.random(random_state=seed + i).as_matrix()
         cam2world[:3, 3] = rng.normal(size=3)
-        result[name] = {'camera_pose': cam2world.tolist(), 'smpl_pose': rng.normal(scale=0.3, size=72).tolist(),
-                        'other': 'ignored'}
+        result[name] = {
+            'camera_pose': cam2world.tolist(),
+            'smpl_pose': rng.normal(scale=0.3, size=72).tolist(),
+            'other': 'ignored',
+        }
     (root / 'result.json').write_text(json.dumps(result))
     return str(root), result
 
@@ -220,8 +239,12 @@ def test_convert_reads_the_published_pipelines_layout(tmp_path):
     for i, (name, label) in enumerate(document['labels']):
         entry = result[f'photo{i}.png']
         # By hand: row-major cam2world, then normalized intrinsics, then joints 12 and 15 of smpl_pose.
-        expected = (np.asarray(entry['camera_pose']).reshape(-1).tolist() + [focal, 0, 0.5, 0, focal, 0.5, 0, 0, 1]
-                    + entry['smpl_pose'][36:39] + entry['smpl_pose'][45:48])
+        expected = (
+            np.asarray(entry['camera_pose']).reshape(-1).tolist()
+            + [focal, 0, 0.5, 0, focal, 0.5, 0, 0, 1]
+            + entry['smpl_pose'][36:39]
+            + entry['smpl_pose'][45:48]
+        )
         np.testing.assert_allclose(label, expected, rtol=0, atol=1e-12)
     # Masks are resized with Lanczos filtering, like the images.
     with zipfile.ZipFile(seg) as archive:
@@ -238,18 +261,27 @@ def test_aligned_layout_problems_are_click_errors(tmp_path):
     out = ['--dest', tmp_path / 'o.zip', '--seg-dest', tmp_path / 's.zip', '--resolution', OUT]
     entry = result.pop('photo1.png')
     (tmp_path / 'aligned' / 'result.json').write_text(json.dumps(result))
-    assert_click_error(run('convert', '--source', source, *out), 1, r'result\.json: 1 images have no entry: photo1\.png')
+    assert_click_error(
+        run('convert', '--source', source, *out), 1, r'result\.json: 1 images have no entry: photo1\.png'
+    )
     result['photo1.png'] = dict(entry, smpl_pose=entry['smpl_pose'][:69])
     (tmp_path / 'aligned' / 'result.json').write_text(json.dumps(result))
-    assert_click_error(run('convert', '--source', source, *out), 1,
-                       r"'photo1\.png' needs a 4x4 camera_pose and 72 smpl_pose values, got 4x4 and 69")
+    assert_click_error(
+        run('convert', '--source', source, *out),
+        1,
+        r"'photo1\.png' needs a 4x4 camera_pose and 72 smpl_pose values, got 4x4 and 69",
+    )
     result['photo1.png'] = dict(entry, camera_pose=(2 * np.eye(4)).tolist())
     (tmp_path / 'aligned' / 'result.json').write_text(json.dumps(result))
-    assert_click_error(run('convert', '--source', source, *out), 1, r"'photo1\.png' has a cam2world .* not a rigid transform")
+    assert_click_error(
+        run('convert', '--source', source, *out), 1, r"'photo1\.png' has a cam2world .* not a rigid transform"
+    )
     result['photo1.png'] = entry
     (tmp_path / 'aligned' / 'result.json').write_text(json.dumps(result))
     os.remove(tmp_path / 'aligned' / 'mask' / 'photo2.jpg')
-    assert_click_error(run('convert', '--source', source, *out), 1, r"1 images have no single mask under 'mask/'.*photo2\.png")
+    assert_click_error(
+        run('convert', '--source', source, *out), 1, r"1 images have no single mask under 'mask/'.*photo2\.png"
+    )
     assert not (tmp_path / 'o.zip').exists()
 
 
@@ -266,8 +298,21 @@ def test_convert_flat_folder_with_separate_masks_and_camera_only_labels(tmp_path
         entries.append([name, labels[name][:25]])
     (flat / 'dataset.json').write_text(json.dumps({'labels': entries}))
     dest, seg = tmp_path / 'out', tmp_path / 'out-seg'
-    result = run('convert', '--source', flat, '--images-dir', '.', '--masks', masks, '--dest', dest, '--seg-dest', seg,
-                 '--resolution', OUT)
+    result = run(
+        'convert',
+        '--source',
+        flat,
+        '--images-dir',
+        '.',
+        '--masks',
+        masks,
+        '--dest',
+        dest,
+        '--seg-dest',
+        seg,
+        '--resolution',
+        OUT,
+    )
     assert result.exit_code == 0, result.output
     assert 'note: 3 labels have 25 camera values and no body pose; their pose is set to zero' in result.output
     dataset = PortraitDataset(str(dest), str(seg), resolution=OUT)
@@ -276,8 +321,21 @@ def test_convert_flat_folder_with_separate_masks_and_camera_only_labels(tmp_path
         np.testing.assert_array_equal(camera, np.float32(labels[name][:25]))
         assert not pose.any() and (mask == 255).all()
     # An existing, non-empty destination folder is replaced only with --overwrite.
-    again = ['convert', '--source', flat, '--images-dir', '.', '--masks', masks, '--dest', dest, '--seg-dest', seg,
-             '--resolution', OUT]
+    again = [
+        'convert',
+        '--source',
+        flat,
+        '--images-dir',
+        '.',
+        '--masks',
+        masks,
+        '--dest',
+        dest,
+        '--seg-dest',
+        seg,
+        '--resolution',
+        OUT,
+    ]
     assert_click_error(run(*again), 2, r'out is a folder that is not empty; add --overwrite')
     assert run(*again, '--overwrite').exit_code == 0
     assert len(PortraitDataset(str(dest), str(seg), resolution=OUT)) == 3
@@ -286,25 +344,72 @@ def test_convert_flat_folder_with_separate_masks_and_camera_only_labels(tmp_path
 def test_bad_options_are_usage_errors(tmp_path):
     source, _ = make_layout(tmp_path / 'source')
     full = ['--source', source, '--dest', tmp_path / 'o.zip', '--seg-dest', tmp_path / 's.zip']
-    assert_click_error(run('convert', *full, '--resolution', OUT, '--transform', 'stretch'), 2, r"Invalid value for '--transform'")
+    assert_click_error(
+        run('convert', *full, '--resolution', OUT, '--transform', 'stretch'), 2, r"Invalid value for '--transform'"
+    )
     assert_click_error(run('convert', *full, '--resolution', 0), 2, r"Invalid value for '--resolution'")
-    assert_click_error(run('convert', *full, '--resolution', OUT, '--max-images', 0), 2, r"Invalid value for '--max-images'")
+    assert_click_error(
+        run('convert', *full, '--resolution', OUT, '--max-images', 0), 2, r"Invalid value for '--max-images'"
+    )
     assert_click_error(run('convert', *full), 2, r"Missing option '--resolution'")
-    assert_click_error(run('convert', '--source', tmp_path / 'nowhere', '--dest', tmp_path / 'o.zip',
-                           '--seg-dest', tmp_path / 's.zip', '--resolution', OUT), 2, r"'--source'.*does not exist")
-    assert_click_error(run('convert', '--source', source, '--dest', tmp_path / 'o.zip', '--seg-dest', tmp_path / 'o.zip',
-                           '--resolution', OUT), 2, r"--seg-dest.*must differ from --dest")
-    assert_click_error(run('convert', '--source', source, '--dest', source, '--seg-dest', tmp_path / 's.zip',
-                           '--resolution', OUT), 2, r"--dest.*must differ from --source")
+    assert_click_error(
+        run(
+            'convert',
+            '--source',
+            tmp_path / 'nowhere',
+            '--dest',
+            tmp_path / 'o.zip',
+            '--seg-dest',
+            tmp_path / 's.zip',
+            '--resolution',
+            OUT,
+        ),
+        2,
+        r"'--source'.*does not exist",
+    )
+    assert_click_error(
+        run(
+            'convert',
+            '--source',
+            source,
+            '--dest',
+            tmp_path / 'o.zip',
+            '--seg-dest',
+            tmp_path / 'o.zip',
+            '--resolution',
+            OUT,
+        ),
+        2,
+        r'--seg-dest.*must differ from --dest',
+    )
+    assert_click_error(
+        run('convert', '--source', source, '--dest', source, '--seg-dest', tmp_path / 's.zip', '--resolution', OUT),
+        2,
+        r'--dest.*must differ from --source',
+    )
     fake = tmp_path / 'fake.zip'
     fake.write_bytes(b'not a zip')
-    assert_click_error(run('convert', '--source', fake, '--dest', tmp_path / 'o.zip', '--seg-dest', tmp_path / 's.zip',
-                           '--resolution', OUT), 2, r'fake\.zip: not a zip archive')
+    assert_click_error(
+        run(
+            'convert',
+            '--source',
+            fake,
+            '--dest',
+            tmp_path / 'o.zip',
+            '--seg-dest',
+            tmp_path / 's.zip',
+            '--resolution',
+            OUT,
+        ),
+        2,
+        r'fake\.zip: not a zip archive',
+    )
     assert not (tmp_path / 'o.zip').exists()
 
 
 # ------------------------------------------------------------------------------------------------
 # check
+
 
 def test_check_clean_and_broken(tmp_path):
     source, _ = make_layout(tmp_path / 'source')

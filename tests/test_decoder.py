@@ -24,9 +24,11 @@ def test_chunked_inference_equals_the_one_pass_forward(activation, monkeypatch):
     # Each row depends on its own features only: a row decoded alone gives the same values.
     alone = decoder(features[1:2, 200:201])
     torch.testing.assert_close(alone['rgb'][0, 0].detach(), chunked['rgb'][1, 200], rtol=1e-6, atol=1e-6)
+
     # Oracle: the MLP written out from the layers' parameters (equalized-LR gains included).
     def linear(layer, x):
         return x @ (layer.weight * layer.weight_gain).t() + layer.bias * layer.bias_gain
+
     with torch.no_grad():
         raw = linear(decoder.out, torch.nn.functional.softplus(linear(decoder.hidden, features)))
     torch.testing.assert_close(chunked['sigma'], raw[..., :1], rtol=1e-5, atol=1e-5)

@@ -33,13 +33,15 @@ def points_off_faces(vertices: torch.Tensor, faces: torch.Tensor, offsets: torch
     vertices [V, 3], faces [F, 3], offsets [F] -> [F, 3]
     """
     corners = vertices[faces]
-    normal = torch.nn.functional.normalize(torch.linalg.cross(corners[:, 1] - corners[:, 0],
-                                                              corners[:, 2] - corners[:, 0], dim=-1), dim=-1)
+    normal = torch.nn.functional.normalize(
+        torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=-1), dim=-1
+    )
     return corners.mean(dim=1) + offsets[:, None] * normal
 
 
-def clearly_nearest_to(points: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor,
-                       subset: torch.Tensor, margin: float = 1e-4) -> torch.Tensor:
+def clearly_nearest_to(
+    points: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor, subset: torch.Tensor, margin: float = 1e-4
+) -> torch.Tensor:
     """Which points are within THICKNESS of a face in `subset` and nearer to it, by `margin` in
     squared distance, than to every face outside it (no ties across the subset's border).
 
@@ -71,9 +73,12 @@ def test_head_rotation_is_undone_rigidly_near_the_head():
     pivot = body.joints[0, lbs.HEAD_JOINT]
     # Precondition from the body model: these vertices turn rigidly about the head joint.
     head_vertices = faces[rigid_head].unique()
-    torch.testing.assert_close(posed[0, head_vertices],
-                               (body.canonical_vertices[0, head_vertices] - pivot) @ rotation.T + pivot,
-                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        posed[0, head_vertices],
+        (body.canonical_vertices[0, head_vertices] - pivot) @ rotation.T + pivot,
+        atol=1e-12,
+        rtol=0,
+    )
 
     generator = torch.Generator().manual_seed(1)
     chosen = rigid_head.nonzero()[:, 0][torch.randperm(int(rigid_head.sum()), generator=generator)[:800]]
@@ -101,8 +106,9 @@ def test_torso_points_stay_put_under_any_pose(body):
     points = points_off_faces(posed[0], faces[chosen], offsets)
     points = points[clearly_nearest_to(points, posed[0], faces, torso)][None]
     assert points.shape[1] > 200
-    torch.testing.assert_close(canonicalize(points, posed, body.canonical_vertices, faces, THICKNESS), points,
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        canonicalize(points, posed, body.canonical_vertices, faces, THICKNESS), points, atol=1e-6, rtol=0
+    )
 
 
 def test_points_beyond_the_thickness_are_unchanged(body):
@@ -120,6 +126,7 @@ def test_points_beyond_the_thickness_are_unchanged(body):
 
 def reference_map(points: np.ndarray, posed: np.ndarray, canonical: np.ndarray, triangle: np.ndarray) -> np.ndarray:
     """The per-triangle map written out as in docs/method.md §5.4, one point at a time."""
+
     def frame(p0, p1, p2):
         e_x = (p1 - p0) / np.linalg.norm(p1 - p0)
         normal = np.cross(p1 - p0, p2 - p0)
@@ -146,8 +153,12 @@ def test_map_follows_the_nearest_triangle_formula(body, backend):
         face, _ = nearest_faces(points[item], posed[item], body64.box_faces, THICKNESS, backend=backend)
         near = face >= 0
         assert near.sum() > 40
-        expected = reference_map(points[item, near].numpy(), posed[item].numpy(), body64.canonical_vertices[0].numpy(),
-                                 body64.box_faces[face[near]].numpy())
+        expected = reference_map(
+            points[item, near].numpy(),
+            posed[item].numpy(),
+            body64.canonical_vertices[0].numpy(),
+            body64.box_faces[face[near]].numpy(),
+        )
         np.testing.assert_allclose(canonical[item, near].numpy(), expected, atol=1e-12, rtol=0)
 
 
@@ -157,9 +168,10 @@ def test_batch_items_are_independent(body):
     points = (torch.rand(3, 500, 3, generator=torch.Generator().manual_seed(9)) - 0.5) * 0.9
     together = canonicalize(points, posed, body.canonical_vertices, body.box_faces, THICKNESS)
     for item in range(3):
-        alone = canonicalize(points[item:item + 1], posed[item:item + 1], body.canonical_vertices, body.box_faces,
-                             THICKNESS)
-        assert torch.equal(together[item:item + 1], alone)
+        alone = canonicalize(
+            points[item : item + 1], posed[item : item + 1], body.canonical_vertices, body.box_faces, THICKNESS
+        )
+        assert torch.equal(together[item : item + 1], alone)
 
 
 def head_points(body: BodyModel, pose: torch.Tensor, count: int, seed: int) -> torch.Tensor:
@@ -173,7 +185,7 @@ def head_points(body: BodyModel, pose: torch.Tensor, count: int, seed: int) -> t
     faces = body.box_faces
     head = (joint_weight(body, lbs.HEAD_JOINT)[faces] > 0.5).all(dim=1).nonzero()[:, 0]
     generator = torch.Generator().manual_seed(seed)
-    chosen = head[torch.randperm(len(head), generator=generator)[:8 * count]]
+    chosen = head[torch.randperm(len(head), generator=generator)[: 8 * count]]
     offsets = 0.01 + 0.09 * torch.rand(len(chosen), generator=generator, dtype=posed.dtype)
     points = points_off_faces(posed, faces[chosen], offsets)
     face, _ = nearest_faces(points, posed, faces, None, backend='brute')
@@ -188,8 +200,9 @@ def test_gradcheck_with_respect_to_the_pose_and_the_points(backend):
     assert len(points) == 6
 
     def deform(pose, points):
-        return canonicalize(points[None], body.pose(pose), body.canonical_vertices, body.box_faces, THICKNESS,
-                            backend=backend)
+        return canonicalize(
+            points[None], body.pose(pose), body.canonical_vertices, body.box_faces, THICKNESS, backend=backend
+        )
 
     inputs = (pose.clone().requires_grad_(True), points.clone().requires_grad_(True))
     assert torch.autograd.gradcheck(deform, inputs, eps=1e-7, atol=1e-6)
@@ -205,8 +218,9 @@ def test_lbvh_gives_the_brute_force_map_and_pose_gradient():
     results = {}
     for backend in ('lbvh', 'brute'):
         leaf = pose.clone().requires_grad_(True)
-        canonical = canonicalize(points, body.pose(leaf), body.canonical_vertices, body.box_faces, THICKNESS,
-                                 backend=backend)
+        canonical = canonicalize(
+            points, body.pose(leaf), body.canonical_vertices, body.box_faces, THICKNESS, backend=backend
+        )
         results[backend] = canonical.detach(), torch.autograd.grad((canonical * points).sum(), leaf)[0]
     assert torch.equal(results['lbvh'][0], results['brute'][0])
     assert torch.equal(results['lbvh'][1], results['brute'][1])
@@ -231,7 +245,9 @@ def test_posed_mesh_map_on_cuda_matches_the_cpu(body):
         squared = []
         for faces in (faces_cpu, faces_gpu):
             chosen = corners[item, faces[item, near]]
-            squared.append(closest_point_on_faces(points[item, near].double(), chosen[:, 0], chosen[:, 1], chosen[:, 2])[1])
+            squared.append(
+                closest_point_on_faces(points[item, near].double(), chosen[:, 0], chosen[:, 1], chosen[:, 2])[1]
+            )
         torch.testing.assert_close(squared[1], squared[0], atol=1e-6, rtol=0)
     mapped = on_gpu.apply(points.cuda(), faces_gpu.cuda()).cpu()
     torch.testing.assert_close(mapped, on_cpu.apply(points, faces_gpu), atol=1e-5, rtol=0)
@@ -253,7 +269,9 @@ def test_deformer_poses_once_and_matches_canonicalize(body, monkeypatch):
     assert len(calls) == 1
 
     posed = original_pose(pose)
-    assert torch.equal(coarse_canonical, canonicalize(coarse, posed, body.canonical_vertices, body.box_faces, THICKNESS))
+    assert torch.equal(
+        coarse_canonical, canonicalize(coarse, posed, body.canonical_vertices, body.box_faces, THICKNESS)
+    )
     assert torch.equal(fine_canonical, canonicalize(fine, posed, body.canonical_vertices, body.box_faces, THICKNESS))
     assert torch.equal(deformer(coarse, pose), coarse_canonical)
 

@@ -128,14 +128,14 @@ def test_left_samples_use_mirrored_inputs_and_camera():
     assert (seen['head'][:, -25 + 3] < 0).all()  # the head only sees right-side cameras
     with torch.no_grad():
         for i, left in enumerate([False, True, False, True]):
-            di = {k: v[i:i + 1] for k, v in d.items()}
-            ci = c[i:i + 1]
+            di = {k: v[i : i + 1] for k, v in d.items()}
+            ci = c[i : i + 1]
             if left:
                 di, ci = {k: v.flip(3) for k, v in di.items()}, flip_camera(ci)
             expected = disc.pose_branch(torch.cat([disc.features(di), ci], dim=1))
             if left:
                 expected = flip_pose(expected)
-            torch.testing.assert_close(pose[i:i + 1], expected, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(pose[i : i + 1], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_without_mirror_camera_left_samples_keep_their_camera():
@@ -145,11 +145,11 @@ def test_without_mirror_camera_left_samples_keep_their_camera():
     with torch.no_grad():
         pose = disc.predict_pose(d, c)
         for i, left in enumerate([False, True, False, True]):
-            di = {k: v[i:i + 1].flip(3) if left else v[i:i + 1] for k, v in d.items()}
-            expected = disc.pose_branch(torch.cat([disc.features(di), c[i:i + 1]], dim=1))
+            di = {k: v[i : i + 1].flip(3) if left else v[i : i + 1] for k, v in d.items()}
+            expected = disc.pose_branch(torch.cat([disc.features(di), c[i : i + 1]], dim=1))
             if left:
                 expected = flip_pose(expected)
-            torch.testing.assert_close(pose[i:i + 1], expected, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(pose[i : i + 1], expected, rtol=1e-5, atol=1e-6)
         default = _disc(mbstd_group_size=1)
         default.load_state_dict(disc.state_dict())
         assert not torch.allclose(default.predict_pose(d, c)[1::2], pose[1::2])

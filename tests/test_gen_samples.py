@@ -28,11 +28,23 @@ def invoke(*args):
 @pytest.mark.parametrize('ext', ['pkl', 'pt'])
 def test_images_and_shapes(run_dir, tmp_path, ext):
     outdir = tmp_path / 'out'
-    result = invoke('--network', os.path.join(run_dir, f'network-snapshot-000000.{ext}'), '--seeds', '3',
-                    '--sample-mult', '1', '--shapes', '--shape-res', '24', '--outdir', outdir,
-                    # The untrained density stays below the default level; every interior voxel is above
-                    # this one (the border is -1000), so a closed mesh must come out.
-                    '--shape-level', '-500')
+    result = invoke(
+        '--network',
+        os.path.join(run_dir, f'network-snapshot-000000.{ext}'),
+        '--seeds',
+        '3',
+        '--sample-mult',
+        '1',
+        '--shapes',
+        '--shape-res',
+        '24',
+        '--outdir',
+        outdir,
+        # The untrained density stays below the default level; every interior voxel is above
+        # this one (the border is -1000), so a closed mesh must come out.
+        '--shape-level',
+        '-500',
+    )
     assert result.exit_code == 0, result.output
     assert PIL.Image.open(outdir / 'seed0003.png').size == (3 * RES, RES)
     assert PIL.Image.open(outdir / 'seed0003_raw.png').size == (3 * RAW, RAW)
@@ -47,8 +59,19 @@ def test_images_and_shapes(run_dir, tmp_path, ext):
 def test_same_seed_same_image_and_pose_changes_it(run_dir, tmp_path):
     images = []
     for name, extra in [('a', []), ('b', []), ('c', ['--pose', '0.5,0,0,0,0.5,0'])]:
-        result = invoke('--network', run_dir, '--seeds', '1', '--views', 'front', '--sample-mult', '1',
-                        '--outdir', tmp_path / name, *extra)
+        result = invoke(
+            '--network',
+            run_dir,
+            '--seeds',
+            '1',
+            '--views',
+            'front',
+            '--sample-mult',
+            '1',
+            '--outdir',
+            tmp_path / name,
+            *extra,
+        )
         assert result.exit_code == 0, result.output
         images.append(np.asarray(PIL.Image.open(tmp_path / name / 'seed0001_raw.png')))
     np.testing.assert_array_equal(images[0], images[1])
@@ -58,14 +81,26 @@ def test_same_seed_same_image_and_pose_changes_it(run_dir, tmp_path):
 def test_seeds_num_is_reproducible(run_dir, tmp_path):
     names = []
     for name in 'ab':
-        result = invoke('--network', run_dir, '--seeds_num', '2', '--views', 'front', '--sample-mult', '1',
-                        '--outdir', tmp_path / name)
+        result = invoke(
+            '--network',
+            run_dir,
+            '--seeds_num',
+            '2',
+            '--views',
+            'front',
+            '--sample-mult',
+            '1',
+            '--outdir',
+            tmp_path / name,
+        )
         assert result.exit_code == 0, result.output
         names.append(sorted(p for p in os.listdir(tmp_path / name) if p.endswith('_raw.png')))
     assert len(names[0]) == 2 and names[0] == names[1]
 
 
-@pytest.mark.parametrize('case', ['missing', 'foreign', 'seeds', 'outdir', 'pose', 'nan_pose', 'inf_pose', 'not_a_generator'])
+@pytest.mark.parametrize(
+    'case', ['missing', 'foreign', 'seeds', 'outdir', 'pose', 'nan_pose', 'inf_pose', 'not_a_generator']
+)
 def test_one_line_errors(run_dir, tmp_path, case):
     foreign = tmp_path / 'notes.txt'
     foreign.write_text('not a checkpoint')

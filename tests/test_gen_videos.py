@@ -18,9 +18,25 @@ def run_dir(tmp_path_factory):
 
 
 def test_orbit_video_frames_and_closure(run_dir, tmp_path):
-    result = CliRunner().invoke(gen_videos.main, ['--network', run_dir, '--seeds', '0,1', '--grid', '2x1',
-                                                  '--w-frames', '5', '--sample-mult', '1', '--outdir', str(tmp_path),
-                                                  '--device', 'cpu'])
+    result = CliRunner().invoke(
+        gen_videos.main,
+        [
+            '--network',
+            run_dir,
+            '--seeds',
+            '0,1',
+            '--grid',
+            '2x1',
+            '--w-frames',
+            '5',
+            '--sample-mult',
+            '1',
+            '--outdir',
+            str(tmp_path),
+            '--device',
+            'cpu',
+        ],
+    )
     assert result.exit_code == 0, result.output
     frames = imageio.mimread(glob.glob(str(tmp_path / '*.mp4'))[0])
     res = TINY_GENERATOR['img_resolution']
@@ -28,12 +44,31 @@ def test_orbit_video_frames_and_closure(run_dir, tmp_path):
     assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).max() <= 8
 
 
-@pytest.mark.parametrize('spelling, trajectory', [('--large_pose', 'orbit'), ('--large_pose=True', 'orbit'),
-                                                  ('--large_pose=False', 'wobble')])
+@pytest.mark.parametrize(
+    'spelling, trajectory',
+    [('--large_pose', 'orbit'), ('--large_pose=True', 'orbit'), ('--large_pose=False', 'wobble')],
+)
 def test_large_pose_takes_the_published_spellings(run_dir, tmp_path, spelling, trajectory):
-    result = CliRunner().invoke(gen_videos.main, ['--network', run_dir, '--seeds', '0', '--trajectory', 'wobble',
-                                                  spelling, '--w-frames', '2', '--sample-mult', '1',
-                                                  '--outdir', str(tmp_path), '--device', 'cpu'])
+    result = CliRunner().invoke(
+        gen_videos.main,
+        [
+            '--network',
+            run_dir,
+            '--seeds',
+            '0',
+            '--trajectory',
+            'wobble',
+            spelling,
+            '--w-frames',
+            '2',
+            '--sample-mult',
+            '1',
+            '--outdir',
+            str(tmp_path),
+            '--device',
+            'cpu',
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert [path.name for path in tmp_path.glob('*.mp4')] == [f'seeds0_{trajectory}_image.mp4']
 
@@ -45,7 +80,13 @@ def test_one_line_errors(run_dir, tmp_path, case):
     blocker = tmp_path / 'file'
     blocker.write_text('')
     args = dict(network=run_dir, seeds='0', outdir=tmp_path / 'out', grid='1x1')
-    hint = {'missing': 'nothing.pkl', 'foreign': 'notes.txt', 'seeds': 'a-b', 'outdir': 'cannot write into --outdir', 'grid': '2x2'}[case]
+    hint = {
+        'missing': 'nothing.pkl',
+        'foreign': 'notes.txt',
+        'seeds': 'a-b',
+        'outdir': 'cannot write into --outdir',
+        'grid': '2x2',
+    }[case]
     if case == 'missing':
         args['network'] = tmp_path / 'nothing.pkl'
     elif case == 'foreign':
@@ -56,9 +97,23 @@ def test_one_line_errors(run_dir, tmp_path, case):
         args['outdir'] = blocker / 'sub'
     else:
         args['grid'] = '2x2'  # four cells, one seed
-    result = CliRunner().invoke(gen_videos.main, ['--network', str(args['network']), '--seeds', args['seeds'],
-                                                  '--grid', args['grid'], '--w-frames', '2',
-                                                  '--outdir', str(args['outdir']), '--device', 'cpu'])
+    result = CliRunner().invoke(
+        gen_videos.main,
+        [
+            '--network',
+            str(args['network']),
+            '--seeds',
+            args['seeds'],
+            '--grid',
+            args['grid'],
+            '--w-frames',
+            '2',
+            '--outdir',
+            str(args['outdir']),
+            '--device',
+            'cpu',
+        ],
+    )
     assert result.exit_code != 0
     assert 'Traceback' not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith('Error')]
@@ -73,6 +128,7 @@ def seed_latent(run_dir: str, seed: int = 0):
 
     from training.camera_utils import frontal_camera
     from training.cli import load_generator
+
     G = load_generator(run_dir, None, 0, torch.device('cpu'))
     z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).float()
     with torch.no_grad():
@@ -80,8 +136,22 @@ def seed_latent(run_dir: str, seed: int = 0):
 
 
 def render(run_dir, outdir, *args) -> list:
-    result = CliRunner().invoke(gen_videos.main, ['--network', run_dir, '--w-frames', '2', '--sample-mult', '1',
-                                                  '--outdir', str(outdir), '--device', 'cpu', *args])
+    result = CliRunner().invoke(
+        gen_videos.main,
+        [
+            '--network',
+            run_dir,
+            '--w-frames',
+            '2',
+            '--sample-mult',
+            '1',
+            '--outdir',
+            str(outdir),
+            '--device',
+            'cpu',
+            *args,
+        ],
+    )
     assert result.exit_code == 0, result.output
     paths = glob.glob(str(outdir / '*.mp4'))
     assert len(paths) == 1
@@ -101,11 +171,14 @@ def test_latent_renders_the_video_of_its_seed(run_dir, tmp_path):
 
 def test_latent_with_a_pose_renders_posed(run_dir, tmp_path):
     import torch
+
     ws = seed_latent(run_dir)
     save_latent(str(tmp_path / 'canonical.npz'), ws, None, None)
     save_latent(str(tmp_path / 'posed.npz'), ws, torch.tensor([[0.0, 0.0, 0.0, 0.3, -0.8, 0.2]]), None)
-    (_, canonical), (_, posed) = (render(run_dir, tmp_path / name, '--latent', str(tmp_path / f'{name}.npz'),
-                                         '--image_mode', 'image_raw') for name in ('canonical', 'posed'))
+    (_, canonical), (_, posed) = (
+        render(run_dir, tmp_path / name, '--latent', str(tmp_path / f'{name}.npz'), '--image_mode', 'image_raw')
+        for name in ('canonical', 'posed')
+    )
     # libx264 turns equal frames into equal frames (test_latent_renders_the_video_of_its_seed), so any change
     # comes from the render; the untrained tiny head is faint, so the change is small.
     assert not np.array_equal(canonical[0], posed[0])
@@ -117,14 +190,29 @@ def test_latent_usage_errors(run_dir, tmp_path, case):
     if case == 'ws-shape':
         ws = ws[:, :-1]
     save_latent(str(tmp_path / 'face.npz'), ws, None, None)
-    extra, hint = {'ws-shape': ([], f"Invalid value for --latent: {tmp_path / 'face.npz'}: ws has shape"),
-                   'with-seeds': (['--seeds', '0'], '--seeds does not apply to --latent'),
-                   'grid': (['--grid', '2x1'], 'use --grid 1x1'),
-                   'interpolate': (['--interpolate', 'linear'], 'and --interpolate none'),
-                   'trunc': (['--trunc', '0.7'], '--trunc does not apply to --latent')}[case]
-    result = CliRunner().invoke(gen_videos.main, ['--network', run_dir, '--latent', str(tmp_path / 'face.npz'),
-                                                  '--w-frames', '2', '--outdir', str(tmp_path / 'out'),
-                                                  '--device', 'cpu', *extra])
+    extra, hint = {
+        'ws-shape': ([], f'Invalid value for --latent: {tmp_path / "face.npz"}: ws has shape'),
+        'with-seeds': (['--seeds', '0'], '--seeds does not apply to --latent'),
+        'grid': (['--grid', '2x1'], 'use --grid 1x1'),
+        'interpolate': (['--interpolate', 'linear'], 'and --interpolate none'),
+        'trunc': (['--trunc', '0.7'], '--trunc does not apply to --latent'),
+    }[case]
+    result = CliRunner().invoke(
+        gen_videos.main,
+        [
+            '--network',
+            run_dir,
+            '--latent',
+            str(tmp_path / 'face.npz'),
+            '--w-frames',
+            '2',
+            '--outdir',
+            str(tmp_path / 'out'),
+            '--device',
+            'cpu',
+            *extra,
+        ],
+    )
     assert result.exit_code == 2 and 'Traceback' not in result.output, result.output
     errors = [line for line in result.output.splitlines() if line.startswith('Error')]
     assert len(errors) == 1 and hint in errors[0], result.output

@@ -103,12 +103,12 @@ def test_merge_samples_sorts_and_keeps_pairs():
     depths_b = torch.rand(2, 3, 4, 1, generator=generator)
     # Features and densities that are known functions of the depth reveal any mix-up.
     features_a, features_b = torch.cat([depths_a, -depths_a], -1) * 10, torch.cat([depths_b, -depths_b], -1) * 10
-    densities_a, densities_b = depths_a ** 2, depths_b ** 2
+    densities_a, densities_b = depths_a**2, depths_b**2
     depths, features, densities = merge_samples(depths_a, features_a, densities_a, depths_b, features_b, densities_b)
     assert depths.shape == (2, 3, 9, 1) and features.shape == (2, 3, 9, 2)
     assert (depths[:, :, 1:] >= depths[:, :, :-1]).all()
     torch.testing.assert_close(features, torch.cat([depths, -depths], -1) * 10)
-    torch.testing.assert_close(densities, depths ** 2)
+    torch.testing.assert_close(densities, depths**2)
     np.testing.assert_allclose(np.sort(torch.cat([depths_a, depths_b], 2).numpy(), axis=2), depths.numpy())
 
 

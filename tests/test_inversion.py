@@ -31,6 +31,7 @@ POSE = torch.tensor([[0.1, 0.0, 0.0, 0.2, -0.1, 0.0]])
 @pytest.fixture(scope='module')
 def networks(tmp_path_factory):
     from tests.tiny_run import write_tiny_snapshot
+
     run_dir = write_tiny_snapshot(str(tmp_path_factory.mktemp('tiny')))[0]
     path = os.path.join(run_dir, 'network-snapshot-000000.pt')
     G, D = run_files.snapshot_networks(checkpoint.load_any(path), path)
@@ -54,8 +55,9 @@ def test_perceptual_distance_is_zero_for_equal_images_and_grows_with_the_differe
     image = {key: out[key] for key in ('image', 'image_raw', 'image_mask')}
     assert perceptual_distance(D, image, image).abs().max() < 1e-6
     noise = torch.randn(image['image'].shape, generator=torch.Generator().manual_seed(0))
-    small, large = (perceptual_distance(D, image, dict(image, image=image['image'] + scale * noise)).item()
-                    for scale in (0.05, 0.5))
+    small, large = (
+        perceptual_distance(D, image, dict(image, image=image['image'] + scale * noise)).item() for scale in (0.05, 0.5)
+    )
     assert 0 < small < large
 
 
@@ -89,7 +91,9 @@ def test_a_refined_pose_moves_and_a_fixed_one_does_not(networks):
     target = render_target(_own_render(G))
     start = torch.zeros_like(POSE)
     fixed = optimize_latent(G, D, target, _camera(), start, InversionConfig(w_steps=3), progress=False)
-    moved = optimize_latent(G, D, target, _camera(), start, InversionConfig(w_steps=3, refine_pose=True), progress=False)
+    moved = optimize_latent(
+        G, D, target, _camera(), start, InversionConfig(w_steps=3, refine_pose=True), progress=False
+    )
     assert torch.equal(fixed.pose, start) and not torch.equal(moved.pose, start)
 
 
@@ -107,15 +111,43 @@ def test_invert_writes_every_output_and_they_load_in_the_other_tools(networks, t
     image_path, mask_path = _write_photo(tmp_path, _own_render(G))
     camera = ','.join(f'{v:.7f}' for v in _camera()[0, :16].tolist())
     outdir = tmp_path / 'out'
-    result = CliRunner().invoke(invert.main, ['--network', run_dir, '--image', image_path, '--mask', mask_path,
-                                              '--camera', camera, '--w-steps', '4', '--pti-steps', '2', '--frames', '4',
-                                              '--shape-res', '16', '--device', 'cpu', '--outdir', str(outdir)])
+    result = CliRunner().invoke(
+        invert.main,
+        [
+            '--network',
+            run_dir,
+            '--image',
+            image_path,
+            '--mask',
+            mask_path,
+            '--camera',
+            camera,
+            '--w-steps',
+            '4',
+            '--pti-steps',
+            '2',
+            '--frames',
+            '4',
+            '--shape-res',
+            '16',
+            '--device',
+            'cpu',
+            '--outdir',
+            str(outdir),
+        ],
+    )
     assert result.exit_code == 0, result.output
     folder = outdir / 'photo'
     # The untrained tiny generator's density crosses no surface level: the mesh step writes the volume only.
     assert 'mesh: the density' in result.output and 'wrote the volume only' in result.output
-    assert sorted(os.listdir(folder)) == ['G_tuned.pt', 'latent.npz', 'losses.json', 'mesh.mrc', 'orbit.mp4',
-                                         'reconstruction.png']
+    assert sorted(os.listdir(folder)) == [
+        'G_tuned.pt',
+        'latent.npz',
+        'losses.json',
+        'mesh.mrc',
+        'orbit.mp4',
+        'reconstruction.png',
+    ]
     losses = json.loads((folder / 'losses.json').read_text())
     assert len(losses['w']) == 4 and len(losses['pti']) == 2 and losses['interrupted'] is False
     assert PIL.Image.open(folder / 'reconstruction.png').size == (3 * G.img_resolution, G.img_resolution)
@@ -128,16 +160,19 @@ def test_invert_writes_every_output_and_they_load_in_the_other_tools(networks, t
     assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), G.state_dict().values()))
 
 
-@pytest.mark.parametrize('case, message', [
-    ('no mask', 'a single image needs its person mask (--mask FILE) and its camera (--camera)'),
-    ('no camera', 'a single image needs its person mask (--mask FILE) and its camera (--camera)'),
-    ('bad camera', 'Invalid value for --camera: 3 values: expected'),
-    ('not square', 'expected an aligned square crop'),
-    ('not an image', 'cannot read the image'),
-    ('generator only', 'needs a checkpoint with a generator and a discriminator (D_ema or D)'),
-    ('no pose settings', 'pass --pose, or the JSON written beside the snapshot with --pose-kwargs'),
-    ('foreign checkpoint', 'not a weights file of this project'),
-])
+@pytest.mark.parametrize(
+    'case, message',
+    [
+        ('no mask', 'a single image needs its person mask (--mask FILE) and its camera (--camera)'),
+        ('no camera', 'a single image needs its person mask (--mask FILE) and its camera (--camera)'),
+        ('bad camera', 'Invalid value for --camera: 3 values: expected'),
+        ('not square', 'expected an aligned square crop'),
+        ('not an image', 'cannot read the image'),
+        ('generator only', 'needs a checkpoint with a generator and a discriminator (D_ema or D)'),
+        ('no pose settings', 'pass --pose, or the JSON written beside the snapshot with --pose-kwargs'),
+        ('foreign checkpoint', 'not a weights file of this project'),
+    ],
+)
 def test_bad_inputs_are_one_line_errors(networks, tmp_path, case, message):
     run_dir, G, D = networks
     image_path, mask_path = _write_photo(tmp_path, _own_render(G))
@@ -163,8 +198,22 @@ def test_bad_inputs_are_one_line_errors(networks, tmp_path, case, message):
     elif case == 'no pose settings':
         network = str(tmp_path / 'snapshot.pt')
         checkpoint.save_weights(network, {'G_ema': G, 'D': D})
-    result = CliRunner().invoke(invert.main, ['--network', network, *args, '--w-steps', '1', '--no-video', '--no-mesh',
-                                              '--outdir', str(tmp_path / 'out'), '--device', 'cpu'])
+    result = CliRunner().invoke(
+        invert.main,
+        [
+            '--network',
+            network,
+            *args,
+            '--w-steps',
+            '1',
+            '--no-video',
+            '--no-mesh',
+            '--outdir',
+            str(tmp_path / 'out'),
+            '--device',
+            'cpu',
+        ],
+    )
     assert result.exit_code in (1, 2) and message in result.output, result.output
     # click's usage errors add the usage line; the error itself is one line.
     assert 'Traceback' not in result.output
@@ -173,17 +222,31 @@ def test_bad_inputs_are_one_line_errors(networks, tmp_path, case, message):
 
 def test_invert_reads_a_data_set_and_a_folder_of_the_published_layout(networks, tmp_path):
     import zipfile
+
     run_dir, G, _ = networks
     root = os.path.dirname(run_dir)
     with zipfile.ZipFile(os.path.join(root, 'data.zip')) as data:
         labels = dict(json.loads(data.read('dataset.json'))['labels'])
     common = ['--network', run_dir, '--w-steps', '1', '--no-video', '--no-mesh', '--device', 'cpu']
-    result = CliRunner().invoke(invert.main, [*common, '--image', os.path.join(root, 'data.zip'),
-                                              '--mask', os.path.join(root, 'seg.zip'), '--outdir', str(tmp_path / 'set')])
+    result = CliRunner().invoke(
+        invert.main,
+        [
+            *common,
+            '--image',
+            os.path.join(root, 'data.zip'),
+            '--mask',
+            os.path.join(root, 'seg.zip'),
+            '--outdir',
+            str(tmp_path / 'set'),
+        ],
+    )
     assert result.exit_code == 0, result.output
     # One folder per image, at the image's path inside the data set.
-    written = sorted(os.path.relpath(folder, tmp_path / 'set') for folder, _, files in os.walk(tmp_path / 'set')
-                     if 'latent.npz' in files)
+    written = sorted(
+        os.path.relpath(folder, tmp_path / 'set')
+        for folder, _, files in os.walk(tmp_path / 'set')
+        if 'latent.npz' in files
+    )
     assert written == sorted(os.path.splitext(name)[0] for name in labels)
     name = sorted(labels)[3]
     latent = load_latent(str(tmp_path / 'set' / os.path.splitext(name)[0] / 'latent.npz'), G, torch.device('cpu'))
@@ -197,7 +260,9 @@ def test_invert_reads_a_data_set_and_a_folder_of_the_published_layout(networks, 
     os.replace(mask_path, folder / 'mask' / 'me.png')
     cam2world = _camera()[0, :16].reshape(4, 4)
     (folder / 'result.json').write_text(json.dumps({'me.png': {'camera_pose': cam2world.tolist()}}))
-    result = CliRunner().invoke(invert.main, [*common, '--image', str(folder), '--outdir', str(tmp_path / 'published-out')])
+    result = CliRunner().invoke(
+        invert.main, [*common, '--image', str(folder), '--outdir', str(tmp_path / 'published-out')]
+    )
     assert result.exit_code == 0, result.output
     latent = load_latent(str(tmp_path / 'published-out' / 'me' / 'latent.npz'), G, torch.device('cpu'))
     assert torch.allclose(latent['camera'], _camera(), atol=1e-6)
@@ -205,6 +270,7 @@ def test_invert_reads_a_data_set_and_a_folder_of_the_published_layout(networks, 
 
 def test_ctrl_c_ends_the_stage_and_keeps_what_it_reached(networks, tmp_path, monkeypatch):
     import training.inversion
+
     run_dir, G, _ = networks
     image_path, mask_path = _write_photo(tmp_path, _own_render(G))
     calls = []
@@ -217,9 +283,27 @@ def test_ctrl_c_ends_the_stage_and_keeps_what_it_reached(networks, tmp_path, mon
         return real_render(*args, **kwargs)
 
     monkeypatch.setattr(training.inversion, 'render', render_until_interrupted)
-    result = CliRunner().invoke(invert.main, ['--network', run_dir, '--image', image_path, '--mask', mask_path,
-                                              '--camera', 'front', '--w-steps', '10', '--pti-steps', '5',
-                                              '--device', 'cpu', '--outdir', str(tmp_path / 'out')])
+    result = CliRunner().invoke(
+        invert.main,
+        [
+            '--network',
+            run_dir,
+            '--image',
+            image_path,
+            '--mask',
+            mask_path,
+            '--camera',
+            'front',
+            '--w-steps',
+            '10',
+            '--pti-steps',
+            '5',
+            '--device',
+            'cpu',
+            '--outdir',
+            str(tmp_path / 'out'),
+        ],
+    )
     assert result.exit_code == 130 and 'interrupted' in result.output
     folder = tmp_path / 'out' / 'photo'
     losses = json.loads((folder / 'losses.json').read_text())

@@ -44,8 +44,10 @@ def test_portraits_over_grey_ignore_the_background():
     other_background = np.where(alpha[..., None] > 0, person, rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
     np.testing.assert_array_equal(inversion.on_grey(person, alpha), inversion.on_grey(other_background, alpha))
     assert (inversion.on_grey(person, alpha)[0, 0] == 128).all()
-    np.testing.assert_array_equal(inversion.on_grey(person, np.full((8, 8), 0.5))[0, 0],
-                                  np.rint((person[0, 0].astype(float) + 128) / 2).astype(np.uint8))
+    np.testing.assert_array_equal(
+        inversion.on_grey(person, np.full((8, 8), 0.5))[0, 0],
+        np.rint((person[0, 0].astype(float) + 128) / 2).astype(np.uint8),
+    )
 
 
 def test_view_scene_keeps_the_lights_in_the_world():
@@ -68,8 +70,9 @@ def test_yaw_offset_camera():
     assert torch.equal(inversion.yaw_offset_camera(single, 0.0), single)
     assert inversion.yaw_offset_camera(single, 90.0).shape == (25,)
     torch.testing.assert_close(inversion.yaw_offset_camera(cameras, 360.0), cameras, atol=1e-5, rtol=0)
-    torch.testing.assert_close(inversion.yaw_offset_camera(inversion.yaw_offset_camera(cameras, 90.0), -90.0), cameras,
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        inversion.yaw_offset_camera(inversion.yaw_offset_camera(cameras, 90.0), -90.0), cameras, atol=1e-5, rtol=0
+    )
 
     for degrees in (45.0, -45.0, 90.0, -90.0, 180.0):
         turned = inversion.yaw_offset_camera(cameras, degrees)
@@ -77,12 +80,14 @@ def test_yaw_offset_camera():
         np.testing.assert_allclose(np.linalg.norm(after, axis=1), np.linalg.norm(before, axis=1), atol=1e-5)
         np.testing.assert_allclose(after[:, 1], before[:, 1], atol=1e-6)
         horizontal_before, horizontal_after = before[:, [0, 2]], after[:, [0, 2]]
-        cos = (horizontal_before * horizontal_after).sum(1) / (np.linalg.norm(horizontal_before, axis=1)
-                                                               * np.linalg.norm(horizontal_after, axis=1))
+        cos = (horizontal_before * horizontal_after).sum(1) / (
+            np.linalg.norm(horizontal_before, axis=1) * np.linalg.norm(horizontal_after, axis=1)
+        )
         np.testing.assert_allclose(np.degrees(np.arccos(np.clip(cos, -1, 1))), abs(degrees), atol=1e-3)
         # The sense of the turn: positive toward +x, as camera_yaw counts.
-        wrapped = (camera_yaw(turned.double()) - camera_yaw(cameras.double()) - math.radians(degrees) + math.pi) \
-            % (2 * math.pi) - math.pi
+        wrapped = (camera_yaw(turned.double()) - camera_yaw(cameras.double()) - math.radians(degrees) + math.pi) % (
+            2 * math.pi
+        ) - math.pi
         assert wrapped.abs().max() < 1e-5
         # Still an orbit camera: looking at the pivot, its x axis horizontal, intrinsics unchanged.
         cam2world = turned.double()[:, :16].reshape(-1, 4, 4)
@@ -97,6 +102,7 @@ def test_yaw_offset_camera():
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory):
     from tests.tiny_run import write_tiny_snapshot
+
     return write_tiny_snapshot(str(tmp_path_factory.mktemp('tiny')))[0]
 
 
@@ -104,8 +110,22 @@ def test_end_to_end_on_the_tiny_snapshot(run_dir, tmp_path, capsys):
     out = tmp_path / 'bench.json'
     threads = torch.get_num_threads()
     try:
-        inversion.main(['--network', os.path.join(run_dir, 'network-snapshot-000000.pt'), '--num', '1',
-                        '--w-steps', '3', '--pti-steps', '2', '--threads', '1', '--json', str(out)])
+        inversion.main(
+            [
+                '--network',
+                os.path.join(run_dir, 'network-snapshot-000000.pt'),
+                '--num',
+                '1',
+                '--w-steps',
+                '3',
+                '--pti-steps',
+                '2',
+                '--threads',
+                '1',
+                '--json',
+                str(out),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     report = json.loads(out.read_text())
@@ -127,6 +147,7 @@ def test_end_to_end_on_the_tiny_snapshot(run_dir, tmp_path, capsys):
 
 def test_one_line_errors(run_dir, tmp_path, capsys):
     from training import checkpoint
+
     snapshot = os.path.join(run_dir, 'network-snapshot-000000.pt')
     copied = tmp_path / 'network-snapshot-000000.pt'  # the same snapshot without the pose JSON beside it
     copied.write_bytes(open(snapshot, 'rb').read())

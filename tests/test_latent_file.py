@@ -26,8 +26,11 @@ class _Hostile:
 
 def _latent(seed: int = 0) -> dict:
     rng = torch.Generator().manual_seed(seed)
-    return dict(ws=torch.randn(1, G.num_ws, G.w_dim, generator=rng), pose=torch.randn(1, 6, generator=rng),
-                camera=torch.randn(1, 25, generator=rng))
+    return dict(
+        ws=torch.randn(1, G.num_ws, G.w_dim, generator=rng),
+        pose=torch.randn(1, 6, generator=rng),
+        camera=torch.randn(1, 25, generator=rng),
+    )
 
 
 @pytest.mark.parametrize('given', [('ws',), ('ws', 'pose'), ('ws', 'camera'), ('ws', 'pose', 'camera')])
@@ -100,8 +103,23 @@ def _write_bad(tmp_path, case: str) -> tuple:
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize('case', ['missing-file', 'text', 'empty', 'npy', 'no-ws', 'ws-shape', 'ws-2d', 'nan',
-                                  'inf-pose', 'pose-shape', 'camera-shape', 'strings'])
+@pytest.mark.parametrize(
+    'case',
+    [
+        'missing-file',
+        'text',
+        'empty',
+        'npy',
+        'no-ws',
+        'ws-shape',
+        'ws-2d',
+        'nan',
+        'inf-pose',
+        'pose-shape',
+        'camera-shape',
+        'strings',
+    ],
+)
 def test_bad_files_are_one_line_errors_naming_the_file(tmp_path, case):
     path, message = _write_bad(tmp_path, case)
     with pytest.raises(ValueError) as info:

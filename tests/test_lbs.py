@@ -55,23 +55,35 @@ def smplx_oracle(arrays: dict) -> smplx.SMPL:
     num_vertices = arrays['v_template'].shape[0]
     if 'posedirs' not in arrays:
         arrays['posedirs'] = np.zeros((num_vertices, 3, 9 * (NUM_JOINTS - 1)))
-    return smplx.SMPL(model_path='', data_struct=Struct(**arrays), dtype=torch.float64,
-                      num_betas=arrays['shapedirs'].shape[-1],
-                      vertex_ids=dict(nose=0, reye=1, leye=2, rear=3, lear=4),
-                      use_hands=False, use_feet_keypoints=False)
+    return smplx.SMPL(
+        model_path='',
+        data_struct=Struct(**arrays),
+        dtype=torch.float64,
+        num_betas=arrays['shapedirs'].shape[-1],
+        vertex_ids=dict(nose=0, reye=1, leye=2, rear=3, lear=4),
+        use_hands=False,
+        use_feet_keypoints=False,
+    )
 
 
 def run_oracle(model: smplx.SMPL, betas: torch.Tensor, full_pose: torch.Tensor):
     """full_pose [B, 24, 3] -> smplx vertices [B, V, 3], joints [B, 24, 3]."""
     batch_size = full_pose.shape[0]
-    output = model(betas=betas, global_orient=full_pose[:, 0], body_pose=full_pose[:, 1:].reshape(batch_size, -1),
-                   transl=torch.zeros(batch_size, 3, dtype=torch.float64))
+    output = model(
+        betas=betas,
+        global_orient=full_pose[:, 0],
+        body_pose=full_pose[:, 1:].reshape(batch_size, -1),
+        transl=torch.zeros(batch_size, 3, dtype=torch.float64),
+    )
     return output.vertices, output.joints[:, :NUM_JOINTS]
 
 
 def as_tensors(arrays: dict) -> dict:
-    return {key: torch.as_tensor(np.asarray(value, dtype=np.float64)) for key, value in arrays.items()
-            if key in ('v_template', 'shapedirs', 'posedirs', 'J_regressor', 'weights')}
+    return {
+        key: torch.as_tensor(np.asarray(value, dtype=np.float64))
+        for key, value in arrays.items()
+        if key in ('v_template', 'shapedirs', 'posedirs', 'J_regressor', 'weights')
+    }
 
 
 def test_rodrigues_matches_scipy():
@@ -103,8 +115,9 @@ def test_rodrigues_zero_is_identity_with_finite_gradient():
 
 
 def test_rodrigues_gradcheck_near_and_away_from_zero():
-    rotvecs = torch.tensor([[1e-5, -2e-5, 3e-6], [0.3, -1.2, 0.5], [0.0, 0.0, 0.0]], dtype=torch.float64,
-                           requires_grad=True)
+    rotvecs = torch.tensor(
+        [[1e-5, -2e-5, 3e-6], [0.3, -1.2, 0.5], [0.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True
+    )
     assert torch.autograd.gradcheck(lbs.batch_rodrigues, (rotvecs,))
 
 
@@ -162,8 +175,16 @@ def test_skin_matches_smplx_on_synthetic_model(posedirs_layout):
     betas = torch.randn(3, 10, generator=generator, dtype=torch.float64)
     full_pose = 0.6 * torch.randn(3, NUM_JOINTS, 3, generator=generator, dtype=torch.float64)
 
-    vertices, joints = lbs.skin(betas, full_pose, tensors['v_template'], tensors['shapedirs'], tensors['posedirs'],
-                                tensors['J_regressor'], tensors['weights'], lbs.SMPL_PARENTS)
+    vertices, joints = lbs.skin(
+        betas,
+        full_pose,
+        tensors['v_template'],
+        tensors['shapedirs'],
+        tensors['posedirs'],
+        tensors['J_regressor'],
+        tensors['weights'],
+        lbs.SMPL_PARENTS,
+    )
     expected_vertices, expected_joints = run_oracle(smplx_oracle(arrays), betas, full_pose)
     assert vertices.shape == expected_vertices.shape == (3, 80, 3)
     torch.testing.assert_close(vertices, expected_vertices, atol=1e-6, rtol=0)
@@ -177,8 +198,16 @@ def test_skin_without_pose_blend_shapes_matches_smplx_with_zero_posedirs():
     generator = torch.Generator().manual_seed(6)
     betas = torch.randn(2, 4, generator=generator, dtype=torch.float64)
     full_pose = 0.6 * torch.randn(2, NUM_JOINTS, 3, generator=generator, dtype=torch.float64)
-    vertices, _ = lbs.skin(betas, full_pose, tensors['v_template'], tensors['shapedirs'], None,
-                           tensors['J_regressor'], tensors['weights'], lbs.SMPL_PARENTS)
+    vertices, _ = lbs.skin(
+        betas,
+        full_pose,
+        tensors['v_template'],
+        tensors['shapedirs'],
+        None,
+        tensors['J_regressor'],
+        tensors['weights'],
+        lbs.SMPL_PARENTS,
+    )
     padded_betas = torch.cat([betas, torch.zeros(2, 6, dtype=torch.float64)], dim=1)
     expected, _ = run_oracle(smplx_oracle(arrays), padded_betas, full_pose)
     torch.testing.assert_close(vertices, expected, atol=1e-6, rtol=0)

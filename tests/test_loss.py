@@ -22,27 +22,55 @@ from training.presets import load_preset
 from training.triplane import build_generator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-S = 32      # final image resolution
-R = 16      # neural rendering resolution
+S = 32  # final image resolution
+R = 16  # neural rendering resolution
 BATCH = 4
 
 # Every schedule off except what a test turns on, so that values are easy to predict.
-QUIET = dict(blur_init_sigma=0.0, density_noise_fade_kimg=0, gpc_reg_prob=0.5, gpc_reg_fade_kimg=0,
-             bcg_reg_prob=0.0, neural_rendering_resolution_initial=R)
+QUIET = dict(
+    blur_init_sigma=0.0,
+    density_noise_fade_kimg=0,
+    gpc_reg_prob=0.5,
+    gpc_reg_fade_kimg=0,
+    bcg_reg_prob=0.0,
+    neural_rendering_resolution_initial=R,
+)
 
 
 def _generator(seed: int = 0):
     torch.manual_seed(seed)
-    return build_generator(load_preset('cpu-small'), z_dim=16, w_dim=16, img_resolution=S,
-        neural_rendering_resolution=R, sr_input_resolution=R, depth_resolution=4, depth_resolution_importance=4,
-        triplane_resolution=16, triplane_channels=8, channel_base=256, channel_max=16, background_channel_base=128,
-        decoder_hidden=16, sr_channel_base=256, sr_channel_max=16)
+    return build_generator(
+        load_preset('cpu-small'),
+        z_dim=16,
+        w_dim=16,
+        img_resolution=S,
+        neural_rendering_resolution=R,
+        sr_input_resolution=R,
+        depth_resolution=4,
+        depth_resolution_importance=4,
+        triplane_resolution=16,
+        triplane_channels=8,
+        channel_base=256,
+        channel_max=16,
+        background_channel_base=128,
+        decoder_hidden=16,
+        sr_channel_base=256,
+        sr_channel_max=16,
+    )
 
 
 def _discriminator(seed: int = 1, mbstd_group_size: int = 2):
     torch.manual_seed(seed)
-    return PoseAwareDualDiscriminator(img_resolution=S, channel_base=256, channel_max=16, pose_hidden=(16, 8),
-        num_fp16_res=0, conv_clamp=None, mbstd_group_size=mbstd_group_size, mapping_layers=2)
+    return PoseAwareDualDiscriminator(
+        img_resolution=S,
+        channel_base=256,
+        channel_max=16,
+        pose_hidden=(16, 8),
+        num_fp16_res=0,
+        conv_clamp=None,
+        mbstd_group_size=mbstd_group_size,
+        mapping_layers=2,
+    )
 
 
 def _batch(G, seed: int = 0) -> dict:
@@ -78,7 +106,7 @@ def _untouched(grads: dict) -> bool:
 def _blur_by_conv(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Independent blur: depthwise 2-D convolution with the outer product of the formula's taps."""
     half = math.floor(3 * sigma)
-    taps = torch.tensor([2 ** (-(i / sigma) ** 2) for i in range(-half, half + 1)])
+    taps = torch.tensor([2 ** (-((i / sigma) ** 2)) for i in range(-half, half + 1)])
     kernel = torch.outer(taps, taps) / taps.sum() ** 2
     channels = x.shape[1]
     return F.conv2d(x, kernel.expand(channels, 1, -1, -1), padding=half, groups=channels)
@@ -107,14 +135,16 @@ def test_discriminator_input_resizes_reals_and_blurs_their_image_and_raw_image()
     torch.testing.assert_close(sharp['image_mask'], F.interpolate(seg, **resize))
     blurred = discriminator_input(real, 1.5, R)
     torch.testing.assert_close(blurred['image'], _blur_by_conv(img, 1.5), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(blurred['image_raw'], _blur_by_conv(F.interpolate(img, **resize), 1.5),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        blurred['image_raw'], _blur_by_conv(F.interpolate(img, **resize), 1.5), rtol=1e-5, atol=1e-5
+    )
     torch.testing.assert_close(blurred['image_mask'], F.interpolate(seg, **resize))
     raw_sharp = discriminator_input(real, 1.5, R, blur_raw=False)
     torch.testing.assert_close(raw_sharp['image_raw'], F.interpolate(img, **resize))
     plain = discriminator_input(real, 0.0, R, filter_mode='none')
-    torch.testing.assert_close(plain['image_raw'],
-                               F.interpolate(img, size=(R, R), mode='bilinear', align_corners=False))
+    torch.testing.assert_close(
+        plain['image_raw'], F.interpolate(img, size=(R, R), mode='bilinear', align_corners=False)
+    )
     with pytest.raises(ValueError, match='filter_mode'):
         discriminator_input(real, 0.0, R, filter_mode='classic')
 
@@ -171,7 +201,7 @@ def test_run_G_conditions_on_own_or_previous_pair(swap_prob, monkeypatch):
         out = loss.run_G(z, c, pose, swapping_prob=swap_prob, resolution=R, density_noise=0.25)
         c_cond, p_cond = (c.roll(1, 0), pose.roll(1, 0)) if swap_prob == 1 else (c, pose)
         expected_ws = G.mapping(z, c_cond, p_cond)
-    call, = calls
+    (call,) = calls
     torch.testing.assert_close(call['ws'], expected_ws)
     # Rendering always uses the sample's own camera and pose, with deformation on.
     assert call['c'] is c and call['pose_params'] is pose
@@ -192,17 +222,28 @@ def test_run_G_keeps_own_background_without_bcg_swap(monkeypatch):
 
 
 def test_schedule_values_follow_the_schedules():
-    cfg = dict(blur_init_sigma=10, effective_blur_fade_kimg=200, density_noise_fade_kimg=200, gpc_reg_prob=0.7,
-               gpc_reg_fade_kimg=1000, input_pose_params_reg_loss_weight=0.5, input_pose_params_reg_loss_kimg=200,
-               input_pose_params_reg_loss_decay_kimg=200, neural_rendering_resolution_initial=64,
-               neural_rendering_resolution_final=128, neural_rendering_resolution_fade_kimg=1000,
-               stage_start_nimg=100_000)
+    cfg = dict(
+        blur_init_sigma=10,
+        effective_blur_fade_kimg=200,
+        density_noise_fade_kimg=200,
+        gpc_reg_prob=0.7,
+        gpc_reg_fade_kimg=1000,
+        input_pose_params_reg_loss_weight=0.5,
+        input_pose_params_reg_loss_kimg=200,
+        input_pose_params_reg_loss_decay_kimg=200,
+        neural_rendering_resolution_initial=64,
+        neural_rendering_resolution_final=128,
+        neural_rendering_resolution_fade_kimg=1000,
+        stage_start_nimg=100_000,
+    )
     state = schedules.schedule_values(LossConfig(**cfg), 100_000)
-    assert state == pytest.approx(dict(blur_sigma=5.0, density_noise=0.5, swap_prob=0.97, pose_prior_weight=0.5,
-                                       rendering_resolution=64))
+    assert state == pytest.approx(
+        dict(blur_sigma=5.0, density_noise=0.5, swap_prob=0.97, pose_prior_weight=0.5, rendering_resolution=64)
+    )
     state = schedules.schedule_values(LossConfig(**cfg), 600_000)
-    assert state == pytest.approx(dict(blur_sigma=0.0, density_noise=0.0, swap_prob=0.82, pose_prior_weight=0.0,
-                                       rendering_resolution=96))
+    assert state == pytest.approx(
+        dict(blur_sigma=0.0, density_noise=0.0, swap_prob=0.82, pose_prior_weight=0.0, rendering_resolution=96)
+    )
     assert isinstance(state['rendering_resolution'], int)
 
 
@@ -213,7 +254,8 @@ def test_config_and_phase_validation():
         PortraitGANLoss(None, None, LossConfig(), device='cpu', filter_mode='classic')
     with pytest.raises(ValueError, match='phase'):
         PortraitGANLoss(None, None, LossConfig(), device='cpu').accumulate_gradients(
-            'Gboth', *[None] * 7, gain=1, schedule={})
+            'Gboth', *[None] * 7, gain=1, schedule={}
+        )
 
 
 def _training_config_attribute_type(name: str):
@@ -261,12 +303,27 @@ def test_loss_settings_of_an_earlier_training_options_json():
     with open(os.path.join(REPO, 'tests', 'fixtures', 'training_options.json'), encoding='utf-8') as f:
         config = TrainingConfig.from_json(f.read())
     assert LossConfig.from_training_config(config) == LossConfig(
-        gamma=2.0, gamma_seg=0.5, pose_loss_weight=1.0, input_pose_params_reg_loss_weight=0.5,
-        input_pose_params_reg_loss_kimg=200.0, input_pose_params_reg_loss_decay_kimg=200.0, blur_init_sigma=0.0,
-        effective_blur_fade_kimg=400.0, density_noise_fade_kimg=200.0, gpc_reg_prob=0.7, gpc_reg_fade_kimg=0.0,
-        bcg_reg_prob=0.2, style_mixing_prob=0.0, density_reg=0.25, density_reg_p_dist=0.004,
-        reg_type='monotonic-detach', neural_rendering_resolution_initial=64, neural_rendering_resolution_final=128,
-        neural_rendering_resolution_fade_kimg=1000.0, stage_start_nimg=6_000_000)
+        gamma=2.0,
+        gamma_seg=0.5,
+        pose_loss_weight=1.0,
+        input_pose_params_reg_loss_weight=0.5,
+        input_pose_params_reg_loss_kimg=200.0,
+        input_pose_params_reg_loss_decay_kimg=200.0,
+        blur_init_sigma=0.0,
+        effective_blur_fade_kimg=400.0,
+        density_noise_fade_kimg=200.0,
+        gpc_reg_prob=0.7,
+        gpc_reg_fade_kimg=0.0,
+        bcg_reg_prob=0.2,
+        style_mixing_prob=0.0,
+        density_reg=0.25,
+        density_reg_p_dist=0.004,
+        reg_type='monotonic-detach',
+        neural_rendering_resolution_initial=64,
+        neural_rendering_resolution_final=128,
+        neural_rendering_resolution_fade_kimg=1000.0,
+        stage_start_nimg=6_000_000,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,8 +338,15 @@ def _run(loss, phase, batch, gain=1.0, cur_nimg=0, seed=0):
 def test_gmain_gradients_reach_G_through_all_D_inputs(monkeypatch):
     G, D = _generator(), _discriminator()
     D.requires_grad_(False)  # as the loop does for G phases
-    loss = _loss(G, D, input_pose_params_reg_loss_weight=0.0, bcg_reg_prob=0.2, blur_init_sigma=1.0,
-                 effective_blur_fade_kimg=10, density_noise_fade_kimg=10)
+    loss = _loss(
+        G,
+        D,
+        input_pose_params_reg_loss_weight=0.0,
+        bcg_reg_prob=0.2,
+        blur_init_sigma=1.0,
+        effective_blur_fade_kimg=10,
+        density_noise_fade_kimg=10,
+    )
     input_grads = {}
     original_run_D = loss.run_D
 
@@ -300,8 +364,15 @@ def test_gmain_gradients_reach_G_through_all_D_inputs(monkeypatch):
     for key in ('image', 'image_raw', 'image_mask'):
         assert key in input_grads and input_grads[key].abs().sum() > 0, f'no gradient through D input {key}'
     g = _grads(G)
-    for part in ['pose_branch.', 'mapping_network.', 'backbone.', 'decoder.', 'background.', 'torgb.',
-                 'superresolution.']:
+    for part in [
+        'pose_branch.',
+        'mapping_network.',
+        'backbone.',
+        'decoder.',
+        'background.',
+        'torgb.',
+        'superresolution.',
+    ]:
         assert _reached(g, part), f'Gmain: no gradient reaches G.{part}'
     assert all(p.grad is None for p in D.parameters())
     assert not any(p.requires_grad for p in D.parameters()), 'the loss must not toggle requires_grad'
@@ -356,8 +427,7 @@ def test_greg_trains_the_density_field(reg_type):
     G, D = _generator(), _discriminator()
     D.requires_grad_(False)
     collector = training_stats.Collector(regex='Loss/G/.*')
-    _run(_loss(G, D, density_reg=0.25, reg_type=reg_type, density_noise_fade_kimg=10), 'Greg', _batch(G),
-         cur_nimg=1000)
+    _run(_loss(G, D, density_reg=0.25, reg_type=reg_type, density_noise_fade_kimg=10), 'Greg', _batch(G), cur_nimg=1000)
     collector.update()
     assert math.isfinite(collector.mean('Loss/G/density_reg')) and collector.mean('Loss/G/density_reg') > 0
     g = _grads(G)
@@ -391,12 +461,23 @@ def test_dmain_trains_D_trunk_and_pose_head_only():
     d = _grads(D)
     for part in ['b32.', 'b16.', 'b8.', 'b4.', 'mapping.', 'pose_branch.']:
         assert _reached(d, part), f'Dmain: no gradient reaches D.{part}'
-    for name in ['Loss/scores/fake', 'Loss/scores/real', 'Loss/signs/fake', 'Loss/signs/real', 'Loss/D/loss',
-                 'Loss/D/pose', 'Pose/D_real_error', 'Pose/G_vs_D_fake']:
+    for name in [
+        'Loss/scores/fake',
+        'Loss/scores/real',
+        'Loss/signs/fake',
+        'Loss/signs/real',
+        'Loss/D/loss',
+        'Loss/D/pose',
+        'Pose/D_real_error',
+        'Pose/G_vs_D_fake',
+    ]:
         assert collector.num(name) == BATCH and math.isfinite(collector.mean(name)), name
     # Without blur the real half sees the resized real image and mask.
-    real = {'image': b['real_img'], 'image_raw': F.interpolate(b['real_img'], size=(R, R), mode='bilinear',
-            antialias=True), 'image_mask': F.interpolate(b['real_seg'], size=(R, R), mode='bilinear', antialias=True)}
+    real = {
+        'image': b['real_img'],
+        'image_raw': F.interpolate(b['real_img'], size=(R, R), mode='bilinear', antialias=True),
+        'image_mask': F.interpolate(b['real_seg'], size=(R, R), mode='bilinear', antialias=True),
+    }
     with torch.no_grad():
         expected = (D.predict_pose(real, b['real_c']) - b['real_pose']).abs().mean()
     assert collector.mean('Pose/D_real_error') == pytest.approx(expected.item(), rel=1e-4)
@@ -421,8 +502,11 @@ class _LinearD(torch.nn.Module):
         self.m = torch.nn.Parameter(torch.randn(1, R, R, generator=g))
 
     def forward(self, img_dict, c, update_emas=False):
-        logit = ((img_dict['image'] * self.a).sum([1, 2, 3]) + (img_dict['image_raw'] * self.b).sum([1, 2, 3])
-                 + (img_dict['image_mask'] * self.m).sum([1, 2, 3]))
+        logit = (
+            (img_dict['image'] * self.a).sum([1, 2, 3])
+            + (img_dict['image_raw'] * self.b).sum([1, 2, 3])
+            + (img_dict['image_mask'] * self.m).sum([1, 2, 3])
+        )
         return logit[:, None], torch.zeros(c.shape[0], 6)
 
 
@@ -432,8 +516,13 @@ def test_r1_analytic_on_linear_D(blur_sigma):
     # whatever the blur; w.r.t. the unblurred input it would be |blur^T a|^2, smaller.
     D = _LinearD()
     gamma, gamma_seg, gain = 2.0, 0.5, 16.0
-    config = {**QUIET, 'gamma': gamma, 'gamma_seg': gamma_seg, 'blur_init_sigma': blur_sigma,
-              'effective_blur_fade_kimg': 100}
+    config = {
+        **QUIET,
+        'gamma': gamma,
+        'gamma_seg': gamma_seg,
+        'blur_init_sigma': blur_sigma,
+        'effective_blur_fade_kimg': 100,
+    }
     loss = PortraitGANLoss(None, D, LossConfig(**config), 'cpu')
     b = _batch(_generator())
     collector = training_stats.Collector(regex='Loss/.*')
@@ -458,8 +547,12 @@ def test_r1_on_the_dual_discriminator_matches_direct_autograd(blur_sigma):
     gamma, gamma_seg, gain = 1.0, 3.0, 4.0
     b = _batch(G)
     collector = training_stats.Collector(regex='Loss/.*')
-    _run(_loss(G, D, gamma=gamma, gamma_seg=gamma_seg, blur_init_sigma=blur_sigma, effective_blur_fade_kimg=100),
-         'Dreg', b, gain=gain)
+    _run(
+        _loss(G, D, gamma=gamma, gamma_seg=gamma_seg, blur_init_sigma=blur_sigma, effective_blur_fade_kimg=100),
+        'Dreg',
+        b,
+        gain=gain,
+    )
     collector.update()
     assert all(p.grad is None for p in G.parameters())
 
@@ -497,13 +590,26 @@ def test_schedule_values_reach_the_networks(monkeypatch):
     """Density noise (training G only, passed as an argument), blur and rendering resolution follow cur_nimg."""
     G, D = _generator(), _discriminator()
     D.requires_grad_(False)
-    loss = _loss(G, D, density_noise_fade_kimg=4, blur_init_sigma=2.0, effective_blur_fade_kimg=4,
-                 neural_rendering_resolution_initial=R, neural_rendering_resolution_final=2 * R,
-                 neural_rendering_resolution_fade_kimg=4, stage_start_nimg=1000)
+    loss = _loss(
+        G,
+        D,
+        density_noise_fade_kimg=4,
+        blur_init_sigma=2.0,
+        effective_blur_fade_kimg=4,
+        neural_rendering_resolution_initial=R,
+        neural_rendering_resolution_final=2 * R,
+        neural_rendering_resolution_fade_kimg=4,
+        stage_start_nimg=1000,
+    )
     calls = _capture_synthesis(G, monkeypatch)
     sigmas = []
-    monkeypatch.setattr(loss_module, 'discriminator_input', lambda images, blur_sigma, *args, **kwargs:
-                        sigmas.append(blur_sigma) or discriminator_input(images, blur_sigma, *args, **kwargs))
+    monkeypatch.setattr(
+        loss_module,
+        'discriminator_input',
+        lambda images, blur_sigma, *args, **kwargs: (
+            sigmas.append(blur_sigma) or discriminator_input(images, blur_sigma, *args, **kwargs)
+        ),
+    )
     _run(loss, 'Gmain', _batch(G), cur_nimg=3000)
     assert calls[0]['density_noise'] == pytest.approx(schedules.density_noise(3000, 4)) == pytest.approx(0.25)
     assert calls[0]['neural_rendering_resolution'] == 24  # 16 -> 32 over 4 kimg from the resume point at 1 kimg

@@ -61,8 +61,9 @@ def mask_box(mask: np.ndarray) -> tuple:
 
 
 def box_mesh(center, size: float) -> trimesh.Trimesh:
-    return trimesh.creation.box(extents=(size, size, size),
-                                transform=trimesh.transformations.translation_matrix(center))
+    return trimesh.creation.box(
+        extents=(size, size, size), transform=trimesh.transformations.translation_matrix(center)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,9 +97,9 @@ def test_sphere_silhouette_and_depth(renderer):
     center_camera = to_camera(center[None], c)[0]
 
     def first_hit(r):  # z-depth of the ray t * direction (direction z = 1) entering the sphere
-        a = (directions ** 2).sum(-1)
+        a = (directions**2).sum(-1)
         b = directions @ center_camera
-        discriminant = b ** 2 - a * (center_camera @ center_camera - r ** 2)
+        discriminant = b**2 - a * (center_camera @ center_camera - r**2)
         return np.where(discriminant >= 0, (b - np.sqrt(np.maximum(discriminant, 0))) / a, np.nan)
 
     outer_depth, inner_depth = first_hit(radius), first_hit(inner)
@@ -212,8 +213,9 @@ def test_lambert_shading(renderer):
     weights = [0.3, 0.4, 0.2]
     expected = color * (0.1 + 0.3 + 0.4 * math.cos(1.0) + 0.0)  # the third light is behind
     for face_order in (faces, faces[:, ::-1]):
-        out = renderer.render(square, face_order, c, 32, color=color, light_dirs=light_dirs,
-                              light_weights=weights, ambient=0.1)
+        out = renderer.render(
+            square, face_order, c, 32, color=color, light_dirs=light_dirs, light_weights=weights, ambient=0.1
+        )
         assert out['mask'].sum() > 100
         assert np.allclose(out['rgb'][out['mask']], expected, atol=1e-5)
     unlit = renderer.render(square, faces, c, 32, color=color, lit=False)
@@ -308,8 +310,12 @@ def test_overlay(renderer, body):
 
 
 def _render_mask_in_child(queue, renderer, mesh, c):
-    queue.put([renderer.render(mesh.vertices, mesh.faces, c, 32)['mask'],
-               MeshRenderer().render(mesh.vertices, mesh.faces, c, 32)['mask']])
+    queue.put(
+        [
+            renderer.render(mesh.vertices, mesh.faces, c, 32)['mask'],
+            MeshRenderer().render(mesh.vertices, mesh.faces, c, 32)['mask'],
+        ]
+    )
 
 
 @pytest.mark.skipif(os.environ.get('LP_NUM_THREADS', '0') != '0', reason='forking renders needs LP_NUM_THREADS=0')
@@ -334,7 +340,7 @@ def test_fork_after_render(renderer):
 
 
 def test_threaded_context_refuses_to_render_after_fork():
-    script = textwrap.dedent('''
+    script = textwrap.dedent("""
         import multiprocessing, trimesh
         from training import camera_utils
         from training.mesh_renderer import MeshRenderer
@@ -351,10 +357,11 @@ def test_threaded_context_refuses_to_render_after_fork():
         process.join(20)
         if process.is_alive():
             process.kill()
-    ''')
+    """)
     env = dict(os.environ, LP_NUM_THREADS='2', PYTHONPATH=REPO)
-    result = subprocess.run([sys.executable, '-c', script], env=env, cwd=REPO, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, '-c', script], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert 'refused: MeshRenderer: process' in result.stdout and 'spawn' in result.stdout, result.stderr
 
 

@@ -21,15 +21,28 @@ def snapshot(tmp_path_factory):
     run_dir, config = write_tiny_snapshot(str(root))
     modules = checkpoint.load_any(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
     kwargs = load_pose_predict_kwargs(os.path.join(run_dir, 'pose_predict_kwargs-000000.json'))
-    return dict(run_dir=run_dir, config=config, modules=modules, pose_predict_kwargs=kwargs,
-                dataset_kwargs=dict(path=config.data, seg_path=config.seg_data))
+    return dict(
+        run_dir=run_dir,
+        config=config,
+        modules=modules,
+        pose_predict_kwargs=kwargs,
+        dataset_kwargs=dict(path=config.data, seg_path=config.seg_data),
+    )
 
 
 def _options(snapshot, **overrides) -> metric_utils.MetricOptions:
-    return metric_utils.MetricOptions(**{**dict(G=snapshot['modules']['G_ema'], D=snapshot['modules']['D'],
-                                                dataset_kwargs=snapshot['dataset_kwargs'],
-                                                pose_predict_kwargs=snapshot['pose_predict_kwargs'], batch_size=4),
-                                         **overrides})
+    return metric_utils.MetricOptions(
+        **{
+            **dict(
+                G=snapshot['modules']['G_ema'],
+                D=snapshot['modules']['D'],
+                dataset_kwargs=snapshot['dataset_kwargs'],
+                pose_predict_kwargs=snapshot['pose_predict_kwargs'],
+                batch_size=4,
+            ),
+            **overrides,
+        }
+    )
 
 
 class _LabelLookupD(torch.nn.Module):
@@ -61,6 +74,7 @@ def test_fid_and_kid_share_fakes_and_cache_the_reals(snapshot, tmp_path, monkeyp
     # A fresh call reads the real features from the cache (loading a real image would fail) and agrees.
     def no_real_images(*args):
         raise AssertionError('real images were loaded despite the cache')
+
     monkeypatch.setattr(metric_utils, 'load_real_batch', no_real_images)
     again = metric_main.calc_metric('fid2k', _options(snapshot), num_gen=6, max_real=6)
     assert again.results.fid2k == fid.results.fid2k
@@ -74,8 +88,11 @@ def test_fid_and_kid_share_fakes_and_cache_the_reals(snapshot, tmp_path, monkeyp
 def test_batches_do_not_depend_on_the_process_layout(snapshot):
     one = _options(snapshot)
     ranks = [_options(snapshot, num_gpus=2, rank=r) for r in (0, 1)]
-    assert sorted(metric_utils.rank_batches(18, ranks[0]) + metric_utils.rank_batches(18, ranks[1])) == \
-        metric_utils.rank_batches(18, one) == [0, 1, 2, 3, 4]
+    assert (
+        sorted(metric_utils.rank_batches(18, ranks[0]) + metric_utils.rank_batches(18, ranks[1]))
+        == metric_utils.rank_batches(18, one)
+        == [0, 1, 2, 3, 4]
+    )
     for mode in ('G_predict', 'D_predict'):
         alone = metric_utils.generate_batch(_options(snapshot, metric_pose_sample_mode=mode), 3)
         shared = metric_utils.generate_batch(_options(snapshot, metric_pose_sample_mode=mode, num_gpus=2, rank=1), 3)
@@ -89,9 +106,15 @@ def test_identical_c_p_conditions_on_the_rendering_camera(snapshot):
     fakes = metric_utils.generate_batch(opts, 0)
     G = opts.G
     torch.manual_seed(metric_utils._batch_seeds(opts, 0, 1))
-    expected = G(fakes['z'], fakes['c'], fakes['pose'], apply_def=True, noise_mode='random',
-                 neural_rendering_resolution=opts.rendering_resolution,
-                 generator=torch.Generator().manual_seed(metric_utils._batch_seeds(opts, 0, 2)))
+    expected = G(
+        fakes['z'],
+        fakes['c'],
+        fakes['pose'],
+        apply_def=True,
+        noise_mode='random',
+        neural_rendering_resolution=opts.rendering_resolution,
+        generator=torch.Generator().manual_seed(metric_utils._batch_seeds(opts, 0, 2)),
+    )
     torch.testing.assert_close(fakes['image'], expected['image'])
     independent = metric_utils.generate_batch(_options(snapshot), 0)
     assert torch.equal(independent['c'], fakes['c']) and not torch.allclose(independent['image'], fakes['image'])
@@ -109,8 +132,9 @@ def test_pose_err_is_zero_for_perfect_predictions_and_matches_hand_computation(s
     # The mean-pose yardstick, by scipy: the angle between the mean axis-angle and each label.
     poses = np.stack([dataset.get_pose(i) for i in range(len(dataset))]).astype(np.float64)
     for part, name in ((slice(0, 3), 'neck'), (slice(3, 6), 'head')):
-        relative = Rotation.from_rotvec(np.tile(poses[:, part].mean(0), (len(poses), 1))).inv() \
-            * Rotation.from_rotvec(poses[:, part])
+        relative = Rotation.from_rotvec(np.tile(poses[:, part].mean(0), (len(poses), 1))).inv() * Rotation.from_rotvec(
+            poses[:, part]
+        )
         angles = np.degrees(relative.magnitude())
         assert result[f'real_mean_pose_{name}_mean'] == pytest.approx(angles.mean(), abs=1e-3)
 
@@ -124,6 +148,7 @@ def test_pose_err_is_zero_for_perfect_predictions_and_matches_hand_computation(s
 
 def test_training_loop_runs_the_metrics_after_a_snapshot(snapshot, monkeypatch):
     from training import training_loop
+
     monkeypatch.setattr(names, 'POSE_ERR_ITEMS', 8)
     config = snapshot['config'].replace(metrics=['pose_err'])
     modules = snapshot['modules']
@@ -131,8 +156,18 @@ def test_training_loop_runs_the_metrics_after_a_snapshot(snapshot, monkeypatch):
     torch.manual_seed(5)
     before = torch.get_rng_state()
     schedule = dict(rendering_resolution=16, blur_sigma=0.0)
-    training_loop._run_metrics(config, snapshot['run_dir'], 4000, networks, snapshot['dataset_kwargs'], schedule,
-                               0, 1, torch.device('cpu'), lambda *args: None)
+    training_loop._run_metrics(
+        config,
+        snapshot['run_dir'],
+        4000,
+        networks,
+        snapshot['dataset_kwargs'],
+        schedule,
+        0,
+        1,
+        torch.device('cpu'),
+        lambda *args: None,
+    )
     assert torch.equal(torch.get_rng_state(), before)  # training draws are not moved by the metrics
     with open(os.path.join(snapshot['run_dir'], 'metric-pose_err.jsonl')) as f:
         line = json.loads(f.readlines()[-1])

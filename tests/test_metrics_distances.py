@@ -49,8 +49,10 @@ def test_frechet_distance_of_a_set_with_itself_is_zero():
 def _brute_force_mmd(x: np.ndarray, y: np.ndarray) -> float:
     """Unbiased squared MMD with k(a, b) = (a.b / d + 1)^3, by explicit loops."""
     d = x.shape[1]
+
     def k(a, b):
         return (a @ b / d + 1) ** 3
+
     m, n = len(x), len(y)
     xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
@@ -63,7 +65,8 @@ def test_kernel_distance_equals_brute_force_mmd_on_whole_sets():
     real, fake = rng.randn(20, 5), rng.randn(20, 5) * 1.5 + 0.3
     # One subset as large as the sets is a permutation of each: the full-set unbiased MMD.
     assert kernel_distance(real, fake, num_subsets=1, max_subset_size=20) == pytest.approx(
-        _brute_force_mmd(fake, real), rel=1e-10)
+        _brute_force_mmd(fake, real), rel=1e-10
+    )
 
 
 def test_kernel_distance_separates_distributions():

@@ -14,30 +14,42 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _python(code: str) -> subprocess.CompletedProcess:
     """Run `code` in a fresh interpreter at the repository root (no module imported before it)."""
-    return subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    return subprocess.run(
+        [sys.executable, '-c', code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, 'OMP_NUM_THREADS': '1'},
+    )
 
 
 def test_metric_names():
     assert names.parse_metric('fid50k_full') == dict(kind='fid', num_gen=50000, max_real=None)
     assert names.parse_metric('kid2k') == dict(kind='kid', num_gen=2000, max_real=2000)
-    assert names.parse_metric('pose_err') == dict(kind='pose_err', num_gen=names.POSE_ERR_ITEMS,
-                                                  max_real=names.POSE_ERR_ITEMS)
+    assert names.parse_metric('pose_err') == dict(
+        kind='pose_err', num_gen=names.POSE_ERR_ITEMS, max_real=names.POSE_ERR_ITEMS
+    )
     assert names.parse_metric('fid2k').num_gen == 2000
     for bad in ('fid', 'fid0k', 'fid2', 'is50k', 'kid2k_fully', 'none', ''):
         assert not names.is_valid_metric(bad)
-    with pytest.raises(ValueError, match=r"unknown metric 'is50k': expected fid50k_full, kid50k_full, fid\{N\}k, "
-                                         r"kid\{N\}k \(optionally with _full\) or pose_err$"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown metric 'is50k': expected fid50k_full, kid50k_full, fid\{N\}k, "
+        r'kid\{N\}k \(optionally with _full\) or pose_err$',
+    ):
         names.parse_metric('is50k')
     assert names.expected_metrics(none=True).endswith(', pose_err, or none')
 
 
 def test_names_import_without_torch():
-    result = _python("import sys; sys.modules['torch'] = None\n"
-                     "from metrics import names\n"
-                     "assert names.is_valid_metric('fid50k_full')\n"
-                     "import training.config\n"
-                     "assert 'numpy' not in sys.modules\n")
+    result = _python(
+        "import sys; sys.modules['torch'] = None\n"
+        'from metrics import names\n'
+        "assert names.is_valid_metric('fid50k_full')\n"
+        'import training.config\n'
+        "assert 'numpy' not in sys.modules\n"
+    )
     assert result.returncode == 0, result.stderr
 
 

@@ -15,8 +15,9 @@ class SmallNet(torch.nn.Module):
 
     def __init__(self, channels: int = 4):
         super().__init__()
-        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, channels, 3, padding=1), torch.nn.BatchNorm2d(channels),
-                                            torch.nn.ReLU())
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, channels, 3, padding=1), torch.nn.BatchNorm2d(channels), torch.nn.ReLU()
+        )
         self.head = torch.nn.Linear(channels * 8 * 8, 5)
 
     def forward(self, x):
@@ -89,21 +90,27 @@ def _take(iterator, count):
     return [next(iterator) for _ in range(count)]
 
 
-@pytest.mark.parametrize('dataset_size, num_replicas, window_size', [(10, 2, 0.5), (7, 3, 0.5), (12, 4, 1.0), (5, 1, 0.0)])
+@pytest.mark.parametrize(
+    'dataset_size, num_replicas, window_size', [(10, 2, 0.5), (7, 3, 0.5), (12, 4, 1.0), (5, 1, 0.0)]
+)
 def test_infinite_sampler_ranks_partition_each_pass(dataset_size, num_replicas, window_size):
     dataset = list(range(dataset_size))
     passes = 4
     total = dataset_size * passes
     single = _take(iter(misc.InfiniteSampler(dataset, seed=3, window_size=window_size)), total)
-    streams = [_take(iter(misc.InfiniteSampler(dataset, rank=rank, num_replicas=num_replicas, seed=3,
-                                               window_size=window_size)), total)
-               for rank in range(num_replicas)]
+    streams = [
+        _take(
+            iter(misc.InfiniteSampler(dataset, rank=rank, num_replicas=num_replicas, seed=3, window_size=window_size)),
+            total,
+        )
+        for rank in range(num_replicas)
+    ]
     for step in range(total):
         assert streams[step % num_replicas][step // num_replicas] == single[step]
     for start in range(0, total, dataset_size):
-        assert sorted(single[start:start + dataset_size]) == dataset
+        assert sorted(single[start : start + dataset_size]) == dataset
     if window_size > 0:
-        assert single[:dataset_size] != single[dataset_size:2 * dataset_size]
+        assert single[:dataset_size] != single[dataset_size : 2 * dataset_size]
 
 
 def test_infinite_sampler_without_shuffle_is_sequential():

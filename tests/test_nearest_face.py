@@ -44,8 +44,7 @@ def bumpy_sphere(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return vertices, np.asarray(sphere.faces, dtype=np.int64)
 
 
-def points_around(vertices: np.ndarray, faces: np.ndarray, count: int, seed: int,
-                  spread: float) -> np.ndarray:
+def points_around(vertices: np.ndarray, faces: np.ndarray, count: int, seed: int, spread: float) -> np.ndarray:
     """Half the points near the surface (triangle samples pushed off by up to 5 cm), half
     uniform in the bounding box widened by `spread`. -> [count, 3]"""
     rng = np.random.default_rng(seed)
@@ -66,8 +65,9 @@ def exhaustive_squared_distances(points: np.ndarray, vertices: np.ndarray, faces
     return ((queries - closest) ** 2).sum(-1).reshape(len(points), len(faces))
 
 
-def face_squared_distance(points: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor,
-                          face_index: torch.Tensor) -> torch.Tensor:
+def face_squared_distance(
+    points: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor, face_index: torch.Tensor
+) -> torch.Tensor:
     """float64 squared distance of each point to the given face. -> [N]"""
     corners = vertices.double()[faces[face_index]]
     return closest_point_on_faces(points.double(), corners[:, 0], corners[:, 1], corners[:, 2])[1]
@@ -81,15 +81,16 @@ def assert_same_nearest(points, vertices, faces, max_distance, expected, actual)
     found = expected_face >= 0
     if max_distance is not None:
         # Only a point whose distance is within rounding of the cut-off may be found by one and not the other.
-        boundary = (expected_sq - max_distance ** 2).abs() < TIE
+        boundary = (expected_sq - max_distance**2).abs() < TIE
         assert ((actual_face >= 0) == found)[~boundary].all()
         found &= actual_face >= 0
     else:
         assert found.all() and (actual_face >= 0).all()
     assert torch.isinf(actual_sq[actual_face < 0]).all()
     same = actual_face[found] == expected_face[found]
-    gap = (face_squared_distance(points[found], vertices, faces, actual_face[found])
-           - face_squared_distance(points[found], vertices, faces, expected_face[found]))
+    gap = face_squared_distance(points[found], vertices, faces, actual_face[found]) - face_squared_distance(
+        points[found], vertices, faces, expected_face[found]
+    )
     assert (same | (gap.abs() < TIE)).all(), f'{(~same & (gap.abs() >= TIE)).sum()} different faces that are not ties'
     torch.testing.assert_close(actual_sq[found].double(), expected_sq[found].double(), atol=TIE, rtol=0)
     return same.float().mean().item()
@@ -113,27 +114,34 @@ def test_closest_point_matches_trimesh_in_every_region():
 
 def test_closest_point_analytic_cases():
     triangle = torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 2.0, 0.0]], dtype=torch.float64)
-    points = torch.tensor([[0.5, 0.5, 0.3],    # above the interior
-                           [-1.0, -1.0, 0.0],  # beyond vertex a
-                           [3.0, -1.0, 0.0],   # beyond vertex b
-                           [1.0, -2.0, 1.0],   # beyond edge ab
-                           [2.0, 2.0, 0.0]],   # beyond edge bc
-                          dtype=torch.float64)
+    points = torch.tensor(
+        [
+            [0.5, 0.5, 0.3],  # above the interior
+            [-1.0, -1.0, 0.0],  # beyond vertex a
+            [3.0, -1.0, 0.0],  # beyond vertex b
+            [1.0, -2.0, 1.0],  # beyond edge ab
+            [2.0, 2.0, 0.0],
+        ],  # beyond edge bc
+        dtype=torch.float64,
+    )
     corners = triangle.expand(len(points), 3, 3)
     closest, squared = closest_point_on_faces(points, corners[:, 0], corners[:, 1], corners[:, 2])
-    expected = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [1.0, 0.0, 0.0],
-                             [1.0, 1.0, 0.0]], dtype=torch.float64)
+    expected = torch.tensor(
+        [[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0]], dtype=torch.float64
+    )
     torch.testing.assert_close(closest, expected, atol=1e-15, rtol=0)
-    torch.testing.assert_close(squared, torch.tensor([0.09, 2.0, 2.0, 5.0, 2.0], dtype=torch.float64),
-                               atol=1e-15, rtol=0)
+    torch.testing.assert_close(
+        squared, torch.tensor([0.09, 2.0, 2.0, 5.0, 2.0], dtype=torch.float64), atol=1e-15, rtol=0
+    )
 
 
 def test_closest_point_gradcheck():
     rng = np.random.default_rng(1)
     triangles = torch.from_numpy(rng.normal(size=(24, 3, 3)))
     points = triangles.mean(dim=1) + torch.from_numpy(rng.normal(scale=1.5, size=(24, 3)))
-    inputs = [tensor.clone().requires_grad_(True) for tensor in
-              (points, triangles[:, 0], triangles[:, 1], triangles[:, 2])]
+    inputs = [
+        tensor.clone().requires_grad_(True) for tensor in (points, triangles[:, 0], triangles[:, 1], triangles[:, 2])
+    ]
     assert torch.autograd.gradcheck(lambda *args: closest_point_on_faces(*args), inputs, eps=1e-6, atol=1e-7)
 
 
@@ -146,9 +154,10 @@ def test_brute_force_matches_exhaustive_oracle(max_distance):
 
     vertices_t, faces_t = torch.from_numpy(vertices), torch.from_numpy(faces)
     for chunk_size in (1, 1000, 1 << 20):
-        face, squared = nearest_faces(torch.from_numpy(points), vertices_t, faces_t, max_distance,
-                                      backend='brute', chunk_size=chunk_size)
-        found = np.ones(len(points), bool) if max_distance is None else nearest < max_distance ** 2
+        face, squared = nearest_faces(
+            torch.from_numpy(points), vertices_t, faces_t, max_distance, backend='brute', chunk_size=chunk_size
+        )
+        found = np.ones(len(points), bool) if max_distance is None else nearest < max_distance**2
         assert found.any() and (max_distance is None or not found.all())
         np.testing.assert_array_equal(face.numpy() >= 0, found)
         np.testing.assert_allclose(squared.numpy()[found], nearest[found], atol=1e-12, rtol=0)
@@ -158,8 +167,9 @@ def test_brute_force_matches_exhaustive_oracle(max_distance):
 
 def test_max_distance_is_a_strict_cut_off():
     # The far second triangle widens the bounding box, so the cut-off itself is tested.
-    vertices = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0],
-                             [10.0, 10.0, 1.0], [11.0, 10.0, 1.0], [10.0, 11.0, 1.0]])
+    vertices = torch.tensor(
+        [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [10.0, 10.0, 1.0], [11.0, 10.0, 1.0], [10.0, 11.0, 1.0]]
+    )
     faces = torch.tensor([[0, 1, 2], [3, 4, 5]])
     points = torch.tensor([[0.25, 0.25, 0.25], [0.25, 0.25, 0.5], [0.25, 0.25, -0.75], [5.0, 5.0, 5.0]])
     for backend in ('brute',) + (('fcpw',) if fcpw_available() else ()) + (('bvh',) if bvh_available() else ()):
@@ -186,8 +196,9 @@ def test_accelerated_search_matches_brute_force_on_the_posed_body(body, backend,
     pose = 0.4 * torch.randn(1, 6, generator=torch.Generator().manual_seed(6))
     vertices = body.pose(pose)[0].to(dtype)
     faces = body.box_faces
-    points = torch.from_numpy(points_around(vertices.double().numpy(), faces.numpy(), 2000, seed=7,
-                                            spread=0.3)).to(dtype)
+    points = torch.from_numpy(points_around(vertices.double().numpy(), faces.numpy(), 2000, seed=7, spread=0.3)).to(
+        dtype
+    )
     expected = nearest_faces(points, vertices, faces, max_distance, backend='brute')
     actual = nearest_faces(points, vertices, faces, max_distance, backend=backend)
     same_fraction = assert_same_nearest(points, vertices, faces, max_distance, expected, actual)
@@ -199,8 +210,9 @@ def test_accelerated_search_matches_brute_force_on_the_posed_body(body, backend,
 def test_search_structure_answers_repeated_queries(body):
     vertices = body.canonical_vertices[0]
     search = NearestFaceSearch(vertices, body.box_faces)
-    points = torch.from_numpy(points_around(vertices.double().numpy(), body.box_faces.numpy(), 400, seed=8,
-                                            spread=0.2)).float()
+    points = torch.from_numpy(
+        points_around(vertices.double().numpy(), body.box_faces.numpy(), 400, seed=8, spread=0.2)
+    ).float()
     first = search.query(points[:200], 0.25)
     second = search.query(points[200:], 0.25)
     whole = nearest_faces(points, vertices, body.box_faces, 0.25)
@@ -214,7 +226,9 @@ def test_empty_inputs(backend):
     faces = torch.tensor([[0, 1, 2], [2, 3, 4]])
     face, squared = nearest_faces(torch.zeros(0, 3, dtype=torch.float64), vertices, faces, 0.25, backend)
     assert face.shape == (0,) and squared.shape == (0,) and squared.dtype == torch.float64
-    face, squared = nearest_faces(torch.rand(4, 3), vertices.float(), torch.zeros(0, 3, dtype=torch.long), None, backend)
+    face, squared = nearest_faces(
+        torch.rand(4, 3), vertices.float(), torch.zeros(0, 3, dtype=torch.long), None, backend
+    )
     assert face.tolist() == [-1] * 4 and torch.isinf(squared).all()
 
 
@@ -238,7 +252,7 @@ def test_hierarchies_match_brute_force_on_runs_of_ray_samples(body, backend):
 def segment_squared_distances(points: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Oracle: squared distance of every point to every segment. points [N, 3], starts/ends [S, 3] -> [N, S]"""
     direction = ends - starts
-    length = np.maximum((direction ** 2).sum(-1), 1e-300)
+    length = np.maximum((direction**2).sum(-1), 1e-300)
     offset = points[:, None] - starts[None]
     t = np.clip((offset * direction[None]).sum(-1) / length, 0, 1)
     return ((offset - t[..., None] * direction[None]) ** 2).sum(-1)
@@ -265,7 +279,7 @@ def test_hierarchies_handle_degenerate_and_coincident_triangles(backend):
     nearest = oracle.min(axis=1)
     for max_distance in (None, 0.2):
         face, squared = nearest_faces(torch.from_numpy(points), vertices, faces, max_distance, backend=backend)
-        found = np.ones(len(points), bool) if max_distance is None else nearest < max_distance ** 2
+        found = np.ones(len(points), bool) if max_distance is None else nearest < max_distance**2
         assert found.any() and (max_distance is None or not found.all())
         np.testing.assert_array_equal(face.numpy() >= 0, found)
         np.testing.assert_allclose(squared.numpy()[found], nearest[found], atol=TIE, rtol=0)
@@ -289,10 +303,12 @@ def test_backend_resolution():
 def test_bvh_of_every_width_matches_brute_force(body):
     # 'auto' builds the width this CPU runs fastest; the 4-lane form is the one for CPUs without AVX2.
     from training.body import nearest_face
+
     vertices = body.pose(0.3 * torch.randn(1, 6, generator=torch.Generator().manual_seed(11)))[0]
     faces = body.box_faces
-    points = torch.from_numpy(points_around(vertices.double().numpy(), faces.numpy(), 3000, seed=12,
-                                            spread=0.3)).float()
+    points = torch.from_numpy(
+        points_around(vertices.double().numpy(), faces.numpy(), 3000, seed=12, spread=0.3)
+    ).float()
     expected = nearest_faces(points, vertices, faces, 0.25, backend='brute')
     widths = [lanes for lanes in (4, 8) if lanes == 4 or {'avx2', 'fma'} <= custom_ops.cpu_flags()]
     for lanes in widths:
@@ -308,13 +324,15 @@ def test_accelerated_search_matches_brute_force_on_an_smpl_pickle_body(tmp_path,
     # is a soup of long, crossing triangles, unlike the embedded body's surface.
     from tests.test_lbs import synthetic_smpl_arrays
     from tests.test_smpl_pickle import write_smpl_pickle
+
     path = str(tmp_path / 'SMPL_NEUTRAL.pkl')
     write_smpl_pickle(path, synthetic_smpl_arrays(num_vertices=300, seed=13))
     body = BodyModel.from_smpl_pickle(path)
     vertices = body.pose(0.5 * torch.randn(1, 6, generator=torch.Generator().manual_seed(14)))[0]
     faces = body.faces
-    points = torch.from_numpy(points_around(vertices.double().numpy(), faces.numpy(), 3000, seed=15,
-                                            spread=0.3)).float()
+    points = torch.from_numpy(
+        points_around(vertices.double().numpy(), faces.numpy(), 3000, seed=15, spread=0.3)
+    ).float()
     for max_distance in (0.25, None):
         expected = nearest_faces(points, vertices, faces, max_distance, backend='brute')
         actual = nearest_faces(points, vertices, faces, max_distance, backend=backend)
@@ -347,7 +365,7 @@ def test_lbvh_of_any_shape_matches_brute_force(leaf_size, branching):
     for subset in (faces_t, faces_t[:37], faces_t[:1]):
         tree = _LinearBoxTree(vertices_t[subset], leaf_size, branching)
         for max_distance in (0.1, None):
-            limit = float('inf') if max_distance is None else max_distance ** 2
+            limit = float('inf') if max_distance is None else max_distance**2
             face = tree.nearest(points, limit)
             expected = nearest_faces(points, vertices_t, subset, max_distance, backend='brute')
             found = face >= 0
@@ -363,8 +381,9 @@ def test_lbvh_of_any_shape_matches_brute_force(leaf_size, branching):
 def test_lbvh_on_cuda_matches_brute_force_on_the_cpu(body):
     vertices = body.pose(0.4 * torch.randn(1, 6, generator=torch.Generator().manual_seed(20)))[0]
     faces = body.box_faces
-    points = torch.from_numpy(points_around(vertices.double().numpy(), faces.numpy(), 20000, seed=21,
-                                            spread=0.3)).float()
+    points = torch.from_numpy(
+        points_around(vertices.double().numpy(), faces.numpy(), 20000, seed=21, spread=0.3)
+    ).float()
     assert resolve_backend('auto', torch.device('cuda')) == 'lbvh'
     for max_distance in (0.25, None):
         expected = nearest_faces(points, vertices, faces, max_distance, backend='brute')
@@ -389,6 +408,7 @@ def test_non_finite_inputs_are_errors_not_crashes(body, backend):
 @requires_bvh
 def test_bvh_extension_refuses_non_finite_inputs():
     from training.body import nearest_face
+
     plugin = nearest_face._bvh_plugin()
     triangle = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]], dtype=torch.float64)
     with pytest.raises(RuntimeError, match='non-finite vertices'):

@@ -18,11 +18,20 @@ def _lrelu(x: torch.Tensor) -> torch.Tensor:
 class _StyleGAN2(torch.nn.Module):
     """The plain StyleGAN2 generator, as these tests exercise its two halves: mapping then synthesis."""
 
-    def __init__(self, z_dim: int, c_dim: int, w_dim: int, img_resolution: int, img_channels: int,
-                 mapping_kwargs: dict, **synthesis_kwargs):
+    def __init__(
+        self,
+        z_dim: int,
+        c_dim: int,
+        w_dim: int,
+        img_resolution: int,
+        img_channels: int,
+        mapping_kwargs: dict,
+        **synthesis_kwargs,
+    ):
         super().__init__()
-        self.synthesis = net.SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
-                                              **synthesis_kwargs)
+        self.synthesis = net.SynthesisNetwork(
+            w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels, **synthesis_kwargs
+        )
         self.num_ws = self.synthesis.num_ws
         self.mapping = net.MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mapping_kwargs)
 
@@ -32,15 +41,31 @@ class _StyleGAN2(torch.nn.Module):
 
 
 def _small_generator(**kwargs) -> _StyleGAN2:
-    args = dict(z_dim=16, c_dim=3, w_dim=16, img_resolution=16, img_channels=3, channel_base=256, channel_max=32,
-                num_fp16_res=0, mapping_kwargs=dict(num_layers=2))
+    args = dict(
+        z_dim=16,
+        c_dim=3,
+        w_dim=16,
+        img_resolution=16,
+        img_channels=3,
+        channel_base=256,
+        channel_max=32,
+        num_fp16_res=0,
+        mapping_kwargs=dict(num_layers=2),
+    )
     args.update(kwargs)
     return _StyleGAN2(**args)
 
 
 def _small_discriminator(**kwargs) -> net.Discriminator:
-    args = dict(c_dim=5, img_resolution=16, img_channels=3, channel_base=256, channel_max=64, num_fp16_res=0,
-                mapping_kwargs=dict(num_layers=2))
+    args = dict(
+        c_dim=5,
+        img_resolution=16,
+        img_channels=3,
+        channel_base=256,
+        channel_max=64,
+        num_fp16_res=0,
+        mapping_kwargs=dict(num_layers=2),
+    )
     args.update(kwargs)
     return net.Discriminator(**args)
 
@@ -58,6 +83,7 @@ def _assert_all_grads(module: torch.nn.Module) -> None:
         assert torch.isfinite(p.grad).all(), f'{name} has a non-finite gradient'
         assert p.grad.abs().sum() > 0, f'{name} has an all-zero gradient'
 
+
 # ----------------------------------------------------------------------------------------------
 # modulated_conv2d
 
@@ -68,13 +94,14 @@ def _direct_modconv(x, weight, styles, noise, up, down, padding, f, demodulate, 
     for b in range(x.shape[0]):
         wb = weight * styles[b].reshape(1, -1, 1, 1)
         if demodulate:
-            wb = wb / torch.sqrt((wb ** 2).sum(dim=[1, 2, 3], keepdim=True) + 1e-8)
-        xb = x[b:b + 1]
+            wb = wb / torch.sqrt((wb**2).sum(dim=[1, 2, 3], keepdim=True) + 1e-8)
+        xb = x[b : b + 1]
         if up == 1 and down == 1 and flip_weight:
             yb = F.conv2d(xb, wb, padding=padding)
         else:
-            yb = conv2d_resample.conv2d_resample(xb, wb, f=f, up=up, down=down, padding=padding,
-                                                 flip_weight=flip_weight)
+            yb = conv2d_resample.conv2d_resample(
+                xb, wb, f=f, up=up, down=down, padding=padding, flip_weight=flip_weight
+            )
         outs.append(yb)
     y = torch.cat(outs)
     if noise is not None:
@@ -95,9 +122,10 @@ def test_modulated_conv2d_matches_direct_formula(demodulate, up, down, with_nois
     f = upfirdn2d.setup_filter([1, 3, 3, 1]).to(torch.float64)
     out_res = h * up // down
     noise = torch.randn(b, 1, out_res, out_res, dtype=torch.float64) if with_noise else None
-    flip_weight = (up == 1)
-    kwargs = dict(noise=noise, up=up, down=down, padding=1, resample_filter=f, demodulate=demodulate,
-                  flip_weight=flip_weight)
+    flip_weight = up == 1
+    kwargs = dict(
+        noise=noise, up=up, down=down, padding=1, resample_filter=f, demodulate=demodulate, flip_weight=flip_weight
+    )
     y_ref = _direct_modconv(x, weight, styles, noise, up, down, 1, f, demodulate, flip_weight)
     if bias_and_gain:
         bias, gain = torch.randn(cout, dtype=torch.float64), 1.7
@@ -130,9 +158,12 @@ def test_modulated_conv2d_gradcheck():
     weight = torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
     styles = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     for fused in (False, True):
+
         def fn(x, w, s):
             return net.modulated_conv2d(x, w, s, padding=1, fused_modconv=fused)
+
         assert torch.autograd.gradcheck(fn, (x, weight, styles))
+
 
 # ----------------------------------------------------------------------------------------------
 # Equalized-learning-rate layers
@@ -157,7 +188,7 @@ def test_fully_connected_layer_formula(activation):
 
 def test_fully_connected_layer_per_feature_bias_init():
     layer = net.FullyConnectedLayer(3, 4, bias_init=[1, 2, 3, 4])
-    torch.testing.assert_close(layer(torch.zeros(1, 3)), torch.tensor([[1., 2., 3., 4.]]))
+    torch.testing.assert_close(layer(torch.zeros(1, 3)), torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
 
 
 def test_conv2d_layer_formula_with_gain_and_clamp():
@@ -187,6 +218,7 @@ def test_frozen_conv_layer_has_no_parameters():
     layer = net.Conv2dLayer(2, 3, kernel_size=3, trainable=False)
     assert len(list(layer.parameters())) == 0
     assert {'weight', 'bias'} <= set(dict(layer.named_buffers()))
+
 
 # ----------------------------------------------------------------------------------------------
 # Mapping network
@@ -240,6 +272,7 @@ def test_mapping_input_normalization_and_dims():
     assert single(z, c).shape == (2, 6)
     with pytest.raises(ValueError):
         single(z, c, truncation_psi=0.5)
+
 
 # ----------------------------------------------------------------------------------------------
 # Synthesis layers, blocks, network
@@ -307,8 +340,9 @@ def test_synthesis_fused_and_non_fused_agree():
 
 
 def test_inference_only_fuses_in_eval_mode_only():
-    block = net.SynthesisBlock(4, 4, w_dim=4, resolution=8, img_channels=3, is_last=True,
-                               fused_modconv_default='inference_only')
+    block = net.SynthesisBlock(
+        4, 4, w_dim=4, resolution=8, img_channels=3, is_last=True, fused_modconv_default='inference_only'
+    )
     assert block._resolve_fused_modconv(None) is False
     block.eval()
     assert block._resolve_fused_modconv(None) is True
@@ -383,6 +417,7 @@ def test_synthesis_block_without_upsampling():
     _, rgb_only = block(x, None, ws)
     torch.testing.assert_close(img_out, img + rgb_only)
 
+
 # ----------------------------------------------------------------------------------------------
 # Discriminator
 
@@ -398,7 +433,7 @@ def test_minibatch_std_matches_numpy():
     for i in range(n):
         members = [j for j in range(n) if j % (n // g) == i % (n // g)]  # Group of sample i.
         for k in range(f):
-            sl = xn[members][:, k * 3:(k + 1) * 3]                    # [G, C/F, H, W]
+            sl = xn[members][:, k * 3 : (k + 1) * 3]  # [G, C/F, H, W]
             std = np.sqrt(sl.var(axis=0) + 1e-8)
             expected[i, k] = std.mean()
     assert y.shape == (8, 8, 3, 3)

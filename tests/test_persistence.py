@@ -17,7 +17,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A persistent network with a nested persistent block and plain torch layers; it imports a module
 # of this repository, which must still resolve when the network is rebuilt from its pickle.
-HELPER_SOURCE = textwrap.dedent('''
+HELPER_SOURCE = textwrap.dedent("""
     import torch
     from torch_utils import misc
     from torch_utils import persistence
@@ -50,12 +50,12 @@ HELPER_SOURCE = textwrap.dedent('''
 
     class PlainBlock(Block):
         pass
-''')
+""")
 
 CHANGED_SOURCE = HELPER_SOURCE.replace('torch.tanh', 'torch.sigmoid').replace('+ self.offset', '- self.offset')
 
 # A persistent class inside a package, using a relative import of a sibling module.
-PACKAGE_NETS_SOURCE = textwrap.dedent('''
+PACKAGE_NETS_SOURCE = textwrap.dedent("""
     import torch
     from torch_utils import persistence
     from .constants import SCALE
@@ -68,9 +68,9 @@ PACKAGE_NETS_SOURCE = textwrap.dedent('''
 
         def forward(self, x):
             return x * self.weight * SCALE
-''')
+""")
 
-LOADER_SCRIPT = textwrap.dedent('''
+LOADER_SCRIPT = textwrap.dedent("""
     import pickle, sys, torch
     net_path, scaler_path, input_path, output_path = sys.argv[1:5]
     with open(net_path, 'rb') as file:
@@ -81,7 +81,7 @@ LOADER_SCRIPT = textwrap.dedent('''
     again = pickle.loads(pickle.dumps(net))
     torch.save(dict(net=net(x), again=again(x), scaler=scaler(x), init_kwargs=dict(net.init_kwargs),
                     init_args=net.init_args, module=type(net).__module__), output_path)
-''')
+""")
 
 
 def _import_from(directory, module_name):
@@ -166,9 +166,22 @@ def test_pickle_loads_in_fresh_process_after_code_changed(helper_module, tmp_pat
     helper_path.unlink()
     (package_dir / package_name / 'nets.py').write_text(PACKAGE_NETS_SOURCE.replace('* SCALE', '* SCALE * 100'))
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO_ROOT, str(package_dir)]))
-    completed = subprocess.run([sys.executable, '-c', LOADER_SCRIPT, paths['net.pkl'], paths['scaler.pkl'],
-                                paths['input.pt'], paths['output.pt']],
-                               cwd=str(tmp_path), env=environment, capture_output=True, text=True, timeout=120)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            '-c',
+            LOADER_SCRIPT,
+            paths['net.pkl'],
+            paths['scaler.pkl'],
+            paths['input.pt'],
+            paths['output.pt'],
+        ],
+        cwd=str(tmp_path),
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode == 0, completed.stderr
     result = torch.load(paths['output.pt'])
     assert torch.equal(result['net'], expected_net)
@@ -220,6 +233,7 @@ def test_undecorated_subclass_pickles_by_reference(helper_module):
 
 def test_decorator_rejects_local_classes():
     with pytest.raises(TypeError, match='inside a function'):
+
         @persistence.persistent_class
         class Local(torch.nn.Module):
             pass

@@ -9,14 +9,26 @@ from tools.plot_training import metric_series, plot_run, tick_series
 
 
 def write_run(run_dir):
-    ticks = [{'Progress/kimg': {'mean': kimg}, 'Loss/G/loss': {'mean': 2.0 - kimg}, 'Loss/D/loss': {'mean': 1.0 + kimg},
-              **({'Loss/r1_penalty': {'mean': 0.5}} if kimg > 0 else {})} for kimg in (0.0, 0.5, 1.0)]
+    ticks = [
+        {
+            'Progress/kimg': {'mean': kimg},
+            'Loss/G/loss': {'mean': 2.0 - kimg},
+            'Loss/D/loss': {'mean': 1.0 + kimg},
+            **({'Loss/r1_penalty': {'mean': 0.5}} if kimg > 0 else {}),
+        }
+        for kimg in (0.0, 0.5, 1.0)
+    ]
     (run_dir / 'stats.jsonl').write_text(''.join(json.dumps(tick) + '\n' for tick in ticks))
-    lines = [{'results': {'fid1k': fid}, 'metric': 'fid1k', 'snapshot_pkl': f'network-snapshot-{kimg:06d}.pkl'}
-             for kimg, fid in ((0, 260.0), (4, 180.0))]
+    lines = [
+        {'results': {'fid1k': fid}, 'metric': 'fid1k', 'snapshot_pkl': f'network-snapshot-{kimg:06d}.pkl'}
+        for kimg, fid in ((0, 260.0), (4, 180.0))
+    ]
     (run_dir / 'metric-fid1k.jsonl').write_text(''.join(json.dumps(line) + '\n' for line in lines))
-    pose = {'results': {'real_neck_mean': 12.0, 'real_mean_pose_neck_mean': 18.0}, 'metric': 'pose_err',
-            'snapshot_pkl': 'network-snapshot-000004.pkl'}
+    pose = {
+        'results': {'real_neck_mean': 12.0, 'real_mean_pose_neck_mean': 18.0},
+        'metric': 'pose_err',
+        'snapshot_pkl': 'network-snapshot-000004.pkl',
+    }
     (run_dir / 'metric-pose_err.jsonl').write_text(json.dumps(pose) + '\n')
 
 
@@ -40,6 +52,8 @@ def test_a_run_and_its_continuation_plot_as_one(tmp_path):
     first.mkdir()
     second.mkdir()
     write_run(first)
-    (second / 'stats.jsonl').write_text(json.dumps({'Progress/kimg': {'mean': 1.5}, 'Loss/G/loss': {'mean': 0.5}}) + '\n')
+    (second / 'stats.jsonl').write_text(
+        json.dumps({'Progress/kimg': {'mean': 1.5}, 'Loss/G/loss': {'mean': 0.5}}) + '\n'
+    )
     out = plot_run([str(first), str(second)], str(tmp_path / 'plot.png'))
     assert np.asarray(PIL.Image.open(out).convert('L')).std() > 10

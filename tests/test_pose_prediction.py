@@ -67,7 +67,11 @@ def test_predict_real_poses_batches_and_pads():
     kwargs = {'blur_sigma': 0.0, 'neural_rendering_resolution': 8}
     batched = predict_real_poses(D, images, masks, cameras, kwargs, batch=4)
     assert D.shapes == {'image': (4, 3, 16, 16), 'image_raw': (4, 3, 8, 8), 'image_mask': (4, 1, 8, 8)}
-    single = torch.cat([predict_real_poses(D, images[i:i + 1], masks[i:i + 1], cameras[i:i + 1], kwargs, batch=1)
-                        for i in range(7)])
+    single = torch.cat(
+        [
+            predict_real_poses(D, images[i : i + 1], masks[i : i + 1], cameras[i : i + 1], kwargs, batch=1)
+            for i in range(7)
+        ]
+    )
     torch.testing.assert_close(batched, single)
     torch.testing.assert_close(batched[:, 0], images.mean(dim=(1, 2, 3)))

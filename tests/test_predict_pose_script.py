@@ -63,16 +63,27 @@ def resized(array: np.ndarray, resolution: int) -> torch.Tensor:
 def test_poses_match_the_discriminator_and_renders_sit_beside_the_photos(run_dir, photos, tmp_path):
     folder, images, masks, cameras = photos
     outdir = tmp_path / 'out'
-    result = invoke('--network', os.path.join(run_dir, 'network-snapshot-000000.pkl'), '--predict-pose', folder,
-                    '--seeds', '0,1', '--sample-mult', '1', '--outdir', outdir)
+    result = invoke(
+        '--network',
+        os.path.join(run_dir, 'network-snapshot-000000.pkl'),
+        '--predict-pose',
+        folder,
+        '--seeds',
+        '0,1',
+        '--sample-mult',
+        '1',
+        '--outdir',
+        outdir,
+    )
     assert result.exit_code == 0, result.output
 
     D = checkpoint.load_any(os.path.join(run_dir, 'network-snapshot-000000.pkl'))['D_ema'].eval()
     with open(os.path.join(run_dir, 'pose_predict_kwargs-000000.json')) as f:
         kwargs = json.load(f)
     # One photo at a time, as the script promises (D's minibatch-std layer would couple a batch).
-    expected = predict_real_poses(D, resized(images, RES) * 2 - 1, resized(masks[..., None], RES),
-                                  torch.from_numpy(cameras), kwargs, batch=1)
+    expected = predict_real_poses(
+        D, resized(images, RES) * 2 - 1, resized(masks[..., None], RES), torch.from_numpy(cameras), kwargs, batch=1
+    )
     predicted = json.loads((outdir / 'predicted_poses.json').read_text())
     assert sorted(predicted) == NAMES
     got = torch.tensor([predicted[name]['neck'] + predicted[name]['head'] for name in NAMES])
@@ -82,7 +93,7 @@ def test_poses_match_the_discriminator_and_renders_sit_beside_the_photos(run_dir
         for idx, name in enumerate(NAMES):
             picture = np.asarray(PIL.Image.open(outdir / f'seed{seed:04d}_{name[:-4]}.png'))
             assert picture.shape == (RES, 2 * RES, 3)
-            photo = (resized(images[idx:idx + 1], RES)[0].permute(1, 2, 0) * 255).round().numpy()
+            photo = (resized(images[idx : idx + 1], RES)[0].permute(1, 2, 0) * 255).round().numpy()
             assert np.abs(picture[:, :RES].astype(float) - photo).max() <= 1
     render = [np.asarray(PIL.Image.open(outdir / f'seed{seed:04d}_p0.png'))[:, RES:] for seed in (0, 1)]
     assert not np.array_equal(render[0], render[1])
@@ -107,8 +118,20 @@ def broken_copy(photos, tmp_path, case):
     return folder
 
 
-@pytest.mark.parametrize('case', ['no-folder', 'no-result', 'no-mask', 'no-image', 'unlisted-image', 'bad-camera',
-                                  'no-kwargs', 'snapshot-without-kwargs', 'cfg'])
+@pytest.mark.parametrize(
+    'case',
+    [
+        'no-folder',
+        'no-result',
+        'no-mask',
+        'no-image',
+        'unlisted-image',
+        'bad-camera',
+        'no-kwargs',
+        'snapshot-without-kwargs',
+        'cfg',
+    ],
+)
 def test_one_line_errors(run_dir, photos, tmp_path, case):
     network = os.path.join(run_dir, 'network-snapshot-000000.pkl')
     folder = broken_copy(photos, tmp_path, case)
@@ -126,7 +149,15 @@ def test_one_line_errors(run_dir, photos, tmp_path, case):
     errors = [line for line in result.output.splitlines() if line.startswith('Error')]
     assert len(errors) == 1, result.output
     assert isinstance(result.exception, SystemExit)
-    hint = {'no-folder': 'nothing', 'no-result': 'result.json', 'no-mask': 'p1.png', 'no-image': 'p9.png',
-            'unlisted-image': 'p2.png', 'bad-camera': '3x3', 'no-kwargs': 'nothing.json',
-            'snapshot-without-kwargs': 'pose_predict_kwargs-000000.json', 'cfg': '--network'}[case]
+    hint = {
+        'no-folder': 'nothing',
+        'no-result': 'result.json',
+        'no-mask': 'p1.png',
+        'no-image': 'p9.png',
+        'unlisted-image': 'p2.png',
+        'bad-camera': '3x3',
+        'no-kwargs': 'nothing.json',
+        'snapshot-without-kwargs': 'pose_predict_kwargs-000000.json',
+        'cfg': '--network',
+    }[case]
     assert hint in errors[0], errors[0]

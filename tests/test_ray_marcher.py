@@ -21,9 +21,9 @@ def slab_scene(sigma: float, spacing: float, first: int, last: int, num_samples:
     last are filled: a homogeneous slab [t_first, t_last] of length (last - first) * spacing."""
     depths = start + spacing * torch.arange(num_samples, dtype=torch.float64)
     raw = torch.full((num_samples,), EMPTY, dtype=torch.float64)
-    raw[first:last + 1] = raw_density_for(sigma)
+    raw[first : last + 1] = raw_density_for(sigma)
     colors = torch.zeros(num_samples, 3, dtype=torch.float64)
-    colors[first:last + 1] = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
+    colors[first : last + 1] = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
     return colors[None, None], raw[None, None, :, None], depths[None, None, :, None]
 
 
@@ -49,7 +49,7 @@ def test_homogeneous_slab_matches_analytic_opacity_and_depth(sigma, spacing):
     # spacing*(1/2 - 1/x + 1/(e^x - 1)) (~ sigma*spacing^2/12 for small x, at most spacing/2).
     x = sigma * spacing
     displacement = spacing * (0.5 - 1 / x + 1 / math.expm1(x))
-    assert 0 < displacement <= sigma * spacing ** 2 / 12 + 1e-12
+    assert 0 < displacement <= sigma * spacing**2 / 12 + 1e-12
     assert depth.item() == pytest.approx(continuous + displacement, abs=1e-8)
 
 

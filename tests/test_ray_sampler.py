@@ -24,9 +24,9 @@ def test_pixel_rays_project_back_to_their_pixel_centres(skew):
     cam2world = cu.orbit_camera(torch.tensor([0.4, 2.0]), torch.tensor([1.3, 1.9]), pivot=(0.1, 0.0, -0.05))
     intrinsics = torch.tensor([[1.7, skew, 0.45], [0.0, 1.9, 0.55], [0.0, 0.0, 1.0]]).expand(2, 3, 3)
     origins, directions = sample_rays(cam2world, intrinsics, resolution)
-    assert origins.shape == directions.shape == (2, resolution ** 2, 3)
+    assert origins.shape == directions.shape == (2, resolution**2, 3)
     np.testing.assert_allclose(directions.norm(dim=-1).numpy(), 1, atol=1e-6)
-    np.testing.assert_allclose(origins.numpy(), cam2world[:, None, :3, 3].expand(2, resolution ** 2, 3).numpy())
+    np.testing.assert_allclose(origins.numpy(), cam2world[:, None, :3, 3].expand(2, resolution**2, 3).numpy())
 
     points = (origins + 2.3 * directions).double().numpy()
     pixel, depth = project(points, cam2world.double().numpy(), intrinsics.double().numpy())

@@ -27,8 +27,11 @@ def sphere_decoder(centre=(0.0, 0.0, 0.0)):
 
     def decode(features):
         inside = (features - centre).norm(dim=-1, keepdim=True) < RADIUS
-        sigma = torch.where(inside, torch.full_like(features[..., :1], 400.0), torch.full_like(features[..., :1], -100.0))
+        sigma = torch.where(
+            inside, torch.full_like(features[..., :1], 400.0), torch.full_like(features[..., :1], -100.0)
+        )
         return {'sigma': sigma, 'rgb': torch.ones_like(features[..., :2])}
+
     return decode
 
 
@@ -39,8 +42,8 @@ def ray_sphere_depth(origins, directions, centre):
     """
     offset = origins - centre
     along = (offset * directions).sum(-1)
-    impact = torch.sqrt((offset * offset).sum(-1) - along ** 2)
-    depth = -along - torch.sqrt((RADIUS ** 2 - impact ** 2).clamp(min=0))
+    impact = torch.sqrt((offset * offset).sum(-1) - along**2)
+    depth = -along - torch.sqrt((RADIUS**2 - impact**2).clamp(min=0))
     return depth, impact
 
 
@@ -51,8 +54,14 @@ def frontal_rays(focal: float, resolution: int):
 
 
 def make_renderer(box_warp=2.0, **kwargs):
-    return VolumeRenderer(ray_start=RAY_START, ray_end=RAY_END, depth_resolution=NUM_COARSE,
-                          depth_resolution_importance=NUM_FINE, box_warp=box_warp, **kwargs)
+    return VolumeRenderer(
+        ray_start=RAY_START,
+        ray_end=RAY_END,
+        depth_resolution=NUM_COARSE,
+        depth_resolution_importance=NUM_FINE,
+        box_warp=box_warp,
+        **kwargs,
+    )
 
 
 def test_stratified_depths():
@@ -69,8 +78,14 @@ def test_stratified_depths():
 def test_sphere_opacity_and_depth(deterministic):
     origins, directions = frontal_rays(focal=3.0, resolution=12)
     renderer = make_renderer()
-    features, depth, acc = renderer(position_trigrid(2.0), sphere_decoder(), origins, directions,
-                                    deterministic=deterministic, generator=torch.Generator().manual_seed(0))
+    features, depth, acc = renderer(
+        position_trigrid(2.0),
+        sphere_decoder(),
+        origins,
+        directions,
+        deterministic=deterministic,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert features.shape == (1, 144, 2) and depth.shape == acc.shape == (1, 144, 1)
     expected_depth, impact = ray_sphere_depth(origins[0], directions[0], torch.zeros(3))
     hits, misses = impact < 0.8 * RADIUS, impact > 1.1 * RADIUS
@@ -87,7 +102,7 @@ def test_mirrored_camera_renders_the_width_flipped_image():
 
     def decode(features):
         squared = ((features[..., None, :] - centres) ** 2).sum(-1)
-        blobs = torch.exp(-squared / (2 * 0.08 ** 2)).sum(-1, keepdim=True)
+        blobs = torch.exp(-squared / (2 * 0.08**2)).sum(-1, keepdim=True)
         colour = torch.stack([features[..., 0] ** 2, features[..., 1], features[..., 2]], dim=-1)
         return {'sigma': 60 * blobs - 10, 'rgb': colour}
 
@@ -120,7 +135,7 @@ def test_deform_applies_to_coarse_and_fine_samples():
     renderer = make_renderer()
     planes = position_trigrid(2.0)
     _, depth, acc = renderer(planes, sphere_decoder(), origins, directions, deform=deform, deterministic=True)
-    assert calls == [(1, resolution ** 2 * NUM_COARSE, 3), (1, resolution ** 2 * NUM_FINE, 3)]
+    assert calls == [(1, resolution**2 * NUM_COARSE, 3), (1, resolution**2 * NUM_FINE, 3)]
 
     expected_depth, impact = ray_sphere_depth(origins[0], directions[0], -shift)
     hits = impact < 0.8 * RADIUS
@@ -130,16 +145,19 @@ def test_deform_applies_to_coarse_and_fine_samples():
     # With deterministic coarse samples only, every sample sees the value the undeformed scene
     # has three samples earlier, so the central ray's depth moves by exactly the shift. (The fine
     # samples would not shift exactly: the 0.01 floor of the pdf covers a fixed depth range.)
-    centre_ray = resolution ** 2 // 2
+    centre_ray = resolution**2 // 2
     coarse_only = dict(depth_resolution_importance=0, deterministic=True)
     _, depth, _ = renderer(planes, sphere_decoder(), origins, directions, deform=deform, **coarse_only)
     _, plain_depth, _ = renderer(planes, sphere_decoder(), origins, directions, **coarse_only)
-    assert depth[0, centre_ray, 0].item() - plain_depth[0, centre_ray, 0].item() == pytest.approx(shift[2].item(), abs=1e-5)
+    assert depth[0, centre_ray, 0].item() - plain_depth[0, centre_ray, 0].item() == pytest.approx(
+        shift[2].item(), abs=1e-5
+    )
 
 
 def uniform_decoder(raw_density):
     def decode(features):
         return {'sigma': torch.full_like(features[..., :1], raw_density), 'rgb': torch.ones_like(features[..., :1])}
+
     return decode
 
 
@@ -162,8 +180,14 @@ def test_crop_limits_density_to_the_inner_box():
     assert outside.sum() > 0 and (acc[0, outside, 0] < 1e-6).all()
 
     # The crop is decided on the deformed (canonical) coordinates.
-    _, _, shifted_acc = renderer(planes, uniform_decoder(raw_density), origins, directions,
-                                 deform=lambda points: points + torch.tensor([0.5, 0.0, 0.0]), deterministic=True)
+    _, _, shifted_acc = renderer(
+        planes,
+        uniform_decoder(raw_density),
+        origins,
+        directions,
+        deform=lambda points: points + torch.tensor([0.5, 0.0, 0.0]),
+        deterministic=True,
+    )
     assert shifted_acc[0, centre_ray, 0].item() < 1e-6
 
 
@@ -202,7 +226,7 @@ def test_gradcheck_through_the_deformation():
     renderer = VolumeRenderer(RAY_START, RAY_END, 16, 0, box_warp=2.0)
 
     def decode(features):
-        return {'sigma': 30 - 200 * (features ** 2).sum(-1, keepdim=True), 'rgb': features}
+        return {'sigma': 30 - 200 * (features**2).sum(-1, keepdim=True), 'rgb': features}
 
     def render(shift):
         return renderer(planes, decode, origins, directions, deform=lambda points: points + shift, deterministic=True)
@@ -221,8 +245,18 @@ def test_density_noise_is_seeded_and_per_call_overrides():
     planes = position_trigrid(2.0)
     decode = sphere_decoder()
     clean = renderer(planes, decode, origins, directions, deterministic=True)
-    noisy = [renderer(planes, uniform_decoder(-3.0), origins, directions, density_noise=5.0, deterministic=True,
-                      generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    noisy = [
+        renderer(
+            planes,
+            uniform_decoder(-3.0),
+            origins,
+            directions,
+            density_noise=5.0,
+            deterministic=True,
+            generator=torch.Generator().manual_seed(7),
+        )
+        for _ in range(2)
+    ]
     torch.testing.assert_close(noisy[0], noisy[1])
     assert noisy[0][2].max() > 1e-3  # -3 alone is nearly transparent; the noise adds opacity
     calls = []
@@ -231,8 +265,17 @@ def test_density_noise_is_seeded_and_per_call_overrides():
         calls.append(features.shape[1])
         return decode(features)
 
-    overridden = renderer(planes, counting_decoder, origins, directions, depth_resolution=10,
-                          depth_resolution_importance=0, ray_start=2.2, ray_end=3.2, deterministic=True)
+    overridden = renderer(
+        planes,
+        counting_decoder,
+        origins,
+        directions,
+        depth_resolution=10,
+        depth_resolution_importance=0,
+        ray_start=2.2,
+        ray_end=3.2,
+        deterministic=True,
+    )
     assert calls == [16 * 10]
     assert overridden[1].min() >= 2.2 and overridden[1].max() <= 3.2
     assert clean[2].shape == overridden[2].shape

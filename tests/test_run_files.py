@@ -24,8 +24,11 @@ def touch(path) -> str:
 def test_snapshot_paths_name_the_files_of_one_kimg(tmp_path):
     paths = snapshot_paths(str(tmp_path), 12_999)
     assert {key: os.path.basename(path) for key, path in paths.items()} == dict(
-        pkl='network-snapshot-000012.pkl', pt='network-snapshot-000012.pt',
-        json='pose_predict_kwargs-000012.json', resume='resume-state-000012.pt')
+        pkl='network-snapshot-000012.pkl',
+        pt='network-snapshot-000012.pt',
+        json='pose_predict_kwargs-000012.json',
+        resume='resume-state-000012.pt',
+    )
     assert pose_predict_kwargs_for(paths['pt']) == paths['json'] == pose_predict_kwargs_for(paths['pkl'])
 
 

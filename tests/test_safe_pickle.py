@@ -85,13 +85,23 @@ def test_hostile_pickle_is_refused_without_running_anything(tmp_path):
     assert not os.path.exists(marker)
 
 
-@pytest.mark.parametrize('tool, extra', [(gen_samples.main, ['--seeds', '0']), (gen_videos.main, ['--seeds', '0']),
-                                         (extract_shapes.main, ['--seeds', '0']),
-                                         (calc_metrics.main, ['--metrics', 'pose_err'])])
+@pytest.mark.parametrize(
+    'tool, extra',
+    [
+        (gen_samples.main, ['--seeds', '0']),
+        (gen_videos.main, ['--seeds', '0']),
+        (extract_shapes.main, ['--seeds', '0']),
+        (calc_metrics.main, ['--metrics', 'pose_err']),
+    ],
+)
 def test_every_tool_refuses_a_hostile_pickle(tmp_path, tool, extra):
     path, marker = _hostile_pickle(tmp_path)
-    result = CliRunner().invoke(tool, ['--network', path, '--device', 'cpu', '--outdir', str(tmp_path / 'out')] + extra
-                                if tool is not calc_metrics.main else ['--network', path, '--device', 'cpu'] + extra)
+    result = CliRunner().invoke(
+        tool,
+        ['--network', path, '--device', 'cpu', '--outdir', str(tmp_path / 'out')] + extra
+        if tool is not calc_metrics.main
+        else ['--network', path, '--device', 'cpu'] + extra,
+    )
     assert result.exit_code != 0 and not os.path.exists(marker)
     lines = result.output.strip().splitlines()
     assert 'Traceback' not in result.output and 'calls io.open' in lines[-1] and '--trust-pickle' in lines[-1]
@@ -99,9 +109,26 @@ def test_every_tool_refuses_a_hostile_pickle(tmp_path, tool, extra):
 
 def test_train_resume_refuses_a_hostile_pickle(tmp_path):
     path, marker = _hostile_pickle(tmp_path)
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'train.py'), '--resume', path, '--resume_kimg', '0',
-                             '--kimg', '0.004', '--outdir', str(tmp_path / 'runs'), '--workers', '0'],
-                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, 'train.py'),
+            '--resume',
+            path,
+            '--resume_kimg',
+            '0',
+            '--kimg',
+            '0.004',
+            '--outdir',
+            str(tmp_path / 'runs'),
+            '--workers',
+            '0',
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
     assert result.returncode != 0 and not os.path.exists(marker)
     assert 'Traceback' not in result.stderr and 'calls io.open' in result.stderr.strip().splitlines()[-1]
     assert not os.path.exists(tmp_path / 'runs')
@@ -110,9 +137,22 @@ def test_train_resume_refuses_a_hostile_pickle(tmp_path):
 def test_trust_pickle_loads_by_running_the_code(run_dir, tmp_path):
     # The opt-in on a benign pickle: the tool runs, through pickle.load.
     out = tmp_path / 'out'
-    result = CliRunner().invoke(gen_samples.main, ['--network', os.path.join(run_dir, 'network-snapshot-000000.pkl'),
-                                                   '--seeds', '0', '--views', 'front', '--device', 'cpu',
-                                                   '--outdir', str(out), '--trust-pickle'])
+    result = CliRunner().invoke(
+        gen_samples.main,
+        [
+            '--network',
+            os.path.join(run_dir, 'network-snapshot-000000.pkl'),
+            '--seeds',
+            '0',
+            '--views',
+            'front',
+            '--device',
+            'cpu',
+            '--outdir',
+            str(out),
+            '--trust-pickle',
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert os.path.isfile(out / 'seed0000.png')
     # On a hostile one the code runs: that is what the flag means.
@@ -136,19 +176,39 @@ def test_a_pickle_named_pt_is_not_unpickled(tmp_path):
 def test_weights_file_classes_cannot_be_reached_through_imported_modules(tmp_path):
     # training.checkpoint imports torch, so 'training.checkpoint.torch.nn.Linear' names torch.nn.Linear.
     path = str(tmp_path / 'weights.pt')
-    payload = dict(format=checkpoint.WEIGHTS_FORMAT, version=checkpoint.WEIGHTS_VERSION, extra_json='{}',
-                   modules=dict(G={'class': 'training.checkpoint.torch.nn.Linear', 'init_args_json': '[2, 2]',
-                                   'init_kwargs_json': '{}', 'state_dict': {}}))
+    payload = dict(
+        format=checkpoint.WEIGHTS_FORMAT,
+        version=checkpoint.WEIGHTS_VERSION,
+        extra_json='{}',
+        modules=dict(
+            G={
+                'class': 'training.checkpoint.torch.nn.Linear',
+                'init_args_json': '[2, 2]',
+                'init_kwargs_json': '{}',
+                'state_dict': {},
+            }
+        ),
+    )
     torch.save(payload, path)
-    with pytest.raises(checkpoint.CheckpointError, match='defines no network class training.checkpoint.torch.nn.Linear'):
+    with pytest.raises(
+        checkpoint.CheckpointError, match='defines no network class training.checkpoint.torch.nn.Linear'
+    ):
         checkpoint.load_weights(path)
 
 
 def test_allowed_containers_and_arrays_come_back_as_data():
-    value = {'list': [1, 2.5, 'x'], 'set': {1, 2}, 'array': np.arange(6, dtype=np.float32).reshape(2, 3),
-             'scalar': np.float64(0.5), 'tensor': torch.arange(4.0), 'size': torch.Size([2, 3]),
-             'dtype': torch.float16, 'device': torch.device('cpu')}
+    value = {
+        'list': [1, 2.5, 'x'],
+        'set': {1, 2},
+        'array': np.arange(6, dtype=np.float32).reshape(2, 3),
+        'scalar': np.float64(0.5),
+        'tensor': torch.arange(4.0),
+        'size': torch.Size([2, 3]),
+        'dtype': torch.float16,
+        'device': torch.device('cpu'),
+    }
     import io
+
     loaded = safe_pickle.load(io.BytesIO(pickle.dumps(value)))
     assert loaded['list'] == value['list'] and loaded['set'] == value['set']
     np.testing.assert_array_equal(loaded['array'], value['array'])
@@ -168,6 +228,7 @@ class _StorageRecord:
 
 def test_storage_records_run_nothing_either(tmp_path):
     import io
+
     marker = str(tmp_path / 'marker')
     inner = io.BytesIO()
     torch.save(_WritesMarker(marker), inner, _use_new_zipfile_serialization=False)

@@ -42,6 +42,7 @@ def test_gpc_swap_prob_goes_from_one_to_target():
 def test_pose_prior_weight_holds_then_decays():
     def w(n):
         return schedules.pose_prior_weight(n, 0.5, 200, 200)
+
     assert w(0) == pytest.approx(0.5)
     assert w(199_999) == pytest.approx(0.5)
     assert w(200_000) == pytest.approx(0.5)
@@ -60,8 +61,10 @@ def test_rendering_resolution_fixed_without_final():
 
 def test_rendering_resolution_fades_from_the_resume_point():
     resume = 10_000_000
+
     def r(n):
         return schedules.rendering_resolution(n, resume, 64, 128, 1000)
+
     assert r(resume) == 64
     assert r(resume + 500_000) == 96
     assert r(resume + 250_000) == 80
@@ -96,7 +99,7 @@ def test_blur_kernel_matches_formula(sigma):
     half = math.floor(3 * sigma)
     assert f.shape == (2 * half + 1,)
     assert f.dtype == torch.float32
-    expected = torch.tensor([2 ** (-(x / sigma) ** 2) for x in range(-half, half + 1)], dtype=torch.float64)
+    expected = torch.tensor([2 ** (-((x / sigma) ** 2)) for x in range(-half, half + 1)], dtype=torch.float64)
     expected = expected / expected.sum()
     torch.testing.assert_close(f.double(), expected, rtol=1e-6, atol=1e-7)
     assert f.sum().item() == pytest.approx(1, abs=1e-6)

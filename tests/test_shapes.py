@@ -34,7 +34,7 @@ def test_sphere_radius_within_a_voxel(center):
     mesh = trimesh.Trimesh(vertices, faces, process=True)
     assert mesh.is_watertight
     assert mesh.volume > 0  # outward normals
-    assert abs(mesh.volume - 4 / 3 * np.pi * radius ** 3) < 0.05 * 4 / 3 * np.pi * radius ** 3
+    assert abs(mesh.volume - 4 / 3 * np.pi * radius**3) < 0.05 * 4 / 3 * np.pi * radius**3
 
 
 def test_sphere_cut_by_the_grid_is_closed_by_the_border():
@@ -79,6 +79,7 @@ def test_posed_mesh_turns_rigidly_with_the_head_and_keeps_the_rest():
     from training.body import lbs
     from training.body.body_model import BodyModel
     from training.body.deformation import Deformer
+
     body = BodyModel.embedded().double()
     deformer = Deformer(body, thickness=THICKNESS, backend='brute')
     head_pose = np.array([-0.3, 0.6, 0.1])
@@ -105,5 +106,6 @@ def test_posed_mesh_turns_rigidly_with_the_head_and_keeps_the_rest():
 
     far = np.array([[0.0, 0.0, 0.9], [0.6, 0.6, -0.6]])
     np.testing.assert_array_equal(shapes.pose_vertices(deformer, far, pose), far)
-    np.testing.assert_allclose(shapes.pose_vertices(deformer, points, torch.zeros(1, 6, dtype=torch.float64)), points,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        shapes.pose_vertices(deformer, points, torch.zeros(1, 6, dtype=torch.float64)), points, atol=1e-12
+    )

@@ -66,7 +66,7 @@ def write_smpl_pickle(path, arrays: dict, expression_key: str = None, protocol: 
             'posedirs': arrays['posedirs'],
             'J_regressor': scipy.sparse.csc_matrix(arrays['J_regressor']),
             'weights': chumpy.ch.Ch(arrays['weights']),
-            'kintree_table': np.where(arrays['kintree_table'] < 0, 2 ** 32 - 1, arrays['kintree_table']).astype(np.int64),
+            'kintree_table': np.where(arrays['kintree_table'] < 0, 2**32 - 1, arrays['kintree_table']).astype(np.int64),
             'f': arrays['f'].astype(np.uint32),
             'J': chumpy.ch.Ch(arrays['J_regressor'] @ arrays['v_template']),
             'bs_style': 'lbs',
@@ -114,8 +114,11 @@ def test_body_model_from_pickle_matches_smplx(synthetic_pickle):
     full_pose = torch.zeros(2, 24, 3, dtype=torch.float64)
     full_pose[:, lbs.NECK_JOINT], full_pose[:, lbs.HEAD_JOINT] = pose[:, :3], pose[:, 3:]
     oracle = smplx_oracle(arrays)
-    expected = oracle(betas=torch.as_tensor(np.concatenate([betas, np.zeros(8)]))[None].expand(2, -1),
-                      global_orient=full_pose[:, 0], body_pose=full_pose[:, 1:].reshape(2, -1)).vertices
+    expected = oracle(
+        betas=torch.as_tensor(np.concatenate([betas, np.zeros(8)]))[None].expand(2, -1),
+        global_orient=full_pose[:, 0],
+        body_pose=full_pose[:, 1:].reshape(2, -1),
+    ).vertices
     torch.testing.assert_close(body.pose(pose) + body.align_point, expected, atol=1e-6, rtol=0)
 
 
@@ -134,7 +137,7 @@ def test_truncated_file_is_reported(synthetic_pickle, tmp_path):
     with open(path, 'rb') as file:
         data = file.read()
     truncated = tmp_path / 'truncated.pkl'
-    truncated.write_bytes(data[:len(data) // 2])
+    truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(SmplFileError, match='truncated.pkl: not a readable SMPL pickle') as error:
         load_smpl_pickle(str(truncated))
     assert '\n' not in str(error.value)
@@ -148,8 +151,10 @@ def test_foreign_pickles_are_reported(tmp_path):
 
     partial = tmp_path / 'partial.pkl'
     partial.write_bytes(pickle.dumps({'v_template': np.zeros((4, 3)), 'f': np.zeros((1, 3))}, protocol=2))
-    with pytest.raises(SmplFileError, match='partial.pkl: not an SMPL model, missing shapedirs, posedirs, '
-                                            'J_regressor, weights, kintree_table'):
+    with pytest.raises(
+        SmplFileError,
+        match='partial.pkl: not an SMPL model, missing shapedirs, posedirs, J_regressor, weights, kintree_table',
+    ):
         load_smpl_pickle(str(partial))
 
 

@@ -21,11 +21,14 @@ def _assert_all_grads(module: torch.nn.Module) -> None:
         assert p.grad.abs().sum() > 0, f'{name} has an all-zero gradient'
 
 
-@pytest.mark.parametrize('cls,out_res,in_res', [
-    (sr.SuperresolutionHybrid2X, 128, 64),
-    (sr.SuperresolutionHybrid4X, 256, 128),
-    (sr.SuperresolutionHybrid8XDC, 512, 128),
-])
+@pytest.mark.parametrize(
+    'cls,out_res,in_res',
+    [
+        (sr.SuperresolutionHybrid2X, 128, 64),
+        (sr.SuperresolutionHybrid4X, 256, 128),
+        (sr.SuperresolutionHybrid8XDC, 512, 128),
+    ],
+)
 def test_hybrid_heads_shapes_and_gradients(cls, out_res, in_res):
     torch.manual_seed(0)
     head = cls(channels=32, img_resolution=out_res, sr_num_fp16_res=4, w_dim=W_DIM)
@@ -57,11 +60,14 @@ def test_inputs_are_resized_bilinearly_with_antialias():
     torch.manual_seed(2)
     head = sr.SuperresolutionSmall(channels=8, img_resolution=32, input_resolution=16, w_dim=W_DIM)
     rgb, x, ws = _inputs(24, channels=8)
+
     def resize(t):
         return F.interpolate(t, size=(16, 16), mode='bilinear', align_corners=False, antialias=True)
+
     torch.testing.assert_close(head(rgb, x, ws), head(resize(rgb), resize(x), ws))
-    head_no_aa = sr.SuperresolutionSmall(channels=8, img_resolution=32, input_resolution=16, w_dim=W_DIM,
-                                         sr_antialias=False)
+    head_no_aa = sr.SuperresolutionSmall(
+        channels=8, img_resolution=32, input_resolution=16, w_dim=W_DIM, sr_antialias=False
+    )
     head_no_aa.load_state_dict(head.state_dict())
     assert not torch.allclose(head_no_aa(rgb, x, ws), head(rgb, x, ws))
 
@@ -80,8 +86,9 @@ def test_raw_rgb_feeds_the_skip_path():
 @pytest.mark.parametrize('in_res,out_res,num_blocks', [(32, 64, 1), (16, 64, 2), (32, 32, 1)])
 def test_small_head_shapes_and_gradients(in_res, out_res, num_blocks):
     torch.manual_seed(4)
-    head = sr.SuperresolutionSmall(channels=8, img_resolution=out_res, input_resolution=in_res, w_dim=W_DIM,
-                                   channel_base=512, channel_max=16)
+    head = sr.SuperresolutionSmall(
+        channels=8, img_resolution=out_res, input_resolution=in_res, w_dim=W_DIM, channel_base=512, channel_max=16
+    )
     assert len(head.block_names) == num_blocks
     for r in (in_res, in_res + 3):
         rgb, x, ws = _inputs(r, channels=8, batch=2)

@@ -28,8 +28,7 @@ def built(tmp_path_factory):
     """The tiny set rendered in this process: (images zip, masks zip)."""
     root = tmp_path_factory.mktemp('synthetic')
     images, masks = str(root / 'images.zip'), str(root / 'masks.zip')
-    synthetic.build_synthetic_dataset(images, masks, num_images=NUM, resolution=RES, seed=0, workers=1,
-                                      progress=False)
+    synthetic.build_synthetic_dataset(images, masks, num_images=NUM, resolution=RES, seed=0, workers=1, progress=False)
     return images, masks
 
 
@@ -69,6 +68,7 @@ def differing_pixels(a: np.ndarray, b: np.ndarray, tolerance: int = 8) -> int:
 # ------------------------------------------------------------------------------------------------
 # Scene sampling.
 
+
 def test_scene_distribution_covers_the_circle_within_limits():
     scenes = [synthetic.sample_scene(3, idx) for idx in range(300)]
     cameras = np.stack([scene.camera for scene in scenes]).astype(np.float64)
@@ -79,8 +79,9 @@ def test_scene_distribution_covers_the_circle_within_limits():
     towards_pivot /= np.linalg.norm(towards_pivot, axis=1, keepdims=True)
     np.testing.assert_allclose(forward, towards_pivot, atol=1e-5)
     intrinsics = cameras[:, 16:].reshape(-1, 3, 3)
-    np.testing.assert_allclose(intrinsics, np.broadcast_to([[6.5104166, 0, 0.5], [0, 6.5104166, 0.5], [0, 0, 1]],
-                                                           intrinsics.shape), atol=1e-6)
+    np.testing.assert_allclose(
+        intrinsics, np.broadcast_to([[6.5104166, 0, 0.5], [0, 6.5104166, 0.5], [0, 0, 1]], intrinsics.shape), atol=1e-6
+    )
 
     yaw = np.arctan2(positions[:, 0], positions[:, 2])
     counts = np.histogram(yaw, bins=8, range=(-math.pi, math.pi))[0]
@@ -108,6 +109,7 @@ def test_scene_is_a_function_of_seed_and_index():
 
 # ------------------------------------------------------------------------------------------------
 # The built set.
+
 
 def test_round_trip_through_portrait_dataset(built):
     images, masks = built
@@ -163,16 +165,22 @@ def test_same_images_for_any_number_of_workers_and_new_ones_for_another_seed(bui
 # ------------------------------------------------------------------------------------------------
 # Mirroring.
 
+
 def test_flipped_camera_renders_the_flipped_image_of_a_symmetric_scene(painter):
     scene = synthetic.sample_scene(0, 2)
     # Zero pose and shape, one light straight above the camera: left and right alike.
-    symmetric = dataclasses.replace(scene, pose=np.zeros(6, np.float32), betas=np.zeros(10, np.float32),
-                                    light_dirs=np.array([[0.0, -0.5, -1.0]]), light_weights=np.array([0.7]))
+    symmetric = dataclasses.replace(
+        scene,
+        pose=np.zeros(6, np.float32),
+        betas=np.zeros(10, np.float32),
+        light_dirs=np.array([[0.0, -0.5, -1.0]]),
+        light_weights=np.array([0.7]),
+    )
     flipped_camera = camera_utils.flip_camera(torch.from_numpy(symmetric.camera)[None])[0].numpy()
     image, mask = painter.render(symmetric, 64)
     mirrored_image, mirrored_mask = painter.render(dataclasses.replace(symmetric, camera=flipped_camera), 64)
     assert 0.1 < (mask > 0).mean() < 0.9
-    assert differing_pixels(mirrored_image, image[:, ::-1]) <= 8   # of 4096
+    assert differing_pixels(mirrored_image, image[:, ::-1]) <= 8  # of 4096
     assert differing_pixels(mirrored_mask[..., None], mask[:, ::-1, None]) <= 4
 
 
@@ -206,6 +214,7 @@ def test_xflip_items_negate_the_camera_yaw(built):
 # ------------------------------------------------------------------------------------------------
 # Building, reuse and the command line.
 
+
 @pytest.mark.parametrize('workers', [1, 2])
 def test_interrupted_build_leaves_no_zip(tmp_path, monkeypatch, workers):
     if workers > 1 and synthetic._start_method() != 'fork':
@@ -220,8 +229,7 @@ def test_interrupted_build_leaves_no_zip(tmp_path, monkeypatch, workers):
     monkeypatch.setattr(synthetic, 'render_item', failing)
     images, masks = str(tmp_path / 'images.zip'), str(tmp_path / 'masks.zip')
     with pytest.raises(RuntimeError, match='interrupted'):
-        synthetic.build_synthetic_dataset(images, masks, num_images=6, resolution=16, workers=workers,
-                                          progress=False)
+        synthetic.build_synthetic_dataset(images, masks, num_images=6, resolution=16, workers=workers, progress=False)
     assert os.listdir(tmp_path) == []
 
 
@@ -247,16 +255,32 @@ def test_ensure_builds_once_and_rebuilds_for_other_parameters(tmp_path, monkeypa
 
     # A masks zip from another build does not pass for this one.
     os.replace(paths[1], paths[1] + '.old')
-    synthetic.build_synthetic_dataset(str(tmp_path / 'x.zip'), paths[1], num_images=2, resolution=16, workers=1,
-                                      progress=False)
+    synthetic.build_synthetic_dataset(
+        str(tmp_path / 'x.zip'), paths[1], num_images=2, resolution=16, workers=1, progress=False
+    )
     assert synthetic.stored_parameters(*paths) is None
 
 
 def test_synth_command_writes_a_checked_dataset(tmp_path):
     images, masks = str(tmp_path / 'synth.zip'), str(tmp_path / 'synth-seg.zip')
-    result = CliRunner().invoke(dataset_tool.main, ['synth', '--dest', images, '--seg-dest', masks,
-                                                    '--num-images', '3', '--resolution', '16', '--seed', '2',
-                                                    '--workers', '1'])
+    result = CliRunner().invoke(
+        dataset_tool.main,
+        [
+            'synth',
+            '--dest',
+            images,
+            '--seg-dest',
+            masks,
+            '--num-images',
+            '3',
+            '--resolution',
+            '16',
+            '--seed',
+            '2',
+            '--workers',
+            '1',
+        ],
+    )
     assert result.exit_code == 0, result.output
     dataset = PortraitDataset(images, masks)
     assert len(dataset) == 3 and dataset.resolution == 16

@@ -41,8 +41,24 @@ def _assert_usage_error(result, fragment: str, exit_code: int = 2):
 
 def test_dry_run_prints_preset_values_and_overrides():
     preset = load_preset('cpu-small')
-    resolved = _dry_run('--batch', '16', '--gamma', '2', '--glr', '0.001', '--cbase', '2048', '--triplane_depth', '2',
-                        '--train_g_pose_branch', 'false', '--kimg', '0.5', '--cpu_bf16', 'true')
+    resolved = _dry_run(
+        '--batch',
+        '16',
+        '--gamma',
+        '2',
+        '--glr',
+        '0.001',
+        '--cbase',
+        '2048',
+        '--triplane_depth',
+        '2',
+        '--train_g_pose_branch',
+        'false',
+        '--kimg',
+        '0.5',
+        '--cpu_bf16',
+        'true',
+    )
     assert resolved['cfg'] == 'cpu-small'
     assert (resolved['batch'], resolved['gamma'], resolved['glr'], resolved['kimg']) == (16, 2.0, 0.001, 0.5)
     assert resolved['train_g_pose_branch'] is False
@@ -67,20 +83,23 @@ def test_dry_run_of_full_head_and_metrics_none():
     assert resolved['data'].endswith('synthetic-portraits-512.zip')
 
 
-@pytest.mark.parametrize('args, fragment', [
-    (['--cfg', 'nosuch'], 'unknown preset'),
-    (['--batch', '3', '--batch-gpu', '4'], 'must be a multiple of --batch-gpu'),
-    (['--batch', '8', '--batch-gpu', '4', '--gpus', '4'], 'must be a multiple of --batch-gpu'),
-    (['--batch-gpu', '6', '--mbstd-group', '4', '--batch', '12'], 'multiple of --mbstd-group'),
-    (['--gamma', '-1'], "Invalid value for '--gamma'"),
-    (['--gpc_reg_prob', '1.5'], "Invalid value for '--gpc_reg_prob'"),
-    (['--kimg', '0'], "Invalid value for '--kimg'"),
-    (['--data', '/no/such/images.zip', '--seg_data', '/no/such/masks.zip'], 'does not exist'),
-    (['--data', __file__], 'give both --data and --seg_data'),
-    (['--resume_kimg', '100'], '--resume_kimg needs --resume'),
-    (['--resume_blur'], '--resume_blur only applies'),
-    (['--device', 'tpu'], "Invalid value for '--device'"),
-])
+@pytest.mark.parametrize(
+    'args, fragment',
+    [
+        (['--cfg', 'nosuch'], 'unknown preset'),
+        (['--batch', '3', '--batch-gpu', '4'], 'must be a multiple of --batch-gpu'),
+        (['--batch', '8', '--batch-gpu', '4', '--gpus', '4'], 'must be a multiple of --batch-gpu'),
+        (['--batch-gpu', '6', '--mbstd-group', '4', '--batch', '12'], 'multiple of --mbstd-group'),
+        (['--gamma', '-1'], "Invalid value for '--gamma'"),
+        (['--gpc_reg_prob', '1.5'], "Invalid value for '--gpc_reg_prob'"),
+        (['--kimg', '0'], "Invalid value for '--kimg'"),
+        (['--data', '/no/such/images.zip', '--seg_data', '/no/such/masks.zip'], 'does not exist'),
+        (['--data', __file__], 'give both --data and --seg_data'),
+        (['--resume_kimg', '100'], '--resume_kimg needs --resume'),
+        (['--resume_blur'], '--resume_blur only applies'),
+        (['--device', 'tpu'], "Invalid value for '--device'"),
+    ],
+)
 def test_bad_options_are_click_errors(args, fragment):
     _assert_usage_error(_invoke('--dry-run', *args), fragment)
 
@@ -91,8 +110,10 @@ def test_choices_are_built_from_the_constants():
     from training.decoder import ACTIVATIONS
     from training.loss import REG_TYPES
     from training.triplane import SR_MODULES
-    choices = {param.name: tuple(param.type.choices) for param in train.main.params
-               if isinstance(param.type, click.Choice)}
+
+    choices = {
+        param.name: tuple(param.type.choices) for param in train.main.params if isinstance(param.type, click.Choice)
+    }
     assert choices['device'] == DEVICES and choices['reg_type'] == REG_TYPES
     assert choices['metric_pose_sample_mode'] == METRIC_POSE_SAMPLE_MODES
     assert choices['sr_module'] == SR_MODULES and choices['decoder_activation'] == ACTIVATIONS
@@ -123,13 +144,23 @@ def _fake_resume_state(run_dir, cur_nimg: int, config_json: str | None = None, *
     """A resume state file with a stored config (by default cpu-small's) and counters (its networks are not
     needed here)."""
     if config_json is None:
-        config = TrainingConfig.from_preset(load_preset('cpu-small'), 'cpu-small', data='d.zip', seg_data='s.zip',
-                                            gpus=1)
+        config = TrainingConfig.from_preset(
+            load_preset('cpu-small'), 'cpu-small', data='d.zip', seg_data='s.zip', gpus=1
+        )
         config_json = dataclasses.replace(config, **config_changes).to_json()
     path = os.path.join(run_dir, f'resume-state-{cur_nimg // 1000:06d}.pt')
-    torch.save(dict(format=RESUME_FORMAT, version=RESUME_VERSION, config_json=config_json,
-                    progress=dict(cur_nimg=cur_nimg, cur_tick=3, tick_start_nimg=cur_nimg, batch_idx=7,
-                                  data_batches=7), networks={}, optimizers={}, rng=[]), path)
+    torch.save(
+        dict(
+            format=RESUME_FORMAT,
+            version=RESUME_VERSION,
+            config_json=config_json,
+            progress=dict(cur_nimg=cur_nimg, cur_tick=3, tick_start_nimg=cur_nimg, batch_idx=7, data_batches=7),
+            networks={},
+            optimizers={},
+            rng=[],
+        ),
+        path,
+    )
     return path
 
 
@@ -142,23 +173,30 @@ def test_resume_keeps_the_stored_options_and_applies_given_ones(tmp_path):
     (tmp_path / 'network-snapshot-000002.pkl').write_bytes(b'')
     assert _dry_run('--resume', str(tmp_path / 'network-snapshot-000002.pkl'))['resume_state'] == path
     (tmp_path / 'network-snapshot-000001.pkl').write_bytes(b'')
-    _assert_usage_error(_invoke('--dry-run', '--resume', str(tmp_path / 'network-snapshot-000001.pkl')),
-                        'add --resume_kimg')
+    _assert_usage_error(
+        _invoke('--dry-run', '--resume', str(tmp_path / 'network-snapshot-000001.pkl')), 'add --resume_kimg'
+    )
 
 
 def test_resume_refuses_changes_that_do_not_fit_the_state(tmp_path):
     _fake_resume_state(str(tmp_path), 12000, kimg=12.0)
     _assert_usage_error(_invoke('--dry-run', '--resume', str(tmp_path)), 'pass a larger --kimg')
-    _assert_usage_error(_invoke('--dry-run', '--resume', str(tmp_path), '--kimg', '20', '--cbase', '1024'),
-                        'cannot change the network architecture')
-    _assert_usage_error(_invoke('--dry-run', '--resume', str(tmp_path), '--kimg', '20', '--cfg', 'cpu-small'),
-                        '--cfg cannot be combined with --resume')
+    _assert_usage_error(
+        _invoke('--dry-run', '--resume', str(tmp_path), '--kimg', '20', '--cbase', '1024'),
+        'cannot change the network architecture',
+    )
+    _assert_usage_error(
+        _invoke('--dry-run', '--resume', str(tmp_path), '--kimg', '20', '--cfg', 'cpu-small'),
+        '--cfg cannot be combined with --resume',
+    )
 
 
 def test_new_stage_from_a_snapshot(tmp_path):
     snapshot = tmp_path / 'network-snapshot-006000.pkl'
     snapshot.write_bytes(b'not read by a dry run')
-    resolved = _dry_run('--resume', str(snapshot), '--resume_kimg', '6', '--kimg', '16', '--train_g_pose_branch', 'false')
+    resolved = _dry_run(
+        '--resume', str(snapshot), '--resume_kimg', '6', '--kimg', '16', '--train_g_pose_branch', 'false'
+    )
     assert resolved['resume'] == str(snapshot) and resolved['stage_start_kimg'] == 6.0
     assert resolved['resume_state'] is None
     # docs/method.md §9.5: a new stage has no EMA rampup and, without --resume_blur, no blur or GPC fade.
@@ -166,15 +204,19 @@ def test_new_stage_from_a_snapshot(tmp_path):
     assert resolved['blur_init_sigma'] == 0.0 and resolved['gpc_reg_fade_kimg'] == 0.0
     kept = _dry_run('--resume', str(snapshot), '--resume_kimg', '6', '--kimg', '16', '--resume_blur')
     assert kept['blur_init_sigma'] == load_preset('cpu-small')['training']['blur_init_sigma']
-    _assert_usage_error(_invoke('--dry-run', '--resume', str(snapshot), '--resume_kimg', '16', '--kimg', '16'),
-                        'must be above the stage start')
+    _assert_usage_error(
+        _invoke('--dry-run', '--resume', str(snapshot), '--resume_kimg', '16', '--kimg', '16'),
+        'must be above the stage start',
+    )
     state = _fake_resume_state(str(tmp_path), 6000)
-    _assert_usage_error(_invoke('--dry-run', '--resume', state, '--resume_kimg', '6', '--kimg', '16'),
-                        'starts from a network snapshot')
+    _assert_usage_error(
+        _invoke('--dry-run', '--resume', state, '--resume_kimg', '6', '--kimg', '16'), 'starts from a network snapshot'
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # TrainingConfig.
+
 
 def _config(**changes) -> TrainingConfig:
     config = TrainingConfig.from_preset(load_preset('cpu-small'), 'cpu-small', data='d.zip', seg_data='s.zip', gpus=1)
@@ -224,6 +266,7 @@ def test_config_rejects_unknown_missing_and_mistyped_settings():
 
 def test_default_workers_fit_the_cores(monkeypatch):
     from training import config as config_module
+
     monkeypatch.setattr(config_module.os, 'sched_getaffinity', lambda pid: {0, 1}, raising=False)
     assert config_module.default_workers() == 1
     monkeypatch.setattr(config_module.os, 'sched_getaffinity', lambda pid: set(range(16)), raising=False)
@@ -243,14 +286,19 @@ def test_preset_with_missing_or_unknown_generator_keys_is_a_one_line_error(tmp_p
 
 def test_a_stage_from_a_snapshot_of_other_networks_is_a_one_line_error(tmp_path):
     from tests.tiny_run import write_tiny_snapshot
+
     run_dir, _ = write_tiny_snapshot(str(tmp_path / 'tiny'))
     snapshot = os.path.join(run_dir, 'network-snapshot-000000.pt')
     garbage = tmp_path / 'garbage.pkl'
     garbage.write_bytes(os.urandom(3000))
-    for resume, expected in ((snapshot, 'its generator was built with other options than --cfg cpu-small'),
-                             (str(garbage), 'garbage.pkl: not a readable network pickle')):
-        result = CliRunner().invoke(train.main, ['--cfg', 'cpu-small', '--resume', resume, '--resume_kimg', '0',
-                                                 '--outdir', str(tmp_path / 'runs')])
+    for resume, expected in (
+        (snapshot, 'its generator was built with other options than --cfg cpu-small'),
+        (str(garbage), 'garbage.pkl: not a readable network pickle'),
+    ):
+        result = CliRunner().invoke(
+            train.main,
+            ['--cfg', 'cpu-small', '--resume', resume, '--resume_kimg', '0', '--outdir', str(tmp_path / 'runs')],
+        )
         assert result.exit_code == 2 and 'Traceback' not in result.output, result.output
         assert expected in result.output.strip().splitlines()[-1]
         assert not (tmp_path / 'runs').exists()

@@ -39,12 +39,14 @@ def tiny(tmp_path_factory):
 
 def _run(config: TrainingConfig, run_dir: str) -> dict:
     from training.training_loop import training_loop
+
     os.makedirs(run_dir, exist_ok=True)
     return training_loop(config, run_dir)
 
 
 def _resume_state(run_dir: str) -> dict:
     from training.run_files import latest_resume_state, load_resume_state
+
     path = latest_resume_state(run_dir)
     assert path is not None, f'no resume state in {run_dir}: {os.listdir(run_dir)}'
     return load_resume_state(path)
@@ -97,6 +99,7 @@ def test_continued_run_equals_uninterrupted_run(tiny, tmp_path):
     # Continue to the straight run's end. batch_idx 1 is not a Dreg iteration (interval 2): a
     # counter restarted at 0 would add an R1 step and change the networks.
     from training.run_files import latest_resume_state
+
     _run(config.replace(kimg=3 * BATCH / 1000, resume_state=latest_resume_state(first)), second)
     assert _stats(second)[0]['Progress/kimg']['mean'] == pytest.approx(2 * BATCH / 1000)
     expected, continued = _resume_state(straight), _resume_state(second)
@@ -104,10 +107,12 @@ def test_continued_run_equals_uninterrupted_run(tiny, tmp_path):
     _assert_same_tensors(continued['networks'], expected['networks'], 'networks')
     _assert_same_tensors(continued['optimizers'], expected['optimizers'], 'optimizers')
     # Training moved the networks, so the equality above is not that of two untouched copies.
-    assert not torch.equal(expected['networks']['G']['backbone.b4.const'], stopped['networks']['G']['backbone.b4.const'])
+    assert not torch.equal(
+        expected['networks']['G']['backbone.b4.const'], stopped['networks']['G']['backbone.b4.const']
+    )
 
 
-KILL_DURING_SECOND_RESUME_STATE = r'''
+KILL_DURING_SECOND_RESUME_STATE = r"""
 import os, signal, sys
 import torch
 sys.path.insert(0, sys.argv[3])
@@ -133,7 +138,7 @@ torch.save = save_then_die
 with open(sys.argv[1]) as f:
     config = TrainingConfig.from_json(f.read())
 loop.training_loop(config, sys.argv[2])
-'''
+"""
 
 
 @pytest.mark.slow
@@ -143,8 +148,12 @@ def test_kill_during_snapshot_write_leaves_previous_state(tiny, tmp_path):
     os.makedirs(run_dir)
     options = tmp_path / 'options.json'
     options.write_text(config.replace(kimg=2 * BATCH / 1000, workers=0).to_json())
-    result = subprocess.run([sys.executable, '-c', KILL_DURING_SECOND_RESUME_STATE, str(options), run_dir, REPO],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, '-c', KILL_DURING_SECOND_RESUME_STATE, str(options), run_dir, REPO],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
     # The half-written file stays under its temporary name; the state of the first tick is intact.
     assert glob.glob(os.path.join(run_dir, '.resume-state-000000.pt.*.tmp'))
@@ -155,10 +164,30 @@ def test_kill_during_snapshot_write_leaves_previous_state(tiny, tmp_path):
     # train.py continues from the run directory into a new run directory at the stored counter,
     # here with two gloo processes instead of one.
     outdir = str(tmp_path / 'runs')
-    result = subprocess.run([sys.executable, os.path.join(REPO, 'train.py'), '--resume', run_dir, '--kimg',
-                             str(2 * BATCH / 1000), '--outdir', outdir, '--workers', '0', '--gpus', '2',
-                             '--batch-gpu', '2', '--mbstd-group', '2'],
-                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, 'train.py'),
+            '--resume',
+            run_dir,
+            '--kimg',
+            str(2 * BATCH / 1000),
+            '--outdir',
+            outdir,
+            '--workers',
+            '0',
+            '--gpus',
+            '2',
+            '--batch-gpu',
+            '2',
+            '--mbstd-group',
+            '2',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     (continued,) = glob.glob(os.path.join(outdir, '*'))
     assert os.path.basename(continued) == '00000-tiny-data-gpus2-batch4-gamma1'
@@ -174,9 +203,11 @@ def _rank_main(rank: int, world_size: int, config_json: str, run_dir: str, init_
     torch.set_num_threads(1)
     torch.distributed.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world_size)
     from training.training_loop import training_loop
+
     networks = training_loop(TrainingConfig.from_json(config_json), run_dir, rank=rank, world_size=world_size)
-    torch.save({name: module.state_dict() for name, module in networks.items()},
-               os.path.join(out_dir, f'rank{rank}.pt'))
+    torch.save(
+        {name: module.state_dict() for name, module in networks.items()}, os.path.join(out_dir, f'rank{rank}.pt')
+    )
     torch.distributed.destroy_process_group()
 
 
@@ -188,11 +219,17 @@ def test_two_gloo_processes_stay_identical_and_stop_together(tiny, tmp_path):
     os.makedirs(run_dir)
     os.makedirs(out_dir)
     with tempfile.TemporaryDirectory() as temp_dir:
-        context = torch.multiprocessing.spawn(_rank_main, args=(2, config.to_json(), run_dir,
-                                              os.path.join(temp_dir, 'init'), out_dir), nprocs=2, join=False)
+        context = torch.multiprocessing.spawn(
+            _rank_main,
+            args=(2, config.to_json(), run_dir, os.path.join(temp_dir, 'init'), out_dir),
+            nprocs=2,
+            join=False,
+        )
         stats_path = os.path.join(run_dir, 'stats.jsonl')
         deadline = time.time() + 300
-        while not os.path.exists(stats_path) and time.time() < deadline and all(p.is_alive() for p in context.processes):
+        while (
+            not os.path.exists(stats_path) and time.time() < deadline and all(p.is_alive() for p in context.processes)
+        ):
             time.sleep(0.2)
         assert os.path.exists(stats_path), 'the first tick never came'
         # A signal that reaches one rank only: both must stop after the same iteration (a rank
@@ -237,11 +274,15 @@ def test_persistent_nan_gradients_stop_the_run(tiny, tmp_path, monkeypatch):
         for param in module.parameters():
             if param.requires_grad:
                 param.grad = torch.full_like(param, float('nan') if len(gmain_calls) > chunks_per_phase else 0.0)
+
     monkeypatch.setattr(loop.PortraitGANLoss, 'accumulate_gradients', nan_after_first_iteration)
     monkeypatch.setattr(training_stats, '_registry', training_stats._Registry())
     run_dir = str(tmp_path / 'nan')
-    with pytest.raises(loop.TrainingDivergedError, match=r'NaN or infinite in every iteration for 3 ticks.*'
-                                                          r'resume-state-000000\.pt'):
+    with pytest.raises(
+        loop.TrainingDivergedError,
+        match=r'NaN or infinite in every iteration for 3 ticks.*'
+        r'resume-state-000000\.pt',
+    ):
         _run(config.replace(kimg=1.0, snap=1, workers=0), run_dir)
     # Ticks 1-3 had NaN gradients: their snapshots were skipped, so tick 0's state stays the newest,
     # and the sanitized (zeroed) gradients left the networks finite.
@@ -253,6 +294,7 @@ def test_persistent_nan_gradients_stop_the_run(tiny, tmp_path, monkeypatch):
 def test_stage_start_loads_the_snapshot_networks(tiny, tmp_path):
     """docs/method.md §9.5: G, D, G_ema by name; D_ema from D when the snapshot has none."""
     from training.training_loop import _load_network_snapshot, build_networks
+
     _, config = tiny
     torch.manual_seed(1)
     G, D = build_networks(config, torch.device('cpu'))
@@ -270,13 +312,20 @@ def test_stage_start_loads_the_snapshot_networks(tiny, tmp_path):
 @pytest.mark.slow
 def test_new_stage_counts_from_its_start(tiny, tmp_path):
     from training.training_loop import build_networks
+
     _, config = tiny
     G, D = build_networks(config, torch.device('cpu'))
     snapshot = str(tmp_path / 'network-snapshot-000006.pkl')
     checkpoint.save_network_pickle(snapshot, dict(G=G, D=D, G_ema=G, D_ema=D, training_set_kwargs={}))
     run_dir = str(tmp_path / 'stage')
-    stage = config.replace(resume=snapshot, stage_start_kimg=6.0, kimg=6.0 + BATCH / 1000, workers=0,
-                           neural_rendering_resolution_final=32, neural_rendering_resolution_fade_kimg=1.0)
+    stage = config.replace(
+        resume=snapshot,
+        stage_start_kimg=6.0,
+        kimg=6.0 + BATCH / 1000,
+        workers=0,
+        neural_rendering_resolution_final=32,
+        neural_rendering_resolution_fade_kimg=1.0,
+    )
     _run(stage.replace(blur_init_sigma=0.0), run_dir)
     assert _stats(run_dir)[0]['Progress/kimg']['mean'] == pytest.approx(6.0 + BATCH / 1000)
     with open(os.path.join(run_dir, 'pose_predict_kwargs-000006.json')) as f:
@@ -293,20 +342,29 @@ def test_image_snapshots_without_headless_gl(tiny, tmp_path, monkeypatch):
 
     def no_gl(self):
         raise RuntimeError('MeshRenderer: no headless OpenGL (EGL) context')
+
     monkeypatch.setattr(mesh_renderer.MeshRenderer, 'gl_renderer', property(no_gl))
     _, config = tiny
     dataset = PortraitDataset(config.data, config.seg_data, xflip=True)
     grid = _SnapshotGrid(dataset, config, torch.device('cpu'))
     G, D = build_networks(config, torch.device('cpu'))
     grid.save_reals(str(tmp_path), G)
-    grid.save_fakes(str(tmp_path), 'fakes_init', None, 0, G, copy.deepcopy(G).eval(), D,
-                    dict(rendering_resolution=16, blur_sigma=0.0))
+    grid.save_fakes(
+        str(tmp_path),
+        'fakes_init',
+        None,
+        0,
+        G,
+        copy.deepcopy(G).eval(),
+        D,
+        dict(rendering_resolution=16, blur_sigma=0.0),
+    )
     written = sorted(os.listdir(tmp_path))
     assert 'reals.png' in written and 'fakes_init_0.png' in written and 'fakes_init_5_no_pose_depth.png' in written
     assert 'mesh_coarse_real_pose.png' not in written and 'fakes_init_6_real_pose.png' not in written
 
 
-TORCHRUN_RANK = r'''
+TORCHRUN_RANK = r"""
 import os, sys
 import torch
 sys.path.insert(0, sys.argv[1])
@@ -324,7 +382,7 @@ def training_loop_then_dump(config, run_dir, rank=0, world_size=1, device='cpu')
 
 loop.training_loop = training_loop_then_dump
 train.main(sys.argv[2:])
-'''
+"""
 
 
 @pytest.mark.slow
@@ -336,11 +394,40 @@ def test_torchrun_two_processes_hold_identical_parameters(tiny, tmp_path):
     dump_dir.mkdir()
     outdir = str(tmp_path / 'runs')
     env = dict(os.environ, RANK_DUMP_DIR=str(dump_dir), OMP_NUM_THREADS='1')
-    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                             str(script), REPO, '--cfg', preset_path, '--data', config.data, '--seg_data',
-                             config.seg_data, '--gpus', '2', '--batch-gpu', '2', '--mbstd-group', '2',
-                             '--kimg', str(2 * BATCH / 1000), '--workers', '0', '--outdir', outdir],
-                            capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    result = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'torch.distributed.run',
+            '--standalone',
+            '--nproc_per_node=2',
+            str(script),
+            REPO,
+            '--cfg',
+            preset_path,
+            '--data',
+            config.data,
+            '--seg_data',
+            config.seg_data,
+            '--gpus',
+            '2',
+            '--batch-gpu',
+            '2',
+            '--mbstd-group',
+            '2',
+            '--kimg',
+            str(2 * BATCH / 1000),
+            '--workers',
+            '0',
+            '--outdir',
+            outdir,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env=env,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     (run_dir,) = glob.glob(os.path.join(outdir, '*'))
     assert _resume_state(run_dir)['progress']['cur_nimg'] == 2 * BATCH
@@ -361,11 +448,13 @@ def test_an_image_that_does_not_decode_stops_with_a_final_snapshot(tiny, tmp_pat
     from training.dataset import PortraitDataset
     from training.run_files import latest_network_snapshot, latest_resume_state
     from training.training_loop import TrainingDataError
+
     _, config = tiny
     # An image that the image snapshots' fixed real batch (drawn as _SnapshotGrid does) leaves out,
     # so that training meets it, not the set-up before it.
-    dataset = PortraitDataset(config.data, config.seg_data, resolution=config.generator['img_resolution'],
-                              xflip=config.mirror)
+    dataset = PortraitDataset(
+        config.data, config.seg_data, resolution=config.generator['img_resolution'], xflip=config.mirror
+    )
     rng = np.random.RandomState(config.seed)
     cols, rows = config.snapshot_grid
     rng.randint(len(dataset), size=cols * rows // 2)

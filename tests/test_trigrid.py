@@ -12,8 +12,15 @@ from training.volumetric_rendering.trigrid import planes_from_backbone, sample_t
 PLANE_WORLD_AXES = {0: (0, 1, 2), 1: (0, 2, 1), 2: (1, 2, 0)}
 
 
-def linear_trigrid(matrix: torch.Tensor, offset: torch.Tensor, box_warp: float, depth: int, height: int,
-                   width: int, dtype=torch.float64) -> torch.Tensor:
+def linear_trigrid(
+    matrix: torch.Tensor,
+    offset: torch.Tensor,
+    box_warp: float,
+    depth: int,
+    height: int,
+    width: int,
+    dtype=torch.float64,
+) -> torch.Tensor:
     """A tri-grid whose every plane stores f(p) = matrix @ p + offset at its voxel centres.
 
     matrix [C, 3], offset [C] -> planes [1, 3, C, depth, height, width]
@@ -23,8 +30,10 @@ def linear_trigrid(matrix: torch.Tensor, offset: torch.Tensor, box_warp: float, 
     planes = []
     for plane in range(3):
         sizes = {'W': width, 'H': height, 'D': depth}
-        centres = {axis: ((torch.arange(size, dtype=dtype) + 0.5) * 2 / size - 1) * box_warp / 2
-                   for axis, size in sizes.items()}
+        centres = {
+            axis: ((torch.arange(size, dtype=dtype) + 0.5) * 2 / size - 1) * box_warp / 2
+            for axis, size in sizes.items()
+        }
         grid_d, grid_h, grid_w = torch.meshgrid(centres['D'], centres['H'], centres['W'], indexing='ij')
         world = [None, None, None]
         for volume_axis, world_axis in zip((grid_w, grid_h, grid_d), PLANE_WORLD_AXES[plane]):
@@ -101,6 +110,7 @@ def test_zero_padding_outside_the_box(gather_impl):
 
 def boundary_points(depth, height, width, box_warp, dtype):
     """Points exactly on voxel centres, on voxel faces and on the box faces (plane 0 axes)."""
+
     def centres(size):
         return ((torch.arange(size, dtype=dtype) + 0.5) * 2 / size - 1) * box_warp / 2
 
@@ -120,8 +130,13 @@ def test_fast_sampler_matches_grid_sample_values_and_gradients(dtype, gather_imp
     batch, channels, depth, height, width, box_warp = 2, 5, 3, 6, 7, 0.8
     planes = torch.randn(batch, 3, channels, depth, height, width, generator=generator, dtype=dtype)
     # Inside, outside and straddling the box, plus points exactly on voxel centres and faces.
-    points = torch.cat([random_points(generator, batch, 400, -0.6, 0.6, dtype),
-                        boundary_points(depth, height, width, box_warp, dtype).expand(batch, -1, -1)], dim=1)
+    points = torch.cat(
+        [
+            random_points(generator, batch, 400, -0.6, 0.6, dtype),
+            boundary_points(depth, height, width, box_warp, dtype).expand(batch, -1, -1),
+        ],
+        dim=1,
+    )
     grad_output = torch.randn(batch, 3, points.shape[1], channels, generator=generator, dtype=dtype)
     results = []
     for fast in (True, False):
@@ -170,15 +185,21 @@ def test_fused_gather_matches_the_pytorch_corner_bags(dtype):
     generator = torch.Generator().manual_seed(3)
     batch, channels, depth, height, width = 2, 4, 3, 5, 6
     planes = torch.randn(batch, 3, channels, depth, height, width, generator=generator, dtype=dtype)
-    points = torch.cat([random_points(generator, batch, 300, -0.7, 0.7, dtype),
-                        boundary_points(depth, height, width, 1.0, dtype).expand(batch, -1, -1)], dim=1)
+    points = torch.cat(
+        [
+            random_points(generator, batch, 300, -0.7, 0.7, dtype),
+            boundary_points(depth, height, width, 1.0, dtype).expand(batch, -1, -1),
+        ],
+        dim=1,
+    )
     points[0, :3] = torch.tensor([[float('nan'), 0, 0], [0, float('inf'), 0], [0, 0, -float('inf')]], dtype=dtype)
     coordinates = trigrid.plane_coordinates(points, 1.0)
     rows = trigrid.gather_layout(planes).reshape(-1, channels)
     features, indices, weights = plugin.gather(rows, coordinates, height, width, depth, True)
     expected_indices, expected_weights = trigrid._corner_bags(coordinates, height, width, 3, depth)
-    expected = torch.nn.functional.embedding_bag(expected_indices, rows, per_sample_weights=expected_weights,
-                                                 mode='sum')
+    expected = torch.nn.functional.embedding_bag(
+        expected_indices, rows, per_sample_weights=expected_weights, mode='sum'
+    )
     finite = torch.isfinite(points).all(dim=-1)[:, None, :].expand(-1, 3, -1).reshape(-1)
     assert torch.equal(indices[finite], expected_indices[finite])
     torch.testing.assert_close(weights, expected_weights, equal_nan=True)

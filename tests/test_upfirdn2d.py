@@ -16,6 +16,7 @@ from torch_utils.ops.upfirdn2d import downsample2d, filter2d, setup_filter, upfi
 # numpy / scipy oracle, written from the definition: zero insertion, pad/crop, valid convolution,
 # gain, decimation.
 
+
 def zero_insert(a: np.ndarray, up: int, axis: int) -> np.ndarray:
     shape = list(a.shape)
     shape[axis] *= up
@@ -57,11 +58,12 @@ def oracle_2d(x: np.ndarray, f: np.ndarray, up, down, padding, flip_filter: bool
     x = zero_insert(zero_insert(x, up[0], 3), up[1], 2)
     x = pad_or_crop(pad_or_crop(x, 3, *padding[:2]), 2, *padding[2:])
     out = np.stack([np.stack([scipy.signal.convolve2d(image, h, mode='valid') for image in sample]) for sample in x])
-    return out[:, :, ::down[1], ::down[0]] * gain
+    return out[:, :, :: down[1], :: down[0]] * gain
 
 
-def random_case(rng: np.random.Generator, min_taps: int = 1, max_taps: int = 8, max_size: int = 8,
-                separable: bool | None = None) -> dict:
+def random_case(
+    rng: np.random.Generator, min_taps: int = 1, max_taps: int = 8, max_size: int = 8, separable: bool | None = None
+) -> dict:
     """A random valid upfirdn2d configuration with a small float64 input."""
     if separable is None:
         separable = bool(rng.random() < 0.5)
@@ -79,8 +81,15 @@ def random_case(rng: np.random.Generator, min_taps: int = 1, max_taps: int = 8, 
         if in_w * up[0] + padding[0] + padding[1] >= fw and in_h * up[1] + padding[2] + padding[3] >= fh:
             break
     x = rng.standard_normal((int(rng.integers(1, 3)), int(rng.integers(1, 4)), in_h, in_w))
-    return dict(x=x, f=f, up=up, down=down, padding=padding, flip_filter=bool(rng.random() < 0.5),
-                gain=float(rng.uniform(0.5, 3.0)))
+    return dict(
+        x=x,
+        f=f,
+        up=up,
+        down=down,
+        padding=padding,
+        flip_filter=bool(rng.random() < 0.5),
+        gain=float(rng.uniform(0.5, 3.0)),
+    )
 
 
 def oracle(case: dict) -> np.ndarray:
@@ -91,12 +100,21 @@ def oracle(case: dict) -> np.ndarray:
 def run_op(case: dict, impl: str = 'ref', device: str = 'cpu', dtype=torch.float64) -> torch.Tensor:
     x = torch.tensor(case['x'], dtype=dtype, device=device)
     f = torch.tensor(case['f'], dtype=torch.float32 if dtype != torch.float64 else dtype, device=device)
-    return upfirdn2d(x, f, up=case['up'], down=case['down'], padding=case['padding'],
-                     flip_filter=case['flip_filter'], gain=case['gain'], impl=impl)
+    return upfirdn2d(
+        x,
+        f,
+        up=case['up'],
+        down=case['down'],
+        padding=case['padding'],
+        flip_filter=case['flip_filter'],
+        gain=case['gain'],
+        impl=impl,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Forward against the oracle.
+
 
 def test_upfirdn2d_matches_scipy_oracle_on_random_cases():
     rng = np.random.default_rng(1234)
@@ -118,16 +136,17 @@ def test_long_separable_filters_match_oracle_and_autograd():
     """Filters longer than _REF_OUTER_MAX_TAPS take the two-pass reference path."""
     rng = np.random.default_rng(4321)
     for _ in range(40):
-        case = random_case(rng, min_taps=upfirdn2d_module._REF_OUTER_MAX_TAPS + 1, max_taps=20, max_size=12,
-                           separable=True)
+        case = random_case(
+            rng, min_taps=upfirdn2d_module._REF_OUTER_MAX_TAPS + 1, max_taps=20, max_size=12, separable=True
+        )
         assert np.allclose(run_op(case).numpy(), oracle(case), rtol=1e-10, atol=1e-10), case
         x = torch.tensor(case['x'], requires_grad=True)
         f = torch.tensor(case['f'])
         kwargs = {key: case[key] for key in ('up', 'down', 'padding', 'flip_filter', 'gain')}
         reference = upfirdn2d(x, f, impl='ref', **kwargs)
         cotangent = torch.tensor(rng.standard_normal(reference.shape))
-        expected, = torch.autograd.grad(reference, x, cotangent)
-        actual, = torch.autograd.grad(_explicit_grad_ref(x, f, **kwargs), x, cotangent)
+        (expected,) = torch.autograd.grad(reference, x, cotangent)
+        (actual,) = torch.autograd.grad(_explicit_grad_ref(x, f, **kwargs), x, cotangent)
         torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
 
 
@@ -161,6 +180,7 @@ def test_channels_last_input_gives_the_same_values():
 
 # ----------------------------------------------------------------------------------------------
 # setup_filter and the centered helpers.
+
 
 def test_setup_filter_outer_product_normalized():
     f = setup_filter([1, 3, 3, 1])
@@ -218,9 +238,14 @@ def test_resampling_a_constant_keeps_it_away_from_borders(separable):
 def test_symmetric_filter_resampling_commutes_with_mirroring():
     """Centered filters: mirroring the input mirrors the output (StyleGAN's [1,3,3,1] by 2, odd filters)."""
     x = torch.randn(1, 3, 10, 12, dtype=torch.float64)
-    cases = [(upsample2d, setup_filter([1, 3, 3, 1]), {}), (downsample2d, setup_filter([1, 3, 3, 1]), {}),
-             (upsample2d, setup_filter([1, 3, 3, 1], separable=True), {}), (filter2d, setup_filter([1, 2, 1]), {}),
-             (downsample2d, setup_filter([1, 3, 3, 1], separable=True), {}), (filter2d, setup_filter(np.ones(9)), {})]
+    cases = [
+        (upsample2d, setup_filter([1, 3, 3, 1]), {}),
+        (downsample2d, setup_filter([1, 3, 3, 1]), {}),
+        (upsample2d, setup_filter([1, 3, 3, 1], separable=True), {}),
+        (filter2d, setup_filter([1, 2, 1]), {}),
+        (downsample2d, setup_filter([1, 3, 3, 1], separable=True), {}),
+        (filter2d, setup_filter(np.ones(9)), {}),
+    ]
     for op, f, kwargs in cases:
         for dims in ([2], [3]):
             torch.testing.assert_close(op(x.flip(dims), f, **kwargs), op(x, f, **kwargs).flip(dims))
@@ -257,8 +282,16 @@ GRAD_CONFIGS = [
 
 def _explicit_grad_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
     parse = upfirdn2d_module
-    return parse._upfirdn2d_custom_grad(x, f, parse._parse_scaling(up, 'up'), parse._parse_scaling(down, 'down'),
-                                        parse._parse_padding(padding), flip_filter, gain, parse._upfirdn2d_ref)
+    return parse._upfirdn2d_custom_grad(
+        x,
+        f,
+        parse._parse_scaling(up, 'up'),
+        parse._parse_scaling(down, 'down'),
+        parse._parse_padding(padding),
+        flip_filter,
+        gain,
+        parse._upfirdn2d_ref,
+    )
 
 
 @pytest.mark.parametrize('separable', [False, True])
@@ -292,8 +325,8 @@ def test_explicit_gradient_matches_autograd_on_random_cases():
         explicit = _explicit_grad_ref(x, f, **kwargs)
         torch.testing.assert_close(explicit, reference, rtol=0, atol=0)
         cotangent = torch.tensor(rng.standard_normal(reference.shape))
-        expected, = torch.autograd.grad(reference, x, cotangent)
-        actual, = torch.autograd.grad(explicit, x, cotangent)
+        (expected,) = torch.autograd.grad(reference, x, cotangent)
+        (actual,) = torch.autograd.grad(explicit, x, cotangent)
         assert actual.shape == x.shape
         torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10, msg=lambda message: f'{message}\n{case}')
 
@@ -344,8 +377,23 @@ class HostKernel:
         out_h = (h * up_y + pad_y0 + pad_y1 - f.shape[0]) // down_y + 1
         out_w = (w * up_x + pad_x0 + pad_x1 - f.shape[1]) // down_x + 1
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        y = torch.from_numpy(self.module.run(x.detach().numpy(), f.numpy(), out_h, out_w, up_x, up_y, down_x, down_y,
-                                             pad_x0, pad_y0, flip_filter, channels_last, gain))
+        y = torch.from_numpy(
+            self.module.run(
+                x.detach().numpy(),
+                f.numpy(),
+                out_h,
+                out_w,
+                up_x,
+                up_y,
+                down_x,
+                down_y,
+                pad_x0,
+                pad_y0,
+                flip_filter,
+                channels_last,
+                gain,
+            )
+        )
         if channels_last:
             return y.reshape(n, out_h, out_w, c).permute(0, 3, 1, 2)
         return y.reshape(n, c, out_h, out_w)
@@ -360,9 +408,16 @@ def host_kernel(tmp_path_factory):
 def _explicit_grad_kernel(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
     """upfirdn2d through the CUDA path's wrapper and autograd.Function (the plugin patched in by the caller)."""
     parse = upfirdn2d_module
-    return parse._upfirdn2d_custom_grad(x, f, parse._parse_scaling(up, 'up'), parse._parse_scaling(down, 'down'),
-                                        parse._parse_padding(padding), flip_filter, gain,
-                                        parse._upfirdn2d_cuda_kernel)
+    return parse._upfirdn2d_custom_grad(
+        x,
+        f,
+        parse._parse_scaling(up, 'up'),
+        parse._parse_scaling(down, 'down'),
+        parse._parse_padding(padding),
+        flip_filter,
+        gain,
+        parse._upfirdn2d_cuda_kernel,
+    )
 
 
 def test_kernel_math_matches_oracle_in_any_layout(host_kernel, monkeypatch):
@@ -390,14 +445,17 @@ def test_kernel_math_gradcheck(config, host_kernel, monkeypatch):
     monkeypatch.setattr(upfirdn2d_module, '_plugin', lambda require_device=True: host_kernel)
     generator = torch.Generator().manual_seed(8)
     x = torch.randn(1, 2, 4, 5, dtype=torch.float64, generator=generator, requires_grad=True)
-    for f in (torch.randn(4, 3, dtype=torch.float64, generator=generator),
-              setup_filter([1, 3, 3, 1], separable=True).double()):
+    for f in (
+        torch.randn(4, 3, dtype=torch.float64, generator=generator),
+        setup_filter([1, 3, 3, 1], separable=True).double(),
+    ):
         assert torch.autograd.gradcheck(lambda t: _explicit_grad_kernel(t, f, **config), (x,))
         assert torch.autograd.gradgradcheck(lambda t: _explicit_grad_kernel(t, f, **config), (x,))
 
 
 # ----------------------------------------------------------------------------------------------
 # CUDA kernel against the reference.
+
 
 @requires_cuda
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
@@ -430,9 +488,9 @@ def test_cuda_gradients_match_reference(dtype, channels_last):
                 xi = x.to(x_dtype).requires_grad_(True)
                 ci = cotangent.to(x_dtype).requires_grad_(True)
                 y = upfirdn2d(xi, f, impl=impl, **config)
-                dx, = torch.autograd.grad(y, xi, ci, create_graph=True)
+                (dx,) = torch.autograd.grad(y, xi, ci, create_graph=True)
                 # Differentiating the gradient w.r.t. the cotangent runs the backward's own backward.
-                ddc, = torch.autograd.grad((dx.float() ** 2).sum(), ci)
+                (ddc,) = torch.autograd.grad((dx.float() ** 2).sum(), ci)
                 results.append((y.float(), dx.float(), ddc.float()))
             for expected, actual in zip(*results):
                 torch.testing.assert_close(actual, expected, **tolerance)

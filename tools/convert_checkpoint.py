@@ -28,8 +28,9 @@ def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('input', metavar='IN.pkl', help='a published 3DPortraitGAN checkpoint')
     parser.add_argument('output', metavar='OUT.pt', help='the weights file to write')
-    parser.add_argument('--smpl', metavar='PATH', default=None,
-                        help='SMPL_NEUTRAL.pkl  [default: body_models/smpl/SMPL_NEUTRAL.pkl]')
+    parser.add_argument(
+        '--smpl', metavar='PATH', default=None, help='SMPL_NEUTRAL.pkl  [default: body_models/smpl/SMPL_NEUTRAL.pkl]'
+    )
     args = parser.parse_args(argv)
     if not args.output.endswith('.pt'):
         print(f'convert_checkpoint: {args.output}: name the weights file .pt', file=sys.stderr)
@@ -41,8 +42,11 @@ def main(argv: list | None = None) -> int:
         return 1
     print(out_path)
     if json_path is None:
-        print(f'convert_checkpoint: no pose-prediction settings beside {args.input}; pose prediction on real '
-              f'images will need them passed explicitly', file=sys.stderr)
+        print(
+            f'convert_checkpoint: no pose-prediction settings beside {args.input}; pose prediction on real '
+            f'images will need them passed explicitly',
+            file=sys.stderr,
+        )
     else:
         print(json_path)
     return 0

@@ -74,7 +74,9 @@ def plot_run(run_dirs: str | list[str], out: str) -> str:
 
     degrees = metrics.twinx()
     colours = iter(plt.rcParams['axes.prop_cycle'].by_key()['color'])
-    names = sorted({os.path.basename(path) for run_dir in run_dirs for path in glob.glob(os.path.join(run_dir, 'metric-*.jsonl'))})
+    names = sorted(
+        {os.path.basename(path) for run_dir in run_dirs for path in glob.glob(os.path.join(run_dir, 'metric-*.jsonl'))}
+    )
     for file_name in names:
         series = {}
         for run_dir in run_dirs:

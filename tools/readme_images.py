@@ -60,25 +60,51 @@ def mesh_views(mesh_path: str, resolution: int) -> np.ndarray:
 @click.option('--strip', type=click.IntRange(min=2), default=8, show_default=True, help='Orbit frames shown')
 @click.option('--shape-res', type=click.IntRange(min=8), default=128, show_default=True)
 @click.option('--level', type=float, default=DEFAULT_LEVEL, show_default=True, help='Marching-cubes sigma level')
-@click.option('--scale', type=click.IntRange(min=1), default=2, show_default=True, help='Pixel upscaling of the pictures')
+@click.option(
+    '--scale', type=click.IntRange(min=1), default=2, show_default=True, help='Pixel upscaling of the pictures'
+)
 def main(network, outdir, seeds, frames, strip, shape_res, level, scale):
     os.makedirs(outdir, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
         run_tool('gen_samples.py', '--network', network, '--seeds', seeds, '--outdir', os.path.join(work, 'samples'))
-        rows = [np.asarray(PIL.Image.open(path).convert('RGB'))
-                for path in sorted(glob.glob(os.path.join(work, 'samples', 'seed[0-9][0-9][0-9][0-9].png')))]
+        rows = [
+            np.asarray(PIL.Image.open(path).convert('RGB'))
+            for path in sorted(glob.glob(os.path.join(work, 'samples', 'seed[0-9][0-9][0-9][0-9].png')))
+        ]
         PIL.Image.fromarray(upscale(np.concatenate(rows, axis=0), scale)).save(os.path.join(outdir, 'samples.png'))
 
         seed = str(parse_seeds(seeds)[0])
-        run_tool('gen_videos.py', '--network', network, '--seeds', seed, '--trajectory', 'orbit', '--w-frames',
-                 str(frames), '--outdir', os.path.join(work, 'videos'))
+        run_tool(
+            'gen_videos.py',
+            '--network',
+            network,
+            '--seeds',
+            seed,
+            '--trajectory',
+            'orbit',
+            '--w-frames',
+            str(frames),
+            '--outdir',
+            os.path.join(work, 'videos'),
+        )
         video = imageio.mimread(glob.glob(os.path.join(work, 'videos', '*.mp4'))[0])
         picks = np.linspace(0, len(video), strip, endpoint=False).round().astype(int)
         orbit = np.concatenate([video[i] for i in picks], axis=1)
         PIL.Image.fromarray(upscale(orbit, scale)).save(os.path.join(outdir, 'orbit.png'))
 
-        run_tool('extract_shapes.py', '--network', network, '--seeds', seed, '--shape-res', str(shape_res),
-                 '--level', str(level), '--outdir', os.path.join(work, 'shapes'))
+        run_tool(
+            'extract_shapes.py',
+            '--network',
+            network,
+            '--seeds',
+            seed,
+            '--shape-res',
+            str(shape_res),
+            '--level',
+            str(level),
+            '--outdir',
+            os.path.join(work, 'shapes'),
+        )
         meshes = glob.glob(os.path.join(work, 'shapes', '*.ply'))
         if not meshes:
             raise click.ClickException(f'seed {seed}: the density does not cross level {level}; try a lower --level')

@@ -49,9 +49,16 @@ class PluginUnavailableWarning(UserWarning):
     """A C++/CUDA plugin could not be built or loaded; the op uses its reference path instead."""
 
 
-def get_plugin(module_name: str, sources: list[str], headers: list[str] | None = None,
-               source_dir: str | None = None, verbose: bool = False, lock_timeout_s: float = 600.0,
-               require_device: bool = True, **build_kwargs) -> types.ModuleType | None:
+def get_plugin(
+    module_name: str,
+    sources: list[str],
+    headers: list[str] | None = None,
+    source_dir: str | None = None,
+    verbose: bool = False,
+    lock_timeout_s: float = 600.0,
+    require_device: bool = True,
+    **build_kwargs,
+) -> types.ModuleType | None:
     """JIT-build (ninja, torch.utils.cpp_extension.load) and import a C++/CUDA extension, cached per process and on disk.
 
     module_name: Python name of the extension (must match nothing else loaded in the process).
@@ -74,12 +81,14 @@ def get_plugin(module_name: str, sources: list[str], headers: list[str] | None =
         sources = [os.path.join(source_dir, name) for name in sources]
         headers = [os.path.join(source_dir, name) for name in headers]
     try:
-        module = _build_and_import(module_name, sources, headers, verbose, lock_timeout_s,
-                                   require_device, build_kwargs)
+        module = _build_and_import(module_name, sources, headers, verbose, lock_timeout_s, require_device, build_kwargs)
     except _Unavailable as reason:
         module = None
-        warnings.warn(f'{module_name}: {reason}; using the reference PyTorch implementation',
-                      PluginUnavailableWarning, stacklevel=2)
+        warnings.warn(
+            f'{module_name}: {reason}; using the reference PyTorch implementation',
+            PluginUnavailableWarning,
+            stacklevel=2,
+        )
     _plugins[module_name] = module
     return module
 
@@ -116,8 +125,10 @@ def choose_impl(impl: str, tensor: torch.Tensor, load_plugin: Callable[[], types
         raise ValueError(f"impl='cuda' needs CUDA tensors, got a tensor on {tensor.device}; use impl='auto' or 'ref'")
     if load_plugin() is None:
         if impl == 'cuda':
-            raise RuntimeError("impl='cuda' was asked for but the CUDA plugin could not be built "
-                               "(see the PluginUnavailableWarning above); use impl='auto' to fall back to 'ref'")
+            raise RuntimeError(
+                "impl='cuda' was asked for but the CUDA plugin could not be built "
+                "(see the PluginUnavailableWarning above); use impl='auto' to fall back to 'ref'"
+            )
         return 'ref'
     return 'cuda'
 
@@ -132,6 +143,7 @@ def build_directory(module_name: str, sources: list[str], headers: list[str], bu
     toolchain = (torch.__version__, torch.version.cuda, sys.version_info[:2], sorted(build_kwargs.items(), key=str))
     digest.update(repr(toolchain).encode())
     import torch.utils.cpp_extension as cpp_extension
+
     root = os.environ.get('TORCH_EXTENSIONS_DIR') or cpp_extension.get_default_build_root()
     return os.path.join(root, f'{module_name}-{digest.hexdigest()[:20]}')
 
@@ -140,8 +152,15 @@ class _Unavailable(Exception):
     """Reason, in one line, why a plugin cannot be used in this process."""
 
 
-def _build_and_import(module_name: str, sources: list[str], headers: list[str], verbose: bool,
-                      lock_timeout_s: float, require_device: bool, build_kwargs: dict) -> types.ModuleType:
+def _build_and_import(
+    module_name: str,
+    sources: list[str],
+    headers: list[str],
+    verbose: bool,
+    lock_timeout_s: float,
+    require_device: bool,
+    build_kwargs: dict,
+) -> types.ModuleType:
     import torch.utils.cpp_extension as cpp_extension
 
     uses_cuda = any(path.endswith('.cu') for path in sources)
@@ -183,8 +202,9 @@ def _build_and_import(module_name: str, sources: list[str], headers: list[str], 
             if path in sources:
                 copied_sources.append(target)
         try:
-            return cpp_extension.load(name=module_name, sources=copied_sources, build_directory=build_dir,
-                                      verbose=verbose, **build_kwargs)
+            return cpp_extension.load(
+                name=module_name, sources=copied_sources, build_directory=build_dir, verbose=verbose, **build_kwargs
+            )
         except Exception as error:  # Compiler errors arrive as RuntimeError, missing tools as OSError.
             log_path = os.path.join(build_dir, 'build_error.log')
             with open(log_path, 'w') as log:
@@ -207,8 +227,10 @@ def _acquire_lock(lock_path: str, lock_timeout_s: float) -> None:
         except FileNotFoundError:
             continue  # Released between our two calls.
         if age_s > lock_timeout_s:
-            raise _Unavailable(f'build lock {lock_path} is {age_s:.0f} s old, older than lock_timeout_s='
-                               f'{lock_timeout_s:g}; delete it if no other build is running')
+            raise _Unavailable(
+                f'build lock {lock_path} is {age_s:.0f} s old, older than lock_timeout_s='
+                f'{lock_timeout_s:g}; delete it if no other build is running'
+            )
         time.sleep(_LOCK_POLL_SECONDS)
 
 

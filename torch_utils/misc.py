@@ -18,9 +18,13 @@ import torch
 _constant_cache: dict[tuple, torch.Tensor] = {}
 
 
-def constant(value: Any, shape: Sequence[int] | None = None, dtype: torch.dtype | None = None,
-             device: str | torch.device | None = None,
-             memory_format: torch.memory_format | None = None) -> torch.Tensor:
+def constant(
+    value: Any,
+    shape: Sequence[int] | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    memory_format: torch.memory_format | None = None,
+) -> torch.Tensor:
     """A cached constant tensor holding `value` (array-like), broadcast to `shape` when given.
 
     The result is shared between callers and must not be modified in place. `dtype` defaults to
@@ -76,6 +80,7 @@ def assert_shape(tensor: torch.Tensor, ref_shape: Sequence[int | torch.Tensor | 
 # ------------------------------------------------------------------------------------------------
 # Parameters and buffers.
 
+
 def params_and_buffers(module: torch.nn.Module) -> list[torch.Tensor]:
     """All parameters followed by all buffers of `module` and its children."""
     return list(module.parameters()) + list(module.buffers())
@@ -87,8 +92,9 @@ def named_params_and_buffers(module: torch.nn.Module) -> list[tuple[str, torch.T
 
 
 @torch.no_grad()
-def copy_params_and_buffers(src_module: torch.nn.Module, dst_module: torch.nn.Module,
-                            require_all: bool = False) -> list[str]:
+def copy_params_and_buffers(
+    src_module: torch.nn.Module, dst_module: torch.nn.Module, require_all: bool = False
+) -> list[str]:
     """Copy every parameter and buffer of `dst_module` from the tensor of the same name in `src_module`.
 
     Returns the names of `dst_module` tensors that `src_module` lacks (left unchanged). With
@@ -96,8 +102,10 @@ def copy_params_and_buffers(src_module: torch.nn.Module, dst_module: torch.nn.Mo
     are converted to the destination's.
     """
     if not isinstance(src_module, torch.nn.Module) or not isinstance(dst_module, torch.nn.Module):
-        raise TypeError(f'copy_params_and_buffers: expected two torch.nn.Module, got {type(src_module).__name__} '
-                        f'and {type(dst_module).__name__}')
+        raise TypeError(
+            f'copy_params_and_buffers: expected two torch.nn.Module, got {type(src_module).__name__} '
+            f'and {type(dst_module).__name__}'
+        )
     src_tensors = dict(named_params_and_buffers(src_module))
     missing = []
     for name, dst_tensor in named_params_and_buffers(dst_module):
@@ -106,17 +114,22 @@ def copy_params_and_buffers(src_module: torch.nn.Module, dst_module: torch.nn.Mo
             missing.append(name)
             continue
         if src_tensor.shape != dst_tensor.shape:
-            raise ValueError(f'copy_params_and_buffers: "{name}" has shape {list(src_tensor.shape)} in the source '
-                             f'and {list(dst_tensor.shape)} in the destination; the two networks were built with different options')
+            raise ValueError(
+                f'copy_params_and_buffers: "{name}" has shape {list(src_tensor.shape)} in the source '
+                f'and {list(dst_tensor.shape)} in the destination; the two networks were built with different options'
+            )
         dst_tensor.copy_(src_tensor.detach())
     if require_all and missing:
-        raise KeyError(f'copy_params_and_buffers: the source lacks {len(missing)} tensor(s) of the destination: '
-                       f'{", ".join(missing)}')
+        raise KeyError(
+            f'copy_params_and_buffers: the source lacks {len(missing)} tensor(s) of the destination: '
+            f'{", ".join(missing)}'
+        )
     return missing
 
 
 # ------------------------------------------------------------------------------------------------
 # Distributed data parallel.
+
 
 def check_ddp_consistency(module: torch.nn.Module, ignore_regex: str | None = None) -> None:
     """Assert that every rank holds the same parameters and buffers as rank 0; a no-op without torch.distributed.
@@ -141,12 +154,15 @@ def check_ddp_consistency(module: torch.nn.Module, ignore_regex: str | None = No
             mismatched.append(full_name)
     # Raise only after the loop: every rank must issue the same broadcasts or the others would hang.
     if mismatched:
-        raise AssertionError(f'check_ddp_consistency: {", ".join(mismatched)} on rank {rank} differ(s) from rank 0; '
-                             f'broadcast the parameters from rank 0 after construction')
+        raise AssertionError(
+            f'check_ddp_consistency: {", ".join(mismatched)} on rank {rank} differ(s) from rank 0; '
+            f'broadcast the parameters from rank 0 after construction'
+        )
 
 
 # ------------------------------------------------------------------------------------------------
 # Sampling.
+
 
 class InfiniteSampler(torch.utils.data.Sampler):
     """An endless stream of dataset indices, split between ranks by striding.
@@ -158,12 +174,21 @@ class InfiniteSampler(torch.utils.data.Sampler):
     `num_replicas` yields global items r, r + num_replicas, r + 2 num_replicas, ...
     """
 
-    def __init__(self, dataset: Any, rank: int = 0, num_replicas: int = 1, shuffle: bool = True, seed: int = 0,
-                 window_size: float = 0.5):
+    def __init__(
+        self,
+        dataset: Any,
+        rank: int = 0,
+        num_replicas: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        window_size: float = 0.5,
+    ):
         if len(dataset) == 0:
             raise ValueError('InfiniteSampler: the dataset is empty; check the dataset path and its contents')
         if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f'InfiniteSampler: need 0 <= rank < num_replicas, got rank={rank}, num_replicas={num_replicas}')
+            raise ValueError(
+                f'InfiniteSampler: need 0 <= rank < num_replicas, got rank={rank}, num_replicas={num_replicas}'
+            )
         if not 0 <= window_size <= 1:
             raise ValueError(f'InfiniteSampler: window_size is a fraction of the dataset in [0, 1], got {window_size}')
         super().__init__()

@@ -72,12 +72,16 @@ def persistent_class(cls: type) -> type:
     if '_persistent_source' in cls.__dict__:
         return cls
     if '<locals>' in cls.__qualname__:
-        raise TypeError(f'persistent_class: {cls.__qualname__} is defined inside a function; define it at module '
-                        f'level so that it can be found again when loading')
+        raise TypeError(
+            f'persistent_class: {cls.__qualname__} is defined inside a function; define it at module '
+            f'level so that it can be found again when loading'
+        )
     for reserved in ('init_args', 'init_kwargs'):
         if reserved in cls.__dict__:
-            raise TypeError(f'persistent_class: {cls.__qualname__} defines "{reserved}" itself; rename it, the '
-                            f'decorator provides that property')
+            raise TypeError(
+                f'persistent_class: {cls.__qualname__} defines "{reserved}" itself; rename it, the '
+                f'decorator provides that property'
+            )
 
     module = sys.modules[cls.__module__]
     module_name = getattr(module, '_persistent_original_name', module.__name__)
@@ -101,8 +105,14 @@ def persistent_class(cls: type) -> type:
         if type(self) is not cls:
             return super(cls, self).__reduce_ex__(protocol)
         state = self.__getstate__()
-        meta = dict(format=_FORMAT, version=_FORMAT_VERSION, module_name=module_name, module_source=source,
-                    class_name=cls.__qualname__, state=dict(state) if state is not None else {})
+        meta = dict(
+            format=_FORMAT,
+            version=_FORMAT_VERSION,
+            module_name=module_name,
+            module_source=source,
+            class_name=cls.__qualname__,
+            state=dict(state) if state is not None else {},
+        )
         return _reconstruct_persistent_object, (meta,)
 
     def init_args(self) -> tuple:
@@ -155,6 +165,7 @@ def import_hook(hook: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[d
 
 # ------------------------------------------------------------------------------------------------
 
+
 def _source_key(module_name: str, source: str) -> str:
     return hashlib.md5(f'{module_name}\0{source}'.encode()).hexdigest()
 
@@ -165,8 +176,10 @@ def _module_source(module: types.ModuleType, cls: type) -> str:
     try:
         return inspect.getsource(module)
     except (OSError, TypeError) as error:
-        raise TypeError(f'persistent_class: cannot read the source of module "{module.__name__}" defining '
-                        f'{cls.__qualname__} ({error}); define persistent classes in a .py file') from None
+        raise TypeError(
+            f'persistent_class: cannot read the source of module "{module.__name__}" defining '
+            f'{cls.__qualname__} ({error}); define persistent classes in a .py file'
+        ) from None
 
 
 def _remember_module(module_name: str, source: str, module: types.ModuleType) -> None:
@@ -219,19 +232,25 @@ def _reconstruct_persistent_object(meta: dict[str, Any]) -> Any:
     for hook in _import_hooks:
         meta = hook(meta)
         if not isinstance(meta, dict):
-            raise TypeError(f'persistence: import hook {getattr(hook, "__name__", hook)} returned '
-                            f'{type(meta).__name__}; a hook must return the metadata dict')
+            raise TypeError(
+                f'persistence: import hook {getattr(hook, "__name__", hook)} returned '
+                f'{type(meta).__name__}; a hook must return the metadata dict'
+            )
     if meta.get('format') != _FORMAT or meta.get('version') != _FORMAT_VERSION:
-        raise ValueError(f'persistence: unsupported persistent object format {meta.get("format")!r} version '
-                         f'{meta.get("version")!r}; this code reads version {_FORMAT_VERSION}, update the repository')
+        raise ValueError(
+            f'persistence: unsupported persistent object format {meta.get("format")!r} version '
+            f'{meta.get("version")!r}; this code reads version {_FORMAT_VERSION}, update the repository'
+        )
 
     module = _module_from_source(meta['module_name'], meta['module_source'])
     cls: Any = module
     for part in meta['class_name'].split('.'):
         cls = getattr(cls, part, None)
         if cls is None:
-            raise AttributeError(f'persistence: the embedded source of {meta["module_name"]} defines no class '
-                                 f'{meta["class_name"]}; the pickle is inconsistent')
+            raise AttributeError(
+                f'persistence: the embedded source of {meta["module_name"]} defines no class '
+                f'{meta["class_name"]}; the pickle is inconsistent'
+            )
     obj = cls.__new__(cls)
     state = meta['state']
     if hasattr(obj, '__setstate__'):
@@ -248,8 +267,17 @@ def _reconstruct_persistent_obj(meta: dict[str, Any]) -> Any:
     this module's layout, then handled like any other persistent object (import hooks included).
     """
     if meta.get('type') != 'class' or meta.get('version') != _RELEASE_LAYOUT_VERSION:
-        raise ValueError(f'persistence: unsupported persistent object of type {meta.get("type")!r} version '
-                         f'{meta.get("version")!r}; expected type \'class\' version {_RELEASE_LAYOUT_VERSION}')
-    return _reconstruct_persistent_object(dict(
-        format=_FORMAT, version=_FORMAT_VERSION, module_name=_RELEASE_MODULE_NAME, module_source=meta['module_src'],
-        class_name=meta['class_name'], state=meta['state'] if meta['state'] is not None else {}))
+        raise ValueError(
+            f'persistence: unsupported persistent object of type {meta.get("type")!r} version '
+            f"{meta.get('version')!r}; expected type 'class' version {_RELEASE_LAYOUT_VERSION}"
+        )
+    return _reconstruct_persistent_object(
+        dict(
+            format=_FORMAT,
+            version=_FORMAT_VERSION,
+            module_name=_RELEASE_MODULE_NAME,
+            module_source=meta['module_src'],
+            class_name=meta['class_name'],
+            state=meta['state'] if meta['state'] is not None else {},
+        )
+    )

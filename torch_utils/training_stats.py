@@ -47,7 +47,9 @@ def init_multiprocessing(rank: int, sync_device: str | torch.device | None) -> N
     _registry.sync_device = None if sync_device is None else torch.device(sync_device)
 
 
-def report(name: str, value: float | int | list[float] | np.ndarray | torch.Tensor) -> float | int | list[float] | np.ndarray | torch.Tensor:
+def report(
+    name: str, value: float | int | list[float] | np.ndarray | torch.Tensor
+) -> float | int | list[float] | np.ndarray | torch.Tensor:
     """Accumulate the scalar or every element of `value` under `name`; returns `value` unchanged.
 
     value: a number, a sequence, or a tensor of any shape (flattened). An empty value registers
@@ -55,7 +57,9 @@ def report(name: str, value: float | int | list[float] | np.ndarray | torch.Tens
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f'training_stats.report: the name must be a non-empty string, got {name!r}')
-    elements = value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value, dtype=np.float64))
+    elements = (
+        value.detach() if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value, dtype=np.float64))
+    )
     elements = elements.flatten().to(_MOMENTS_DTYPE)
     moments = torch.stack([elements.new_full((), elements.numel()), elements.sum(), elements.square().sum()])
     per_device = _registry.moments.setdefault(name, {})
@@ -65,7 +69,9 @@ def report(name: str, value: float | int | list[float] | np.ndarray | torch.Tens
     return value
 
 
-def report0(name: str, value: float | int | list[float] | np.ndarray | torch.Tensor) -> float | int | list[float] | np.ndarray | torch.Tensor:
+def report0(
+    name: str, value: float | int | list[float] | np.ndarray | torch.Tensor
+) -> float | int | list[float] | np.ndarray | torch.Tensor:
     """Like `report`, but only rank 0 contributes values; other ranks register the name only."""
     report(name, value if _registry.rank == 0 else [])
     return value
@@ -140,8 +146,9 @@ class Collector:
 
     def as_dict(self) -> dict[str, dnnlib.EasyDict]:
         """{name: EasyDict(num, mean, std)} for every name of the latest update."""
-        return {name: dnnlib.EasyDict(num=self.num(name), mean=self.mean(name), std=self.std(name))
-                for name in self.names()}
+        return {
+            name: dnnlib.EasyDict(num=self.num(name), mean=self.mean(name), std=self.std(name)) for name in self.names()
+        }
 
     def __getitem__(self, name: str) -> float:
         return self.mean(name)
@@ -154,5 +161,7 @@ def _check_same_names(names: list[str], device: torch.device) -> None:
     extremes = torch.cat([local, -local])
     torch.distributed.all_reduce(extremes, op=torch.distributed.ReduceOp.MAX)
     if not torch.equal(extremes, torch.cat([local, -local])):
-        raise RuntimeError(f'training_stats: rank {_registry.rank} collected names that differ from another rank\'s '
-                           f'({len(names)} names here); report every name on all ranks, using report0 for rank-0-only values')
+        raise RuntimeError(
+            f"training_stats: rank {_registry.rank} collected names that differ from another rank's "
+            f'({len(names)} names here); report every name on all ranks, using report0 for rank-0-only values'
+        )

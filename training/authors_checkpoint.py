@@ -53,9 +53,7 @@ _GENERATOR_RENAMES = (
     ('decoder.net.2.', 'decoder.out.'),
     ('pose_branch.net.{i}.', 'pose_branch.mlp.fc{i}.'),
 )
-_DISCRIMINATOR_RENAMES = (
-    ('pose_branch.net.{i}.', 'pose_branch.fc{i}.'),
-)
+_DISCRIMINATOR_RENAMES = (('pose_branch.net.{i}.', 'pose_branch.fc{i}.'),)
 # Published tensors with no counterpart here: the SMPL body and its caches inside the renderer
 # (rebuilt from SMPL_NEUTRAL.pkl), and the up/down-sampling filters of the 2X/4X super-resolution
 # heads and of the discriminator, which this project's modules do not keep.
@@ -65,9 +63,20 @@ _DISCRIMINATOR_DROPPED = ('resample_filter',)
 _BODY_PREFIX = 'deformer.'
 
 # Positional parameters of the published generator's constructor, in order.
-_GENERATOR_PARAMETERS = ('z_dim', 'c_dim', 'w_dim', 'img_resolution', 'img_channels', 'sr_num_fp16_res',
-                         'mapping_kwargs', 'rendering_kwargs', 'sr_kwargs', 'batch_size', 'explicitly_symmetry',
-                         'thickness')
+_GENERATOR_PARAMETERS = (
+    'z_dim',
+    'c_dim',
+    'w_dim',
+    'img_resolution',
+    'img_channels',
+    'sr_num_fp16_res',
+    'mapping_kwargs',
+    'rendering_kwargs',
+    'sr_kwargs',
+    'batch_size',
+    'explicitly_symmetry',
+    'thickness',
+)
 # Published super-resolution class -> (this project's sr_module, its input resolution).
 _SR_MODULES = {
     'training.superresolution.SuperresolutionHybrid2X': ('hybrid2x', 64),
@@ -79,6 +88,7 @@ NETWORK_KEYS = ('G', 'G_ema', 'D', 'D_ema')
 
 # ------------------------------------------------------------------------------------------------
 # Recognizing the published networks.
+
 
 def is_generator(value: Any) -> bool:
     """Whether `value` (as read by safe_pickle.load) is the published generator's record."""
@@ -95,17 +105,20 @@ def is_discriminator(value: Any) -> bool:
 
 def is_release_snapshot(data: Any) -> bool:
     """Whether a network pickle read by safe_pickle.load holds a published 3DPortraitGAN network."""
-    return isinstance(data, dict) and any(is_generator(data.get(key)) or is_discriminator(data.get(key))
-                                          for key in NETWORK_KEYS)
+    return isinstance(data, dict) and any(
+        is_generator(data.get(key)) or is_discriminator(data.get(key)) for key in NETWORK_KEYS
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Tensors: gathering, renaming, strict loading.
 
+
 def _module_state(value: Any, where: str) -> dict:
     state = value.state
-    if not isinstance(state, dict) or not all(isinstance(state.get(key), dict)
-                                              for key in ('_parameters', '_buffers', '_modules')):
+    if not isinstance(state, dict) or not all(
+        isinstance(state.get(key), dict) for key in ('_parameters', '_buffers', '_modules')
+    ):
         raise ConversionError(f'{where}: the stored object holds no module state')
     return state
 
@@ -121,8 +134,9 @@ def stored_tensors(value: Any, where: str) -> dict[str, torch.Tensor]:
     def walk(node: Any, prefix: str) -> None:
         state = _module_state(node, f'{where}: {prefix.rstrip(".") or "the network"}')
         skipped = state.get('_non_persistent_buffers_set') or set()
-        entries = list(state['_parameters'].items()) + [(name, tensor) for name, tensor in state['_buffers'].items()
-                                                        if name not in skipped]
+        entries = list(state['_parameters'].items()) + [
+            (name, tensor) for name, tensor in state['_buffers'].items() if name not in skipped
+        ]
         for name, tensor in entries:
             if tensor is None:
                 continue
@@ -151,42 +165,60 @@ def rename(key: str, renames: Iterable[tuple[str, str]], to_published: bool = Fa
         match = _prefix_pattern(source).match(key)
         if match:
             index = match.groupdict().get('i')
-            return (target.replace('{i}', index) if index is not None else target) + key[match.end():]
+            return (target.replace('{i}', index) if index is not None else target) + key[match.end() :]
     return key
 
 
-def renamed_tensors(tensors: dict[str, torch.Tensor], renames: Iterable[tuple[str, str]],
-                    dropped: Iterable[str]) -> dict[str, torch.Tensor]:
+def renamed_tensors(
+    tensors: dict[str, torch.Tensor], renames: Iterable[tuple[str, str]], dropped: Iterable[str]
+) -> dict[str, torch.Tensor]:
     """{published name: tensor} -> {this project's name: tensor}, without the `dropped` names and prefixes."""
     dropped = tuple(dropped)
-    return {rename(key, renames): tensor for key, tensor in tensors.items()
-            if not any(key == name or (name.endswith('.') and key.startswith(name)) for name in dropped)}
+    return {
+        rename(key, renames): tensor
+        for key, tensor in tensors.items()
+        if not any(key == name or (name.endswith('.') and key.startswith(name)) for name in dropped)
+    }
 
 
-def load_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str,
-                renames: Iterable[tuple[str, str]], kept_prefix: str | None = None) -> None:
+def load_strict(
+    module: torch.nn.Module,
+    tensors: dict[str, torch.Tensor],
+    where: str,
+    renames: Iterable[tuple[str, str]],
+    kept_prefix: str | None = None,
+) -> None:
     """Load `tensors` (this project's names) into `module`; every name and shape must match.
 
     kept_prefix: names of `module` under it keep their built values (the body model's tensors).
     Raises ConversionError naming the first missing, unexpected or misshapen tensor (with its
     published name).
     """
-    expected = {key: value for key, value in module.state_dict().items()
-                if kept_prefix is None or not key.startswith(kept_prefix)}
+    expected = {
+        key: value
+        for key, value in module.state_dict().items()
+        if kept_prefix is None or not key.startswith(kept_prefix)
+    }
     cls = type(module).__name__
     for key in expected:
         if key not in tensors:
-            raise ConversionError(f'{where}: the file lacks the tensor {rename(key, renames, to_published=True)!r} '
-                                    f'({key!r} of this project\'s {cls}); the file is incomplete or of another model')
+            raise ConversionError(
+                f'{where}: the file lacks the tensor {rename(key, renames, to_published=True)!r} '
+                f"({key!r} of this project's {cls}); the file is incomplete or of another model"
+            )
     for key, tensor in tensors.items():
         published = rename(key, renames, to_published=True)
         if key not in expected:
-            raise ConversionError(f'{where}: the stored tensor {published!r} has no place in this project\'s {cls} '
-                                    f'(as {key!r}); the file is not a published 3DPortraitGAN checkpoint or was '
-                                    f'changed')
+            raise ConversionError(
+                f"{where}: the stored tensor {published!r} has no place in this project's {cls} "
+                f'(as {key!r}); the file is not a published 3DPortraitGAN checkpoint or was '
+                f'changed'
+            )
         if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise ConversionError(f'{where}: the stored tensor {published!r} has shape {list(tensor.shape)}, this '
-                                    f'project\'s {cls} expects {list(expected[key].shape)} for {key!r}')
+            raise ConversionError(
+                f'{where}: the stored tensor {published!r} has shape {list(tensor.shape)}, this '
+                f"project's {cls} expects {list(expected[key].shape)} for {key!r}"
+            )
     full = dict(module.state_dict()) if kept_prefix is not None else {}
     full.update(tensors)
     module.load_state_dict(full, strict=True)
@@ -195,22 +227,29 @@ def load_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], where
 # ------------------------------------------------------------------------------------------------
 # The generator.
 
+
 def _stored_arguments(record: PersistentRecord, where: str) -> dict:
     """The published constructor's arguments by name, from the record's `_init_args` and `_init_kwargs`."""
     args = record.state.get('_init_args') or ()
     kwargs = record.state.get('_init_kwargs') or {}
     if not isinstance(args, (tuple, list)) or not isinstance(kwargs, dict):
-        raise ConversionError(f'{where}: the generator record stores no constructor arguments '
-                                f'(_init_args, _init_kwargs)')
+        raise ConversionError(
+            f'{where}: the generator record stores no constructor arguments (_init_args, _init_kwargs)'
+        )
     if len(args) > len(_GENERATOR_PARAMETERS):
-        raise ConversionError(f'{where}: the generator record stores {len(args)} positional arguments, the '
-                                f'published constructor takes at most {len(_GENERATOR_PARAMETERS)}')
+        raise ConversionError(
+            f'{where}: the generator record stores {len(args)} positional arguments, the '
+            f'published constructor takes at most {len(_GENERATOR_PARAMETERS)}'
+        )
     named = dict(zip(_GENERATOR_PARAMETERS, args))
     named.update(kwargs)
-    missing = [name for name in ('z_dim', 'c_dim', 'w_dim', 'img_resolution', 'img_channels', 'rendering_kwargs')
-               if name not in named]
+    missing = [
+        name
+        for name in ('z_dim', 'c_dim', 'w_dim', 'img_resolution', 'img_channels', 'rendering_kwargs')
+        if name not in named
+    ]
     if missing:
-        raise ConversionError(f'{where}: the generator\'s stored constructor arguments lack {", ".join(missing)}')
+        raise ConversionError(f"{where}: the generator's stored constructor arguments lack {', '.join(missing)}")
     return named
 
 
@@ -236,8 +275,9 @@ def _require(tensors: dict[str, torch.Tensor], key: str, where: str, renames) ->
     return tensors[key]
 
 
-def generator_arguments(record: PersistentRecord, tensors: dict[str, torch.Tensor], body_model: str,
-                        where: str = 'G') -> dict:
+def generator_arguments(
+    record: PersistentRecord, tensors: dict[str, torch.Tensor], body_model: str, where: str = 'G'
+) -> dict:
     """Keyword arguments of this project's TriPlaneGenerator equivalent to a published generator.
 
     record: the published generator's record; tensors: its tensors under this project's names
@@ -249,21 +289,37 @@ def generator_arguments(record: PersistentRecord, tensors: dict[str, torch.Tenso
     sr_kwargs = stored.get('sr_kwargs') or {}
     if not isinstance(rendering, dict) or not isinstance(mapping_kwargs, dict) or not isinstance(sr_kwargs, dict):
         raise ConversionError(f'{where}: rendering_kwargs, mapping_kwargs and sr_kwargs must be dicts')
-    missing = [name for name in ('superresolution_module', 'triplane_depth', 'decoder_activation', 'depth_resolution',
-                                 'depth_resolution_importance', 'ray_start', 'ray_end', 'box_warp')
-               if name not in rendering]
+    missing = [
+        name
+        for name in (
+            'superresolution_module',
+            'triplane_depth',
+            'decoder_activation',
+            'depth_resolution',
+            'depth_resolution_importance',
+            'ray_start',
+            'ray_end',
+            'box_warp',
+        )
+        if name not in rendering
+    ]
     if missing:
         raise ConversionError(f'{where}: the stored rendering_kwargs lack {", ".join(missing)}')
     if rendering.get('c_gen_conditioning_zero', False):
-        raise ConversionError(f'{where}: the generator ignores its conditioning (c_gen_conditioning_zero), which '
-                                f'this project\'s generator does not model')
+        raise ConversionError(
+            f'{where}: the generator ignores its conditioning (c_gen_conditioning_zero), which '
+            f"this project's generator does not model"
+        )
     if rendering['decoder_activation'] not in ('none', 'lrelu'):
-        raise ConversionError(f'{where}: decoder_activation {rendering["decoder_activation"]!r}: this project maps '
-                                f'only the published generators with \'none\' or \'lrelu\'')
+        raise ConversionError(
+            f'{where}: decoder_activation {rendering["decoder_activation"]!r}: this project maps '
+            f"only the published generators with 'none' or 'lrelu'"
+        )
     sr_class = rendering['superresolution_module']
     if sr_class not in _SR_MODULES:
-        raise ConversionError(f'{where}: super-resolution module {sr_class!r}: this project maps '
-                                f'{", ".join(sorted(_SR_MODULES))}')
+        raise ConversionError(
+            f'{where}: super-resolution module {sr_class!r}: this project maps {", ".join(sorted(_SR_MODULES))}'
+        )
     sr_module, sr_input_resolution = _SR_MODULES[sr_class]
 
     # Sizes that the published source fixes rather than takes as arguments: read off the tensors.
@@ -278,27 +334,42 @@ def generator_arguments(record: PersistentRecord, tensors: dict[str, torch.Tenso
         raise ConversionError(f'{where}: the stored neural_rendering_resolution is {nrr!r}, expected a positive int')
     channel_base = stored.get('channel_base', 32768)
     return dict(
-        z_dim=stored['z_dim'], w_dim=stored['w_dim'], c_dim=stored['c_dim'], pose_dim=pose_out.shape[0],
-        c_scale=float(rendering.get('c_scale', 0)), map_depth=mapping_kwargs.get('num_layers', 8),
-        img_resolution=stored['img_resolution'], img_channels=stored['img_channels'],
-        triplane_resolution=max(blocks), triplane_channels=hidden.shape[1],
+        z_dim=stored['z_dim'],
+        w_dim=stored['w_dim'],
+        c_dim=stored['c_dim'],
+        pose_dim=pose_out.shape[0],
+        c_scale=float(rendering.get('c_scale', 0)),
+        map_depth=mapping_kwargs.get('num_layers', 8),
+        img_resolution=stored['img_resolution'],
+        img_channels=stored['img_channels'],
+        triplane_resolution=max(blocks),
+        triplane_channels=hidden.shape[1],
         triplane_depth=rendering['triplane_depth'],
-        channel_base=channel_base, channel_max=stored.get('channel_max', 512),
-        num_fp16_res=stored.get('num_fp16_res', 4), conv_clamp=stored.get('conv_clamp'),
-        decoder_hidden=hidden.shape[0], decoder_activation=rendering['decoder_activation'],
+        channel_base=channel_base,
+        channel_max=stored.get('channel_max', 512),
+        num_fp16_res=stored.get('num_fp16_res', 4),
+        conv_clamp=stored.get('conv_clamp'),
+        decoder_hidden=hidden.shape[0],
+        decoder_activation=rendering['decoder_activation'],
         decoder_lr_mul=float(rendering.get('decoder_lr_mul', 1)),
-        use_background=bool(rendering.get('use_background', False)), background_channel_base=channel_base // 2,
+        use_background=bool(rendering.get('use_background', False)),
+        background_channel_base=channel_base // 2,
         use_torgb_raw=bool(rendering.get('use_torgb_raw', False)),
-        sr_module=sr_module, sr_input_resolution=sr_input_resolution,
+        sr_module=sr_module,
+        sr_input_resolution=sr_input_resolution,
         sr_channel_base=sr_kwargs.get('channel_base', channel_base),
         sr_channel_max=sr_kwargs.get('channel_max', stored.get('channel_max', 512)),
-        sr_num_fp16_res=stored.get('sr_num_fp16_res', 0), sr_antialias=bool(rendering.get('sr_antialias', True)),
+        sr_num_fp16_res=stored.get('sr_num_fp16_res', 0),
+        sr_antialias=bool(rendering.get('sr_antialias', True)),
         sr_noise_mode=rendering.get('superresolution_noise_mode', 'none'),
         neural_rendering_resolution=nrr,
-        ray_start=float(rendering['ray_start']), ray_end=float(rendering['ray_end']),
+        ray_start=float(rendering['ray_start']),
+        ray_end=float(rendering['ray_end']),
         depth_resolution=rendering['depth_resolution'],
         depth_resolution_importance=rendering['depth_resolution_importance'],
-        box_warp=float(rendering['box_warp']), body_model=body_model, thickness=float(stored.get('thickness', 0.05)),
+        box_warp=float(rendering['box_warp']),
+        body_model=body_model,
+        thickness=float(stored.get('thickness', 0.05)),
     )
 
 
@@ -321,14 +392,16 @@ def build_generator(record: PersistentRecord, smpl_path: str | None = None, wher
     except smpl_pickle.SmplFileError as error:
         raise ConversionError(f'{where}: the published generator deforms an SMPL body, and {error}') from None
     except (ValueError, TypeError) as error:
-        raise ConversionError(f'{where}: building this project\'s TriPlaneGenerator from the stored arguments '
-                                f'failed ({error})') from None
+        raise ConversionError(
+            f"{where}: building this project's TriPlaneGenerator from the stored arguments failed ({error})"
+        ) from None
     load_strict(G, tensors, where, _GENERATOR_RENAMES, kept_prefix=_BODY_PREFIX)
     return G.eval().requires_grad_(False)
 
 
 # ------------------------------------------------------------------------------------------------
 # The discriminator.
+
 
 def _child_state(value: Any, path: str) -> dict:
     """The stored attribute dict of the sub-module at dotted `path` ({} when absent)."""
@@ -351,8 +424,9 @@ def _channel_base(channels: dict[int, int], channel_max: int, preferred: int | N
     return None
 
 
-def discriminator_arguments(value: InertObject, tensors: dict[str, torch.Tensor],
-                            generator_kwargs: dict | None = None, where: str = 'D') -> dict:
+def discriminator_arguments(
+    value: InertObject, tensors: dict[str, torch.Tensor], generator_kwargs: dict | None = None, where: str = 'D'
+) -> dict:
     """Keyword arguments of this project's PoseAwareDualDiscriminator equivalent to a published discriminator.
 
     value: the published discriminator as read by safe_pickle.load; tensors: its tensors under this
@@ -365,35 +439,43 @@ def discriminator_arguments(value: InertObject, tensors: dict[str, torch.Tensor]
     blocks = _layer_indices(tensors, r'^b(\d+)\.conv0\.weight$')
     img_resolution = generator_kwargs.get('img_resolution', state.get('img_resolution'))
     if not blocks or img_resolution != max(blocks):
-        raise ConversionError(f'{where}: the discriminator\'s blocks ({", ".join(f"b{res}" for res in blocks)}) do '
-                                f'not start at the image resolution {img_resolution}')
+        raise ConversionError(
+            f"{where}: the discriminator's blocks ({', '.join(f'b{res}' for res in blocks)}) do "
+            f'not start at the image resolution {img_resolution}'
+        )
     channels = {res: _require(tensors, f'b{res}.conv0.weight', where, renames).shape[0] for res in blocks}
     epilogue = _require(tensors, 'b4.conv.weight', where, renames)
     channels[4] = epilogue.shape[0]
     channel_max = max(channels.values())
     channel_base = _channel_base(channels, channel_max, generator_kwargs.get('channel_base'))
     if channel_base is None:
-        raise ConversionError(f'{where}: the discriminator\'s widths {channels} follow no channel_base')
+        raise ConversionError(f"{where}: the discriminator's widths {channels} follow no channel_base")
     img_channels = generator_kwargs.get('img_channels', 3)
     input_channels = _require(tensors, f'b{img_resolution}.fromrgb.weight', where, renames).shape[1]
     pose_layers = _numbered_layers(tensors, 'pose_branch.fc{i}.weight', where, renames)
     mapping_layers = _numbered_layers(tensors, 'mapping.fc{i}.weight', where, renames)
     if not pose_layers or not mapping_layers:
-        raise ConversionError(f'{where}: the file lacks the discriminator\'s pose head or condition mapping')
+        raise ConversionError(f"{where}: the file lacks the discriminator's pose head or condition mapping")
     pose_widths = [tensors[f'pose_branch.fc{index}.weight'].shape[0] for index in pose_layers]
     first_conv = _child_state(value, f'b{img_resolution}.conv0')
     mbstd = _child_state(value, 'b4.mbstd')
     return dict(
-        c_dim=generator_kwargs.get('c_dim', state.get('camera_param_dim', 25)), pose_dim=pose_widths[-1],
-        img_resolution=img_resolution, img_channels=img_channels, seg_channels=input_channels - 2 * img_channels,
-        channel_base=channel_base, channel_max=channel_max,
+        c_dim=generator_kwargs.get('c_dim', state.get('camera_param_dim', 25)),
+        pose_dim=pose_widths[-1],
+        img_resolution=img_resolution,
+        img_channels=img_channels,
+        seg_channels=input_channels - 2 * img_channels,
+        channel_base=channel_base,
+        channel_max=channel_max,
         num_fp16_res=sum(bool(_child_state(value, f'b{res}').get('use_fp16')) for res in blocks),
         conv_clamp=first_conv.get('conv_clamp'),
         cmap_dim=_require(tensors, 'b4.out.weight', where, renames).shape[0],
         mbstd_group_size=mbstd.get('group_size', 4),
         mbstd_num_channels=epilogue.shape[1] - channels[4],
-        mapping_layers=len(mapping_layers), pose_hidden=pose_widths[:-1],
-        disc_c_noise=float(state.get('disc_c_noise', 0) or 0), mirror_camera=False,
+        mapping_layers=len(mapping_layers),
+        pose_hidden=pose_widths[:-1],
+        disc_c_noise=float(state.get('disc_c_noise', 0) or 0),
+        mirror_camera=False,
     )
 
 
@@ -402,22 +484,25 @@ def discriminator_tensors(value: InertObject, where: str = 'D') -> dict[str, tor
     return renamed_tensors(stored_tensors(value, where), _DISCRIMINATOR_RENAMES, _DISCRIMINATOR_DROPPED)
 
 
-def build_discriminator(value: InertObject, generator_kwargs: dict | None = None,
-                        where: str = 'D') -> PoseAwareDualDiscriminator:
+def build_discriminator(
+    value: InertObject, generator_kwargs: dict | None = None, where: str = 'D'
+) -> PoseAwareDualDiscriminator:
     """This project's PoseAwareDualDiscriminator with the published discriminator's weights; eval mode, frozen."""
     tensors = discriminator_tensors(value, where)
     kwargs = discriminator_arguments(value, tensors, generator_kwargs, where)
     try:
         D = PoseAwareDualDiscriminator(**kwargs)
     except (ValueError, TypeError, AssertionError) as error:
-        raise ConversionError(f'{where}: building this project\'s PoseAwareDualDiscriminator from the stored '
-                                f'shapes failed ({error})') from None
+        raise ConversionError(
+            f"{where}: building this project's PoseAwareDualDiscriminator from the stored shapes failed ({error})"
+        ) from None
     load_strict(D, tensors, where, _DISCRIMINATOR_RENAMES)
     return D.eval().requires_grad_(False)
 
 
 # ------------------------------------------------------------------------------------------------
 # Whole snapshots.
+
 
 def convert_networks(data: dict, smpl_path: str | None = None) -> dict[str, Any]:
     """The networks of a published snapshot (read by safe_pickle.load) as this project's modules.
@@ -436,8 +521,10 @@ def convert_networks(data: dict, smpl_path: str | None = None) -> dict[str, Any]
             converted[key] = build_discriminator(data[key], generator_kwargs, where=key)
     for key in NETWORK_KEYS:
         if data.get(key) is not None and key not in converted:
-            raise ConversionError(f'{key}: a {getattr(data[key], "class_name", getattr(data[key], "_path", "?"))} '
-                                    f'beside the published 3DPortraitGAN networks, which this project does not map')
+            raise ConversionError(
+                f'{key}: a {getattr(data[key], "class_name", getattr(data[key], "_path", "?"))} '
+                f'beside the published 3DPortraitGAN networks, which this project does not map'
+            )
     if 'augment_pipe' in data:
         converted['augment_pipe'] = None
     return converted
@@ -451,16 +538,30 @@ def _read_release_pickle(path: str, smpl_path: str | None) -> dict[str, Any]:
         with open(path, 'rb') as file:
             raw = safe_pickle.load(file)
         if not is_release_snapshot(raw):
-            raise checkpoint.CheckpointError(f'{path}: not a published 3DPortraitGAN checkpoint (no {GENERATOR_CLASS} '
-                                             f'record nor {DISCRIMINATOR_PATH}); this project\'s own snapshots need '
-                                             f'no conversion')
+            raise checkpoint.CheckpointError(
+                f'{path}: not a published 3DPortraitGAN checkpoint (no {GENERATOR_CLASS} '
+                f"record nor {DISCRIMINATOR_PATH}); this project's own snapshots need "
+                f'no conversion'
+            )
         return safe_pickle.rebuild_networks(raw, smpl_path=smpl_path)
     except UnsafePickleError as error:
         raise checkpoint.CheckpointError(f'{path}: not converted: {error}; nothing from the file was run') from None
-    except (EOFError, pickle.UnpicklingError, ValueError, UnicodeDecodeError, IndexError, KeyError, TypeError,
-            AttributeError, MemoryError, OverflowError) as error:
-        raise checkpoint.CheckpointError(f'{path}: not a readable network pickle ({type(error).__name__}: {error}); '
-                                         f'the file is truncated, corrupt or of another kind') from None
+    except (
+        EOFError,
+        pickle.UnpicklingError,
+        ValueError,
+        UnicodeDecodeError,
+        IndexError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        MemoryError,
+        OverflowError,
+    ) as error:
+        raise checkpoint.CheckpointError(
+            f'{path}: not a readable network pickle ({type(error).__name__}: {error}); '
+            f'the file is truncated, corrupt or of another kind'
+        ) from None
 
 
 def convert_checkpoint(in_path: str, out_path: str, smpl_path: str | None = None) -> tuple[str, str | None]:

@@ -61,8 +61,17 @@ def look_at(origin: torch.Tensor, target: torch.Tensor, up=(0.0, 1.0, 0.0)) -> t
     return cam2world
 
 
-def orbit_camera(h, v, radius: float = RADIUS, pivot=PIVOT, h_std: float = 0.0, v_std: float = 0.0,
-                 generator: torch.Generator | None = None, batch_size: int | None = None, device=None) -> torch.Tensor:
+def orbit_camera(
+    h,
+    v,
+    radius: float = RADIUS,
+    pivot=PIVOT,
+    h_std: float = 0.0,
+    v_std: float = 0.0,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    device=None,
+) -> torch.Tensor:
     """Cameras on a sphere of `radius` around the world origin, looking at `pivot`.
 
     h (horizontal), v (vertical): floats or tensors [B], radians; optional Gaussian jitter with
@@ -83,9 +92,14 @@ def orbit_camera(h, v, radius: float = RADIUS, pivot=PIVOT, h_std: float = 0.0, 
         vertical = vertical + v_std * torch.randn(batch_size, generator=generator, device=device)
     vertical = vertical.clamp(1e-5, math.pi - 1e-5)
     phi = torch.arccos(1 - 2 * vertical / math.pi)
-    origin = radius * torch.stack([torch.sin(phi) * torch.cos(math.pi - horizontal),
-                                   torch.cos(phi),
-                                   torch.sin(phi) * torch.sin(math.pi - horizontal)], dim=-1)
+    origin = radius * torch.stack(
+        [
+            torch.sin(phi) * torch.cos(math.pi - horizontal),
+            torch.cos(phi),
+            torch.sin(phi) * torch.sin(math.pi - horizontal),
+        ],
+        dim=-1,
+    )
     target = torch.as_tensor(pivot, dtype=torch.float32, device=device).expand_as(origin)
     return look_at(origin, target)
 
@@ -166,9 +180,16 @@ def frontal_camera(batch: int = 1, device=None, focal: float = FOCAL) -> torch.T
     return camera_label(orbit_camera(math.pi / 2, math.pi / 2, batch_size=batch, device=device), focal)
 
 
-def random_cameras(batch: int, yaw_range=(-math.pi, math.pi), pitch_std: float = 0.15,
-                   radius: float = RADIUS, pivot=PIVOT, focal: float = FOCAL,
-                   generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+def random_cameras(
+    batch: int,
+    yaw_range=(-math.pi, math.pi),
+    pitch_std: float = 0.15,
+    radius: float = RADIUS,
+    pivot=PIVOT,
+    focal: float = FOCAL,
+    generator: torch.Generator | None = None,
+    device=None,
+) -> torch.Tensor:
     """Cameras with uniform yaw (full 360 degrees by default) and Gaussian pitch.
 
     -> c [batch, 25]
@@ -177,13 +198,22 @@ def random_cameras(batch: int, yaw_range=(-math.pi, math.pi), pitch_std: float =
     """
     low, high = yaw_range
     yaw = low + (high - low) * torch.rand(batch, generator=generator, device=device)
-    cam2world = orbit_camera(math.pi / 2 + yaw, math.pi / 2, radius, pivot, v_std=pitch_std,
-                             generator=generator, batch_size=batch, device=device)
+    cam2world = orbit_camera(
+        math.pi / 2 + yaw,
+        math.pi / 2,
+        radius,
+        pivot,
+        v_std=pitch_std,
+        generator=generator,
+        batch_size=batch,
+        device=device,
+    )
     return camera_label(cam2world, focal)
 
 
-def orbit_trajectory(num_frames: int, radius: float = RADIUS, pivot=PIVOT, pitch: float = 0.0,
-                     focal: float = FOCAL, device=None) -> torch.Tensor:
+def orbit_trajectory(
+    num_frames: int, radius: float = RADIUS, pivot=PIVOT, pitch: float = 0.0, focal: float = FOCAL, device=None
+) -> torch.Tensor:
     """A full 360-degree orbit starting at the frontal view: h = pi/2 + 2 pi t / num_frames.
 
     -> c [num_frames, 25]
@@ -194,8 +224,9 @@ def orbit_trajectory(num_frames: int, radius: float = RADIUS, pivot=PIVOT, pitch
     return camera_label(orbit_camera(horizontal, math.pi / 2 + pitch, radius, pivot, device=device), focal)
 
 
-def wobble_trajectory(num_frames: int, radius: float = RADIUS, pivot=PIVOT, focal: float = FOCAL,
-                      device=None) -> torch.Tensor:
+def wobble_trajectory(
+    num_frames: int, radius: float = RADIUS, pivot=PIVOT, focal: float = FOCAL, device=None
+) -> torch.Tensor:
     """The small-pose video path: one loop of h = pi/2 + 0.35 sin(2 pi t / T),
     v = pi/2 - 0.05 + 0.25 cos(2 pi t / T), T = num_frames.
 

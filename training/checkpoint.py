@@ -38,8 +38,10 @@ from training import safe_pickle
 from training.atomic_files import atomic_write
 
 WEIGHTS_FORMAT = '3dportraitgan-weights'
-TRUST_PICKLE_HELP = ('Load network pickles by running the code stored in them (only for files from sources you '
-                     'trust); by default nothing from the file runs and the networks are rebuilt from this repository')
+TRUST_PICKLE_HELP = (
+    'Load network pickles by running the code stored in them (only for files from sources you '
+    'trust); by default nothing from the file runs and the networks are rebuilt from this repository'
+)
 WEIGHTS_VERSION = 1
 NETWORK_KEYS = ('G', 'G_ema', 'D', 'D_ema')
 _ZIP_MAGIC = b'PK\x03\x04'
@@ -62,6 +64,7 @@ def _is_zip(path: str) -> bool:
 # ------------------------------------------------------------------------------------------------
 # Network pickles.
 
+
 def _snapshot_module(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module).eval().requires_grad_(False).cpu()
 
@@ -83,8 +86,10 @@ def save_network_pickle(path: str, data: dict[str, Any], neural_rendering_resolu
     """
     if not isinstance(data, dict) or not any(data.get(key) is not None for key in NETWORK_KEYS[:3]):
         raise ValueError(f'save_network_pickle: {path}: expected a dict holding at least one of G, G_ema, D')
-    snapshot = {key: _snapshot_module(value) if isinstance(value, torch.nn.Module) else copy.deepcopy(value)
-                for key, value in data.items()}
+    snapshot = {
+        key: _snapshot_module(value) if isinstance(value, torch.nn.Module) else copy.deepcopy(value)
+        for key, value in data.items()
+    }
     if neural_rendering_resolution is not None:
         _set_rendering_resolution(snapshot, neural_rendering_resolution)
     atomic_write(path, lambda file: pickle.dump(snapshot, file, protocol=pickle.HIGHEST_PROTOCOL))
@@ -98,34 +103,54 @@ def load_network_pickle(path: str, device: Any = 'cpu', trust_pickle: bool = Fal
     """
     _require_file(path)
     if _is_zip(path):
-        raise CheckpointError(f'{path}: a torch zip archive (weights file), not a network pickle; load it with '
-                              f'load_weights or load_any')
+        raise CheckpointError(
+            f'{path}: a torch zip archive (weights file), not a network pickle; load it with load_weights or load_any'
+        )
     try:
         with open(path, 'rb') as file:
             data = pickle.load(file) if trust_pickle else safe_pickle.rebuild_networks(safe_pickle.load(file))
     except safe_pickle.ConversionError as error:
         raise CheckpointError(f'{path}: not loaded: {error}; nothing from the file was run') from None
     except safe_pickle.UnsafePickleError as error:
-        raise CheckpointError(f'{path}: not loaded: {error}; nothing from the file was run (if you trust its source, '
-                              f'--trust-pickle loads it by running its code)') from None
+        raise CheckpointError(
+            f'{path}: not loaded: {error}; nothing from the file was run (if you trust its source, '
+            f'--trust-pickle loads it by running its code)'
+        ) from None
     except (ImportError, AttributeError) as error:
-        raise CheckpointError(f'{path}: the pickle refers to code that cannot be found ({error}); install the '
-                              f'missing package or use the code version the file was saved with') from None
-    except (EOFError, pickle.UnpicklingError, ValueError, UnicodeDecodeError, IndexError, KeyError,
-            TypeError, MemoryError, OverflowError) as error:
-        raise CheckpointError(f'{path}: not a readable network pickle ({type(error).__name__}: {error}); the file is '
-                              f'truncated, corrupt or of another kind, copy or save it again') from None
+        raise CheckpointError(
+            f'{path}: the pickle refers to code that cannot be found ({error}); install the '
+            f'missing package or use the code version the file was saved with'
+        ) from None
+    except (
+        EOFError,
+        pickle.UnpicklingError,
+        ValueError,
+        UnicodeDecodeError,
+        IndexError,
+        KeyError,
+        TypeError,
+        MemoryError,
+        OverflowError,
+    ) as error:
+        raise CheckpointError(
+            f'{path}: not a readable network pickle ({type(error).__name__}: {error}); the file is '
+            f'truncated, corrupt or of another kind, copy or save it again'
+        ) from None
     if not isinstance(data, dict):
-        raise CheckpointError(f'{path}: not a network snapshot: it holds a {type(data).__name__}, expected a dict '
-                              f'with G, G_ema or D')
+        raise CheckpointError(
+            f'{path}: not a network snapshot: it holds a {type(data).__name__}, expected a dict with G, G_ema or D'
+        )
     if not any(isinstance(data.get(key), torch.nn.Module) for key in NETWORK_KEYS[:3]):
-        raise CheckpointError(f'{path}: not a network snapshot: none of G, G_ema, D is a network '
-                              f'(keys: {", ".join(map(str, data)) or "none"})')
+        raise CheckpointError(
+            f'{path}: not a network snapshot: none of G, G_ema, D is a network '
+            f'(keys: {", ".join(map(str, data)) or "none"})'
+        )
     return {key: value.to(device) if isinstance(value, torch.nn.Module) else value for key, value in data.items()}
 
 
 # ------------------------------------------------------------------------------------------------
 # Weights-only files.
+
 
 def _to_json_value(value: Any, where: str) -> Any:
     """Convert constructor arguments to JSON types: tuples -> lists, EasyDict -> dict; refuse anything else."""
@@ -141,13 +166,17 @@ def _to_json_value(value: Any, where: str) -> Any:
         converted = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise ValueError(f'save_weights: {where} has the key {key!r}, which is not a string; JSON needs string keys')
+                raise ValueError(
+                    f'save_weights: {where} has the key {key!r}, which is not a string; JSON needs string keys'
+                )
             converted[key] = _to_json_value(item, f'{where}[{key!r}]')
         return converted
     if hasattr(value, 'item') and getattr(value, 'shape', None) == ():
         return _to_json_value(value.item(), where)
-    raise ValueError(f'save_weights: {where} is a {type(value).__name__}, which is not JSON-serializable; '
-                     f'construct the module from numbers, strings, lists and dicts only')
+    raise ValueError(
+        f'save_weights: {where} is a {type(value).__name__}, which is not JSON-serializable; '
+        f'construct the module from numbers, strings, lists and dicts only'
+    )
 
 
 def save_weights(path: str, modules: dict[str, torch.nn.Module], extra: dict[str, Any] | None = None) -> None:
@@ -166,29 +195,43 @@ def save_weights(path: str, modules: dict[str, torch.nn.Module], extra: dict[str
     entries = {}
     for key, module in modules.items():
         if not isinstance(module, torch.nn.Module):
-            raise ValueError(f'save_weights: modules[{key!r}] is a {type(module).__name__}, not a torch.nn.Module; '
-                             f'pass non-module values in extra')
+            raise ValueError(
+                f'save_weights: modules[{key!r}] is a {type(module).__name__}, not a torch.nn.Module; '
+                f'pass non-module values in extra'
+            )
         if not persistence.is_persistent(module) or not hasattr(module, '_init_kwargs'):
-            raise ValueError(f'save_weights: modules[{key!r}] ({type(module).__qualname__}) is not an instance of a '
-                             f'@persistent_class, so its constructor arguments are unknown')
+            raise ValueError(
+                f'save_weights: modules[{key!r}] ({type(module).__qualname__}) is not an instance of a '
+                f'@persistent_class, so its constructor arguments are unknown'
+            )
         class_name = persistence.qualified_class_name(module)
         if not class_name.startswith(safe_pickle.ALLOWED_CLASS_PREFIXES):
-            raise ValueError(f'save_weights: modules[{key!r}] is a {class_name}; only classes under '
-                             f'{", ".join(safe_pickle.ALLOWED_CLASS_PREFIXES)} can be rebuilt from a weights file')
+            raise ValueError(
+                f'save_weights: modules[{key!r}] is a {class_name}; only classes under '
+                f'{", ".join(safe_pickle.ALLOWED_CLASS_PREFIXES)} can be rebuilt from a weights file'
+            )
         state_dict = {}
         for name, tensor in module.state_dict().items():
             if not isinstance(tensor, torch.Tensor):
-                raise ValueError(f'save_weights: modules[{key!r}] state entry {name!r} is a {type(tensor).__name__}; '
-                                 f'a weights file holds tensors only')
+                raise ValueError(
+                    f'save_weights: modules[{key!r}] state entry {name!r} is a {type(tensor).__name__}; '
+                    f'a weights file holds tensors only'
+                )
             state_dict[name] = tensor.detach().cpu()
         entries[key] = {
             'class': class_name,
             'init_args_json': json.dumps(_to_json_value(module.init_args, f'{key}.init_args'), allow_nan=False),
-            'init_kwargs_json': json.dumps(_to_json_value(dict(module.init_kwargs), f'{key}.init_kwargs'), allow_nan=False),
+            'init_kwargs_json': json.dumps(
+                _to_json_value(dict(module.init_kwargs), f'{key}.init_kwargs'), allow_nan=False
+            ),
             'state_dict': state_dict,
         }
-    payload = dict(format=WEIGHTS_FORMAT, version=WEIGHTS_VERSION, modules=entries,
-                   extra_json=json.dumps(_to_json_value(extra, 'extra'), allow_nan=False))
+    payload = dict(
+        format=WEIGHTS_FORMAT,
+        version=WEIGHTS_VERSION,
+        modules=entries,
+        extra_json=json.dumps(_to_json_value(extra, 'extra'), allow_nan=False),
+    )
     atomic_write(path, lambda file: torch.save(payload, file))
 
 
@@ -198,10 +241,13 @@ def _import_class(path: str, key: str, class_name: str) -> type:
     try:
         return safe_pickle.import_network_class(class_name)
     except safe_pickle.UnsafePickleError as error:
-        raise CheckpointError(f'{path}: module {key!r}: {error}; only networks of this repository are loaded from '
-                              f'weights files') from None
+        raise CheckpointError(
+            f'{path}: module {key!r}: {error}; only networks of this repository are loaded from weights files'
+        ) from None
     except ImportError as error:
-        raise CheckpointError(f'{path}: importing the class of {key!r} failed ({error}); install the missing package') from None
+        raise CheckpointError(
+            f'{path}: importing the class of {key!r} failed ({error}); install the missing package'
+        ) from None
 
 
 def load_weights(path: str, device: Any = 'cpu') -> dict[str, Any]:
@@ -211,21 +257,28 @@ def load_weights(path: str, device: Any = 'cpu') -> dict[str, Any]:
     """
     _require_file(path)
     if not _is_zip(path):
-        raise CheckpointError(f'{path}: not a weights file (not a torch zip archive); network pickles load with '
-                              f'load_network_pickle or load_any')
+        raise CheckpointError(
+            f'{path}: not a weights file (not a torch zip archive); network pickles load with '
+            f'load_network_pickle or load_any'
+        )
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f'{path}: truncated or corrupt weights file (the zip archive is incomplete); '
-                              f'copy or save it again')
+        raise CheckpointError(
+            f'{path}: truncated or corrupt weights file (the zip archive is incomplete); copy or save it again'
+        )
     try:
         payload = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f'{path}: cannot read the weights file ({message}); it is corrupt or not a weights file') from None
+        raise CheckpointError(
+            f'{path}: cannot read the weights file ({message}); it is corrupt or not a weights file'
+        ) from None
     if not isinstance(payload, dict) or payload.get('format') != WEIGHTS_FORMAT:
         raise CheckpointError(f'{path}: not a weights file of this project (no "{WEIGHTS_FORMAT}" marker)')
     if payload.get('version') != WEIGHTS_VERSION:
-        raise CheckpointError(f'{path}: weights file version {payload.get("version")!r}; this code reads version '
-                              f'{WEIGHTS_VERSION}, update the repository')
+        raise CheckpointError(
+            f'{path}: weights file version {payload.get("version")!r}; this code reads version '
+            f'{WEIGHTS_VERSION}, update the repository'
+        )
 
     result: dict[str, Any] = {}
     try:
@@ -239,19 +292,27 @@ def load_weights(path: str, device: Any = 'cpu') -> dict[str, Any]:
             try:
                 module = cls(*init_args, **init_kwargs)
             except Exception as error:
-                raise CheckpointError(f'{path}: building {entry["class"]} for {key!r} from the stored arguments failed '
-                                      f'({type(error).__name__}: {error}); the class changed since the file was saved') from error
+                raise CheckpointError(
+                    f'{path}: building {entry["class"]} for {key!r} from the stored arguments failed '
+                    f'({type(error).__name__}: {error}); the class changed since the file was saved'
+                ) from error
             incompatible = module.load_state_dict(state_dict, strict=False)
             if incompatible.missing_keys or incompatible.unexpected_keys:
-                raise CheckpointError(f'{path}: the weights of {key!r} do not fit {entry["class"]} '
-                                      f'(missing: {incompatible.missing_keys[:5]}, unexpected: {incompatible.unexpected_keys[:5]}); '
-                                      f'the class changed since the file was saved')
+                raise CheckpointError(
+                    f'{path}: the weights of {key!r} do not fit {entry["class"]} '
+                    f'(missing: {incompatible.missing_keys[:5]}, unexpected: {incompatible.unexpected_keys[:5]}); '
+                    f'the class changed since the file was saved'
+                )
             result[key] = module.eval().requires_grad_(False).to(device)
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f'{path}: malformed weights file ({type(error).__name__}: {error}); save it again') from None
+        raise CheckpointError(
+            f'{path}: malformed weights file ({type(error).__name__}: {error}); save it again'
+        ) from None
     except RuntimeError as error:
-        raise CheckpointError(f'{path}: the stored weights do not fit their module ({str(error).splitlines()[0]}); '
-                              f'the class changed since the file was saved') from None
+        raise CheckpointError(
+            f'{path}: the stored weights do not fit their module ({str(error).splitlines()[0]}); '
+            f'the class changed since the file was saved'
+        ) from None
     # The rendering resolution at the snapshot, which the schedule may have moved from the constructor's.
     if isinstance(extra.get('neural_rendering_resolution'), int):
         _set_rendering_resolution(result, extra['neural_rendering_resolution'])
@@ -269,6 +330,8 @@ def load_any(path: str, device: Any = 'cpu', trust_pickle: bool = False) -> dict
     if _is_zip(path):
         return load_weights(path, device)
     if path.endswith('.pt'):
-        raise CheckpointError(f'{path}: named like a weights file but not one (not a torch zip archive); a network '
-                              f'pickle should be named .pkl')
+        raise CheckpointError(
+            f'{path}: named like a weights file but not one (not a torch zip archive); a network '
+            f'pickle should be named .pkl'
+        )
     return load_network_pickle(path, device, trust_pickle)

@@ -77,8 +77,8 @@ class Device(click.ParamType):
 
 
 # Rough peak memory, for refusing settings that cannot fit before anything is allocated.
-BYTES_PER_RAY_SAMPLE = 1024   # features of three planes, decoder activations, weights, with headroom
-BYTES_PER_VOXEL = 32          # grid point coordinates, density, the volume and its closed copy
+BYTES_PER_RAY_SAMPLE = 1024  # features of three planes, decoder activations, weights, with headroom
+BYTES_PER_VOXEL = 32  # grid point coordinates, density, the volume and its closed copy
 
 
 def require_memory(needed: float, option: str, device: torch.device) -> None:
@@ -88,15 +88,22 @@ def require_memory(needed: float, option: str, device: torch.device) -> None:
     else:
         available = psutil.virtual_memory().available
     if needed > available:
-        raise click.BadParameter(f'needs about {needed / 2 ** 30:,.1f} GiB of memory and {device} has '
-                                 f'{available / 2 ** 30:,.1f} GiB free; choose a smaller value', param_hint=option)
+        raise click.BadParameter(
+            f'needs about {needed / 2**30:,.1f} GiB of memory and {device} has '
+            f'{available / 2**30:,.1f} GiB free; choose a smaller value',
+            param_hint=option,
+        )
 
 
 def require_render_memory(G: torch.nn.Module, images: int, sample_mult: int, device: torch.device) -> None:
     """--sample-mult: the ray samples of `images` renders at once must fit."""
     renderer = G.renderer
-    samples = (images * G.neural_rendering_resolution ** 2 * sample_mult
-               * (renderer.depth_resolution + renderer.depth_resolution_importance))
+    samples = (
+        images
+        * G.neural_rendering_resolution**2
+        * sample_mult
+        * (renderer.depth_resolution + renderer.depth_resolution_importance)
+    )
     require_memory(samples * BYTES_PER_RAY_SAMPLE, '--sample-mult', device)
 
 
@@ -112,7 +119,9 @@ def make_outdir(path: str, option: str = '--outdir') -> str:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as err:
-        raise click.ClickException(f'cannot write into {option} {path}: {err.strerror}; choose a writable folder') from None
+        raise click.ClickException(
+            f'cannot write into {option} {path}: {err.strerror}; choose a writable folder'
+        ) from None
     return path
 
 
@@ -132,8 +141,9 @@ def load_snapshot(network: str, device: torch.device, trust_pickle: bool = False
     return path, G, D, contents
 
 
-def load_generator(network: str | None, cfg: str | None, init_seed: int, device: torch.device,
-                   trust_pickle: bool = False) -> torch.nn.Module:
+def load_generator(
+    network: str | None, cfg: str | None, init_seed: int, device: torch.device, trust_pickle: bool = False
+) -> torch.nn.Module:
     """G_ema from a checkpoint of either format, or a freshly initialized generator of a preset."""
     if (network is None) == (cfg is None):
         raise click.UsageError('give exactly one of --network (a checkpoint) or --cfg (a preset, freshly initialized)')
@@ -155,8 +165,9 @@ def load_generator_and_discriminator(network: str, device: torch.device, trust_p
     needed_for: what the caller needs D for, named in the error when the checkpoint lacks one."""
     path, G, D, _ = load_snapshot(network, device, trust_pickle)
     if G is None or D is None:
-        raise click.ClickException(f'{network}: {needed_for} needs a checkpoint with a generator and a discriminator '
-                                   f'(D_ema or D)')
+        raise click.ClickException(
+            f'{network}: {needed_for} needs a checkpoint with a generator and a discriminator (D_ema or D)'
+        )
     return path, G, D
 
 
@@ -169,12 +180,14 @@ def parse_pose(text: str | None, device: torch.device) -> torch.Tensor | None:
     except ValueError:
         values = []
     if len(values) != 6 or not all(math.isfinite(value) for value in values):
-        raise click.BadParameter(f'{text!r}: expected six comma-separated finite numbers (radians)', param_hint='--pose')
+        raise click.BadParameter(
+            f'{text!r}: expected six comma-separated finite numbers (radians)', param_hint='--pose'
+        )
     return torch.tensor([values], device=device)
 
 
 MAX_SEEDS = 1_000_000  # more images than any tool or metric here needs; keeps a typo from filling the memory
-SEED_RANGE = click.IntRange(0, 2 ** 32 - 1)  # what numpy's RandomState and torch's generators take
+SEED_RANGE = click.IntRange(0, 2**32 - 1)  # what numpy's RandomState and torch's generators take
 
 
 def parse_seeds(text: str) -> list:
@@ -190,8 +203,10 @@ def parse_seeds(text: str) -> list:
             break
         first = int(match.group(1))
         bounds.append((first, int(match.group(2)) if match.group(2) else first))
-    if not bounds or any(last < first or last >= 2 ** 32 for first, last in bounds):
-        raise click.BadParameter(f'{text!r}: expected seeds like 0,2,5-9 (integers in 0 .. 2^32-1)', param_hint='--seeds')
+    if not bounds or any(last < first or last >= 2**32 for first, last in bounds):
+        raise click.BadParameter(
+            f'{text!r}: expected seeds like 0,2,5-9 (integers in 0 .. 2^32-1)', param_hint='--seeds'
+        )
     count = sum(last - first + 1 for first, last in bounds)
     if count > MAX_SEEDS:
         raise click.BadParameter(f'{text!r} names {count} seeds; at most {MAX_SEEDS} at a time', param_hint='--seeds')

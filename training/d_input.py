@@ -23,8 +23,9 @@ def resize_image(x: torch.Tensor, resolution: int, filter_mode: str = 'antialias
         raise ValueError(f'filter_mode {filter_mode!r}: expected one of {", ".join(FILTER_MODES)}')
     if x.shape[-2:] == (resolution, resolution):
         return x
-    return F.interpolate(x, size=(resolution, resolution), mode='bilinear', align_corners=False,
-                         antialias=filter_mode == 'antialiased')
+    return F.interpolate(
+        x, size=(resolution, resolution), mode='bilinear', align_corners=False, antialias=filter_mode == 'antialiased'
+    )
 
 
 def blur_image(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -38,8 +39,13 @@ def blur_image(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return upfirdn2d.filter2d(x, f)
 
 
-def discriminator_input(images: dict, blur_sigma: float, resolution: int | None = None,
-                        filter_mode: str = 'antialiased', blur_raw: bool = True) -> dict:
+def discriminator_input(
+    images: dict,
+    blur_sigma: float,
+    resolution: int | None = None,
+    filter_mode: str = 'antialiased',
+    blur_raw: bool = True,
+) -> dict:
     """D's input {'image' [B, 3, S, S], 'image_raw' [B, 3, r, r], 'image_mask' [B, 1, r, r]} for a real batch or a fake.
 
     images: a real batch {'image' [B, 3, S, S] in [-1, 1], 'mask' [B, 1, S, S] in [0, 1]}, or a
@@ -60,7 +66,9 @@ def discriminator_input(images: dict, blur_sigma: float, resolution: int | None 
             image_raw = blur_image(image_raw, blur_sigma)
         image_mask = resize_image(images['mask'], resolution, filter_mode)
     else:
-        raise ValueError(f'discriminator_input: keys {sorted(images)}: expected a real batch '
-                         f"('image', 'mask') or a generator output ('image', 'image_raw', 'image_mask')")
+        raise ValueError(
+            f'discriminator_input: keys {sorted(images)}: expected a real batch '
+            f"('image', 'mask') or a generator output ('image', 'image_raw', 'image_mask')"
+        )
     image = blur_image(images['image'], blur_sigma) if blur_sigma > 0 else images['image']
     return {'image': image, 'image_raw': image_raw, 'image_mask': image_mask}

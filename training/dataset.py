@@ -79,6 +79,7 @@ def check_command(path: str, seg_path: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # Files of a folder or a zip archive.
 
+
 class FileTree:
     """Read-only files of a folder or a zip archive, addressed by relative '/'-separated paths.
 
@@ -97,14 +98,17 @@ class FileTree:
         if not os.path.exists(path):
             raise DatasetError(f'{path}: no such file or folder; pass an existing zip archive or folder')
         if not zipfile.is_zipfile(path):
-            raise DatasetError(f'{path}: not a zip archive (damaged, truncated or another format); '
-                               f'pass a folder or a valid zip archive (python dataset_tool.py convert writes one)')
+            raise DatasetError(
+                f'{path}: not a zip archive (damaged, truncated or another format); '
+                f'pass a folder or a valid zip archive (python dataset_tool.py convert writes one)'
+            )
         self.is_zip = True
         try:
             self.names = sorted(name for name in self._archive().namelist() if not name.endswith('/'))
         except (zipfile.BadZipFile, OSError) as error:
-            raise DatasetError(f'{path}: unreadable zip archive ({_one_line(error)}); '
-                               f'pass a folder or a valid zip archive') from error
+            raise DatasetError(
+                f'{path}: unreadable zip archive ({_one_line(error)}); pass a folder or a valid zip archive'
+            ) from error
 
     @staticmethod
     def _walk(root: str) -> list[str]:
@@ -148,6 +152,7 @@ class FileTree:
 # ------------------------------------------------------------------------------------------------
 # Labels.
 
+
 def _rigid_problem(cam2world: np.ndarray) -> str | None:
     """Why a [4, 4] matrix is not a rigid transform within RIGID_TOLERANCE, or None."""
     last_row = cam2world[3]
@@ -185,8 +190,9 @@ def label_problem(values, lengths: tuple = (LABEL_DIM,)) -> str | None:
     return None
 
 
-def read_labels(tree: FileTree, problems: list[str], file_name: str = LABELS_FILE,
-                lengths: tuple = (LABEL_DIM,)) -> dict[str, np.ndarray | None] | None:
+def read_labels(
+    tree: FileTree, problems: list[str], file_name: str = LABELS_FILE, lengths: tuple = (LABEL_DIM,)
+) -> dict[str, np.ndarray | None] | None:
     """The labels of a `dataset.json` in `tree`, float64 [31] (or another of `lengths`) by normalized
     image name ('\\' -> '/', no leading './'), or None when the file is missing or unusable.
 
@@ -195,9 +201,11 @@ def read_labels(tree: FileTree, problems: list[str], file_name: str = LABELS_FIL
     """
     where = tree.display(file_name)
     if file_name not in tree.names:
-        problems.append(f'{tree.path}: {file_name} is missing; add {{"labels": [[relative_path, '
-                        f'[{LABEL_DIM} numbers]], ...]}} at the top of the dataset (python dataset_tool.py '
-                        f'convert writes it)')
+        problems.append(
+            f'{tree.path}: {file_name} is missing; add {{"labels": [[relative_path, '
+            f'[{LABEL_DIM} numbers]], ...]}} at the top of the dataset (python dataset_tool.py '
+            f'convert writes it)'
+        )
         return None
     try:
         with tree.open(file_name) as file:
@@ -207,8 +215,9 @@ def read_labels(tree: FileTree, problems: list[str], file_name: str = LABELS_FIL
         return None
     entries = document.get('labels') if isinstance(document, dict) else None
     if not isinstance(entries, list):
-        problems.append(f'{where}: no "labels" list; the file must hold {{"labels": [[relative_path, '
-                        f'[{LABEL_DIM} numbers]], ...]}}')
+        problems.append(
+            f'{where}: no "labels" list; the file must hold {{"labels": [[relative_path, [{LABEL_DIM} numbers]], ...]}}'
+        )
         return None
     labels: dict[str, np.ndarray] = {}
     first_entry: dict[str, int] = {}
@@ -218,8 +227,9 @@ def read_labels(tree: FileTree, problems: list[str], file_name: str = LABELS_FIL
             continue
         name = entry[0].replace('\\', '/').removeprefix('./')
         if name in first_entry:
-            problems.append(f"{where}: image '{name}' is labelled twice (entries {first_entry[name]} and "
-                            f"{index}); keep one entry")
+            problems.append(
+                f"{where}: image '{name}' is labelled twice (entries {first_entry[name]} and {index}); keep one entry"
+            )
             continue
         first_entry[name] = index
         problem = label_problem(entry[1], lengths)
@@ -234,19 +244,21 @@ def read_labels(tree: FileTree, problems: list[str], file_name: str = LABELS_FIL
 # ------------------------------------------------------------------------------------------------
 # Validation.
 
+
 @dataclasses.dataclass
 class _Scan:
     images: FileTree
     masks: FileTree
-    image_names: list[str]           # sorted
-    mask_names: list[str]            # the mask of each image
+    image_names: list[str]  # sorted
+    mask_names: list[str]  # the mask of each image
     mask_modes: list[str]
-    labels: np.ndarray | None     # [N, 31] float64, None without labels
+    labels: np.ndarray | None  # [N, 31] float64, None without labels
     resolution: int
 
 
-def _scan(path: str, seg_path: str, use_labels: bool, decode: bool,
-          progress: bool = False) -> tuple[list[str], _Scan | None]:
+def _scan(
+    path: str, seg_path: str, use_labels: bool, decode: bool, progress: bool = False
+) -> tuple[list[str], _Scan | None]:
     """Every problem found in the dataset, and its index when there is none.
 
     Reads names, labels and image headers; with `decode` also decodes every image and mask.
@@ -265,8 +277,9 @@ def _scan(path: str, seg_path: str, use_labels: bool, decode: bool,
 
     image_names = [name for name in images.names if is_image_name(name)]
     if not image_names:
-        problems.append(f'{path}: no images found (files with an image extension such as .png or .jpg); '
-                        f'the dataset is empty')
+        problems.append(
+            f'{path}: no images found (files with an image extension such as .png or .jpg); the dataset is empty'
+        )
         return problems, None
 
     labels = read_labels(images, problems) if use_labels else None
@@ -278,15 +291,18 @@ def _scan(path: str, seg_path: str, use_labels: bool, decode: bool,
                 problems.append(f"{where}: image '{name}' has no label; add an entry for it or remove the image")
         for name in labels:
             if name not in present:
-                problems.append(f"{where}: label for '{name}' has no image file in {path}; remove the entry "
-                                f"or add the image")
+                problems.append(
+                    f"{where}: label for '{name}' has no image file in {path}; remove the entry or add the image"
+                )
 
     image_stems = collections.Counter(stem(name) for name in image_names)
     for key, count in image_stems.items():
         if count > 1:
             clashing = ', '.join(name for name in image_names if stem(name) == key)
-            problems.append(f"{path}: images {clashing} differ only in their extension, so their masks cannot "
-                            f"be told apart; keep one")
+            problems.append(
+                f'{path}: images {clashing} differ only in their extension, so their masks cannot '
+                f'be told apart; keep one'
+            )
 
     mask_candidates: dict[str, list[str]] = collections.defaultdict(list)
     if masks is not None:
@@ -303,20 +319,26 @@ def _scan(path: str, seg_path: str, use_labels: bool, decode: bool,
         if info is not None:
             size, mode = info
             if mode != IMAGE_MODE:
-                problems.append(f"{images.display(name)}: image mode '{mode}', expected '{IMAGE_MODE}'; "
-                                f"convert it with python dataset_tool.py convert")
+                problems.append(
+                    f"{images.display(name)}: image mode '{mode}', expected '{IMAGE_MODE}'; "
+                    f'convert it with python dataset_tool.py convert'
+                )
             elif size[0] != size[1]:
-                problems.append(f'{images.display(name)}: image is {size[0]}x{size[1]}, expected a square '
-                                f'image; crop it (python dataset_tool.py convert --transform center-crop)')
+                problems.append(
+                    f'{images.display(name)}: image is {size[0]}x{size[1]}, expected a square '
+                    f'image; crop it (python dataset_tool.py convert --transform center-crop)'
+                )
             else:
                 sizes[name] = size
         if masks is None:
             continue
         candidates = mask_candidates.get(stem(name), [])
         if not candidates:
-            problems.append(f"{seg_path}: no mask for image '{name}' (looked for '{stem(name)}' with any image "
-                            f"extension; masks are paired with images by relative path); add the mask or "
-                            f"remove the image and its label")
+            problems.append(
+                f"{seg_path}: no mask for image '{name}' (looked for '{stem(name)}' with any image "
+                f'extension; masks are paired with images by relative path); add the mask or '
+                f'remove the image and its label'
+            )
             continue
         if len(candidates) > 1:
             problems.append(f"{seg_path}: image '{name}' has several masks ({', '.join(candidates)}); keep one")
@@ -326,23 +348,29 @@ def _scan(path: str, seg_path: str, use_labels: bool, decode: bool,
             continue
         mask_size, mask_mode = mask_info
         if mask_mode not in MASK_MODES:
-            problems.append(f"{masks.display(candidates[0])}: mask mode '{mask_mode}', expected single-channel "
-                            f"'L'; save the mask as 8-bit grayscale")
+            problems.append(
+                f"{masks.display(candidates[0])}: mask mode '{mask_mode}', expected single-channel "
+                f"'L'; save the mask as 8-bit grayscale"
+            )
         elif info is not None and mask_size != info[0]:
-            problems.append(f"{masks.display(candidates[0])}: mask is {mask_size[0]}x{mask_size[1]} but its "
-                            f"image '{name}' is {info[0][0]}x{info[0][1]}; resize the mask to its image's size")
+            problems.append(
+                f'{masks.display(candidates[0])}: mask is {mask_size[0]}x{mask_size[1]} but its '
+                f"image '{name}' is {info[0][0]}x{info[0][1]}; resize the mask to its image's size"
+            )
         mask_names.append(candidates[0])
         mask_modes.append(mask_mode)
 
     resolution = 0
     if sizes:
-        (common, count), = collections.Counter(sizes.values()).most_common(1)
+        ((common, count),) = collections.Counter(sizes.values()).most_common(1)
         resolution = common[0]
         for name, size in sizes.items():
             if size != common:
-                problems.append(f'{images.display(name)}: image is {size[0]}x{size[1]}, but {count} other images '
-                                f'are {resolution}x{resolution}; resize it (python dataset_tool.py convert '
-                                f'--resolution {resolution})')
+                problems.append(
+                    f'{images.display(name)}: image is {size[0]}x{size[1]}, but {count} other images '
+                    f'are {resolution}x{resolution}; resize it (python dataset_tool.py convert '
+                    f'--resolution {resolution})'
+                )
     if problems:
         return problems, None
     label_array = np.stack([labels[name] for name in image_names]) if labels is not None else None
@@ -359,12 +387,16 @@ def _inspect(tree: FileTree, name: str, decode: bool, problems: list[str]) -> tu
                 try:
                     image.load()
                 except Exception as error:
-                    problems.append(f'{tree.display(name)}: cannot be decoded, the file is damaged or truncated '
-                                    f'({_one_line(error)}); re-export it')
+                    problems.append(
+                        f'{tree.display(name)}: cannot be decoded, the file is damaged or truncated '
+                        f'({_one_line(error)}); re-export it'
+                    )
                     return None
     except Exception as error:
-        problems.append(f'{tree.display(name)}: cannot be read as an image ({_one_line(error)}); '
-                        f're-export it, or remove it and its label')
+        problems.append(
+            f'{tree.display(name)}: cannot be read as an image ({_one_line(error)}); '
+            f're-export it, or remove it and its label'
+        )
         return None
     return size, mode
 
@@ -379,6 +411,7 @@ def check_dataset(path: str, seg_path: str, use_labels: bool = True, progress: b
 # ------------------------------------------------------------------------------------------------
 # The dataset.
 
+
 class PortraitDataset(torch.utils.data.Dataset):
     """Images, person masks and labels, with optional horizontal mirroring.
 
@@ -387,27 +420,34 @@ class PortraitDataset(torch.utils.data.Dataset):
     flipped along the width, camera and pose mirrored in world x (camera_utils.flip_camera/flip_pose).
     """
 
-    def __init__(self,
-                 path: str,                           # images and dataset.json: a zip or a folder
-                 seg_path: str,                       # masks paired by relative path: a zip or a folder
-                 resolution: int | None = None,    # expected image size; None accepts any
-                 max_size: int | None = None,      # at most this many images (before mirroring)
-                 xflip: bool = False,                 # append a mirrored copy of every item
-                 random_seed: int = 0,                # picks the subset when max_size is smaller
-                 use_labels: bool = True,             # False: dataset.json optional, labels are zeros
-                 ):
+    def __init__(
+        self,
+        path: str,  # images and dataset.json: a zip or a folder
+        seg_path: str,  # masks paired by relative path: a zip or a folder
+        resolution: int | None = None,  # expected image size; None accepts any
+        max_size: int | None = None,  # at most this many images (before mirroring)
+        xflip: bool = False,  # append a mirrored copy of every item
+        random_seed: int = 0,  # picks the subset when max_size is smaller
+        use_labels: bool = True,  # False: dataset.json optional, labels are zeros
+    ):
         problems, scan = _scan(path, seg_path, use_labels=use_labels, decode=False)
         if problems:
             if len(problems) == 1:
                 raise DatasetError(problems[0])
             shown = ' | '.join(problems[:MAX_REPORTED_PROBLEMS])
-            more = f' | ... {len(problems) - MAX_REPORTED_PROBLEMS} more' if len(problems) > MAX_REPORTED_PROBLEMS else ''
-            raise DatasetError(f'{len(problems)} problems in dataset {path} (masks {seg_path}): {shown}{more}; '
-                               f'run `{check_command(path, seg_path)}` for the full list')
+            more = (
+                f' | ... {len(problems) - MAX_REPORTED_PROBLEMS} more' if len(problems) > MAX_REPORTED_PROBLEMS else ''
+            )
+            raise DatasetError(
+                f'{len(problems)} problems in dataset {path} (masks {seg_path}): {shown}{more}; '
+                f'run `{check_command(path, seg_path)}` for the full list'
+            )
         if resolution is not None and resolution != scan.resolution:
-            raise DatasetError(f'{path}: images are {scan.resolution}x{scan.resolution}, but resolution '
-                               f'{resolution} was asked for; convert the dataset with python dataset_tool.py '
-                               f'convert --resolution {resolution}, or ask for {scan.resolution}')
+            raise DatasetError(
+                f'{path}: images are {scan.resolution}x{scan.resolution}, but resolution '
+                f'{resolution} was asked for; convert the dataset with python dataset_tool.py '
+                f'convert --resolution {resolution}, or ask for {scan.resolution}'
+            )
         if max_size is not None and max_size < 1:
             raise DatasetError(f'{path}: max_size must be at least 1, got {max_size}')
 
@@ -505,17 +545,23 @@ class PortraitDataset(torch.utils.data.Dataset):
                     array = pyspng.load(file.read())
                 else:
                     with Image.open(file) as image:
-                        array = np.array(image.convert('L') if mode == '1' else image)  # writable: DataLoader collation wraps it
+                        array = np.array(
+                            image.convert('L') if mode == '1' else image
+                        )  # writable: DataLoader collation wraps it
         except Exception as error:
-            raise DatasetError(f'{tree.display(name)}: cannot be decoded, the file is damaged or truncated '
-                               f'({_one_line(error)}); re-export it (`{check_command(self._path, self._seg_path)}` '
-                               f'lists every such file)') from error
+            raise DatasetError(
+                f'{tree.display(name)}: cannot be decoded, the file is damaged or truncated '
+                f'({_one_line(error)}); re-export it (`{check_command(self._path, self._seg_path)}` '
+                f'lists every such file)'
+            ) from error
         if array.ndim == 2:
             array = array[:, :, np.newaxis]
         expected = (self._resolution, self._resolution, channels)
         if array.shape != expected or array.dtype != np.uint8:
-            raise DatasetError(f'{tree.display(name)}: decoded to {array.dtype} {list(array.shape)}, expected uint8 '
-                               f'{list(expected)} (height, width, channels); re-export it as 8 bits per channel')
+            raise DatasetError(
+                f'{tree.display(name)}: decoded to {array.dtype} {list(array.shape)}, expected uint8 '
+                f'{list(expected)} (height, width, channels); re-export it as 8 bits per channel'
+            )
         return array.transpose(2, 0, 1)
 
     def get_label(self, idx: int) -> np.ndarray:
@@ -531,8 +577,12 @@ class PortraitDataset(torch.utils.data.Dataset):
     def get_details(self, idx: int) -> dnnlib.EasyDict:
         """Where item idx comes from: raw_idx (position among the sorted images), xflip, file names."""
         raw = int(self._raw_idx[idx])
-        return dnnlib.EasyDict(raw_idx=raw, xflip=bool(self._xflip[idx]),
-                               image_name=self._image_names[raw], mask_name=self._mask_names[raw])
+        return dnnlib.EasyDict(
+            raw_idx=raw,
+            xflip=bool(self._xflip[idx]),
+            image_name=self._image_names[raw],
+            mask_name=self._mask_names[raw],
+        )
 
     # Label statistics over the items (mirrored ones included).
 

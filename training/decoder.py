@@ -17,12 +17,13 @@ INFERENCE_CHUNK = 32768
 class TriGridDecoder(torch.nn.Module):
     """FC -> softplus -> FC: tri-grid features [.., C] -> raw density [.., 1] and features [.., out_channels]."""
 
-    def __init__(self,
-        in_channels: int = 32,          # features per tri-grid plane
-        hidden_channels: int = 64,      # width of the hidden layer
-        out_channels: int = 32,         # feature channels handed to the volume renderer
-        activation: str = 'none',       # 'none' (published), 'sigmoid' (EG3D) or 'lrelu'
-        lr_multiplier: float = 1.0,     # learning-rate multiplier of both layers
+    def __init__(
+        self,
+        in_channels: int = 32,  # features per tri-grid plane
+        hidden_channels: int = 64,  # width of the hidden layer
+        out_channels: int = 32,  # feature channels handed to the volume renderer
+        activation: str = 'none',  # 'none' (published), 'sigmoid' (EG3D) or 'lrelu'
+        lr_multiplier: float = 1.0,  # learning-rate multiplier of both layers
     ):
         super().__init__()
         if activation not in ACTIVATIONS:

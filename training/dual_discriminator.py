@@ -42,40 +42,48 @@ class PoseAwareDualDiscriminator(Discriminator):
     # Discriminators pickled before the option existed are restored without running __init__.
     mirror_camera = True
 
-    def __init__(self, *,
-        c_dim: int = 25,                # Camera label size.
-        pose_dim: int = 6,              # Body pose size (neck and head axis-angles).
-        img_resolution: int,            # Resolution of the final image (a power of two >= 8).
-        img_channels: int = 3,          # Channels of the final image and of the raw image.
-        seg_channels: int = 1,          # Channels of the alpha mask.
-        channel_base: int = 32768,      # Channels at resolution r: min(channel_base // r, channel_max).
-        channel_max: int = 512,         # Maximum number of channels in any block.
-        num_fp16_res: int = 4,          # Run the highest `num_fp16_res` resolutions in fp16 (CUDA only).
-        conv_clamp: float | None = 256, # Clamp conv outputs to +-conv_clamp (None = no clamp).
-        cmap_dim: int | None = None,    # Condition embedding size, None = channels at 4x4.
+    def __init__(
+        self,
+        *,
+        c_dim: int = 25,  # Camera label size.
+        pose_dim: int = 6,  # Body pose size (neck and head axis-angles).
+        img_resolution: int,  # Resolution of the final image (a power of two >= 8).
+        img_channels: int = 3,  # Channels of the final image and of the raw image.
+        seg_channels: int = 1,  # Channels of the alpha mask.
+        channel_base: int = 32768,  # Channels at resolution r: min(channel_base // r, channel_max).
+        channel_max: int = 512,  # Maximum number of channels in any block.
+        num_fp16_res: int = 4,  # Run the highest `num_fp16_res` resolutions in fp16 (CUDA only).
+        conv_clamp: float | None = 256,  # Clamp conv outputs to +-conv_clamp (None = no clamp).
+        cmap_dim: int | None = None,  # Condition embedding size, None = channels at 4x4.
         mbstd_group_size: int | None = 4,  # Group size of the minibatch-std layer, None = whole batch.
-        mbstd_num_channels: int = 1,    # Channels appended by the minibatch-std layer.
-        mapping_layers: int = 8,        # Depth of the condition mapping network.
+        mbstd_num_channels: int = 1,  # Channels appended by the minibatch-std layer.
+        mapping_layers: int = 8,  # Depth of the condition mapping network.
         pose_hidden=(2048, 512, 128, 32),  # Widths of the pose head's hidden layers.
-        disc_c_noise: float = 0.0,      # Noise on the conditioning camera, in units of its batch std.
-        freeze_layers: int = 0,         # Freeze this many trunk layers, counted from the input.
-        mirror_camera: bool = True,     # Pose head: mirror the camera of left-side views along with the image.
+        disc_c_noise: float = 0.0,  # Noise on the conditioning camera, in units of its batch std.
+        freeze_layers: int = 0,  # Freeze this many trunk layers, counted from the input.
+        mirror_camera: bool = True,  # Pose head: mirror the camera of left-side views along with the image.
     ):
-        super().__init__(c_dim=c_dim + pose_dim, img_resolution=img_resolution,
-                         img_channels=2 * img_channels + seg_channels, architecture='resnet',
-                         channel_base=channel_base, channel_max=channel_max, num_fp16_res=num_fp16_res,
-                         conv_clamp=conv_clamp, cmap_dim=cmap_dim,
-                         block_kwargs=dict(freeze_layers=freeze_layers),
-                         mapping_kwargs=dict(num_layers=mapping_layers),
-                         epilogue_kwargs=dict(mbstd_group_size=mbstd_group_size,
-                                              mbstd_num_channels=mbstd_num_channels))
+        super().__init__(
+            c_dim=c_dim + pose_dim,
+            img_resolution=img_resolution,
+            img_channels=2 * img_channels + seg_channels,
+            architecture='resnet',
+            channel_base=channel_base,
+            channel_max=channel_max,
+            num_fp16_res=num_fp16_res,
+            conv_clamp=conv_clamp,
+            cmap_dim=cmap_dim,
+            block_kwargs=dict(freeze_layers=freeze_layers),
+            mapping_kwargs=dict(num_layers=mapping_layers),
+            epilogue_kwargs=dict(mbstd_group_size=mbstd_group_size, mbstd_num_channels=mbstd_num_channels),
+        )
         self.c_dim = c_dim
         self.pose_dim = pose_dim
         self.rgb_channels = img_channels
         self.seg_channels = seg_channels
         self.disc_c_noise = disc_c_noise
         self.mirror_camera = bool(mirror_camera)
-        flat_features = self.b4.in_channels * self.b4.resolution ** 2
+        flat_features = self.b4.in_channels * self.b4.resolution**2
         self.pose_branch = PoseMLP(flat_features + c_dim, hidden=tuple(pose_hidden), out_features=pose_dim)
 
     def build_input(self, img_dict: dict) -> torch.Tensor:
@@ -138,5 +146,7 @@ class PoseAwareDualDiscriminator(Discriminator):
         return self.b4(flat, cmap), pose
 
     def extra_repr(self) -> str:
-        return (f'c_dim={self.c_dim:d}, pose_dim={self.pose_dim:d}, img_resolution={self.img_resolution:d}, '
-                f'input_channels={self.img_channels:d}, mirror_camera={self.mirror_camera}')
+        return (
+            f'c_dim={self.c_dim:d}, pose_dim={self.pose_dim:d}, img_resolution={self.img_resolution:d}, '
+            f'input_channels={self.img_channels:d}, mirror_camera={self.mirror_camera}'
+        )

@@ -30,21 +30,22 @@ from training.d_input import resize_image
 @dataclasses.dataclass
 class InversionConfig:
     """Settings of both stages; the defaults follow the published projectors where they exist."""
-    w_steps: int = 500                # Steps of the latent optimization.
-    w_plus: bool = False              # Optimize one w per layer (w+) instead of one w for all.
-    w_lr: float = 0.05                # Peak learning rate of w.
-    w_noise: float = 0.05             # Initial noise on w, in units of the latent's std; fades to 0 at 3/4 of the steps.
-    lr_rampup: float = 0.05           # Fraction of the steps over which the learning rate ramps up.
-    lr_rampdown: float = 0.25         # Fraction of the steps over which it ramps down (cosine).
-    refine_pose: bool = False         # Optimize the body pose along with w.
-    pose_lr: float = 0.01             # Peak learning rate of the pose (radians).
-    pti_steps: int = 0                # Steps of pivotal tuning; 0 skips it.
-    pti_lr: float = 3e-4              # Learning rate of the generator's weights.
-    locality_weight: float = 1.0      # Weight of PTI's locality term; 0 turns it off.
-    locality_alpha: float = 30.0      # Distance from the pivot of the locality term's latents.
-    pixel_weight: float = 1.0         # Masked mean squared error, final and raw image.
-    mask_weight: float = 1.0          # Mean squared error of the rendered alpha against the mask.
-    perceptual_weight: float = 1.0    # Masked distance of D's trunk activations.
+
+    w_steps: int = 500  # Steps of the latent optimization.
+    w_plus: bool = False  # Optimize one w per layer (w+) instead of one w for all.
+    w_lr: float = 0.05  # Peak learning rate of w.
+    w_noise: float = 0.05  # Initial noise on w, in units of the latent's std; fades to 0 at 3/4 of the steps.
+    lr_rampup: float = 0.05  # Fraction of the steps over which the learning rate ramps up.
+    lr_rampdown: float = 0.25  # Fraction of the steps over which it ramps down (cosine).
+    refine_pose: bool = False  # Optimize the body pose along with w.
+    pose_lr: float = 0.01  # Peak learning rate of the pose (radians).
+    pti_steps: int = 0  # Steps of pivotal tuning; 0 skips it.
+    pti_lr: float = 3e-4  # Learning rate of the generator's weights.
+    locality_weight: float = 1.0  # Weight of PTI's locality term; 0 turns it off.
+    locality_alpha: float = 30.0  # Distance from the pivot of the locality term's latents.
+    pixel_weight: float = 1.0  # Masked mean squared error, final and raw image.
+    mask_weight: float = 1.0  # Mean squared error of the rendered alpha against the mask.
+    perceptual_weight: float = 1.0  # Masked distance of D's trunk activations.
 
 
 @dataclasses.dataclass
@@ -55,6 +56,7 @@ class Target:
     image_raw [1, 3, r, r], mask_raw [1, 1, r, r] (r = G.neural_rendering_resolution): the losses
     look inside these masks only; alpha [1, 1, r, r]: the alpha the render should have.
     """
+
     image: torch.Tensor
     mask: torch.Tensor
     image_raw: torch.Tensor
@@ -65,9 +67,10 @@ class Target:
 @dataclasses.dataclass
 class StageResult:
     """What a stage ended with; `interrupted` when Ctrl-C stopped it early (the values are the last step's)."""
-    ws: torch.Tensor                  # [1, num_ws, w_dim]
-    pose: torch.Tensor                # [1, 6]
-    losses: list                      # per step: {'total': float, 'pixel': ..., 'mask': ..., 'perceptual': ..., ...}
+
+    ws: torch.Tensor  # [1, num_ws, w_dim]
+    pose: torch.Tensor  # [1, 6]
+    losses: list  # per step: {'total': float, 'pixel': ..., 'mask': ..., 'perceptual': ..., ...}
     interrupted: bool = False
 
 
@@ -75,15 +78,25 @@ def prepare_target(G: torch.nn.Module, photo: torch.Tensor, mask: torch.Tensor) 
     """photo [1, 3, H, H] in [-1, 1], mask [1, 1, H, H] in [0, 1] -> Target at G's resolutions."""
     resolution, raw = G.img_resolution, G.neural_rendering_resolution
     mask_raw = resize_image(mask, raw).clamp(0, 1)
-    return Target(image=resize_image(photo, resolution), mask=resize_image(mask, resolution).clamp(0, 1),
-                  image_raw=resize_image(photo, raw), mask_raw=mask_raw, alpha=mask_raw)
+    return Target(
+        image=resize_image(photo, resolution),
+        mask=resize_image(mask, resolution).clamp(0, 1),
+        image_raw=resize_image(photo, raw),
+        mask_raw=mask_raw,
+        alpha=mask_raw,
+    )
 
 
 def render_target(out: dict) -> Target:
     """A render (G.synthesis' dict) as a target compared everywhere, its alpha included -> Target."""
     image, raw = out['image'].detach(), out['image_raw'].detach()
-    return Target(image=image, mask=torch.ones_like(image[:, :1]), image_raw=raw, mask_raw=torch.ones_like(raw[:, :1]),
-                  alpha=out['image_mask'].detach())
+    return Target(
+        image=image,
+        mask=torch.ones_like(image[:, :1]),
+        image_raw=raw,
+        mask_raw=torch.ones_like(raw[:, :1]),
+        alpha=out['image_mask'].detach(),
+    )
 
 
 def render(G: torch.nn.Module, ws: torch.Tensor, camera: torch.Tensor, pose: torch.Tensor) -> dict:
@@ -122,19 +135,26 @@ def reconstruction_loss(out: dict, target: Target, D: torch.nn.Module | None, co
     The perceptual term needs D; without it, it is 0.
     """
     # Outside the masks both sides are 0 (grey), so only the person counts.
-    fake = {'image': out['image'] * target.mask, 'image_raw': out['image_raw'] * target.mask_raw,
-            'image_mask': out['image_mask']}
-    real = {'image': target.image * target.mask, 'image_raw': target.image_raw * target.mask_raw,
-            'image_mask': target.alpha}
-    pixel = ((fake['image'] - real['image']).square().mean()
-             + (fake['image_raw'] - real['image_raw']).square().mean())
+    fake = {
+        'image': out['image'] * target.mask,
+        'image_raw': out['image_raw'] * target.mask_raw,
+        'image_mask': out['image_mask'],
+    }
+    real = {
+        'image': target.image * target.mask,
+        'image_raw': target.image_raw * target.mask_raw,
+        'image_mask': target.alpha,
+    }
+    pixel = (fake['image'] - real['image']).square().mean() + (fake['image_raw'] - real['image_raw']).square().mean()
     mask = (fake['image_mask'] - real['image_mask']).square().mean()
     perceptual = torch.zeros([], device=pixel.device)
     if D is not None and config.perceptual_weight > 0:
         perceptual = perceptual_distance(D, fake, real).mean()
     total = config.pixel_weight * pixel + config.mask_weight * mask + config.perceptual_weight * perceptual
-    parts = {name: float(value.detach()) for name, value in
-             dict(total=total, pixel=pixel, mask=mask, perceptual=perceptual).items()}
+    parts = {
+        name: float(value.detach())
+        for name, value in dict(total=total, pixel=pixel, mask=mask, perceptual=perceptual).items()
+    }
     return total, parts
 
 
@@ -181,8 +201,16 @@ def _run_steps(optimizer: torch.optim.Optimizer, steps: int, name: str, progress
     return losses, interrupted
 
 
-def optimize_latent(G: torch.nn.Module, D: torch.nn.Module | None, target: Target, camera: torch.Tensor,
-                    pose: torch.Tensor, config: InversionConfig, progress: bool = True, seed: int = 0) -> StageResult:
+def optimize_latent(
+    G: torch.nn.Module,
+    D: torch.nn.Module | None,
+    target: Target,
+    camera: torch.Tensor,
+    pose: torch.Tensor,
+    config: InversionConfig,
+    progress: bool = True,
+    seed: int = 0,
+) -> StageResult:
     """Stage 1: the latent (w or w+) that renders `target` from `camera` in `pose`.
 
     camera [1, 25], pose [1, 6] -> StageResult with ws [1, num_ws, w_dim] and the (possibly refined) pose.
@@ -201,17 +229,27 @@ def optimize_latent(G: torch.nn.Module, D: torch.nn.Module | None, target: Targe
         fade = max(0.0, 1.0 - step / (0.75 * config.w_steps))
         for group, peak in zip(optimizer.param_groups, (config.w_lr, config.pose_lr)):
             group['lr'] = _learning_rate(step, config.w_steps, peak, config)
-        w_noise = torch.randn(w.shape, generator=noise).to(w.device) * (w_std * config.w_noise * fade ** 2)
+        w_noise = torch.randn(w.shape, generator=noise).to(w.device) * (w_std * config.w_noise * fade**2)
         ws = (w + w_noise).expand(1, G.num_ws, -1)
         return reconstruction_loss(render(G, ws, camera, pose), target, D, config)
 
     losses, interrupted = _run_steps(optimizer, config.w_steps, 'w+' if config.w_plus else 'w', progress, loss_at)
-    return StageResult(ws=w.detach().expand(1, G.num_ws, -1).clone(), pose=pose.detach(), losses=losses,
-                       interrupted=interrupted)
+    return StageResult(
+        ws=w.detach().expand(1, G.num_ws, -1).clone(), pose=pose.detach(), losses=losses, interrupted=interrupted
+    )
 
 
-def tune_generator(G: torch.nn.Module, D: torch.nn.Module | None, target: Target, ws: torch.Tensor, camera: torch.Tensor,
-                   pose: torch.Tensor, config: InversionConfig, progress: bool = True, seed: int = 0) -> tuple:
+def tune_generator(
+    G: torch.nn.Module,
+    D: torch.nn.Module | None,
+    target: Target,
+    ws: torch.Tensor,
+    camera: torch.Tensor,
+    pose: torch.Tensor,
+    config: InversionConfig,
+    progress: bool = True,
+    seed: int = 0,
+) -> tuple:
     """Stage 2, pivotal tuning: a copy of G whose render of the fixed latent `ws` from `camera` in `pose` matches `target`.
 
     ws [1, num_ws, w_dim], camera [1, 25], pose [1, 6] -> (tuned copy of G, in eval mode without gradients; StageResult)

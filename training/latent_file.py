@@ -27,9 +27,13 @@ def save_latent(path: str, ws: torch.Tensor, pose: torch.Tensor | None, camera: 
     for name, value in arrays.items():
         if value is None:
             continue
-        if value.ndim != len(expected[name]) or any(e is not None and e != n for e, n in zip(expected[name], value.shape)):
-            raise ValueError(f'save_latent: {name} has shape {_shape_text(value.shape)}, expected '
-                             f'{_shape_text(["N" if e is None else e for e in expected[name]])}')
+        if value.ndim != len(expected[name]) or any(
+            e is not None and e != n for e, n in zip(expected[name], value.shape)
+        ):
+            raise ValueError(
+                f'save_latent: {name} has shape {_shape_text(value.shape)}, expected '
+                f'{_shape_text(["N" if e is None else e for e in expected[name]])}'
+            )
     arrays = {name: value.detach().cpu().float().numpy() for name, value in arrays.items() if value is not None}
     atomic_write(path, lambda file: np.savez(file, **arrays))
 
@@ -39,10 +43,14 @@ def _read_array(path: str, data: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
         array = data[name]
     except ValueError:
         # allow_pickle=False makes numpy refuse an object array from its header, before unpickling anything.
-        raise ValueError(f'{path}: {name} is an object array (its pickled data was not loaded) or damaged; '
-                         f'a latent file holds float arrays only') from None
+        raise ValueError(
+            f'{path}: {name} is an object array (its pickled data was not loaded) or damaged; '
+            f'a latent file holds float arrays only'
+        ) from None
     except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
-        raise ValueError(f'{path}: cannot read {name} ({type(err).__name__}); the file is damaged, write it again') from None
+        raise ValueError(
+            f'{path}: cannot read {name} ({type(err).__name__}); the file is damaged, write it again'
+        ) from None
     if not isinstance(array, np.ndarray):  # numpy hands back the raw bytes of a member that is no .npy
         raise ValueError(f'{path}: {name} is not a .npy array; write latents with save_latent')
     if array.dtype.kind not in 'fiu':
@@ -62,19 +70,24 @@ def load_latent(path: str, G: torch.nn.Module, device: torch.device) -> dict:
     try:
         data = np.load(path, allow_pickle=False)
     except OSError as err:
-        raise ValueError(f'{path}: cannot read ({err.strerror or type(err).__name__}); give an existing .npz file') from None
+        raise ValueError(
+            f'{path}: cannot read ({err.strerror or type(err).__name__}); give an existing .npz file'
+        ) from None
     except (ValueError, EOFError, zipfile.BadZipFile):
         raise ValueError(f'{path}: not an .npz file; write latents with save_latent') from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise ValueError(f'{path}: a single .npy array, not an .npz file; write latents with save_latent')
     with data:
         if 'ws' not in data.files:
-            raise ValueError(f'{path}: no ws array (found: {", ".join(data.files) or "none"}); write latents with save_latent')
+            raise ValueError(
+                f'{path}: no ws array (found: {", ".join(data.files) or "none"}); write latents with save_latent'
+            )
         arrays = {name: _read_array(path, data, name) for name in ('ws', *_SHAPES) if name in data.files}
     expected = {'ws': (1, G.num_ws, G.w_dim), **_SHAPES}
     for name, array in arrays.items():
         if array.shape != expected[name]:
             what = ' (num_ws, w_dim of this generator); invert with the same network' if name == 'ws' else ''
-            raise ValueError(f'{path}: {name} has shape {_shape_text(array.shape)}, expected '
-                             f'{_shape_text(expected[name])}{what}')
+            raise ValueError(
+                f'{path}: {name} has shape {_shape_text(array.shape)}, expected {_shape_text(expected[name])}{what}'
+            )
     return {name: torch.from_numpy(arrays[name]).to(device) if name in arrays else None for name in ('ws', *_SHAPES)}

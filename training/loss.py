@@ -44,26 +44,27 @@ class LossConfig:
     `from_training_config` reads it by that name: a new loss setting is added to TrainingConfig
     (training/config.py) and the presets under the name it has here.
     """
-    gamma: float = 1.0                                  # R1 weight on the image and raw image
-    gamma_seg: float = 1.0                              # R1 weight on the mask
-    pose_loss_weight: float = 1.0                       # D pose regression on fakes
-    input_pose_params_reg_loss_weight: float = 0.5      # G pose prior weight ...
-    input_pose_params_reg_loss_kimg: float = 200        # ... held for this many kimg ...
+
+    gamma: float = 1.0  # R1 weight on the image and raw image
+    gamma_seg: float = 1.0  # R1 weight on the mask
+    pose_loss_weight: float = 1.0  # D pose regression on fakes
+    input_pose_params_reg_loss_weight: float = 0.5  # G pose prior weight ...
+    input_pose_params_reg_loss_kimg: float = 200  # ... held for this many kimg ...
     input_pose_params_reg_loss_decay_kimg: float = 200  # ... then decayed to 0 over this many
-    blur_init_sigma: float = 10                         # blur of D's images (pixels) at image 0 ...
-    effective_blur_fade_kimg: float = 200               # ... faded to 0 over this many kimg (at the run's batch)
-    density_noise_fade_kimg: float = 200                # density noise std 1 faded to 0 (0: off)
-    gpc_reg_prob: float = 0.7                           # final GPC swap probability ...
-    gpc_reg_fade_kimg: float = 1000                     # ... reached from 1 after this many kimg
-    bcg_reg_prob: float = 0.2                           # probability of the neighbour's background
+    blur_init_sigma: float = 10  # blur of D's images (pixels) at image 0 ...
+    effective_blur_fade_kimg: float = 200  # ... faded to 0 over this many kimg (at the run's batch)
+    density_noise_fade_kimg: float = 200  # density noise std 1 faded to 0 (0: off)
+    gpc_reg_prob: float = 0.7  # final GPC swap probability ...
+    gpc_reg_fade_kimg: float = 1000  # ... reached from 1 after this many kimg
+    bcg_reg_prob: float = 0.2  # probability of the neighbour's background
     style_mixing_prob: float = 0.0
-    density_reg: float = 0.0                            # density regularization weight (0: no Greg)
-    density_reg_p_dist: float = 0.004                   # std of the point perturbation
-    reg_type: str = 'l1'                                # one of REG_TYPES
+    density_reg: float = 0.0  # density regularization weight (0: no Greg)
+    density_reg_p_dist: float = 0.004  # std of the point perturbation
+    reg_type: str = 'l1'  # one of REG_TYPES
     neural_rendering_resolution_initial: int = 64
     neural_rendering_resolution_final: int | None = None
     neural_rendering_resolution_fade_kimg: float = 1000
-    stage_start_nimg: int = 0                           # image counter at the stage start (resolution fade origin)
+    stage_start_nimg: int = 0  # image counter at the stage start (resolution fade origin)
 
     @classmethod
     def from_training_config(cls, config: TrainingConfig) -> 'LossConfig':
@@ -71,8 +72,10 @@ class LossConfig:
         names = [field.name for field in dataclasses.fields(cls)]
         missing = [name for name in names if not hasattr(config, name)]
         if missing:
-            raise TypeError(f'LossConfig setting(s) {", ".join(missing)} have no TrainingConfig setting of the same '
-                            f'name: add them to TrainingConfig (training/config.py) and the presets')
+            raise TypeError(
+                f'LossConfig setting(s) {", ".join(missing)} have no TrainingConfig setting of the same '
+                f'name: add them to TrainingConfig (training/config.py) and the presets'
+            )
         return cls(**{name: getattr(config, name) for name in names})
 
 
@@ -90,13 +93,14 @@ def swap_with_previous(prob: float, *tensors: torch.Tensor, generator: torch.Gen
 class PortraitGANLoss:
     """All losses of the 3D portrait GAN, one phase per `accumulate_gradients` call."""
 
-    def __init__(self,
+    def __init__(
+        self,
         G: torch.nn.Module,
         D: torch.nn.Module,
         config: LossConfig,
         device: torch.device | str,
-        filter_mode: str = 'antialiased',   # resizing of real images to the rendering resolution: one of FILTER_MODES
-        blur_raw_target: bool = True,       # blur the real raw image as well during the blur phase
+        filter_mode: str = 'antialiased',  # resizing of real images to the rendering resolution: one of FILTER_MODES
+        blur_raw_target: bool = True,  # blur the real raw image as well during the blur phase
     ):
         if config.reg_type not in REG_TYPES:
             raise ValueError(f'reg_type {config.reg_type!r}: expected one of {", ".join(REG_TYPES)}')
@@ -112,8 +116,15 @@ class PortraitGANLoss:
     # ------------------------------------------------------------------------------------------
     # Networks.
 
-    def _mapping(self, z: torch.Tensor, c_cond: torch.Tensor, pose_cond: torch.Tensor, c: torch.Tensor,
-                 pose: torch.Tensor, update_emas: bool) -> torch.Tensor:
+    def _mapping(
+        self,
+        z: torch.Tensor,
+        c_cond: torch.Tensor,
+        pose_cond: torch.Tensor,
+        c: torch.Tensor,
+        pose: torch.Tensor,
+        update_emas: bool,
+    ) -> torch.Tensor:
         """ws of z under the (possibly swapped) condition, with optional style mixing.
 
         z [B, z_dim], c_cond / c [B, 25], pose_cond / pose [B, 6] -> ws [B, num_ws, w_dim]
@@ -127,8 +138,16 @@ class PortraitGANLoss:
                 ws = torch.cat([ws[:, :cutoff], mixed[:, cutoff:]], dim=1)
         return ws
 
-    def run_G(self, z: torch.Tensor, c: torch.Tensor, pose: torch.Tensor, swapping_prob: float, resolution: int,
-              update_emas: bool = False, density_noise: float = 0.0) -> dict:
+    def run_G(
+        self,
+        z: torch.Tensor,
+        c: torch.Tensor,
+        pose: torch.Tensor,
+        swapping_prob: float,
+        resolution: int,
+        update_emas: bool = False,
+        density_noise: float = 0.0,
+    ) -> dict:
         """Render z from camera c posed by its own pose, conditioned on a possibly swapped (c, pose).
 
         See docs/method.md §7.2.
@@ -144,9 +163,16 @@ class PortraitGANLoss:
         ws = self._mapping(z, c_cond, pose_cond, c, pose, update_emas)
         ws_bcg = None
         if self.config.bcg_reg_prob > 0:
-            ws_bcg, = swap_with_previous(self.config.bcg_reg_prob, ws)
-        return self.G.synthesis(ws, c, neural_rendering_resolution=resolution, pose_params=pose,
-                                ws_bcg=ws_bcg, density_noise=density_noise, update_emas=update_emas)
+            (ws_bcg,) = swap_with_previous(self.config.bcg_reg_prob, ws)
+        return self.G.synthesis(
+            ws,
+            c,
+            neural_rendering_resolution=resolution,
+            pose_params=pose,
+            ws_bcg=ws_bcg,
+            density_noise=density_noise,
+            update_emas=update_emas,
+        )
 
     def run_D(self, d_input: dict, c: torch.Tensor, update_emas: bool = False) -> tuple:
         """D on an input built by `discriminator_input` (training/d_input.py).
@@ -159,9 +185,19 @@ class PortraitGANLoss:
     # ------------------------------------------------------------------------------------------
     # Phases.
 
-    def accumulate_gradients(self, phase: str, real_img: torch.Tensor, real_seg: torch.Tensor, real_c: torch.Tensor,
-                             real_pose: torch.Tensor, gen_z: torch.Tensor, gen_c: torch.Tensor,
-                             gen_pose: torch.Tensor, gain: float, schedule: dict) -> None:
+    def accumulate_gradients(
+        self,
+        phase: str,
+        real_img: torch.Tensor,
+        real_seg: torch.Tensor,
+        real_c: torch.Tensor,
+        real_pose: torch.Tensor,
+        gen_z: torch.Tensor,
+        gen_c: torch.Tensor,
+        gen_pose: torch.Tensor,
+        gain: float,
+        schedule: dict,
+    ) -> None:
         """Run one phase on one chunk and call backward on its loss times `gain`.
 
         real_img [B, 3, S, S] in [-1, 1], real_seg [B, 1, S, S] in [0, 1], real_c [B, 25],
@@ -181,22 +217,34 @@ class PortraitGANLoss:
         do_d_main = phase == 'Dmain'
         do_r1 = phase == 'Dreg' and (cfg.gamma > 0 or cfg.gamma_seg > 0)
         if do_d_main or do_r1:
-            real = discriminator_input({'image': real_img, 'mask': real_seg}, schedule['blur_sigma'],
-                                       schedule['rendering_resolution'], self.filter_mode, self.blur_raw_target)
+            real = discriminator_input(
+                {'image': real_img, 'mask': real_seg},
+                schedule['blur_sigma'],
+                schedule['rendering_resolution'],
+                self.filter_mode,
+                self.blur_raw_target,
+            )
             if do_d_main:
                 self._d_main(real, real_c, real_pose, gen_z, gen_c, schedule, gain)
             if do_r1:
                 self._d_r1(real, real_c, schedule, gain)
 
-    def _g_main(self, gen_z: torch.Tensor, gen_c: torch.Tensor, gen_pose: torch.Tensor, schedule: dict,
-                gain: float) -> None:
+    def _g_main(
+        self, gen_z: torch.Tensor, gen_c: torch.Tensor, gen_pose: torch.Tensor, schedule: dict, gain: float
+    ) -> None:
         """Non-saturating G loss through all three D inputs, plus the pose prior on the pose branch."""
         p_G = self.G.get_pose_params(gen_z, gen_c)
-        gen = self.run_G(gen_z, gen_c, p_G, schedule['swap_prob'], schedule['rendering_resolution'],
-                         density_noise=schedule['density_noise'])
+        gen = self.run_G(
+            gen_z,
+            gen_c,
+            p_G,
+            schedule['swap_prob'],
+            schedule['rendering_resolution'],
+            density_noise=schedule['density_noise'],
+        )
         logits, pose_D = self.run_D(discriminator_input(gen, schedule['blur_sigma']), gen_c)
-        loss_adv = F.softplus(-logits).flatten()                     # [B]
-        prior = (p_G - gen_pose).square().sum(dim=1)                  # [B]
+        loss_adv = F.softplus(-logits).flatten()  # [B]
+        prior = (p_G - gen_pose).square().sum(dim=1)  # [B]
         loss = loss_adv
         if schedule['pose_prior_weight'] > 0:
             loss = loss + schedule['pose_prior_weight'] * prior
@@ -247,18 +295,33 @@ class PortraitGANLoss:
             sigma = sigma + torch.randn_like(sigma) * schedule['density_noise']
         return sigma
 
-    def _d_main(self, real: dict, real_c: torch.Tensor, real_pose: torch.Tensor, gen_z: torch.Tensor,
-                gen_c: torch.Tensor, schedule: dict, gain: float) -> None:
+    def _d_main(
+        self,
+        real: dict,
+        real_c: torch.Tensor,
+        real_pose: torch.Tensor,
+        gen_z: torch.Tensor,
+        gen_c: torch.Tensor,
+        schedule: dict,
+        gain: float,
+    ) -> None:
         """D on fakes (logit and pose regression toward p_G) and on reals (logit)."""
         cfg = self.config
         # G is not optimized here: fakes and the pose target carry no graph back into G.
         with torch.no_grad():
             p_G = self.G.get_pose_params(gen_z, gen_c)
-            gen = self.run_G(gen_z, gen_c, p_G, schedule['swap_prob'], schedule['rendering_resolution'],
-                             update_emas=True, density_noise=schedule['density_noise'])
+            gen = self.run_G(
+                gen_z,
+                gen_c,
+                p_G,
+                schedule['swap_prob'],
+                schedule['rendering_resolution'],
+                update_emas=True,
+                density_noise=schedule['density_noise'],
+            )
         logits, pose_D = self.run_D(discriminator_input(gen, schedule['blur_sigma']), gen_c, update_emas=True)
-        loss_fake = F.softplus(logits).flatten()                      # [B]
-        pose_loss = (pose_D - p_G).square().sum(dim=1)                # [B]
+        loss_fake = F.softplus(logits).flatten()  # [B]
+        pose_loss = (pose_D - p_G).square().sum(dim=1)  # [B]
         training_stats.report('Loss/scores/fake', logits)
         training_stats.report('Loss/signs/fake', logits.sign())
         training_stats.report('Loss/D/pose', pose_loss)
@@ -266,7 +329,7 @@ class PortraitGANLoss:
         ((loss_fake.mean() + cfg.pose_loss_weight * pose_loss.mean()) * gain).backward()
 
         logits_real, pose_real = self.run_D(real, real_c)
-        loss_real = F.softplus(-logits_real).flatten()               # [B]
+        loss_real = F.softplus(-logits_real).flatten()  # [B]
         training_stats.report('Loss/scores/real', logits_real)
         training_stats.report('Loss/signs/real', logits_real.sign())
         training_stats.report('Loss/D/loss', loss_fake.detach() + cfg.pose_loss_weight * pose_loss.detach() + loss_real)
@@ -283,10 +346,13 @@ class PortraitGANLoss:
         logits, _ = self.run_D(inputs, real_c)
         # Only the input gradients are wanted; the weights get theirs from the penalty's backward.
         with conv2d_gradfix.no_weight_gradients():
-            grad_image, grad_raw, grad_mask = torch.autograd.grad(outputs=[logits.sum()],
-                inputs=[inputs['image'], inputs['image_raw'], inputs['image_mask']], create_graph=True)
-        r1 = grad_image.square().sum(dim=[1, 2, 3]) + grad_raw.square().sum(dim=[1, 2, 3])   # [B]
-        r1_seg = grad_mask.square().sum(dim=[1, 2, 3])                                       # [B]
+            grad_image, grad_raw, grad_mask = torch.autograd.grad(
+                outputs=[logits.sum()],
+                inputs=[inputs['image'], inputs['image_raw'], inputs['image_mask']],
+                create_graph=True,
+            )
+        r1 = grad_image.square().sum(dim=[1, 2, 3]) + grad_raw.square().sum(dim=[1, 2, 3])  # [B]
+        r1_seg = grad_mask.square().sum(dim=[1, 2, 3])  # [B]
         loss = r1 * (cfg.gamma / 2) + r1_seg * (cfg.gamma_seg / 2)
         training_stats.report('Loss/r1_penalty', r1)
         training_stats.report('Loss/r1_seg_penalty', r1_seg)

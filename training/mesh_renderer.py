@@ -133,8 +133,9 @@ def opengl_projection(intrinsics: np.ndarray, height: int, width: int, near: flo
     return projection
 
 
-def world_to_clip(cam2world: np.ndarray, intrinsics: np.ndarray, height: int, width: int,
-                  near: float, far: float) -> np.ndarray:
+def world_to_clip(
+    cam2world: np.ndarray, intrinsics: np.ndarray, height: int, width: int, near: float, far: float
+) -> np.ndarray:
     """World-to-clip matrix of an OpenCV camera for a (height x width) OpenGL viewport.
 
     cam2world [4, 4] (OpenCV axes), intrinsics [3, 3] normalized -> [4, 4] (float64)
@@ -185,11 +186,13 @@ class MeshRenderer:
                 raise RuntimeError(
                     f'MeshRenderer: this renderer created its GL context in process {self._pid} with '
                     f'LP_NUM_THREADS={os.environ.get("LP_NUM_THREADS")}, and rendering in the forked process '
-                    f'{os.getpid()} would hang. Leave LP_NUM_THREADS unset (or 0), or start workers with "spawn"')
+                    f'{os.getpid()} would hang. Leave LP_NUM_THREADS unset (or 0), or start workers with "spawn"'
+                )
             # The inherited GL objects belong to the parent's driver state: keep them referenced
             # and never release them here, then start over with a context of this process.
-            self._stale_contexts.append({key: value for key, value in self.__dict__.items()
-                                         if key != '_stale_contexts'})
+            self._stale_contexts.append(
+                {key: value for key, value in self.__dict__.items() if key != '_stale_contexts'}
+            )
             self._ctx = None
         if self._ctx is None:
             self._create_context()
@@ -201,7 +204,8 @@ class MeshRenderer:
             raise RuntimeError(
                 f'MeshRenderer: process {_threaded_context_pid} created a GL context with LP_NUM_THREADS='
                 f'{os.environ.get("LP_NUM_THREADS")} and then forked; rendering in the child {os.getpid()} '
-                f'would hang. Leave LP_NUM_THREADS unset (or 0), or start workers with "spawn"')
+                f'would hang. Leave LP_NUM_THREADS unset (or 0), or start workers with "spawn"'
+            )
         os.environ.setdefault('LP_NUM_THREADS', '0')
         self._single_threaded = os.environ['LP_NUM_THREADS'] == '0'
         try:
@@ -213,7 +217,8 @@ class MeshRenderer:
         except Exception as error:
             raise RuntimeError(
                 f'MeshRenderer: no headless OpenGL (EGL) context ({error}); install the Mesa EGL libraries '
-                f'with `apt-get install {GL_PACKAGES}` (setup.sh does this)') from None
+                f'with `apt-get install {GL_PACKAGES}` (setup.sh does this)'
+            ) from None
         self._moderngl = moderngl
         self._ctx = ctx
         self._pid = os.getpid()
@@ -225,9 +230,12 @@ class MeshRenderer:
         self._colors = ctx.buffer(reserve=12)
         self._indices = ctx.buffer(reserve=12)
         self._face_colors = ctx.buffer(reserve=12)
-        self._vao = ctx.vertex_array(self._program,
-                                     [(self._positions, '3f', 'in_position'), (self._colors, '3f', 'in_color')],
-                                     index_buffer=self._indices, index_element_size=4)
+        self._vao = ctx.vertex_array(
+            self._program,
+            [(self._positions, '3f', 'in_position'), (self._colors, '3f', 'in_color')],
+            index_buffer=self._indices,
+            index_element_size=4,
+        )
         self._framebuffers = {}
 
     def _framebuffer(self, height: int, width: int):
@@ -236,7 +244,8 @@ class MeshRenderer:
             ctx = self._ctx
             self._framebuffers[key] = ctx.framebuffer(
                 color_attachments=[ctx.renderbuffer((width, height), components=4, dtype='f4')],
-                depth_attachment=ctx.depth_renderbuffer((width, height)))
+                depth_attachment=ctx.depth_renderbuffer((width, height)),
+            )
         return self._framebuffers[key]
 
     @staticmethod
@@ -255,17 +264,23 @@ class MeshRenderer:
     # ------------------------------------------------------------------------------------------
     # Rendering
 
-    def render(self, vertices: ArrayLike, faces: ArrayLike, c, resolution,
-               vertex_colors: ArrayLike | None = None,
-               face_colors: ArrayLike | None = None,
-               color: Sequence[float] = DEFAULT_COLOR,
-               lit: bool = True,
-               light_dirs: ArrayLike | None = None,
-               light_weights: ArrayLike | None = None,
-               ambient: float = DEFAULT_AMBIENT,
-               background: Sequence[float] = (1.0, 1.0, 1.0),
-               near: float = 0.1,
-               far: float = 10.0) -> dict:
+    def render(
+        self,
+        vertices: ArrayLike,
+        faces: ArrayLike,
+        c,
+        resolution,
+        vertex_colors: ArrayLike | None = None,
+        face_colors: ArrayLike | None = None,
+        color: Sequence[float] = DEFAULT_COLOR,
+        lit: bool = True,
+        light_dirs: ArrayLike | None = None,
+        light_weights: ArrayLike | None = None,
+        ambient: float = DEFAULT_AMBIENT,
+        background: Sequence[float] = (1.0, 1.0, 1.0),
+        near: float = 0.1,
+        far: float = 10.0,
+    ) -> dict:
         """Render one mesh from one camera.
 
         vertices [V, 3] (world, metres), faces [F, 3] (vertex indices),
@@ -288,8 +303,10 @@ class MeshRenderer:
         faces = _numpy(faces, np.int64).reshape(-1, 3)
         cam2world, intrinsics = _split_camera(c)
         if cam2world.shape != (4, 4) or intrinsics.shape != (3, 3):
-            raise ValueError(f'render takes one camera, got cam2world {cam2world.shape} and '
-                             f'intrinsics {intrinsics.shape}; use render_batch for several')
+            raise ValueError(
+                f'render takes one camera, got cam2world {cam2world.shape} and '
+                f'intrinsics {intrinsics.shape}; use render_batch for several'
+            )
         if faces.size and (faces.min() < 0 or faces.max() >= len(vertices)):
             raise ValueError(f'faces index vertices {faces.min()}..{faces.max()}, the mesh has {len(vertices)}')
         if vertex_colors is not None and face_colors is not None:
@@ -319,7 +336,8 @@ class MeshRenderer:
         program['base_color'].value = tuple(float(x) for x in color)
 
         program['world_to_clip'].write(
-            world_to_clip(cam2world, intrinsics, height, width, near, far).T.astype(np.float32).tobytes())
+            world_to_clip(cam2world, intrinsics, height, width, near, far).T.astype(np.float32).tobytes()
+        )
         program['lit'].value = bool(lit)
         if lit:
             if light_dirs is None:
@@ -327,16 +345,21 @@ class MeshRenderer:
                 weights = np.asarray(DEFAULT_LIGHT_WEIGHTS if light_weights is None else light_weights)
             else:
                 directions = _numpy(light_dirs, np.float64).reshape(-1, 3)
-                weights = (np.full(len(directions), (1 - ambient) / max(len(directions), 1))
-                           if light_weights is None else _numpy(light_weights, np.float64).reshape(-1))
+                weights = (
+                    np.full(len(directions), (1 - ambient) / max(len(directions), 1))
+                    if light_weights is None
+                    else _numpy(light_weights, np.float64).reshape(-1)
+                )
             if len(directions) > MAX_LIGHTS or len(weights) != len(directions):
-                raise ValueError(f'{len(directions)} light directions and {len(weights)} weights; '
-                                 f'at most {MAX_LIGHTS} lights, one weight each')
+                raise ValueError(
+                    f'{len(directions)} light directions and {len(weights)} weights; '
+                    f'at most {MAX_LIGHTS} lights, one weight each'
+                )
             directions = directions / np.linalg.norm(directions, axis=1, keepdims=True)
             padded_dirs = np.zeros((MAX_LIGHTS, 3), np.float32)
             padded_weights = np.zeros(MAX_LIGHTS, np.float32)
-            padded_dirs[:len(directions)] = directions
-            padded_weights[:len(weights)] = weights
+            padded_dirs[: len(directions)] = directions
+            padded_weights[: len(weights)] = weights
             program['num_lights'].value = len(directions)
             program['light_dirs'].write(padded_dirs.tobytes())
             program['light_weights'].write(padded_weights.tobytes())
@@ -360,14 +383,22 @@ class MeshRenderer:
         # Invert the projection's depth mapping (window depth 0..1 -> NDC -1..1 -> eye z).
         ndc = 2.0 * depth_buffer.astype(np.float64) - 1.0
         depth = 2.0 * far * near / (far + near - ndc * (far - near))
-        return dict(rgb=np.ascontiguousarray(rgba[..., :3]),
-                    mask=np.ascontiguousarray(mask),
-                    depth=np.where(mask, depth, np.inf).astype(np.float32))
+        return dict(
+            rgb=np.ascontiguousarray(rgba[..., :3]),
+            mask=np.ascontiguousarray(mask),
+            depth=np.where(mask, depth, np.inf).astype(np.float32),
+        )
 
-    def render_batch(self, vertices: ArrayLike, faces: ArrayLike, c, resolution,
-                     vertex_colors: ArrayLike | None = None,
-                     face_colors: ArrayLike | None = None,
-                     **kwargs) -> dict:
+    def render_batch(
+        self,
+        vertices: ArrayLike,
+        faces: ArrayLike,
+        c,
+        resolution,
+        vertex_colors: ArrayLike | None = None,
+        face_colors: ArrayLike | None = None,
+        **kwargs,
+    ) -> dict:
         """Render a batch of meshes sharing one topology, one camera each.
 
         vertices [B, V, 3] or [1, V, 3] (one mesh for every camera), faces [F, 3],
@@ -384,8 +415,9 @@ class MeshRenderer:
             raise ValueError(f'render_batch takes vertices [B, V, 3], got {vertices.shape}')
         batch = max(len(vertices), len(cam2world))
         if len(vertices) not in (1, batch) or len(cam2world) not in (1, batch) or len(intrinsics) != len(cam2world):
-            raise ValueError(f'batch sizes differ: {len(vertices)} meshes, {len(cam2world)} cam2world, '
-                             f'{len(intrinsics)} intrinsics')
+            raise ValueError(
+                f'batch sizes differ: {len(vertices)} meshes, {len(cam2world)} cam2world, {len(intrinsics)} intrinsics'
+            )
 
         def item(array, index, per_item_ndim):
             if array is None:
@@ -395,15 +427,28 @@ class MeshRenderer:
 
         results = []
         for index in range(batch):
-            results.append(self.render(
-                vertices[index if len(vertices) > 1 else 0], faces,
-                (cam2world[index if len(cam2world) > 1 else 0], intrinsics[index if len(intrinsics) > 1 else 0]),
-                resolution, vertex_colors=item(vertex_colors, index, 2), face_colors=item(face_colors, index, 2),
-                **kwargs))
+            results.append(
+                self.render(
+                    vertices[index if len(vertices) > 1 else 0],
+                    faces,
+                    (cam2world[index if len(cam2world) > 1 else 0], intrinsics[index if len(intrinsics) > 1 else 0]),
+                    resolution,
+                    vertex_colors=item(vertex_colors, index, 2),
+                    face_colors=item(face_colors, index, 2),
+                    **kwargs,
+                )
+            )
         return {key: np.stack([result[key] for result in results]) for key in ('rgb', 'mask', 'depth')}
 
-    def overlay(self, image: ArrayLike, vertices: ArrayLike, faces: ArrayLike, c,
-                alpha: float = 0.6, color: Sequence[float] = (0.4, 0.5, 0.9)) -> np.ndarray:
+    def overlay(
+        self,
+        image: ArrayLike,
+        vertices: ArrayLike,
+        faces: ArrayLike,
+        c,
+        alpha: float = 0.6,
+        color: Sequence[float] = (0.4, 0.5, 0.9),
+    ) -> np.ndarray:
         """Blend the shaded mesh over an image (the posed-mesh snapshot, docs/method.md §5.7).
 
         image uint8 [H, W, 3], vertices [V, 3], faces [F, 3], c as in `render` -> uint8

@@ -38,6 +38,7 @@ def full_precision(dtype: torch.dtype) -> torch.dtype:
     """The dtype the networks compute in outside fp16 blocks: float64 for float64 inputs (gradcheck), else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -54,25 +55,25 @@ def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor, eps: f
     modulated weight.
     """
     dtype = torch.promote_types(torch.promote_types(weight.dtype, styles.dtype), torch.float32)
-    wsq = weight.to(dtype).square().sum(dim=[2, 3])                            # [O, I]
+    wsq = weight.to(dtype).square().sum(dim=[2, 3])  # [O, I]
     return (styles.to(dtype).square() @ wsq.t() + eps).rsqrt()
 
 
 def modulated_conv2d(
-    x: torch.Tensor,                        # Input activations [B, I, H, W].
-    weight: torch.Tensor,                   # Shared convolution weight [O, I, kh, kw].
-    styles: torch.Tensor,                   # Per-sample input-channel scales [B, I].
-    noise: torch.Tensor | None = None,      # Optional additive noise, broadcastable to the output.
-    up: int = 1,                            # Integer upsampling factor.
-    down: int = 1,                          # Integer downsampling factor.
-    padding: int = 0,                       # Padding of the convolution, in input pixels.
+    x: torch.Tensor,  # Input activations [B, I, H, W].
+    weight: torch.Tensor,  # Shared convolution weight [O, I, kh, kw].
+    styles: torch.Tensor,  # Per-sample input-channel scales [B, I].
+    noise: torch.Tensor | None = None,  # Optional additive noise, broadcastable to the output.
+    up: int = 1,  # Integer upsampling factor.
+    down: int = 1,  # Integer downsampling factor.
+    padding: int = 0,  # Padding of the convolution, in input pixels.
     resample_filter: torch.Tensor | None = None,  # FIR filter for up/down (see upfirdn2d.setup_filter).
-    demodulate: bool = True,                # Normalise each output channel of the modulated weight?
-    flip_weight: bool = True,               # False = true convolution (faster with up > 1).
-    fused_modconv: bool = True,             # One grouped convolution per batch instead of a shared one?
+    demodulate: bool = True,  # Normalise each output channel of the modulated weight?
+    flip_weight: bool = True,  # False = true convolution (faster with up > 1).
+    fused_modconv: bool = True,  # One grouped convolution per batch instead of a shared one?
     conv_dtype: torch.dtype | None = None,  # dtype of the convolution itself (e.g. bfloat16), None = x's dtype.
-    bias: torch.Tensor | None = None,       # Optional per-output-channel bias [O], added after the noise.
-    gain: float = 1,                        # Factor on the whole result (noise and bias included).
+    bias: torch.Tensor | None = None,  # Optional per-output-channel bias [O], added after the noise.
+    gain: float = 1,  # Factor on the whole result (noise and bias included).
 ) -> torch.Tensor:
     """StyleGAN2 modulated convolution: gain * (conv(x, weight * styles), demodulated, + noise + bias).
 
@@ -102,13 +103,15 @@ def modulated_conv2d(
     conv_dtype = dtype if conv_dtype is None else conv_dtype
 
     if fused_modconv and x.device.type == 'cpu':
-        return _modulated_conv2d_per_sample(x, weight, styles, dcoefs, noise, up, down, padding, resample_filter,
-                                            flip_weight, conv_dtype, bias, gain)
+        return _modulated_conv2d_per_sample(
+            x, weight, styles, dcoefs, noise, up, down, padding, resample_filter, flip_weight, conv_dtype, bias, gain
+        )
 
     if not fused_modconv:
         x = (x * styles.to(dtype).reshape(batch_size, -1, 1, 1)).to(conv_dtype)
-        x = conv2d_resample.conv2d_resample(x=x, w=weight.to(conv_dtype), f=resample_filter, up=up, down=down,
-                                            padding=padding, flip_weight=flip_weight)
+        x = conv2d_resample.conv2d_resample(
+            x=x, w=weight.to(conv_dtype), f=resample_filter, up=up, down=down, padding=padding, flip_weight=flip_weight
+        )
         # The factors below are in `dtype`, so the products promote a low-precision result back.
         if demodulate and noise is not None:
             x = fma.fma(x, dcoefs.to(dtype).reshape(batch_size, -1, 1, 1), noise.to(dtype))
@@ -123,16 +126,25 @@ def modulated_conv2d(
         w = w * dcoefs.to(w.dtype).reshape(batch_size, -1, 1, 1, 1)
     x = x.reshape(1, -1, *x.shape[2:]).to(conv_dtype)
     w = w.reshape(-1, in_channels, kh, kw)
-    x = conv2d_resample.conv2d_resample(x=x, w=w.to(conv_dtype), f=resample_filter, up=up, down=down,
-                                        padding=padding, groups=batch_size, flip_weight=flip_weight)
+    x = conv2d_resample.conv2d_resample(
+        x=x,
+        w=w.to(conv_dtype),
+        f=resample_filter,
+        up=up,
+        down=down,
+        padding=padding,
+        groups=batch_size,
+        flip_weight=flip_weight,
+    )
     x = x.reshape(batch_size, -1, *x.shape[2:])
     if noise is not None:
         x = x + noise.to(dtype)
     return bias_act.bias_act(x.to(dtype), None if bias is None else bias.to(dtype), gain=gain)
 
 
-def _modulated_conv2d_per_sample(x, weight, styles, dcoefs, noise, up, down, padding, resample_filter, flip_weight,
-                                 conv_dtype, bias, gain) -> torch.Tensor:
+def _modulated_conv2d_per_sample(
+    x, weight, styles, dcoefs, noise, up, down, padding, resample_filter, flip_weight, conv_dtype, bias, gain
+) -> torch.Tensor:
     """The fused modulated convolution on CPU: one convolution per sample with its own weight.
 
     x [B, I, H, W], weight [O, I, kh, kw], styles [B, I], dcoefs [B, O] or None, noise
@@ -150,12 +162,21 @@ def _modulated_conv2d_per_sample(x, weight, styles, dcoefs, noise, up, down, pad
     conv_bias = (bias * gain).to(conv_dtype) if (bias is not None and plain) else None
     outputs = []
     for i in range(x.shape[0]):
-        sample = x[i:i + 1].to(conv_dtype)
+        sample = x[i : i + 1].to(conv_dtype)
         if plain:
             outputs.append(torch.nn.functional.conv2d(sample, weights[i], conv_bias, padding=padding))
         else:
-            outputs.append(conv2d_resample.conv2d_resample(x=sample, w=weights[i], f=resample_filter, up=up,
-                                                           down=down, padding=padding, flip_weight=flip_weight))
+            outputs.append(
+                conv2d_resample.conv2d_resample(
+                    x=sample,
+                    w=weights[i],
+                    f=resample_filter,
+                    up=up,
+                    down=down,
+                    padding=padding,
+                    flip_weight=flip_weight,
+                )
+            )
     x = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     x = x.to(dtype)
     # x is a fresh tensor that no backward needs, so the additions can be in place.
@@ -165,6 +186,7 @@ def _modulated_conv2d_per_sample(x, weight, styles, dcoefs, noise, up, down, pad
         x = x.add_((bias.to(dtype) * gain).reshape(1, -1, 1, 1))
     return x
 
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -172,13 +194,14 @@ def _modulated_conv2d_per_sample(x, weight, styles, dcoefs, noise, up, down, pad
 class FullyConnectedLayer(torch.nn.Module):
     """Fully-connected layer with equalized learning rate and a fused bias + activation."""
 
-    def __init__(self,
-        in_features: int,           # Number of input features.
-        out_features: int,          # Number of output features.
-        bias: bool = True,          # Add a learned bias?
-        activation: str = 'linear', # Activation after the bias (see bias_act).
-        lr_multiplier: float = 1,   # Learning-rate multiplier of weight and bias.
-        bias_init=0,                # Initial bias: a scalar or one value per output feature.
+    def __init__(
+        self,
+        in_features: int,  # Number of input features.
+        out_features: int,  # Number of output features.
+        bias: bool = True,  # Add a learned bias?
+        activation: str = 'linear',  # Activation after the bias (see bias_act).
+        lr_multiplier: float = 1,  # Learning-rate multiplier of weight and bias.
+        bias_init=0,  # Initial bias: a scalar or one value per output feature.
     ):
         super().__init__()
         self.in_features = in_features
@@ -208,6 +231,7 @@ class FullyConnectedLayer(torch.nn.Module):
     def extra_repr(self) -> str:
         return f'in_features={self.in_features:d}, out_features={self.out_features:d}, activation={self.activation:s}'
 
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -215,18 +239,19 @@ class FullyConnectedLayer(torch.nn.Module):
 class Conv2dLayer(torch.nn.Module):
     """2-D convolution with equalized learning rate, optional FIR up/downsampling, bias, activation and clamp."""
 
-    def __init__(self,
-        in_channels: int,               # Number of input channels.
-        out_channels: int,              # Number of output channels.
-        kernel_size: int,               # Width and height of the kernel.
-        bias: bool = True,              # Add a learned bias?
-        activation: str = 'linear',     # Activation after the bias (see bias_act).
-        up: int = 1,                    # Integer upsampling factor.
-        down: int = 1,                  # Integer downsampling factor.
-        resample_filter=(1, 3, 3, 1),   # 1-D taps of the FIR filter used when resampling.
+    def __init__(
+        self,
+        in_channels: int,  # Number of input channels.
+        out_channels: int,  # Number of output channels.
+        kernel_size: int,  # Width and height of the kernel.
+        bias: bool = True,  # Add a learned bias?
+        activation: str = 'linear',  # Activation after the bias (see bias_act).
+        up: int = 1,  # Integer upsampling factor.
+        down: int = 1,  # Integer downsampling factor.
+        resample_filter=(1, 3, 3, 1),  # 1-D taps of the FIR filter used when resampling.
         conv_clamp: float | None = None,  # Clamp the output to +-conv_clamp (None = no clamp).
-        channels_last: bool = False,    # Store the weight channels_last?
-        trainable: bool = True,         # False: weight and bias become buffers (frozen layers).
+        channels_last: bool = False,  # Store the weight channels_last?
+        trainable: bool = True,  # False: weight and bias become buffers (frozen layers).
     ):
         super().__init__()
         self.in_channels = in_channels
@@ -237,7 +262,7 @@ class Conv2dLayer(torch.nn.Module):
         self.conv_clamp = conv_clamp
         self.register_buffer('resample_filter', upfirdn2d.setup_filter(list(resample_filter)))
         self.padding = kernel_size // 2
-        self.weight_gain = 1 / np.sqrt(in_channels * (kernel_size ** 2))
+        self.weight_gain = 1 / np.sqrt(in_channels * (kernel_size**2))
         self.act_gain = _activation_gain(activation)
 
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -254,16 +279,26 @@ class Conv2dLayer(torch.nn.Module):
         """x [B, in_channels, H, W] -> [B, out_channels, H * up / down, W * up / down]"""
         w = self.weight * self.weight_gain
         b = self.bias.to(x.dtype) if self.bias is not None else None
-        flip_weight = (self.up == 1)  # The transposed convolution used for up > 1 flips natively.
-        x = conv2d_resample.conv2d_resample(x=x, w=w.to(x.dtype), f=self.resample_filter, up=self.up,
-                                            down=self.down, padding=self.padding, flip_weight=flip_weight)
+        flip_weight = self.up == 1  # The transposed convolution used for up > 1 flips natively.
+        x = conv2d_resample.conv2d_resample(
+            x=x,
+            w=w.to(x.dtype),
+            f=self.resample_filter,
+            up=self.up,
+            down=self.down,
+            padding=self.padding,
+            flip_weight=flip_weight,
+        )
         act_gain = self.act_gain * gain
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act.bias_act(x, b, act=self.activation, gain=act_gain, clamp=act_clamp)
 
     def extra_repr(self) -> str:
-        return (f'in_channels={self.in_channels:d}, out_channels={self.out_channels:d}, '
-                f'activation={self.activation:s}, up={self.up}, down={self.down}')
+        return (
+            f'in_channels={self.in_channels:d}, out_channels={self.out_channels:d}, '
+            f'activation={self.activation:s}, up={self.up}, down={self.down}'
+        )
+
 
 # ----------------------------------------------------------------------------------------------
 
@@ -272,17 +307,18 @@ class Conv2dLayer(torch.nn.Module):
 class MappingNetwork(torch.nn.Module):
     """StyleGAN2 mapping network: (z, c) -> ws, with a tracked average w for truncation."""
 
-    def __init__(self,
-        z_dim: int,                         # Latent dimensionality, 0 = no latent.
-        c_dim: int,                         # Conditioning dimensionality, 0 = no conditioning.
-        w_dim: int,                         # Intermediate latent (w) dimensionality.
-        num_ws: int | None,                 # Number of ws to broadcast to, None = return a single w [B, w_dim].
-        num_layers: int = 8,                # Number of mapping layers.
+    def __init__(
+        self,
+        z_dim: int,  # Latent dimensionality, 0 = no latent.
+        c_dim: int,  # Conditioning dimensionality, 0 = no conditioning.
+        w_dim: int,  # Intermediate latent (w) dimensionality.
+        num_ws: int | None,  # Number of ws to broadcast to, None = return a single w [B, w_dim].
+        num_layers: int = 8,  # Number of mapping layers.
         embed_features: int | None = None,  # Width of the conditioning embedding, None = w_dim.
         layer_features: int | None = None,  # Width of the hidden layers, None = w_dim.
-        activation: str = 'lrelu',          # Activation of the mapping layers.
-        lr_multiplier: float = 0.01,        # Learning-rate multiplier of the mapping layers.
-        w_avg_beta: float | None = 0.998,   # Decay of the tracked w average, None = do not track.
+        activation: str = 'lrelu',  # Activation of the mapping layers.
+        lr_multiplier: float = 0.01,  # Learning-rate multiplier of the mapping layers.
+        w_avg_beta: float | None = 0.998,  # Decay of the tracked w average, None = do not track.
     ):
         super().__init__()
         if z_dim == 0 and c_dim == 0:
@@ -305,14 +341,21 @@ class MappingNetwork(torch.nn.Module):
         if c_dim > 0:
             self.embed = FullyConnectedLayer(c_dim, embed_features)
         for idx in range(num_layers):
-            layer = FullyConnectedLayer(features_list[idx], features_list[idx + 1], activation=activation,
-                                        lr_multiplier=lr_multiplier)
+            layer = FullyConnectedLayer(
+                features_list[idx], features_list[idx + 1], activation=activation, lr_multiplier=lr_multiplier
+            )
             setattr(self, f'fc{idx}', layer)
         if num_ws is not None and w_avg_beta is not None:
             self.register_buffer('w_avg', torch.zeros([w_dim]))
 
-    def forward(self, z: torch.Tensor | None, c: torch.Tensor | None, truncation_psi: float = 1,
-                truncation_cutoff: int | None = None, update_emas: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        z: torch.Tensor | None,
+        c: torch.Tensor | None,
+        truncation_psi: float = 1,
+        truncation_cutoff: int | None = None,
+        update_emas: bool = False,
+    ) -> torch.Tensor:
         """z [B, z_dim], c [B, c_dim] -> ws [B, num_ws, w_dim] (or [B, w_dim] when num_ws is None).
 
         update_emas: move `w_avg` towards this batch's mean w (before truncation).
@@ -350,6 +393,7 @@ class MappingNetwork(torch.nn.Module):
     def extra_repr(self) -> str:
         return f'z_dim={self.z_dim:d}, c_dim={self.c_dim:d}, w_dim={self.w_dim:d}, num_ws={self.num_ws}'
 
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -357,18 +401,19 @@ class MappingNetwork(torch.nn.Module):
 class SynthesisLayer(torch.nn.Module):
     """Modulated 3x3 convolution of the synthesis network, with per-pixel noise, bias and activation."""
 
-    def __init__(self,
-        in_channels: int,               # Number of input channels.
-        out_channels: int,              # Number of output channels.
-        w_dim: int,                     # Intermediate latent (w) dimensionality.
-        resolution: int,                # Output resolution.
-        kernel_size: int = 3,           # Convolution kernel size.
-        up: int = 1,                    # Integer upsampling factor.
-        use_noise: bool = True,         # Add per-pixel noise?
-        activation: str = 'lrelu',      # Activation after the bias.
-        resample_filter=(1, 3, 3, 1),   # 1-D taps of the FIR filter used when upsampling.
+    def __init__(
+        self,
+        in_channels: int,  # Number of input channels.
+        out_channels: int,  # Number of output channels.
+        w_dim: int,  # Intermediate latent (w) dimensionality.
+        resolution: int,  # Output resolution.
+        kernel_size: int = 3,  # Convolution kernel size.
+        up: int = 1,  # Integer upsampling factor.
+        use_noise: bool = True,  # Add per-pixel noise?
+        activation: str = 'lrelu',  # Activation after the bias.
+        resample_filter=(1, 3, 3, 1),  # 1-D taps of the FIR filter used when upsampling.
         conv_clamp: float | None = None,  # Clamp the output to +-conv_clamp (None = no clamp).
-        channels_last: bool = False,    # Store the weight channels_last?
+        channels_last: bool = False,  # Store the weight channels_last?
     ):
         super().__init__()
         self.in_channels = in_channels
@@ -386,14 +431,22 @@ class SynthesisLayer(torch.nn.Module):
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.weight = torch.nn.Parameter(
-            torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(memory_format=memory_format))
+            torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(memory_format=memory_format)
+        )
         if use_noise:
             self.register_buffer('noise_const', torch.randn([resolution, resolution]))
             self.noise_strength = torch.nn.Parameter(torch.zeros([]))
         self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = 'random', fused_modconv: bool = True,
-                gain: float = 1, conv_dtype: torch.dtype | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        noise_mode: str = 'random',
+        fused_modconv: bool = True,
+        gain: float = 1,
+        conv_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
         """x [B, in_channels, res / up, res / up], w [B, w_dim] -> [B, out_channels, res, res]
 
         noise_mode: 'random' (fresh N(0, 1) per call), 'const' (the stored `noise_const`) or 'none'.
@@ -407,28 +460,44 @@ class SynthesisLayer(torch.nn.Module):
 
         noise = None
         if self.use_noise and noise_mode == 'random':
-            noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device) * self.noise_strength
+            noise = (
+                torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device) * self.noise_strength
+            )
         if self.use_noise and noise_mode == 'const':
             noise = self.noise_const * self.noise_strength
 
-        flip_weight = (self.up == 1)  # The transposed convolution used for up > 1 flips natively.
+        flip_weight = self.up == 1  # The transposed convolution used for up > 1 flips natively.
         act_gain = self.act_gain * gain
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         # On CPU the fused form takes the bias and, for a positively homogeneous activation
         # (act(g * y) = g * act(y), g > 0), the gain, which saves passes over the activations.
-        fold = (fused_modconv and x.device.type == 'cpu' and self.activation in ('linear', 'relu', 'lrelu')
-                and act_gain > 0)
-        x = modulated_conv2d(x=x, weight=self.weight, styles=styles, noise=noise, up=self.up, padding=self.padding,
-                             resample_filter=self.resample_filter, flip_weight=flip_weight,
-                             fused_modconv=fused_modconv, conv_dtype=conv_dtype,
-                             bias=self.bias if fold else None, gain=act_gain if fold else 1)
+        fold = (
+            fused_modconv and x.device.type == 'cpu' and self.activation in ('linear', 'relu', 'lrelu') and act_gain > 0
+        )
+        x = modulated_conv2d(
+            x=x,
+            weight=self.weight,
+            styles=styles,
+            noise=noise,
+            up=self.up,
+            padding=self.padding,
+            resample_filter=self.resample_filter,
+            flip_weight=flip_weight,
+            fused_modconv=fused_modconv,
+            conv_dtype=conv_dtype,
+            bias=self.bias if fold else None,
+            gain=act_gain if fold else 1,
+        )
         if fold:
             return bias_act.bias_act(x, None, act=self.activation, gain=1, clamp=act_clamp, overwrite_x=True)
         return bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=act_gain, clamp=act_clamp)
 
     def extra_repr(self) -> str:
-        return (f'in_channels={self.in_channels:d}, out_channels={self.out_channels:d}, w_dim={self.w_dim:d}, '
-                f'resolution={self.resolution:d}, up={self.up}, activation={self.activation:s}')
+        return (
+            f'in_channels={self.in_channels:d}, out_channels={self.out_channels:d}, w_dim={self.w_dim:d}, '
+            f'resolution={self.resolution:d}, up={self.up}, activation={self.activation:s}'
+        )
+
 
 # ----------------------------------------------------------------------------------------------
 
@@ -437,13 +506,14 @@ class SynthesisLayer(torch.nn.Module):
 class ToRGBLayer(torch.nn.Module):
     """Modulated 1x1 convolution without demodulation that turns features into image channels."""
 
-    def __init__(self,
-        in_channels: int,               # Number of input feature channels.
-        out_channels: int,              # Number of image channels.
-        w_dim: int,                     # Intermediate latent (w) dimensionality.
-        kernel_size: int = 1,           # Convolution kernel size.
+    def __init__(
+        self,
+        in_channels: int,  # Number of input feature channels.
+        out_channels: int,  # Number of image channels.
+        w_dim: int,  # Intermediate latent (w) dimensionality.
+        kernel_size: int = 1,  # Convolution kernel size.
         conv_clamp: float | None = None,  # Clamp the output to +-conv_clamp (None = no clamp).
-        channels_last: bool = False,    # Store the weight channels_last?
+        channels_last: bool = False,  # Store the weight channels_last?
     ):
         super().__init__()
         self.in_channels = in_channels
@@ -453,21 +523,25 @@ class ToRGBLayer(torch.nn.Module):
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.weight = torch.nn.Parameter(
-            torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(memory_format=memory_format))
+            torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(memory_format=memory_format)
+        )
         self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
         # Without demodulation nothing normalises the weight, so the equalized-LR gain goes on the styles.
-        self.weight_gain = 1 / np.sqrt(in_channels * (kernel_size ** 2))
+        self.weight_gain = 1 / np.sqrt(in_channels * (kernel_size**2))
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True,
-                conv_dtype: torch.dtype | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True, conv_dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         """x [B, in_channels, H, W], w [B, w_dim] -> [B, out_channels, H, W]  (conv_dtype: see modulated_conv2d)"""
         styles = self.affine(w.to(full_precision(w.dtype))) * self.weight_gain
-        x = modulated_conv2d(x=x, weight=self.weight, styles=styles, demodulate=False, fused_modconv=fused_modconv,
-                             conv_dtype=conv_dtype)
+        x = modulated_conv2d(
+            x=x, weight=self.weight, styles=styles, demodulate=False, fused_modconv=fused_modconv, conv_dtype=conv_dtype
+        )
         return bias_act.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
 
     def extra_repr(self) -> str:
         return f'in_channels={self.in_channels:d}, out_channels={self.out_channels:d}, w_dim={self.w_dim:d}'
+
 
 # ----------------------------------------------------------------------------------------------
 
@@ -480,23 +554,24 @@ class SynthesisBlock(torch.nn.Module):
     its input (used by the super-resolution heads).
     """
 
-    def __init__(self,
-        in_channels: int,               # Number of input channels, 0 = first block (learned constant input).
-        out_channels: int,              # Number of output channels.
-        w_dim: int,                     # Intermediate latent (w) dimensionality.
-        resolution: int,                # Output resolution of this block.
-        img_channels: int,              # Number of output image channels.
-        is_last: bool,                  # Last block of the network (always has a ToRGB)?
-        architecture: str = 'skip',     # 'orig', 'skip' (sum of upsampled ToRGB outputs) or 'resnet'.
-        resample_filter=(1, 3, 3, 1),   # 1-D taps of the FIR filter used for upsampling.
+    def __init__(
+        self,
+        in_channels: int,  # Number of input channels, 0 = first block (learned constant input).
+        out_channels: int,  # Number of output channels.
+        w_dim: int,  # Intermediate latent (w) dimensionality.
+        resolution: int,  # Output resolution of this block.
+        img_channels: int,  # Number of output image channels.
+        is_last: bool,  # Last block of the network (always has a ToRGB)?
+        architecture: str = 'skip',  # 'orig', 'skip' (sum of upsampled ToRGB outputs) or 'resnet'.
+        resample_filter=(1, 3, 3, 1),  # 1-D taps of the FIR filter used for upsampling.
         conv_clamp: float | None = None,  # Clamp conv outputs to +-conv_clamp (None = no clamp).
-        use_fp16: bool = False,         # Run in fp16 (on CUDA only)?
+        use_fp16: bool = False,  # Run in fp16 (on CUDA only)?
         fp16_channels_last: bool = False,  # Use channels_last with fp16 on CUDA?
-        fused_modconv_default=True,     # fused_modconv when forward() gets None: True, False or 'inference_only'.
-        up: int = 2,                    # Upsampling factor of the input: 2, or 1 to keep the resolution.
-        use_noise: bool = True,         # Add per-pixel noise in the synthesis layers?
-        activation: str = 'lrelu',      # Activation of the synthesis layers.
-        cpu_bf16: bool = False,         # On CPU, run the modulated convolutions in bfloat16?
+        fused_modconv_default=True,  # fused_modconv when forward() gets None: True, False or 'inference_only'.
+        up: int = 2,  # Upsampling factor of the input: 2, or 1 to keep the resolution.
+        use_noise: bool = True,  # Add per-pixel noise in the synthesis layers?
+        activation: str = 'lrelu',  # Activation of the synthesis layers.
+        cpu_bf16: bool = False,  # On CPU, run the modulated convolutions in bfloat16?
     ):
         if architecture not in ('orig', 'skip', 'resnet'):
             raise ValueError(f"architecture must be 'orig', 'skip' or 'resnet', got {architecture!r}")
@@ -512,30 +587,44 @@ class SynthesisBlock(torch.nn.Module):
         self.architecture = architecture
         self.up = up
         self.use_fp16 = use_fp16
-        self.channels_last = (use_fp16 and fp16_channels_last)
+        self.channels_last = use_fp16 and fp16_channels_last
         self.fused_modconv_default = fused_modconv_default
         self.cpu_bf16 = cpu_bf16
         self.register_buffer('resample_filter', upfirdn2d.setup_filter(list(resample_filter)))
         self.num_conv = 0
         self.num_torgb = 0
-        layer_kwargs = dict(use_noise=use_noise, activation=activation, resample_filter=resample_filter,
-                            conv_clamp=conv_clamp, channels_last=self.channels_last)
+        layer_kwargs = dict(
+            use_noise=use_noise,
+            activation=activation,
+            resample_filter=resample_filter,
+            conv_clamp=conv_clamp,
+            channels_last=self.channels_last,
+        )
 
         if in_channels == 0:
             self.const = torch.nn.Parameter(torch.randn([out_channels, resolution, resolution]))
         else:
-            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim=w_dim, resolution=resolution, up=up,
-                                        **layer_kwargs)
+            self.conv0 = SynthesisLayer(
+                in_channels, out_channels, w_dim=w_dim, resolution=resolution, up=up, **layer_kwargs
+            )
             self.num_conv += 1
         self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim=w_dim, resolution=resolution, **layer_kwargs)
         self.num_conv += 1
         if is_last or architecture == 'skip':
-            self.torgb = ToRGBLayer(out_channels, img_channels, w_dim=w_dim, conv_clamp=conv_clamp,
-                                    channels_last=self.channels_last)
+            self.torgb = ToRGBLayer(
+                out_channels, img_channels, w_dim=w_dim, conv_clamp=conv_clamp, channels_last=self.channels_last
+            )
             self.num_torgb += 1
         if in_channels != 0 and architecture == 'resnet':
-            self.skip = Conv2dLayer(in_channels, out_channels, kernel_size=1, bias=False, up=up,
-                                    resample_filter=resample_filter, channels_last=self.channels_last)
+            self.skip = Conv2dLayer(
+                in_channels,
+                out_channels,
+                kernel_size=1,
+                bias=False,
+                up=up,
+                resample_filter=resample_filter,
+                channels_last=self.channels_last,
+            )
 
     def _resolve_fused_modconv(self, fused_modconv) -> bool:
         if fused_modconv is None:
@@ -546,8 +635,16 @@ class SynthesisBlock(torch.nn.Module):
             fused_modconv = not self.training
         return bool(fused_modconv)
 
-    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor, force_fp32: bool = False,
-                fused_modconv=None, update_emas: bool = False, noise_mode: str = 'random'):
+    def forward(
+        self,
+        x: torch.Tensor | None,
+        img: torch.Tensor | None,
+        ws: torch.Tensor,
+        force_fp32: bool = False,
+        fused_modconv=None,
+        update_emas: bool = False,
+        noise_mode: str = 'random',
+    ):
         """x [B, in_channels, res / up, res / up] (None for the first block), img [B, img_channels, res / up, res / up]
         or None, ws [B, num_conv + num_torgb, w_dim]
         -> x [B, out_channels, res, res], img [B, img_channels, res, res] (fp32; None if this block has no ToRGB
@@ -619,6 +716,7 @@ class SynthesisBlock(torch.nn.Module):
     def extra_repr(self) -> str:
         return f'resolution={self.resolution:d}, architecture={self.architecture:s}'
 
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -626,23 +724,24 @@ class SynthesisBlock(torch.nn.Module):
 class SynthesisNetwork(torch.nn.Module):
     """StyleGAN2 synthesis network: ws -> image, one SynthesisBlock per resolution from 4 upwards."""
 
-    def __init__(self,
-        w_dim: int,                     # Intermediate latent (w) dimensionality.
-        img_resolution: int,            # Output image resolution (a power of two >= 4).
-        img_channels: int,              # Number of output image channels.
-        channel_base: int = 32768,      # Channels at resolution r: min(channel_base // r, channel_max).
-        channel_max: int = 512,         # Maximum number of channels in any block.
-        num_fp16_res: int = 4,          # Run the highest `num_fp16_res` resolutions in fp16 (CUDA only).
-        architecture: str = 'skip',     # Block architecture: 'orig', 'skip' or 'resnet'.
-        resample_filter=(1, 3, 3, 1),   # 1-D taps of the FIR filter used for upsampling.
+    def __init__(
+        self,
+        w_dim: int,  # Intermediate latent (w) dimensionality.
+        img_resolution: int,  # Output image resolution (a power of two >= 4).
+        img_channels: int,  # Number of output image channels.
+        channel_base: int = 32768,  # Channels at resolution r: min(channel_base // r, channel_max).
+        channel_max: int = 512,  # Maximum number of channels in any block.
+        num_fp16_res: int = 4,  # Run the highest `num_fp16_res` resolutions in fp16 (CUDA only).
+        architecture: str = 'skip',  # Block architecture: 'orig', 'skip' or 'resnet'.
+        resample_filter=(1, 3, 3, 1),  # 1-D taps of the FIR filter used for upsampling.
         conv_clamp: float | None = None,  # Clamp conv outputs to +-conv_clamp (None = no clamp).
         fp16_channels_last: bool = False,  # Use channels_last with fp16 on CUDA?
-        fused_modconv_default=True,     # See SynthesisBlock: True, False or 'inference_only'.
-        use_noise: bool = True,         # Add per-pixel noise in the synthesis layers?
-        cpu_bf16: bool = False,         # On CPU, run the modulated convolutions in bfloat16?
+        fused_modconv_default=True,  # See SynthesisBlock: True, False or 'inference_only'.
+        use_noise: bool = True,  # Add per-pixel noise in the synthesis layers?
+        cpu_bf16: bool = False,  # On CPU, run the modulated convolutions in bfloat16?
     ):
         img_resolution_log2 = int(np.log2(img_resolution))
-        if img_resolution < 4 or img_resolution != 2 ** img_resolution_log2:
+        if img_resolution < 4 or img_resolution != 2**img_resolution_log2:
             raise ValueError(f'img_resolution must be a power of two >= 4, got {img_resolution}')
         super().__init__()
         self.w_dim = w_dim
@@ -650,27 +749,43 @@ class SynthesisNetwork(torch.nn.Module):
         self.img_resolution_log2 = img_resolution_log2
         self.img_channels = img_channels
         self.num_fp16_res = num_fp16_res
-        self.block_resolutions = [2 ** i for i in range(2, img_resolution_log2 + 1)]
+        self.block_resolutions = [2**i for i in range(2, img_resolution_log2 + 1)]
         channels_dict = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
         fp16_resolution = max(2 ** (img_resolution_log2 + 1 - num_fp16_res), 8)
 
         self.num_ws = 0
         for res in self.block_resolutions:
             in_channels = channels_dict[res // 2] if res > 4 else 0
-            is_last = (res == img_resolution)
-            block = SynthesisBlock(in_channels, channels_dict[res], w_dim=w_dim, resolution=res,
-                                   img_channels=img_channels, is_last=is_last, architecture=architecture,
-                                   resample_filter=resample_filter, conv_clamp=conv_clamp,
-                                   use_fp16=(res >= fp16_resolution), fp16_channels_last=fp16_channels_last,
-                                   fused_modconv_default=fused_modconv_default, use_noise=use_noise,
-                                   cpu_bf16=cpu_bf16)
+            is_last = res == img_resolution
+            block = SynthesisBlock(
+                in_channels,
+                channels_dict[res],
+                w_dim=w_dim,
+                resolution=res,
+                img_channels=img_channels,
+                is_last=is_last,
+                architecture=architecture,
+                resample_filter=resample_filter,
+                conv_clamp=conv_clamp,
+                use_fp16=(res >= fp16_resolution),
+                fp16_channels_last=fp16_channels_last,
+                fused_modconv_default=fused_modconv_default,
+                use_noise=use_noise,
+                cpu_bf16=cpu_bf16,
+            )
             self.num_ws += block.num_conv
             if is_last:
                 self.num_ws += block.num_torgb
             setattr(self, f'b{res}', block)
 
-    def forward(self, ws: torch.Tensor, force_fp32: bool = False, fused_modconv=None, update_emas: bool = False,
-                noise_mode: str = 'random') -> torch.Tensor:
+    def forward(
+        self,
+        ws: torch.Tensor,
+        force_fp32: bool = False,
+        fused_modconv=None,
+        update_emas: bool = False,
+        noise_mode: str = 'random',
+    ) -> torch.Tensor:
         """ws [B, num_ws, w_dim] -> img [B, img_channels, img_resolution, img_resolution] (fp32)
 
         Consecutive blocks share one w: each block's ToRGB uses the w of the next block's first conv.
@@ -683,13 +798,23 @@ class SynthesisNetwork(torch.nn.Module):
             block = getattr(self, f'b{res}')
             block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
             w_idx += block.num_conv
-            x, img = block(x, img, block_ws, force_fp32=force_fp32, fused_modconv=fused_modconv,
-                           update_emas=update_emas, noise_mode=noise_mode)
+            x, img = block(
+                x,
+                img,
+                block_ws,
+                force_fp32=force_fp32,
+                fused_modconv=fused_modconv,
+                update_emas=update_emas,
+                noise_mode=noise_mode,
+            )
         return img
 
     def extra_repr(self) -> str:
-        return (f'w_dim={self.w_dim:d}, num_ws={self.num_ws:d}, img_resolution={self.img_resolution:d}, '
-                f'img_channels={self.img_channels:d}, num_fp16_res={self.num_fp16_res:d}')
+        return (
+            f'w_dim={self.w_dim:d}, num_ws={self.num_ws:d}, img_resolution={self.img_resolution:d}, '
+            f'img_channels={self.img_channels:d}, num_fp16_res={self.num_fp16_res:d}'
+        )
+
 
 # ----------------------------------------------------------------------------------------------
 
@@ -698,20 +823,21 @@ class SynthesisNetwork(torch.nn.Module):
 class DiscriminatorBlock(torch.nn.Module):
     """One resolution of the StyleGAN2 discriminator: (fromRGB +) conv, conv with 2x downsampling, skip."""
 
-    def __init__(self,
-        in_channels: int,               # Number of input channels, 0 = first block (reads the image).
-        tmp_channels: int,              # Number of intermediate channels.
-        out_channels: int,              # Number of output channels.
-        resolution: int,                # Input resolution of this block.
-        img_channels: int,              # Number of input image channels.
-        first_layer_idx: int,           # Index of this block's first layer, for freeze_layers.
-        architecture: str = 'resnet',   # 'orig', 'skip' or 'resnet'.
-        activation: str = 'lrelu',      # Activation of the conv layers.
-        resample_filter=(1, 3, 3, 1),   # 1-D taps of the FIR filter used for downsampling.
+    def __init__(
+        self,
+        in_channels: int,  # Number of input channels, 0 = first block (reads the image).
+        tmp_channels: int,  # Number of intermediate channels.
+        out_channels: int,  # Number of output channels.
+        resolution: int,  # Input resolution of this block.
+        img_channels: int,  # Number of input image channels.
+        first_layer_idx: int,  # Index of this block's first layer, for freeze_layers.
+        architecture: str = 'resnet',  # 'orig', 'skip' or 'resnet'.
+        activation: str = 'lrelu',  # Activation of the conv layers.
+        resample_filter=(1, 3, 3, 1),  # 1-D taps of the FIR filter used for downsampling.
         conv_clamp: float | None = None,  # Clamp conv outputs to +-conv_clamp (None = no clamp).
-        use_fp16: bool = False,         # Run in fp16 (on CUDA only)?
+        use_fp16: bool = False,  # Run in fp16 (on CUDA only)?
         fp16_channels_last: bool = False,  # Use channels_last with fp16 on CUDA?
-        freeze_layers: int = 0,         # Layers with index < freeze_layers are frozen (buffers, not parameters).
+        freeze_layers: int = 0,  # Layers with index < freeze_layers are frozen (buffers, not parameters).
     ):
         if architecture not in ('orig', 'skip', 'resnet'):
             raise ValueError(f"architecture must be 'orig', 'skip' or 'resnet', got {architecture!r}")
@@ -722,7 +848,7 @@ class DiscriminatorBlock(torch.nn.Module):
         self.first_layer_idx = first_layer_idx
         self.architecture = architecture
         self.use_fp16 = use_fp16
-        self.channels_last = (use_fp16 and fp16_channels_last)
+        self.channels_last = use_fp16 and fp16_channels_last
         self.register_buffer('resample_filter', upfirdn2d.setup_filter(list(resample_filter)))
         self.num_layers = 0
 
@@ -735,12 +861,26 @@ class DiscriminatorBlock(torch.nn.Module):
         if in_channels == 0 or architecture == 'skip':
             self.fromrgb = Conv2dLayer(img_channels, tmp_channels, kernel_size=1, trainable=trainable_next(), **common)
         self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, kernel_size=3, trainable=trainable_next(), **common)
-        self.conv1 = Conv2dLayer(tmp_channels, out_channels, kernel_size=3, down=2, trainable=trainable_next(),
-                                 resample_filter=resample_filter, **common)
+        self.conv1 = Conv2dLayer(
+            tmp_channels,
+            out_channels,
+            kernel_size=3,
+            down=2,
+            trainable=trainable_next(),
+            resample_filter=resample_filter,
+            **common,
+        )
         if architecture == 'resnet':
-            self.skip = Conv2dLayer(tmp_channels, out_channels, kernel_size=1, bias=False, down=2,
-                                    trainable=trainable_next(), resample_filter=resample_filter,
-                                    channels_last=self.channels_last)
+            self.skip = Conv2dLayer(
+                tmp_channels,
+                out_channels,
+                kernel_size=1,
+                bias=False,
+                down=2,
+                trainable=trainable_next(),
+                resample_filter=resample_filter,
+                channels_last=self.channels_last,
+            )
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, force_fp32: bool = False):
         """x [B, in_channels, res, res] (None for the first block), img [B, img_channels, res, res] or None
@@ -749,8 +889,9 @@ class DiscriminatorBlock(torch.nn.Module):
         ref = x if x is not None else img
         on_cuda = ref.device.type == 'cuda'
         dtype = torch.float16 if (self.use_fp16 and not force_fp32 and on_cuda) else full_precision(ref.dtype)
-        memory_format = (torch.channels_last if (self.channels_last and not force_fp32 and on_cuda)
-                         else torch.contiguous_format)
+        memory_format = (
+            torch.channels_last if (self.channels_last and not force_fp32 and on_cuda) else torch.contiguous_format
+        )
 
         if x is not None:
             misc.assert_shape(x, [None, self.in_channels, self.resolution, self.resolution])
@@ -778,6 +919,7 @@ class DiscriminatorBlock(torch.nn.Module):
     def extra_repr(self) -> str:
         return f'resolution={self.resolution:d}, architecture={self.architecture:s}'
 
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -785,9 +927,10 @@ class DiscriminatorBlock(torch.nn.Module):
 class MinibatchStdLayer(torch.nn.Module):
     """Appends the average standard deviation over groups of samples as extra feature maps."""
 
-    def __init__(self,
-        group_size: int | None,         # Samples per group (capped at the batch size), None = whole batch.
-        num_channels: int = 1,          # Number of appended channels (the features are split into as many groups).
+    def __init__(
+        self,
+        group_size: int | None,  # Samples per group (capped at the batch size), None = whole batch.
+        num_channels: int = 1,  # Number of appended channels (the features are split into as many groups).
     ):
         super().__init__()
         self.group_size = group_size
@@ -808,16 +951,17 @@ class MinibatchStdLayer(torch.nn.Module):
             raise ValueError(f'MinibatchStdLayer: batch size {n} is not a multiple of the group size {g}')
         if c % f != 0:
             raise ValueError(f'MinibatchStdLayer: {c} channels do not split into {f} groups')
-        y = x.reshape(g, -1, f, c // f, h, w)          # [G, B/G, F, C/F, H, W]
+        y = x.reshape(g, -1, f, c // f, h, w)  # [G, B/G, F, C/F, H, W]
         y = y - y.mean(dim=0)
-        y = y.square().mean(dim=0)                      # Variance over the group.
+        y = y.square().mean(dim=0)  # Variance over the group.
         y = (y + 1e-8).sqrt()
-        y = y.mean(dim=[2, 3, 4])                       # [B/G, F]
-        y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w)   # [B, F, H, W]
+        y = y.mean(dim=[2, 3, 4])  # [B/G, F]
+        y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w)  # [B, F, H, W]
         return torch.cat([x, y.to(x.dtype)], dim=1)
 
     def extra_repr(self) -> str:
         return f'group_size={self.group_size}, num_channels={self.num_channels:d}'
+
 
 # ----------------------------------------------------------------------------------------------
 
@@ -830,15 +974,16 @@ class DiscriminatorEpilogue(torch.nn.Module):
     onto the condition embedding) compose to the StyleGAN2 epilogue.
     """
 
-    def __init__(self,
-        in_channels: int,               # Number of input channels.
-        cmap_dim: int,                  # Dimensionality of the condition embedding, 0 = unconditional.
-        resolution: int,                # Spatial resolution of the input (4).
-        img_channels: int,              # Number of image channels ('skip' architecture only).
-        architecture: str = 'resnet',   # 'orig', 'skip' or 'resnet'.
+    def __init__(
+        self,
+        in_channels: int,  # Number of input channels.
+        cmap_dim: int,  # Dimensionality of the condition embedding, 0 = unconditional.
+        resolution: int,  # Spatial resolution of the input (4).
+        img_channels: int,  # Number of image channels ('skip' architecture only).
+        architecture: str = 'resnet',  # 'orig', 'skip' or 'resnet'.
         mbstd_group_size: int | None = 4,  # Group size of the minibatch-std layer, None = whole batch.
-        mbstd_num_channels: int = 1,    # Channels appended by the minibatch-std layer, 0 = no layer.
-        activation: str = 'lrelu',      # Activation of the conv and the first FC.
+        mbstd_num_channels: int = 1,  # Channels appended by the minibatch-std layer, 0 = no layer.
+        activation: str = 'lrelu',  # Activation of the conv and the first FC.
         conv_clamp: float | None = None,  # Clamp the conv output to +-conv_clamp (None = no clamp).
     ):
         if architecture not in ('orig', 'skip', 'resnet'):
@@ -853,9 +998,10 @@ class DiscriminatorEpilogue(torch.nn.Module):
         if architecture == 'skip':
             self.fromrgb = Conv2dLayer(img_channels, in_channels, kernel_size=1, activation=activation)
         self.mbstd = MinibatchStdLayer(mbstd_group_size, mbstd_num_channels) if mbstd_num_channels > 0 else None
-        self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, kernel_size=3, activation=activation,
-                                conv_clamp=conv_clamp)
-        self.fc = FullyConnectedLayer(in_channels * (resolution ** 2), in_channels, activation=activation)
+        self.conv = Conv2dLayer(
+            in_channels + mbstd_num_channels, in_channels, kernel_size=3, activation=activation, conv_clamp=conv_clamp
+        )
+        self.fc = FullyConnectedLayer(in_channels * (resolution**2), in_channels, activation=activation)
         self.out = FullyConnectedLayer(in_channels, 1 if cmap_dim == 0 else cmap_dim)
 
     def get_flatten_x(self, x: torch.Tensor, img: torch.Tensor | None = None) -> torch.Tensor:
@@ -878,7 +1024,7 @@ class DiscriminatorEpilogue(torch.nn.Module):
 
     def forward(self, flat: torch.Tensor, cmap: torch.Tensor | None) -> torch.Tensor:
         """flat [B, C * res * res], cmap [B, cmap_dim] (None when cmap_dim = 0) -> logits [B, 1]"""
-        misc.assert_shape(flat, [None, self.in_channels * self.resolution ** 2])
+        misc.assert_shape(flat, [None, self.in_channels * self.resolution**2])
         x = self.fc(flat)
         x = self.out(x)
         if self.cmap_dim > 0:
@@ -889,6 +1035,7 @@ class DiscriminatorEpilogue(torch.nn.Module):
     def extra_repr(self) -> str:
         return f'resolution={self.resolution:d}, architecture={self.architecture:s}'
 
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -896,29 +1043,30 @@ class DiscriminatorEpilogue(torch.nn.Module):
 class Discriminator(torch.nn.Module):
     """StyleGAN2 conditional discriminator: blocks from img_resolution down to 8, then the 4x4 epilogue."""
 
-    def __init__(self,
-        c_dim: int,                     # Conditioning dimensionality, 0 = unconditional.
-        img_resolution: int,            # Input image resolution (a power of two >= 8).
-        img_channels: int,              # Number of input image channels.
-        architecture: str = 'resnet',   # 'orig', 'skip' or 'resnet'.
-        channel_base: int = 32768,      # Channels at resolution r: min(channel_base // r, channel_max).
-        channel_max: int = 512,         # Maximum number of channels in any block.
-        num_fp16_res: int = 4,          # Run the highest `num_fp16_res` resolutions in fp16 (CUDA only).
+    def __init__(
+        self,
+        c_dim: int,  # Conditioning dimensionality, 0 = unconditional.
+        img_resolution: int,  # Input image resolution (a power of two >= 8).
+        img_channels: int,  # Number of input image channels.
+        architecture: str = 'resnet',  # 'orig', 'skip' or 'resnet'.
+        channel_base: int = 32768,  # Channels at resolution r: min(channel_base // r, channel_max).
+        channel_max: int = 512,  # Maximum number of channels in any block.
+        num_fp16_res: int = 4,  # Run the highest `num_fp16_res` resolutions in fp16 (CUDA only).
         conv_clamp: float | None = None,  # Clamp conv outputs to +-conv_clamp (None = no clamp).
-        cmap_dim: int | None = None,    # Condition embedding dimensionality, None = channels at 4x4.
-        block_kwargs: dict | None = None,     # Extra DiscriminatorBlock arguments (freeze_layers, ...).
-        mapping_kwargs: dict | None = None,   # Extra MappingNetwork arguments for the condition embedding.
+        cmap_dim: int | None = None,  # Condition embedding dimensionality, None = channels at 4x4.
+        block_kwargs: dict | None = None,  # Extra DiscriminatorBlock arguments (freeze_layers, ...).
+        mapping_kwargs: dict | None = None,  # Extra MappingNetwork arguments for the condition embedding.
         epilogue_kwargs: dict | None = None,  # Extra DiscriminatorEpilogue arguments (mbstd_group_size, ...).
     ):
         img_resolution_log2 = int(np.log2(img_resolution))
-        if img_resolution < 8 or img_resolution != 2 ** img_resolution_log2:
+        if img_resolution < 8 or img_resolution != 2**img_resolution_log2:
             raise ValueError(f'img_resolution must be a power of two >= 8, got {img_resolution}')
         super().__init__()
         self.c_dim = c_dim
         self.img_resolution = img_resolution
         self.img_resolution_log2 = img_resolution_log2
         self.img_channels = img_channels
-        self.block_resolutions = [2 ** i for i in range(img_resolution_log2, 2, -1)]
+        self.block_resolutions = [2**i for i in range(img_resolution_log2, 2, -1)]
         channels_dict = {res: min(channel_base // res, channel_max) for res in self.block_resolutions + [4]}
         fp16_resolution = max(2 ** (img_resolution_log2 + 1 - num_fp16_res), 8)
         if cmap_dim is None:
@@ -931,16 +1079,25 @@ class Discriminator(torch.nn.Module):
         cur_layer_idx = 0
         for res in self.block_resolutions:
             in_channels = channels_dict[res] if res < img_resolution else 0
-            block = DiscriminatorBlock(in_channels, channels_dict[res], channels_dict[res // 2], resolution=res,
-                                       first_layer_idx=cur_layer_idx, use_fp16=(res >= fp16_resolution),
-                                       **(block_kwargs or {}), **common_kwargs)
+            block = DiscriminatorBlock(
+                in_channels,
+                channels_dict[res],
+                channels_dict[res // 2],
+                resolution=res,
+                first_layer_idx=cur_layer_idx,
+                use_fp16=(res >= fp16_resolution),
+                **(block_kwargs or {}),
+                **common_kwargs,
+            )
             setattr(self, f'b{res}', block)
             cur_layer_idx += block.num_layers
         if c_dim > 0:
-            self.mapping = MappingNetwork(z_dim=0, c_dim=c_dim, w_dim=cmap_dim, num_ws=None, w_avg_beta=None,
-                                          **(mapping_kwargs or {}))
-        self.b4 = DiscriminatorEpilogue(channels_dict[4], cmap_dim=cmap_dim, resolution=4,
-                                        **(epilogue_kwargs or {}), **common_kwargs)
+            self.mapping = MappingNetwork(
+                z_dim=0, c_dim=c_dim, w_dim=cmap_dim, num_ws=None, w_avg_beta=None, **(mapping_kwargs or {})
+            )
+        self.b4 = DiscriminatorEpilogue(
+            channels_dict[4], cmap_dim=cmap_dim, resolution=4, **(epilogue_kwargs or {}), **common_kwargs
+        )
 
     def trunk(self, img: torch.Tensor, force_fp32: bool = False) -> torch.Tensor:
         """img [B, img_channels, R, R] -> x [B, C4, 4, 4] (fp32), the input of `b4.get_flatten_x`.
@@ -956,8 +1113,9 @@ class Discriminator(torch.nn.Module):
             x = x + self.b4.fromrgb(img.to(dtype=x.dtype, memory_format=torch.contiguous_format))
         return x
 
-    def forward(self, img: torch.Tensor, c: torch.Tensor | None, update_emas: bool = False,
-                force_fp32: bool = False) -> torch.Tensor:
+    def forward(
+        self, img: torch.Tensor, c: torch.Tensor | None, update_emas: bool = False, force_fp32: bool = False
+    ) -> torch.Tensor:
         """img [B, img_channels, R, R], c [B, c_dim] -> logits [B, 1]
 
         update_emas: accepted for a uniform call signature; the discriminator tracks nothing.

@@ -43,7 +43,9 @@ def read_pose_folder(folder: str, resolution: int) -> tuple:
     image_dir, mask_dir = os.path.join(folder, 'aligned_images'), os.path.join(folder, 'mask')
     for path in (image_dir, mask_dir):
         if not os.path.isdir(path):
-            raise ValueError(f'{path}: no such folder (the layout of real portraits is aligned_images/, mask/ and result.json)')
+            raise ValueError(
+                f'{path}: no such folder (the layout of real portraits is aligned_images/, mask/ and result.json)'
+            )
     try:
         with open(result_path) as f:
             entries = json.load(f)

@@ -19,10 +19,11 @@ from training.networks_stylegan2 import FullyConnectedLayer
 class PoseMLP(torch.nn.Module):
     """Equalized-LR MLP: hidden FC layers with leaky ReLU, then a linear FC to the pose."""
 
-    def __init__(self,
-        in_features: int,           # Input width (features + camera).
-        hidden=(128, 32),           # Widths of the hidden layers, in order; () = a single linear layer.
-        out_features: int = 6,      # Output width (the body pose).
+    def __init__(
+        self,
+        in_features: int,  # Input width (features + camera).
+        hidden=(128, 32),  # Widths of the hidden layers, in order; () = a single linear layer.
+        out_features: int = 6,  # Output width (the body pose).
     ):
         super().__init__()
         self.in_features = in_features
@@ -50,11 +51,12 @@ class GeneratorPoseBranch(torch.nn.Module):
     pulls them to the dataset's coarse poses.
     """
 
-    def __init__(self,
-        z_dim: int,                 # Latent dimensionality.
-        c_dim: int = 25,            # Camera label size (cam2world 16 + intrinsics 9).
-        pose_dim: int = 6,          # Body pose size (neck and head axis-angles).
-        hidden=(128, 32),           # Widths of the hidden layers.
+    def __init__(
+        self,
+        z_dim: int,  # Latent dimensionality.
+        c_dim: int = 25,  # Camera label size (cam2world 16 + intrinsics 9).
+        pose_dim: int = 6,  # Body pose size (neck and head axis-angles).
+        hidden=(128, 32),  # Widths of the hidden layers.
     ):
         super().__init__()
         self.z_dim = z_dim
@@ -69,7 +71,7 @@ class GeneratorPoseBranch(torch.nn.Module):
         """
         misc.assert_shape(z, [None, self.z_dim])
         misc.assert_shape(c, [z.shape[0], self.c_dim])
-        left = is_left(c).unsqueeze(1)                                     # [B, 1]
+        left = is_left(c).unsqueeze(1)  # [B, 1]
         canonical_c = torch.where(left, flip_camera(c), c)
         pose = self.mlp(torch.cat([z, canonical_c.to(z.dtype)], dim=1))
         return torch.where(left, flip_pose(pose), pose)

@@ -31,8 +31,14 @@ def load_pose_predict_kwargs(path: str) -> dict:
 
 
 @torch.no_grad()
-def predict_real_poses(D: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, cameras: torch.Tensor,
-                       pose_predict_kwargs: dict, batch: int = 16) -> torch.Tensor:
+def predict_real_poses(
+    D: torch.nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    cameras: torch.Tensor,
+    pose_predict_kwargs: dict,
+    batch: int = 16,
+) -> torch.Tensor:
     """D's body pose for each real image, prepared as in training (docs/method.md §9.6).
 
     images [N, 3, H, W] in [-1, 1], masks [N, 1, H, W] in [0, 1], cameras [N, 25] -> poses [N, 6]
@@ -45,7 +51,7 @@ def predict_real_poses(D: torch.nn.Module, images: torch.Tensor, masks: torch.Te
     filter_mode = pose_predict_kwargs.get('filter_mode', 'antialiased')
     poses = []
     for start in range(0, len(images), batch):
-        img, seg, c = (t[start:start + batch] for t in (images, masks, cameras))
+        img, seg, c = (t[start : start + batch] for t in (images, masks, cameras))
         count = len(img)
         if count < batch and len(images) >= batch:
             pad = batch - count
@@ -61,8 +67,9 @@ def rotation_angle_error(predicted: torch.Tensor, target: torch.Tensor) -> torch
     predicted [..., 3], target [..., 3] (axis-angle, radians) -> [...]
     """
     shape = predicted.shape[:-1]
-    relative = (batch_rodrigues(predicted.reshape(-1, 3)).transpose(-1, -2)
-                @ batch_rodrigues(target.reshape(-1, 3))).reshape(*shape, 3, 3)
+    relative = (
+        batch_rodrigues(predicted.reshape(-1, 3)).transpose(-1, -2) @ batch_rodrigues(target.reshape(-1, 3))
+    ).reshape(*shape, 3, 3)
     cos = ((relative.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
     return torch.rad2deg(torch.acos(cos))
 
@@ -79,4 +86,3 @@ def pose_errors(predicted: torch.Tensor, target: torch.Tensor) -> dict:
         result[f'{name}_mean'] = float(err.mean())
         result[f'{name}_median'] = float(err.median())
     return result
-

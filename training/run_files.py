@@ -33,10 +33,12 @@ RESUME_VERSION = 1
 def snapshot_paths(run_dir: str, cur_nimg: int) -> dict:
     """The files of the network snapshot at `cur_nimg` images -> {'pkl', 'pt', 'json', 'resume'}: paths."""
     kimg = f'{cur_nimg // 1000:06d}'
-    return dict(pkl=os.path.join(run_dir, f'{SNAPSHOT_PREFIX}{kimg}.pkl'),
-                pt=os.path.join(run_dir, f'{SNAPSHOT_PREFIX}{kimg}.pt'),
-                json=os.path.join(run_dir, f'{POSE_PREDICT_PREFIX}{kimg}.json'),
-                resume=os.path.join(run_dir, f'{RESUME_PREFIX}{kimg}.pt'))
+    return dict(
+        pkl=os.path.join(run_dir, f'{SNAPSHOT_PREFIX}{kimg}.pkl'),
+        pt=os.path.join(run_dir, f'{SNAPSHOT_PREFIX}{kimg}.pt'),
+        json=os.path.join(run_dir, f'{POSE_PREDICT_PREFIX}{kimg}.json'),
+        resume=os.path.join(run_dir, f'{RESUME_PREFIX}{kimg}.pt'),
+    )
 
 
 def _newest(run_dir: str, prefix: str, suffix: str) -> str | None:
@@ -57,11 +59,14 @@ def latest_resume_state(run_dir: str) -> str | None:
 def latest_network_snapshot(run_dir: str) -> str | None:
     """The newest network snapshot of a run directory, or None: its weights file where it has one
     (it loads without unpickling), else its network pickle."""
-    newest = [path for path in (_newest(run_dir, SNAPSHOT_PREFIX, '.pt'), _newest(run_dir, SNAPSHOT_PREFIX, '.pkl'))
-              if path is not None]
+    newest = [
+        path
+        for path in (_newest(run_dir, SNAPSHOT_PREFIX, '.pt'), _newest(run_dir, SNAPSHOT_PREFIX, '.pkl'))
+        if path is not None
+    ]
 
     def kimg(path: str) -> int:
-        return int(os.path.splitext(os.path.basename(path))[0][len(SNAPSHOT_PREFIX):])
+        return int(os.path.splitext(os.path.basename(path))[0][len(SNAPSHOT_PREFIX) :])
 
     return max(newest, key=kimg, default=None)  # max keeps the first of equals: the weights file
 
@@ -96,8 +101,10 @@ def stage_start_snapshot(resume: str) -> str:
             raise CheckpointError(f'{resume} holds no {SNAPSHOT_PREFIX}*.pt or .pkl')
         return snapshot
     if os.path.basename(resume).startswith(RESUME_PREFIX):
-        raise CheckpointError(f'{resume}: a new stage starts from a network snapshot ({SNAPSHOT_PREFIX}*.pkl '
-                              f'or .pt), not from a resume state')
+        raise CheckpointError(
+            f'{resume}: a new stage starts from a network snapshot ({SNAPSHOT_PREFIX}*.pkl '
+            f'or .pt), not from a resume state'
+        )
     return resume
 
 
@@ -113,12 +120,14 @@ def find_resume_state(resume: str) -> str:
     if name.startswith(RESUME_PREFIX):
         return resume
     if name.startswith(SNAPSHOT_PREFIX):
-        kimg = os.path.splitext(name)[0][len(SNAPSHOT_PREFIX):]
+        kimg = os.path.splitext(name)[0][len(SNAPSHOT_PREFIX) :]
         path = os.path.join(os.path.dirname(resume), f'{RESUME_PREFIX}{kimg}.pt')
         if os.path.isfile(path):
             return path
-    raise CheckpointError(f'{resume} has no resume state beside it (only the newest snapshot of a run keeps '
-                          f'one); to start a new training stage from its networks, add --resume_kimg')
+    raise CheckpointError(
+        f'{resume} has no resume state beside it (only the newest snapshot of a run keeps '
+        f'one); to start a new training stage from its networks, add --resume_kimg'
+    )
 
 
 def load_resume_state(path: str, mmap: bool = False) -> dict:
@@ -136,8 +145,9 @@ def load_resume_state(path: str, mmap: bool = False) -> dict:
     if not isinstance(state, dict) or state.get('format') != RESUME_FORMAT:
         raise CheckpointError(f'{path}: not a resume state of this project (no "{RESUME_FORMAT}" marker)')
     if state.get('version') != RESUME_VERSION:
-        raise CheckpointError(f'{path}: resume state version {state.get("version")!r}; this code reads '
-                              f'version {RESUME_VERSION}')
+        raise CheckpointError(
+            f'{path}: resume state version {state.get("version")!r}; this code reads version {RESUME_VERSION}'
+        )
     return state
 
 
@@ -151,7 +161,7 @@ def pose_predict_kwargs_for(snapshot_path: str) -> str:
     folder, name = os.path.split(snapshot_path)
     stem = os.path.splitext(name)[0]
     if stem.startswith(SNAPSHOT_PREFIX):
-        return os.path.join(folder, f'{POSE_PREDICT_PREFIX}{stem[len(SNAPSHOT_PREFIX):]}.json')
+        return os.path.join(folder, f'{POSE_PREDICT_PREFIX}{stem[len(SNAPSHOT_PREFIX) :]}.json')
     return os.path.join(folder, f'{stem}.json')
 
 
@@ -162,13 +172,18 @@ def snapshot_networks(modules: dict[str, Any], path: str) -> tuple:
     """
     from training.dual_discriminator import PoseAwareDualDiscriminator
     from training.triplane import TriPlaneGenerator
+
     picked = []
-    for names, cls, role in ((('G_ema', 'G'), TriPlaneGenerator, 'generator'),
-                             (('D_ema', 'D'), PoseAwareDualDiscriminator, 'discriminator')):
+    for names, cls, role in (
+        (('G_ema', 'G'), TriPlaneGenerator, 'generator'),
+        (('D_ema', 'D'), PoseAwareDualDiscriminator, 'discriminator'),
+    ):
         key = next((name for name in names if modules.get(name) is not None), None)
         network = None if key is None else modules[key]
         if network is not None and not isinstance(network, cls):
-            raise CheckpointError(f'{path}: its {key} is a {type(network).__name__}, not a {role} of this project '
-                                  f'({cls.__name__}); the file is not a snapshot of this project\'s networks')
+            raise CheckpointError(
+                f'{path}: its {key} is a {type(network).__name__}, not a {role} of this project '
+                f"({cls.__name__}); the file is not a snapshot of this project's networks"
+            )
         picked.append(network)
     return tuple(picked)

@@ -99,7 +99,11 @@ def _inert_class(module: str, name: str) -> type:
 
 
 def _own_record(meta: dict) -> PersistentRecord:
-    if not isinstance(meta, dict) or not isinstance(meta.get('module_name'), str) or not isinstance(meta.get('class_name'), str):
+    if (
+        not isinstance(meta, dict)
+        or not isinstance(meta.get('module_name'), str)
+        or not isinstance(meta.get('class_name'), str)
+    ):
         raise UnsafePickleError('a persistent record without module and class names')
     return PersistentRecord(meta['module_name'], meta['class_name'], dict(meta.get('state') or {}), 'own')
 
@@ -146,8 +150,14 @@ def _storage_from_bytes(data: bytes) -> Any:
 
 def _reconstructor(cls: type, base: type, state: Any) -> Any:
     """copyreg._reconstructor for protocol 0/1 pickles: only inert objects and allowed containers."""
-    if base is not object or not isinstance(cls, type) or not issubclass(cls, (InertObject, dict, collections.OrderedDict)):
-        raise UnsafePickleError(f'the pickle reconstructs {getattr(cls, "__name__", cls)!r} from {getattr(base, "__name__", base)!r}')
+    if (
+        base is not object
+        or not isinstance(cls, type)
+        or not issubclass(cls, (InertObject, dict, collections.OrderedDict))
+    ):
+        raise UnsafePickleError(
+            f'the pickle reconstructs {getattr(cls, "__name__", cls)!r} from {getattr(base, "__name__", base)!r}'
+        )
     return cls.__new__(cls)
 
 
@@ -193,7 +203,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return _inert_class(module, name)
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError('the pickle refers to external objects (persistent ids), which network pickles do not use')
+        raise UnsafePickleError(
+            'the pickle refers to external objects (persistent ids), which network pickles do not use'
+        )
 
 
 def load(file: BinaryIO) -> Any:
@@ -203,6 +215,7 @@ def load(file: BinaryIO) -> Any:
 
 # ------------------------------------------------------------------------------------------------
 # Turning records into this repository's networks.
+
 
 def import_network_class(qualified_name: str) -> type:
     """The nn.Module class `package.module.Class` of this repository; only classes defined under
@@ -221,8 +234,12 @@ def import_network_class(qualified_name: str) -> type:
         cls: Any = module
         for attribute in class_path:
             cls = getattr(cls, attribute, None)
-        if (isinstance(cls, type) and issubclass(cls, torch.nn.Module) and cls.__module__ == module_name
-                and cls.__qualname__ == '.'.join(class_path)):
+        if (
+            isinstance(cls, type)
+            and issubclass(cls, torch.nn.Module)
+            and cls.__module__ == module_name
+            and cls.__qualname__ == '.'.join(class_path)
+        ):
             return cls
         break
     raise UnsafePickleError(f'this repository defines no network class {qualified_name}')
@@ -239,8 +256,9 @@ def _module_class(path: str, persistent: bool) -> type:
         raise UnsafePickleError(f'torch defines no layer {path}')
     cls = import_network_class(path)
     if persistent != persistence.is_persistent(cls):
-        raise UnsafePickleError(f'{path} is {"not " if persistent else ""}a persistent class in this repository, '
-                                f'unlike in the file')
+        raise UnsafePickleError(
+            f'{path} is {"not " if persistent else ""}a persistent class in this repository, unlike in the file'
+        )
     return cls
 
 
@@ -252,13 +270,16 @@ def _materialize(value: Any, memo: dict) -> Any:
             return memo[id(value)]
         persistent = isinstance(value, PersistentRecord)
         if persistent and value.layout != 'own':
-            raise UnsafePickleError(f'{value.class_name} is a persistent record of another code base (StyleGAN2-ADA / '
-                                    f'EG3D layout), which the safe reader does not map to this repository (of that '
-                                    f'layout it maps the published 3DPortraitGAN checkpoints only)')
+            raise UnsafePickleError(
+                f'{value.class_name} is a persistent record of another code base (StyleGAN2-ADA / '
+                f'EG3D layout), which the safe reader does not map to this repository (of that '
+                f'layout it maps the published 3DPortraitGAN checkpoints only)'
+            )
         cls = _module_class(value.qualified_name if persistent else value._path, persistent)
         state = value.state
-        if not isinstance(state, dict) or not all(isinstance(state.get(key), dict)
-                                                  for key in ('_parameters', '_buffers', '_modules')):
+        if not isinstance(state, dict) or not all(
+            isinstance(state.get(key), dict) for key in ('_parameters', '_buffers', '_modules')
+        ):
             raise UnsafePickleError(f'the stored {cls.__qualname__} has no module state')
         module = memo[id(value)] = cls.__new__(cls)
         module.__setstate__({key: _materialize(item, memo) for key, item in state.items()})
@@ -280,6 +301,7 @@ def rebuild_networks(data: Any, smpl_path: str | None = None) -> Any:
     SMPL pickle at smpl_path (None: the default path).
     """
     from training import authors_checkpoint  # imports this module; the dependency runs one way at import time
+
     if authors_checkpoint.is_release_snapshot(data):
         networks = authors_checkpoint.convert_networks(data, smpl_path)
         return {key: networks[key] if key in networks else _materialize(value, {}) for key, value in data.items()}

@@ -51,8 +51,7 @@ def pose_prior_weight(cur_nimg: int, weight: float, hold_kimg: float, decay_kimg
     return weight * _fade_out(cur_nimg - hold_nimg, decay_kimg)
 
 
-def rendering_resolution(cur_nimg: int, resume_nimg: int, initial: int, final: int | None,
-                         fade_kimg: float) -> int:
+def rendering_resolution(cur_nimg: int, resume_nimg: int, initial: int, final: int | None, fade_kimg: float) -> int:
     """Neural rendering resolution r (docs/method.md §8.2): `initial` if `final` is None, else faded to `final`.
 
     The fade starts at the resume point, not at image 0, so that a stage resumed at a high image
@@ -104,11 +103,17 @@ def schedule_values(config, cur_nimg: int) -> dict:
         'blur_sigma': blur_sigma(cur_nimg, config.blur_init_sigma, config.effective_blur_fade_kimg),
         'density_noise': density_noise(cur_nimg, config.density_noise_fade_kimg),
         'swap_prob': gpc_swap_prob(cur_nimg, config.gpc_reg_prob, config.gpc_reg_fade_kimg),
-        'pose_prior_weight': pose_prior_weight(cur_nimg, config.input_pose_params_reg_loss_weight,
-                                               config.input_pose_params_reg_loss_kimg,
-                                               config.input_pose_params_reg_loss_decay_kimg),
-        'rendering_resolution': rendering_resolution(cur_nimg, config.stage_start_nimg,
-                                                     config.neural_rendering_resolution_initial,
-                                                     config.neural_rendering_resolution_final,
-                                                     config.neural_rendering_resolution_fade_kimg),
+        'pose_prior_weight': pose_prior_weight(
+            cur_nimg,
+            config.input_pose_params_reg_loss_weight,
+            config.input_pose_params_reg_loss_kimg,
+            config.input_pose_params_reg_loss_decay_kimg,
+        ),
+        'rendering_resolution': rendering_resolution(
+            cur_nimg,
+            config.stage_start_nimg,
+            config.neural_rendering_resolution_initial,
+            config.neural_rendering_resolution_final,
+            config.neural_rendering_resolution_fade_kimg,
+        ),
     }

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-DEFAULT_LEVEL = 15.0    # the sigma level of the surface (docs/method.md §12.3)
-CUBE_FRACTION = 0.8     # the grid covers this fraction of the tri-grid box
+DEFAULT_LEVEL = 15.0  # the sigma level of the surface (docs/method.md §12.3)
+CUBE_FRACTION = 0.8  # the grid covers this fraction of the tri-grid box
 
 
 def grid_points(resolution: int, side: float, device=None) -> torch.Tensor:
@@ -26,8 +26,14 @@ def grid_points(resolution: int, side: float, device=None) -> torch.Tensor:
     return torch.stack(torch.meshgrid(axis, axis, axis, indexing='ij'), dim=-1).reshape(-1, 3)
 
 
-def sample_volume(density: Callable[[torch.Tensor], torch.Tensor], resolution: int, side: float,
-                  batch: int = 2 ** 18, device=None, progress: bool = False) -> np.ndarray:
+def sample_volume(
+    density: Callable[[torch.Tensor], torch.Tensor],
+    resolution: int,
+    side: float,
+    batch: int = 2**18,
+    device=None,
+    progress: bool = False,
+) -> np.ndarray:
     """Evaluate a density on the grid of `grid_points`, in chunks of `batch` points.
 
     density: points [1, M, 3] -> sigma [1, M, 1] (e.g. a closure over G.sample_mixed)
@@ -37,11 +43,12 @@ def sample_volume(density: Callable[[torch.Tensor], torch.Tensor], resolution: i
     chunks = range(0, len(points), batch)
     if progress:
         from tqdm import tqdm
+
         chunks = tqdm(chunks, desc='density', unit='chunk', leave=False)
     values = []
     with torch.no_grad():
         for start in chunks:
-            values.append(density(points[None, start:start + batch]).reshape(-1).float().cpu())
+            values.append(density(points[None, start : start + batch]).reshape(-1).float().cpu())
     return torch.cat(values).reshape(resolution, resolution, resolution).numpy()
 
 
@@ -54,7 +61,7 @@ def generator_density(G: torch.nn.Module, ws: torch.Tensor) -> Callable[[torch.T
     return lambda points: G.renderer.sample_points(planes, G.decoder, points)['sigma']
 
 
-def generator_colors(G: torch.nn.Module, ws: torch.Tensor, vertices: np.ndarray, batch: int = 2 ** 18) -> np.ndarray:
+def generator_colors(G: torch.nn.Module, ws: torch.Tensor, vertices: np.ndarray, batch: int = 2**18) -> np.ndarray:
     """Vertex colours from the first 3 decoder feature channels (the raw image's colour before the
     renderer composites it), mapped from [-1, 1] to [0, 1].
 
@@ -66,7 +73,7 @@ def generator_colors(G: torch.nn.Module, ws: torch.Tensor, vertices: np.ndarray,
     colors = []
     with torch.no_grad():
         for start in range(0, len(points), batch):
-            rgb = G.renderer.sample_points(planes, G.decoder, points[None, start:start + batch])['rgb']
+            rgb = G.renderer.sample_points(planes, G.decoder, points[None, start : start + batch])['rgb']
             colors.append(rgb[0, :, :3].float().cpu())
     if not colors:
         return np.zeros([0, 3], np.float32)
@@ -91,18 +98,21 @@ def marching_cubes(volume: np.ndarray, side: float, level: float = DEFAULT_LEVEL
     volume does not cross `level`.
     """
     import skimage.measure
+
     if not volume.min() < level < volume.max():
         raise ValueError(f'the density ({volume.min():.4g} .. {volume.max():.4g}) does not cross level {level}')
     resolution = volume.shape[0]
     voxel = side / (resolution - 1)
-    vertices, faces, _, _ = skimage.measure.marching_cubes(volume, level=level, spacing=(voxel, voxel, voxel),
-                                                           gradient_direction='ascent')
+    vertices, faces, _, _ = skimage.measure.marching_cubes(
+        volume, level=level, spacing=(voxel, voxel, voxel), gradient_direction='ascent'
+    )
     return (vertices - side / 2).astype(np.float32), faces.astype(np.int64)
 
 
 def write_mrc(path: str, volume: np.ndarray, side: float) -> None:
     """volume [N, N, N] indexed [x][y][z] -> `path` (.mrc, float32, stored [z][y][x])."""
     import mrcfile
+
     with mrcfile.new(path, overwrite=True) as mrc:
         mrc.set_data(np.ascontiguousarray(volume.transpose(2, 1, 0), dtype=np.float32))
         mrc.voxel_size = side / (volume.shape[0] - 1)
@@ -114,9 +124,12 @@ def read_mrc(path: str) -> tuple:
     A file without a voxel size (0) is read as the default grid of a unit tri-grid box.
     """
     import mrcfile
+
     with mrcfile.open(path, permissive=True) as mrc:
         if mrc.data is None or mrc.data.ndim != 3 or len(set(mrc.data.shape)) != 1:
-            raise ValueError(f'{path}: expected a cubic 3-D volume, got shape {None if mrc.data is None else mrc.data.shape}')
+            raise ValueError(
+                f'{path}: expected a cubic 3-D volume, got shape {None if mrc.data is None else mrc.data.shape}'
+            )
         volume = np.array(mrc.data, dtype=np.float32).transpose(2, 1, 0)
         voxel = float(mrc.voxel_size.x)
     side = voxel * (volume.shape[0] - 1) if voxel > 0 else CUBE_FRACTION
@@ -129,6 +142,7 @@ def write_mesh(path: str, vertices: np.ndarray, faces: np.ndarray, colors: np.nd
     vertices [V, 3], faces [F, 3], colors [V, 3] in [0, 1] or None
     """
     import trimesh
+
     vertex_colors = None if colors is None else np.round(np.clip(colors, 0, 1) * 255).astype(np.uint8)
     mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=vertex_colors, process=False)
     mesh.export(path)
@@ -144,10 +158,13 @@ def pose_vertices(deformer: torch.nn.Module, vertices: np.ndarray, pose: torch.T
     the posed body; farther vertices stay where they are.
     """
     from training.body.deformation import PosedMeshMap
+
     body = deformer.body_model
     with torch.no_grad():
         posed_body = body.pose(pose.to(body.canonical_vertices))
-        forward = PosedMeshMap(body.canonical_vertices, posed_body, body.box_faces, deformer.thickness, deformer.backend)
+        forward = PosedMeshMap(
+            body.canonical_vertices, posed_body, body.box_faces, deformer.thickness, deformer.backend
+        )
         points = torch.from_numpy(np.ascontiguousarray(vertices)).to(posed_body)[None]
         return forward(points)[0].cpu().numpy().astype(vertices.dtype)
 
@@ -157,8 +174,9 @@ def shape_side(G: torch.nn.Module) -> float:
     return CUBE_FRACTION * float(G.renderer.box_warp)
 
 
-def extract_shape(G: torch.nn.Module, ws: torch.Tensor, resolution: int, level: float = DEFAULT_LEVEL,
-                  progress: bool = False) -> dict:
+def extract_shape(
+    G: torch.nn.Module, ws: torch.Tensor, resolution: int, level: float = DEFAULT_LEVEL, progress: bool = False
+) -> dict:
     """Density volume and coloured mesh of one latent.
 
     ws [1, num_ws, w_dim] -> dict(volume [N, N, N] [x][y][z], side float, vertices [V, 3], faces [F, 3],
@@ -183,8 +201,12 @@ def save_shape(shape: dict, stem: str, mesh_format: str = 'ply') -> str:
     name = os.path.basename(stem)
     if shape['vertices'] is None:
         volume = shape['volume']
-        return (f'{name}: the density ({volume.min():.4g} .. {volume.max():.4g}) does not cross the level; wrote the '
-                f'volume only (a level inside that range meshes it)')
+        return (
+            f'{name}: the density ({volume.min():.4g} .. {volume.max():.4g}) does not cross the level; wrote the '
+            f'volume only (a level inside that range meshes it)'
+        )
     watertight = write_mesh(f'{stem}.{mesh_format}', shape['vertices'], shape['faces'], shape['colors'])
-    return (f'{name}: {len(shape["vertices"])} vertices, {len(shape["faces"])} faces, '
-            f'{"watertight" if watertight else "not watertight"}')
+    return (
+        f'{name}: {len(shape["vertices"])} vertices, {len(shape["faces"])} faces, '
+        f'{"watertight" if watertight else "not watertight"}'
+    )

@@ -23,15 +23,17 @@ def _resize(x: torch.Tensor, resolution: int, antialias: bool) -> torch.Tensor:
     """x [B, C, r, r] -> [B, C, resolution, resolution] (bilinear, align_corners False); identity when r == resolution."""
     if x.shape[-1] == resolution and x.shape[-2] == resolution:
         return x
-    return torch.nn.functional.interpolate(x, size=(resolution, resolution), mode='bilinear', align_corners=False,
-                                           antialias=antialias)
+    return torch.nn.functional.interpolate(
+        x, size=(resolution, resolution), mode='bilinear', align_corners=False, antialias=antialias
+    )
 
 
 class _SuperresolutionBase(torch.nn.Module):
     """Shared forward of the heads: resize the inputs, then run `self.blocks` on the last w."""
 
-    def _init_common(self, channels: int, img_resolution: int, input_resolution: int, w_dim: int,
-                     sr_antialias: bool, noise_mode: str):
+    def _init_common(
+        self, channels: int, img_resolution: int, input_resolution: int, w_dim: int, sr_antialias: bool, noise_mode: str
+    ):
         if noise_mode not in ('random', 'const', 'none'):
             raise ValueError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
         self.channels = channels
@@ -44,8 +46,16 @@ class _SuperresolutionBase(torch.nn.Module):
     def _blocks(self) -> list:
         return [getattr(self, name) for name in self.block_names]
 
-    def forward(self, rgb: torch.Tensor, x: torch.Tensor, ws: torch.Tensor, noise_mode: str | None = None,
-                force_fp32: bool = False, fused_modconv=None, update_emas: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        rgb: torch.Tensor,
+        x: torch.Tensor,
+        ws: torch.Tensor,
+        noise_mode: str | None = None,
+        force_fp32: bool = False,
+        fused_modconv=None,
+        update_emas: bool = False,
+    ) -> torch.Tensor:
         """rgb [B, 3, r, r], x [B, channels, r, r], ws [B, N, w_dim] -> image [B, 3, img_resolution, img_resolution]
 
         Only ws[:, -1] is used. noise_mode: None = the head's own `noise_mode`.
@@ -58,16 +68,29 @@ class _SuperresolutionBase(torch.nn.Module):
         x = _resize(x, self.input_resolution, self.sr_antialias)
         rgb = _resize(rgb, self.input_resolution, self.sr_antialias)
         for block in self._blocks():
-            x, rgb = block(x, rgb, ws, force_fp32=force_fp32, fused_modconv=fused_modconv, update_emas=update_emas,
-                           noise_mode=noise_mode)
+            x, rgb = block(
+                x,
+                rgb,
+                ws,
+                force_fp32=force_fp32,
+                fused_modconv=fused_modconv,
+                update_emas=update_emas,
+                noise_mode=noise_mode,
+            )
         return rgb
 
 
 def _hybrid_block_kwargs(w_dim: int, sr_num_fp16_res: int, fused_modconv_default, cpu_bf16: bool) -> dict:
     # The published heads run every block in fp16 (clamped at 256) whenever any SR fp16 is requested.
     use_fp16 = sr_num_fp16_res > 0
-    return dict(w_dim=w_dim, img_channels=3, use_fp16=use_fp16, conv_clamp=(256 if use_fp16 else None),
-                fused_modconv_default=fused_modconv_default, cpu_bf16=cpu_bf16)
+    return dict(
+        w_dim=w_dim,
+        img_channels=3,
+        use_fp16=use_fp16,
+        conv_clamp=(256 if use_fp16 else None),
+        fused_modconv_default=fused_modconv_default,
+        cpu_bf16=cpu_bf16,
+    )
 
 
 class _SuperresolutionHybrid(_SuperresolutionBase):
@@ -78,19 +101,22 @@ class _SuperresolutionHybrid(_SuperresolutionBase):
 
     output_resolution: int
 
-    def __init__(self,
-        channels: int,                  # Channels of the feature image x (32).
-        img_resolution: int,            # Output resolution; must be the head's output_resolution.
-        sr_num_fp16_res: int = 0,       # > 0: fp16 blocks with conv clamp 256 (fp16 on CUDA only).
-        sr_antialias: bool = True,      # Antialias when resizing the inputs down to the input resolution.
+    def __init__(
+        self,
+        channels: int,  # Channels of the feature image x (32).
+        img_resolution: int,  # Output resolution; must be the head's output_resolution.
+        sr_num_fp16_res: int = 0,  # > 0: fp16 blocks with conv clamp 256 (fp16 on CUDA only).
+        sr_antialias: bool = True,  # Antialias when resizing the inputs down to the input resolution.
         fused_modconv_default='inference_only',  # See SynthesisBlock.
-        noise_mode: str = 'none',       # Default noise mode of the blocks.
-        w_dim: int = 512,               # Intermediate latent (w) dimensionality.
-        cpu_bf16: bool = False,         # On CPU, run the convolutions in bfloat16?
+        noise_mode: str = 'none',  # Default noise mode of the blocks.
+        w_dim: int = 512,  # Intermediate latent (w) dimensionality.
+        cpu_bf16: bool = False,  # On CPU, run the convolutions in bfloat16?
     ):
         if img_resolution != self.output_resolution:
-            raise ValueError(f'{type(self).__name__} produces {self.output_resolution}x{self.output_resolution} '
-                             f'images, got img_resolution={img_resolution}')
+            raise ValueError(
+                f'{type(self).__name__} produces {self.output_resolution}x{self.output_resolution} '
+                f'images, got img_resolution={img_resolution}'
+            )
         super().__init__()
         input_resolution = img_resolution // 2
         self._init_common(channels, img_resolution, input_resolution, w_dim, sr_antialias, noise_mode)
@@ -118,15 +144,16 @@ class SuperresolutionHybrid4X(_SuperresolutionHybrid):
 class SuperresolutionHybrid8XDC(_SuperresolutionBase):
     """EG3D super-resolution head 128 -> 512 with doubled channels: 256 channels at 256, 128 at 512."""
 
-    def __init__(self,
-        channels: int,                  # Channels of the feature image x (32).
-        img_resolution: int,            # Output resolution; must be 512.
-        sr_num_fp16_res: int = 0,       # > 0: fp16 blocks with conv clamp 256 (fp16 on CUDA only).
-        sr_antialias: bool = True,      # Antialias when resizing the inputs down to 128.
+    def __init__(
+        self,
+        channels: int,  # Channels of the feature image x (32).
+        img_resolution: int,  # Output resolution; must be 512.
+        sr_num_fp16_res: int = 0,  # > 0: fp16 blocks with conv clamp 256 (fp16 on CUDA only).
+        sr_antialias: bool = True,  # Antialias when resizing the inputs down to 128.
         fused_modconv_default='inference_only',  # See SynthesisBlock.
-        noise_mode: str = 'none',       # Default noise mode of the blocks.
-        w_dim: int = 512,               # Intermediate latent (w) dimensionality.
-        cpu_bf16: bool = False,         # On CPU, run the modulated convolutions in bfloat16?
+        noise_mode: str = 'none',  # Default noise mode of the blocks.
+        w_dim: int = 512,  # Intermediate latent (w) dimensionality.
+        cpu_bf16: bool = False,  # On CPU, run the modulated convolutions in bfloat16?
     ):
         if img_resolution != 512:
             raise ValueError(f'SuperresolutionHybrid8XDC produces 512x512 images, got img_resolution={img_resolution}')
@@ -146,24 +173,27 @@ class SuperresolutionSmall(_SuperresolutionBase):
     Block widths follow the synthesis rule min(channel_base // res, channel_max).
     """
 
-    def __init__(self,
-        channels: int,                  # Channels of the feature image x.
-        img_resolution: int,            # Output resolution (input_resolution times a power of two).
-        input_resolution: int = 32,     # Resolution the inputs are resized to.
-        sr_num_fp16_res: int = 0,       # Run the highest `sr_num_fp16_res` blocks in fp16 (CUDA only).
-        sr_antialias: bool = True,      # Antialias when resizing the inputs down.
-        channel_base: int = 4096,       # Block channels at resolution r: min(channel_base // r, channel_max).
-        channel_max: int = 64,          # Maximum block width.
+    def __init__(
+        self,
+        channels: int,  # Channels of the feature image x.
+        img_resolution: int,  # Output resolution (input_resolution times a power of two).
+        input_resolution: int = 32,  # Resolution the inputs are resized to.
+        sr_num_fp16_res: int = 0,  # Run the highest `sr_num_fp16_res` blocks in fp16 (CUDA only).
+        sr_antialias: bool = True,  # Antialias when resizing the inputs down.
+        channel_base: int = 4096,  # Block channels at resolution r: min(channel_base // r, channel_max).
+        channel_max: int = 64,  # Maximum block width.
         fused_modconv_default='inference_only',  # See SynthesisBlock.
-        noise_mode: str = 'none',       # Default noise mode of the blocks.
-        w_dim: int = 512,               # Intermediate latent (w) dimensionality.
+        noise_mode: str = 'none',  # Default noise mode of the blocks.
+        w_dim: int = 512,  # Intermediate latent (w) dimensionality.
         conv_clamp: float | None = None,  # Clamp conv outputs to +-conv_clamp (None = no clamp).
-        cpu_bf16: bool = False,         # On CPU, run the modulated convolutions in bfloat16?
+        cpu_bf16: bool = False,  # On CPU, run the modulated convolutions in bfloat16?
     ):
         factor = img_resolution // input_resolution
         if img_resolution % input_resolution != 0 or factor != 2 ** int(np.log2(factor)):
-            raise ValueError(f'SuperresolutionSmall: img_resolution {img_resolution} must be input_resolution '
-                             f'{input_resolution} times a power of two')
+            raise ValueError(
+                f'SuperresolutionSmall: img_resolution {img_resolution} must be input_resolution '
+                f'{input_resolution} times a power of two'
+            )
         super().__init__()
         self._init_common(channels, img_resolution, input_resolution, w_dim, sr_antialias, noise_mode)
         if factor == 1:
@@ -175,10 +205,19 @@ class SuperresolutionSmall(_SuperresolutionBase):
         in_channels = channels
         for idx, (res, up) in enumerate(zip(resolutions, ups)):
             out_channels = min(channel_base // res, channel_max)
-            block = SynthesisBlock(in_channels, out_channels, w_dim=w_dim, resolution=res, img_channels=3,
-                                   is_last=(idx == len(resolutions) - 1), up=up,
-                                   use_fp16=(idx >= len(resolutions) - sr_num_fp16_res), conv_clamp=conv_clamp,
-                                   fused_modconv_default=fused_modconv_default, cpu_bf16=cpu_bf16)
+            block = SynthesisBlock(
+                in_channels,
+                out_channels,
+                w_dim=w_dim,
+                resolution=res,
+                img_channels=3,
+                is_last=(idx == len(resolutions) - 1),
+                up=up,
+                use_fp16=(idx >= len(resolutions) - sr_num_fp16_res),
+                conv_clamp=conv_clamp,
+                fused_modconv_default=fused_modconv_default,
+                cpu_bf16=cpu_bf16,
+            )
             setattr(self, f'block{idx}', block)
             self.block_names.append(f'block{idx}')
             in_channels = out_channels

@@ -69,14 +69,23 @@ BETA_STD = 0.8
 BETA_LIMIT = 2.0
 
 # Linear albedos, from light to dark skin; a tone is drawn along this polyline.
-SKIN_TONES = np.array([[0.92, 0.76, 0.65], [0.87, 0.66, 0.53], [0.74, 0.52, 0.38],
-                       [0.55, 0.36, 0.24], [0.36, 0.23, 0.16]])
-HAIR_COLORS = np.array([[0.05, 0.04, 0.04], [0.16, 0.10, 0.06], [0.30, 0.19, 0.11],
-                        [0.48, 0.33, 0.19], [0.72, 0.57, 0.34], [0.46, 0.19, 0.09],
-                        [0.52, 0.51, 0.50], [0.82, 0.80, 0.76]])
+SKIN_TONES = np.array(
+    [[0.92, 0.76, 0.65], [0.87, 0.66, 0.53], [0.74, 0.52, 0.38], [0.55, 0.36, 0.24], [0.36, 0.23, 0.16]]
+)
+HAIR_COLORS = np.array(
+    [
+        [0.05, 0.04, 0.04],
+        [0.16, 0.10, 0.06],
+        [0.30, 0.19, 0.11],
+        [0.48, 0.33, 0.19],
+        [0.72, 0.57, 0.34],
+        [0.46, 0.19, 0.09],
+        [0.52, 0.51, 0.50],
+        [0.82, 0.80, 0.76],
+    ]
+)
 HAIR_WEIGHTS = np.array([0.28, 0.24, 0.16, 0.1, 0.08, 0.06, 0.05, 0.03])
-IRIS_COLORS = np.array([[0.12, 0.07, 0.04], [0.28, 0.16, 0.07], [0.22, 0.32, 0.45],
-                        [0.25, 0.32, 0.18]])
+IRIS_COLORS = np.array([[0.12, 0.07, 0.04], [0.28, 0.16, 0.07], [0.22, 0.32, 0.45], [0.25, 0.32, 0.18]])
 IRIS_WEIGHTS = np.array([0.45, 0.3, 0.15, 0.1])
 SCLERA_COLOR = np.array([0.88, 0.86, 0.82])
 MOUTH_COLOR = np.array([0.35, 0.12, 0.12])
@@ -90,12 +99,12 @@ BODY_PART = 'body'
 
 # Regions in the canonical frame of the zero-shape body, metres; a shaped body's vertices are
 # placed relative to its own head or neck joint before the tests, so the regions follow it.
-HAIR_FRONT_Z = 0.09    # relative to the head joint: the forehead's depth ...
-HAIR_BACK_Z = -0.09    # ... and the back of the skull's
+HAIR_FRONT_Z = 0.09  # relative to the head joint: the forehead's depth ...
+HAIR_BACK_Z = -0.09  # ... and the back of the skull's
 EAR_BOX = ((0.062, 0.2), (-0.005, 0.05), (-0.02, 0.05))  # |x|, y, z ranges of the ears, rel. head joint
-MOUTH_CENTER = (0.0, -0.027, 0.10)                        # rel. head joint
+MOUTH_CENTER = (0.0, -0.027, 0.10)  # rel. head joint
 LIP_RADII = (0.027, 0.011, 0.03)
-BROW_Y = (0.052, 0.062)                                   # rel. head joint
+BROW_Y = (0.052, 0.062)  # rel. head joint
 BROW_X = (0.012, 0.05)
 BROW_MIN_Z = 0.07
 
@@ -105,23 +114,23 @@ class Scene:
     """Everything that determines one synthetic image. Colours are RGB albedos in [0, 1], written
     to the 8-bit image as shaded (no gamma curve)."""
 
-    camera: np.ndarray             # [25] float32 camera label (cam2world row-major + normalized K)
-    pose: np.ndarray               # [6] float32 neck then head axis-angle, radians
-    betas: np.ndarray              # [10] float32 shape coefficients
-    skin: np.ndarray               # [3]
-    lips: np.ndarray               # [3]
-    hair: np.ndarray               # [3], also the brows (darkened)
-    iris: np.ndarray               # [3]
-    clothes: np.ndarray            # [3]
-    hairline_front: float          # hair above this height at the forehead, m above the head joint
-    hairline_back: float           # ... and at the back of the skull
-    collar_height: float           # clothing below this height, m relative to the neck joint
-    collar_radius: float           # ... and farther than this from the neck's vertical axis
-    neckline_depth: float          # how far the collar dips at the front, m
-    light_dirs: np.ndarray         # [L, 3] directions toward the lights in the OpenCV camera frame
-    light_weights: np.ndarray      # [L] Lambert weights
+    camera: np.ndarray  # [25] float32 camera label (cam2world row-major + normalized K)
+    pose: np.ndarray  # [6] float32 neck then head axis-angle, radians
+    betas: np.ndarray  # [10] float32 shape coefficients
+    skin: np.ndarray  # [3]
+    lips: np.ndarray  # [3]
+    hair: np.ndarray  # [3], also the brows (darkened)
+    iris: np.ndarray  # [3]
+    clothes: np.ndarray  # [3]
+    hairline_front: float  # hair above this height at the forehead, m above the head joint
+    hairline_back: float  # ... and at the back of the skull
+    collar_height: float  # clothing below this height, m relative to the neck joint
+    collar_radius: float  # ... and farther than this from the neck's vertical axis
+    neckline_depth: float  # how far the collar dips at the front, m
+    light_dirs: np.ndarray  # [L, 3] directions toward the lights in the OpenCV camera frame
+    light_weights: np.ndarray  # [L] Lambert weights
     ambient: float
-    background_top: np.ndarray     # [3] colour of the top image row
+    background_top: np.ndarray  # [3] colour of the top image row
     background_bottom: np.ndarray  # [3] colour of the bottom row (equal to the top: plain)
 
     @property
@@ -158,8 +167,9 @@ def _random_color(rng: np.random.Generator, saturation=(0.05, 0.8), value=(0.1, 
 def _direction(azimuth: float, elevation: float) -> np.ndarray:
     """Direction toward a light in the OpenCV camera frame (x right, y down, z forward):
     azimuth to the right of the camera, elevation above it; (0, 0) points back at the camera."""
-    return np.array([math.sin(azimuth) * math.cos(elevation), -math.sin(elevation),
-                     -math.cos(azimuth) * math.cos(elevation)])
+    return np.array(
+        [math.sin(azimuth) * math.cos(elevation), -math.sin(elevation), -math.cos(azimuth) * math.cos(elevation)]
+    )
 
 
 def sample_scene(seed: int, idx: int) -> Scene:
@@ -169,8 +179,9 @@ def sample_scene(seed: int, idx: int) -> Scene:
     pitch = float(_clipped_normal(rng, PITCH_STD, PITCH_LIMIT / PITCH_STD))
     cam2world = camera_utils.orbit_camera(math.pi / 2 + yaw, math.pi / 2 + pitch)
     camera = camera_utils.camera_label(cam2world)[0].numpy().astype(np.float32)
-    pose = np.concatenate([_clipped_normal(rng, NECK_POSE_STD, POSE_CLIP),
-                           _clipped_normal(rng, HEAD_POSE_STD, POSE_CLIP)]).astype(np.float32)
+    pose = np.concatenate(
+        [_clipped_normal(rng, NECK_POSE_STD, POSE_CLIP), _clipped_normal(rng, HEAD_POSE_STD, POSE_CLIP)]
+    ).astype(np.float32)
     betas = _clipped_normal(rng, [BETA_STD] * 10, BETA_LIMIT / BETA_STD).astype(np.float32)
 
     tone = rng.uniform(0, len(SKIN_TONES) - 1)
@@ -182,24 +193,40 @@ def sample_scene(seed: int, idx: int) -> Scene:
     clothes = _random_color(rng)
 
     key_side = rng.choice([-1.0, 1.0])
-    light_dirs = np.stack([
-        _direction(key_side * rng.uniform(0.2, 1.1), rng.uniform(0.1, 0.9)),
-        _direction(-key_side * rng.uniform(0.3, 1.2), rng.uniform(-0.2, 0.4)),
-    ])
+    light_dirs = np.stack(
+        [
+            _direction(key_side * rng.uniform(0.2, 1.1), rng.uniform(0.1, 0.9)),
+            _direction(-key_side * rng.uniform(0.3, 1.2), rng.uniform(-0.2, 0.4)),
+        ]
+    )
     # A surface facing both lights gets at most ~1.1 times its albedo: little clipping.
     light_weights = np.array([rng.uniform(0.4, 0.6), rng.uniform(0.1, 0.2)])
     ambient = rng.uniform(0.2, 0.3)
     background_top = _random_color(rng, saturation=(0.0, 0.6), value=(0.2, 0.95))
-    background_bottom = (background_top if rng.uniform() < 0.5 else
-                         _random_color(rng, saturation=(0.0, 0.6), value=(0.2, 0.95)))
+    background_bottom = (
+        background_top if rng.uniform() < 0.5 else _random_color(rng, saturation=(0.0, 0.6), value=(0.2, 0.95))
+    )
 
-    return Scene(camera=camera, pose=pose, betas=betas, skin=skin, lips=lips, hair=hair, iris=iris,
-                 clothes=clothes,
-                 hairline_front=rng.uniform(0.085, 0.11), hairline_back=rng.uniform(-0.085, -0.01),
-                 collar_height=rng.uniform(-0.07, -0.03), collar_radius=rng.uniform(0.08, 0.1),
-                 neckline_depth=rng.uniform(0.0, 0.08),
-                 light_dirs=light_dirs, light_weights=light_weights, ambient=ambient,
-                 background_top=background_top, background_bottom=background_bottom)
+    return Scene(
+        camera=camera,
+        pose=pose,
+        betas=betas,
+        skin=skin,
+        lips=lips,
+        hair=hair,
+        iris=iris,
+        clothes=clothes,
+        hairline_front=rng.uniform(0.085, 0.11),
+        hairline_back=rng.uniform(-0.085, -0.01),
+        collar_height=rng.uniform(-0.07, -0.03),
+        collar_radius=rng.uniform(0.08, 0.1),
+        neckline_depth=rng.uniform(0.0, 0.08),
+        light_dirs=light_dirs,
+        light_weights=light_weights,
+        ambient=ambient,
+        background_top=background_top,
+        background_bottom=background_bottom,
+    )
 
 
 def mirror_scene(scene: Scene) -> Scene:
@@ -213,6 +240,7 @@ def mirror_scene(scene: Scene) -> Scene:
 
 # ------------------------------------------------------------------------------------------------
 # Rendering.
+
 
 def _smoothstep(x: np.ndarray, width: float) -> np.ndarray:
     """0 below -width, 1 above +width, smooth in between."""
@@ -266,21 +294,36 @@ class PortraitPainter:
         colors = np.tile(scene.skin, (len(canonical), 1))
 
         # Lips: an ellipsoid around the mouth opening, on the skin of the head.
-        lip = ((x - MOUTH_CENTER[0]) / LIP_RADII[0]) ** 2 + ((y - MOUTH_CENTER[1]) / LIP_RADII[1]) ** 2 \
+        lip = (
+            ((x - MOUTH_CENTER[0]) / LIP_RADII[0]) ** 2
+            + ((y - MOUTH_CENTER[1]) / LIP_RADII[1]) ** 2
             + ((z - MOUTH_CENTER[2]) / LIP_RADII[2]) ** 2
+        )
         lip_weight = (_smoothstep(1 - lip, 0.3) * self.is_head)[:, None]
         colors = colors + lip_weight * (scene.lips - colors)
 
-        brows = ((BROW_Y[0] < y) & (y < BROW_Y[1]) & (BROW_X[0] < np.abs(x)) & (np.abs(x) < BROW_X[1])
-                 & (z > BROW_MIN_Z) & self.is_head)
+        brows = (
+            (BROW_Y[0] < y)
+            & (y < BROW_Y[1])
+            & (BROW_X[0] < np.abs(x))
+            & (np.abs(x) < BROW_X[1])
+            & (z > BROW_MIN_Z)
+            & self.is_head
+        )
         colors[brows] = 0.7 * scene.hair
 
         # Hair cap: above a hairline that slopes from the forehead down to the nape.
         t = np.clip((z - HAIR_BACK_Z) / (HAIR_FRONT_Z - HAIR_BACK_Z), 0, 1)
         hairline = scene.hairline_back + t * (scene.hairline_front - scene.hairline_back)
         (ear_x, ear_y, ear_z) = EAR_BOX
-        ears = ((ear_x[0] < np.abs(x)) & (np.abs(x) < ear_x[1]) & (ear_y[0] < y) & (y < ear_y[1])
-                & (ear_z[0] < z) & (z < ear_z[1]))
+        ears = (
+            (ear_x[0] < np.abs(x))
+            & (np.abs(x) < ear_x[1])
+            & (ear_y[0] < y)
+            & (y < ear_y[1])
+            & (ear_z[0] < z)
+            & (z < ear_z[1])
+        )
         hair_weight = (_smoothstep(y - hairline, 0.004) * (self.is_head & ~ears))[:, None]
         colors = colors + hair_weight * (scene.hair - colors)
 
@@ -313,10 +356,16 @@ class PortraitPainter:
         camera = scene.camera.astype(np.float64)
         rotation = camera[:16].reshape(4, 4)[:3, :3]
         rendered = self.renderer.render(
-            self.vertices(scene, body), self.faces, camera, size,
+            self.vertices(scene, body),
+            self.faces,
+            camera,
+            size,
             vertex_colors=self.vertex_colors(scene, body),
-            light_dirs=scene.light_dirs @ rotation.T, light_weights=scene.light_weights,
-            ambient=scene.ambient, background=(0.0, 0.0, 0.0))
+            light_dirs=scene.light_dirs @ rotation.T,
+            light_weights=scene.light_weights,
+            ambient=scene.ambient,
+            background=(0.0, 0.0, 0.0),
+        )
         rows = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
         background = scene.background_top + rows * (scene.background_bottom - scene.background_top)
         mask = rendered['mask'][..., None]
@@ -350,6 +399,7 @@ def render_item(painter: PortraitPainter, seed: int, idx: int, resolution: int) 
 
 # ------------------------------------------------------------------------------------------------
 # Parallel rendering.
+
 
 @contextlib.contextmanager
 def _torch_threads(count: int):
@@ -394,7 +444,7 @@ def _render_items(num_images: int, resolution: int, seed: int, workers: int) -> 
         return
 
     # Small enough to balance the workers and to keep each message to the parent at a few MB.
-    chunk = max(1, min(64, num_images // (4 * workers), 2 ** 22 // (resolution * resolution)))
+    chunk = max(1, min(64, num_images // (4 * workers), 2**22 // (resolution * resolution)))
     chunks = [(start, min(start + chunk, num_images)) for start in range(0, num_images, chunk)]
     workers = min(workers, len(chunks))
     context = multiprocessing.get_context(_start_method())
@@ -403,8 +453,10 @@ def _render_items(num_images: int, resolution: int, seed: int, workers: int) -> 
         tasks.put(task)
     for _ in range(workers):
         tasks.put(None)
-    processes = [context.Process(target=_worker_main, args=(tasks, results, seed, resolution), daemon=True)
-                 for _ in range(workers)]
+    processes = [
+        context.Process(target=_worker_main, args=(tasks, results, seed, resolution), daemon=True)
+        for _ in range(workers)
+    ]
     for process in processes:
         process.start()
     try:
@@ -416,12 +468,15 @@ def _render_items(num_images: int, resolution: int, seed: int, workers: int) -> 
                 except queue.Empty:
                     dead = [p for p in processes if p.exitcode not in (None, 0)]
                     if dead:
-                        raise RuntimeError(f'synthetic data set: a rendering worker exited with code '
-                                           f'{dead[0].exitcode} before finishing its images') from None
+                        raise RuntimeError(
+                            f'synthetic data set: a rendering worker exited with code '
+                            f'{dead[0].exitcode} before finishing its images'
+                        ) from None
                     continue
                 if error is not None:
-                    raise RuntimeError(f'synthetic data set: rendering images {got_start}.. failed in a '
-                                       f'worker:\n{error}')
+                    raise RuntimeError(
+                        f'synthetic data set: rendering images {got_start}.. failed in a worker:\n{error}'
+                    )
                 done[got_start] = items
             for offset, item in enumerate(done.pop(start)):
                 yield (start + offset, *item)
@@ -437,6 +492,7 @@ def _render_items(num_images: int, resolution: int, seed: int, workers: int) -> 
 # ------------------------------------------------------------------------------------------------
 # Building the data set.
 
+
 def _file_sha256(path: str) -> str:
     with open(path, 'rb') as file:
         return hashlib.sha256(file.read()).hexdigest()
@@ -444,14 +500,26 @@ def _file_sha256(path: str) -> str:
 
 def build_parameters(num_images: int, resolution: int, seed: int) -> dict:
     """What determines the contents of a synthetic set; stored in it and compared on reuse."""
-    parameters = dict(version=SYNTHETIC_VERSION, num_images=int(num_images), resolution=int(resolution),
-                      seed=int(seed), body_model=_file_sha256(EMBEDDED_MODEL_PATH))
+    parameters = dict(
+        version=SYNTHETIC_VERSION,
+        num_images=int(num_images),
+        resolution=int(resolution),
+        seed=int(seed),
+        body_model=_file_sha256(EMBEDDED_MODEL_PATH),
+    )
     parameters['hash'] = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:16]
     return parameters
 
 
-def build_synthetic_dataset(dest_zip: str, seg_dest_zip: str, num_images: int = 2000, resolution: int = 64,
-                            seed: int = 0, workers: int = 2, progress: bool = True) -> dict:
+def build_synthetic_dataset(
+    dest_zip: str,
+    seg_dest_zip: str,
+    num_images: int = 2000,
+    resolution: int = 64,
+    seed: int = 0,
+    workers: int = 2,
+    progress: bool = True,
+) -> dict:
     """Render the synthetic set into an images zip (with dataset.json) and a masks zip.
 
     Both zips are written under temporary names and moved into place only when complete; an
@@ -461,8 +529,10 @@ def build_synthetic_dataset(dest_zip: str, seg_dest_zip: str, num_images: int = 
     if os.path.abspath(dest_zip) == os.path.abspath(seg_dest_zip):
         raise ValueError(f'images and masks must go to different files, got {dest_zip} twice')
     if num_images < 1 or resolution < 1 or seed < 0 or workers < 0:
-        raise ValueError(f'synthetic data set: need num_images >= 1, resolution >= 1, seed >= 0, workers >= 0; '
-                         f'got {num_images}, {resolution}, {seed}, {workers}')
+        raise ValueError(
+            f'synthetic data set: need num_images >= 1, resolution >= 1, seed >= 0, workers >= 0; '
+            f'got {num_images}, {resolution}, {seed}, {workers}'
+        )
     parameters = build_parameters(num_images, resolution, seed)
     outputs = [ZipOutput(dest_zip), ZipOutput(seg_dest_zip)]
     images, masks = outputs
@@ -508,20 +578,37 @@ def stored_parameters(dest_zip: str, seg_dest_zip: str) -> dict | None:
 
 def default_synthetic_paths(root: str = 'datasets', resolution: int = 64) -> tuple[str, str]:
     """Where ensure_synthetic_dataset keeps the set -> (images zip, masks zip)."""
-    return (os.path.join(root, f'synthetic-portraits-{resolution}.zip'),
-            os.path.join(root, f'synthetic-portraits-{resolution}-seg.zip'))
+    return (
+        os.path.join(root, f'synthetic-portraits-{resolution}.zip'),
+        os.path.join(root, f'synthetic-portraits-{resolution}-seg.zip'),
+    )
 
 
-def ensure_synthetic_dataset(root: str = 'datasets', num_images: int = 2000, resolution: int = 64, seed: int = 0,
-                             workers: int = 2, progress: bool = True) -> tuple[str, str]:
+def ensure_synthetic_dataset(
+    root: str = 'datasets',
+    num_images: int = 2000,
+    resolution: int = 64,
+    seed: int = 0,
+    workers: int = 2,
+    progress: bool = True,
+) -> tuple[str, str]:
     """The synthetic set under `root`, built on first use or when the stored one was built with
     other parameters (or by another version of this file) -> (images zip, masks zip)."""
     dest_zip, seg_dest_zip = default_synthetic_paths(root, resolution)
     expected = build_parameters(num_images, resolution, seed)
     if stored_parameters(dest_zip, seg_dest_zip) != expected:
         if progress:
-            print(f'building the synthetic portrait data set ({num_images} images, {resolution}x{resolution}, '
-                  f'seed {seed}) in {root}')
-        build_synthetic_dataset(dest_zip, seg_dest_zip, num_images=num_images, resolution=resolution, seed=seed,
-                                workers=workers, progress=progress)
+            print(
+                f'building the synthetic portrait data set ({num_images} images, {resolution}x{resolution}, '
+                f'seed {seed}) in {root}'
+            )
+        build_synthetic_dataset(
+            dest_zip,
+            seg_dest_zip,
+            num_images=num_images,
+            resolution=resolution,
+            seed=seed,
+            workers=workers,
+            progress=progress,
+        )
     return dest_zip, seg_dest_zip

@@ -79,23 +79,25 @@ def _dataset_error_line(error: Exception) -> str:
 @dataclasses.dataclass
 class Progress:
     """Counters that a resume state restores, so every schedule continues where it stopped."""
-    cur_nimg: int = 0            # absolute image counter (includes the stage start)
+
+    cur_nimg: int = 0  # absolute image counter (includes the stage start)
     cur_tick: int = 0
     tick_start_nimg: int = 0
-    batch_idx: int = 0           # iterations since the stage started: decides which lazy phases are due
-    data_batches: int = 0        # real batches this rank drew from its sampler since the stage started
+    batch_idx: int = 0  # iterations since the stage started: decides which lazy phases are due
+    data_batches: int = 0  # real batches this rank drew from its sampler since the stage started
 
 
 @dataclasses.dataclass
 class Phase:
-    name: str                    # 'Gmain', 'Greg', 'Dmain' or 'Dreg' (PortraitGANLoss phases)
-    optimizer_name: str          # 'G' or 'D': main and reg phases share one optimizer
-    params: list                 # the parameters this phase trains
-    interval: int                # due when batch_idx % interval == 0; also the loss gain
+    name: str  # 'Gmain', 'Greg', 'Dmain' or 'Dreg' (PortraitGANLoss phases)
+    optimizer_name: str  # 'G' or 'D': main and reg phases share one optimizer
+    params: list  # the parameters this phase trains
+    interval: int  # due when batch_idx % interval == 0; also the loss gain
 
 
-def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_size: int = 1,
-                  device: torch.device | str = 'cpu') -> dict:
+def training_loop(
+    config: TrainingConfig, run_dir: str, rank: int = 0, world_size: int = 1, device: torch.device | str = 'cpu'
+) -> dict:
     """Train according to `config`, writing into `run_dir` (rank 0 only) -> {'G', 'D', 'G_ema', 'D_ema'} at the end.
 
     Returns when `kimg` is reached or after a stop signal.
@@ -115,12 +117,16 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
     training_stats.init_multiprocessing(rank, device if world_size > 1 else None)
 
     # Data.
-    dataset = PortraitDataset(config.data, config.seg_data, resolution=config.generator['img_resolution'],
-                              xflip=config.mirror)
-    training_set_kwargs = dict(path=config.data, seg_path=config.seg_data, resolution=dataset.resolution,
-                               xflip=config.mirror)
-    log(f'Data set: {config.data} ({len(dataset)} items{" with mirrors" if config.mirror else ""}, '
-        f'{dataset.resolution}x{dataset.resolution})')
+    dataset = PortraitDataset(
+        config.data, config.seg_data, resolution=config.generator['img_resolution'], xflip=config.mirror
+    )
+    training_set_kwargs = dict(
+        path=config.data, seg_path=config.seg_data, resolution=dataset.resolution, xflip=config.mirror
+    )
+    log(
+        f'Data set: {config.data} ({len(dataset)} items{" with mirrors" if config.mirror else ""}, '
+        f'{dataset.resolution}x{dataset.resolution})'
+    )
 
     # Networks: rank 0's initialization or snapshot is broadcast, so all ranks start equal.
     G, D = build_networks(config, device)
@@ -142,8 +148,10 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
         for module in networks.values():
             for tensor in misc.params_and_buffers(module):
                 torch.distributed.broadcast(tensor, src=0)
-    log(f'G: {_count(G)} parameters, D: {_count(D)} parameters'
-        + ('' if config.train_g_pose_branch else ' (G pose branch frozen)'))
+    log(
+        f'G: {_count(G)} parameters, D: {_count(D)} parameters'
+        + ('' if config.train_g_pose_branch else ' (G pose branch frozen)')
+    )
 
     # Optimizers and phases (lazy regularization, docs/method.md §7.4).
     phases, optimizers = _build_phases(config, G, D)
@@ -161,14 +169,31 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
         writer = None
         if is_main:
             from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
+
             writer = SummaryWriter(run_dir)
             grid.save_reals(run_dir, G)
-            grid.save_fakes(run_dir, 'fakes_init', writer, progress.cur_nimg, G, G_ema, D,
-                            schedule_values(loss_config, progress.cur_nimg))
+            grid.save_fakes(
+                run_dir,
+                'fakes_init',
+                writer,
+                progress.cur_nimg,
+                G,
+                G_ema,
+                D,
+                schedule_values(loss_config, progress.cur_nimg),
+            )
         stats_collector = training_stats.Collector(regex='.*')
         if state is not None:
-            _restore_rng(state['rng'], rank, world_size, device, log, fallback_seed=np.random.SeedSequence(
-                [config.seed, world_size, rank, progress.cur_nimg]).generate_state(1)[0])
+            _restore_rng(
+                state['rng'],
+                rank,
+                world_size,
+                device,
+                log,
+                fallback_seed=np.random.SeedSequence([config.seed, world_size, rank, progress.cur_nimg]).generate_state(
+                    1
+                )[0],
+            )
             del state
 
         log(f'Training from {progress.cur_nimg / 1000:g} to {config.kimg:g} kimg...')
@@ -201,8 +226,10 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
                         if progress.batch_idx % phase.interval != 0:
                             continue
                         gen_z = torch.randn([config.batch_per_process, G.z_dim], device=device).split(config.batch_gpu)
-                        gen_c, gen_pose = (x.split(config.batch_gpu) for x in
-                                           _sample_generator_labels(dataset, config.batch_per_process, device))
+                        gen_c, gen_pose = (
+                            x.split(config.batch_gpu)
+                            for x in _sample_generator_labels(dataset, config.batch_per_process, device)
+                        )
                         optimizer = optimizers[phase.optimizer_name]
                         optimizer.zero_grad(set_to_none=True)
                         for param in phase.params:
@@ -224,18 +251,27 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
 
                 stop = _any_rank(signals.received is not None, world_size, device) or data_failed
                 done = progress.cur_nimg >= config.kimg * 1000 or stop
-                if (not done and progress.cur_tick != 0
-                        and progress.cur_nimg < progress.tick_start_nimg + config.tick * 1000):
+                if (
+                    not done
+                    and progress.cur_tick != 0
+                    and progress.cur_nimg < progress.tick_start_nimg + config.tick * 1000
+                ):
                     continue
 
                 # Tick: statistics and progress line. The counters move on before the snapshots, so
                 # that a resume state holds the tick schedule of the iterations that follow.
                 tick = progress.cur_tick
                 tick_end_time = time.time()
-                stats = _collect_stats(stats_collector, device, tick=tick, kimg=progress.cur_nimg / 1000,
-                                       total_sec=tick_end_time - start_time, sec_per_tick=tick_end_time - tick_start_time,
-                                       tick_kimg=(progress.cur_nimg - progress.tick_start_nimg) / 1000,
-                                       maintenance_sec=maintenance_time)
+                stats = _collect_stats(
+                    stats_collector,
+                    device,
+                    tick=tick,
+                    kimg=progress.cur_nimg / 1000,
+                    total_sec=tick_end_time - start_time,
+                    sec_per_tick=tick_end_time - tick_start_time,
+                    tick_kimg=(progress.cur_nimg - progress.tick_start_nimg) / 1000,
+                    maintenance_sec=maintenance_time,
+                )
                 log(_progress_line(stats, config.kimg))
                 progress.cur_tick += 1
                 progress.tick_start_nimg = progress.cur_nimg
@@ -246,18 +282,32 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
                     raise TrainingDivergedError(
                         f'the gradients have been NaN or infinite in every iteration for {nonfinite_ticks} ticks in a '
                         f'row, up to {progress.cur_nimg / 1000:g} kimg; training stopped. '
-                        + (f'The last good state is {latest}: lower --glr/--dlr and continue from it with --resume.'
-                           if latest else 'No snapshot was written; lower --glr/--dlr.'))
+                        + (
+                            f'The last good state is {latest}: lower --glr/--dlr and continue from it with --resume.'
+                            if latest
+                            else 'No snapshot was written; lower --glr/--dlr.'
+                        )
+                    )
                 if is_main:
                     _write_stats(run_dir, writer, stats, progress.cur_nimg)
 
                 # Snapshots.
                 if is_main and config.image_snap > 0 and (done or tick % config.image_snap == 0):
-                    grid.save_fakes(run_dir, f'fakes{progress.cur_nimg // 1000:06d}', writer, progress.cur_nimg,
-                                    G, G_ema, D, schedule)
+                    grid.save_fakes(
+                        run_dir,
+                        f'fakes{progress.cur_nimg // 1000:06d}',
+                        writer,
+                        progress.cur_nimg,
+                        G,
+                        G_ema,
+                        D,
+                        schedule,
+                    )
                 if nonfinite_ticks > 0 and (done or (config.snap > 0 and tick % config.snap == 0)):
-                    log('Network snapshot skipped: non-finite gradients throughout this tick (the previous snapshot '
-                        'stays the newest)')
+                    log(
+                        'Network snapshot skipped: non-finite gradients throughout this tick (the previous snapshot '
+                        'stays the newest)'
+                    )
                 elif done or (config.snap > 0 and tick % config.snap == 0):
                     if world_size > 1:
                         # Running averages (the mapping's w_avg) follow each rank's own latents and are
@@ -266,11 +316,22 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
                             misc.check_ddp_consistency(module, ignore_regex=r'.*\.[^.]+_(avg|ema)')
                     rng_states = _gather_rng_states(world_size, device)
                     if is_main:
-                        _save_network_snapshot(run_dir, config, networks, optimizers, progress, rng_states,
-                                               training_set_kwargs, schedule)
+                        _save_network_snapshot(
+                            run_dir, config, networks, optimizers, progress, rng_states, training_set_kwargs, schedule
+                        )
                     if config.metrics:
-                        _run_metrics(config, run_dir, progress.cur_nimg, networks, training_set_kwargs, schedule,
-                                     rank, world_size, device, log)
+                        _run_metrics(
+                            config,
+                            run_dir,
+                            progress.cur_nimg,
+                            networks,
+                            training_set_kwargs,
+                            schedule,
+                            rank,
+                            world_size,
+                            device,
+                            log,
+                        )
                 if writer is not None:
                     writer.flush()
                 tick_start_time = time.time()
@@ -281,12 +342,16 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
         if writer is not None:
             writer.close()
         if data_failed:
-            raise TrainingDataError(f'{data_failure or "another training process could not read a training image (its message names it)"}; '
-                                    f'training stopped at {progress.cur_nimg / 1000:g} kimg with a final snapshot: fix the data set and '
-                                    f'continue with python train.py --resume {run_dir}')
+            raise TrainingDataError(
+                f'{data_failure or "another training process could not read a training image (its message names it)"}; '
+                f'training stopped at {progress.cur_nimg / 1000:g} kimg with a final snapshot: fix the data set and '
+                f'continue with python train.py --resume {run_dir}'
+            )
         if signals.received is not None:
-            log(f'Stopped by {signals.received} at {progress.cur_nimg / 1000:g} kimg. Continue with: '
-                f'python train.py --resume {run_dir}')
+            log(
+                f'Stopped by {signals.received} at {progress.cur_nimg / 1000:g} kimg. Continue with: '
+                f'python train.py --resume {run_dir}'
+            )
         else:
             log('Done.')
         return networks
@@ -299,14 +364,23 @@ def training_loop(config: TrainingConfig, run_dir: str, rank: int = 0, world_siz
 # ------------------------------------------------------------------------------------------------
 # Construction.
 
+
 def build_networks(config: TrainingConfig, device: torch.device) -> tuple:
     """The trained G and D of the config, on `device`, in training mode, not taking gradients."""
     G = build_generator({'generator': config.generator})
     D = PoseAwareDualDiscriminator(
-        c_dim=G.c_dim, pose_dim=G.pose_dim, img_resolution=G.img_resolution, img_channels=G.img_channels,
-        channel_base=config.d_channel_base, channel_max=config.d_channel_max,
-        num_fp16_res=config.d_num_fp16_res, conv_clamp=256 if config.d_num_fp16_res > 0 else None,
-        mbstd_group_size=config.mbstd_group, freeze_layers=config.freezed, disc_c_noise=config.disc_c_noise)
+        c_dim=G.c_dim,
+        pose_dim=G.pose_dim,
+        img_resolution=G.img_resolution,
+        img_channels=G.img_channels,
+        channel_base=config.d_channel_base,
+        channel_max=config.d_channel_max,
+        num_fp16_res=config.d_num_fp16_res,
+        conv_clamp=256 if config.d_num_fp16_res > 0 else None,
+        mbstd_group_size=config.mbstd_group,
+        freeze_layers=config.freezed,
+        disc_c_noise=config.disc_c_noise,
+    )
     return (G.train().requires_grad_(False).to(device), D.train().requires_grad_(False).to(device))
 
 
@@ -316,14 +390,18 @@ def _build_phases(config: TrainingConfig, G: torch.nn.Module, D: torch.nn.Module
     A network with a lazy regularization phase every k iterations steps k + 1 times per k
     iterations, so its learning rate and betas are scaled by k / (k + 1) (docs/method.md §7.4).
     """
-    g_params = [param for name, param in G.named_parameters()
-                if config.train_g_pose_branch or not name.startswith('pose_branch.')]
+    g_params = [
+        param
+        for name, param in G.named_parameters()
+        if config.train_g_pose_branch or not name.startswith('pose_branch.')
+    ]
     phases, optimizers = [], {}
-    for name, params, lr, reg_interval in (('G', g_params, config.glr, config.g_reg_interval),
-                                           ('D', list(D.parameters()), config.dlr, config.r1_interval)):
+    for name, params, lr, reg_interval in (
+        ('G', g_params, config.glr, config.g_reg_interval),
+        ('D', list(D.parameters()), config.dlr, config.r1_interval),
+    ):
         ratio = 1.0 if reg_interval is None else reg_interval / (reg_interval + 1)
-        optimizers[name] = torch.optim.Adam(params, lr=lr * ratio, betas=tuple(b ** ratio for b in ADAM_BETAS),
-                                            eps=1e-8)
+        optimizers[name] = torch.optim.Adam(params, lr=lr * ratio, betas=tuple(b**ratio for b in ADAM_BETAS), eps=1e-8)
         phases.append(Phase(f'{name}main', name, params, 1))
         if reg_interval is not None:
             phases.append(Phase(f'{name}reg', name, params, reg_interval))
@@ -352,21 +430,33 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _data_loader(dataset: PortraitDataset, config: TrainingConfig, rank: int, world_size: int,
-                 device: torch.device, skip_batches: int) -> torch.utils.data.DataLoader:
+def _data_loader(
+    dataset: PortraitDataset,
+    config: TrainingConfig,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    skip_batches: int,
+) -> torch.utils.data.DataLoader:
     """This rank's endless stream of real batches of batch_per_process items."""
     sampler = misc.InfiniteSampler(dataset, rank=rank, num_replicas=world_size, seed=config.seed)
     return torch.utils.data.DataLoader(
-        dataset, sampler=_SkipSampler(sampler, skip_batches * config.batch_per_process),
-        batch_size=config.batch_per_process, num_workers=config.workers, pin_memory=device.type == 'cuda',
-        prefetch_factor=2 if config.workers > 0 else None, worker_init_fn=_ignore_stop_signals,
+        dataset,
+        sampler=_SkipSampler(sampler, skip_batches * config.batch_per_process),
+        batch_size=config.batch_per_process,
+        num_workers=config.workers,
+        pin_memory=device.type == 'cuda',
+        prefetch_factor=2 if config.workers > 0 else None,
+        worker_init_fn=_ignore_stop_signals,
         # Its own generator: creating the iterator must not draw from the global RNG that a
         # resume state restores.
-        generator=torch.Generator().manual_seed(config.seed))
+        generator=torch.Generator().manual_seed(config.seed),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # One iteration.
+
 
 def _sample_generator_labels(dataset: PortraitDataset, count: int, device: torch.device) -> tuple:
     """Cameras and coarse poses of random data set items (one item gives both) -> c [count, 25], pose [count, 6]."""
@@ -432,8 +522,9 @@ class _StopSignals:
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
-        self._log(f'{self.received}: finishing this iteration, then writing a final snapshot '
-                  f'(send it again to stop at once)')
+        self._log(
+            f'{self.received}: finishing this iteration, then writing a final snapshot (send it again to stop at once)'
+        )
 
     def __exit__(self, *exc_info) -> None:
         for sig, handler in self._previous.items():
@@ -442,6 +533,7 @@ class _StopSignals:
 
 # ------------------------------------------------------------------------------------------------
 # RNG state.
+
 
 def _seed_all(seed: int) -> None:
     random.seed(seed)
@@ -453,10 +545,12 @@ def _rng_state(device: torch.device) -> dict:
     """This process's RNG states as tensors, lists and numbers (storable with weights_only)."""
     kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    return dict(torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state(device) if device.type == 'cuda' else None,
-                numpy=[kind, keys.tolist(), pos, has_gauss, cached_gaussian],
-                python=[version, list(internal), gauss_next])
+    return dict(
+        torch=torch.get_rng_state(),
+        cuda=torch.cuda.get_rng_state(device) if device.type == 'cuda' else None,
+        numpy=[kind, keys.tolist(), pos, has_gauss, cached_gaussian],
+        python=[version, list(internal), gauss_next],
+    )
 
 
 def _gather_rng_states(world_size: int, device: torch.device) -> list:
@@ -472,8 +566,10 @@ def _gather_rng_states(world_size: int, device: torch.device) -> list:
 def _restore_rng(states: list, rank: int, world_size: int, device: torch.device, log, fallback_seed: int) -> None:
     """This rank's saved RNG states; `fallback_seed` when the state was saved by another number of processes."""
     if len(states) != world_size:
-        log(f'The resume state holds the RNG states of {len(states)} processes, this run has {world_size}: '
-            f'random draws are seeded afresh, so they differ from an uninterrupted run')
+        log(
+            f'The resume state holds the RNG states of {len(states)} processes, this run has {world_size}: '
+            f'random draws are seeded afresh, so they differ from an uninterrupted run'
+        )
         _seed_all(int(fallback_seed))
         return
     state = states[rank]
@@ -489,20 +585,28 @@ def _restore_rng(states: list, rank: int, world_size: int, device: torch.device,
 # ------------------------------------------------------------------------------------------------
 # Snapshots and resume.
 
-def save_network_files(run_dir: str, cur_nimg: int, networks: dict, training_set_kwargs: dict,
-                       schedule: dict) -> dict:
+
+def save_network_files(run_dir: str, cur_nimg: int, networks: dict, training_set_kwargs: dict, schedule: dict) -> dict:
     """Write a network snapshot's pickle, weights file and pose-prediction settings -> their paths.
 
     networks: {'G', 'D', 'G_ema', 'D_ema'} modules; schedule: the schedule values at `cur_nimg`
     ('rendering_resolution', 'blur_sigma').
     """
     paths = run_files.snapshot_paths(run_dir, cur_nimg)
-    checkpoint.save_network_pickle(paths['pkl'], dict(training_set_kwargs=training_set_kwargs, **networks,
-                                                      augment_pipe=None),
-                                   neural_rendering_resolution=schedule['rendering_resolution'])
-    checkpoint.save_weights(paths['pt'], networks, extra=dict(
-        training_set_kwargs=training_set_kwargs, cur_nimg=cur_nimg,
-        neural_rendering_resolution=schedule['rendering_resolution']))
+    checkpoint.save_network_pickle(
+        paths['pkl'],
+        dict(training_set_kwargs=training_set_kwargs, **networks, augment_pipe=None),
+        neural_rendering_resolution=schedule['rendering_resolution'],
+    )
+    checkpoint.save_weights(
+        paths['pt'],
+        networks,
+        extra=dict(
+            training_set_kwargs=training_set_kwargs,
+            cur_nimg=cur_nimg,
+            neural_rendering_resolution=schedule['rendering_resolution'],
+        ),
+    )
     atomic_write(paths['json'], lambda f: f.write(json.dumps(pose_predict_kwargs(schedule), indent=2).encode()))
     return paths
 
@@ -513,22 +617,43 @@ def pose_predict_kwargs(schedule: dict) -> dict:
     See docs/method.md §9.4, §9.6.
     """
     filter_2d = np.outer(RESAMPLE_FILTER, RESAMPLE_FILTER) / np.sum(RESAMPLE_FILTER) ** 2
-    return dict(blur_sigma=float(schedule['blur_sigma']), neural_rendering_resolution=int(schedule['rendering_resolution']),
-                resample_filter=filter_2d.tolist(), filter_mode='antialiased')
+    return dict(
+        blur_sigma=float(schedule['blur_sigma']),
+        neural_rendering_resolution=int(schedule['rendering_resolution']),
+        resample_filter=filter_2d.tolist(),
+        filter_mode='antialiased',
+    )
 
 
-def _run_metrics(config: TrainingConfig, run_dir: str, cur_nimg: int, networks: dict, training_set_kwargs: dict,
-                 schedule: dict, rank: int, world_size: int, device: torch.device, log) -> None:
+def _run_metrics(
+    config: TrainingConfig,
+    run_dir: str,
+    cur_nimg: int,
+    networks: dict,
+    training_set_kwargs: dict,
+    schedule: dict,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    log,
+) -> None:
     """The configured metrics of a network snapshot, on every rank (docs/method.md §9.4): G_ema, and the snapshot's D.
 
     Results are appended to run_dir/metric-{name}.jsonl by rank 0. The random state is forked, so
     a run with metrics trains exactly as one without.
     """
     from metrics import metric_main, metric_utils
-    opts = metric_utils.MetricOptions(G=networks['G_ema'], D=networks['D'], dataset_kwargs=training_set_kwargs,
-                                      pose_predict_kwargs=pose_predict_kwargs(schedule),
-                                      metric_pose_sample_mode=config.metric_pose_sample_mode,
-                                      num_gpus=world_size, rank=rank, device=device)
+
+    opts = metric_utils.MetricOptions(
+        G=networks['G_ema'],
+        D=networks['D'],
+        dataset_kwargs=training_set_kwargs,
+        pose_predict_kwargs=pose_predict_kwargs(schedule),
+        metric_pose_sample_mode=config.metric_pose_sample_mode,
+        num_gpus=world_size,
+        rank=rank,
+        device=device,
+    )
     with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
         for name in config.metrics:
             result = metric_main.calc_metric(name, opts)
@@ -537,17 +662,28 @@ def _run_metrics(config: TrainingConfig, run_dir: str, cur_nimg: int, networks: 
                 log(metric_main.format_results(result))
 
 
-def _save_network_snapshot(run_dir: str, config: TrainingConfig, networks: dict, optimizers: dict,
-                           progress: Progress, rng_states: list, training_set_kwargs: dict,
-                           schedule: dict) -> None:
+def _save_network_snapshot(
+    run_dir: str,
+    config: TrainingConfig,
+    networks: dict,
+    optimizers: dict,
+    progress: Progress,
+    rng_states: list,
+    training_set_kwargs: dict,
+    schedule: dict,
+) -> None:
     """Write the pickle, the weights file, the pose-prediction settings and the resume state."""
     paths = save_network_files(run_dir, progress.cur_nimg, networks, training_set_kwargs, schedule)
     # Written last: a resume state implies that its snapshot files are complete.
-    state = dict(format=run_files.RESUME_FORMAT, version=run_files.RESUME_VERSION, config_json=config.to_json(),
-                 progress=dataclasses.asdict(progress),
-                 networks={name: module.state_dict() for name, module in networks.items()},
-                 optimizers={name: optimizer.state_dict() for name, optimizer in optimizers.items()},
-                 rng=rng_states)
+    state = dict(
+        format=run_files.RESUME_FORMAT,
+        version=run_files.RESUME_VERSION,
+        config_json=config.to_json(),
+        progress=dataclasses.asdict(progress),
+        networks={name: module.state_dict() for name, module in networks.items()},
+        optimizers={name: optimizer.state_dict() for name, optimizer in optimizers.items()},
+        rng=rng_states,
+    )
     atomic_write(paths['resume'], lambda f: torch.save(state, f))
     run_files.remove_older_resume_states(run_dir, keep=paths['resume'])
 
@@ -564,15 +700,26 @@ def _load_network_snapshot(path: str, networks: dict, trust_pickle: bool = False
             continue
         missing = misc.copy_params_and_buffers(source, module)
         if missing:
-            print(f'  {name}: {len(missing)} tensor(s) not in the snapshot keep their initialization: '
-                  f'{", ".join(missing[:5])}{" ..." if len(missing) > 5 else ""}')
+            print(
+                f'  {name}: {len(missing)} tensor(s) not in the snapshot keep their initialization: '
+                f'{", ".join(missing[:5])}{" ..." if len(missing) > 5 else ""}'
+            )
 
 
 # ------------------------------------------------------------------------------------------------
 # Statistics and image snapshots.
 
-def _collect_stats(collector: training_stats.Collector, device: torch.device, tick: int, kimg: float,
-                   total_sec: float, sec_per_tick: float, tick_kimg: float, maintenance_sec: float) -> dict:
+
+def _collect_stats(
+    collector: training_stats.Collector,
+    device: torch.device,
+    tick: int,
+    kimg: float,
+    total_sec: float,
+    sec_per_tick: float,
+    tick_kimg: float,
+    maintenance_sec: float,
+) -> dict:
     """Report this tick's progress, timing and memory, then collect everything reported since the last tick."""
     training_stats.report0('Progress/tick', tick)
     training_stats.report0('Progress/kimg', kimg)
@@ -592,17 +739,25 @@ def _collect_stats(collector: training_stats.Collector, device: torch.device, ti
 
 def _progress_line(stats: dict, total_kimg: float) -> str:
     """'tick 3 kimg 1.500 time 10m 02s sec/kimg 600.0 eta ... maint ... cpumem ... G_loss ... D_loss ...'"""
+
     def mean(name):
         return stats[name].mean
+
     eta = (total_kimg - mean('Progress/kimg')) * mean('Timing/sec_per_kimg')
-    fields = [f'tick {int(mean("Progress/tick")):<5d}', f'kimg {mean("Progress/kimg"):<9.3f}',
-              f'time {dnnlib.util.format_time(mean("Timing/total_sec")):<12s}',
-              f'sec/kimg {mean("Timing/sec_per_kimg"):<8.1f}', f'eta {dnnlib.util.format_time(eta):<12s}',
-              f'maint {mean("Timing/maintenance_sec"):<6.1f}', f'cpumem {mean("Resources/cpu_mem_gb"):<5.2f}']
+    fields = [
+        f'tick {int(mean("Progress/tick")):<5d}',
+        f'kimg {mean("Progress/kimg"):<9.3f}',
+        f'time {dnnlib.util.format_time(mean("Timing/total_sec")):<12s}',
+        f'sec/kimg {mean("Timing/sec_per_kimg"):<8.1f}',
+        f'eta {dnnlib.util.format_time(eta):<12s}',
+        f'maint {mean("Timing/maintenance_sec"):<6.1f}',
+        f'cpumem {mean("Resources/cpu_mem_gb"):<5.2f}',
+    ]
     if 'Resources/peak_gpu_mem_gb' in stats:
         fields.append(f'gpumem {mean("Resources/peak_gpu_mem_gb"):<5.2f}')
-    fields += [f'{name.split("/")[1]}_loss {mean(name):<7.3f}' for name in ('Loss/G/loss', 'Loss/D/loss')
-               if name in stats]
+    fields += [
+        f'{name.split("/")[1]}_loss {mean(name):<7.3f}' for name in ('Loss/G/loss', 'Loss/D/loss') if name in stats
+    ]
     return ' '.join(fields)
 
 
@@ -631,7 +786,7 @@ def _save_grid(path: str, images: np.ndarray, cols: int, writer=None, tag: str |
     canvas = np.zeros([rows * height, cols * width, channels], dtype=np.uint8)
     for index, image in enumerate(images):
         row, col = divmod(index, cols)
-        canvas[row * height:(row + 1) * height, col * width:(col + 1) * width] = image
+        canvas[row * height : (row + 1) * height, col * width : (col + 1) * width] = image
     PIL.Image.fromarray(canvas[:, :, 0] if channels == 1 else canvas).save(path)
     if writer is not None:
         writer.add_image(tag, canvas, global_step=step, dataformats='HWC')
@@ -671,7 +826,9 @@ class _SnapshotGrid:
             print(f'Pose overlays left out of the image snapshots: {error}')
             self.renderer = None
 
-    def _overlay(self, images: torch.Tensor, poses: torch.Tensor, cameras: torch.Tensor, G: torch.nn.Module) -> np.ndarray | None:
+    def _overlay(
+        self, images: torch.Tensor, poses: torch.Tensor, cameras: torch.Tensor, G: torch.nn.Module
+    ) -> np.ndarray | None:
         """images uint8 [N, 3, H, W], poses [N, 6], cameras [N, 25] -> uint8 [N, H, W, 3] with the posed mesh, or None."""
         if self.renderer is None:
             return None
@@ -679,8 +836,12 @@ class _SnapshotGrid:
         vertices = body.pose(poses.to(torch.float32)).cpu().numpy()
         faces = body.faces.cpu().numpy()
         pictures = images.permute(0, 2, 3, 1).cpu().numpy()
-        return np.stack([self.renderer.overlay(picture, v, faces, c.cpu().numpy())
-                         for picture, v, c in zip(pictures, vertices, cameras)])
+        return np.stack(
+            [
+                self.renderer.overlay(picture, v, faces, c.cpu().numpy())
+                for picture, v, c in zip(pictures, vertices, cameras)
+            ]
+        )
 
     @torch.no_grad()
     def save_reals(self, run_dir: str, G: torch.nn.Module) -> None:
@@ -692,8 +853,17 @@ class _SnapshotGrid:
             _save_grid(os.path.join(run_dir, 'mesh_coarse_real_pose.png'), overlay, self.cols)
 
     @torch.no_grad()
-    def save_fakes(self, run_dir: str, name: str, writer, step: int, G: torch.nn.Module, G_ema: torch.nn.Module,
-                   D: torch.nn.Module, schedule: dict) -> None:
+    def save_fakes(
+        self,
+        run_dir: str,
+        name: str,
+        writer,
+        step: int,
+        G: torch.nn.Module,
+        G_ema: torch.nn.Module,
+        D: torch.nn.Module,
+        schedule: dict,
+    ) -> None:
         """{name}_0.png SR, _1_no_pose.png canonical SR, _2_raw.png, _3_no_pose_raw.png, _4_depth.png,
         _5_no_pose_depth.png, _6_real_pose.png (D's predicted poses over the reals).
 
@@ -708,24 +878,49 @@ class _SnapshotGrid:
             for z, c in zip(self.z.split(self.chunk), self.c.split(self.chunk)):
                 pose = G.get_pose_params(z, c)
                 ws = G_ema.mapping(z, frontal_camera(len(z), device=self.device), torch.zeros_like(pose))
-                posed = G_ema.synthesis(ws, c, neural_rendering_resolution=r, pose_params=pose,
-                                        noise_mode='const', deterministic=True)
-                canonical = G_ema.synthesis(ws, c, neural_rendering_resolution=r, noise_mode='const',
-                                            deterministic=True)
+                posed = G_ema.synthesis(
+                    ws, c, neural_rendering_resolution=r, pose_params=pose, noise_mode='const', deterministic=True
+                )
+                canonical = G_ema.synthesis(
+                    ws, c, neural_rendering_resolution=r, noise_mode='const', deterministic=True
+                )
                 for key in ('image', 'image_raw', 'image_depth'):
                     outputs[key].append(posed[key])
                     outputs[key.replace('image', 'no_pose')].append(canonical[key])
-            real_poses = predict_real_poses(D, image_from_uint8(self.real_img), mask_from_uint8(self.real_seg), self.real_c,
-                                            pose_predict_kwargs(schedule), batch=self.chunk)
+            real_poses = predict_real_poses(
+                D,
+                image_from_uint8(self.real_img),
+                mask_from_uint8(self.real_seg),
+                self.real_c,
+                pose_predict_kwargs(schedule),
+                batch=self.chunk,
+            )
         out = {key: torch.cat(value) for key, value in outputs.items()}
-        for suffix, key in (('0', 'image'), ('1_no_pose', 'no_pose'), ('2_raw', 'image_raw'),
-                            ('3_no_pose_raw', 'no_pose_raw')):
-            _save_grid(os.path.join(run_dir, f'{name}_{suffix}.png'), to_uint8(out[key], -1, 1), self.cols,
-                       writer, f'Images/{suffix}', step)
+        for suffix, key in (
+            ('0', 'image'),
+            ('1_no_pose', 'no_pose'),
+            ('2_raw', 'image_raw'),
+            ('3_no_pose_raw', 'no_pose_raw'),
+        ):
+            _save_grid(
+                os.path.join(run_dir, f'{name}_{suffix}.png'),
+                to_uint8(out[key], -1, 1),
+                self.cols,
+                writer,
+                f'Images/{suffix}',
+                step,
+            )
         for suffix, key in (('4_depth', 'image_depth'), ('5_no_pose_depth', 'no_pose_depth')):
-            _save_grid(os.path.join(run_dir, f'{name}_{suffix}.png'), depth_to_uint8(out[key]), self.cols,
-                       writer, f'Images/{suffix}', step)
+            _save_grid(
+                os.path.join(run_dir, f'{name}_{suffix}.png'),
+                depth_to_uint8(out[key]),
+                self.cols,
+                writer,
+                f'Images/{suffix}',
+                step,
+            )
         overlay = self._overlay(self.real_img, real_poses, self.real_c, G)
         if overlay is not None:
-            _save_grid(os.path.join(run_dir, f'{name}_6_real_pose.png'), overlay, self.cols, writer,
-                       'Images/6_real_pose', step)
+            _save_grid(
+                os.path.join(run_dir, f'{name}_6_real_pose.png'), overlay, self.cols, writer, 'Images/6_real_pose', step
+            )

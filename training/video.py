@@ -26,8 +26,9 @@ def interpolate_ws(keyframes: torch.Tensor, num_frames: int, kind: str) -> torch
     if kind == 'linear':
         return p1 + (p2 - p1) * frac
     p0, p3 = keyframes[(index - 1) % count], keyframes[(index + 2) % count]
-    return 0.5 * (2 * p1 + (p2 - p0) * frac + (2 * p0 - 5 * p1 + 4 * p2 - p3) * frac ** 2
-                  + (3 * p1 - p0 - 3 * p2 + p3) * frac ** 3)
+    return 0.5 * (
+        2 * p1 + (p2 - p0) * frac + (2 * p0 - 5 * p1 + 4 * p2 - p3) * frac**2 + (3 * p1 - p0 - 3 * p2 + p3) * frac**3
+    )
 
 
 def full_orbit(num_frames: int, device=None) -> torch.Tensor:
@@ -45,8 +46,9 @@ def pose_trajectory(num_frames: int, amplitude: float, device=None) -> torch.Ten
     return pose
 
 
-def trajectory_frames(trajectory: str, num_frames: int, pose_amplitude: float, base_pose: torch.Tensor | None = None,
-                      device=None) -> tuple:
+def trajectory_frames(
+    trajectory: str, num_frames: int, pose_amplitude: float, base_pose: torch.Tensor | None = None, device=None
+) -> tuple:
     """-> (cameras [num_frames, 25], poses [num_frames, 6] or None: None renders the canonical head).
 
     'orbit' and 'wobble' move the camera, posed throughout by base_pose [1, 6] when given; 'pose' keeps the
@@ -61,9 +63,18 @@ def trajectory_frames(trajectory: str, num_frames: int, pose_amplitude: float, b
     return cameras, None if base_pose is None else base_pose.expand(num_frames, -1)
 
 
-def write_video(G: torch.nn.Module, cell_ws: list[torch.Tensor], grid: tuple, path: str, trajectory: str,
-                image_mode: str, fps: int, sample_mult: int, pose_amplitude: float,
-                base_pose: torch.Tensor | None = None) -> int:
+def write_video(
+    G: torch.nn.Module,
+    cell_ws: list[torch.Tensor],
+    grid: tuple,
+    path: str,
+    trajectory: str,
+    image_mode: str,
+    fps: int,
+    sample_mult: int,
+    pose_amplitude: float,
+    base_pose: torch.Tensor | None = None,
+) -> int:
     """Render every frame of a grid of latents along a trajectory and write them to `path` (mp4, libx264).
 
     cell_ws: per grid cell, row by row, ws [num_frames, num_ws, w_dim]; grid (columns, rows);
@@ -78,21 +89,28 @@ def write_video(G: torch.nn.Module, cell_ws: list[torch.Tensor], grid: tuple, pa
     device = cell_ws[0].device
     cameras, poses = trajectory_frames(trajectory, num_frames, pose_amplitude, base_pose, device)
     renderer = G.renderer
-    render_kwargs = dict(depth_resolution=renderer.depth_resolution * sample_mult,
-                         depth_resolution_importance=renderer.depth_resolution_importance * sample_mult,
-                         noise_mode='const', deterministic=True)
+    render_kwargs = dict(
+        depth_resolution=renderer.depth_resolution * sample_mult,
+        depth_resolution_importance=renderer.depth_resolution_importance * sample_mult,
+        noise_mode='const',
+        deterministic=True,
+    )
     writer = imageio.get_writer(path, mode='I', fps=fps, codec='libx264', bitrate='10M', macro_block_size=1)
     try:
         for frame in tqdm(range(num_frames), desc='frames', unit='frame'):
             with torch.no_grad():
                 w = torch.stack([cw[frame] for cw in cell_ws])
-                pose = None if poses is None else poses[frame:frame + 1].expand(cells, -1)
-                out = G.synthesis(w, cameras[frame:frame + 1].expand(cells, -1), pose_params=pose, **render_kwargs)
+                pose = None if poses is None else poses[frame : frame + 1].expand(cells, -1)
+                out = G.synthesis(w, cameras[frame : frame + 1].expand(cells, -1), pose_params=pose, **render_kwargs)
             images = depth_to_uint8(out['image_depth']) if image_mode == 'image_depth' else to_uint8(out[image_mode])
             if images.shape[-1] == 1:
                 images = images.repeat(3, axis=-1)
             h, w_px = images.shape[1:3]
-            canvas = images.reshape(grid[1], grid[0], h, w_px, 3).transpose(0, 2, 1, 3, 4).reshape(grid[1] * h, grid[0] * w_px, 3)
+            canvas = (
+                images.reshape(grid[1], grid[0], h, w_px, 3)
+                .transpose(0, 2, 1, 3, 4)
+                .reshape(grid[1] * h, grid[0] * w_px, 3)
+            )
             writer.append_data(canvas)
     finally:
         writer.close()

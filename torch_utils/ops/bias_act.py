@@ -18,35 +18,44 @@ from torch_utils import custom_ops
 
 class Activation(NamedTuple):
     """How `bias_act` treats one activation function."""
+
     default_alpha: float | None  # shape parameter; None: the activation takes none
-    default_gain: float          # output scale that keeps the activations' magnitude, e.g. sqrt(2) after ReLU
-    derivative_uses: str         # 'y' or 'x': what the CUDA path keeps for backward (the output or the input)
+    default_gain: float  # output scale that keeps the activations' magnitude, e.g. sqrt(2) after ReLU
+    derivative_uses: str  # 'y' or 'x': what the CUDA path keeps for backward (the output or the input)
     has_second_derivative: bool  # False for piecewise-linear activations, whose curvature is zero
-    kernel_id: int               # index in bias_act.h's BiasActKind
+    kernel_id: int  # index in bias_act.h's BiasActKind
 
 
 SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 
 ACTIVATIONS: dict[str, Activation] = {
-    'linear':   Activation(None, 1.0, 'y', False, 0),
-    'relu':     Activation(None, math.sqrt(2), 'y', False, 1),
-    'lrelu':    Activation(0.2, math.sqrt(2), 'y', False, 2),
-    'tanh':     Activation(None, 1.0, 'y', True, 3),
-    'sigmoid':  Activation(None, 1.0, 'y', True, 4),
-    'elu':      Activation(1.0, 1.0, 'y', True, 5),
-    'selu':     Activation(SELU_ALPHA, 1.0, 'y', True, 6),
+    'linear': Activation(None, 1.0, 'y', False, 0),
+    'relu': Activation(None, math.sqrt(2), 'y', False, 1),
+    'lrelu': Activation(0.2, math.sqrt(2), 'y', False, 2),
+    'tanh': Activation(None, 1.0, 'y', True, 3),
+    'sigmoid': Activation(None, 1.0, 'y', True, 4),
+    'elu': Activation(1.0, 1.0, 'y', True, 5),
+    'selu': Activation(SELU_ALPHA, 1.0, 'y', True, 6),
     'softplus': Activation(None, 1.0, 'y', True, 7),
-    'swish':    Activation(None, math.sqrt(2), 'x', True, 8),
+    'swish': Activation(None, math.sqrt(2), 'x', True, 8),
 }
 
 # g * act(z) == act(g * z) for g > 0, so the gain can ride on the bias addition for free.
 _POSITIVELY_HOMOGENEOUS = ('linear', 'relu', 'lrelu')
 
 
-def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: str = 'linear',
-             alpha: float | None = None, gain: float | None = None, clamp: float | None = None,
-             impl: str = 'auto', overwrite_x: bool = False) -> torch.Tensor:
+def bias_act(
+    x: torch.Tensor,
+    b: torch.Tensor | None = None,
+    dim: int = 1,
+    act: str = 'linear',
+    alpha: float | None = None,
+    gain: float | None = None,
+    clamp: float | None = None,
+    impl: str = 'auto',
+    overwrite_x: bool = False,
+) -> torch.Tensor:
     """y = clamp(gain * act(x + b), -clamp, clamp), with b broadcast along dimension `dim` of x.
 
     x [..., C (at dim), ...], b [C] or None -> y [x.shape]
@@ -67,20 +76,32 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
 
 def _plugin(require_device: bool = True) -> types.ModuleType | None:
     """The compiled bias_act kernel, or None where it cannot be built (see torch_utils.custom_ops)."""
-    return custom_ops.get_plugin('bias_act_plugin', sources=['bias_act.cpp', 'bias_act.cu'], headers=['bias_act.h'],
-                                 source_dir=os.path.dirname(os.path.abspath(__file__)),
-                                 require_device=require_device, extra_cuda_cflags=['--use_fast_math'])
+    return custom_ops.get_plugin(
+        'bias_act_plugin',
+        sources=['bias_act.cpp', 'bias_act.cu'],
+        headers=['bias_act.h'],
+        source_dir=os.path.dirname(os.path.abspath(__file__)),
+        require_device=require_device,
+        extra_cuda_cflags=['--use_fast_math'],
+    )
 
 
-def _check_arguments(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, alpha: float | None,
-                     gain: float | None, clamp: float | None) -> tuple[Activation, int, float | None, float]:
+def _check_arguments(
+    x: torch.Tensor,
+    b: torch.Tensor | None,
+    dim: int,
+    act: str,
+    alpha: float | None,
+    gain: float | None,
+    clamp: float | None,
+) -> tuple[Activation, int, float | None, float]:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f'bias_act: x must be a tensor, got {type(x).__name__}')
     if act not in ACTIVATIONS:
-        raise ValueError(f"bias_act: unknown activation {act!r}; use one of {', '.join(ACTIVATIONS)}")
+        raise ValueError(f'bias_act: unknown activation {act!r}; use one of {", ".join(ACTIVATIONS)}')
     spec = ACTIVATIONS[act]
     if alpha is not None and spec.default_alpha is None:
-        raise ValueError(f"bias_act: activation {act!r} takes no alpha; pass alpha=None")
+        raise ValueError(f'bias_act: activation {act!r} takes no alpha; pass alpha=None')
     if clamp is not None and not clamp >= 0:
         raise ValueError(f'bias_act: clamp must be None or >= 0, got {clamp}')
     if b is not None:
@@ -98,8 +119,16 @@ def _check_arguments(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str
     return spec, dim, alpha, gain
 
 
-def _bias_act_ref(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, alpha: float | None,
-                  gain: float, clamp: float | None, overwrite_x: bool = False) -> torch.Tensor:
+def _bias_act_ref(
+    x: torch.Tensor,
+    b: torch.Tensor | None,
+    dim: int,
+    act: str,
+    alpha: float | None,
+    gain: float,
+    clamp: float | None,
+    overwrite_x: bool = False,
+) -> torch.Tensor:
     """Reference path from torch ops, differentiable to any order. x [..., C, ...], b [C] or None -> [x.shape]"""
     needs_graph = torch.is_grad_enabled() and (x.requires_grad or (b is not None and b.requires_grad))
     fold_gain = act in _POSITIVELY_HOMOGENEOUS and gain > 0 and gain != 1
@@ -143,6 +172,7 @@ def _bias_act_ref(x: torch.Tensor, b: torch.Tensor | None, dim: int, act: str, a
 
 class _KernelConfig(NamedTuple):
     """Everything the CUDA kernel needs besides tensors."""
+
     kind: int
     ref_is_output: bool
     has_second_derivative: bool
@@ -153,17 +183,34 @@ class _KernelConfig(NamedTuple):
 
 
 def _kernel_config(spec: Activation, dim: int, alpha: float | None, gain: float, clamp: float | None) -> _KernelConfig:
-    return _KernelConfig(spec.kernel_id, spec.derivative_uses == 'y', spec.has_second_derivative,
-                         dim, float(alpha or 0.0), float(gain), -1.0 if clamp is None else float(clamp))
+    return _KernelConfig(
+        spec.kernel_id,
+        spec.derivative_uses == 'y',
+        spec.has_second_derivative,
+        dim,
+        float(alpha or 0.0),
+        float(gain),
+        -1.0 if clamp is None else float(clamp),
+    )
 
 
-def _run_kernel(config: _KernelConfig, mode: int, values: torch.Tensor, bias: torch.Tensor | None,
-                ref: torch.Tensor | None) -> torch.Tensor:
+def _run_kernel(
+    config: _KernelConfig, mode: int, values: torch.Tensor, bias: torch.Tensor | None, ref: torch.Tensor | None
+) -> torch.Tensor:
     """One kernel launch: values [shape], bias [C] or None, ref [shape] or None -> [shape]"""
     empty = values.new_empty([0])
-    return _plugin().bias_act(values, empty if bias is None else bias, empty if ref is None else ref,
-                              config.kind, mode, config.ref_is_output, config.dim,
-                              config.alpha, config.gain, config.clamp)
+    return _plugin().bias_act(
+        values,
+        empty if bias is None else bias,
+        empty if ref is None else ref,
+        config.kind,
+        mode,
+        config.ref_is_output,
+        config.dim,
+        config.alpha,
+        config.gain,
+        config.clamp,
+    )
 
 
 def _sum_to_bias(grad: torch.Tensor, dim: int) -> torch.Tensor:
@@ -196,8 +243,9 @@ class _BiasActCudaGrad(torch.autograd.Function):
     """dx = dy * dy/dx by the kernel (mode 1), itself differentiable through mode 1 and mode 2."""
 
     @staticmethod
-    def forward(ctx, dy: torch.Tensor, ref: torch.Tensor, bias: torch.Tensor | None,
-                config: _KernelConfig) -> torch.Tensor:
+    def forward(
+        ctx, dy: torch.Tensor, ref: torch.Tensor, bias: torch.Tensor | None, config: _KernelConfig
+    ) -> torch.Tensor:
         ctx.config = config
         ctx.save_for_backward(dy, ref, bias)
         return _run_kernel(config, 1, dy, bias, ref)

@@ -38,9 +38,15 @@ def no_weight_gradients(*, disable: bool = False) -> Iterator[None]:
         _weight_gradients_disabled.reset(token)
 
 
-def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-           dilation: int | tuple[int, int] = 1, groups: int = 1) -> torch.Tensor:
+def conv2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> torch.Tensor:
     """Same as torch.nn.functional.conv2d (numeric padding only).
 
     input [N, C_in, H, W], weight [C_out, C_in / groups, kH, kW], bias [C_out] or None -> [N, C_out, H_out, W_out]
@@ -49,10 +55,16 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     return _Convolution.apply(input, weight, bias, config)
 
 
-def conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                     stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-                     output_padding: int | tuple[int, int] = 0, groups: int = 1,
-                     dilation: int | tuple[int, int] = 1) -> torch.Tensor:
+def conv_transpose2d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    output_padding: int | tuple[int, int] = 0,
+    groups: int = 1,
+    dilation: int | tuple[int, int] = 1,
+) -> torch.Tensor:
     """Same as torch.nn.functional.conv_transpose2d.
 
     input [N, C_in, H, W], weight [C_in, C_out / groups, kH, kW], bias [C_out] or None -> [N, C_out, H_out, W_out]
@@ -63,6 +75,7 @@ def conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 class _ConvConfig(NamedTuple):
     """Non-tensor arguments of one convolution, in aten.convolution's terms."""
+
     stride: tuple[int, int]
     padding: tuple[int, int]
     dilation: tuple[int, int]
@@ -78,26 +91,46 @@ def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int
     return pair
 
 
-def _config(input: torch.Tensor, weight: torch.Tensor, stride, padding, output_padding, dilation, groups: int,
-            transposed: bool) -> _ConvConfig:
+def _config(
+    input: torch.Tensor, weight: torch.Tensor, stride, padding, output_padding, dilation, groups: int, transposed: bool
+) -> _ConvConfig:
     op_name = 'conv_transpose2d' if transposed else 'conv2d'
     if isinstance(padding, str):
-        raise ValueError(f"conv2d_gradfix.{op_name}: padding={padding!r} is not supported; pass numeric padding")
+        raise ValueError(f'conv2d_gradfix.{op_name}: padding={padding!r} is not supported; pass numeric padding')
     if input.ndim != 4 or weight.ndim != 4:
-        raise ValueError(f'conv2d_gradfix.{op_name}: input and weight must be 4-d, got input '
-                         f'{list(input.shape)} and weight {list(weight.shape)}; add a batch dimension if it is missing')
-    return _ConvConfig(_pair(stride, 'stride'), _pair(padding, 'padding'), _pair(dilation, 'dilation'),
-                       transposed, _pair(output_padding, 'output_padding'), int(groups))
+        raise ValueError(
+            f'conv2d_gradfix.{op_name}: input and weight must be 4-d, got input '
+            f'{list(input.shape)} and weight {list(weight.shape)}; add a batch dimension if it is missing'
+        )
+    return _ConvConfig(
+        _pair(stride, 'stride'),
+        _pair(padding, 'padding'),
+        _pair(dilation, 'dilation'),
+        transposed,
+        _pair(output_padding, 'output_padding'),
+        int(groups),
+    )
 
 
-def _convolve(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-              config: _ConvConfig) -> torch.Tensor:
-    return torch.convolution(input, weight, bias, config.stride, config.padding, config.dilation,
-                             config.transposed, config.output_padding, config.groups)
+def _convolve(
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: _ConvConfig
+) -> torch.Tensor:
+    return torch.convolution(
+        input,
+        weight,
+        bias,
+        config.stride,
+        config.padding,
+        config.dilation,
+        config.transposed,
+        config.output_padding,
+        config.groups,
+    )
 
 
-def _input_gradient(grad_output: torch.Tensor, weight: torch.Tensor, config: _ConvConfig,
-                    input_shape: torch.Size) -> torch.Tensor:
+def _input_gradient(
+    grad_output: torch.Tensor, weight: torch.Tensor, config: _ConvConfig, input_shape: torch.Size
+) -> torch.Tensor:
     """Adjoint of the convolution `config` with `weight`, itself a differentiable _Convolution.
 
     grad_output [N, C_out, H_out, W_out], weight [weight shape of config] -> [input_shape]
@@ -105,22 +138,43 @@ def _input_gradient(grad_output: torch.Tensor, weight: torch.Tensor, config: _Co
     if config.transposed:
         # The plain convolution is the adjoint. When the output padding reaches past the stride (possible
         # with dilation), it yields extra trailing rows/columns that belong to no input pixel.
-        grad_input = _Convolution.apply(grad_output, weight, None, config._replace(transposed=False, output_padding=(0, 0)))
-        return grad_input[:, :, :input_shape[2], :input_shape[3]]
+        grad_input = _Convolution.apply(
+            grad_output, weight, None, config._replace(transposed=False, output_padding=(0, 0))
+        )
+        return grad_input[:, :, : input_shape[2], : input_shape[3]]
     # The plain convolution drops the rows/columns that no window reaches; output padding restores them.
     output_padding = tuple(
-        input_shape[i + 2] - ((grad_output.shape[i + 2] - 1) * config.stride[i] - 2 * config.padding[i]
-                              + config.dilation[i] * (weight.shape[i + 2] - 1) + 1)
-        for i in range(2))
-    return _Convolution.apply(grad_output, weight, None, config._replace(transposed=True, output_padding=output_padding))
+        input_shape[i + 2]
+        - (
+            (grad_output.shape[i + 2] - 1) * config.stride[i]
+            - 2 * config.padding[i]
+            + config.dilation[i] * (weight.shape[i + 2] - 1)
+            + 1
+        )
+        for i in range(2)
+    )
+    return _Convolution.apply(
+        grad_output, weight, None, config._replace(transposed=True, output_padding=output_padding)
+    )
 
 
-def _weight_gradient(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,
-                     config: _ConvConfig) -> torch.Tensor:
+def _weight_gradient(
+    grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, config: _ConvConfig
+) -> torch.Tensor:
     """grad_output [N, C_out, H_out, W_out], input [N, C_in, H, W] -> [weight.shape]"""
     _, grad_weight, _ = torch.ops.aten.convolution_backward(
-        grad_output, input, weight, None, config.stride, config.padding, config.dilation, config.transposed,
-        config.output_padding, config.groups, [False, True, False])
+        grad_output,
+        input,
+        weight,
+        None,
+        config.stride,
+        config.padding,
+        config.dilation,
+        config.transposed,
+        config.output_padding,
+        config.groups,
+        [False, True, False],
+    )
     return grad_weight
 
 
@@ -128,8 +182,9 @@ class _Convolution(torch.autograd.Function):
     """out = conv(input, weight) + bias, with a differentiable input gradient and an optional weight gradient."""
 
     @staticmethod
-    def forward(ctx, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                config: _ConvConfig) -> torch.Tensor:
+    def forward(
+        ctx, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: _ConvConfig
+    ) -> torch.Tensor:
         ctx.config = config
         ctx.input_shape = input.shape
         ctx.save_for_backward(input if weight.requires_grad else None, weight)
@@ -153,8 +208,9 @@ class _WeightGradient(torch.autograd.Function):
     """grad_weight = d<grad_output, conv(input, W)>/dW, differentiable in grad_output and input."""
 
     @staticmethod
-    def forward(ctx, grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,
-                config: _ConvConfig) -> torch.Tensor:
+    def forward(
+        ctx, grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, config: _ConvConfig
+    ) -> torch.Tensor:
         ctx.config = config
         ctx.save_for_backward(grad_output, input)
         ctx.input_shape = input.shape

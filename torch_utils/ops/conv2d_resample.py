@@ -19,8 +19,15 @@ import torch
 from torch_utils.ops import conv2d_gradfix, upfirdn2d
 
 
-def _conv2d(x: torch.Tensor, w: torch.Tensor, stride: int = 1, padding: int | tuple[int, int] = 0,
-            groups: int = 1, transpose: bool = False, flip_weight: bool = True) -> torch.Tensor:
+def _conv2d(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    stride: int = 1,
+    padding: int | tuple[int, int] = 0,
+    groups: int = 1,
+    transpose: bool = False,
+    flip_weight: bool = True,
+) -> torch.Tensor:
     """conv2d (w [Cout, Cin/groups, kh, kw]) or conv_transpose2d (w [Cin, Cout/groups, kh, kw]).
 
     flip_weight=True correlates with w (torch's convention), False convolves.
@@ -44,20 +51,31 @@ def _check_arguments(x: torch.Tensor, w: torch.Tensor, up: int, down: int, group
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         raise ValueError(f'conv2d_resample: x must have shape [N, Cin, H, W], got {getattr(x, "shape", type(x))}')
     if not isinstance(w, torch.Tensor) or w.ndim != 4:
-        raise ValueError('conv2d_resample: w must have shape [Cout, Cin/groups, kh, kw], '
-                         f'got {getattr(w, "shape", type(w))}')
+        raise ValueError(
+            f'conv2d_resample: w must have shape [Cout, Cin/groups, kh, kw], got {getattr(w, "shape", type(w))}'
+        )
     if not isinstance(groups, int) or groups < 1 or w.shape[0] % groups != 0 or w.shape[1] * groups != x.shape[1]:
-        raise ValueError(f'conv2d_resample: w of shape {list(w.shape)} with groups={groups} does not fit x with '
-                         f'{x.shape[1]} channels; w needs shape [Cout, Cin/groups, kh, kw] with Cout divisible '
-                         'by groups')
+        raise ValueError(
+            f'conv2d_resample: w of shape {list(w.shape)} with groups={groups} does not fit x with '
+            f'{x.shape[1]} channels; w needs shape [Cout, Cin/groups, kh, kw] with Cout divisible '
+            'by groups'
+        )
     for name, value in (('up', up), ('down', down)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f'conv2d_resample: {name}={value!r} is invalid; pass an int >= 1')
 
 
-def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None = None, up: int = 1, down: int = 1,
-                    padding: int | Sequence[int] = 0, groups: int = 1, flip_weight: bool = True,
-                    flip_filter: bool = False) -> torch.Tensor:
+def conv2d_resample(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    f: torch.Tensor | None = None,
+    up: int = 1,
+    down: int = 1,
+    padding: int | Sequence[int] = 0,
+    groups: int = 1,
+    flip_weight: bool = True,
+    flip_filter: bool = False,
+) -> torch.Tensor:
     """Convolve with w, with FIR upsampling by `up` before or FIR downsampling by `down` after.
 
     x [N, Cin, H, W], w [Cout, Cin/groups, kh, kw], f [fh, fw], separable [ft] or None (identity),
@@ -75,8 +93,10 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None = N
     out_h = (x.shape[2] * up + py0 + py1 - kh + 1) // down
     out_w = (x.shape[3] * up + px0 + px1 - kw + 1) // down
     if out_h < 1 or out_w < 1:
-        raise ValueError(f'conv2d_resample: a {kh}x{kw} kernel on a {x.shape[2]}x{x.shape[3]} input with up={up}, '
-                         f'down={down}, padding={(px0, px1, py0, py1)} leaves no output; increase the padding')
+        raise ValueError(
+            f'conv2d_resample: a {kh}x{kw} kernel on a {x.shape[2]}x{x.shape[3]} input with up={up}, '
+            f'down={down}, padding={(px0, px1, py0, py1)} leaves no output; increase the padding'
+        )
 
     if up > 1:
         px0, px1 = px0 + (fw + up - 1) // 2, px1 + (fw - up) // 2
@@ -92,7 +112,7 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None = N
         return _conv2d(x, w, groups=groups, flip_weight=flip_weight)
     if kw == 1 and kh == 1 and up > 1 and down == 1:
         x = _conv2d(x, w, groups=groups, flip_weight=flip_weight)
-        return upfirdn2d.upfirdn2d(x, f, up=up, padding=pad, gain=up ** 2, flip_filter=flip_filter)
+        return upfirdn2d.upfirdn2d(x, f, up=up, padding=pad, gain=up**2, flip_filter=flip_filter)
 
     # The FIR filter and the convolution commute, so filter first and let the stride skip the
     # samples that the decimation would discard.
@@ -109,16 +129,28 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None = N
         crop_x = max(0, min(-start_x, -end_x))  # symmetric crops are cheaper inside the transposed conv
         crop_y = max(0, min(-start_y, -end_y))
         # conv_transpose2d convolves; correlating with w means convolving with w flipped.
-        x = _conv2d(x, _transpose_weight(w, groups), stride=up, padding=(crop_y, crop_x), groups=groups,
-                    transpose=True, flip_weight=not flip_weight)
-        return upfirdn2d.upfirdn2d(x, f, padding=(start_x + crop_x, end_x + crop_x, start_y + crop_y, end_y + crop_y),
-                                   gain=up ** 2, flip_filter=flip_filter)
+        x = _conv2d(
+            x,
+            _transpose_weight(w, groups),
+            stride=up,
+            padding=(crop_y, crop_x),
+            groups=groups,
+            transpose=True,
+            flip_weight=not flip_weight,
+        )
+        return upfirdn2d.upfirdn2d(
+            x,
+            f,
+            padding=(start_x + crop_x, end_x + crop_x, start_y + crop_y, end_y + crop_y),
+            gain=up**2,
+            flip_filter=flip_filter,
+        )
 
     if up == 1 and down == 1 and px0 == px1 >= 0 and py0 == py1 >= 0:
         return _conv2d(x, w, padding=(py0, px0), groups=groups, flip_weight=flip_weight)
 
     # Both up and down, or uneven/negative padding without resampling: the defining composition.
-    x = upfirdn2d.upfirdn2d(x, f if up > 1 else None, up=up, padding=pad, gain=up ** 2, flip_filter=flip_filter)
+    x = upfirdn2d.upfirdn2d(x, f if up > 1 else None, up=up, padding=pad, gain=up**2, flip_filter=flip_filter)
     x = _conv2d(x, w, groups=groups, flip_weight=flip_weight)
     if down > 1:
         x = upfirdn2d.upfirdn2d(x, f, down=down, flip_filter=flip_filter)

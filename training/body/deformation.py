@@ -38,11 +38,20 @@ class PosedMeshMap:
     built here, so the coarse and the fine samples of a render share them.
     """
 
-    def __init__(self, posed: torch.Tensor, canonical: torch.Tensor, faces: torch.Tensor,
-                 thickness: float, backend: str = 'auto', chunk_size: int = 1 << 20):
+    def __init__(
+        self,
+        posed: torch.Tensor,
+        canonical: torch.Tensor,
+        faces: torch.Tensor,
+        thickness: float,
+        backend: str = 'auto',
+        chunk_size: int = 1 << 20,
+    ):
         if posed.dim() != 3 or posed.shape[-1] != 3 or canonical.dim() != 3 or canonical.shape[1:] != posed.shape[1:]:
-            raise ValueError(f'canonicalize: posed must be [B, V, 3] and canonical [1, V, 3], got '
-                             f'{tuple(posed.shape)} and {tuple(canonical.shape)}')
+            raise ValueError(
+                f'canonicalize: posed must be [B, V, 3] and canonical [1, V, 3], got '
+                f'{tuple(posed.shape)} and {tuple(canonical.shape)}'
+            )
         self.batch_size, self.num_faces = posed.shape[0], faces.shape[0]
         self.thickness = float(thickness)
         self.searches = [NearestFaceSearch(vertices, faces, backend, chunk_size) for vertices in posed.detach()]
@@ -72,8 +81,9 @@ class PosedMeshMap:
             raise ValueError(f'canonicalize: points must be [{self.batch_size}, N, 3], got {tuple(points.shape)}')
         if points.shape[0] == 0 or points.shape[1] == 0:
             return torch.full(points.shape[:2], -1, dtype=torch.long, device=points.device)
-        return torch.stack([search.query(item, self.thickness)[0]
-                            for search, item in zip(self.searches, points.detach())])
+        return torch.stack(
+            [search.query(item, self.thickness)[0] for search, item in zip(self.searches, points.detach())]
+        )
 
     def apply(self, points: torch.Tensor, face_index: torch.Tensor) -> torch.Tensor:
         """Move each point with the rigid map of its face; face -1 leaves it unchanged.
@@ -89,13 +99,23 @@ class PosedMeshMap:
         flat = points.reshape(-1, 3)
         x = flat[near]
         relative = x - self.origin[near_face].to(points.dtype)
-        moved = (x + self.shift[near_face].to(points.dtype)
-                 + (self.turn[near_face].to(points.dtype) @ relative[:, :, None])[:, :, 0])
+        moved = (
+            x
+            + self.shift[near_face].to(points.dtype)
+            + (self.turn[near_face].to(points.dtype) @ relative[:, :, None])[:, :, 0]
+        )
         return flat.index_copy(0, near, moved).view(batch_size, num_points, 3)
 
 
-def canonicalize(points: torch.Tensor, posed: torch.Tensor, canonical: torch.Tensor,
-                 faces: torch.Tensor, thickness: float, backend: str = 'auto', chunk_size: int = 1 << 20) -> torch.Tensor:
+def canonicalize(
+    points: torch.Tensor,
+    posed: torch.Tensor,
+    canonical: torch.Tensor,
+    faces: torch.Tensor,
+    thickness: float,
+    backend: str = 'auto',
+    chunk_size: int = 1 << 20,
+) -> torch.Tensor:
     """Map posed-space samples to canonical space through their nearest posed triangle.
 
     points [B, N, 3], posed [B, V, 3], canonical [1, V, 3], faces [F, 3] -> [B, N, 3]
@@ -109,11 +129,12 @@ def canonicalize(points: torch.Tensor, posed: torch.Tensor, canonical: torch.Ten
 class Deformer(torch.nn.Module):
     """Maps posed-space sample points to the canonical space of a body model's zero pose."""
 
-    def __init__(self,
-                 body_model: BodyModel,  # Supplies the canonical mesh, the box faces and pose().
-                 thickness: float = 0.25,  # Points this far from every box face stay put, metres.
-                 backend: str = 'auto',  # Nearest-face search: see nearest_face.BACKENDS.
-                 ):
+    def __init__(
+        self,
+        body_model: BodyModel,  # Supplies the canonical mesh, the box faces and pose().
+        thickness: float = 0.25,  # Points this far from every box face stay put, metres.
+        backend: str = 'auto',  # Nearest-face search: see nearest_face.BACKENDS.
+    ):
         super().__init__()
         self.body_model = body_model
         self.thickness = float(thickness)

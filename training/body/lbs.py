@@ -36,23 +36,21 @@ def batch_rodrigues(rotvecs: torch.Tensor) -> torch.Tensor:
     # The closed forms are evaluated on a harmless angle where the series is used, so that
     # neither branch produces NaN gradients through torch.where.
     safe_angle = torch.where(small, torch.ones_like(angle_sq), angle_sq).sqrt()
-    sin_coeff = torch.where(small, 1 - angle_sq / 6 + angle_sq * angle_sq / 120,
-                            torch.sin(safe_angle) / safe_angle)
+    sin_coeff = torch.where(small, 1 - angle_sq / 6 + angle_sq * angle_sq / 120, torch.sin(safe_angle) / safe_angle)
     # 2 sin^2(t/2) / t^2 instead of (1 - cos t) / t^2: no cancellation in float32.
     half_sin = torch.sin(safe_angle / 2) / safe_angle
-    cos_coeff = torch.where(small, 0.5 - angle_sq / 24 + angle_sq * angle_sq / 720,
-                            2 * half_sin * half_sin)
+    cos_coeff = torch.where(small, 0.5 - angle_sq / 24 + angle_sq * angle_sq / 720, 2 * half_sin * half_sin)
 
     x, y, z = rotvecs.unbind(dim=-1)
     zero = torch.zeros_like(x)
     cross = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).view(-1, 3, 3)
     eye = torch.eye(3, dtype=rotvecs.dtype, device=rotvecs.device)
-    return (eye + sin_coeff[:, None, None] * cross
-            + cos_coeff[:, None, None] * (cross @ cross))
+    return eye + sin_coeff[:, None, None] * cross + cos_coeff[:, None, None] * (cross @ cross)
 
 
-def forward_kinematics(rot_mats: torch.Tensor, joints: torch.Tensor,
-                       parents: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_kinematics(
+    rot_mats: torch.Tensor, joints: torch.Tensor, parents: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pose a kinematic tree given each joint's rotation relative to its parent.
 
     rot_mats [B, J, 3, 3], joints [B, J, 3] (rest positions) -> posed joints [B, J, 3],
@@ -61,31 +59,29 @@ def forward_kinematics(rot_mats: torch.Tensor, joints: torch.Tensor,
     its posed position; the root rotates about its own rest position (no translation).
     """
     if len(parents) != rot_mats.shape[1] or parents[0] != -1:
-        raise ValueError(f'parents must list {rot_mats.shape[1]} joints with parents[0] = -1, '
-                         f'got {list(parents)}')
+        raise ValueError(f'parents must list {rot_mats.shape[1]} joints with parents[0] = -1, got {list(parents)}')
     batch_size, num_joints = rot_mats.shape[:2]
     bottom_row = rot_mats.new_tensor([0, 0, 0, 1]).expand(batch_size, num_joints, 1, 4)
     # A rotation R about the rest joint position c is x -> R x + (c - R c). Written this
     # way, the identity rotation gives exactly the identity transform (no roundoff), so a
     # zero pose leaves every vertex bit-for-bit in place.
     pivot_offsets = joints - (rot_mats @ joints[..., None])[..., 0]
-    local = torch.cat([torch.cat([rot_mats, pivot_offsets[..., None]], dim=-1), bottom_row],
-                      dim=-2)
+    local = torch.cat([torch.cat([rot_mats, pivot_offsets[..., None]], dim=-1), bottom_row], dim=-2)
 
     transforms = [local[:, 0]]
     for joint in range(1, num_joints):
         parent = parents[joint]
         if not 0 <= parent < joint:
-            raise ValueError(f'parents must be topologically ordered (0 <= parents[j] < j), '
-                             f'got parents[{joint}] = {parent}')
+            raise ValueError(
+                f'parents must be topologically ordered (0 <= parents[j] < j), got parents[{joint}] = {parent}'
+            )
         transforms.append(transforms[parent] @ local[:, joint])
     relative = torch.stack(transforms, dim=1)
     posed_joints = (relative[..., :3, :3] @ joints[..., None])[..., 0] + relative[..., :3, 3]
     return posed_joints, relative
 
 
-def shape_blend(betas: torch.Tensor, v_template: torch.Tensor,
-                shapedirs: torch.Tensor) -> torch.Tensor:
+def shape_blend(betas: torch.Tensor, v_template: torch.Tensor, shapedirs: torch.Tensor) -> torch.Tensor:
     """Template plus shape blend shapes.
 
     betas [B, K'], v_template [V, 3], shapedirs [V, 3, K] with K' <= K -> [B, V, 3]
@@ -93,8 +89,7 @@ def shape_blend(betas: torch.Tensor, v_template: torch.Tensor,
     """
     num_betas = betas.shape[-1]
     if num_betas > shapedirs.shape[-1]:
-        raise ValueError(f'{num_betas} betas given, the model has {shapedirs.shape[-1]} shape '
-                         f'components')
+        raise ValueError(f'{num_betas} betas given, the model has {shapedirs.shape[-1]} shape components')
     return v_template + torch.einsum('bk,vck->bvc', betas, shapedirs[..., :num_betas])
 
 
@@ -117,9 +112,16 @@ def as_pose_basis(posedirs: torch.Tensor) -> torch.Tensor:
     return posedirs
 
 
-def skin(betas: torch.Tensor, full_pose: torch.Tensor, v_template: torch.Tensor,
-         shapedirs: torch.Tensor, posedirs: torch.Tensor | None, J_regressor: torch.Tensor,
-         weights: torch.Tensor, parents: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def skin(
+    betas: torch.Tensor,
+    full_pose: torch.Tensor,
+    v_template: torch.Tensor,
+    shapedirs: torch.Tensor,
+    posedirs: torch.Tensor | None,
+    J_regressor: torch.Tensor,
+    weights: torch.Tensor,
+    parents: Sequence[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pose and shape an SMPL-format body: the complete SMPL forward.
 
     betas [B, K'], full_pose [B, J, 3] axis-angle (joint 0 = global orientation),

@@ -51,8 +51,9 @@ BACKENDS = ('auto', 'bvh', 'fcpw', 'lbvh', 'brute')
 _FCPW_RADIUS_MARGIN = 1e-4
 
 
-def _region_coordinates(d1: torch.Tensor, d2: torch.Tensor, aa: torch.Tensor, ab_ac: torch.Tensor,
-                        cc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _region_coordinates(
+    d1: torch.Tensor, d2: torch.Tensor, aa: torch.Tensor, ab_ac: torch.Tensor, cc: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Coordinates (v, w) of the closest point a + v*(b - a) + w*(c - a) of a triangle.
 
     d1 = (b - a).(p - a), d2 = (c - a).(p - a), aa = |b - a|^2, ab_ac = (b - a).(c - a),
@@ -105,8 +106,9 @@ def _region_coordinates(d1: torch.Tensor, d2: torch.Tensor, aa: torch.Tensor, ab
     return v, w
 
 
-def closest_point_on_faces(points: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                           c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def closest_point_on_faces(
+    points: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Closest point of triangle (a[i], b[i], c[i]) to points[i], and the squared distance.
 
     points [N, 3], a [N, 3], b [N, 3], c [N, 3] -> closest [N, 3], squared_distance [N]
@@ -115,8 +117,9 @@ def closest_point_on_faces(points: torch.Tensor, a: torch.Tensor, b: torch.Tenso
     ab = b - a
     ac = c - a
     ap = points - a
-    v, w = _region_coordinates((ab * ap).sum(-1), (ac * ap).sum(-1), (ab * ab).sum(-1),
-                               (ab * ac).sum(-1), (ac * ac).sum(-1))
+    v, w = _region_coordinates(
+        (ab * ap).sum(-1), (ac * ap).sum(-1), (ab * ab).sum(-1), (ab * ac).sum(-1), (ac * ac).sum(-1)
+    )
     closest = a + v[:, None] * ab + w[:, None] * ac
     offset = points - closest
     return closest, (offset * offset).sum(-1)
@@ -139,9 +142,13 @@ def _bvh_plugin(lanes: int | None = None) -> types.ModuleType | None:
     flags = ['-O3', '-fopenmp', f'-DNEAREST_FACE_LANES={lanes}']
     if lanes == 8:
         flags += ['-mavx2', '-mfma']
-    return custom_ops.get_plugin(f'nearest_face_bvh{lanes}_plugin', sources=['nearest_face_bvh.cpp'],
-                                 source_dir=os.path.dirname(__file__), extra_cflags=flags,
-                                 extra_ldflags=['-fopenmp'])
+    return custom_ops.get_plugin(
+        f'nearest_face_bvh{lanes}_plugin',
+        sources=['nearest_face_bvh.cpp'],
+        source_dir=os.path.dirname(__file__),
+        extra_cflags=flags,
+        extra_ldflags=['-fopenmp'],
+    )
 
 
 def bvh_available() -> bool:
@@ -159,14 +166,19 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             return 'lbvh'
         return 'bvh' if bvh_available() else 'fcpw' if fcpw is not None else 'lbvh'
     if backend == 'bvh' and not on_cpu:
-        raise ValueError(f"nearest-face backend 'bvh' searches CPU tensors, got a mesh on {device}; "
-                         "use backend='auto' or 'lbvh'")
+        raise ValueError(
+            f"nearest-face backend 'bvh' searches CPU tensors, got a mesh on {device}; use backend='auto' or 'lbvh'"
+        )
     if backend == 'bvh' and not bvh_available():
-        raise RuntimeError("nearest-face backend 'bvh': its C++ extension could not be built (see the warning "
-                           "above); use backend='fcpw' or 'lbvh'")
+        raise RuntimeError(
+            "nearest-face backend 'bvh': its C++ extension could not be built (see the warning "
+            "above); use backend='fcpw' or 'lbvh'"
+        )
     if backend == 'fcpw' and fcpw is None:
-        raise ImportError("nearest-face backend 'fcpw': the fcpw package is not installed "
-                          "(pip install fcpw==1.2.0), or use backend='lbvh'")
+        raise ImportError(
+            "nearest-face backend 'fcpw': the fcpw package is not installed "
+            "(pip install fcpw==1.2.0), or use backend='lbvh'"
+        )
     return backend
 
 
@@ -179,14 +191,17 @@ class NearestFaceSearch:
     chunk_size / 4 on other devices (its peak is about 15 KB per point on the embedded body).
     """
 
-    def __init__(self, vertices: torch.Tensor, faces: torch.Tensor, backend: str = 'auto',
-                 chunk_size: int = 1 << 20):
+    def __init__(self, vertices: torch.Tensor, faces: torch.Tensor, backend: str = 'auto', chunk_size: int = 1 << 20):
         if vertices.dim() != 2 or vertices.shape[-1] != 3 or faces.dim() != 2 or faces.shape[-1] != 3:
-            raise ValueError(f'nearest-face search: vertices must be [V, 3] and faces [F, 3], got '
-                             f'{tuple(vertices.shape)} and {tuple(faces.shape)}')
+            raise ValueError(
+                f'nearest-face search: vertices must be [V, 3] and faces [F, 3], got '
+                f'{tuple(vertices.shape)} and {tuple(faces.shape)}'
+            )
         if not torch.isfinite(vertices).all():
-            raise ValueError('nearest-face search: the mesh has non-finite vertices (NaN or inf); a body pose or '
-                             'shape with NaN or inf poses it so')
+            raise ValueError(
+                'nearest-face search: the mesh has non-finite vertices (NaN or inf); a body pose or '
+                'shape with NaN or inf poses it so'
+            )
         self.backend = resolve_backend(backend, vertices.device)
         self.chunk_size = int(chunk_size)
         with torch.no_grad():
@@ -233,7 +248,9 @@ class NearestFaceSearch:
         points = points.detach().to(self.vertices.device)
         if self.tree is not None:
             # The extension computes the chosen face's distance in float64 and applies the cut-off.
-            face, squared = _bvh_plugin().query(*self.tree, points, -1.0 if max_distance is None else float(max_distance))
+            face, squared = _bvh_plugin().query(
+                *self.tree, points, -1.0 if max_distance is None else float(max_distance)
+            )
             return face, squared.to(points.dtype)
         num_points = points.shape[0]
         face_index = torch.full((num_points,), -1, dtype=torch.long, device=points.device)
@@ -244,8 +261,9 @@ class NearestFaceSearch:
         # The distance to the mesh's bounding box is a lower bound of the distance to the mesh.
         candidates = None
         if max_distance is not None:
-            outside = ((self.box_min.to(points.dtype) - points).clamp(min=0)
-                       + (points - self.box_max.to(points.dtype)).clamp(min=0))
+            outside = (self.box_min.to(points.dtype) - points).clamp(min=0) + (
+                points - self.box_max.to(points.dtype)
+            ).clamp(min=0)
             candidates = ((outside * outside).sum(-1) < max_distance * max_distance).nonzero()[:, 0]
             points = points[candidates]
             if points.shape[0] == 0:
@@ -276,12 +294,12 @@ class NearestFaceSearch:
         else:
             squared_radius = (max_distance + _FCPW_RADIUS_MARGIN) ** 2
         interactions = fcpw.interaction_3D_list()
-        self.scene.find_closest_points(query, np.full(query.shape[0], squared_radius, dtype=np.float32),
-                                       interactions)
+        self.scene.find_closest_points(query, np.full(query.shape[0], squared_radius, dtype=np.float32), interactions)
         # The binding returns a list of records without an array view; attrgetter reads the
         # indices without running Python code per record.
-        index = np.fromiter(map(operator.attrgetter('primitive_index'), interactions), dtype=np.int64,
-                            count=query.shape[0])
+        index = np.fromiter(
+            map(operator.attrgetter('primitive_index'), interactions), dtype=np.int64, count=query.shape[0]
+        )
         return torch.from_numpy(index).to(points.device)
 
     def _query_lbvh(self, points: torch.Tensor, max_distance: float | None) -> torch.Tensor:
@@ -289,8 +307,12 @@ class NearestFaceSearch:
         tree_points = points.to(self.box_tree.a.dtype)
         limit = float('inf') if max_distance is None else max_distance * max_distance
         step = max(1, self.chunk_size // (64 if points.device.type == 'cpu' else 4))
-        return torch.cat([self.box_tree.nearest(tree_points[start:start + step], limit)
-                          for start in range(0, points.shape[0], step)])
+        return torch.cat(
+            [
+                self.box_tree.nearest(tree_points[start : start + step], limit)
+                for start in range(0, points.shape[0], step)
+            ]
+        )
 
     def _query_brute(self, points: torch.Tensor, max_distance: float | None) -> torch.Tensor:
         """points [N, 3] -> nearest face [N] (long; -1 where no face is within max_distance)
@@ -306,19 +328,18 @@ class NearestFaceSearch:
         step = max(1, self.chunk_size // num_faces)
         result = torch.full((points.shape[0],), -1, dtype=torch.long, device=points.device)
         for start in range(0, points.shape[0], step):
-            chunk = points[start:start + step]
+            chunk = points[start : start + step]
             if max_distance is None:
                 chosen = None
                 squared = _pairwise_squared_distance(chunk, a, ab, ac)
             else:
-                gap = ((face_min - chunk.max(0).values).clamp(min=0)
-                       + (chunk.min(0).values - face_max).clamp(min=0))
+                gap = (face_min - chunk.max(0).values).clamp(min=0) + (chunk.min(0).values - face_max).clamp(min=0)
                 chosen = ((gap * gap).sum(-1) < max_distance * max_distance).nonzero()[:, 0]
                 if chosen.numel() == 0:
                     continue
                 squared = _pairwise_squared_distance(chunk, a[chosen], ab[chosen], ac[chosen])
             nearest = squared.argmin(dim=1)
-            result[start:start + step] = nearest if chosen is None else chosen[nearest]
+            result[start : start + step] = nearest if chosen is None else chosen[nearest]
         return result
 
 
@@ -360,7 +381,7 @@ class _LinearBoxTree:
             present = _filled_rows(members)
             boxes.append((low[present].amin(1), high[present].amax(1), anchor[present[:, branching // 2]]))
             children.append(members)
-        self.boxes = boxes        # per level, leaves first: box min [M, 3], box max [M, 3], anchor [M, 3]
+        self.boxes = boxes  # per level, leaves first: box min [M, 3], box max [M, 3], anchor [M, 3]
         self.children = children  # per level: child nodes [M, branching] of the level below, -1 = none
 
         slot_corners = corners[filled].reshape(-1, 3, 3)  # [L * leaf_size, 3, 3]
@@ -411,8 +432,9 @@ class _LinearBoxTree:
         result.scatter_reduce_(0, point_ids, chosen, 'amin')
         return torch.where(result == 1 << 62, torch.full_like(result, -1), result)
 
-    def _measure_leaves(self, points: torch.Tensor, point_ids: torch.Tensor,
-                        leaves: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _measure_leaves(
+        self, points: torch.Tensor, point_ids: torch.Tensor, leaves: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Exact squared distance of points to every face of given leaves.
 
         points [N, 3], point_ids [P], leaves [P] -> point id [P * S], face [P * S] (long, -1
@@ -425,8 +447,12 @@ class _LinearBoxTree:
         offset = points[point_ids] - self.a[slots]
         terms = {name: value[slots] for name, value in self.terms.items()}
         squared = _squared_distance_from_products(
-            (offset * self.ab[slots]).sum(-1), (offset * self.ac[slots]).sum(-1),
-            (offset * terms.pop('normal')).sum(-1), offset.square().sum(-1), terms)
+            (offset * self.ab[slots]).sum(-1),
+            (offset * self.ac[slots]).sum(-1),
+            (offset * terms.pop('normal')).sum(-1),
+            offset.square().sum(-1),
+            terms,
+        )
         return point_ids, faces, torch.where(faces >= 0, squared, torch.full_like(squared, float('inf')))
 
 
@@ -451,8 +477,9 @@ def _morton_codes(points: torch.Tensor, bits: int = 10) -> torch.Tensor:
     return codes
 
 
-def _pairwise_squared_distance(points: torch.Tensor, a: torch.Tensor, ab: torch.Tensor,
-                               ac: torch.Tensor) -> torch.Tensor:
+def _pairwise_squared_distance(
+    points: torch.Tensor, a: torch.Tensor, ab: torch.Tensor, ac: torch.Tensor
+) -> torch.Tensor:
     """Squared distance of every point to every triangle (a, a + ab, a + ac).
 
     points [N, 3], a [F, 3], ab [F, 3], ac [F, 3] -> [N, F]
@@ -463,8 +490,7 @@ def _pairwise_squared_distance(points: torch.Tensor, a: torch.Tensor, ab: torch.
     """
     terms = _face_terms(ab, ac)
     directions = torch.stack([ab, ac, terms['normal']], dim=1)  # [F, 3, 3]
-    products = (points @ directions.reshape(-1, 3).T).view(points.shape[0], -1, 3) \
-        - (a[:, None] * directions).sum(-1)
+    products = (points @ directions.reshape(-1, 3).T).view(points.shape[0], -1, 3) - (a[:, None] * directions).sum(-1)
     d1, d2, dn = products.unbind(-1)  # (p - a).ab, (p - a).ac, (p - a).n: [N, F]
     ap_ap = (points * points).sum(-1, keepdim=True) - 2 * (points @ a.T) + (a * a).sum(-1)
     return _squared_distance_from_products(d1, d2, dn, ap_ap, terms)
@@ -475,12 +501,19 @@ def _face_terms(ab: torch.Tensor, ac: torch.Tensor) -> dict[str, torch.Tensor]:
     nn, aa, ab_ac, cc, bb [...] (|n|^2, |ab|^2, ab.ac, |ac|^2, |bc|^2)"""
     normal = torch.linalg.cross(ab, ac, dim=-1)
     bc = ac - ab
-    return dict(normal=normal, nn=(normal * normal).sum(-1), aa=(ab * ab).sum(-1), ab_ac=(ab * ac).sum(-1),
-                cc=(ac * ac).sum(-1), bb=(bc * bc).sum(-1))
+    return dict(
+        normal=normal,
+        nn=(normal * normal).sum(-1),
+        aa=(ab * ab).sum(-1),
+        ab_ac=(ab * ac).sum(-1),
+        cc=(ac * ac).sum(-1),
+        bb=(bc * bc).sum(-1),
+    )
 
 
-def _squared_distance_from_products(d1: torch.Tensor, d2: torch.Tensor, dn: torch.Tensor, ap_ap: torch.Tensor,
-                                    terms: dict[str, torch.Tensor]) -> torch.Tensor:
+def _squared_distance_from_products(
+    d1: torch.Tensor, d2: torch.Tensor, dn: torch.Tensor, ap_ap: torch.Tensor, terms: dict[str, torch.Tensor]
+) -> torch.Tensor:
     """Squared point-triangle distance from the point's products with the triangle's frame.
 
     d1 = (p - a).ab, d2 = (p - a).ac, dn = (p - a).n, ap_ap = |p - a|^2, and the `_face_terms`
@@ -504,14 +537,18 @@ def _squared_distance_from_products(d1: torch.Tensor, d2: torch.Tensor, dn: torc
     # Edge bc seen from b: (p - b).(c - b) and |p - b|^2 from the same products.
     bp_bc = d2 - d1 - ab_ac + aa
     bp_bp = ap_ap - 2 * d1 + aa
-    edges = torch.minimum(torch.minimum(segment(d1, aa, ap_ap), segment(d2, cc, ap_ap)),
-                          segment(bp_bc, bb, bp_bp))
+    edges = torch.minimum(torch.minimum(segment(d1, aa, ap_ap), segment(d2, cc, ap_ap)), segment(bp_bc, bb, bp_bp))
     return torch.where(inside, plane, edges)
 
 
-def nearest_faces(points: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor,
-                  max_distance: float | None = None, backend: str = 'auto',
-                  chunk_size: int = 1 << 20) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_faces(
+    points: torch.Tensor,
+    vertices: torch.Tensor,
+    faces: torch.Tensor,
+    max_distance: float | None = None,
+    backend: str = 'auto',
+    chunk_size: int = 1 << 20,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest triangle of a mesh for each point (no gradients).
 
     points [N, 3], vertices [V, 3], faces [F, 3] -> face_index [N] (long, -1 where no face is

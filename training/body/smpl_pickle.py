@@ -21,13 +21,21 @@ DEFAULT_SMPL_PATH = os.path.join('body_models', 'smpl', 'SMPL_NEUTRAL.pkl')
 SMPL_KEYS = ('v_template', 'shapedirs', 'posedirs', 'J_regressor', 'weights', 'kintree_table', 'f')
 
 _ALLOWED_GLOBALS = {
-    ('numpy', 'ndarray'), ('numpy', 'dtype'),
-    ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
-    ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
-    ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
+    ('numpy', 'ndarray'),
+    ('numpy', 'dtype'),
+    ('numpy.core.multiarray', '_reconstruct'),
+    ('numpy._core.multiarray', '_reconstruct'),
+    ('numpy.core.multiarray', 'scalar'),
+    ('numpy._core.multiarray', 'scalar'),
+    ('numpy.core.numeric', '_frombuffer'),
+    ('numpy._core.numeric', '_frombuffer'),
     ('copyreg', '_reconstructor'),
-    ('builtins', 'object'), ('builtins', 'set'), ('builtins', 'frozenset'),
-    ('builtins', 'slice'), ('builtins', 'complex'), ('builtins', 'bytearray'),
+    ('builtins', 'object'),
+    ('builtins', 'set'),
+    ('builtins', 'frozenset'),
+    ('builtins', 'slice'),
+    ('builtins', 'complex'),
+    ('builtins', 'bytearray'),
     ('collections', 'OrderedDict'),
     ('_codecs', 'encode'),  # bytes in protocol-2 pickles written by Python 3.
 }
@@ -84,7 +92,7 @@ class _SmplUnpickler(pickle.Unpickler):
             return type(name, (_SparseStandIn,), {'sparse_class': name})
         if (module, name) in _ALLOWED_GLOBALS:
             if module.startswith('numpy.core'):
-                module = 'numpy._core' + module[len('numpy.core'):]
+                module = 'numpy._core' + module[len('numpy.core') :]
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f'unexpected object {module}.{name}')
 
@@ -95,12 +103,12 @@ def _sparse_to_dense(obj: _SparseStandIn) -> np.ndarray:
     kind = obj.sparse_class[:3]
     if kind in ('csc', 'csr') and {'data', 'indices', 'indptr'} <= set(state) and shape is not None:
         matrix_class = scipy.sparse.csc_matrix if kind == 'csc' else scipy.sparse.csr_matrix
-        matrix = matrix_class((state['data'], state['indices'], state['indptr']),
-                              shape=tuple(int(n) for n in shape))
+        matrix = matrix_class((state['data'], state['indices'], state['indptr']), shape=tuple(int(n) for n in shape))
         return matrix.toarray()
     if kind == 'coo' and {'data', 'row', 'col'} <= set(state) and shape is not None:
-        matrix = scipy.sparse.coo_matrix((state['data'], (state['row'], state['col'])),
-                                         shape=tuple(int(n) for n in shape))
+        matrix = scipy.sparse.coo_matrix(
+            (state['data'], (state['row'], state['col'])), shape=tuple(int(n) for n in shape)
+        )
         return matrix.toarray()
     raise ValueError(f'a scipy.sparse.{obj.sparse_class} without its csc/csr/coo arrays')
 
@@ -126,18 +134,19 @@ def load_smpl_pickle(path: str = DEFAULT_SMPL_PATH) -> dict[str, np.ndarray]:
         raise SmplFileNotFoundError(
             f'SMPL model not found at {path}: download the SMPL neutral model from '
             f'https://smpl.is.tue.mpg.de/ (free registration) and save it as '
-            f'{DEFAULT_SMPL_PATH} or pass its path; the embedded body model works without it')
+            f'{DEFAULT_SMPL_PATH} or pass its path; the embedded body model works without it'
+        )
     with open(path, 'rb') as file:
         raw = file.read()
     try:
         content = _SmplUnpickler(io.BytesIO(raw), encoding='latin1').load()
     except Exception as error:
         reason = str(error) or type(error).__name__
-        raise SmplFileError(f'{path}: not a readable SMPL pickle (truncated or corrupt?): '
-                            f'{reason}') from None
+        raise SmplFileError(f'{path}: not a readable SMPL pickle (truncated or corrupt?): {reason}') from None
     if not isinstance(content, dict):
-        raise SmplFileError(f'{path}: not an SMPL model, the pickle holds a '
-                            f'{type(content).__name__} instead of a dict of arrays')
+        raise SmplFileError(
+            f'{path}: not an SMPL model, the pickle holds a {type(content).__name__} instead of a dict of arrays'
+        )
     missing = [key for key in SMPL_KEYS if key not in content]
     if missing:
         raise SmplFileError(f'{path}: not an SMPL model, missing {", ".join(missing)}')

@@ -4,8 +4,13 @@ import torch
 import torch.nn.functional as F
 
 
-def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, num_samples: int, deterministic: bool = False,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_pdf(
+    bins: torch.Tensor,
+    weights: torch.Tensor,
+    num_samples: int,
+    deterministic: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Draw positions from the piecewise-constant density given by `weights` over `bins`.
 
     bins [N, K+1] (sorted interval edges), weights [N, K] (non-negative) -> samples [N, num_samples]
@@ -38,8 +43,13 @@ def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, num_samples: int, dete
 
 
 @torch.no_grad()
-def importance_depths(coarse_depths: torch.Tensor, coarse_weights: torch.Tensor, num_importance: int,
-                      generator: torch.Generator | None = None, deterministic: bool = False) -> torch.Tensor:
+def importance_depths(
+    coarse_depths: torch.Tensor,
+    coarse_weights: torch.Tensor,
+    num_importance: int,
+    generator: torch.Generator | None = None,
+    deterministic: bool = False,
+) -> torch.Tensor:
     """Fine sample depths concentrated where the coarse pass put its compositing weight.
 
     coarse_depths [B, R, S, 1] (sorted), coarse_weights [B, R, S-1, 1] -> fine depths
@@ -54,14 +64,20 @@ def importance_depths(coarse_depths: torch.Tensor, coarse_weights: torch.Tensor,
     weights = F.avg_pool1d(F.max_pool1d(weights, 2, 1, padding=1), 2, 1).squeeze(1) + 0.01
 
     midpoints = (depths[:, :-1] + depths[:, 1:]) / 2
-    fine = sample_pdf(midpoints[:, :-1], weights[:, 1:-1], num_importance, deterministic=deterministic,
-                      generator=generator)
+    fine = sample_pdf(
+        midpoints[:, :-1], weights[:, 1:-1], num_importance, deterministic=deterministic, generator=generator
+    )
     return fine.reshape(batch, num_rays, num_importance, 1)
 
 
-def merge_samples(depths_a: torch.Tensor, features_a: torch.Tensor, densities_a: torch.Tensor,
-                  depths_b: torch.Tensor, features_b: torch.Tensor,
-                  densities_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def merge_samples(
+    depths_a: torch.Tensor,
+    features_a: torch.Tensor,
+    densities_a: torch.Tensor,
+    depths_b: torch.Tensor,
+    features_b: torch.Tensor,
+    densities_b: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Join two sample sets of the same rays and sort them by depth, keeping each sample's values.
 
     depths_* [B, R, S_*, 1], features_* [B, R, S_*, C], densities_* [B, R, S_*, 1]

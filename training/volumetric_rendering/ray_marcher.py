@@ -4,8 +4,9 @@ import torch
 import torch.nn.functional as F
 
 
-def march(colors: torch.Tensor, densities: torch.Tensor,
-          depths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def march(
+    colors: torch.Tensor, densities: torch.Tensor, depths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Composite per-sample features into per-ray features, expected depth and opacity.
 
     colors [B, R, S, C], densities [B, R, S, 1] (raw, before activation), depths [B, R, S, 1]
@@ -33,7 +34,10 @@ def march(colors: torch.Tensor, densities: torch.Tensor,
     # Division by a zero opacity would give NaN (and NaN gradients); such rays are sent to +inf
     # and then clamped to the farthest depth.
     has_opacity = acc > 0
-    depth = torch.where(has_opacity, weighted_depth / torch.where(has_opacity, acc, torch.ones_like(acc)),
-                        torch.full_like(acc, float('inf')))
+    depth = torch.where(
+        has_opacity,
+        weighted_depth / torch.where(has_opacity, acc, torch.ones_like(acc)),
+        torch.full_like(acc, float('inf')),
+    )
     depth = torch.clamp(depth, depths.min(), depths.max())
     return features, depth, weights, acc

@@ -5,8 +5,9 @@ import torch
 from training.camera_utils import split_label
 
 
-def sample_rays(cam2world: torch.Tensor, intrinsics: torch.Tensor,
-                resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_rays(
+    cam2world: torch.Tensor, intrinsics: torch.Tensor, resolution: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One ray per pixel centre of a resolution x resolution image, rows first.
 
     cam2world [B, 4, 4] (OpenCV), intrinsics [B, 3, 3] (normalized by the image size, skew

@@ -19,15 +19,16 @@ CROPPED_DENSITY = -1000.0  # raw density of cropped samples: softplus(-1001) is 
 class VolumeRenderer(torch.nn.Module):
     """Renders per-ray features, depth and opacity from a tri-grid and a point decoder (no parameters)."""
 
-    def __init__(self,
-                 ray_start: float,                    # near depth of the coarse samples along each ray
-                 ray_end: float,                      # far depth of the coarse samples
-                 depth_resolution: int,               # coarse samples per ray
-                 depth_resolution_importance: int,    # fine samples per ray (0: coarse only)
-                 box_warp: float,                     # side of the tri-grid cube, centred at the origin
-                 crop_threshold: float = 0.1,         # samples with |x| or |z| > box_warp/2 - this get no density
-                 fast_sampler: bool = True,           # gather tri-grid sampler (False: F.grid_sample)
-                 ):
+    def __init__(
+        self,
+        ray_start: float,  # near depth of the coarse samples along each ray
+        ray_end: float,  # far depth of the coarse samples
+        depth_resolution: int,  # coarse samples per ray
+        depth_resolution_importance: int,  # fine samples per ray (0: coarse only)
+        box_warp: float,  # side of the tri-grid cube, centred at the origin
+        crop_threshold: float = 0.1,  # samples with |x| or |z| > box_warp/2 - this get no density
+        fast_sampler: bool = True,  # gather tri-grid sampler (False: F.grid_sample)
+    ):
         super().__init__()
         self.ray_start = ray_start
         self.ray_end = ray_end
@@ -38,15 +39,27 @@ class VolumeRenderer(torch.nn.Module):
         self.fast_sampler = fast_sampler
 
     def extra_repr(self) -> str:
-        return (f'ray_start={self.ray_start}, ray_end={self.ray_end}, depth_resolution={self.depth_resolution}, '
-                f'depth_resolution_importance={self.depth_resolution_importance}, box_warp={self.box_warp}, '
-                f'crop_threshold={self.crop_threshold}, fast_sampler={self.fast_sampler}')
+        return (
+            f'ray_start={self.ray_start}, ray_end={self.ray_end}, depth_resolution={self.depth_resolution}, '
+            f'depth_resolution_importance={self.depth_resolution_importance}, box_warp={self.box_warp}, '
+            f'crop_threshold={self.crop_threshold}, fast_sampler={self.fast_sampler}'
+        )
 
-    def forward(self, planes: torch.Tensor, decoder: Decoder, ray_origins: torch.Tensor, ray_dirs: torch.Tensor,
-                deform: Deform | None = None, density_noise: float = 0.0, depth_resolution: int | None = None,
-                depth_resolution_importance: int | None = None, ray_start: float | None = None,
-                ray_end: float | None = None, deterministic: bool = False,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        planes: torch.Tensor,
+        decoder: Decoder,
+        ray_origins: torch.Tensor,
+        ray_dirs: torch.Tensor,
+        deform: Deform | None = None,
+        density_noise: float = 0.0,
+        depth_resolution: int | None = None,
+        depth_resolution_importance: int | None = None,
+        ray_start: float | None = None,
+        ray_end: float | None = None,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Render rays through the tri-grid.
 
         planes [B, 3, C, D, H, W], ray_origins [B, R, 3], ray_dirs [B, R, 3] (unit directions)
@@ -60,26 +73,42 @@ class VolumeRenderer(torch.nn.Module):
         otherwise `generator` drives all randomness.
         """
         num_coarse = self.depth_resolution if depth_resolution is None else depth_resolution
-        num_fine = self.depth_resolution_importance if depth_resolution_importance is None else depth_resolution_importance
+        num_fine = (
+            self.depth_resolution_importance if depth_resolution_importance is None else depth_resolution_importance
+        )
         start = self.ray_start if ray_start is None else ray_start
         end = self.ray_end if ray_end is None else ray_end
         batch, num_rays, _ = ray_origins.shape
         grid = self._grid(planes)  # converted once for the coarse and the fine samples
 
-        coarse_depths = stratified_depths(batch, num_rays, num_coarse, start, end, deterministic, generator,
-                                          dtype=ray_origins.dtype, device=ray_origins.device)
-        coarse_rgb, coarse_sigma = self._evaluate_along_rays(grid, decoder, ray_origins, ray_dirs,
-                                                             coarse_depths, deform, density_noise, generator)
+        coarse_depths = stratified_depths(
+            batch,
+            num_rays,
+            num_coarse,
+            start,
+            end,
+            deterministic,
+            generator,
+            dtype=ray_origins.dtype,
+            device=ray_origins.device,
+        )
+        coarse_rgb, coarse_sigma = self._evaluate_along_rays(
+            grid, decoder, ray_origins, ray_dirs, coarse_depths, deform, density_noise, generator
+        )
         if num_fine == 0:
             depths, rgb, sigma = coarse_depths, coarse_rgb, coarse_sigma
         else:
             with torch.no_grad():
                 _, _, coarse_weights, _ = march(coarse_rgb, coarse_sigma, coarse_depths)
-            fine_depths = importance_depths(coarse_depths, coarse_weights, num_fine, generator=generator,
-                                            deterministic=deterministic)
-            fine_rgb, fine_sigma = self._evaluate_along_rays(grid, decoder, ray_origins, ray_dirs,
-                                                             fine_depths, deform, density_noise, generator)
-            depths, rgb, sigma = merge_samples(coarse_depths, coarse_rgb, coarse_sigma, fine_depths, fine_rgb, fine_sigma)
+            fine_depths = importance_depths(
+                coarse_depths, coarse_weights, num_fine, generator=generator, deterministic=deterministic
+            )
+            fine_rgb, fine_sigma = self._evaluate_along_rays(
+                grid, decoder, ray_origins, ray_dirs, fine_depths, deform, density_noise, generator
+            )
+            depths, rgb, sigma = merge_samples(
+                coarse_depths, coarse_rgb, coarse_sigma, fine_depths, fine_rgb, fine_sigma
+            )
         features, depth, _, acc = march(rgb, sigma, depths)
         return features, depth, acc
 
@@ -101,8 +130,9 @@ class VolumeRenderer(torch.nn.Module):
             return sample_trigrid_gather_layout(grid, points, self.box_warp).mean(dim=1)
         return sample_trigrid(grid, points, self.box_warp, fast=False).mean(dim=1)
 
-    def _evaluate_along_rays(self, grid, decoder, ray_origins, ray_directions, depths, deform, density_noise,
-                             generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _evaluate_along_rays(
+        self, grid, decoder, ray_origins, ray_directions, depths, deform, density_noise, generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode the samples at `depths` along the rays, sampling `grid` (see `_grid`).
 
         ray_origins [B, R, 3], ray_directions [B, R, 3], depths [B, R, S, 1]
@@ -115,17 +145,26 @@ class VolumeRenderer(torch.nn.Module):
         decoded = decoder(self._plane_mean(grid, points))
         sigma, rgb = decoded['sigma'], decoded['rgb']
         if density_noise > 0:
-            sigma = sigma + density_noise * torch.randn(sigma.shape, generator=generator, dtype=sigma.dtype,
-                                                        device=sigma.device)
+            sigma = sigma + density_noise * torch.randn(
+                sigma.shape, generator=generator, dtype=sigma.dtype, device=sigma.device
+            )
         limit = self.box_warp / 2 - self.crop_threshold
         outside = (points[..., 0:1].abs() > limit) | (points[..., 2:3].abs() > limit)
         sigma = sigma.masked_fill(outside, CROPPED_DENSITY)
         return rgb.reshape(batch, num_rays, num_samples, -1), sigma.reshape(batch, num_rays, num_samples, 1)
 
 
-def stratified_depths(batch: int, num_rays: int, num_samples: int, ray_start: float, ray_end: float,
-                      deterministic: bool = False, generator: torch.Generator | None = None,
-                      dtype=torch.float32, device=None) -> torch.Tensor:
+def stratified_depths(
+    batch: int,
+    num_rays: int,
+    num_samples: int,
+    ray_start: float,
+    ray_end: float,
+    deterministic: bool = False,
+    generator: torch.Generator | None = None,
+    dtype=torch.float32,
+    device=None,
+) -> torch.Tensor:
     """Coarse sample depths t_k = start + k*delta + U(0, 1)*delta, delta = (end - start)/(S - 1),
     with independent jitter per sample (the last may pass `ray_end`); U = 0 when `deterministic`.
 

@@ -46,7 +46,9 @@ def planes_from_backbone(x: torch.Tensor, channels: int, depth: int) -> torch.Te
     """
     batch, total, height, width = x.shape
     if total != 3 * channels * depth:
-        raise ValueError(f'planes_from_backbone: got {total} channels, expected 3*{channels}*{depth} = {3 * channels * depth}')
+        raise ValueError(
+            f'planes_from_backbone: got {total} channels, expected 3*{channels}*{depth} = {3 * channels * depth}'
+        )
     return x.view(batch, 3, channels, depth, height, width)
 
 
@@ -59,8 +61,7 @@ def plane_coordinates(points: torch.Tensor, box_warp: float) -> torch.Tensor:
     return torch.stack([scaled[..., list(axes)] for axes in PLANE_AXES], dim=1)
 
 
-def sample_trigrid(planes: torch.Tensor, points: torch.Tensor, box_warp: float,
-                   fast: bool = True) -> torch.Tensor:
+def sample_trigrid(planes: torch.Tensor, points: torch.Tensor, box_warp: float, fast: bool = True) -> torch.Tensor:
     """Trilinearly sample every plane of a tri-grid at world-space points.
 
     planes [B, 3, C, D, H, W], points [B, M, 3] -> features [B, 3, M, C]
@@ -86,8 +87,13 @@ def _sample_volumes_grid_sample(volumes: torch.Tensor, coordinates: torch.Tensor
     batch, num_planes, channels, depth, height, width = volumes.shape
     num_points = coordinates.shape[2]
     grid = coordinates.reshape(batch * num_planes, 1, 1, num_points, 3)
-    sampled = F.grid_sample(volumes.reshape(batch * num_planes, channels, depth, height, width), grid,
-                            mode='bilinear', padding_mode='zeros', align_corners=False)
+    sampled = F.grid_sample(
+        volumes.reshape(batch * num_planes, channels, depth, height, width),
+        grid,
+        mode='bilinear',
+        padding_mode='zeros',
+        align_corners=False,
+    )
     return sampled.reshape(batch, num_planes, channels, num_points).permute(0, 1, 3, 2)
 
 
@@ -115,9 +121,13 @@ def _gather_plugin() -> types.ModuleType | None:
     flags = ['-O3', '-ffp-contract=off', '-fopenmp']
     if {'avx2', 'fma'} <= custom_ops.cpu_flags():
         flags += ['-mavx2', '-mfma']
-    return custom_ops.get_plugin('trigrid_gather_plugin', sources=['trigrid_gather.cpp'],
-                                 source_dir=os.path.dirname(__file__), extra_cflags=flags,
-                                 extra_ldflags=['-fopenmp'])
+    return custom_ops.get_plugin(
+        'trigrid_gather_plugin',
+        sources=['trigrid_gather.cpp'],
+        source_dir=os.path.dirname(__file__),
+        extra_cflags=flags,
+        extra_ldflags=['-fopenmp'],
+    )
 
 
 def _outer(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -131,23 +141,27 @@ def _axis_terms(coordinates: torch.Tensor, depth: int, height: int, width: int) 
     return [_axis_neighbours(flat[:, axis], size) for axis, size in enumerate((width, height, depth))]
 
 
-def _corner_bags(coordinates: torch.Tensor, height: int, width: int, num_planes: int,
-                 depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _corner_bags(
+    coordinates: torch.Tensor, height: int, width: int, num_planes: int, depth: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Row indices and trilinear weights of the 8 corners of every point, one bag per point.
 
     coordinates [B, P, M, 3] (one point set per plane volume) -> indices [B*P*M, 8] into the rows
     [B*H*W*P*D, C] of `gather_layout` (int64), weights [B*P*M, 8]
     """
     batch, _, num_points, _ = coordinates.shape
-    (x_lower, x_weight, _), (y_lower, y_weight, _), (z_lower, z_weight, _) = _axis_terms(coordinates, depth, height, width)
+    (x_lower, x_weight, _), (y_lower, y_weight, _), (z_lower, z_weight, _) = _axis_terms(
+        coordinates, depth, height, width
+    )
     # Row (((b*H + y)*W + x)*P + p)*D + z: the first row of each volume, then the lower corner's
     # offset in it; the other corners are fixed offsets from the lower one. A corner outside the
     # volume has weight zero, so its row only has to exist: the clamp keeps it in range.
     x_step, y_step = num_planes * depth, width * num_planes * depth
     volume = torch.arange(batch * num_planes, device=coordinates.device)
     volume_start = (volume // num_planes) * (height * y_step) + (volume % num_planes) * depth
-    base = ((y_lower * y_step + x_lower * x_step + z_lower).view(batch * num_planes, num_points)
-            + volume_start[:, None]).view(-1)
+    base = (
+        (y_lower * y_step + x_lower * x_step + z_lower).view(batch * num_planes, num_points) + volume_start[:, None]
+    ).view(-1)
     step = torch.tensor([[0, x_step, y_step, y_step + x_step]], device=coordinates.device)
     offsets = torch.cat([step, step + 1], dim=1)  # corner = 4*z + 2*y + x
     indices = (base[:, None] + offsets).clamp_(0, batch * height * y_step - 1)
@@ -179,12 +193,16 @@ class _TrilinearGather(torch.autograd.Function):
     def forward(ctx, volumes, coordinates):
         _, height, width, num_planes, depth, channels = volumes.shape
         rows = volumes.reshape(-1, channels)
-        fused = (volumes.device.type == 'cpu' and volumes.dtype == coordinates.dtype
-                 and volumes.dtype in (torch.float32, torch.float64))
+        fused = (
+            volumes.device.type == 'cpu'
+            and volumes.dtype == coordinates.dtype
+            and volumes.dtype in (torch.float32, torch.float64)
+        )
         plugin = _gather_plugin() if fused else None
         if plugin is not None:
-            features, indices, weights = plugin.gather(rows, coordinates, height, width, depth,
-                                                       any(ctx.needs_input_grad))
+            features, indices, weights = plugin.gather(
+                rows, coordinates, height, width, depth, any(ctx.needs_input_grad)
+            )
         else:
             indices, weights = _corner_bags(coordinates, height, width, num_planes, depth)
             features = F.embedding_bag(indices, rows, per_sample_weights=weights, mode='sum')
@@ -208,12 +226,22 @@ class _TrilinearGather(torch.autograd.Function):
             grad_volumes = grad_rows.view(volumes.shape)
         if ctx.needs_input_grad[1]:
             (_, x_weight, x_slope), (_, y_weight, y_slope), (_, z_weight, z_slope) = _axis_terms(
-                coordinates, depth, height, width)
-            slopes = (_outer(x_slope, y_weight, z_weight), _outer(x_weight, y_slope, z_weight),
-                      _outer(x_weight, y_weight, z_slope))
+                coordinates, depth, height, width
+            )
+            slopes = (
+                _outer(x_slope, y_weight, z_weight),
+                _outer(x_weight, y_slope, z_weight),
+                _outer(x_weight, y_weight, z_slope),
+            )
             rows = volumes.reshape(-1, channels)
             grad_coordinates = torch.stack(
-                [torch.bmm(grad_flat[:, None, :],
-                           F.embedding_bag(indices, rows, per_sample_weights=slope, mode='sum')[:, :, None])
-                 for slope in slopes], dim=-1).view_as(coordinates)
+                [
+                    torch.bmm(
+                        grad_flat[:, None, :],
+                        F.embedding_bag(indices, rows, per_sample_weights=slope, mode='sum')[:, :, None],
+                    )
+                    for slope in slopes
+                ],
+                dim=-1,
+            ).view_as(coordinates)
         return grad_volumes, grad_coordinates
