@@ -250,6 +250,9 @@ class TriPlaneGenerator(torch.nn.Module):
         update_emas: bool = False,
         deterministic: bool = False,
         generator: torch.Generator | None = None,
+        planes: torch.Tensor | None = None,
+        background: torch.Tensor | None = None,
+        superresolve: bool = True,
         **synthesis_kwargs,
     ) -> dict[str, torch.Tensor]:
         """Render the tri-grid of `ws` from camera `c`.
@@ -261,11 +264,16 @@ class TriPlaneGenerator(torch.nn.Module):
         space of the tri-grid (docs/method.md §5); without them (None) the canonical head is rendered.
         `deterministic` renders without sample jitter; otherwise `generator` drives the jitter.
         synthesis_kwargs (noise_mode, force_fp32) go to the backbone and background nets.
+        planes [B, 3, C, D, H, W] (self.planes(ws)) and background [B, C, S', S'] (the background net's output
+        for ws_bcg, else ws) may be passed in when a caller already has them for these ws (an interactive
+        viewer keeps them while only the camera or the pose changes). superresolve=False returns the raw
+        image as `image` too (a quick preview), without running the super-resolution head.
         """
         r = neural_rendering_resolution or self.neural_rendering_resolution
         batch = ws.shape[0]
         deform = None if pose_params is None else self.deformer.for_pose(pose_params)
-        planes = self.planes(ws, update_emas=update_emas, **synthesis_kwargs)
+        if planes is None:
+            planes = self.planes(ws, update_emas=update_emas, **synthesis_kwargs)
         cam2world, intrinsics = split_label(c)
         origins, dirs = sample_rays(cam2world, intrinsics, r)
         features, depth, acc = self.renderer(
@@ -287,10 +295,11 @@ class TriPlaneGenerator(torch.nn.Module):
         acc = acc.permute(0, 2, 1).reshape(batch, 1, r, r)
         out = {}
         if self.background is not None:
-            bg_ws = ws if ws_bcg is None else ws_bcg
-            background = self.background(
-                bg_ws[:, : self.background.num_ws], update_emas=update_emas, **synthesis_kwargs
-            )
+            if background is None:
+                bg_ws = ws if ws_bcg is None else ws_bcg
+                background = self.background(
+                    bg_ws[:, : self.background.num_ws], update_emas=update_emas, **synthesis_kwargs
+                )
             if background.shape[-1] != r:
                 background = F.interpolate(
                     background, size=(r, r), mode='bilinear', align_corners=False, antialias=True
@@ -300,7 +309,7 @@ class TriPlaneGenerator(torch.nn.Module):
                 out['image_background'] = self.torgb(background, ws[:, -1])
         image_raw = self.torgb(features, ws[:, -1]) if self.torgb is not None else features[:, : self.img_channels]
         sr_kwargs = {k: v for k, v in synthesis_kwargs.items() if k != 'noise_mode'}
-        out['image'] = self.superresolution(image_raw, features, ws, **sr_kwargs)
+        out['image'] = self.superresolution(image_raw, features, ws, **sr_kwargs) if superresolve else image_raw
         out['image_raw'] = image_raw
         out['image_depth'] = depth
         out['image_mask'] = acc * (1 + 2e-3) - 1e-3
