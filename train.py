@@ -14,6 +14,12 @@ environment and joins the process group through torchrun's rendezvous; --gpus is
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \
         --rdzv_id portrait3d train.py --cfg full-head --data ... --seg_data ... --batch 32
 Rank 0 writes the run directory; it must be on a file system that the first machine can write.
+With torchrun --max-restarts N, a restarted group continues the run directory of its first attempt
+(found by torchrun's run id, --rdzv-id) from its newest resume state, in place; rank 0 of every attempt
+must therefore see the same --outdir. Restarting several machines needs a fresh rendezvous store per
+attempt: --rdzv-backend c10d and TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment.
+A process that fails stops the others within seconds, with one line `Error: training process R failed:
+...`; with --gpus N the launcher ends with the line of the process that failed first.
 
 Continuing an interrupted run (exactly: image counter, optimizer moments, EMA, schedules, data
 order and RNG states; the options are those stored in the run unless given again):
@@ -24,10 +30,13 @@ networks of a snapshot (fresh optimizers, counter set to --resume_kimg), as in t
         --kimg 16000 --train_g_pose_branch false --metric_pose_sample_mode D_predict
 """
 
+import glob
 import os
 import signal
 import sys
 import tempfile
+import time
+import traceback
 
 import click
 import torch
@@ -36,7 +45,7 @@ import dnnlib
 from metrics.names import METRIC_POSE_SAMPLE_MODES
 from torch_utils import distributed
 from training import checkpoint, presets, run_files
-from training.atomic_files import remove_unfinished_writes
+from training.atomic_files import atomic_write, remove_unfinished_writes
 from training.cli import Command, FiniteFloat, make_outdir
 from training.config import ARCHITECTURE_FIELDS, DEVICES, ConfigError, TrainingConfig
 from training.dataset import DatasetError, PortraitDataset
@@ -44,6 +53,9 @@ from training.decoder import ACTIVATIONS as DECODER_ACTIVATIONS
 from training.loss import REG_TYPES
 from training.synthetic import default_synthetic_paths, ensure_synthetic_dataset
 from training.triplane import SR_MODULES, build_body_model
+
+# In a run directory made under torchrun: the run id of that torchrun run (--rdzv-id), for its restarts.
+TORCHRUN_RUN_ID_FILE = 'torchrun_run_id.txt'
 
 # train.py option -> TriPlaneGenerator argument (the preset's "generator" section).
 GENERATOR_OPTIONS = {
@@ -123,8 +135,18 @@ def _continued_config(resume_state: str, cfg_given: bool, overrides: dict, gener
     return config.replace(resume_state=resume_state)
 
 
-def _process(rank: int, world_size: int, config: TrainingConfig, run_dir: str, init_file: str | None) -> None:
-    """One training process: join the process group, pick the device, train; errors become one line and exit 1."""
+def _process(
+    rank: int,
+    world_size: int,
+    config: TrainingConfig,
+    run_dir: str,
+    init_file: str | None,
+    failure_dir: str | None = None,
+) -> None:
+    """One training process: join the process group, pick the device, train; errors become one line and exit 1.
+
+    failure_dir: where spawned processes leave the line of their error for the launcher (None: torchrun, one process).
+    """
     from training.training_loop import TrainingDataError, TrainingDivergedError, training_loop
 
     device = distributed.process_device(config.device, rank, world_size)
@@ -134,8 +156,13 @@ def _process(rank: int, world_size: int, config: TrainingConfig, run_dir: str, i
         training_loop(config, run_dir, rank=rank, world_size=world_size, device=device)
     except (TrainingDivergedError, TrainingDataError, DatasetError) as err:
         # A DatasetError here comes from the set-up, before any training.
-        print(f'Error: {err}', file=sys.stderr)
-        sys.exit(1)
+        _exit_with_error(str(err), rank, failure_dir)
+    except Exception as err:
+        # An unforeseen error: its traceback for the developer, then the one line. It is written before the
+        # process group closes, so it comes before the errors of the processes left waiting in a collective.
+        traceback.print_exc()
+        message = str(err).splitlines()[0] if str(err) else ''
+        _exit_with_error(f'training process {rank} failed: {type(err).__name__}: {message}', rank, failure_dir)
     finally:
         if logger is not None:
             logger.close()
@@ -143,8 +170,31 @@ def _process(rank: int, world_size: int, config: TrainingConfig, run_dir: str, i
             torch.distributed.destroy_process_group()
 
 
+def _exit_with_error(line: str, rank: int, failure_dir: str | None) -> None:
+    """Print `line` as the error of this process and exit 1; leave it, timed, in failure_dir for the launcher."""
+    print(f'Error: {line}', file=sys.stderr, flush=True)
+    if failure_dir is not None:
+        record = f'{time.time_ns()} {line}'.encode()
+        atomic_write(os.path.join(failure_dir, f'failure-{rank}.txt'), lambda file: file.write(record))
+    sys.exit(1)
+
+
+def _first_failure(failure_dir: str) -> str | None:
+    """The error line that a spawned process left first in failure_dir, or None when none left one."""
+    records = []
+    for path in glob.glob(os.path.join(failure_dir, 'failure-*.txt')):
+        with open(path, encoding='utf-8') as file:
+            stamp, line = file.read().split(' ', 1)
+        records.append((int(stamp), line))
+    return min(records)[1] if records else None
+
+
 def _launch(config: TrainingConfig, run_dir: str) -> None:
-    """Single process, torchrun's processes, or `gpus` spawned processes."""
+    """Single process, torchrun's processes, or `gpus` spawned processes.
+
+    When a spawned process fails, the others are stopped (SIGTERM, SIGKILL after 30 s) and the launcher
+    exits with the first error line that any of them wrote.
+    """
     if distributed.is_torchrun() or config.gpus == 1:
         _process(int(os.environ.get('RANK', 0)), config.gpus, config, run_dir, None)
         return
@@ -154,7 +204,7 @@ def _launch(config: TrainingConfig, run_dir: str) -> None:
     with tempfile.TemporaryDirectory() as temp_dir:
         context = torch.multiprocessing.spawn(
             _process,
-            args=(config.gpus, config, run_dir, os.path.join(temp_dir, '.torch_distributed_init')),
+            args=(config.gpus, config, run_dir, os.path.join(temp_dir, '.torch_distributed_init'), temp_dir),
             nprocs=config.gpus,
             join=False,
         )
@@ -169,10 +219,14 @@ def _launch(config: TrainingConfig, run_dir: str) -> None:
         try:
             while not context.join():
                 pass
-        except torch.multiprocessing.ProcessExitedException as err:
-            raise click.ClickException(
-                f'training process {err.error_index} exited with code {err.exit_code} (its message is above)'
-            ) from None
+        except (torch.multiprocessing.ProcessExitedException, torch.multiprocessing.ProcessRaisedException) as err:
+            # join() has stopped the other processes; the first error written is the cause, the others
+            # are those of processes whose collectives lost it.
+            first = _first_failure(temp_dir)
+            if first is None:
+                exit_code = context.processes[err.error_index].exitcode
+                first = f'training process {err.error_index} exited with code {exit_code} (its message is above)'
+            raise click.ClickException(first) from None
 
 
 def _check_body_model(config: TrainingConfig) -> None:
@@ -337,21 +391,55 @@ def main(outdir, cfg, gpus, dry_run, resume, resume_kimg, resume_blur, cbase, cm
     if config.resume is not None and config.resume_state is None:
         _check_stage_snapshot(config)
 
-    rank = int(os.environ.get('RANK', 0))
     if distributed.is_torchrun():
-        world_size = int(os.environ['WORLD_SIZE'])
+        rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
         distributed.join_process_group(
             distributed.process_device(config.device, rank, world_size), rank, world_size, init_file=None
         )
     synthetic = (config.data, config.seg_data) == default_synthetic_paths(resolution=config.generator['img_resolution'])
     if synthetic and int(os.environ.get('LOCAL_RANK', 0)) == 0:
         ensure_synthetic_dataset(resolution=config.generator['img_resolution'])
-    run_dir = _make_run_dir(outdir, config) if rank == 0 else None
     if distributed.is_torchrun():
-        shared = [run_dir]
-        torch.distributed.broadcast_object_list(shared, src=0)  # also waits until the synthetic set exists
-        run_dir = shared[0]
+        run_dir, config = _torchrun_run(outdir, config, options, generator)
+        if run_dir is None:
+            return
+    else:
+        run_dir = _make_run_dir(outdir, config)
     _launch(config, run_dir)
+
+
+def _torchrun_run(
+    outdir: str, config: TrainingConfig, options: dict, generator: dict
+) -> tuple[str | None, TrainingConfig | None]:
+    """Under torchrun: the run directory and config of every process, as rank 0 decides them -> (run_dir, config);
+    (None, None) when a restarted run has nothing left to train.
+
+    In torchrun's first attempt rank 0 makes a new run directory and notes torchrun's run id in it; when
+    --max-restarts starts the group anew, rank 0 finds that directory and continues it from its newest
+    resume state, as `--resume` would but in the same directory. A click error of rank 0 ends every process.
+    """
+    run_id, restart = distributed.torchrun_restart()
+    shared = [None, None, None]  # run directory, config JSON (None: nothing to train), rank 0's error line
+    if int(os.environ['RANK']) == 0:
+        try:
+            if restart > 0:
+                run_dir, config = _restarted_run(outdir, config, options, generator, run_id, restart)
+            else:
+                run_dir = None
+            if run_dir is None:
+                run_dir = _make_run_dir(outdir, config, torchrun_run_id=run_id)
+            shared = [run_dir, None if config is None else config.to_json(), None]
+        except click.ClickException as err:
+            shared[2] = err.format_message()
+            if torch.distributed.is_initialized():
+                torch.distributed.broadcast_object_list(shared, src=0)
+            raise
+    if torch.distributed.is_initialized():
+        torch.distributed.broadcast_object_list(shared, src=0)  # also waits until the synthetic set exists
+    run_dir, config_json, error = shared
+    if error is not None:
+        raise click.ClickException(error)
+    return (None, None) if config_json is None else (run_dir, TrainingConfig.from_json(config_json))
 
 
 def _check_stage_snapshot(config: TrainingConfig) -> None:
@@ -407,8 +495,11 @@ def _new_config(
     return config
 
 
-def _make_run_dir(outdir: str, config: TrainingConfig) -> str:
-    """Check the data set, create {outdir}/{id:05d}-{cfg}-{data}-gpus{G}-batch{B}-gamma{g}[-desc] and its options file."""
+def _make_run_dir(outdir: str, config: TrainingConfig, torchrun_run_id: str | None = None) -> str:
+    """Check the data set, create {outdir}/{id:05d}-{cfg}-{data}-gpus{G}-batch{B}-gamma{g}[-desc] and its options file.
+
+    torchrun_run_id: noted in the directory, so that a restart of that torchrun run finds it (_restarted_run).
+    """
     try:
         dataset = PortraitDataset(config.data, config.seg_data, resolution=config.generator['img_resolution'])
     except DatasetError as err:
@@ -417,6 +508,8 @@ def _make_run_dir(outdir: str, config: TrainingConfig) -> str:
     make_outdir(outdir)
     run_dir = dnnlib.util.next_run_dir(outdir, desc + (f'-{config.desc}' if config.desc else ''))
     os.makedirs(run_dir, exist_ok=False)
+    if torchrun_run_id is not None:
+        atomic_write(os.path.join(run_dir, TORCHRUN_RUN_ID_FILE), lambda file: file.write(torchrun_run_id.encode()))
     with open(os.path.join(run_dir, 'training_options.json'), 'w', encoding='utf-8') as f:
         f.write(config.to_json())
     print(f'Run directory: {run_dir}')
@@ -425,6 +518,51 @@ def _make_run_dir(outdir: str, config: TrainingConfig) -> str:
         f'{config.device}, batch {config.batch} ({config.batch_gpu} per pass), until {config.kimg:g} kimg'
     )
     return run_dir
+
+
+def _torchrun_run_dir(outdir: str, run_id: str) -> str | None:
+    """The newest run directory in `outdir` that torchrun run `run_id` made, or None."""
+    if not os.path.isdir(outdir):
+        return None
+    for name in sorted(os.listdir(outdir), reverse=True):
+        path = os.path.join(outdir, name, TORCHRUN_RUN_ID_FILE)
+        if os.path.isfile(path):
+            with open(path, encoding='utf-8') as file:
+                if file.read() == run_id:
+                    return os.path.join(outdir, name)
+    return None
+
+
+def _restarted_run(
+    outdir: str, config: TrainingConfig, options: dict, generator: dict, run_id: str, restart: int
+) -> tuple[str | None, TrainingConfig | None]:
+    """After torchrun restarted the group (rank 0): this torchrun run's directory and how to go on -> (run_dir,
+    config continuing its newest resume state, or `config` when it has none yet); (None, config) when the
+    run made no directory; (run_dir, None) when it has reached --kimg. Prints one line saying which."""
+    prefix = f'torchrun restart {restart} of run {run_id}:'
+    run_dir = _torchrun_run_dir(outdir, run_id)
+    if run_dir is None:
+        print(f'{prefix} no run directory of this run in {outdir}; starting a new one')
+        return None, config
+    if run_files.latest_resume_state(run_dir) is None:
+        for path in remove_unfinished_writes(run_dir):
+            print(f'removed {path}, an unfinished write of the interrupted attempt')
+        print(f'{prefix} {run_dir} holds no resume state yet; training it afresh in that directory')
+        return run_dir, config
+    resume_state = _find_resume_state(run_dir)
+    try:
+        cur_nimg = run_files.load_resume_state(resume_state, mmap=True)['progress']['cur_nimg']
+    except checkpoint.CheckpointError as err:
+        raise click.ClickException(str(err)) from None
+    if cur_nimg >= config.kimg * 1000:
+        print(f'{prefix} {run_dir} has reached {config.kimg:g} kimg already ({resume_state}); nothing left to train')
+        return run_dir, None
+    print(f'{prefix} continuing {run_dir} from {resume_state} at {cur_nimg / 1000:g} kimg')
+    try:
+        continued = _continued_config(resume_state, cfg_given=False, overrides=options, generator=generator).validate()
+    except ConfigError as err:
+        raise click.UsageError(str(err)) from None
+    return run_dir, continued.replace(device=_resolve_device(continued.device, continued.gpus))
 
 
 if __name__ == '__main__':
