@@ -19,6 +19,7 @@ from metrics.names import METRIC_POSE_SAMPLE_MODES, expected_metrics, is_valid_m
 from torch_utils import distributed
 from training import checkpoint
 from training.cli import Command, load_snapshot
+from training.config import DEVICES
 from training.dataset import DatasetError
 from training.pose_prediction import load_pose_predict_kwargs
 from training.run_files import pose_predict_kwargs_for
@@ -155,9 +156,10 @@ def _spawned(rank: int, world_size: int, args: dict, init_file: str) -> None:
 )
 @click.option(
     '--device',
-    type=click.Choice(['cpu', 'cuda']),
-    default='cuda' if torch.cuda.is_available() else 'cpu',
+    type=click.Choice(DEVICES),
+    default='auto',
     show_default=True,
+    help='Device kind of every process (as train.py): auto takes CUDA when present; process N uses cuda:LOCAL_RANK',
 )
 @click.option(
     '--batch', type=click.IntRange(min=1), default=8, show_default=True, help='Images per generator and detector call'
@@ -168,6 +170,8 @@ def main(**args):
     """Append each metric's result to metric-<name>.jsonl beside the snapshot and print it."""
     if args['seg_data'] is not None and args['data'] is None or args['data'] is not None and args['seg_data'] is None:
         raise click.UsageError("give both --data and --seg_data, or neither (the snapshot's training data)")
+    if args['device'] == 'auto':
+        args['device'] = 'cuda' if torch.cuda.is_available() else 'cpu'
     if args['device'] == 'cuda' and not torch.cuda.is_available():
         raise click.BadParameter('no CUDA device on this machine; use --device cpu', param_hint='--device')
     if distributed.is_torchrun():
