@@ -17,8 +17,7 @@ from metrics import metric_main, metric_utils
 from metrics.detector import DEFAULT_DETECTOR, DetectorError
 from metrics.names import METRIC_POSE_SAMPLE_MODES, expected_metrics, is_valid_metric
 from torch_utils import distributed
-from training import checkpoint
-from training.cli import Command, load_snapshot
+from training.cli import Command, load_snapshot, trust_pickle_option
 from training.config import DEVICES
 from training.dataset import DatasetError
 from training.pose_prediction import load_pose_predict_kwargs
@@ -164,7 +163,7 @@ def _spawned(rank: int, world_size: int, args: dict, init_file: str) -> None:
 @click.option(
     '--batch', type=click.IntRange(min=1), default=8, show_default=True, help='Images per generator and detector call'
 )
-@click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
+@trust_pickle_option
 @click.option('--verbose/--quiet', default=True, show_default=True, help='Progress bars')
 def main(**args):
     """Append each metric's result to metric-<name>.jsonl beside the snapshot and print it."""

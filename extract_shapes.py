@@ -8,13 +8,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training import checkpoint
 from training.camera_utils import frontal_camera
 from training.cli import (
-    DEFAULT_DEVICE,
     Command,
-    Device,
     FiniteFloat,
+    device_option,
     load_generator,
     load_latent_option,
     make_outdir,
@@ -22,6 +20,7 @@ from training.cli import (
     parse_pose,
     parse_seeds,
     require_shape_memory,
+    trust_pickle_option,
 )
 from training.shapes import (
     DEFAULT_LEVEL,
@@ -85,8 +84,8 @@ def save_posed_shape(
 @click.option('--pose', default=None, help='Pose the meshes: six comma-separated neck/head axis-angle values, radians')
 @click.option('--format', 'mesh_format', type=click.Choice(['ply', 'obj', 'glb']), default='ply', show_default=True)
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)
-@click.option('--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N')
-@click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
+@device_option
+@trust_pickle_option
 def main(
     network,
     mrc_dir,

@@ -11,15 +11,13 @@ import PIL.Image
 import torch
 from tqdm import tqdm
 
-from training import checkpoint
 from training.camera_utils import VIEWS, camera_label, frontal_camera, orbit_camera
 from training.cli import (
-    DEFAULT_DEVICE,
     MAX_SEEDS,
     SEED_RANGE,
     Command,
-    Device,
     FiniteFloat,
+    device_option,
     load_generator,
     load_generator_and_discriminator,
     make_outdir,
@@ -27,6 +25,7 @@ from training.cli import (
     parse_seeds,
     require_render_memory,
     require_shape_memory,
+    trust_pickle_option,
 )
 from training.d_input import resize_image
 from training.dataset import stem
@@ -150,8 +149,8 @@ def render_photo_poses(
     help='Pose-prediction settings for --predict-pose [default: the pose_predict_kwargs-*.json beside the snapshot]',
 )
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to write the images')
-@click.option('--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N')
-@click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
+@device_option
+@trust_pickle_option
 def main(
     network,
     cfg,

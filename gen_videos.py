@@ -6,19 +6,18 @@ import click
 import numpy as np
 import torch
 
-from training import checkpoint
 from training.camera_utils import frontal_camera
 from training.cli import (
-    DEFAULT_DEVICE,
     Command,
-    Device,
     FiniteFloat,
+    device_option,
     load_generator,
     load_latent_option,
     make_outdir,
     option_given,
     parse_seeds,
     require_render_memory,
+    trust_pickle_option,
 )
 from training.video import IMAGE_MODES, TRAJECTORIES, interpolate_ws, write_video
 
@@ -103,8 +102,8 @@ def parse_grid(text: str) -> tuple:
     '--sample-mult', type=click.IntRange(min=1), default=2, show_default=True, help='Multiply the samples per ray'
 )
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)
-@click.option('--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N')
-@click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
+@device_option
+@trust_pickle_option
 def main(
     network,
     seeds,

@@ -13,15 +13,15 @@ import torch
 from training import checkpoint
 from training.camera_utils import frontal_camera
 from training.cli import (
-    DEFAULT_DEVICE,
     SEED_RANGE,
     Command,
-    Device,
     FiniteFloat,
+    device_option,
     load_generator_and_discriminator,
     make_outdir,
     parse_pose,
     require_shape_memory,
+    trust_pickle_option,
 )
 from training.d_input import resize_image
 from training.dataset import PortraitDataset, stem
@@ -177,8 +177,8 @@ def _save_image(path: str, images: list) -> None:
     '--seed', type=SEED_RANGE, default=0, show_default=True, help='Seed of the latent noise and the locality latents'
 )
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)
-@click.option('--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N')
-@click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
+@device_option
+@trust_pickle_option
 def main(
     network,
     image_path,

@@ -19,9 +19,16 @@ import PIL.Image
 import torch
 import viser
 
-from training import checkpoint
 from training.camera_utils import RADIUS
-from training.cli import DEFAULT_DEVICE, SEED_RANGE, Command, Device, load_generator, load_snapshot, make_outdir
+from training.cli import (
+    SEED_RANGE,
+    Command,
+    device_option,
+    load_generator,
+    load_snapshot,
+    make_outdir,
+    trust_pickle_option,
+)
 from training.shapes import DEFAULT_LEVEL, extract_shape, pose_vertices, save_shape
 from training.video import IMAGE_MODES, write_video
 from training.viewer import (
@@ -397,8 +404,8 @@ def start_server(host: str, port: int) -> viser.ViserServer:
     show_default=True,
     help='Initial folder of the capture buttons',
 )
-@click.option('--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N')
-@click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
+@device_option
+@trust_pickle_option
 def main(network, cfg, init_seed, host, port, outdir, device, trust_pickle):
     """Serve an interactive viewer of a generator as a web page: latent, camera, body pose and render
     settings as controls, the picture re-rendered as they move, and buttons that save the image, the mesh

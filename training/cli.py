@@ -76,6 +76,13 @@ class Device(click.ParamType):
         return device
 
 
+# The options that every single-process tool declares alike (decorators: each use makes its own option).
+device_option = click.option(
+    '--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N'
+)
+trust_pickle_option = click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
+
+
 # Rough peak memory, for refusing settings that cannot fit before anything is allocated.
 BYTES_PER_RAY_SAMPLE = 1024  # features of three planes, decoder activations, weights, with headroom
 BYTES_PER_VOXEL = 32  # grid point coordinates, density, the volume and its closed copy
