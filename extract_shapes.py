@@ -24,6 +24,7 @@ from training.cli import (
 )
 from training.shapes import (
     DEFAULT_LEVEL,
+    MESH_FORMATS,
     close_border,
     extract_shape,
     marching_cubes,
@@ -82,7 +83,7 @@ def save_posed_shape(
     '--level', type=FiniteFloat(), default=DEFAULT_LEVEL, show_default=True, help='Marching-cubes sigma level'
 )
 @click.option('--pose', default=None, help='Pose the meshes: six comma-separated neck/head axis-angle values, radians')
-@click.option('--format', 'mesh_format', type=click.Choice(['ply', 'obj', 'glb']), default='ply', show_default=True)
+@click.option('--format', 'mesh_format', type=click.Choice(MESH_FORMATS), default='ply', show_default=True)
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)
 @device_option
 @trust_pickle_option

@@ -19,7 +19,7 @@ from training.cli import (
     require_render_memory,
     trust_pickle_option,
 )
-from training.video import IMAGE_MODES, TRAJECTORIES, interpolate_ws, write_video
+from training.video import IMAGE_MODES, INTERPOLATIONS, TRAJECTORIES, interpolate_ws, write_video
 
 
 def parse_grid(text: str) -> tuple:
@@ -83,7 +83,7 @@ def parse_grid(text: str) -> tuple:
 @click.option('--fps', type=click.IntRange(min=1), default=30, show_default=True)
 @click.option(
     '--interpolate',
-    type=click.Choice(['none', 'linear', 'cubic']),
+    type=click.Choice(('none', *INTERPOLATIONS)),
     default='none',
     show_default=True,
     help="Each cell loops through its consecutive seeds' w (seeds = cells x keyframes)",

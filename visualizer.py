@@ -29,13 +29,13 @@ from training.cli import (
     make_outdir,
     trust_pickle_option,
 )
+from training.networks_stylegan2 import NOISE_MODES
 from training.shapes import DEFAULT_LEVEL, extract_shape, pose_vertices, save_shape
 from training.video import IMAGE_MODES, write_video
 from training.viewer import (
     BLEND_SPACES,
     DEFAULT_FOV,
     NAMED_YAWS,
-    NOISE_MODES,
     RENDER_MODES,
     RenderWorker,
     Viewer,

@@ -27,6 +27,9 @@ import torch
 from torch_utils import misc, persistence
 from torch_utils.ops import bias_act, conv2d_resample, fma, upfirdn2d
 
+# Per-pixel noise of the synthesis layers: a fresh draw per call, the stored constant, or none.
+NOISE_MODES = ('random', 'const', 'none')
+
 
 def _activation_gain(activation: str) -> float:
     if activation not in bias_act.ACTIVATIONS:
@@ -452,8 +455,8 @@ class SynthesisLayer(torch.nn.Module):
         noise_mode: 'random' (fresh N(0, 1) per call), 'const' (the stored `noise_const`) or 'none'.
         conv_dtype: see modulated_conv2d.
         """
-        if noise_mode not in ('random', 'const', 'none'):
-            raise ValueError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f'noise_mode must be one of {", ".join(NOISE_MODES)}, got {noise_mode!r}')
         in_resolution = self.resolution // self.up
         misc.assert_shape(x, [None, self.in_channels, in_resolution, in_resolution])
         styles = self.affine(w.to(full_precision(w.dtype)))

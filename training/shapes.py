@@ -14,6 +14,7 @@ import torch
 
 DEFAULT_LEVEL = 15.0  # the sigma level of the surface (docs/method.md §12.3)
 CUBE_FRACTION = 0.8  # the grid covers this fraction of the tri-grid box
+MESH_FORMATS = ('ply', 'obj', 'glb')  # what write_mesh writes, told by the extension
 
 
 def grid_points(resolution: int, side: float, device=None) -> torch.Tensor:

@@ -11,6 +11,7 @@ from training.images import depth_to_uint8, to_uint8
 
 TRAJECTORIES = ('orbit', 'wobble', 'pose')
 IMAGE_MODES = ('image', 'image_raw', 'image_depth')
+INTERPOLATIONS = ('linear', 'cubic')  # of interpolate_ws
 
 
 def interpolate_ws(keyframes: torch.Tensor, num_frames: int, kind: str) -> torch.Tensor:

@@ -27,7 +27,6 @@ from training.camera_utils import FOCAL, RADIUS, VIEWS, camera_label, focal_to_f
 from training.images import depth_to_uint8, to_uint8
 
 RENDER_MODES = ('image', 'image_raw', 'image_depth', 'image_mask')  # final SR image, raw render, depth, alpha
-NOISE_MODES = ('const', 'random', 'none')
 BLEND_SPACES = ('w', 'z')
 DEFAULT_FOV = focal_to_fov(FOCAL)  # degrees: the field of view of the data set's cameras
 NAMED_YAWS = {name: math.degrees(horizontal - math.pi / 2) for name, horizontal in VIEWS.items()}  # degrees
@@ -47,7 +46,7 @@ class ViewState:
     blend_space: str = 'w'  # 'w': lerp of the two mapped ws; 'z': slerp of the two z before mapping
     truncation_psi: float = 1.0
     truncation_cutoff: int | None = None  # truncate only the first N ws; None = all
-    noise_mode: str = 'const'  # noise of the backbone and background nets: one of NOISE_MODES
+    noise_mode: str = 'const'  # noise of the backbone and background nets: one of networks_stylegan2.NOISE_MODES
     yaw: float = 0.0  # rendering camera: 0 = front, -90 = side, +-180 = back (camera_utils.camera_yaw)
     pitch: float = 0.0  # offset of the orbit angle v from level; positive = below the pivot
     radius: float = RADIUS  # metres from the world origin
