@@ -1,4 +1,4 @@
-"""The bad-input battery: over 300 bad command lines for the seven tools, each run as its own process and
+"""The bad-input battery: over 300 bad command lines for the eight tools, each run as its own process and
 classified clean (a one-line error) or not (a traceback, a crash, a hang, output written silently, code run
 from a pickle).
 
@@ -59,6 +59,8 @@ WORKING = {
     'dataset_tool check': '--data {data} --seg-data {seg} --no-progress',
     'dataset_tool synth': '--dest {out}/synth.zip --seg-dest {out}/synth-seg.zip --num-images 2 --resolution 8 '
     '--workers 1',
+    # It serves until stopped: every case of it must end in an error before the server starts.
+    'visualizer': '--network {run} --port 0 --outdir {out} --device cpu',
 }
 
 
@@ -488,6 +490,23 @@ CASES = [
     Case('invert', '--device cuda', '--device'),
     Case('invert', '--outdir {ro}', 'Read-only file system'),
     Case('invert', '--outdir {blocker}/sub', 'cannot write into --outdir'),
+    # visualizer
+    Case('visualizer', '--network {missing}', 'nothing.pkl', quick=True),
+    Case('visualizer', '--network {empty}', 'no network-snapshot'),
+    Case('visualizer', '--network {text}', 'notes.txt'),
+    Case('visualizer', '--network {truncated_pt}', 'truncated.pt'),
+    Case('visualizer', '--network {random_pkl}', 'random.pkl'),
+    Case('visualizer', '--network {evil_pkl}', '--trust-pickle'),
+    Case('visualizer', '--network {swapped_pt}', 'not a generator'),
+    Case('visualizer', '--network ftp://host/snapshot.pkl', 'unsupported URL scheme "ftp"'),
+    Case('visualizer', '--device tpu', '--device'),
+    Case('visualizer', '--device cuda', '--device'),
+    Case('visualizer', '--port 70000', '--port'),
+    Case('visualizer', '--port -1', '--port'),
+    Case('visualizer', '--host no.such.host.invalid', '--host'),
+    Case('visualizer', '--cfg cpu-small', 'exactly one of --network'),
+    Case('visualizer', '--cfg nosuch --port 0 --device cpu', '--cfg', alone=True),
+    Case('visualizer', '--init-seed -1', '--init-seed'),
 ]
 
 

@@ -41,7 +41,16 @@ def test_verdict_on_made_up_outcomes():
 def test_the_cases_cover_every_tool_and_the_quick_subset_is_small():
     assert len(CASES) >= 120 and len(set(CASES)) == len(CASES)
     tools = {case.tool.split()[0] for case in CASES}
-    assert tools == {'train', 'gen_samples', 'gen_videos', 'extract_shapes', 'calc_metrics', 'dataset_tool', 'invert'}
+    assert tools == {
+        'train',
+        'gen_samples',
+        'gen_videos',
+        'extract_shapes',
+        'calc_metrics',
+        'dataset_tool',
+        'invert',
+        'visualizer',
+    }
     assert all(case.tool in WORKING for case in CASES)
     quick = [case for case in CASES if case.quick]
     assert 10 <= len(quick) <= 20 and {case.tool.split()[0] for case in quick} == tools
