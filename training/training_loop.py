@@ -154,7 +154,7 @@ def training_loop(
     )
 
     # Optimizers and phases (lazy regularization, docs/method.md §7.4).
-    phases, optimizers = _build_phases(config, G, D)
+    phases, optimizers = build_phases(config, G, D)
     if state is not None:
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state['optimizers'][name])
@@ -384,7 +384,7 @@ def build_networks(config: TrainingConfig, device: torch.device) -> tuple:
     return (G.train().requires_grad_(False).to(device), D.train().requires_grad_(False).to(device))
 
 
-def _build_phases(config: TrainingConfig, G: torch.nn.Module, D: torch.nn.Module) -> tuple:
+def build_phases(config: TrainingConfig, G: torch.nn.Module, D: torch.nn.Module) -> tuple:
     """-> (phases in execution order: G's, then D's, as published; {'G': Adam, 'D': Adam}).
 
     A network with a lazy regularization phase every k iterations steps k + 1 times per k
