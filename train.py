@@ -50,7 +50,7 @@ from training.cli import Command, FiniteFloat, make_outdir
 from training.config import ARCHITECTURE_FIELDS, DEVICES, ConfigError, TrainingConfig
 from training.dataset import DatasetError, PortraitDataset
 from training.decoder import ACTIVATIONS as DECODER_ACTIVATIONS
-from training.loss import REG_TYPES
+from training.loss import POSE_PRIOR_MATCHES, REG_TYPES
 from training.synthetic import default_synthetic_paths, ensure_synthetic_dataset
 from training.triplane import SR_MODULES, build_body_model
 
@@ -314,6 +314,11 @@ def _check_body_model(config: TrainingConfig) -> None:
 @click.option('--input_pose_params_reg_loss_weight', type=FiniteFloat(min=0), help='G pose prior weight')
 @click.option('--input_pose_params_reg_loss_kimg', type=FiniteFloat(min=0), help='G pose prior hold (kimg)')
 @click.option('--input_pose_params_reg_loss_decay_kimg', type=FiniteFloat(min=0), help='G pose prior decay (kimg)')
+@click.option(
+    '--pose_prior_match',
+    type=click.Choice(POSE_PRIOR_MATCHES),
+    help='G pose prior target: paired (coarse pose of the same item) or marginal (coarse poses matched by rank)',
+)
 @click.option('--train_g_pose_branch', type=bool, help="Train G's pose branch")
 @click.option('--neural_rendering_resolution_initial', type=click.IntRange(min=1), help='Rendering resolution')
 @click.option(

@@ -2,6 +2,7 @@
 losses and gradient paths (docs/method.md §7.1-§7.7), with a tiny generator and discriminator."""
 
 import dataclasses
+import itertools
 import math
 import os
 import typing
@@ -250,6 +251,8 @@ def test_schedule_values_follow_the_schedules():
 def test_config_and_phase_validation():
     with pytest.raises(ValueError, match='reg_type'):
         PortraitGANLoss(None, None, LossConfig(reg_type='total-variation'), device='cpu')
+    with pytest.raises(ValueError, match='pose_prior_match'):
+        PortraitGANLoss(None, None, LossConfig(pose_prior_match='nearest'), device='cpu')
     with pytest.raises(ValueError, match='filter_mode'):
         PortraitGANLoss(None, None, LossConfig(), device='cpu', filter_mode='classic')
     with pytest.raises(ValueError, match='phase'):
@@ -275,9 +278,9 @@ def test_every_loss_setting_is_the_training_setting_of_the_same_name():
     training_fields = {field.name: field.type for field in dataclasses.fields(TrainingConfig)}
     distinct = {}
     for index, field in enumerate(dataclasses.fields(LossConfig)):
-        if field.name in training_fields and field.name != 'reg_type':
+        if field.name in training_fields and training_fields[field.name] not in (str, 'str'):
             distinct[field.name] = (1000 + index) if 'int' in str(training_fields[field.name]) else 0.125 * (index + 3)
-    config = dataclasses.replace(config, reg_type='monotonic-fixed', batch=48, **distinct)
+    config = dataclasses.replace(config, reg_type='monotonic-fixed', pose_prior_match='marginal', batch=48, **distinct)
     loss_config = LossConfig.from_training_config(config)
     hints = typing.get_type_hints(LossConfig)
     for field in dataclasses.fields(LossConfig):
@@ -420,6 +423,31 @@ def test_pose_prior_gradient_reaches_only_the_pose_branch():
     assert prior == pytest.approx(0.0, abs=1e-10)
     for name, g in matched.items():
         torch.testing.assert_close(g, base[name])
+
+
+def test_marginal_pose_prior_is_the_cheapest_matching_of_each_value():
+    # Oracle: for every one of the 6 values, the smallest squared distance over all pairings of the
+    # chunk's G poses with its coarse poses (brute force over the 5! permutations).
+    generator = torch.Generator().manual_seed(3)
+    p_G = torch.randn([5, 6], generator=generator, dtype=torch.float64)
+    coarse = torch.randn([5, 6], generator=generator, dtype=torch.float64)
+    cheapest = sum(
+        min(
+            sum((p_G[i, k] - coarse[j, k]) ** 2 for i, j in enumerate(order))
+            for order in itertools.permutations(range(5))
+        )
+        for k in range(6)
+    )
+    marginal = loss_module.pose_prior(p_G, coarse, 'marginal')
+    assert marginal.shape == (5,)
+    assert marginal.sum().item() == pytest.approx(cheapest.item(), rel=1e-12)
+    paired = loss_module.pose_prior(p_G, coarse, 'paired')
+    torch.testing.assert_close(paired, (p_G - coarse).square().sum(dim=1))
+    assert marginal.sum() <= paired.sum()
+    # Zero for any G poses whose values are the coarse ones reordered, value by value; paired is not.
+    shuffled = torch.stack([coarse[torch.randperm(5, generator=generator), k] for k in range(6)], dim=1)
+    assert loss_module.pose_prior(shuffled, coarse, 'marginal').abs().max().item() < 1e-12
+    assert loss_module.pose_prior(shuffled, coarse, 'paired').sum().item() > 0.1
 
 
 @pytest.mark.parametrize('reg_type', ['l1', 'monotonic-detach'])

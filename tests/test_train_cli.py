@@ -232,13 +232,20 @@ def test_training_options_of_an_earlier_version_still_load(tmp_path):
     with open(OLD_TRAINING_OPTIONS, encoding='utf-8') as f:
         text = f.read()
     config = TrainingConfig.from_json(text, source=OLD_TRAINING_OPTIONS).validate()
-    assert config.to_json() == text  # and are written back unchanged
+    # Written back unchanged, with the settings added since at their (published) defaults.
+    later_defaults = {'pose_prior_match': 'paired'}
+    assert json.loads(config.to_json()) == {**json.loads(text), **later_defaults}
     assert (config.cfg, config.batch, config.gamma, config.stage_start_kimg) == ('full-head', 64, 2.0, 6000.0)
     assert config.metrics == ['fid50k_full', 'pose_err'] and config.reg_type == 'monotonic-detach'
     # --resume of a run whose resume state carries those options.
     _fake_resume_state(str(tmp_path), 7_000_000, config_json=text)
     resolved = _dry_run('--resume', str(tmp_path), '--device', 'cpu')
-    assert resolved == {**json.loads(text), 'device': 'cpu', 'resume_state': resolved['resume_state']}
+    assert resolved == {
+        **json.loads(text),
+        **later_defaults,
+        'device': 'cpu',
+        'resume_state': resolved['resume_state'],
+    }
     assert resolved['resume_state'].endswith('resume-state-007000.pt')
 
 

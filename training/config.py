@@ -110,6 +110,9 @@ class TrainingConfig:
     resume_state: str | None = None  # resume state to continue exactly (None: start at the stage start)
     desc: str | None = None  # appended to the run directory name
 
+    # Losses whose published behaviour is the default.
+    pose_prior_match: str = 'paired'  # one of training.loss.POSE_PRIOR_MATCHES
+
     # -- Derived values ---------------------------------------------------------------------------
 
     @property
@@ -213,7 +216,7 @@ class TrainingConfig:
                 raise ConfigError(message)
 
         # Imported here: the config is read before torch work starts.
-        from training.loss import REG_TYPES
+        from training.loss import POSE_PRIOR_MATCHES, REG_TYPES
         from training.triplane import TriPlaneGenerator
 
         accepted = set(inspect.signature(TriPlaneGenerator.__init__).parameters) - {'self'}
@@ -267,6 +270,10 @@ class TrainingConfig:
             need(getattr(self, name) >= 0, f'--{name.replace("_", "-")} must be >= 0, got {getattr(self, name)}')
         need(self.d_channel_base >= 1 and self.d_channel_max >= 1, 'd_channel_base and d_channel_max must be positive')
         need(self.reg_type in REG_TYPES, f'--reg_type {self.reg_type!r}: expected one of {", ".join(REG_TYPES)}')
+        need(
+            self.pose_prior_match in POSE_PRIOR_MATCHES,
+            f'--pose_prior_match {self.pose_prior_match!r}: expected one of {", ".join(POSE_PRIOR_MATCHES)}',
+        )
         need(
             self.metric_pose_sample_mode in METRIC_POSE_SAMPLE_MODES,
             f'--metric_pose_sample_mode {self.metric_pose_sample_mode!r}: expected one of '

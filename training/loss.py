@@ -33,6 +33,9 @@ from training.d_input import FILTER_MODES, discriminator_input
 
 PHASES = ('Gmain', 'Greg', 'Dmain', 'Dreg')
 REG_TYPES = ('l1', 'monotonic-detach', 'monotonic-fixed')
+# What the G pose prior compares p_G with: `paired`, the coarse pose of the item that gave each
+# sample's camera (published); `marginal`, the chunk's coarse poses matched to p_G by rank, per value.
+POSE_PRIOR_MATCHES = ('paired', 'marginal')
 DENSITY_REG_POINTS = 1000  # random points per sample for the density regularizer
 
 
@@ -61,6 +64,7 @@ class LossConfig:
     density_reg: float = 0.0  # density regularization weight (0: no Greg)
     density_reg_p_dist: float = 0.004  # std of the point perturbation
     reg_type: str = 'l1'  # one of REG_TYPES
+    pose_prior_match: str = 'paired'  # one of POSE_PRIOR_MATCHES
     neural_rendering_resolution_initial: int = 64
     neural_rendering_resolution_final: int | None = None
     neural_rendering_resolution_fade_kimg: float = 1000
@@ -90,6 +94,26 @@ def swap_with_previous(prob: float, *tensors: torch.Tensor, generator: torch.Gen
     return [torch.where(swap.reshape([-1] + [1] * (t.ndim - 1)), t.roll(1, dims=0), t) for t in tensors]
 
 
+def pose_prior(p_G: torch.Tensor, coarse: torch.Tensor, match: str) -> torch.Tensor:
+    """The G pose prior's squared distance per sample (before its weight).
+
+    p_G [B, 6] (G's pose branch), coarse [B, 6] (coarse poses of the data items that gave the
+    cameras) -> [B].
+    paired: ||p_G[b] - coarse[b]||^2. The pose branch sees only (z, camera), so where the coarse
+    pose does not depend on the camera its minimiser is the constant mean pose: the prior shrinks
+    the spread of G's poses.
+    marginal: each of the 6 values of p_G is sorted over the chunk and compared with the sorted
+    coarse values (one-dimensional optimal transport per value); row b holds the terms of rank b.
+    Its minimiser is any p_G whose values are distributed like the coarse ones, so the prior keeps
+    the labelled spread and leaves which z gets which pose to the adversarial loss.
+    """
+    if match == 'paired':
+        return (p_G - coarse).square().sum(dim=1)
+    if match == 'marginal':
+        return (p_G.sort(dim=0).values - coarse.sort(dim=0).values).square().sum(dim=1)
+    raise ValueError(f'pose prior match {match!r}: expected one of {", ".join(POSE_PRIOR_MATCHES)}')
+
+
 class PortraitGANLoss:
     """All losses of the 3D portrait GAN, one phase per `accumulate_gradients` call."""
 
@@ -104,6 +128,10 @@ class PortraitGANLoss:
     ):
         if config.reg_type not in REG_TYPES:
             raise ValueError(f'reg_type {config.reg_type!r}: expected one of {", ".join(REG_TYPES)}')
+        if config.pose_prior_match not in POSE_PRIOR_MATCHES:
+            raise ValueError(
+                f'pose_prior_match {config.pose_prior_match!r}: expected one of {", ".join(POSE_PRIOR_MATCHES)}'
+            )
         if filter_mode not in FILTER_MODES:
             raise ValueError(f'filter_mode {filter_mode!r}: expected one of {", ".join(FILTER_MODES)}')
         self.G = G
@@ -244,7 +272,7 @@ class PortraitGANLoss:
         )
         logits, pose_D = self.run_D(discriminator_input(gen, schedule['blur_sigma']), gen_c)
         loss_adv = F.softplus(-logits).flatten()  # [B]
-        prior = (p_G - gen_pose).square().sum(dim=1)  # [B]
+        prior = pose_prior(p_G, gen_pose, self.config.pose_prior_match)  # [B]
         loss = loss_adv
         if schedule['pose_prior_weight'] > 0:
             loss = loss + schedule['pose_prior_weight'] * prior
