@@ -255,3 +255,19 @@ def test_unfinished_writes_are_removed(tmp_path):
     (tmp_path / 'network-snapshot-000000.pkl').write_bytes(b'complete')
     assert atomic_files.remove_unfinished_writes(str(tmp_path)) == [str(stale)]
     assert os.listdir(tmp_path) == ['network-snapshot-000000.pkl']
+
+
+def test_weights_with_half_precision_parameters(tmp_path, allow_test_classes):
+    G, D = _make_nets()
+    path = str(tmp_path / 'weights.pt')
+    checkpoint.save_weights(path, dict(G=G, D=D), parameter_dtypes={'D': torch.float16})
+    stored = torch.load(path, weights_only=True)['modules']
+    assert stored['D']['state_dict']['head.weight'].dtype == torch.float16
+    assert stored['D']['state_dict']['shift'].dtype == torch.float32  # a buffer keeps its dtype
+    assert stored['G']['state_dict']['head.weight'].dtype == torch.float32
+    data = checkpoint.load_weights(path)
+    assert data['D'].head.weight.dtype == torch.float32
+    assert torch.equal(data['D'].head.weight, D.head.weight.half().float())
+    assert torch.equal(data['D'].shift, D.shift) and torch.equal(data['G'].head.weight, G.head.weight)
+    with pytest.raises(ValueError, match='parameter_dtypes names E, which are not modules'):
+        checkpoint.save_weights(path, dict(G=G, D=D), parameter_dtypes={'E': torch.float16})

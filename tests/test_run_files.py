@@ -80,3 +80,57 @@ def test_a_new_stage_starts_from_a_snapshot_not_a_resume_state(tmp_path):
         stage_start_snapshot(state)
     with pytest.raises(CheckpointError, match='holds no network-snapshot'):
         stage_start_snapshot(str(tmp_path))
+
+
+def test_export_snapshot_keeps_g_exact_and_stores_d_in_half_precision(tmp_path):
+    import json
+
+    import torch
+
+    from tests.tiny_run import write_tiny_snapshot
+    from training import checkpoint
+    from training.run_files import export_snapshot
+
+    run_dir, _ = write_tiny_snapshot(str(tmp_path))
+    source = os.path.join(run_dir, 'network-snapshot-000000.pt')
+    full = checkpoint.load_any(source)
+    out, out_json = export_snapshot(source, str(tmp_path / 'shipped' / 'model.pt'), {'D_ema': torch.float16})
+    assert out_json == str(tmp_path / 'shipped' / 'model.json')
+    with open(out_json) as f, open(os.path.join(run_dir, 'pose_predict_kwargs-000000.json')) as g:
+        assert json.load(f) == json.load(g)
+
+    stored = torch.load(out, weights_only=True)['modules']
+    assert set(stored) == {'G_ema', 'D_ema'}
+    D_parameters = {name for name, _ in full['D_ema'].named_parameters()}
+    for name, tensor in stored['D_ema']['state_dict'].items():
+        assert tensor.dtype == (torch.float16 if name in D_parameters else full['D_ema'].state_dict()[name].dtype), name
+    assert all(t.dtype != torch.float16 for t in stored['G_ema']['state_dict'].values())
+
+    exported = checkpoint.load_any(out)
+    assert {'training_set_kwargs', 'neural_rendering_resolution', 'cur_nimg'} <= set(exported)
+    assert exported['training_set_kwargs'] == full['training_set_kwargs']
+    for key in ('G_ema', 'D_ema'):
+        reference = full[key].state_dict()
+        for name, tensor in exported[key].state_dict().items():
+            expected = reference[name].half().float() if key == 'D_ema' and name in D_parameters else reference[name]
+            assert tensor.dtype == reference[name].dtype and torch.equal(tensor, expected), f'{key}.{name}'
+    # The same generator: identical renders.
+    G, G_out = full['G_ema'], exported['G_ema']
+    z = torch.randn([2, G.z_dim], generator=torch.Generator().manual_seed(0))
+    c = torch.zeros([2, 25])
+    c[:, :16] = torch.eye(4).flatten()
+    c[:, 16:] = torch.tensor([4.0, 0, 0.5, 0, 4.0, 0.5, 0, 0, 1])
+    images = [net(z, c, net.get_pose_params(z, c), apply_def=True, deterministic=True)['image'] for net in (G, G_out)]
+    assert torch.equal(*images)
+
+
+def test_export_snapshot_errors(tmp_path):
+    from tests.tiny_run import write_tiny_snapshot
+    from training.run_files import export_snapshot
+
+    run_dir, _ = write_tiny_snapshot(str(tmp_path))
+    source = os.path.join(run_dir, 'network-snapshot-000000.pt')
+    with pytest.raises(CheckpointError, match=r'model\.pkl: name the weights file \.pt'):
+        export_snapshot(source, str(tmp_path / 'model.pkl'))
+    with pytest.raises(CheckpointError, match='missing.pt'):
+        export_snapshot(str(tmp_path / 'missing.pt'), str(tmp_path / 'model.pt'))

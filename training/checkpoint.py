@@ -179,15 +179,26 @@ def _to_json_value(value: Any, where: str) -> Any:
     )
 
 
-def save_weights(path: str, modules: dict[str, torch.nn.Module], extra: dict[str, Any] | None = None) -> None:
+def save_weights(
+    path: str,
+    modules: dict[str, torch.nn.Module],
+    extra: dict[str, Any] | None = None,
+    parameter_dtypes: dict[str, torch.dtype] | None = None,
+) -> None:
     """Write a weights-only file: per module its class, constructor arguments (JSON) and state dict.
 
     modules: {key: persistent nn.Module of this repository}; extra: JSON-serializable metadata
     (e.g. training_set_kwargs), returned by `load_weights` next to the modules.
+    parameter_dtypes: {key: dtype} stores the floating-point parameters of those modules in that
+    dtype (e.g. torch.float16, half the size); buffers keep theirs. Loading casts them back to the
+    dtype the module is built with.
     """
     extra = {} if extra is None else extra
     if not isinstance(modules, dict) or not modules:
         raise ValueError(f'save_weights: {path}: expected a non-empty dict of modules')
+    unknown = sorted(set(parameter_dtypes or {}) - set(modules))
+    if unknown:
+        raise ValueError(f'save_weights: {path}: parameter_dtypes names {", ".join(unknown)}, which are not modules')
     clashes = sorted(set(modules) & set(extra))
     if clashes:
         raise ValueError(f'save_weights: {path}: {", ".join(clashes)} given both as module and as extra; rename one')
@@ -210,6 +221,8 @@ def save_weights(path: str, modules: dict[str, torch.nn.Module], extra: dict[str
                 f'save_weights: modules[{key!r}] is a {class_name}; only classes under '
                 f'{", ".join(safe_pickle.ALLOWED_CLASS_PREFIXES)} can be rebuilt from a weights file'
             )
+        parameter_names = {name for name, _ in module.named_parameters()}
+        parameter_dtype = (parameter_dtypes or {}).get(key)
         state_dict = {}
         for name, tensor in module.state_dict().items():
             if not isinstance(tensor, torch.Tensor):
@@ -217,7 +230,10 @@ def save_weights(path: str, modules: dict[str, torch.nn.Module], extra: dict[str
                     f'save_weights: modules[{key!r}] state entry {name!r} is a {type(tensor).__name__}; '
                     f'a weights file holds tensors only'
                 )
-            state_dict[name] = tensor.detach().cpu()
+            tensor = tensor.detach().cpu()
+            if parameter_dtype is not None and name in parameter_names and tensor.is_floating_point():
+                tensor = tensor.to(parameter_dtype)
+            state_dict[name] = tensor
         entries[key] = {
             'class': class_name,
             'init_args_json': json.dumps(_to_json_value(module.init_args, f'{key}.init_args'), allow_nan=False),

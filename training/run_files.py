@@ -187,3 +187,39 @@ def snapshot_networks(modules: dict[str, Any], path: str) -> tuple:
             )
         picked.append(network)
     return tuple(picked)
+
+
+# Metadata of a snapshot that an exported file keeps: the data set it was trained on (for the metrics),
+# the rendering resolution it renders at and its image count.
+EXPORTED_EXTRA = ('training_set_kwargs', 'neural_rendering_resolution', 'cur_nimg')
+
+
+def export_snapshot(snapshot_path: str, out_path: str, parameter_dtypes: dict[str, torch.dtype] | None = None) -> tuple:
+    """Write the inference part of a snapshot as a compact weights file -> (out_path, its pose JSON path or None).
+
+    Keeps G_ema (else G) as 'G_ema' and D_ema (else D) as 'D_ema', and the EXPORTED_EXTRA metadata;
+    parameter_dtypes ({'G_ema' or 'D_ema': dtype}) stores those networks' parameters in that dtype.
+    Copies the pose-prediction settings to the .json of out_path's stem, where pose_predict_kwargs_for
+    finds them. Raises CheckpointError.
+    """
+    from training import checkpoint
+    from training.atomic_files import atomic_write
+
+    if not out_path.endswith('.pt'):
+        raise CheckpointError(f'{out_path}: name the weights file .pt')
+    contents = checkpoint.load_any(snapshot_path)
+    G, D = snapshot_networks(contents, snapshot_path)
+    if G is None:
+        raise CheckpointError(f'{snapshot_path}: holds no generator to export')
+    modules = {'G_ema': G} if D is None else {'G_ema': G, 'D_ema': D}
+    extra = {key: contents[key] for key in EXPORTED_EXTRA if contents.get(key) is not None}
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    dtypes = {key: dtype for key, dtype in (parameter_dtypes or {}).items() if key in modules}
+    checkpoint.save_weights(out_path, modules, extra, parameter_dtypes=dtypes)
+    source_json, out_json = pose_predict_kwargs_for(snapshot_path), pose_predict_kwargs_for(out_path)
+    if not os.path.isfile(source_json):
+        return out_path, None
+    with open(source_json, 'rb') as f:
+        settings = f.read()
+    atomic_write(out_json, lambda file: file.write(settings))
+    return out_path, out_json
