@@ -8,8 +8,13 @@ default D_ema's parameters are stored in float16 (D only predicts poses at infer
 size) and G_ema's in float32, so that renders are those of the trained snapshot; `--half G_ema`
 stores G's in float16 too. Every tool loads the result like any snapshot (`--network
 pretrained/cpu-fast-64.pt`); loading casts the parameters back to float32.
+
+It also writes OUT's stem + `.render-stats.json`: training.render_stats of the *source* snapshot's
+generator for the seeds of --stats-seeds, which tests/test_pretrained.py compares with renders of
+the exported file.
 """
 
+import json
 import os
 import sys
 
@@ -21,6 +26,10 @@ sys.path.insert(0, REPO)
 
 from training import run_files  # noqa: E402
 from training.checkpoint import CheckpointError  # noqa: E402
+from training.cli import load_snapshot, parse_seeds  # noqa: E402
+from training.render_stats import render_statistics  # noqa: E402
+
+RENDER_STATS_SUFFIX = '.render-stats.json'
 
 
 @click.command()
@@ -34,16 +43,25 @@ from training.checkpoint import CheckpointError  # noqa: E402
     show_default=True,
     help='network whose parameters are stored in float16 (repeatable)',
 )
-def main(snapshot: str, out: str, half: tuple) -> None:
-    """Write SNAPSHOT's G_ema and D_ema to OUT (.pt)."""
+@click.option('--stats-seeds', default='0-7', show_default=True, help='Seeds of the render statistics')
+def main(snapshot: str, out: str, half: tuple, stats_seeds: str) -> None:
+    """Write SNAPSHOT's G_ema and D_ema to OUT (.pt), and the render statistics of SNAPSHOT's G_ema."""
     try:
+        source = run_files.resolve_network(snapshot)
         out_path, json_path = run_files.export_snapshot(
-            run_files.resolve_network(snapshot), out, parameter_dtypes={key: torch.float16 for key in half}
+            source, out, parameter_dtypes={key: torch.float16 for key in half}
         )
     except (CheckpointError, OSError) as error:
         raise click.ClickException(str(error)) from None
+    seeds = parse_seeds(stats_seeds)
+    _, G, _, _ = load_snapshot(source, torch.device('cpu'))
+    stats_path = os.path.splitext(out_path)[0] + RENDER_STATS_SUFFIX
+    with open(stats_path, 'w') as f:
+        json.dump({'seeds': seeds, 'statistics': render_statistics(G, seeds)}, f, indent=1)
+        f.write('\n')
     click.echo(f'{out_path} ({os.path.getsize(out_path) / 2**20:.1f} MiB)')
     click.echo(json_path or f'no pose-prediction settings beside {snapshot}; pose prediction on real images needs them')
+    click.echo(stats_path)
 
 
 if __name__ == '__main__':

@@ -3,8 +3,9 @@
     python tools/readme_images.py --network runs/00000-cpu-small-... --outdir docs/images
 
 writes samples.png (gen_samples.py: a row of back, side and front views per seed), orbit.png (every
-few frames of a gen_videos.py 360-degree orbit) and mesh.png (an extract_shapes.py mesh with its
-vertex colours, rendered headless from the same three views).
+few frames of a gen_videos.py 360-degree orbit), pose.png (gen_samples.py --pose: the first seed with
+its head turned, seen from the front, and its neck bent, seen from the side) and mesh.png (an
+extract_shapes.py mesh with its vertex colours, rendered headless from the same three views).
 """
 
 import glob
@@ -40,6 +41,41 @@ def run_tool(script: str, *args: str) -> None:
 def upscale(image: np.ndarray, factor: int) -> np.ndarray:
     """[H, W, C] uint8 -> [H * factor, W * factor, C], nearest neighbour (keeps the pixels honest)."""
     return image.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+# The pose sweeps of pose.png: (view, index of the swept pose value, values in radians). Pose values
+# are neck x, y, z then head x, y, z axis-angles: head yaw is value 4, neck pitch value 0.
+POSE_SWEEPS = (
+    ('front', 4, (-0.6, -0.3, 0.0, 0.3, 0.6)),
+    ('side', 0, (-0.4, -0.2, 0.0, 0.2, 0.4)),
+)
+
+
+def pose_sweep(network: str, seed: str, workdir: str) -> np.ndarray:
+    """The seed rendered at the POSE_SWEEPS poses, one row per sweep -> [rows * R, 5 * R, 3] uint8."""
+    rows = []
+    for view, index, values in POSE_SWEEPS:
+        row = []
+        for value in values:
+            pose = [0.0] * 6
+            pose[index] = value
+            outdir = os.path.join(workdir, f'pose-{view}-{index}-{value}')
+            run_tool(
+                'gen_samples.py',
+                '--network',
+                network,
+                '--seeds',
+                seed,
+                '--views',
+                view,
+                '--pose',
+                ','.join(str(v) for v in pose),
+                '--outdir',
+                outdir,
+            )
+            row.append(np.asarray(PIL.Image.open(glob.glob(os.path.join(outdir, 'seed[0-9]*.png'))[0]).convert('RGB')))
+        rows.append(np.concatenate(row, axis=1))
+    return np.concatenate(rows, axis=0)
 
 
 def mesh_views(mesh_path: str, resolution: int) -> np.ndarray:
@@ -92,6 +128,9 @@ def main(network, outdir, seeds, frames, strip, shape_res, level, scale):
         orbit = np.concatenate([video[i] for i in picks], axis=1)
         PIL.Image.fromarray(upscale(orbit, scale)).save(os.path.join(outdir, 'orbit.png'))
 
+        sweep = pose_sweep(network, seed, os.path.join(work, 'pose'))
+        PIL.Image.fromarray(upscale(sweep, scale)).save(os.path.join(outdir, 'pose.png'))
+
         run_tool(
             'extract_shapes.py',
             '--network',
@@ -110,7 +149,7 @@ def main(network, outdir, seeds, frames, strip, shape_res, level, scale):
             raise click.ClickException(f'seed {seed}: the density does not cross level {level}; try a lower --level')
         resolution = rows[0].shape[0] * scale
         PIL.Image.fromarray(mesh_views(meshes[0], resolution)).save(os.path.join(outdir, 'mesh.png'))
-    print(f'wrote samples.png, orbit.png and mesh.png to {outdir}')
+    print(f'wrote samples.png, orbit.png, pose.png and mesh.png to {outdir}')
 
 
 if __name__ == '__main__':
