@@ -5,7 +5,7 @@ import json
 import numpy as np
 import PIL.Image
 
-from tools.plot_training import metric_series, plot_run, tick_series
+from tools.plot_training import metric_series, metrics_table, plot_run, tick_series
 
 
 def write_run(run_dir):
@@ -57,3 +57,15 @@ def test_a_run_and_its_continuation_plot_as_one(tmp_path):
     )
     out = plot_run([str(first), str(second)], str(tmp_path / 'plot.png'))
     assert np.asarray(PIL.Image.open(out).convert('L')).std() > 10
+
+
+def test_metrics_table_lists_every_snapshot_and_the_median_speed(tmp_path):
+    write_run(tmp_path)
+    ticks = [json.loads(line) for line in (tmp_path / 'stats.jsonl').read_text().splitlines()]
+    for tick, seconds in zip(ticks, (300.0, 200.0, 250.0)):
+        tick['Timing/sec_per_kimg'] = {'mean': seconds}
+    (tmp_path / 'stats.jsonl').write_text(''.join(json.dumps(tick) + '\n' for tick in ticks))
+    lines = metrics_table([str(tmp_path)]).splitlines()
+    assert lines[0] == '| kimg | fid1k | real_neck_mean | real_mean_pose_neck_mean |'
+    assert lines[2:4] == ['| 0 | 260 |  |  |', '| 4 | 180 | 12 | 18 |']
+    assert lines[-1] == 'seconds per kimg: median 250 over 3 ticks'

@@ -7,7 +7,8 @@ each RUN_DIR/stats.jsonl (one line per tick) and every RUN_DIR/metric-*.jsonl (o
 snapshot; the snapshot's kimg is read from its file name). The top panel holds the adversarial
 and regularization losses, the middle one D's pose regression and the pose agreement of G and
 D, the bottom one the metrics: FID/KID on the left axis and pose errors (degrees) on the right,
-each beside its constant-mean-pose yardstick (dashed).
+each beside its constant-mean-pose yardstick (dashed). With --table it also prints the metrics
+of every snapshot as a Markdown table (medians left out) and the run's median seconds per kimg.
 """
 
 import argparse
@@ -50,6 +51,32 @@ def metric_series(path: str) -> dict[str, tuple[list[float], list[float]]]:
             kimgs.append(int(match.group(1)))
             values.append(value)
     return series
+
+
+def metrics_table(run_dirs: list[str]) -> str:
+    """A Markdown table of the run's metric results per snapshot kimg (no medians), and its median s/kimg."""
+    by_kimg, names = {}, []
+    for run_dir in run_dirs:
+        for path in sorted(glob.glob(os.path.join(run_dir, 'metric-*.jsonl'))):
+            for name, (kimgs, values) in metric_series(path).items():
+                if 'median' in name:
+                    continue
+                names += [name] if name not in names else []
+                for kimg, value in zip(kimgs, values):
+                    by_kimg.setdefault(kimg, {})[name] = value
+    lines = ['| kimg | ' + ' | '.join(names) + ' |', '|---' * (len(names) + 1) + '|']
+    for kimg in sorted(by_kimg):
+        cells = [f'{by_kimg[kimg][name]:.4g}' if name in by_kimg[kimg] else '' for name in names]
+        lines.append(f'| {kimg} | ' + ' | '.join(cells) + ' |')
+    seconds = sorted(
+        tick['Timing/sec_per_kimg']['mean']
+        for run_dir in run_dirs
+        for tick in read_jsonl(os.path.join(run_dir, 'stats.jsonl'))
+        if 'Timing/sec_per_kimg' in tick
+    )
+    if seconds:
+        lines.append(f'\nseconds per kimg: median {seconds[len(seconds) // 2]:.0f} over {len(seconds)} ticks')
+    return '\n'.join(lines)
 
 
 def plot_run(run_dirs: str | list[str], out: str) -> str:
@@ -110,9 +137,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('run_dirs', nargs='+', metavar='RUN_DIR', help='a run, then its continuations')
     parser.add_argument('--out', help='PNG to write  [default: the last RUN_DIR/training.png]')
+    parser.add_argument('--table', action='store_true', help='also print the metrics per snapshot and the s/kimg')
     args = parser.parse_args()
     try:
         print(plot_run(args.run_dirs, args.out or os.path.join(args.run_dirs[-1], 'training.png')))
+        if args.table:
+            print(metrics_table(args.run_dirs))
     except (OSError, ValueError, KeyError) as error:
         print(f'plot_training: {error}', file=sys.stderr)
         return 1
