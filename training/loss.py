@@ -8,7 +8,7 @@ pose-prior weight, rendering resolution; `schedules.schedule_values`) and passes
 loss passes them on to the networks as arguments.
 
 Phases:
-  Gmain  softplus(-D(G(z))) + lambda(t) * ||p_G - p_coarse||^2           -> G
+  Gmain  softplus(-D(G(z))) + lambda(t) * pose_prior(p_G, p_coarse)      -> G
   Greg   density smoothness on random points (only when density_reg > 0) -> G
   Dmain  softplus(D(G(z))) + w_pose * ||p_D(G(z)) - p_G||^2, softplus(-D(x)) -> D
   Dreg   R1 on the real image, raw image and mask                        -> D
