@@ -47,13 +47,17 @@ RENDER_STATS_SUFFIX = '.render-stats.json'
 def main(snapshot: str, out: str, half: tuple, stats_seeds: str) -> None:
     """Write SNAPSHOT's G_ema and D_ema to OUT (.pt), and the render statistics of SNAPSHOT's G_ema."""
     try:
+        seeds = parse_seeds(stats_seeds)
+    except click.BadParameter as error:
+        error.param_hint = '--stats-seeds'
+        raise
+    try:
         source = run_files.resolve_network(snapshot)
         out_path, json_path = run_files.export_snapshot(
             source, out, parameter_dtypes={key: torch.float16 for key in half}
         )
     except (CheckpointError, OSError) as error:
         raise click.ClickException(str(error)) from None
-    seeds = parse_seeds(stats_seeds)
     _, G, _, _ = load_snapshot(source, torch.device('cpu'))
     stats_path = os.path.splitext(out_path)[0] + RENDER_STATS_SUFFIX
     with open(stats_path, 'w') as f:
