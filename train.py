@@ -168,6 +168,13 @@ def _process(
             logger.close()
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+    if failure_dir is not None:
+        # A spawned process that finished leaves at once: everything it writes is complete and closed by now,
+        # and the interpreter's shutdown could abort in the destructor of a C++ thread that the process group or
+        # a data loader left behind ("terminate called without an active exception"), turning success into -6.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _exit_with_error(line: str, rank: int, failure_dir: str | None) -> None:
