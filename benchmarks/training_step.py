@@ -403,6 +403,14 @@ def print_split(title: str, records: dict, key, profiled_us: float, limit: int) 
         print(f'| {name} | {values} | {sum(row.values()) / profiled_us:.1%} |')
 
 
+def print_ranked(headers: tuple, rows: list, profiled_us: float) -> None:
+    """A table of (key tuple, self microseconds) rows: one column per key part, then ms and share of the step."""
+    print('| ' + ' | '.join(headers) + ' | self ms | share |')
+    print('|' + '---|' * len(headers) + '---:|---:|')
+    for key, us in rows:
+        print('| ' + ' | '.join(str(part) for part in key) + f' | {_ms(us)} | {us / profiled_us:.1%} |')
+
+
 def print_report(cfg: str, batch: int, timings: dict, records: dict, peaks: dict, top: int) -> None:
     sections = ['G pose branch', 'G forward', 'D forward', 'R1 input gradient', 'backward']
     print(f'\n{cfg}, {batch} image(s) per pass, {torch.get_num_threads()} threads, fp32; wall times in ms (best)')
@@ -471,24 +479,22 @@ def print_report(cfg: str, batch: int, timings: dict, records: dict, peaks: dict
     )
 
     print('\nTop (source, op) pairs by self CPU time, all phases')
-    print('| dir | source | op | self ms | share |')
-    print('|---|---|---|---:|---:|')
-    for (row_direction, source, op), us in aggregate_by(
-        everything, lambda record: (direction(record), record.source, record.name)
-    )[:top]:
-        print(f'| {row_direction} | {source} | {op} | {_ms(us)} | {us / profiled_us:.1%} |')
+    print_ranked(
+        ('dir', 'source', 'op'),
+        aggregate_by(everything, lambda record: (direction(record), record.source, record.name))[:top],
+        profiled_us,
+    )
 
     copies = [record for record in everything if record.name in COPY_OPS]
     copy_us = sum(record.self_us for record in copies)
     print(
         f'\nLayout copies and casts (copy_, clone, contiguous, _to_copy, to): {copy_us / profiled_us:.1%} of the step'
     )
-    print('| dir | inside | source | self ms | share |')
-    print('|---|---|---|---:|---:|')
-    for (row_direction, context, source), us in aggregate_by(
-        copies, lambda record: (direction(record), record.context, record.source)
-    )[:top]:
-        print(f'| {row_direction} | {context} | {source} | {_ms(us)} | {us / profiled_us:.1%} |')
+    print_ranked(
+        ('dir', 'inside', 'source'),
+        aggregate_by(copies, lambda record: (direction(record), record.context, record.source))[:top],
+        profiled_us,
+    )
 
 
 def main():
