@@ -1,4 +1,4 @@
-"""Compute FID, KID and pose accuracy of a network snapshot; results go next to the checkpoint.
+"""Compute FID, KID, pose accuracy and pose sensitivity of a network snapshot; results go next to the checkpoint.
 
 Examples:
     python calc_metrics.py --network runs/00000-cpu-small-... --metrics fid2k,kid2k,pose_err
@@ -15,7 +15,7 @@ import torch
 
 from metrics import metric_main, metric_utils
 from metrics.detector import DEFAULT_DETECTOR, DetectorError
-from metrics.names import METRIC_POSE_SAMPLE_MODES, expected_metrics, is_valid_metric
+from metrics.names import METRIC_POSE_SAMPLE_MODES, POSE_METRICS, expected_metrics, is_valid_metric
 from torch_utils import distributed
 from training.cli import Command, load_snapshot, trust_pickle_option
 from training.config import DEVICES
@@ -48,7 +48,10 @@ def _evaluate(rank: int, world_size: int, args: dict, init_file: str | None) -> 
         else:
             raise click.UsageError(f'{path} does not name its training data: give --data and --seg_data')
         kwargs_path = args['pose_predict_kwargs'] or pose_predict_kwargs_for(path)
-        needs_d = args['metric_pose_sample_mode'] == 'D_predict' or 'pose_err' in args['metrics']
+        pose_metrics = [name for name in args['metrics'] if name in POSE_METRICS]
+        users_of_d = (['D_predict'] if args['metric_pose_sample_mode'] == 'D_predict' else []) + pose_metrics
+        needs_d = bool(users_of_d)
+        needs_d_what = ' and '.join(users_of_d) + (' need' if len(users_of_d) > 1 else ' needs')
         pose_predict_kwargs = None
         if os.path.isfile(kwargs_path) or args['pose_predict_kwargs'] is not None:
             try:
@@ -57,11 +60,10 @@ def _evaluate(rank: int, world_size: int, args: dict, init_file: str | None) -> 
                 raise click.BadParameter(str(err), param_hint='--pose_predict_kwargs') from None
         elif needs_d:
             raise click.UsageError(
-                f'D_predict and pose_err need the pose-prediction settings: no {kwargs_path}; '
-                f'give --pose_predict_kwargs'
+                f'{needs_d_what} the pose-prediction settings: no {kwargs_path}; give --pose_predict_kwargs'
             )
         if needs_d and D is None:
-            raise click.UsageError(f'{path} holds no discriminator (D_ema or D), which D_predict and pose_err need')
+            raise click.UsageError(f'{path} holds no discriminator (D_ema or D), which {needs_d_what}')
         try:
             opts = metric_utils.MetricOptions(
                 G=G,
@@ -117,7 +119,7 @@ def _spawned(rank: int, world_size: int, args: dict, init_file: str) -> None:
     default='fid50k_full',
     show_default=True,
     callback=_parse_metrics,
-    help='Comma list: fid50k_full, kid50k_full, fid{N}k, kid{N}k, ..._full, pose_err',
+    help='Comma list: fid50k_full, kid50k_full, fid{N}k, kid{N}k, ..._full, pose_err, pose_sens',
 )
 @click.option(
     '--data', type=click.Path(exists=True), help="Images zip or folder  [default: the snapshot's training data]"

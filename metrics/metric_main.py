@@ -10,8 +10,8 @@ import time
 import numpy as np
 
 import dnnlib
-from metrics import distances, metric_utils, pose_accuracy
-from metrics.names import POSE_ERR, parse_metric
+from metrics import distances, metric_utils, pose_accuracy, pose_sensitivity
+from metrics.names import POSE_ERR, POSE_SENS, parse_metric
 
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
 
@@ -30,6 +30,9 @@ def calc_metric(
     start = time.time()
     if spec.kind == POSE_ERR:
         results = pose_accuracy.compute_pose_err(opts, max_real, num_gen)
+        detector = None
+    elif spec.kind == POSE_SENS:
+        results = pose_sensitivity.compute_pose_sens(opts, num_gen)
         detector = None
     else:
         real = metric_utils.real_features(opts, max_real)

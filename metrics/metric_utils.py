@@ -217,13 +217,18 @@ def sample_poses(opts: MetricOptions, z: torch.Tensor, indices: np.ndarray) -> t
     return c, poses
 
 
-@torch.no_grad()
-def generate_batch(opts: MetricOptions, batch: int) -> dict:
-    """The fakes of one batch (docs/method.md §12.1): truncation 1, random noise, deformation on.
+def with_g_poses(opts: MetricOptions) -> MetricOptions:
+    """opts with metric_pose_sample_mode G_predict (fakes posed by G's pose branch), sharing its memo."""
+    return MetricOptions(**{**opts.__dict__, 'metric_pose_sample_mode': 'G_predict', 'memo': opts.memo})
 
-    -> {'z' [B, z_dim], 'c' [B, 25], 'pose' [B, 6], 'images' uint8 [B, 3, S, S], and G's outputs 'image',
-    'image_raw', 'image_mask'}, B = batch_size. With identical_c_p the mapping is conditioned on the
-    rendering camera and pose, otherwise on the camera and pose of an independent draw.
+
+@torch.no_grad()
+def batch_latents(opts: MetricOptions, batch: int) -> dict:
+    """What the fakes of one batch are drawn from (docs/method.md §12.1), before rendering.
+
+    -> {'z' [B, z_dim], 'c' [B, 25] rendering cameras, 'pose' [B, 6] rendering poses, 'ws' [B, num_ws, w_dim],
+    'noise_seed', 'render_seed' int}, B = batch_size. With identical_c_p the mapping is conditioned on the rendering
+    camera and pose, otherwise on the camera and pose of an independent draw.
     """
     G, dataset, size = opts.G, opts.dataset(), opts.batch_size
     rng = np.random.RandomState(_batch_seeds(opts, batch, 0) % 2**32)
@@ -231,20 +236,49 @@ def generate_batch(opts: MetricOptions, batch: int) -> dict:
     z = torch.from_numpy(rng.standard_normal([size, G.z_dim]).astype(np.float32)).to(opts.device)
     c, pose = sample_poses(opts, z, indices)
     c_cond, pose_cond = (c, pose) if opts.identical_c_p else sample_poses(opts, z, condition_indices)
-    torch.manual_seed(_batch_seeds(opts, batch, 1))  # the backbone's random noise maps
-    generator = torch.Generator(opts.device).manual_seed(_batch_seeds(opts, batch, 2))
     ws = G.mapping(z, c_cond, pose_cond)
-    out = G.synthesis(
-        ws,
-        c,
+    return dict(
+        z=z, c=c, pose=pose, ws=ws, noise_seed=_batch_seeds(opts, batch, 1), render_seed=_batch_seeds(opts, batch, 2)
+    )
+
+
+@torch.no_grad()
+def render_latents(opts: MetricOptions, latents: dict, pose: torch.Tensor) -> dict:
+    """G's render of batch_latents' draw with the body pose `pose` [B, 6]: truncation 1, deformation on.
+
+    -> G's outputs 'image', 'image_raw', 'image_mask'. The backbone's noise maps and the renderer's
+    random draws come from latents' seeds, so renders of one draw differ only by their pose.
+    """
+    torch.manual_seed(latents['noise_seed'])  # the backbone's random noise maps
+    generator = torch.Generator(opts.device).manual_seed(latents['render_seed'])
+    return opts.G.synthesis(
+        latents['ws'],
+        latents['c'],
         neural_rendering_resolution=opts.rendering_resolution,
         pose_params=pose,
         noise_mode='random',
         generator=generator,
     )
+
+
+@torch.no_grad()
+def generate_batch(opts: MetricOptions, batch: int) -> dict:
+    """The fakes of one batch: batch_latents rendered with their own pose.
+
+    -> {'z' [B, z_dim], 'c' [B, 25], 'pose' [B, 6], 'images' uint8 [B, 3, S, S], and G's outputs 'image',
+    'image_raw', 'image_mask'}, B = batch_size.
+    """
+    latents = batch_latents(opts, batch)
+    out = render_latents(opts, latents, latents['pose'])
     images = torch.from_numpy(to_uint8(out['image'])).permute(0, 3, 1, 2)
     return dict(
-        z=z, c=c, pose=pose, images=images, image=out['image'], image_raw=out['image_raw'], image_mask=out['image_mask']
+        z=latents['z'],
+        c=latents['c'],
+        pose=latents['pose'],
+        images=images,
+        image=out['image'],
+        image_raw=out['image_raw'],
+        image_mask=out['image_mask'],
     )
 
 

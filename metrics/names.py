@@ -5,6 +5,7 @@ Names:
   fid{N}k, kid{N}k           N thousand fakes against a fixed subset of N thousand real images
   fid{N}k_full, kid{N}k_full N thousand fakes against every real image
   pose_err                   D's pose accuracy on POSE_ERR_ITEMS real images and fakes (metrics.pose_accuracy)
+  pose_sens                  D's response to the rendered pose on POSE_SENS_ITEMS fakes (metrics.pose_sensitivity)
 
 Free of torch, so that training/config.py checks --metrics without loading the metrics, and
 metrics/metric_main.py, which computes them, can import both.
@@ -18,21 +19,28 @@ METRIC_POSE_SAMPLE_MODES = ('G_predict', 'D_predict')  # pose of the fakes: G's 
 FEATURE_METRIC = re.compile(r'^(fid|kid)(\d+)k(_full)?$')
 POSE_ERR = 'pose_err'
 POSE_ERR_ITEMS = 2000  # real images and fakes of pose_err
+POSE_SENS = 'pose_sens'
+POSE_SENS_ITEMS = 256  # fakes of pose_sens, each rendered 12 times
+POSE_METRICS = (POSE_ERR, POSE_SENS)  # the metrics that need D and its pose-prediction settings
 
 
 def expected_metrics(none: bool = False) -> str:
     """The accepted names, for error messages: '... or pose_err', or with `none` '..., pose_err, or none'."""
-    forms = 'fid50k_full, kid50k_full, fid{N}k, kid{N}k (optionally with _full)'
-    return f'{forms}, {POSE_ERR}, or none' if none else f'{forms} or {POSE_ERR}'
+    forms = f'fid50k_full, kid50k_full, fid{{N}}k, kid{{N}}k (optionally with _full), {POSE_ERR}'
+    return f'{forms}, {POSE_SENS}, or none' if none else f'{forms} or {POSE_SENS}'
 
 
 def parse_metric(name: str) -> EasyDict:
     """'fid2k' -> {kind: 'fid', num_gen: 2000, max_real: 2000}; 'pose_err' -> {kind: 'pose_err', ...}; else ValueError.
 
+    pose_sens reads no real images (max_real 0).
+
     max_real None: every real image.
     """
     if name == POSE_ERR:
         return EasyDict(kind=POSE_ERR, num_gen=POSE_ERR_ITEMS, max_real=POSE_ERR_ITEMS)
+    if name == POSE_SENS:
+        return EasyDict(kind=POSE_SENS, num_gen=POSE_SENS_ITEMS, max_real=0)
     match = FEATURE_METRIC.match(name)
     if match is None or int(match.group(2)) == 0:
         raise ValueError(f'unknown metric {name!r}: expected {expected_metrics()}')

@@ -61,7 +61,7 @@ def fake_pose_pairs(opts: metric_utils.MetricOptions, num_items: int) -> tuple:
 
     The fakes take their pose from G's pose branch, whatever metric_pose_sample_mode says.
     """
-    g_opts = metric_utils.MetricOptions(**{**opts.__dict__, 'metric_pose_sample_mode': 'G_predict', 'memo': opts.memo})
+    g_opts = metric_utils.with_g_poses(opts)
     results = {}
     for batch in metric_utils.progress_bar(metric_utils.rank_batches(num_items, opts), opts, 'fake poses'):
         fakes = metric_utils.generate_batch(g_opts, batch)

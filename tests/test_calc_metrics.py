@@ -58,7 +58,17 @@ def test_a_result_that_cannot_be_written_is_printed_with_the_reason(run_dir, tmp
 
 
 @pytest.mark.parametrize(
-    'case', ['missing', 'foreign', 'metric', 'data_alone', 'no_pose_settings', 'bad_data', 'not_a_generator']
+    'case',
+    [
+        'missing',
+        'foreign',
+        'metric',
+        'data_alone',
+        'no_pose_settings',
+        'no_pose_settings_sens',
+        'bad_data',
+        'not_a_generator',
+    ],
 )
 def test_one_line_errors(run_dir, tmp_path, case):
     snapshot = os.path.join(run_dir, 'network-snapshot-000000.pkl')
@@ -88,7 +98,11 @@ def test_one_line_errors(run_dir, tmp_path, case):
                 '--metric_pose_sample_mode',
                 'D_predict',
             ],
-            'give --pose_predict_kwargs',
+            'D_predict needs the pose-prediction settings',
+        ),
+        'no_pose_settings_sens': (
+            ['--network', str(lonely / 'network-snapshot-000000.pkl'), '--metrics', 'fid2k,pose_sens'],
+            'pose_sens needs the pose-prediction settings: no ',
         ),
         'bad_data': (
             ['--network', snapshot, '--metrics', 'kid2k', '--data', str(corrupt), '--seg_data', str(corrupt)],

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from metrics import metric_main, metric_utils, names, pose_accuracy
+from metrics import metric_main, metric_utils, names, pose_accuracy, pose_sensitivity
 from tests.tiny_run import write_tiny_snapshot
 from training import checkpoint
 from training.pose_prediction import load_pose_predict_kwargs
@@ -173,3 +173,83 @@ def test_training_loop_runs_the_metrics_after_a_snapshot(snapshot, monkeypatch):
         line = json.loads(f.readlines()[-1])
     assert line['snapshot_pkl'] == 'network-snapshot-000004.pkl' and line['num_gen'] == 8
     assert np.isfinite(line['results']['real_neck_mean'])
+
+
+def test_central_differences_are_exact_for_a_quadratic_prediction():
+    generator = torch.Generator().manual_seed(3)
+    linear, quadratic = torch.randn(6, 6, generator=generator), torch.randn(6, 6, generator=generator)
+    pose = torch.randn(5, 6, generator=generator, dtype=torch.float64)
+    linear, quadratic = linear.double(), quadratic.double()
+    jacobians = pose_sensitivity.central_difference_jacobian(
+        lambda p: p @ linear.T + p.square() @ quadratic.T + 1.5, pose, step=0.2
+    )
+    expected = linear + 2 * quadratic.unsqueeze(0) * pose.unsqueeze(1)  # d/dp_k of q_jk p_k^2 = 2 q_jk p_k
+    torch.testing.assert_close(jacobians, expected, rtol=0, atol=1e-12)
+
+
+class _PoseBlockG(torch.nn.Module):
+    """A generator stand-in whose renders are flat colours: the image shows the neck pose, the raw image the head pose."""
+
+    z_dim = 4
+
+    def __init__(self, img_resolution: int):
+        super().__init__()
+        self.img_resolution = img_resolution  # the data set's, which metric_utils loads at G's resolution
+
+    def get_pose_params(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return torch.cat([z, z[:, :2]], dim=1) * 0.1
+
+    def mapping(self, z: torch.Tensor, c: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        return z.unsqueeze(1)
+
+    def synthesis(self, ws, c, pose_params, **kwargs) -> dict:
+        batch = len(ws)
+        return dict(
+            image=pose_params[:, :3].reshape(batch, 3, 1, 1).expand(batch, 3, 8, 8),
+            image_raw=pose_params[:, 3:].reshape(batch, 3, 1, 1).expand(batch, 3, 4, 4),
+            image_mask=torch.ones(batch, 1, 4, 4),
+        )
+
+
+class _LinearReadoutD(torch.nn.Module):
+    """A discriminator stand-in that answers readout @ (mean colours of image and raw image)."""
+
+    def __init__(self, readout: torch.Tensor):
+        super().__init__()
+        self.readout = readout
+
+    def predict_pose(self, img_dict: dict, c: torch.Tensor) -> torch.Tensor:
+        colours = torch.cat([img_dict['image'].mean(dim=(2, 3)), img_dict['image_raw'].mean(dim=(2, 3))], dim=1)
+        return colours @ self.readout.T
+
+
+def test_pose_sens_recovers_a_known_linear_readout(snapshot):
+    readout = torch.eye(6) * torch.tensor([1.0, 0.5, 0.0, 2.0, 1.0, -1.0])
+    readout[1, 0], readout[5, 0] = 0.3, -0.4  # the neck's x moves two other predictions
+    kwargs = dict(snapshot['pose_predict_kwargs'], blur_sigma=0.0)
+    opts = _options(
+        snapshot,
+        G=_PoseBlockG(snapshot['modules']['G_ema'].img_resolution),
+        D=_LinearReadoutD(readout),
+        pose_predict_kwargs=kwargs,
+    )
+    result = metric_main.calc_metric('pose_sens', opts, num_gen=6).results
+    for k, name in enumerate(pose_sensitivity.POSE_COMPONENTS):
+        assert result[f'slope_{name}'] == pytest.approx(readout[k, k].item(), abs=1e-5)
+    assert result.leak_neck_x == pytest.approx(0.5, abs=1e-5)  # sqrt(0.3^2 + 0.4^2)
+    assert max(result[f'leak_{name}'] for name in pose_sensitivity.POSE_COMPONENTS[1:]) < 1e-6
+
+
+def test_pose_sens_renders_one_draw_identically_and_runs_on_the_tiny_networks(snapshot):
+    opts = metric_utils.with_g_poses(_options(snapshot))
+    latents = metric_utils.batch_latents(opts, 0)
+    first = metric_utils.render_latents(opts, latents, latents['pose'])
+    again = metric_utils.render_latents(opts, latents, latents['pose'])
+    torch.testing.assert_close(first['image'], again['image'], rtol=0, atol=0)  # differences come from the pose only
+    torch.testing.assert_close(first['image'], metric_utils.generate_batch(opts, 0)['image'], rtol=0, atol=0)
+    result = metric_main.calc_metric('pose_sens', _options(snapshot), num_gen=4)
+    assert result.detector is None and result.num_gen == 4
+    assert set(result.results) == {
+        f'{kind}_{name}' for kind in ('slope', 'leak') for name in pose_sensitivity.POSE_COMPONENTS
+    }
+    assert all(np.isfinite(value) for value in result.results.values())

@@ -30,16 +30,17 @@ def test_metric_names():
     assert names.parse_metric('pose_err') == dict(
         kind='pose_err', num_gen=names.POSE_ERR_ITEMS, max_real=names.POSE_ERR_ITEMS
     )
+    assert names.parse_metric('pose_sens') == dict(kind='pose_sens', num_gen=names.POSE_SENS_ITEMS, max_real=0)
     assert names.parse_metric('fid2k').num_gen == 2000
     for bad in ('fid', 'fid0k', 'fid2', 'is50k', 'kid2k_fully', 'none', ''):
         assert not names.is_valid_metric(bad)
     with pytest.raises(
         ValueError,
         match=r"unknown metric 'is50k': expected fid50k_full, kid50k_full, fid\{N\}k, "
-        r'kid\{N\}k \(optionally with _full\) or pose_err$',
+        r'kid\{N\}k \(optionally with _full\), pose_err or pose_sens$',
     ):
         names.parse_metric('is50k')
-    assert names.expected_metrics(none=True).endswith(', pose_err, or none')
+    assert names.expected_metrics(none=True).endswith(', pose_err, pose_sens, or none')
 
 
 def test_names_import_without_torch():
