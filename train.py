@@ -73,6 +73,7 @@ GENERATOR_OPTIONS = {
     'triplane_depth': 'triplane_depth',
     'cpu_bf16': 'cpu_bf16',
     'body_model': 'body_model',
+    'pose_branch_camera': 'pose_branch_camera',
 }
 
 
@@ -360,6 +361,11 @@ def _check_body_model(config: TrainingConfig) -> None:
     '--cpu_bf16',
     type=bool,
     help="On the CPU, run G's convolutions in bfloat16 (output within 2% relative RMS of fp32; forward ~1.7x faster)",
+)
+@click.option(
+    '--pose_branch_camera',
+    type=bool,
+    help="G's pose branch sees the camera (false: the pose depends on z only, for poses independent of the camera)",
 )
 def main(outdir, cfg, gpus, dry_run, resume, resume_kimg, resume_blur, cbase, cmax, nobench, **options):
     """Train a 3D portrait GAN (3DPortraitGAN method).

@@ -119,3 +119,15 @@ def test_pickle_round_trip():
     with torch.no_grad():
         assert torch.equal(clone(z, c), branch(z, c))
     assert clone.init_kwargs == dict(z_dim=16, hidden=(8,))
+
+
+def test_a_camera_blind_branch_depends_on_z_only():
+    seeing, blind = _branch(seed=4), _branch(seed=4, use_camera=False)
+    assert torch.equal(seeing.mlp.fc0.weight, blind.mlp.fc0.weight)  # the same parameters, only the input differs
+    z = torch.randn(32, 16)
+    c = _cameras(32, seed=5)
+    pose = blind(z, c)
+    torch.testing.assert_close(pose, blind(z, c.flip(0)), rtol=0, atol=0)  # any camera, either side
+    torch.testing.assert_close(pose, blind.mlp(torch.cat([z, torch.zeros(32, 25)], dim=1)), rtol=0, atol=0)
+    assert not torch.allclose(seeing(z, c), seeing(z, c.flip(0)))
+    assert 'use_camera=False' in repr(blind)

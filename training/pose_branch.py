@@ -49,6 +49,10 @@ class GeneratorPoseBranch(torch.nn.Module):
     There is no output scale: at initialization the poses have roughly unit spread per
     component, as in the published method, and the pose prior of the first training images
     pulls them to the dataset's coarse poses.
+
+    With use_camera=False the pose is a function of z alone: the MLP's camera inputs are zero and
+    nothing is mirrored (docs/method.md §6.1). That suits data whose body poses do not depend
+    on the camera, where a branch that sees the camera ties the pose to it.
     """
 
     def __init__(
@@ -57,24 +61,29 @@ class GeneratorPoseBranch(torch.nn.Module):
         c_dim: int = 25,  # Camera label size (cam2world 16 + intrinsics 9).
         pose_dim: int = 6,  # Body pose size (neck and head axis-angles).
         hidden=(128, 32),  # Widths of the hidden layers.
+        use_camera: bool = True,  # False: the pose depends on z only.
     ):
         super().__init__()
         self.z_dim = z_dim
         self.c_dim = c_dim
         self.pose_dim = pose_dim
+        self.use_camera = bool(use_camera)
         self.mlp = PoseMLP(z_dim + c_dim, hidden=tuple(hidden), out_features=pose_dim)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """z [B, z_dim], c [B, c_dim] (the rendering camera) -> pose [B, pose_dim]
 
-        The MLP only sees cameras with x <= 0 (up to the rounding band of `is_left` at x = 0).
+        The MLP only sees cameras with x <= 0 (up to the rounding band of `is_left` at x = 0),
+        or none without use_camera.
         """
         misc.assert_shape(z, [None, self.z_dim])
         misc.assert_shape(c, [z.shape[0], self.c_dim])
+        if not self.use_camera:
+            return self.mlp(torch.cat([z, torch.zeros_like(c, dtype=z.dtype)], dim=1))
         left = is_left(c).unsqueeze(1)  # [B, 1]
         canonical_c = torch.where(left, flip_camera(c), c)
         pose = self.mlp(torch.cat([z, canonical_c.to(z.dtype)], dim=1))
         return torch.where(left, flip_pose(pose), pose)
 
     def extra_repr(self) -> str:
-        return f'z_dim={self.z_dim:d}, c_dim={self.c_dim:d}, pose_dim={self.pose_dim:d}'
+        return f'z_dim={self.z_dim:d}, c_dim={self.c_dim:d}, pose_dim={self.pose_dim:d}, use_camera={self.use_camera}'

@@ -124,6 +124,7 @@ class TriPlaneGenerator(torch.nn.Module):
         thickness: float = 0.25,  # samples this far (m) from every body triangle are not deformed
         deformation_backend: str = 'auto',  # nearest-triangle search: see nearest_face.BACKENDS
         cpu_bf16: bool = False,  # on CPU, run the 2D convolutions under a bfloat16 autocast
+        pose_branch_camera: bool = True,  # the pose branch sees the camera (False: z only)
     ):
         super().__init__()
         if sr_module not in SR_MODULES:
@@ -176,7 +177,9 @@ class TriPlaneGenerator(torch.nn.Module):
             lr_multiplier=decoder_lr_mul,
         )
         self.torgb = ToRGBLayer(triplane_channels, img_channels, w_dim=w_dim) if use_torgb_raw else None
-        self.pose_branch = GeneratorPoseBranch(z_dim=z_dim, c_dim=c_dim, pose_dim=pose_dim)
+        self.pose_branch = GeneratorPoseBranch(
+            z_dim=z_dim, c_dim=c_dim, pose_dim=pose_dim, use_camera=pose_branch_camera
+        )
         self.deformer = Deformer(
             build_body_model(body_model, box_warp), thickness=thickness, backend=deformation_backend
         )
