@@ -8,6 +8,11 @@ the mean Jacobian J[j, k] = d(D's component j) / d(rendered component k), by cen
 of +-POSE_SENS_STEP radians. A D that reads the pose from the image has J = identity:
 `slope_<part>_<axis>` = J[k, k] near 1 and `leak_<part>_<axis>` (the root sum of squares of the
 other components' responses to k) near 0.
+
+It also measures how much of G's pose follows the camera, the part D can predict from the camera
+it is given: G's pose branch on a grid of CAMERA_SHARE_GRID latents x as many data set cameras,
+and `camera_<part>_<axis>`, the share of each component's variance over the grid that the
+per-camera means explain (0: the pose does not depend on the camera; 1: only on the camera).
 """
 
 from collections.abc import Callable
@@ -18,6 +23,7 @@ import torch
 from metrics import metric_utils
 
 POSE_SENS_STEP = 0.2  # radians
+CAMERA_SHARE_GRID = 64  # latents and cameras of the camera share
 POSE_COMPONENTS = tuple(f'{part}_{axis}' for part in ('neck', 'head') for axis in 'xyz')
 
 
@@ -47,9 +53,33 @@ def sensitivity_results(jacobians: np.ndarray) -> dict:
     return results
 
 
+def camera_share(poses: np.ndarray) -> np.ndarray:
+    """Poses on a grid [cameras, latents, K] -> [K]: the share of each component's variance explained by the camera.
+
+    Population variances over the full grid, so variance = mean over cameras of the variance over
+    latents + variance over cameras of the mean over latents, and the share is the second term's.
+    """
+    total = poses.reshape(-1, poses.shape[-1]).var(axis=0)
+    between = poses.mean(axis=1).var(axis=0)
+    return between / np.maximum(total, 1e-20)
+
+
+@torch.no_grad()
+def camera_share_results(opts: metric_utils.MetricOptions) -> dict:
+    """{'camera_neck_x': ..., 'camera_head_z': ...}: camera_share of G's pose branch on a fixed grid."""
+    dataset, grid = opts.dataset(), CAMERA_SHARE_GRID
+    rng = np.random.RandomState(opts.seed)
+    indices = rng.randint(len(dataset), size=grid)
+    c = torch.from_numpy(np.stack([dataset.get_label(int(i)) for i in indices])).to(opts.device)
+    z = torch.from_numpy(rng.standard_normal([grid, opts.G.z_dim]).astype(np.float32)).to(opts.device)
+    poses = opts.G.get_pose_params(z.repeat(grid, 1), c.repeat_interleave(grid, dim=0))
+    share = camera_share(poses.reshape(grid, grid, -1).double().cpu().numpy())
+    return {f'camera_{name}': float(value) for name, value in zip(POSE_COMPONENTS, share)}
+
+
 @torch.no_grad()
 def compute_pose_sens(opts: metric_utils.MetricOptions, num_gen: int) -> dict:
-    """-> sensitivity_results over num_gen fakes posed by G's pose branch (docs/method.md §12.1)."""
+    """-> sensitivity_results over num_gen fakes posed by G's pose branch, and camera_share_results (docs/method.md §12.1)."""
     if opts.D is None or opts.pose_predict_kwargs is None:
         raise ValueError(
             'pose_sens needs the discriminator and its pose-prediction settings (pose_predict_kwargs-*.json)'
@@ -67,4 +97,5 @@ def compute_pose_sens(opts: metric_utils.MetricOptions, num_gen: int) -> dict:
         jacobians = central_difference_jacobian(predict, latents['pose'], POSE_SENS_STEP)
         results[batch] = jacobians.reshape(len(jacobians), width).float().cpu()
     gathered = metric_utils.gather_batches(results, num_gen, width, opts)
-    return sensitivity_results(gathered.reshape(num_gen, len(POSE_COMPONENTS), len(POSE_COMPONENTS)))
+    results = sensitivity_results(gathered.reshape(num_gen, len(POSE_COMPONENTS), len(POSE_COMPONENTS)))
+    return {**results, **camera_share_results(opts)}

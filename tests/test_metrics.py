@@ -238,6 +238,17 @@ def test_pose_sens_recovers_a_known_linear_readout(snapshot):
         assert result[f'slope_{name}'] == pytest.approx(readout[k, k].item(), abs=1e-5)
     assert result.leak_neck_x == pytest.approx(0.5, abs=1e-5)  # sqrt(0.3^2 + 0.4^2)
     assert max(result[f'leak_{name}'] for name in pose_sensitivity.POSE_COMPONENTS[1:]) < 1e-6
+    # The stand-in G's poses depend on z only.
+    assert max(result[f'camera_{name}'] for name in pose_sensitivity.POSE_COMPONENTS) < 1e-9
+
+
+def test_camera_share_splits_the_variance_exactly():
+    rng = np.random.default_rng(0)
+    by_camera, by_latent = rng.normal(size=(16, 1, 1)), rng.normal(size=(1, 32, 1))
+    poses = np.concatenate([by_camera + 0 * by_latent, by_latent + 0 * by_camera, by_camera + by_latent], axis=2)
+    share = pose_sensitivity.camera_share(poses)
+    expected = by_camera.var() / (by_camera.var() + by_latent.var())  # independent on a full grid: variances add
+    np.testing.assert_allclose(share, [1.0, 0.0, expected], atol=1e-12)
 
 
 def test_pose_sens_renders_one_draw_identically_and_runs_on_the_tiny_networks(snapshot):
@@ -250,6 +261,6 @@ def test_pose_sens_renders_one_draw_identically_and_runs_on_the_tiny_networks(sn
     result = metric_main.calc_metric('pose_sens', _options(snapshot), num_gen=4)
     assert result.detector is None and result.num_gen == 4
     assert set(result.results) == {
-        f'{kind}_{name}' for kind in ('slope', 'leak') for name in pose_sensitivity.POSE_COMPONENTS
+        f'{kind}_{name}' for kind in ('slope', 'leak', 'camera') for name in pose_sensitivity.POSE_COMPONENTS
     }
     assert all(np.isfinite(value) for value in result.results.values())
