@@ -5,7 +5,7 @@ import json
 import numpy as np
 import PIL.Image
 
-from tools.plot_training import metric_series, metrics_table, plot_run, tick_series
+from tools.plot_training import metric_series, metrics_table, plot_run, run_metric_series, tick_series
 
 
 def write_run(run_dir):
@@ -69,3 +69,18 @@ def test_metrics_table_lists_every_snapshot_and_the_median_speed(tmp_path):
     assert lines[0] == '| kimg | fid1k | real_neck_mean | real_mean_pose_neck_mean |'
     assert lines[2:4] == ['| 0 | 260 |  |  |', '| 4 | 180 | 12 | 18 |']
     assert lines[-1] == 'seconds per kimg: median 250 over 3 ticks'
+
+
+def test_a_stage_starting_snapshot_does_not_replace_the_run_it_continues(tmp_path):
+    first, stage = tmp_path / 'a', tmp_path / 'b'
+    first.mkdir()
+    stage.mkdir()
+    write_run(first)  # fid1k at 0 and 4 kimg
+    lines = [
+        {'results': {'fid1k': fid}, 'snapshot_pkl': f'network-snapshot-{kimg:06d}.pkl'}
+        for kimg, fid in ((4, 999.0), (6, 150.0))  # the stage starts at 4 kimg with its own snapshot
+    ]
+    (stage / 'metric-fid1k.jsonl').write_text(''.join(json.dumps(line) + '\n' for line in lines))
+    series = run_metric_series([str(first), str(stage)])
+    assert series['fid1k'] == ([0, 4, 6], [260.0, 180.0, 150.0])
+    assert series['real_neck_mean'] == ([4], [12.0])

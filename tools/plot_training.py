@@ -53,17 +53,34 @@ def metric_series(path: str) -> dict[str, tuple[list[float], list[float]]]:
     return series
 
 
+def run_metric_series(run_dirs: list[str]) -> dict[str, tuple[list[float], list[float]]]:
+    """{result name: (kimg, value)} of a run and its continuations, from every metric-*.jsonl.
+
+    A snapshot of a continuation at or before the kimg where the runs before it ended (the
+    starting snapshot of a stage started with --resume_kimg) is left out, so that each kimg has
+    one value: the run's, before the stage changed anything.
+    """
+    series, end = {}, -1
+    for run_dir in run_dirs:
+        end_before = end
+        for path in sorted(glob.glob(os.path.join(run_dir, 'metric-*.jsonl'))):
+            for name, (kimgs, values) in metric_series(path).items():
+                kept = [(kimg, value) for kimg, value in zip(kimgs, values) if kimg > end_before]
+                series.setdefault(name, ([], []))[0].extend(kimg for kimg, _ in kept)
+                series[name][1].extend(value for _, value in kept)
+                end = max([end] + [kimg for kimg, _ in kept])
+    return series
+
+
 def metrics_table(run_dirs: list[str]) -> str:
     """A Markdown table of the run's metric results per snapshot kimg (no medians), and its median s/kimg."""
     by_kimg, names = {}, []
-    for run_dir in run_dirs:
-        for path in sorted(glob.glob(os.path.join(run_dir, 'metric-*.jsonl'))):
-            for name, (kimgs, values) in metric_series(path).items():
-                if 'median' in name:
-                    continue
-                names += [name] if name not in names else []
-                for kimg, value in zip(kimgs, values):
-                    by_kimg.setdefault(kimg, {})[name] = value
+    for name, (kimgs, values) in run_metric_series(run_dirs).items():
+        if 'median' in name:
+            continue
+        names.append(name)
+        for kimg, value in zip(kimgs, values):
+            by_kimg.setdefault(kimg, {})[name] = value
     lines = ['| kimg | ' + ' | '.join(names) + ' |', '|---' * (len(names) + 1) + '|']
     for kimg in sorted(by_kimg):
         cells = [f'{by_kimg[kimg][name]:.4g}' if name in by_kimg[kimg] else '' for name in names]
@@ -101,26 +118,17 @@ def plot_run(run_dirs: str | list[str], out: str) -> str:
 
     degrees = metrics.twinx()
     colours = iter(plt.rcParams['axes.prop_cycle'].by_key()['color'])
-    names = sorted(
-        {os.path.basename(path) for run_dir in run_dirs for path in glob.glob(os.path.join(run_dir, 'metric-*.jsonl'))}
-    )
-    for file_name in names:
-        series = {}
-        for run_dir in run_dirs:
-            if os.path.isfile(os.path.join(run_dir, file_name)):
-                for name, (kimgs, values) in metric_series(os.path.join(run_dir, file_name)).items():
-                    series.setdefault(name, ([], []))[0].extend(kimgs)
-                    series[name][1].extend(values)
-        for name, (kimgs, values) in series.items():
-            if name.startswith(('fid', 'kid')):
-                metrics.plot(kimgs, values, label=name, marker='o', color='black')
-            elif name.endswith('_mean') and '_mean_pose_' not in name:
-                # Each pose error in a solid line, its constant-mean-pose yardstick dashed in the same colour.
-                colour = next(colours)
-                degrees.plot(kimgs, values, label=name, marker='.', color=colour)
-                yardstick = name.replace('_', '_mean_pose_', 1)
-                if yardstick in series:
-                    degrees.plot(*series[yardstick], label=f'{yardstick} (yardstick)', linestyle='--', color=colour)
+    series = run_metric_series(run_dirs)
+    for name, (kimgs, values) in series.items():
+        if name.startswith(('fid', 'kid')):
+            metrics.plot(kimgs, values, label=name, marker='o', color='black')
+        elif name.endswith('_mean') and '_mean_pose_' not in name:
+            # Each pose error in a solid line, its constant-mean-pose yardstick dashed in the same colour.
+            colour = next(colours)
+            degrees.plot(kimgs, values, label=name, marker='.', color=colour)
+            yardstick = name.replace('_', '_mean_pose_', 1)
+            if yardstick in series:
+                degrees.plot(*series[yardstick], label=f'{yardstick} (yardstick)', linestyle='--', color=colour)
     metrics.set_ylabel('FID / KID')
     degrees.set_ylabel('pose error (degrees)')
     handles = [axis.get_legend_handles_labels() for axis in (metrics, degrees)]

@@ -4,21 +4,25 @@
 #     bash tools/reproduce_cpu_fast.sh [OUTDIR]        (default OUTDIR: runs/cpu-fast)
 #
 # 1. set-up (setup.sh; it also builds the built-in synthetic set in datasets/);
-# 2. train.py --cfg cpu-fast to 30 kimg, measuring fid1k and pose_err at every network snapshot
-#    (every 4 kimg); run again after an interruption and it continues the newest run with --resume;
-# 3. OUTDIR/plots/training.png (losses, pose errors and metrics against kimg) and the metric table;
-# 4. the exported snapshot OUTDIR/export/cpu-fast-64.pt (as pretrained/ ships it) and the README
+# 2. stage 1: train.py --cfg cpu-fast to 30 kimg, measuring fid1k and pose_err at every network
+#    snapshot (every 4 kimg); run again after an interruption and it continues the newest run with --resume;
+# 3. stage 2, from the 30 kimg snapshot to 36 kimg: G's pose branch without the camera and the
+#    marginal pose prior at weight 2, measuring pose_sens too (OUTDIR/stage2);
+# 4. OUTDIR/plots/training.png (losses, pose errors and metrics against kimg) and the metric table;
+# 5. the exported snapshot OUTDIR/export/cpu-fast-64.pt (as pretrained/ ships it) and the README
 #    pictures of it in OUTDIR/images.
 #
-# Expected figures (2 CPU cores: about 200 s per kimg, 3 min of metrics per snapshot; README.md,
+# Expected figures (2 CPU cores: about 200 s per kimg, 3-6 min of metrics per snapshot; README.md,
 # "Presets", has the whole table of the shipped run):
 #   kimg   fid1k   D on reals, neck / head (deg)   D on G's fakes (G's mean-pose yardstick)
 #      0   262.5   21.9 / 33.1                     89.3 / 78.5 (72.7 / 74.4)
 #     12   176.7   16.6 / 22.9                     9.5 / 10.9 (13.1 / 13.0)
 #     24   139.6   17.8 / 24.0                     11.9 / 14.7 (10.6 / 12.1)
 #     30   123.6   16.8 / 23.4                     9.2 / 9.8 (12.0 / 12.1)
-# The reals' mean-pose yardstick is 18.1 / 22.1: the body pose on real images is not learned by
-# 30 kimg (see README.md). Runs on other CPUs differ by float rounding, so expect the trend, not the digits.
+#     36   108.6   15.5 / 21.8                     9.4 / 11.3 (11.0 / 11.6)
+# The reals' mean-pose yardstick is 18.1 / 22.1: by 36 kimg the body pose on real images is
+# learned only a little (see README.md). Runs on other CPUs differ by float rounding, so expect
+# the trend, not the digits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 outdir=${1:-runs/cpu-fast}
