@@ -25,7 +25,7 @@ POSE_METRICS = (POSE_ERR, POSE_SENS)  # the metrics that need D and its pose-pre
 
 
 def expected_metrics(none: bool = False) -> str:
-    """The accepted names, for error messages: '... or pose_err', or with `none` '..., pose_err, or none'."""
+    """The accepted names, for error messages: '... or pose_sens', or with `none` '..., pose_sens, or none'."""
     forms = f'fid50k_full, kid50k_full, fid{{N}}k, kid{{N}}k (optionally with _full), {POSE_ERR}'
     return f'{forms}, {POSE_SENS}, or none' if none else f'{forms} or {POSE_SENS}'
 
@@ -33,9 +33,7 @@ def expected_metrics(none: bool = False) -> str:
 def parse_metric(name: str) -> EasyDict:
     """'fid2k' -> {kind: 'fid', num_gen: 2000, max_real: 2000}; 'pose_err' -> {kind: 'pose_err', ...}; else ValueError.
 
-    pose_sens reads no real images (max_real 0).
-
-    max_real None: every real image.
+    max_real None: every real image; 0 (pose_sens): none.
     """
     if name == POSE_ERR:
         return EasyDict(kind=POSE_ERR, num_gen=POSE_ERR_ITEMS, max_real=POSE_ERR_ITEMS)

@@ -86,7 +86,7 @@ def compute_pose_sens(opts: metric_utils.MetricOptions, num_gen: int) -> dict:
         )
     g_opts = metric_utils.with_g_poses(opts)
     width = len(POSE_COMPONENTS) ** 2
-    results = {}
+    per_batch = {}
     for batch in metric_utils.progress_bar(metric_utils.rank_batches(num_gen, opts), opts, 'pose responses'):
         latents = metric_utils.batch_latents(g_opts, batch)
 
@@ -95,7 +95,7 @@ def compute_pose_sens(opts: metric_utils.MetricOptions, num_gen: int) -> dict:
             return metric_utils.discriminator_pose_on_fakes(opts, fakes)
 
         jacobians = central_difference_jacobian(predict, latents['pose'], POSE_SENS_STEP)
-        results[batch] = jacobians.reshape(len(jacobians), width).float().cpu()
-    gathered = metric_utils.gather_batches(results, num_gen, width, opts)
+        per_batch[batch] = jacobians.reshape(len(jacobians), width).float().cpu()
+    gathered = metric_utils.gather_batches(per_batch, num_gen, width, opts)
     results = sensitivity_results(gathered.reshape(num_gen, len(POSE_COMPONENTS), len(POSE_COMPONENTS)))
     return {**results, **camera_share_results(opts)}
