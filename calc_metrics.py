@@ -50,7 +50,6 @@ def _evaluate(rank: int, world_size: int, args: dict, init_file: str | None) -> 
         kwargs_path = args['pose_predict_kwargs'] or pose_predict_kwargs_for(path)
         pose_metrics = [name for name in args['metrics'] if name in POSE_METRICS]
         users_of_d = (['D_predict'] if args['metric_pose_sample_mode'] == 'D_predict' else []) + pose_metrics
-        needs_d = bool(users_of_d)
         needs_d_what = ' and '.join(users_of_d) + (' need' if len(users_of_d) > 1 else ' needs')
         pose_predict_kwargs = None
         if os.path.isfile(kwargs_path) or args['pose_predict_kwargs'] is not None:
@@ -58,11 +57,11 @@ def _evaluate(rank: int, world_size: int, args: dict, init_file: str | None) -> 
                 pose_predict_kwargs = load_pose_predict_kwargs(kwargs_path)
             except (OSError, ValueError) as err:
                 raise click.BadParameter(str(err), param_hint='--pose_predict_kwargs') from None
-        elif needs_d:
+        elif users_of_d:
             raise click.UsageError(
                 f'{needs_d_what} the pose-prediction settings: no {kwargs_path}; give --pose_predict_kwargs'
             )
-        if needs_d and D is None:
+        if users_of_d and D is None:
             raise click.UsageError(f'{path} holds no discriminator (D_ema or D), which {needs_d_what}')
         try:
             opts = metric_utils.MetricOptions(

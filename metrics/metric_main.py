@@ -11,7 +11,7 @@ import numpy as np
 
 import dnnlib
 from metrics import distances, metric_utils, pose_accuracy, pose_sensitivity
-from metrics.names import POSE_ERR, POSE_SENS, parse_metric
+from metrics.names import POSE_ERR, POSE_METRICS, POSE_SENS, parse_metric
 
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
 
@@ -27,6 +27,10 @@ def calc_metric(
     spec = parse_metric(name)
     num_gen = spec.num_gen if num_gen is None else num_gen
     max_real = spec.max_real if max_real == 'default' else max_real
+    if spec.kind in POSE_METRICS and (opts.D is None or opts.pose_predict_kwargs is None):
+        raise ValueError(
+            f'{name} needs the discriminator and its pose-prediction settings (pose_predict_kwargs-*.json)'
+        )
     start = time.time()
     if spec.kind == POSE_ERR:
         results = pose_accuracy.compute_pose_err(opts, max_real, num_gen)

@@ -73,10 +73,6 @@ def fake_pose_pairs(opts: metric_utils.MetricOptions, num_items: int) -> tuple:
 
 def compute_pose_err(opts: metric_utils.MetricOptions, max_real: int | None, num_gen: int) -> dict:
     """-> {'real_neck_mean', ..., 'real_mean_pose_head_median', 'fake_neck_mean', ..., 'fake_mean_pose_...'} degrees."""
-    if opts.D is None or opts.pose_predict_kwargs is None:
-        raise ValueError(
-            'pose_err needs the discriminator and its pose-prediction settings (pose_predict_kwargs-*.json)'
-        )
     results = _errors('real', *real_pose_pairs(opts, max_real))
     results.update(_errors('fake', *fake_pose_pairs(opts, num_gen)))
     return results

@@ -67,12 +67,11 @@ def camera_share(poses: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def camera_share_results(opts: metric_utils.MetricOptions) -> dict:
     """{'camera_neck_x': ..., 'camera_head_z': ...}: camera_share of G's pose branch on a fixed grid."""
-    dataset, grid = opts.dataset(), CAMERA_SHARE_GRID
+    grid = CAMERA_SHARE_GRID
     rng = np.random.RandomState(opts.seed)
-    indices = rng.randint(len(dataset), size=grid)
-    c = torch.from_numpy(np.stack([dataset.get_label(int(i)) for i in indices])).to(opts.device)
+    indices = rng.randint(len(opts.dataset()), size=grid)
     z = torch.from_numpy(rng.standard_normal([grid, opts.G.z_dim]).astype(np.float32)).to(opts.device)
-    poses = opts.G.get_pose_params(z.repeat(grid, 1), c.repeat_interleave(grid, dim=0))
+    _, poses = metric_utils.sample_poses(metric_utils.with_g_poses(opts), z.repeat(grid, 1), np.repeat(indices, grid))
     share = camera_share(poses.reshape(grid, grid, -1).double().cpu().numpy())
     return {f'camera_{name}': float(value) for name, value in zip(POSE_COMPONENTS, share)}
 
@@ -80,10 +79,6 @@ def camera_share_results(opts: metric_utils.MetricOptions) -> dict:
 @torch.no_grad()
 def compute_pose_sens(opts: metric_utils.MetricOptions, num_gen: int) -> dict:
     """-> sensitivity_results over num_gen fakes posed by G's pose branch, and camera_share_results (docs/method.md §12.1)."""
-    if opts.D is None or opts.pose_predict_kwargs is None:
-        raise ValueError(
-            'pose_sens needs the discriminator and its pose-prediction settings (pose_predict_kwargs-*.json)'
-        )
     g_opts = metric_utils.with_g_poses(opts)
     width = len(POSE_COMPONENTS) ** 2
     per_batch = {}

@@ -264,3 +264,10 @@ def test_pose_sens_renders_one_draw_identically_and_runs_on_the_tiny_networks(sn
         f'{kind}_{name}' for kind in ('slope', 'leak', 'camera') for name in pose_sensitivity.POSE_COMPONENTS
     }
     assert all(np.isfinite(value) for value in result.results.values())
+
+
+@pytest.mark.parametrize('name', ['pose_err', 'pose_sens'])
+def test_pose_metrics_name_what_they_lack(snapshot, name):
+    for missing in (dict(D=None), dict(pose_predict_kwargs=None)):
+        with pytest.raises(ValueError, match=f'^{name} needs the discriminator and its pose-prediction settings'):
+            metric_main.calc_metric(name, _options(snapshot, **missing), num_gen=4)
