@@ -179,8 +179,22 @@ def test_gradcheck_fast_sampler(gather_impl):
     assert torch.autograd.gradcheck(lambda p, q: sample_trigrid(p, q, 1.0, fast=True), (planes, points))
 
 
+def corner_bag_reference(rows, coordinates, grad_features, height, width, depth):
+    """Features and their gradients through the PyTorch ops (embedding_bag over `_corner_bags`, autograd).
+
+    rows [R, C], coordinates [B, P, M, 3], grad_features [B*P*M, C] -> features [B*P*M, C], grad_rows [R, C],
+    grad_coordinates [B, P, M, 3]
+    """
+    rows = rows.clone().requires_grad_(True)
+    coordinates = coordinates.clone().requires_grad_(True)
+    indices, weights = trigrid._corner_bags(coordinates, height, width, 3, depth)
+    features = torch.nn.functional.embedding_bag(indices, rows, per_sample_weights=weights, mode='sum')
+    grad_rows, grad_coordinates = torch.autograd.grad(features, (rows, coordinates), grad_features)
+    return features.detach(), grad_rows, grad_coordinates
+
+
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
-def test_fused_gather_matches_the_pytorch_corner_bags(dtype):
+def test_fused_gather_and_its_backward_match_the_pytorch_corner_bags(dtype):
     plugin = fused_plugin_or_skip()
     generator = torch.Generator().manual_seed(3)
     batch, channels, depth, height, width = 2, 4, 3, 5, 6
@@ -195,15 +209,32 @@ def test_fused_gather_matches_the_pytorch_corner_bags(dtype):
     points[0, :3] = torch.tensor([[float('nan'), 0, 0], [0, float('inf'), 0], [0, 0, -float('inf')]], dtype=dtype)
     coordinates = trigrid.plane_coordinates(points, 1.0)
     rows = trigrid.gather_layout(planes).reshape(-1, channels)
-    features, indices, weights = plugin.gather(rows, coordinates, height, width, depth, True)
-    expected_indices, expected_weights = trigrid._corner_bags(coordinates, height, width, 3, depth)
-    expected = torch.nn.functional.embedding_bag(
-        expected_indices, rows, per_sample_weights=expected_weights, mode='sum'
-    )
-    finite = torch.isfinite(points).all(dim=-1)[:, None, :].expand(-1, 3, -1).reshape(-1)
-    assert torch.equal(indices[finite], expected_indices[finite])
-    torch.testing.assert_close(weights, expected_weights, equal_nan=True)
+    grad_features = torch.randn(coordinates.shape[:3].numel(), channels, generator=generator, dtype=dtype)
+    expected, _, _ = corner_bag_reference(rows, coordinates, grad_features, height, width, depth)
+    finite = torch.isfinite(coordinates).all(dim=-1)
+    features = plugin.gather(rows, coordinates, height, width, depth)
     torch.testing.assert_close(features, expected, equal_nan=True)
-    assert features[~finite].isnan().all() and not features[finite].isnan().any()
-    without_corners = plugin.gather(rows, coordinates, height, width, depth, False)
-    assert torch.equal(without_corners[0].nan_to_num(), features.nan_to_num()) and without_corners[1].numel() == 0
+    assert features[~finite.view(-1)].isnan().all() and not features[finite.view(-1)].isnan().any()
+
+    # The reference's gradients come from the finite points alone (the others moved far outside
+    # the box, where they add nothing): PyTorch scatters a non-finite point's NaN weights into rows
+    # picked by an undefined integer cast. The fused backward gives such a point NaN gradients
+    # and adds NaN to the first row of its volume only.
+    _, expected_grad_rows, expected_grad_coordinates = corner_bag_reference(
+        rows, torch.where(finite[..., None], coordinates, 5.0), grad_features, height, width, depth
+    )
+    grad_rows, grad_coordinates = plugin.gather_backward(
+        rows, coordinates, grad_features, height, width, depth, True, True
+    )
+    tolerance = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(grad_coordinates[finite], expected_grad_coordinates[finite], **tolerance)
+    assert grad_coordinates[~finite].isnan().all()
+    nan_rows = grad_rows.isnan().any(dim=1).nonzero().view(-1).tolist()
+    assert nan_rows == [plane * depth for plane in range(3)]  # volumes (0, 0), (0, 1), (0, 2)
+    torch.testing.assert_close(grad_rows.where(~grad_rows.isnan(), expected_grad_rows), expected_grad_rows, **tolerance)
+
+    only_rows = plugin.gather_backward(rows, coordinates, grad_features, height, width, depth, True, False)
+    only_coordinates = plugin.gather_backward(rows, coordinates, grad_features, height, width, depth, False, True)
+    assert torch.equal(only_rows[0].nan_to_num(), grad_rows.nan_to_num()) and only_rows[1].numel() == 0
+    assert torch.equal(only_coordinates[1].nan_to_num(), grad_coordinates.nan_to_num())
+    assert only_coordinates[0].numel() == 0

@@ -19,8 +19,8 @@ Two implementations give the same values and gradients:
   Pixel-major rows keep a corner's two depth slices next to each other and make the layout copy
   cheap from the backbone's channels_last output (the copy only reorders the values of each pixel).
   On the CPU the index and weight computation and the gather run fused in one C++ pass per
-  point (trigrid_gather.cpp, built on first use; 1.5-2x faster than the PyTorch ops), which
-  writes the corner indices and weights only when a backward needs them.
+  point (trigrid_gather.cpp, built on first use; 1.5-2x faster than the PyTorch ops), and so do
+  the scatter of the plane gradient and the gradient of the points in the backward.
   Gradients also reach the sample points (through the trilinear weights), because deformed
   sample points depend on the body pose. It is differentiable once: no double backward (nothing
   in training needs one; the R1 penalty differentiates the discriminator w.r.t. images only).
@@ -182,11 +182,12 @@ class _TrilinearGather(torch.autograd.Function):
     volumes, as a gather of 8 corner rows per point.
 
     Takes the volumes in `gather_layout`, [B, H, W, P, D, C], and per-plane coordinates
-    [B, P, M, 3]. The forward is the fused C++ pass for float32/float64 CPU tensors, else one
-    `F.embedding_bag` over `_corner_bags`. The volume gradient is scattered
-    with `index_add_` (much faster here than embedding_bag's own backward, which sorts all
-    indices); the coordinate gradient is three more embedding bags with the weight derivatives as
-    weights. The corner indices and weights are kept for the backward (96 bytes per point).
+    [B, P, M, 3]. For float32/float64 CPU tensors the forward and the backward are each one fused
+    C++ pass (trigrid_gather.cpp), which keeps nothing but its inputs for the backward. Otherwise
+    the forward is one `F.embedding_bag` over `_corner_bags`, whose corner indices and weights are
+    kept (96 bytes per point); the volume gradient is scattered with `index_add_` (much faster
+    here than embedding_bag's own backward, which sorts all indices), and the coordinate gradient
+    is three more embedding bags with the weight derivatives as weights.
     """
 
     @staticmethod
@@ -199,22 +200,32 @@ class _TrilinearGather(torch.autograd.Function):
             and volumes.dtype in (torch.float32, torch.float64)
         )
         plugin = _gather_plugin() if fused else None
+        ctx.plugin = plugin
         if plugin is not None:
-            features, indices, weights = plugin.gather(
-                rows, coordinates, height, width, depth, any(ctx.needs_input_grad)
-            )
+            features = plugin.gather(rows, coordinates, height, width, depth)
+            ctx.save_for_backward(volumes, coordinates)
         else:
             indices, weights = _corner_bags(coordinates, height, width, num_planes, depth)
             features = F.embedding_bag(indices, rows, per_sample_weights=weights, mode='sum')
-        ctx.save_for_backward(volumes, coordinates, indices, weights)
+            ctx.save_for_backward(volumes, coordinates, indices, weights)
         return features.view(*coordinates.shape[:3], channels)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_features):
-        volumes, coordinates, indices, weights = ctx.saved_tensors
+        volumes, coordinates, *corners = ctx.saved_tensors
         _, height, width, _, depth, channels = volumes.shape
         grad_flat = grad_features.reshape(-1, channels)
+        rows = volumes.reshape(-1, channels)
+        if ctx.plugin is not None:
+            grad_rows, grad_coordinates = ctx.plugin.gather_backward(
+                rows, coordinates, grad_flat, height, width, depth, *ctx.needs_input_grad
+            )
+            return (
+                grad_rows.view(volumes.shape) if ctx.needs_input_grad[0] else None,
+                grad_coordinates if ctx.needs_input_grad[1] else None,
+            )
+        indices, weights = corners
         grad_volumes = grad_coordinates = None
         if ctx.needs_input_grad[0]:
             grad_rows = grad_flat.new_zeros(volumes.numel() // channels, channels)
@@ -233,7 +244,6 @@ class _TrilinearGather(torch.autograd.Function):
                 _outer(x_weight, y_slope, z_weight),
                 _outer(x_weight, y_weight, z_slope),
             )
-            rows = volumes.reshape(-1, channels)
             grad_coordinates = torch.stack(
                 [
                     torch.bmm(
