@@ -360,7 +360,7 @@ def _check_body_model(config: TrainingConfig) -> None:
 @click.option(
     '--cpu_bf16',
     type=bool,
-    help="On the CPU, run G's convolutions in bfloat16 (output within 2% relative RMS of fp32; forward ~1.7x faster)",
+    help="On the CPU, run G's and D's convolutions in bfloat16 (needs AMX or AVX512-BF16; R1 stays fp32)",
 )
 @click.option(
     '--pose_branch_camera',

@@ -8,11 +8,13 @@ Peak memory is the largest resident set, summed over the launcher, the training 
 their data loader workers, sampled every 0.2 s.
 
     python -m benchmarks.training [--cfg cpu-small] [--procs 1,2] [--kimg 0.128] [--tick 0.032]
+        [--train-options "--cpu_bf16 true"]
 """
 
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -63,6 +65,7 @@ def run_case(procs: int, args: argparse.Namespace, outdir: str) -> dict:
     ]
     if args.batch:
         command += ['--batch', str(args.batch)]
+    command += shlex.split(args.train_options)
     log_path = os.path.join(outdir, f'procs{procs}.log')
     with open(log_path, 'w') as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -101,6 +104,7 @@ def main():
     parser.add_argument('--batch', type=int, help="total batch (default: the preset's)")
     parser.add_argument('--workers', type=int, default=1, help='data loader workers per process')
     parser.add_argument('--outdir', help='keep the runs here (default: a temporary directory)')
+    parser.add_argument('--train-options', default='', help='more train.py options, e.g. "--cpu_bf16 true"')
     args = parser.parse_args()
 
     # The synthetic set is built once, outside the timed runs.
@@ -119,7 +123,8 @@ def main():
             os.makedirs(outdir, exist_ok=True)
             rows.append(run_case(procs, args, outdir))
             print(json.dumps(rows[-1]), flush=True)
-    print(f'\n{args.cfg}, {os.cpu_count()} CPU cores, {args.kimg:g} kimg per run, ticks of {args.tick:g} kimg')
+    options = f', {args.train_options}' if args.train_options else ''
+    print(f'\n{args.cfg}{options}, {os.cpu_count()} CPU cores, {args.kimg:g} kimg per run, ticks of {args.tick:g} kimg')
     print(
         '| processes | ticks timed | sec/kimg (median) | sec/kimg (best) | peak RSS, all processes (MiB) | rank 0 peak RSS (MiB) |'
     )

@@ -17,7 +17,7 @@ random real images. Two passes:
    bias_act, upfirdn2d, the tri-grid sampler and the deformation show their share; and the layout
    copies (copy_, clone, contiguous, _to_copy) with the op they ran inside.
 
-    python -m benchmarks.training_step [--cfg cpu-small] [--batch N] [--reps 3] [--top 12] [--at-kimg 0]
+    python -m benchmarks.training_step [--cfg cpu-small] [--batch N] [--reps 3] [--top 12] [--at-kimg 0] [--bf16]
 
 Profiling costs time of its own (Python stacks are recorded), so the op table gives shares;
 the wall times come from pass 1.
@@ -297,8 +297,10 @@ class SectionTimer:
             torch.autograd.backward, torch.autograd.grad = original_backward, original_grad
 
 
-def build_step(cfg: str, batch: int | None, at_kimg: float, seed: int = 0) -> tuple:
+def build_step(cfg: str, batch: int | None, at_kimg: float, seed: int = 0, bf16: bool = False) -> tuple:
     """Networks, loss, phases and one chunk of inputs of a preset -> (loss, phases, optimizers, chunk, schedule, G, D).
+
+    bf16: the preset with `cpu_bf16` (G's and D's convolutions in bfloat16, as train.py --cpu_bf16 true).
 
     chunk: (real_img [B, 3, S, S], real_seg [B, 1, S, S], real_c [B, 25], real_pose [B, 6],
     gen_z [B, z_dim], gen_c [B, 25], gen_pose [B, 6]) with B = batch (default: the preset's batch_gpu).
@@ -311,6 +313,7 @@ def build_step(cfg: str, batch: int | None, at_kimg: float, seed: int = 0) -> tu
     from training.training_loop import build_networks, build_phases
 
     preset = load_preset(cfg)
+    preset['generator']['cpu_bf16'] = bf16
     batch = batch or preset['training']['batch_gpu']
     config = TrainingConfig.from_preset(
         preset, cfg, data='unused.zip', seg_data='unused-seg.zip', gpus=1, batch=batch, batch_gpu=batch
@@ -411,9 +414,13 @@ def print_ranked(headers: tuple, rows: list, profiled_us: float) -> None:
         print('| ' + ' | '.join(str(part) for part in key) + f' | {_ms(us)} | {us / profiled_us:.1%} |')
 
 
-def print_report(cfg: str, batch: int, timings: dict, records: dict, peaks: dict, top: int) -> None:
+def print_report(
+    cfg: str, batch: int, timings: dict, records: dict, peaks: dict, top: int, precision: str = 'fp32'
+) -> None:
     sections = ['G pose branch', 'G forward', 'D forward', 'R1 input gradient', 'backward']
-    print(f'\n{cfg}, {batch} image(s) per pass, {torch.get_num_threads()} threads, fp32; wall times in ms (best)')
+    print(
+        f'\n{cfg}, {batch} image(s) per pass, {torch.get_num_threads()} threads, {precision}; wall times in ms (best)'
+    )
     print('| phase | total | ' + ' | '.join(sections) + ' | other | backward / forward | optimizer step |')
     print('|---|' + '---:|' * (len(sections) + 4))
     step_total = 0.0
@@ -505,10 +512,11 @@ def main():
     parser.add_argument('--top', type=int, default=12, help='rows of the op tables')
     parser.add_argument('--at-kimg', type=float, default=0.0, help='image counter of the schedule values (kimg)')
     parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--bf16', action='store_true', help="G's and D's convolutions in bfloat16 (--cpu_bf16 true)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    loss, phases, optimizers, chunk, schedule, G, D = build_step(args.cfg, args.batch, args.at_kimg)
+    loss, phases, optimizers, chunk, schedule, G, D = build_step(args.cfg, args.batch, args.at_kimg, bf16=args.bf16)
     batch = chunk[0].shape[0]
     print(
         f'{args.cfg}: G {sum(p.numel() for p in G.parameters()) / 1e6:.2f} M, '
@@ -525,7 +533,7 @@ def main():
     for name in timings:
         phase = next(phase for phase in phases if phase.name == name)
         records[name] = profile_phase(loss, phase, chunk, schedule)
-    print_report(args.cfg, batch, timings, records, peaks, args.top)
+    print_report(args.cfg, batch, timings, records, peaks, args.top, 'bf16 convolutions' if args.bf16 else 'fp32')
 
 
 if __name__ == '__main__':

@@ -531,3 +531,13 @@ def test_discriminator_r1_double_backward():
         values.append(penalty(Dc).item())
     numeric = (values[0] - values[1]) / (2 * eps)
     assert abs(analytic - numeric) <= 1e-5 * max(1.0, abs(numeric))
+
+
+def test_cpu_bf16_slowdown_note_names_the_missing_hardware(monkeypatch):
+    from torch_utils import custom_ops
+
+    for flags, slow in [({'avx2', 'avx512f'}, True), ({'avx512_bf16'}, False), ({'amx_bf16'}, False), (set(), False)]:
+        monkeypatch.setattr(custom_ops, 'cpu_flags', lambda flags=flags: frozenset(flags))
+        note = net.cpu_bf16_slowdown_note()
+        assert (note is not None) == slow, flags
+        assert note is None or ('AVX512-BF16' in note and '\n' not in note)

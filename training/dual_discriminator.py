@@ -62,6 +62,7 @@ class PoseAwareDualDiscriminator(Discriminator):
         disc_c_noise: float = 0.0,  # Noise on the conditioning camera, in units of its batch std.
         freeze_layers: int = 0,  # Freeze this many trunk layers, counted from the input.
         mirror_camera: bool = True,  # Pose head: mirror the camera of left-side views along with the image.
+        cpu_bf16: bool = False,  # On CPU, run the trunk's convolutions in bfloat16?
     ):
         super().__init__(
             c_dim=c_dim + pose_dim,
@@ -73,7 +74,7 @@ class PoseAwareDualDiscriminator(Discriminator):
             num_fp16_res=num_fp16_res,
             conv_clamp=conv_clamp,
             cmap_dim=cmap_dim,
-            block_kwargs=dict(freeze_layers=freeze_layers),
+            block_kwargs=dict(freeze_layers=freeze_layers, cpu_bf16=cpu_bf16),
             mapping_kwargs=dict(num_layers=mapping_layers),
             epilogue_kwargs=dict(mbstd_group_size=mbstd_group_size, mbstd_num_channels=mbstd_num_channels),
         )

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from torch_utils import training_stats
 from torch_utils.ops import conv2d_gradfix
+from training import networks_stylegan2
 from training.config import TrainingConfig
 from training.d_input import FILTER_MODES, discriminator_input
 
@@ -371,7 +372,10 @@ class PortraitGANLoss:
         """
         cfg = self.config
         inputs = {key: real[key].detach().requires_grad_(True) for key in ('image', 'image_raw', 'image_mask')}
-        logits, _ = self.run_D(inputs, real_c)
+        # In full precision also with --cpu_bf16: the penalty's gradient is a second derivative,
+        # which bf16 convolutions get wrong by tens of percent (tests/test_loss.py).
+        with networks_stylegan2.no_cpu_bf16():
+            logits, _ = self.run_D(inputs, real_c)
         # Only the input gradients are wanted; the weights get theirs from the penalty's backward.
         with conv2d_gradfix.no_weight_gradients():
             grad_image, grad_raw, grad_mask = torch.autograd.grad(

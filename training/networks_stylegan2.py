@@ -21,10 +21,14 @@ The discriminator epilogue is split in two (`get_flatten_x` and `forward`) so th
 can share the flattened trunk features.
 """
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
-from torch_utils import misc, persistence
+from torch_utils import custom_ops, misc, persistence
 from torch_utils.ops import bias_act, conv2d_resample, fma, upfirdn2d
 
 # Per-pixel noise of the synthesis layers: a fresh draw per call, the stored constant, or none.
@@ -35,6 +39,44 @@ def _activation_gain(activation: str) -> float:
     if activation not in bias_act.ACTIVATIONS:
         raise ValueError(f'unknown activation {activation!r}; expected one of {sorted(bias_act.ACTIVATIONS)}')
     return bias_act.ACTIVATIONS[activation].default_gain
+
+
+_cpu_bf16_disabled = contextvars.ContextVar('networks_stylegan2_cpu_bf16_disabled', default=False)
+
+
+@contextlib.contextmanager
+def no_cpu_bf16() -> Iterator[None]:
+    """Networks called inside the block run in full precision although built with `cpu_bf16`.
+
+    The precision is chosen when a layer's forward runs, so the backward of a graph built inside
+    the block (R1's double backward included) is in full precision as well.
+    """
+    token = _cpu_bf16_disabled.set(True)
+    try:
+        yield
+    finally:
+        _cpu_bf16_disabled.reset(token)
+
+
+def use_cpu_bf16(enabled: bool, force_fp32: bool, device: torch.device) -> bool:
+    """Whether a block built with `cpu_bf16=enabled` runs its convolutions in bfloat16 in this call."""
+    return enabled and not force_fp32 and device.type == 'cpu' and not _cpu_bf16_disabled.get()
+
+
+# CPU features with native bfloat16 arithmetic in oneDNN's convolutions; without either, bf16 is
+# emulated in fp32 units and runs slower than fp32 itself.
+CPU_BF16_FEATURES = frozenset({'avx512_bf16', 'amx_bf16'})
+
+
+def cpu_bf16_slowdown_note() -> str | None:
+    """One line saying that `cpu_bf16` would slow this CPU down, or None where it has native bf16."""
+    flags = custom_ops.cpu_flags()
+    if not flags or flags & CPU_BF16_FEATURES:
+        return None
+    return (
+        'cpu_bf16: this CPU has neither AMX nor AVX512-BF16, so its bfloat16 convolutions are emulated '
+        'and slower than fp32; leave --cpu_bf16 off here'
+    )
 
 
 def full_precision(dtype: torch.dtype) -> torch.dtype:
@@ -278,20 +320,26 @@ class Conv2dLayer(torch.nn.Module):
             self.register_buffer('weight', weight)
             self.register_buffer('bias', bias)
 
-    def forward(self, x: torch.Tensor, gain: float = 1) -> torch.Tensor:
-        """x [B, in_channels, H, W] -> [B, out_channels, H * up / down, W * up / down]"""
+    def forward(self, x: torch.Tensor, gain: float = 1, conv_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """x [B, in_channels, H, W] -> [B, out_channels, H * up / down, W * up / down]
+
+        conv_dtype: dtype of the convolution itself (e.g. bfloat16; its resampling filter runs in it
+        too), None = x's dtype; the result comes back in x's dtype before the bias and activation.
+        """
+        dtype = x.dtype
+        conv_dtype = dtype if conv_dtype is None else conv_dtype
         w = self.weight * self.weight_gain
-        b = self.bias.to(x.dtype) if self.bias is not None else None
+        b = self.bias.to(dtype) if self.bias is not None else None
         flip_weight = self.up == 1  # The transposed convolution used for up > 1 flips natively.
         x = conv2d_resample.conv2d_resample(
-            x=x,
-            w=w.to(x.dtype),
+            x=x.to(conv_dtype),
+            w=w.to(conv_dtype),
             f=self.resample_filter,
             up=self.up,
             down=self.down,
             padding=self.padding,
             flip_weight=flip_weight,
-        )
+        ).to(dtype)
         act_gain = self.act_gain * gain
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act.bias_act(x, b, act=self.activation, gain=act_gain, clamp=act_clamp)
@@ -667,7 +715,7 @@ class SynthesisBlock(torch.nn.Module):
             memory_format = torch.channels_last if (self.channels_last and not force_fp32) else torch.contiguous_format
         else:
             memory_format = torch.channels_last  # oneDNN's convolutions are fastest in this layout on CPU.
-        use_bf16 = self.cpu_bf16 and not force_fp32 and device.type == 'cpu'
+        use_bf16 = use_cpu_bf16(self.cpu_bf16, force_fp32, device)
         conv_dtype = torch.bfloat16 if use_bf16 else None
         fused_modconv = self._resolve_fused_modconv(fused_modconv)
         if use_bf16 and fused_modconv:
@@ -841,11 +889,13 @@ class DiscriminatorBlock(torch.nn.Module):
         use_fp16: bool = False,  # Run in fp16 (on CUDA only)?
         fp16_channels_last: bool = False,  # Use channels_last with fp16 on CUDA?
         freeze_layers: int = 0,  # Layers with index < freeze_layers are frozen (buffers, not parameters).
+        cpu_bf16: bool = False,  # On CPU, run the convolutions in bfloat16?
     ):
         if architecture not in ('orig', 'skip', 'resnet'):
             raise ValueError(f"architecture must be 'orig', 'skip' or 'resnet', got {architecture!r}")
         super().__init__()
         self.in_channels = in_channels
+        self.cpu_bf16 = cpu_bf16
         self.resolution = resolution
         self.img_channels = img_channels
         self.first_layer_idx = first_layer_idx
@@ -892,9 +942,12 @@ class DiscriminatorBlock(torch.nn.Module):
         ref = x if x is not None else img
         on_cuda = ref.device.type == 'cuda'
         dtype = torch.float16 if (self.use_fp16 and not force_fp32 and on_cuda) else full_precision(ref.dtype)
-        memory_format = (
-            torch.channels_last if (self.channels_last and not force_fp32 and on_cuda) else torch.contiguous_format
-        )
+        if on_cuda:
+            memory_format = torch.channels_last if (self.channels_last and not force_fp32) else torch.contiguous_format
+        else:
+            memory_format = torch.channels_last  # oneDNN's convolutions are fastest in this layout on CPU.
+        use_bf16 = use_cpu_bf16(self.cpu_bf16, force_fp32, ref.device)
+        conv_args = dict(conv_dtype=torch.bfloat16 if use_bf16 else None)
 
         if x is not None:
             misc.assert_shape(x, [None, self.in_channels, self.resolution, self.resolution])
@@ -903,18 +956,18 @@ class DiscriminatorBlock(torch.nn.Module):
         if self.in_channels == 0 or self.architecture == 'skip':
             misc.assert_shape(img, [None, self.img_channels, self.resolution, self.resolution])
             img = img.to(dtype=dtype, memory_format=memory_format)
-            y = self.fromrgb(img)
+            y = self.fromrgb(img, **conv_args)
             x = x + y if x is not None else y
             img = upfirdn2d.downsample2d(img, self.resample_filter) if self.architecture == 'skip' else None
 
         if self.architecture == 'resnet':
-            y = self.skip(x, gain=np.sqrt(0.5))
-            x = self.conv0(x)
-            x = self.conv1(x, gain=np.sqrt(0.5))
+            y = self.skip(x, gain=np.sqrt(0.5), **conv_args)
+            x = self.conv0(x, **conv_args)
+            x = self.conv1(x, gain=np.sqrt(0.5), **conv_args)
             x = y + x
         else:
-            x = self.conv0(x)
-            x = self.conv1(x)
+            x = self.conv0(x, **conv_args)
+            x = self.conv1(x, **conv_args)
 
         assert x.dtype == dtype
         return x, img

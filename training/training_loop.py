@@ -40,7 +40,7 @@ import torch
 
 import dnnlib
 from torch_utils import misc, training_stats
-from training import checkpoint, run_files
+from training import checkpoint, networks_stylegan2, run_files
 from training.atomic_files import atomic_write
 from training.camera_utils import flip_camera, frontal_camera
 from training.config import TrainingConfig
@@ -130,6 +130,9 @@ def training_loop(
 
     # Networks: rank 0's initialization or snapshot is broadcast, so all ranks start equal.
     G, D = build_networks(config, device)
+    if config.generator.get('cpu_bf16', False) and device.type == 'cpu':
+        note = networks_stylegan2.cpu_bf16_slowdown_note()
+        log(note or "cpu_bf16: G's and D's convolutions run in bfloat16 (R1 in fp32)")
     G_ema, D_ema = copy.deepcopy(G).eval(), copy.deepcopy(D).eval()
     networks = dict(G=G, D=D, G_ema=G_ema, D_ema=D_ema)
     progress = Progress(cur_nimg=config.stage_start_nimg)
@@ -380,6 +383,7 @@ def build_networks(config: TrainingConfig, device: torch.device) -> tuple:
         mbstd_group_size=config.mbstd_group,
         freeze_layers=config.freezed,
         disc_c_noise=config.disc_c_noise,
+        cpu_bf16=config.generator.get('cpu_bf16', False),
     )
     return (G.train().requires_grad_(False).to(device), D.train().requires_grad_(False).to(device))
 
