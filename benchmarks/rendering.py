@@ -1,7 +1,9 @@
 """Timings of the rendering kernels on CPU: tri-grid sampling and the ray marcher.
 
 The tri-grid sampler runs as the fused C++ gather (the default on CPU), as the same gather in
-PyTorch ops (what runs where the C++ extension cannot be built) and as `F.grid_sample`.
+PyTorch ops (what runs where the C++ extension cannot be built) and as `F.grid_sample`; the
+marcher as the fused C++ pass over a render's two sample sets (the default on CPU) and as
+merging, sorting and compositing in PyTorch ops.
 
 Run from the repository root:  python -m benchmarks.rendering [--points 400000] [--reps 3]
 Each figure is the best of `--reps` runs, in milliseconds, with 2 threads.
@@ -17,7 +19,8 @@ import torch
 
 from benchmarks.timing import best_seconds_taking_turns
 from training.volumetric_rendering import trigrid
-from training.volumetric_rendering.ray_marcher import march
+from training.volumetric_rendering.importance import merge_samples
+from training.volumetric_rendering.ray_marcher import march, march_sample_sets
 from training.volumetric_rendering.trigrid import sample_trigrid
 
 # Tri-grid samplers: name -> (fast argument of sample_trigrid, whether the C++ gather may run).
@@ -55,27 +58,40 @@ def time_trigrid(num_points: int, reps: int) -> dict:
 
 
 def time_marcher(reps: int) -> dict:
+    """The marcher on the coarse and fine samples of 4096 rays (48 + 48): merged and sorted, then
+    composited in PyTorch ops (`merge_samples` + `march`), and in one fused pass (`march_sample_sets`)."""
     generator = torch.Generator().manual_seed(0)
-    rays, samples, channels = 4096, 96, 32
-    colors = torch.randn(1, rays, samples, channels, generator=generator).requires_grad_(True)
-    densities = torch.randn(1, rays, samples, 1, generator=generator).requires_grad_(True)
-    depths = torch.sort(2.25 + 1.05 * torch.rand(1, rays, samples, 1, generator=generator), dim=2).values
+    rays, half, channels = 4096, 48, 32
 
-    def forward():
+    def sample_set(sort: bool) -> tuple:
+        colors = torch.randn(1, rays, half, channels, generator=generator).requires_grad_(True)
+        densities = torch.randn(1, rays, half, 1, generator=generator).requires_grad_(True)
+        depths = 2.25 + 1.05 * torch.rand(1, rays, half, 1, generator=generator)
+        return colors, densities, torch.sort(depths, dim=2).values if sort else depths
+
+    coarse, fine = sample_set(True), sample_set(False)
+    leaves = [*coarse[:2], *fine[:2]]
+
+    def merged(fused: bool) -> tuple:
+        if fused:
+            return march_sample_sets(*coarse, fine)
+        depths, colors, densities = merge_samples(coarse[2], coarse[0], coarse[1], fine[2], fine[0], fine[1])
+        return march(colors, densities, depths)
+
+    def forward(fused: bool):
         with torch.no_grad():
-            march(colors, densities, depths)
+            merged(fused)
 
-    def forward_backward():
-        features, depth, _, acc = march(colors, densities, depths)
-        torch.autograd.grad(features.sum() + depth.sum() + acc.sum(), (colors, densities))
+    def forward_backward(fused: bool):
+        features, depth, _, acc = merged(fused)
+        torch.autograd.grad(features.sum() + depth.sum() + acc.sum(), leaves)
 
-    return _best_ms(
-        {
-            f'marcher fwd [1, {rays}, {samples}, {channels}]': forward,
-            f'marcher fwd+bwd [1, {rays}, {samples}, {channels}]': forward_backward,
-        },
-        reps,
-    )
+    shape = f'[1, {rays}, {half} + {half}, {channels}]'
+    functions = {}
+    for name, fused in (('merge + march', False), ('fused', True)):
+        functions[f'marcher {name} fwd {shape}'] = functools.partial(forward, fused)
+        functions[f'marcher {name} fwd+bwd {shape}'] = functools.partial(forward_backward, fused)
+    return _best_ms(functions, reps)
 
 
 def main():

@@ -1,7 +1,10 @@
 """Builds the per-element math of a CUDA kernel (its shared `.h`) as a CPU extension for the tests."""
 
 import os
+import shutil
 import warnings
+
+import pytest
 
 from torch_utils import custom_ops
 
@@ -17,3 +20,13 @@ def build_host_kernel(tmp_path_factory, name: str, source: str, header: str):
         return custom_ops.get_plugin(
             f'{name}_kernel', [source_path], headers=[header], extra_cflags=['-O1', '-std=c++17']
         )
+
+
+def cpu_plugin_or_skip(load, what: str):
+    """`load()`'s C++ extension; skips without a C++ compiler, fails when one is present but the build fails."""
+    plugin = load()
+    if plugin is None:
+        if shutil.which('c++') or shutil.which('g++'):
+            pytest.fail(f'{what} does not build although a C++ compiler is present')
+        pytest.skip(f'no C++ compiler here: {what} is replaced by PyTorch ops')
+    return plugin

@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.host_build import cpu_plugin_or_skip
+from training.volumetric_rendering import ray_marcher
+from training.volumetric_rendering.importance import merge_samples
 from training.volumetric_rendering.ray_marcher import march
 
 EMPTY = -1000.0  # raw density whose activation softplus(EMPTY - 1) underflows to 0
@@ -98,3 +101,68 @@ def test_gradcheck_colors_and_densities():
         return features, depth, weights, acc
 
     assert torch.autograd.gradcheck(outputs, (colors, densities))
+
+
+def two_sample_sets(dtype, generator, batch=2, rays=5, count_a=6, count_b=4, channels=3):
+    """A coarse set (sorted depths) and a fine set (unsorted) of the same rays, with gradients wanted,
+    including a ray of zero opacity and fine depths tied with coarse ones."""
+    colors_a = torch.randn(batch, rays, count_a, channels, generator=generator, dtype=dtype)
+    densities_a = 3 * torch.randn(batch, rays, count_a, 1, generator=generator, dtype=dtype)
+    colors_b = torch.randn(batch, rays, count_b, channels, generator=generator, dtype=dtype)
+    densities_b = 3 * torch.randn(batch, rays, count_b, 1, generator=generator, dtype=dtype)
+    depths_a = torch.sort(2 + torch.rand(batch, rays, count_a, 1, generator=generator, dtype=dtype), dim=2)[0]
+    depths_b = 2 + torch.rand(batch, rays, count_b, 1, generator=generator, dtype=dtype)
+    depths_b[0, 0, 0] = depths_a[0, 0, 2]
+    densities_a[1, 1], densities_b[1, 1] = EMPTY, EMPTY
+    leaves = [t.requires_grad_(True) for t in (colors_a, densities_a, colors_b, densities_b)]
+    return leaves, depths_a, depths_b
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_fused_march_of_two_sets_matches_merging_and_marching(dtype):
+    cpu_plugin_or_skip(ray_marcher._march_plugin, 'the fused ray marcher (ray_marcher.cpp)')
+    generator = torch.Generator().manual_seed(0)
+    (colors_a, densities_a, colors_b, densities_b), depths_a, depths_b = two_sample_sets(dtype, generator)
+    outputs = ray_marcher.march_sample_sets(colors_a, densities_a, depths_a, (colors_b, densities_b, depths_b))
+    depths, colors, densities = merge_samples(depths_a, colors_a, densities_a, depths_b, colors_b, densities_b)
+    expected = march(colors, densities, depths)
+    tolerance = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-13, rtol=1e-12)
+    for output, reference in zip(outputs, expected):
+        torch.testing.assert_close(output, reference.detach(), **tolerance)
+    assert outputs[3][1, 1].item() == 0 and outputs[1][1, 1].item() == depths.max().item()
+
+    leaves = [colors_a, densities_a, colors_b, densities_b]
+    upstream = [torch.randn(t.shape, generator=generator, dtype=dtype) for t in (outputs[0], outputs[1], outputs[3])]
+    grads = torch.autograd.grad([outputs[0], outputs[1], outputs[3]], leaves, upstream)
+    expected_grads = torch.autograd.grad([expected[0], expected[1], expected[3]], leaves, upstream)
+    for grad, reference in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, reference, **tolerance)
+    assert not outputs[2].requires_grad
+
+
+def test_fused_march_gradcheck_and_one_set():
+    cpu_plugin_or_skip(ray_marcher._march_plugin, 'the fused ray marcher (ray_marcher.cpp)')
+    generator = torch.Generator().manual_seed(1)
+    leaves, depths_a, depths_b = two_sample_sets(torch.float64, generator, rays=3)
+
+    def composite(colors_a, densities_a, colors_b, densities_b):
+        features, depth, _, acc = ray_marcher.march_sample_sets(
+            colors_a, densities_a, depths_a, (colors_b, densities_b, depths_b)
+        )
+        return features, depth, acc
+
+    assert torch.autograd.gradcheck(composite, leaves)
+    one_set = ray_marcher.march_sample_sets(leaves[0], leaves[1], depths_a)
+    for output, reference in zip(one_set, march(leaves[0], leaves[1], depths_a)):
+        torch.testing.assert_close(output, reference.detach(), atol=1e-13, rtol=1e-12)
+
+
+def test_march_sample_sets_without_the_fused_marcher_merges_and_marches(monkeypatch):
+    monkeypatch.setattr(ray_marcher, '_march_plugin', lambda: None)
+    generator = torch.Generator().manual_seed(2)
+    (colors_a, densities_a, colors_b, densities_b), depths_a, depths_b = two_sample_sets(torch.float64, generator)
+    outputs = ray_marcher.march_sample_sets(colors_a, densities_a, depths_a, (colors_b, densities_b, depths_b))
+    depths, colors, densities = merge_samples(depths_a, colors_a, densities_a, depths_b, colors_b, densities_b)
+    for output, reference in zip(outputs, march(colors, densities, depths)):
+        assert torch.equal(output, reference)
+    assert outputs[2].requires_grad

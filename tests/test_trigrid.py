@@ -1,9 +1,8 @@
-import shutil
-
 import numpy as np
 import pytest
 import torch
 
+from tests.host_build import cpu_plugin_or_skip
 from training.volumetric_rendering import trigrid
 from training.volumetric_rendering.trigrid import planes_from_backbone, sample_trigrid
 
@@ -45,12 +44,7 @@ def linear_trigrid(
 
 def fused_plugin_or_skip():
     """The fused C++ gather; skips without a C++ compiler, fails when one is present but the build fails."""
-    plugin = trigrid._gather_plugin()
-    if plugin is None:
-        if shutil.which('c++') or shutil.which('g++'):
-            pytest.fail('the fused C++ gather (trigrid_gather.cpp) does not build although a C++ compiler is present')
-        pytest.skip('no C++ compiler here: the tri-grid sampler runs as PyTorch ops only')
-    return plugin
+    return cpu_plugin_or_skip(trigrid._gather_plugin, 'the fused C++ gather (trigrid_gather.cpp)')
 
 
 @pytest.fixture(params=['fused', 'torch'])

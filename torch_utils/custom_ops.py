@@ -109,6 +109,18 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_extension_flags() -> list[str]:
+    """Compiler flags of the project's CPU extensions (the tri-grid gather, the ray marcher).
+
+    Optimised, with OpenMP (at::parallel_for), AVX2 and FMA where the CPU has them, and without
+    floating-point contraction, so that elementwise arithmetic rounds as PyTorch's own ops do.
+    """
+    flags = ['-O3', '-ffp-contract=off', '-fopenmp']
+    if {'avx2', 'fma'} <= cpu_flags():
+        flags += ['-mavx2', '-mfma']
+    return flags
+
+
 def choose_impl(impl: str, tensor: torch.Tensor, load_plugin: Callable[[], types.ModuleType | None]) -> str:
     """Resolve an op's `impl` argument for one call to 'ref' or 'cuda'.
 

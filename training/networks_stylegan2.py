@@ -9,13 +9,14 @@ weights convert by name. Two departures, both numerically equivalent:
   the weight of every sample instead (a grouped convolution on CUDA, one convolution per sample
   on CPU), which saves two passes over the activations; it serves inference.
 - fp16 blocks run in fp16 only on CUDA; elsewhere they run in fp32 (in float64 when given float64
-  inputs, so that gradients can be checked numerically). On CPU the synthesis blocks keep
-  activations channels_last (oneDNN's fast layout) and can optionally run their modulated
-  convolutions in bfloat16 (`cpu_bf16`, off by default), while modulation, demodulation and the
-  image path stay in fp32; noise and bias stay in fp32 too, except in the fused (inference)
-  form, whose activations stay bf16 between layers. Whether bf16 pays off depends on the CPU
-  (benchmarks/generator.py measures it): with AMX or a fast AVX512-BF16 it does, elsewhere
-  oneDNN's bf16 convolutions can be slower than fp32 ones.
+  inputs, so that gradients can be checked numerically). On CPU the synthesis and discriminator
+  blocks keep activations channels_last (oneDNN's fast layout) and can optionally run their
+  convolutions in bfloat16 (`cpu_bf16`, off by default; `no_cpu_bf16()` switches it off for the
+  calls inside a block), while modulation, demodulation, the image path, bias, activation and
+  noise stay in fp32, except in the fused (inference) form, whose activations stay bf16 between
+  layers. Whether bf16 pays off depends on the CPU (benchmarks/generator.py measures it): with
+  AMX or AVX512-BF16 it does, elsewhere oneDNN emulates it and it is slower than fp32
+  (`cpu_bf16_slowdown_note`).
 
 The discriminator epilogue is split in two (`get_flatten_x` and `forward`) so that other heads
 can share the flattened trunk features.

@@ -1,7 +1,21 @@
-"""Alpha compositing of samples along rays (the mip-NeRF midpoint scheme used by EG3D)."""
+"""Alpha compositing of samples along rays (the mip-NeRF midpoint scheme used by EG3D).
+
+`march` is the reference, in PyTorch ops, on samples already sorted by depth. The renderer calls
+`march_sample_sets`, which composites the union of a render's coarse and fine samples: on the
+CPU (float32/float64) one fused C++ pass per ray for the forward and one for the backward
+(ray_marcher.cpp, built on first use), which read the samples of both sets in depth order where
+they lie; elsewhere, or without a compiler, the sets are merged and sorted (`merge_samples`)
+and composited by `march`. Both give the same values and gradients to float rounding.
+"""
+
+import os
+import types
 
 import torch
 import torch.nn.functional as F
+
+from torch_utils import custom_ops
+from training.volumetric_rendering.importance import merge_samples
 
 
 def march(
@@ -41,3 +55,75 @@ def march(
     )
     depth = torch.clamp(depth, depths.min(), depths.max())
     return features, depth, weights, acc
+
+
+def _march_plugin() -> types.ModuleType | None:
+    """The fused C++ marcher (ray_marcher.cpp), built on first use; None when it cannot be built."""
+    return custom_ops.get_plugin(
+        'ray_marcher_plugin',
+        sources=['ray_marcher.cpp'],
+        source_dir=os.path.dirname(__file__),
+        extra_cflags=custom_ops.cpu_extension_flags(),
+        extra_ldflags=['-fopenmp'],
+    )
+
+
+class _FusedMarch(torch.autograd.Function):
+    """`march` of two sample sets in the order `order`, as the C++ kernels compute it.
+
+    colors_* [B, R, S_*, C], densities_* [B, R, S_*, 1], depths [B, R, S, 1] (sorted, no gradient),
+    order [B, R, S] (int64; empty: the samples as given), depth_min and depth_max (the clamp of
+    the depth) -> features [B, R, C], depth [B, R, 1], weights [B, R, S-1, 1] (no gradient), acc [B, R, 1]
+    """
+
+    @staticmethod
+    def forward(ctx, colors_a, densities_a, colors_b, densities_b, depths, order, depth_min, depth_max, plugin):
+        inputs = [tensor.contiguous() for tensor in (colors_a, densities_a, colors_b, densities_b, depths)]
+        features, depth, weights, acc = plugin.march(*inputs, order, depth_min, depth_max)
+        ctx.save_for_backward(*inputs, order)
+        ctx.depth_range = (depth_min, depth_max)
+        ctx.plugin = plugin
+        ctx.mark_non_differentiable(weights)
+        return features, depth, weights, acc
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_features, grad_depth, _grad_weights, grad_acc):
+        grads = ctx.plugin.march_backward(*ctx.saved_tensors, *ctx.depth_range, grad_features, grad_depth, grad_acc)
+        return (*grads, None, None, None, None, None)
+
+
+def march_sample_sets(
+    colors: torch.Tensor,
+    densities: torch.Tensor,
+    depths: torch.Tensor,
+    more: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`march` of one sample set, sorted by depth, or of its union with a second set of the same rays.
+
+    colors [B, R, S, C], densities [B, R, S, 1], depths [B, R, S, 1]; more: the second set's
+    (colors [B, R, S2, C], densities [B, R, S2, 1], depths [B, R, S2, 1]) or None
+    -> features [B, R, C], depth [B, R, 1], weights [B, R, S+S2-1, 1], acc [B, R, 1] (as `march`;
+    on the fused path the weights take no gradient, and the depths none either)
+    """
+    tensors = [colors, densities, depths, *(more or ())]
+    fused = (
+        all(t.device.type == 'cpu' and t.dtype == colors.dtype for t in tensors)
+        and colors.dtype in (torch.float32, torch.float64)
+        and not (depths.requires_grad or (more is not None and more[2].requires_grad))
+    )
+    plugin = _march_plugin() if fused else None
+    if plugin is None:
+        if more is not None:
+            depths, colors, densities = merge_samples(depths, colors, densities, more[2], *more[:2])
+        return march(colors, densities, depths)
+    if more is None:
+        more_colors, more_densities = colors[:, :, :0], densities[:, :, :0]
+        order = torch.empty(0, dtype=torch.long)
+    else:
+        more_colors, more_densities, more_depths = more
+        depths, order = torch.sort(torch.cat([depths, more_depths], dim=-2), dim=-2)
+        order = order[..., 0].contiguous()
+    return _FusedMarch.apply(
+        colors, densities, more_colors, more_densities, depths, order, float(depths.min()), float(depths.max()), plugin
+    )

@@ -4,8 +4,8 @@ from collections.abc import Callable
 
 import torch
 
-from training.volumetric_rendering.importance import importance_depths, merge_samples
-from training.volumetric_rendering.ray_marcher import march
+from training.volumetric_rendering.importance import importance_depths
+from training.volumetric_rendering.ray_marcher import march_sample_sets
 from training.volumetric_rendering.trigrid import gather_layout, sample_trigrid, sample_trigrid_gather_layout
 
 # decoder(features [B, M, C]) -> {'sigma': [B, M, 1] raw density, 'rgb': [B, M, C_out] features}
@@ -96,20 +96,19 @@ class VolumeRenderer(torch.nn.Module):
             grid, decoder, ray_origins, ray_dirs, coarse_depths, deform, density_noise, generator
         )
         if num_fine == 0:
-            depths, rgb, sigma = coarse_depths, coarse_rgb, coarse_sigma
+            features, depth, _, acc = march_sample_sets(coarse_rgb, coarse_sigma, coarse_depths)
         else:
             with torch.no_grad():
-                _, _, coarse_weights, _ = march(coarse_rgb, coarse_sigma, coarse_depths)
+                _, _, coarse_weights, _ = march_sample_sets(coarse_rgb, coarse_sigma, coarse_depths)
             fine_depths = importance_depths(
                 coarse_depths, coarse_weights, num_fine, generator=generator, deterministic=deterministic
             )
             fine_rgb, fine_sigma = self._evaluate_along_rays(
                 grid, decoder, ray_origins, ray_dirs, fine_depths, deform, density_noise, generator
             )
-            depths, rgb, sigma = merge_samples(
-                coarse_depths, coarse_rgb, coarse_sigma, fine_depths, fine_rgb, fine_sigma
+            features, depth, _, acc = march_sample_sets(
+                coarse_rgb, coarse_sigma, coarse_depths, (fine_rgb, fine_sigma, fine_depths)
             )
-        features, depth, _, acc = march(rgb, sigma, depths)
         return features, depth, acc
 
     def sample_points(self, planes: torch.Tensor, decoder: Decoder, points: torch.Tensor) -> dict:

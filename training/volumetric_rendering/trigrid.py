@@ -118,14 +118,11 @@ def _axis_neighbours(coordinate: torch.Tensor, size: int) -> tuple[torch.Tensor,
 
 def _gather_plugin() -> types.ModuleType | None:
     """The fused C++ gather (trigrid_gather.cpp), built on first use; None when it cannot be built."""
-    flags = ['-O3', '-ffp-contract=off', '-fopenmp']
-    if {'avx2', 'fma'} <= custom_ops.cpu_flags():
-        flags += ['-mavx2', '-mfma']
     return custom_ops.get_plugin(
         'trigrid_gather_plugin',
         sources=['trigrid_gather.cpp'],
         source_dir=os.path.dirname(__file__),
-        extra_cflags=flags,
+        extra_cflags=custom_ops.cpu_extension_flags(),
         extra_ldflags=['-fopenmp'],
     )
 
