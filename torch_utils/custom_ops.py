@@ -109,16 +109,19 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def cpu_extension_flags() -> list[str]:
-    """Compiler flags of the project's CPU extensions (the tri-grid gather, the ray marcher).
+def get_cpu_plugin(module_name: str, source: str, source_dir: str) -> types.ModuleType | None:
+    """`get_plugin` for one of the project's CPU extensions (the tri-grid gather, the ray marcher).
 
-    Optimised, with OpenMP (at::parallel_for), AVX2 and FMA where the CPU has them, and without
-    floating-point contraction, so that elementwise arithmetic rounds as PyTorch's own ops do.
+    Built optimised, with OpenMP (at::parallel_for), AVX2 and FMA where the CPU has them, and
+    without floating-point contraction, so that elementwise arithmetic rounds as PyTorch's own
+    ops do. None (after one warning) when it cannot be built.
     """
     flags = ['-O3', '-ffp-contract=off', '-fopenmp']
     if {'avx2', 'fma'} <= cpu_flags():
         flags += ['-mavx2', '-mfma']
-    return flags
+    return get_plugin(
+        module_name, sources=[source], source_dir=source_dir, extra_cflags=flags, extra_ldflags=['-fopenmp']
+    )
 
 
 def choose_impl(impl: str, tensor: torch.Tensor, load_plugin: Callable[[], types.ModuleType | None]) -> str:

@@ -59,13 +59,7 @@ def march(
 
 def _march_plugin() -> types.ModuleType | None:
     """The fused C++ marcher (ray_marcher.cpp), built on first use; None when it cannot be built."""
-    return custom_ops.get_plugin(
-        'ray_marcher_plugin',
-        sources=['ray_marcher.cpp'],
-        source_dir=os.path.dirname(__file__),
-        extra_cflags=custom_ops.cpu_extension_flags(),
-        extra_ldflags=['-fopenmp'],
-    )
+    return custom_ops.get_cpu_plugin('ray_marcher_plugin', 'ray_marcher.cpp', os.path.dirname(__file__))
 
 
 class _FusedMarch(torch.autograd.Function):

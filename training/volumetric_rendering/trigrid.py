@@ -118,13 +118,7 @@ def _axis_neighbours(coordinate: torch.Tensor, size: int) -> tuple[torch.Tensor,
 
 def _gather_plugin() -> types.ModuleType | None:
     """The fused C++ gather (trigrid_gather.cpp), built on first use; None when it cannot be built."""
-    return custom_ops.get_plugin(
-        'trigrid_gather_plugin',
-        sources=['trigrid_gather.cpp'],
-        source_dir=os.path.dirname(__file__),
-        extra_cflags=custom_ops.cpu_extension_flags(),
-        extra_ldflags=['-fopenmp'],
-    )
+    return custom_ops.get_cpu_plugin('trigrid_gather_plugin', 'trigrid_gather.cpp', os.path.dirname(__file__))
 
 
 def _outer(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

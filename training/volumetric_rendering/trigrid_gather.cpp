@@ -59,20 +59,37 @@ inline AxisTerms<scalar_t> axis_terms(scalar_t coordinate, int64_t size) {
     return terms;
 }
 
-// Row offsets of the 8 corners from the lower one, corner = 4*z + 2*y + x.
+// A located point: its neighbours along each axis and the row of its lower corner.
+template <typename scalar_t>
+struct PointCorners {
+    AxisTerms<scalar_t> x, y, z;
+    int64_t base;
+};
+
+// The row layout of the grid: the corners of a point and their rows, corner = 4*z + 2*y + x.
 struct GridSteps {
+    int64_t height, width, planes, depth, points;
     int64_t x_step, y_step, volume_rows, last_row;
     int64_t offsets[8];
-    GridSteps(int64_t batch, int64_t height, int64_t width, int64_t planes, int64_t depth)
-        : x_step(planes * depth), y_step(width * planes * depth), volume_rows(height * width * planes * depth),
+    GridSteps(int64_t batch, int64_t height, int64_t width, int64_t planes, int64_t depth, int64_t points)
+        : height(height), width(width), planes(planes), depth(depth), points(points), x_step(planes * depth),
+          y_step(width * planes * depth), volume_rows(height * width * planes * depth),
           last_row(batch * height * width * planes * depth - 1),
           offsets{0, x_step, y_step, y_step + x_step, 1, 1 + x_step, 1 + y_step, 1 + y_step + x_step} {}
 
-    // First row of volume (b, p) plus the lower corner's offset in it.
-    int64_t base(int64_t volume, int64_t planes, int64_t depth, int64_t x_lower, int64_t y_lower,
-                 int64_t z_lower) const {
-        return (volume / planes) * volume_rows + (volume % planes) * depth + y_lower * y_step + x_lower * x_step
-               + z_lower;
+    // First row of the volume (b, p) of point n (points are [B, P, M]).
+    int64_t volume_start(int64_t n) const {
+        const int64_t volume = n / points;
+        return (volume / planes) * volume_rows + (volume % planes) * depth;
+    }
+    // Point n of coordinates [B*P*M, 3]: its axis terms and lower corner's row.
+    template <typename scalar_t>
+    PointCorners<scalar_t> locate(const scalar_t* coordinates, int64_t n) const {
+        const scalar_t* point = coordinates + 3 * n;
+        PointCorners<scalar_t> corners{axis_terms(point[0], width), axis_terms(point[1], height),
+                                       axis_terms(point[2], depth), 0};
+        corners.base = volume_start(n) + corners.y.lower * y_step + corners.x.lower * x_step + corners.z.lower;
+        return corners;
     }
     // A corner outside the volume has weight zero, so its row only has to exist.
     int64_t row(int64_t base, int corner) const {
@@ -97,7 +114,7 @@ template <typename scalar_t>
 void gather_points(const scalar_t* __restrict rows, const scalar_t* __restrict coordinates,
                    scalar_t* __restrict features, int64_t batch, int64_t height, int64_t width, int64_t planes,
                    int64_t depth, int64_t points, int64_t channels) {
-    const GridSteps steps(batch, height, width, planes, depth);
+    const GridSteps steps(batch, height, width, planes, depth, points);
     const int64_t row_bytes = channels * static_cast<int64_t>(sizeof(scalar_t));
     at::parallel_for(0, batch * planes * points, 1024, [&](int64_t begin, int64_t end) {
         int64_t batch_rows[kBatch][8];
@@ -105,14 +122,11 @@ void gather_points(const scalar_t* __restrict rows, const scalar_t* __restrict c
         for (int64_t first = begin; first < end; first += kBatch) {
             const int64_t count = std::min(kBatch, end - first);
             for (int64_t k = 0; k < count; ++k) {
-                const int64_t n = first + k;
-                const scalar_t* point = coordinates + 3 * n;
-                const auto x = axis_terms(point[0], width), y = axis_terms(point[1], height),
-                           z = axis_terms(point[2], depth);
-                const int64_t base = steps.base(n / points, planes, depth, x.lower, y.lower, z.lower);
+                const auto p = steps.locate(coordinates, first + k);
                 for (int corner = 0; corner < 8; ++corner) {
-                    const scalar_t weight = z.weight[corner >> 2] * y.weight[(corner >> 1) & 1] * x.weight[corner & 1];
-                    batch_rows[k][corner] = steps.row(base, corner);
+                    const scalar_t weight =
+                        p.z.weight[corner >> 2] * p.y.weight[(corner >> 1) & 1] * p.x.weight[corner & 1];
+                    batch_rows[k][corner] = steps.row(p.base, corner);
                     batch_weights[k][corner] = weight;
                     if (weight != scalar_t(0)) {
                         prefetch_row(rows + batch_rows[k][corner] * channels, row_bytes);
@@ -149,7 +163,7 @@ void gather_points_backward(const scalar_t* __restrict rows, const scalar_t* __r
                             const scalar_t* __restrict grad_features, scalar_t* __restrict grad_rows,
                             scalar_t* __restrict grad_coordinates, int64_t batch, int64_t height, int64_t width,
                             int64_t planes, int64_t depth, int64_t points, int64_t channels) {
-    const GridSteps steps(batch, height, width, planes, depth);
+    const GridSteps steps(batch, height, width, planes, depth, points);
     const int64_t row_bytes = channels * static_cast<int64_t>(sizeof(scalar_t));
     at::parallel_for(0, batch * planes, 1, [&](int64_t volume_begin, int64_t volume_end) {
         int64_t batch_rows[kBatch][8];
@@ -157,19 +171,15 @@ void gather_points_backward(const scalar_t* __restrict rows, const scalar_t* __r
         for (int64_t first = volume_begin * points; first < volume_end * points; first += kBatch) {
             const int64_t count = std::min(kBatch, volume_end * points - first);
             for (int64_t k = 0; k < count; ++k) {
-                const int64_t n = first + k;
-                const scalar_t* point = coordinates + 3 * n;
-                const auto x = axis_terms(point[0], width), y = axis_terms(point[1], height),
-                           z = axis_terms(point[2], depth);
-                const int64_t base = steps.base(n / points, planes, depth, x.lower, y.lower, z.lower);
+                const auto p = steps.locate(coordinates, first + k);
                 for (int corner = 0; corner < 8; ++corner) {
                     const int ix = corner & 1, iy = (corner >> 1) & 1, iz = corner >> 2;
                     scalar_t* factors = batch_factors[k][corner];
-                    factors[0] = z.weight[iz] * y.weight[iy] * x.weight[ix];
-                    factors[1] = z.weight[iz] * y.weight[iy] * x.slope[ix];
-                    factors[2] = z.weight[iz] * y.slope[iy] * x.weight[ix];
-                    factors[3] = z.slope[iz] * y.weight[iy] * x.weight[ix];
-                    batch_rows[k][corner] = steps.row(base, corner);
+                    factors[0] = p.z.weight[iz] * p.y.weight[iy] * p.x.weight[ix];
+                    factors[1] = p.z.weight[iz] * p.y.weight[iy] * p.x.slope[ix];
+                    factors[2] = p.z.weight[iz] * p.y.slope[iy] * p.x.weight[ix];
+                    factors[3] = p.z.slope[iz] * p.y.weight[iy] * p.x.weight[ix];
+                    batch_rows[k][corner] = steps.row(p.base, corner);
                     if (factors[0] != scalar_t(0) || factors[1] != scalar_t(0) || factors[2] != scalar_t(0)
                         || factors[3] != scalar_t(0)) {
                         prefetch_row(rows + batch_rows[k][corner] * channels, row_bytes);
@@ -185,7 +195,7 @@ void gather_points_backward(const scalar_t* __restrict rows, const scalar_t* __r
                 const scalar_t weight_000 = batch_factors[k][0][0];
                 if (std::isnan(weight_000)) {  // non-finite point
                     if (grad_rows != nullptr) {
-                        scalar_t* __restrict target = grad_rows + steps.base(n / points, planes, depth, 0, 0, 0) * channels;
+                        scalar_t* __restrict target = grad_rows + steps.volume_start(n) * channels;
                         for (int64_t c = 0; c < channels; ++c) {
                             target[c] += weight_000 * grad[c];
                         }
