@@ -127,7 +127,7 @@ def test_pose_err_is_zero_for_perfect_predictions_and_matches_hand_computation(s
     _, labelled = pose_accuracy.real_pose_pairs(opts, None)
     assert len(labelled) == len(dataset)  # the mirrored set
     result = metric_main.calc_metric('pose_err', opts, num_gen=4, max_real=None).results
-    assert result.real_neck_mean < 1e-3 and result.real_head_median < 1e-3
+    assert result.real_neck_mean < 1e-3 and result.real_head_median < 1e-3 and result.real_head_torso_mean < 1e-3
 
     # The mean-pose yardstick, by scipy: the angle between the mean axis-angle and each label.
     poses = np.stack([dataset.get_pose(i) for i in range(len(dataset))]).astype(np.float64)
@@ -143,6 +143,9 @@ def test_pose_err_is_zero_for_perfect_predictions_and_matches_hand_computation(s
     opts.D.poses = torch.zeros_like(opts.D.poses)
     zero = metric_main.calc_metric('pose_err', opts, num_gen=4, max_real=None).results
     assert zero.real_head_mean == pytest.approx(np.degrees(np.linalg.norm(poses[:, 3:], axis=1)).mean(), abs=1e-3)
+    head_on_torso = Rotation.from_rotvec(poses[:, :3]) * Rotation.from_rotvec(poses[:, 3:])
+    assert zero.real_head_torso_mean == pytest.approx(np.degrees(head_on_torso.magnitude()).mean(), abs=1e-3)
+    assert 0 <= zero.real_split_floor_neck_mean <= zero.real_mean_pose_neck_mean + 1e-6
     assert all(np.isfinite(zero[f'fake_{key}']) for key in ('neck_mean', 'head_median', 'mean_pose_neck_mean'))
 
 

@@ -8,7 +8,13 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from training.pose_prediction import load_pose_predict_kwargs, pose_errors, predict_real_poses, rotation_angle_error
+from training.pose_prediction import (
+    load_pose_predict_kwargs,
+    pose_errors,
+    predict_real_poses,
+    rotation_angle_error,
+    split_floor_poses,
+)
 from training.run_files import pose_predict_kwargs_for
 
 
@@ -33,6 +39,42 @@ def test_pose_errors_zero_for_perfect_and_known_offset():
     assert err['neck_mean'] == pytest.approx(5.0, abs=1e-6)
     assert err['neck_median'] == pytest.approx(5.0, abs=1e-6)
     assert err['head_mean'] < 1e-5
+
+
+def test_head_torso_error_compares_the_composed_rotations():
+    rng = np.random.default_rng(2)
+    predicted, target = (rng.normal(size=(33, 6)) * 0.4 for _ in range(2))  # odd: one median
+
+    def composed(pose):
+        return Rotation.from_rotvec(pose[:, :3]) * Rotation.from_rotvec(pose[:, 3:])
+
+    expected = np.degrees((composed(predicted).inv() * composed(target)).magnitude())
+    err = pose_errors(torch.from_numpy(predicted), torch.from_numpy(target))
+    assert err['head_torso_mean'] == pytest.approx(expected.mean(), abs=1e-6)
+    assert err['head_torso_median'] == pytest.approx(np.median(expected), abs=1e-6)
+    # 10 degrees of yaw moved from the head joint to the neck joint: same head on the torso.
+    shift = Rotation.from_rotvec([0.0, math.radians(10), 0.0])
+    neck = (Rotation.from_rotvec(target[:, :3]) * shift).as_rotvec()
+    head = (shift.inv() * Rotation.from_rotvec(target[:, 3:])).as_rotvec()
+    err = pose_errors(torch.from_numpy(np.concatenate([neck, head], axis=1)), torch.from_numpy(target))
+    assert err['neck_mean'] == pytest.approx(10.0, abs=1e-6)
+    assert err['head_torso_mean'] < 1e-5
+
+
+def test_split_floor_keeps_the_composed_rotation_and_has_the_gaussian_residual():
+    # Independent Gaussian joints: knowing s = neck + head, the neck's error has the standard
+    # deviation std_neck * std_head / sqrt(std_neck^2 + std_head^2) per component. Small angles,
+    # so that composing rotations is adding them up to well under the tolerance.
+    rng = np.random.default_rng(3)
+    std_neck, std_head = np.array([0.010, 0.015, 0.004]), np.array([0.010, 0.020, 0.012])
+    target = np.concatenate([rng.normal(size=(40000, 3)) * std_neck, rng.normal(size=(40000, 3)) * std_head], axis=1)
+    floor = split_floor_poses(torch.from_numpy(target)).numpy()
+    assert pose_errors(torch.from_numpy(floor), torch.from_numpy(target))['head_torso_mean'] < 1e-5
+    expected = std_neck * std_head / np.sqrt(std_neck**2 + std_head**2)
+    np.testing.assert_allclose((floor - target)[:, :3].std(axis=0), expected, rtol=0.03)
+    # Without head rotations the composed rotation is the neck's: nothing left to split.
+    target[:, 3:] = 0
+    np.testing.assert_allclose(split_floor_poses(torch.from_numpy(target)).numpy(), target, atol=1e-12)
 
 
 def test_pose_predict_kwargs_file(tmp_path):
