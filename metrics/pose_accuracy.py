@@ -1,11 +1,10 @@
 """pose_err: how well the discriminator recovers body poses, each figure beside its constant-pose yardstick.
 
 - Real images: D's predicted neck and head rotations, and the head's rotation relative to the
-  torso (both composed), against the data set's pose labels (exact on the synthetic set); beside
-  them the error of always answering the mean labelled pose, and the neck and head errors' floor
-  for a reader that sees the head-on-torso rotation but not how it is split between the joints.
+  torso (the two composed), against the data set's pose labels (exact on the synthetic set), and
+  the error of always answering the mean labelled pose.
 - Fakes: D's prediction on a render against the pose G's pose branch chose for it (the pose D is
-  trained to recover), with the same yardsticks from G's poses.
+  trained to recover), and the error of always answering the mean of G's poses.
 Errors are angles of the relative rotation in degrees, mean and median (training.pose_prediction).
 """
 
@@ -14,25 +13,17 @@ import torch
 
 from metrics import metric_utils
 from training.images import image_from_uint8, mask_from_uint8
-from training.pose_prediction import pose_errors, predict_real_poses, split_floor_poses
+from training.pose_prediction import pose_errors, predict_real_poses
 
 POSE_WIDTH = 12  # predicted [6] and target [6] poses, side by side
 
 
 def _errors(prefix: str, predicted: np.ndarray, target: np.ndarray) -> dict:
-    """predicted, target [N, 6] -> {prefix_neck_mean: ..., prefix_head_torso_median: ...} in degrees, with two yardsticks.
-
-    - prefix_mean_pose_*: always answering the mean target pose;
-    - prefix_split_floor_{neck,head}_*: knowing each head-on-torso rotation exactly but splitting it
-      between neck and head by the targets' average share (split_floor_poses), the floor of the
-      neck and head errors where images do not show the split.
-    """
+    """predicted, target [N, 6] -> {prefix_neck_mean: ..., prefix_head_torso_median: ...} degrees, and the mean-pose yardstick."""
     predicted, target = torch.from_numpy(predicted), torch.from_numpy(target)
     constant = target.mean(dim=0, keepdim=True).expand_as(target)
     errors = {f'{prefix}_{key}': value for key, value in pose_errors(predicted, target).items()}
     errors.update({f'{prefix}_mean_pose_{key}': value for key, value in pose_errors(constant, target).items()})
-    floor = pose_errors(split_floor_poses(target), target)
-    errors.update({f'{prefix}_split_floor_{key}': value for key, value in floor.items() if 'torso' not in key})
     return errors
 
 

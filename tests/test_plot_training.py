@@ -25,7 +25,7 @@ def write_run(run_dir):
     ]
     (run_dir / 'metric-fid1k.jsonl').write_text(''.join(json.dumps(line) + '\n' for line in lines))
     pose = {
-        'results': {'real_neck_mean': 12.0, 'real_mean_pose_neck_mean': 18.0, 'real_split_floor_neck_mean': 13.0},
+        'results': {'real_neck_mean': 12.0, 'real_mean_pose_neck_mean': 18.0},
         'metric': 'pose_err',
         'snapshot_pkl': 'network-snapshot-000004.pkl',
     }
@@ -66,8 +66,8 @@ def test_metrics_table_lists_every_snapshot_and_the_median_speed(tmp_path):
         tick['Timing/sec_per_kimg'] = {'mean': seconds}
     (tmp_path / 'stats.jsonl').write_text(''.join(json.dumps(tick) + '\n' for tick in ticks))
     lines = metrics_table([str(tmp_path)]).splitlines()
-    assert lines[0] == '| kimg | fid1k | real_neck_mean | real_mean_pose_neck_mean | real_split_floor_neck_mean |'
-    assert lines[2:4] == ['| 0 | 260 |  |  |  |', '| 4 | 180 | 12 | 18 | 13 |']
+    assert lines[0] == '| kimg | fid1k | real_neck_mean | real_mean_pose_neck_mean |'
+    assert lines[2:4] == ['| 0 | 260 |  |  |', '| 4 | 180 | 12 | 18 |']
     assert lines[-1] == 'seconds per kimg: median 250 over 3 ticks'
 
 

@@ -13,7 +13,7 @@ from training.pose_prediction import (
     pose_errors,
     predict_real_poses,
     rotation_angle_error,
-    split_floor_poses,
+    split_unseen_poses,
 )
 from training.run_files import pose_predict_kwargs_for
 
@@ -61,20 +61,24 @@ def test_head_torso_error_compares_the_composed_rotations():
     assert err['head_torso_mean'] < 1e-5
 
 
-def test_split_floor_keeps_the_composed_rotation_and_has_the_gaussian_residual():
+def test_unseen_split_keeps_the_composed_rotation_and_has_the_gaussian_residual():
     # Independent Gaussian joints: knowing s = neck + head, the neck's error has the standard
     # deviation std_neck * std_head / sqrt(std_neck^2 + std_head^2) per component. Small angles,
     # so that composing rotations is adding them up to well under the tolerance.
     rng = np.random.default_rng(3)
     std_neck, std_head = np.array([0.010, 0.015, 0.004]), np.array([0.010, 0.020, 0.012])
     target = np.concatenate([rng.normal(size=(40000, 3)) * std_neck, rng.normal(size=(40000, 3)) * std_head], axis=1)
-    floor = split_floor_poses(torch.from_numpy(target)).numpy()
-    assert pose_errors(torch.from_numpy(floor), torch.from_numpy(target))['head_torso_mean'] < 1e-5
+    unseen = split_unseen_poses(torch.from_numpy(target)).numpy()
+    assert pose_errors(torch.from_numpy(unseen), torch.from_numpy(target))['head_torso_mean'] < 1e-5
     expected = std_neck * std_head / np.sqrt(std_neck**2 + std_head**2)
-    np.testing.assert_allclose((floor - target)[:, :3].std(axis=0), expected, rtol=0.03)
+    np.testing.assert_allclose((unseen - target)[:, :3].std(axis=0), expected, rtol=0.03)
+    # Only the turn's split unknown: the other components stay (up to the rotations' non-commutation).
+    turn_unseen = split_unseen_poses(torch.from_numpy(target), axes=(1,)).numpy()
+    residual = (turn_unseen - target)[:, :3].std(axis=0)
+    assert residual[1] == pytest.approx(expected[1], rel=0.03) and residual[[0, 2]].max() < 0.01 * expected.min()
     # Without head rotations the composed rotation is the neck's: nothing left to split.
     target[:, 3:] = 0
-    np.testing.assert_allclose(split_floor_poses(torch.from_numpy(target)).numpy(), target, atol=1e-12)
+    np.testing.assert_allclose(split_unseen_poses(torch.from_numpy(target)).numpy(), target, atol=1e-12)
 
 
 def test_pose_predict_kwargs_file(tmp_path):

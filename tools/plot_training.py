@@ -7,8 +7,7 @@ each RUN_DIR/stats.jsonl (one line per tick) and every RUN_DIR/metric-*.jsonl (o
 snapshot; the snapshot's kimg is read from its file name). The top panel holds the adversarial
 and regularization losses, the middle one D's pose regression and the pose agreement of G and
 D, the bottom one the metrics: FID/KID on the left axis and pose errors (degrees) on the right,
-each beside its constant-mean-pose yardstick (dashed) and, for the neck and head, the floor
-of a reader that cannot see their split (dotted). With --table it also prints the metrics
+each beside its constant-mean-pose yardstick (dashed). With --table it also prints the metrics
 of every snapshot as a Markdown table (medians left out) and the run's median seconds per kimg.
 """
 
@@ -123,16 +122,13 @@ def plot_run(run_dirs: str | list[str], out: str) -> str:
     for name, (kimgs, values) in series.items():
         if name.startswith(('fid', 'kid')):
             metrics.plot(kimgs, values, label=name, marker='o', color='black')
-        elif name.endswith('_mean') and '_mean_pose_' not in name and '_split_floor_' not in name:
-            # Each pose error in a solid line, its constant-mean-pose yardstick dashed and its
-            # floor where the neck/head split does not show dotted, in the same colour.
+        elif name.endswith('_mean') and '_mean_pose_' not in name:
+            # Each pose error in a solid line, its constant-mean-pose yardstick dashed in the same colour.
             colour = next(colours)
             degrees.plot(kimgs, values, label=name, marker='.', color=colour)
-            for reference, style in (('mean_pose', '--'), ('split_floor', ':')):
-                reference_name = name.replace('_', f'_{reference}_', 1)
-                if reference_name in series:
-                    label = f'{reference_name} ({"yardstick" if style == "--" else "floor"})'
-                    degrees.plot(*series[reference_name], label=label, linestyle=style, color=colour)
+            yardstick = name.replace('_', '_mean_pose_', 1)
+            if yardstick in series:
+                degrees.plot(*series[yardstick], label=f'{yardstick} (yardstick)', linestyle='--', color=colour)
     metrics.set_ylabel('FID / KID')
     degrees.set_ylabel('pose error (degrees)')
     handles = [axis.get_legend_handles_labels() for axis in (metrics, degrees)]

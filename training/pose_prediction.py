@@ -112,23 +112,23 @@ def pose_errors(predicted: torch.Tensor, target: torch.Tensor) -> dict:
     return result
 
 
-def split_floor_poses(target: torch.Tensor) -> torch.Tensor:
-    """The neck and head poses of a reader that knows each head-on-torso rotation exactly but not its split.
+def split_unseen_poses(target: torch.Tensor, axes=(0, 1, 2)) -> torch.Tensor:
+    """The poses of a reader that knows every head-on-torso rotation exactly but not how some axes' share is split.
 
-    target [N, 6] -> [N, 6]
-    Each composed rotation (head_on_torso) is written as an axis-angle s; the neck takes w * s per
-    component, w the least-squares share of the neck in s over `target` (cov(neck, s) / var(s)),
-    and the head the rest of the rotation. Its errors (pose_errors) are what no image reader can
-    beat by much when the joints' share does not show: the pose errors' floor on such images.
+    target [N, 6] -> [N, 6]; axes: the components (0 nod, 1 turn, 2 tilt) whose split is unknown.
+    Each composed rotation (head_on_torso) is written as an axis-angle s. On the unknown axes the
+    neck takes w * s, w the least-squares share of the neck in s over `target` (cov(neck, s) /
+    var(s)); on the others it keeps its target value; the head is the rest of the rotation. Its
+    errors (pose_errors) are about the floor of any reader of images that do not show those splits.
     """
     target = target.double()
     composed = head_on_torso(target)
     total = torch.from_numpy(Rotation.from_matrix(composed.numpy()).as_rotvec())
-    centred = total - total.mean(dim=0)
-    neck_share = (centred * (target[:, :3] - target[:, :3].mean(dim=0))).sum(dim=0) / centred.square().sum(
-        dim=0
-    ).clamp_min(1e-30)
-    neck = total * neck_share
+    centred_total = total - total.mean(dim=0)
+    centred_neck = target[:, :3] - target[:, :3].mean(dim=0)
+    share = (centred_total * centred_neck).sum(dim=0) / centred_total.square().sum(dim=0).clamp_min(1e-30)
+    neck = target[:, :3].clone()
+    neck[:, list(axes)] = (total * share)[:, list(axes)]
     head_matrix = batch_rodrigues(neck).transpose(-1, -2) @ composed
     head = torch.from_numpy(Rotation.from_matrix(head_matrix.numpy()).as_rotvec())
     return torch.cat([neck, head], dim=1)
