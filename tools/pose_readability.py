@@ -8,21 +8,21 @@
    beside how far the rotation itself moves them. Rotating about the lower pivot only shifts the
    head a little; that shift is all an image shows of the split.
 2. **Yardsticks** of `pose_err` on the set's labels: the error of always answering the mean pose
-   (training images' mean, on the held-out ones), and the errors of a reader that knows each
+   (training images' mean, on the held-out ones), and, over all labels, the errors of a reader that knows each
    head-on-torso rotation exactly but not how the turn (or every rotation) is split between the
    joints (training.pose_prediction.split_unseen_poses).
 3. **Supervised ceiling.** A fresh discriminator of the preset, its trunk and pose head trained
    on the first 80 % of the labelled real images to predict their true poses (squared error,
-   Adam, as D's optimizer but with a constant rate), measured on the other 20 % after every
-   epoch. A discriminator in a GAN learns the pose from fakes only, so its error on real images
+   Adam with D's betas, --lr), measured on the other 20 % after every epoch. A discriminator in a GAN learns the pose from fakes only, so its error on real images
    is not expected to beat this.
 
 Expected figures (2,000 images at 64 px, the cpu-fast discriminator; 2 CPU cores, about 10 s per
-epoch and 10 s for the renders):
-    split visibility, nod / turn / tilt        0.31 / 0.03 / 0.18
-    held-out yardstick, neck / head / head on torso      17.1 / 22.0 / 28.5 deg
-    split floor, neck / head                             13.6 / 13.6 deg
-    supervised, after 30 epochs                          about 13 / 19 / 19 deg
+epoch and a few seconds for the rest):
+    nod / turn / tilt of 0.3 rad moved from the head to the neck joint: the head moves 4.6 / 1.6 / 4.4 px
+    held-out yardstick, neck / head / head on torso              17.1 / 22.0 / 28.5 deg
+    the turn's split unseen, neck / head                           9.0 / 9.0 deg
+    no split seen, neck / head                                    13.6 / 13.6 deg
+    supervised, epochs 21-30                                      13.4-15.1 / 19.7-21.5 / 19.6-21.4 deg
 """
 
 import argparse
