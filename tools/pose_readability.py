@@ -8,13 +8,13 @@
    beside how far the rotation itself moves them. Rotating about the lower pivot only shifts the
    head a little; that shift is all an image shows of the split.
 2. **Yardsticks** of `pose_err` on the set's labels: the error of always answering the mean pose
-   (training images' mean, on the held-out ones), and, over all labels, the errors of a reader that knows each
-   head-on-torso rotation exactly but not how the turn (or every rotation) is split between the
-   joints (training.pose_prediction.split_unseen_poses).
+   (the training images' mean, on the held-out ones), and, over all labels, the errors of a
+   reader that knows each head-on-torso rotation exactly but not how the turn (or every
+   rotation) is split between the joints (training.pose_prediction.split_unseen_poses).
 3. **Supervised ceiling.** A fresh discriminator of the preset, its trunk and pose head trained
    on the first 80 % of the labelled real images to predict their true poses (squared error,
-   Adam with D's betas, --lr), measured on the other 20 % after every epoch. A discriminator in a GAN learns the pose from fakes only, so its error on real images
-   is not expected to beat this.
+   Adam with D's betas, --lr), measured on the other 20 % after every epoch. A discriminator in
+   a GAN learns the pose from fakes only, so its error on real images is not expected to beat this.
 
 Expected figures (2,000 images at 64 px, the cpu-fast discriminator; 2 CPU cores, about 10 s per
 epoch and a few seconds for the rest):
