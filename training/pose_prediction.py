@@ -86,8 +86,8 @@ def head_on_torso(pose: torch.Tensor) -> torch.Tensor:
     """The head's rotation relative to the torso: the neck's rotation, then the head's, composed.
 
     pose [N, 6] (neck axis-angle, head axis-angle) -> [N, 3, 3]
-    In an image this is what the pose shows: the neck is short and turns, nods and tilts the head
-    the way the head joint does, so the two joints' share of a rotation hardly shows.
+    An image shows this rotation as the head's orientation; how it is split between the two
+    joints shows only as a small shift of the head (docs/method.md §12.1).
     """
     return batch_rodrigues(pose[:, :3]) @ batch_rodrigues(pose[:, 3:])
 
