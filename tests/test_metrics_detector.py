@@ -1,4 +1,4 @@
-"""The offline feature detector: loading, its input resizing, and the NVIDIA-pickle adapter."""
+"""The offline feature detector: loading, its input resizing, and NVIDIA's uint8 convention (pickle and TorchScript)."""
 
 import pickle
 
@@ -55,6 +55,24 @@ def test_nvidia_style_pickle_is_called_with_uint8_images(tmp_path):
     images = torch.full((3, 3, 32, 32), 7, dtype=torch.uint8)
     assert torch.equal(detector(images), torch.full((3, 2048), 7.0))
     assert detector.name.startswith('inception-2015-12-05.pkl')
+
+
+class _TorchScriptUint8Detector(torch.nn.Module):
+    """Stands in for NVIDIA's TorchScript Inception: uint8 images and return_features=True -> [N, 2048]."""
+
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        if img.dtype != torch.uint8 or not return_features:
+            return torch.full((img.shape[0], 1008), -1.0)  # the logits: the caller got the convention wrong
+        return img.float().mean(dim=(1, 2, 3))[:, None].expand(-1, 2048)
+
+
+def test_nvidia_style_torchscript_is_recognised_and_loads_without_trust(tmp_path):
+    path = tmp_path / 'inception-2015-12-05.pt'
+    torch.jit.save(torch.jit.script(_TorchScriptUint8Detector()), str(path))
+    detector = FeatureDetector(str(path))
+    assert detector.takes_uint8
+    images = torch.full((2, 3, 40, 40), 9, dtype=torch.uint8)
+    assert torch.equal(detector(images), torch.full((2, 2048), 9.0))
 
 
 def test_missing_or_foreign_detector_files_are_clear_errors(tmp_path):
