@@ -407,7 +407,7 @@ def main(outdir, cfg, gpus, dry_run, resume, resume_kimg, resume_blur, cbase, cm
         return
     _check_body_model(config)
     if config.resume is not None and config.resume_state is None:
-        _check_stage_snapshot(config)
+        config = _check_stage_snapshot(config)
 
     if distributed.is_torchrun():
         rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
@@ -460,14 +460,20 @@ def _torchrun_run(
     return (None, None) if config_json is None else (run_dir, TrainingConfig.from_json(config_json))
 
 
-def _check_stage_snapshot(config: TrainingConfig) -> None:
+def _check_stage_snapshot(config: TrainingConfig) -> TrainingConfig:
     """Read the snapshot that starts a stage and compare its networks with the configured ones, so that a bad
-    or mismatched snapshot stops with one line before a run directory exists."""
+    or mismatched snapshot stops with one line before a run directory exists.
+
+    -> config with the conventions of the snapshot's discriminator (d_mirror_camera: the published
+    discriminators mirror only the image of left-side views, and keep doing so when trained further).
+    """
     from training.training_loop import build_networks
 
     try:
         snapshot = checkpoint.load_any(config.resume, trust_pickle=config.trust_pickle)
         stored = run_files.snapshot_networks(snapshot, config.resume)
+        if stored[1] is not None:
+            config = config.replace(d_mirror_camera=stored[1].mirror_camera)
         configured = build_networks(config, torch.device('cpu'))
     except checkpoint.CheckpointError as err:
         raise click.BadParameter(str(err), param_hint='--resume') from None
@@ -484,6 +490,7 @@ def _check_stage_snapshot(config: TrainingConfig) -> None:
                     f'with (--body_model, channels, resolutions)',
                     param_hint='--resume',
                 )
+    return config
 
 
 def _new_config(

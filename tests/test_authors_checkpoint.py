@@ -19,16 +19,20 @@ import types
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+import train
 from tests.test_lbs import synthetic_smpl_arrays
 from tests.test_smpl_pickle import write_smpl_pickle
 from tools import convert_checkpoint
 from torch_utils import persistence
-from training import authors_checkpoint, checkpoint, safe_pickle
+from training import authors_checkpoint, checkpoint, run_files, safe_pickle
 from training.camera_utils import camera_label, orbit_camera
 from training.dual_discriminator import PoseAwareDualDiscriminator
 from training.pose_prediction import load_pose_predict_kwargs
+from training.presets import load_preset
 from training.run_files import pose_predict_kwargs_for
+from training.synthetic import build_synthetic_dataset
 from training.triplane import TriPlaneGenerator
 
 S = 128  # output resolution: the smallest of the published super-resolution heads (2X, from 64 px)
@@ -611,3 +615,86 @@ def test_converter_reports_a_bad_input_in_one_line(in_release, tmp_path, capsys)
     error = capsys.readouterr().err
     assert error.count('\n') == 1 and 'not a published 3DPortraitGAN checkpoint' in error
     assert not (tmp_path / 'out.pt').exists()
+
+
+def test_training_continues_from_the_published_checkpoint(release, tmp_path, monkeypatch):
+    # A new stage (--resume_kimg) from a published-format file: its networks are read safely, their
+    # tensors start the training, and the discriminator keeps its pose head's mirroring convention.
+    torch.manual_seed(4)
+    D = (
+        PoseAwareDualDiscriminator(
+            c_dim=25,
+            pose_dim=6,
+            img_resolution=S,
+            channel_base=256,
+            channel_max=16,
+            num_fp16_res=2,
+            conv_clamp=256,
+            mbstd_group_size=2,
+            mirror_camera=False,
+        )
+        .eval()
+        .requires_grad_(False)
+    )
+    _randomize(D, 5)
+    pkl = write_published_pickle(
+        str(tmp_path / '3DPortraitGAN128-16.pkl'),
+        published_generator_tensors(release.G),
+        D,
+        published_discriminator_tensors(D),
+        str(tmp_path / 'marker'),
+    )
+    data, seg_data = str(tmp_path / 'data.zip'), str(tmp_path / 'seg.zip')
+    build_synthetic_dataset(data, seg_data, num_images=4, resolution=S, workers=0, progress=False)
+    preset = load_preset('cpu-small')
+    preset['generator'].update(OWN_G_KWARGS)
+    preset['training'].update(
+        batch=2,
+        batch_gpu=2,
+        d_channel_base=256,
+        d_channel_max=16,
+        d_num_fp16_res=2,
+        mbstd_group=2,
+        neural_rendering_resolution_initial=R,
+        tick=0.002,
+        snap=1,
+        image_snap=0,
+        snapshot_grid=[2, 1],
+    )
+    preset_path = tmp_path / 'published-128.json'
+    preset_path.write_text(json.dumps(preset))
+    monkeypatch.chdir(release.root)  # where body_models/smpl/SMPL_NEUTRAL.pkl is
+    outdir = tmp_path / 'runs'
+    result = CliRunner().invoke(
+        train.main,
+        [
+            '--cfg',
+            str(preset_path),
+            '--resume',
+            pkl,
+            '--resume_kimg',
+            '100',
+            '--kimg',
+            '100.002',
+            '--data',
+            data,
+            '--seg_data',
+            seg_data,
+            '--outdir',
+            str(outdir),
+            '--workers',
+            '0',
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert not os.path.exists(tmp_path / 'marker')
+    (run_dir,) = outdir.iterdir()
+    options = json.loads((run_dir / 'training_options.json').read_text())
+    assert options['d_mirror_camera'] is False and options['stage_start_kimg'] == 100
+    trained = checkpoint.load_any(run_files.latest_network_snapshot(str(run_dir)))
+    assert trained['D'].mirror_camera is False and trained['D_ema'].mirror_camera is False
+    # The stage started from the published weights: a few steps moved them only a little.
+    start, end = dict(release.G.named_parameters()), dict(trained['G'].named_parameters())
+    assert start.keys() == end.keys()
+    moved = max((end[name] - start[name]).abs().max().item() for name in start)
+    assert 0 < moved < 0.05

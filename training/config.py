@@ -110,6 +110,9 @@ class TrainingConfig:
     resume_state: str | None = None  # resume state to continue exactly (None: start at the stage start)
     desc: str | None = None  # appended to the run directory name
 
+    # Conventions of a stage's starting snapshot (train.py takes them from its discriminator).
+    d_mirror_camera: bool = True  # D's pose head mirrors the camera of left-side views with the image
+
     # Losses whose published behaviour is the default.
     pose_prior_match: str = 'paired'  # one of training.loss.POSE_PRIOR_MATCHES
 

@@ -383,6 +383,7 @@ def build_networks(config: TrainingConfig, device: torch.device) -> tuple:
         mbstd_group_size=config.mbstd_group,
         freeze_layers=config.freezed,
         disc_c_noise=config.disc_c_noise,
+        mirror_camera=config.d_mirror_camera,
         cpu_bf16=config.generator.get('cpu_bf16', False),
     )
     return (G.train().requires_grad_(False).to(device), D.train().requires_grad_(False).to(device))
