@@ -407,7 +407,7 @@ def main(outdir, cfg, gpus, dry_run, resume, resume_kimg, resume_blur, cbase, cm
         return
     _check_body_model(config)
     if config.resume is not None and config.resume_state is None:
-        config = _check_stage_snapshot(config)
+        config = _checked_stage_config(config)
 
     if distributed.is_torchrun():
         rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
@@ -460,7 +460,7 @@ def _torchrun_run(
     return (None, None) if config_json is None else (run_dir, TrainingConfig.from_json(config_json))
 
 
-def _check_stage_snapshot(config: TrainingConfig) -> TrainingConfig:
+def _checked_stage_config(config: TrainingConfig) -> TrainingConfig:
     """Read the snapshot that starts a stage and compare its networks with the configured ones, so that a bad
     or mismatched snapshot stops with one line before a run directory exists.
 

@@ -10,7 +10,7 @@ from metrics.detector import DetectorError, FeatureDetector, legacy_bilinear_mat
 
 
 class _RecordingDetector(torch.nn.Module):
-    """Stands in for NVIDIA's pickled Inception: uint8 images and return_features=True -> [N, 2048]."""
+    """Stands in for NVIDIA's Inception, pickled or TorchScript: uint8 images and return_features=True -> [N, 2048]."""
 
     def forward(self, images: torch.Tensor, return_features: bool = False) -> torch.Tensor:
         assert images.dtype == torch.uint8 and return_features
@@ -57,18 +57,9 @@ def test_nvidia_style_pickle_is_called_with_uint8_images(tmp_path):
     assert detector.name.startswith('inception-2015-12-05.pkl')
 
 
-class _TorchScriptUint8Detector(torch.nn.Module):
-    """Stands in for NVIDIA's TorchScript Inception: uint8 images and return_features=True -> [N, 2048]."""
-
-    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        if img.dtype != torch.uint8 or not return_features:
-            return torch.full((img.shape[0], 1008), -1.0)  # the logits: the caller got the convention wrong
-        return img.float().mean(dim=(1, 2, 3))[:, None].expand(-1, 2048)
-
-
 def test_nvidia_style_torchscript_is_recognised_and_loads_without_trust(tmp_path):
     path = tmp_path / 'inception-2015-12-05.pt'
-    torch.jit.save(torch.jit.script(_TorchScriptUint8Detector()), str(path))
+    torch.jit.save(torch.jit.script(_RecordingDetector()), str(path))
     detector = FeatureDetector(str(path))
     assert detector.takes_uint8
     images = torch.full((2, 3, 40, 40), 9, dtype=torch.uint8)
