@@ -63,23 +63,30 @@ def bias_act_case(act: str, shape: tuple[int, ...], clamp: float | None = None) 
     )
 
 
-def conv2d_case(batch: int, channels: int, resolution: int, kernel: int = 3) -> Case:
+def conv2d_case(
+    batch: int, channels: int, resolution: int, kernel: int = 3, stride: int = 1, channels_last: bool = False
+) -> Case:
     shapes = ((batch, channels, resolution, resolution), (channels, channels, kernel, kernel))
+    stride_name = f' s{stride}' if stride > 1 else ''
     return Case(
-        f'conv2d {kernel}x{kernel} {channels}->{channels} [{batch},{channels},{resolution},{resolution}]',
-        random_inputs(*shapes),
+        f'conv2d {kernel}x{kernel}{stride_name} {channels}->{channels} [{batch},{channels},{resolution},{resolution}]'
+        f'{" channels_last" if channels_last else ""}',
+        channels_last_inputs(*shapes) if channels_last else random_inputs(*shapes),
         {
-            'gradfix': lambda x, w: conv2d_gradfix.conv2d(x, w, padding=kernel // 2),
-            'torch': lambda x, w: F.conv2d(x, w, padding=kernel // 2),
+            'gradfix': lambda x, w: conv2d_gradfix.conv2d(x, w, stride=stride, padding=kernel // 2),
+            'torch': lambda x, w: F.conv2d(x, w, stride=stride, padding=kernel // 2),
         },
     )
 
 
-def conv_transpose2d_case(batch: int, channels: int, resolution: int) -> Case:
-    shapes = ((batch, channels, resolution, resolution), (channels, channels, 3, 3))
+def conv_transpose2d_case(
+    batch: int, in_channels: int, out_channels: int, resolution: int, channels_last: bool = False
+) -> Case:
+    shapes = ((batch, in_channels, resolution, resolution), (in_channels, out_channels, 3, 3))
     return Case(
-        f'conv_transpose2d 3x3 s2 {channels}->{channels} [{batch},{channels},{resolution},{resolution}]',
-        random_inputs(*shapes),
+        f'conv_transpose2d 3x3 s2 {in_channels}->{out_channels} [{batch},{in_channels},{resolution},{resolution}]'
+        f'{" channels_last" if channels_last else ""}',
+        channels_last_inputs(*shapes) if channels_last else random_inputs(*shapes),
         {
             'gradfix': lambda x, w: conv2d_gradfix.conv_transpose2d(x, w, stride=2),
             'torch': lambda x, w: F.conv_transpose2d(x, w, stride=2),
@@ -147,7 +154,11 @@ CASES: list[Case] = [
         {'ref': fma},
     ),
     conv2d_case(4, 256, 32),
-    conv_transpose2d_case(4, 256, 16),
+    conv_transpose2d_case(4, 256, 256, 16),
+    # The upsampling convolution of full-head's 256 -> 512 superresolution block and a discriminator
+    # downsampling convolution, at batch 1 as the CPU trains them: their weight gradients go by stride phase.
+    conv_transpose2d_case(1, 256, 128, 128, channels_last=True),
+    conv2d_case(1, 128, 256, stride=2, channels_last=True),
     resample2d_case('upsample2d', (4, 256, 64, 64)),
     resample2d_case('upsample2d', (4, 256, 64, 64), channels_last=True),
     resample2d_case('downsample2d', (4, 256, 64, 64)),

@@ -1,5 +1,6 @@
 """Tests for torch_utils/ops/conv2d_gradfix.py against torch.nn.functional and by gradcheck."""
 
+import itertools
 import random
 import threading
 
@@ -91,6 +92,36 @@ def test_gradcheck_and_gradgradcheck(transposed):
 
         assert torch.autograd.gradcheck(function, inputs_of(*tensors))
         assert torch.autograd.gradgradcheck(function, inputs_of(*tensors))
+
+
+@pytest.mark.parametrize('transposed', [False, True], ids=['conv2d', 'conv_transpose2d'])
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+def test_strided_weight_gradient_matches_torch_functional(transposed, channels_last):
+    """Strided, undilated convolutions take their weight gradient as a sum over stride phases on the
+    CPU; it must equal autograd's through torch.nn.functional for every stride, kernel, padding and
+    group count, whichever memory layout the activations arrive in."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    for stride, kernel, padding, groups in itertools.product(
+        [(2, 2), (3, 2), (2, 1)], [(3, 3), (4, 1), (1, 2)], [(0, 0), (1, 2)], [1, 2]
+    ):
+        case = dict(
+            input_shape=(2, 2 * groups, 7, 8),
+            weight_shape=(2 * groups, 3, *kernel) if transposed else (3 * groups, 2, *kernel),
+            bias=False,
+            stride=stride,
+            padding=padding,
+            dilation=(1, 1),
+            groups=groups,
+        )
+        if transposed:
+            case['output_padding'] = (stride[0] - 1, 0)
+        input, weight, _ = make_tensors(case)
+        input = input.detach().to(memory_format=layout).requires_grad_()
+        ours = call(conv2d_gradfix, case, input, weight, None)
+        upstream = torch.randn_like(ours).to(memory_format=layout)
+        (ours_grad,) = torch.autograd.grad((ours * upstream).sum(), [weight])
+        (theirs_grad,) = torch.autograd.grad((call(F, case, input, weight, None) * upstream).sum(), [weight])
+        torch.testing.assert_close(ours_grad, theirs_grad, msg=lambda m: f'{case}: {m}')
 
 
 @pytest.mark.parametrize('transposed', [False, True], ids=['conv2d', 'conv_transpose2d'])

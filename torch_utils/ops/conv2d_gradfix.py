@@ -162,6 +162,26 @@ def _weight_gradient(
     grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, config: _ConvConfig
 ) -> torch.Tensor:
     """grad_output [N, C_out, H_out, W_out], input [N, C_in, H, W] -> [weight.shape]"""
+    # The weight gradient of a transposed convolution is that of the plain convolution that is its
+    # adjoint, with the roles of input and output gradient exchanged.
+    adjoint_input, adjoint_grad = (grad_output, input) if config.transposed else (input, grad_output)
+    if (
+        config.stride != (1, 1)
+        and config.dilation == (1, 1)
+        and adjoint_input.device.type == 'cpu'
+        and adjoint_input.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return _strided_weight_gradient(adjoint_grad, adjoint_input, weight.shape, config)
+    return _aten_weight_gradient(grad_output, input, weight, config)
+
+
+def _aten_weight_gradient(
+    grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, config: _ConvConfig
+) -> torch.Tensor:
+    """aten's weight gradient of the convolution `config`: as _weight_gradient.
+
+    convolution_backward reads only the shape and memory layout of `weight` for the weight gradient.
+    """
     _, grad_weight, _ = torch.ops.aten.convolution_backward(
         grad_output,
         input,
@@ -175,6 +195,42 @@ def _weight_gradient(
         config.groups,
         [False, True, False],
     )
+    return grad_weight
+
+
+def _strided_weight_gradient(
+    grad_output: torch.Tensor, input: torch.Tensor, weight_shape: torch.Size, config: _ConvConfig
+) -> torch.Tensor:
+    """Weight gradient of a plain strided, undilated convolution as a sum over its stride phases.
+
+    grad_output [N, C_out, H_out, W_out], input [N, C_in, H, W] -> [C_out, C_in / groups, kH, kW]
+    (for a transposed convolution: its input as grad_output and its output gradient as input,
+    giving its weight [C_in, C_out / groups, kH, kW]).
+    Tap k of the kernel with stride s reads the padded input at s * i + k = s * (i + q) + r with
+    r = k mod s: the taps of one phase r form a stride-1 convolution over the input rows r, r + s,
+    r + 2s, ... For channels_last activations on the CPU, oneDNN's weight gradient of a strided
+    convolution is 2-3x slower than those of the stride-1 convolutions it splits into (in NCHW it
+    is not, and aten computes it directly).
+    """
+    kernel_h, kernel_w = weight_shape[2:]
+    out_h, out_w = grad_output.shape[2:]
+    pad_h, pad_w = config.padding
+    padded = torch.nn.functional.pad(input, (pad_w, pad_w, pad_h, pad_h)) if (pad_h or pad_w) else input
+    stride_h, stride_w = config.stride
+    grad_weight = grad_output.new_zeros(weight_shape)
+    phase_config = _ConvConfig((1, 1), (0, 0), (1, 1), False, (0, 0), config.groups)
+    for row_phase in range(min(stride_h, kernel_h)):
+        taps_h = len(range(row_phase, kernel_h, stride_h))
+        for col_phase in range(min(stride_w, kernel_w)):
+            taps_w = len(range(col_phase, kernel_w, stride_w))
+            phase = padded[:, :, row_phase::stride_h, col_phase::stride_w]
+            phase = phase[:, :, : out_h + taps_h - 1, : out_w + taps_w - 1].contiguous(
+                memory_format=torch.channels_last
+            )
+            phase_weight = grad_output.new_empty(*weight_shape[:2], taps_h, taps_w)
+            grad_weight[:, :, row_phase::stride_h, col_phase::stride_w] = _aten_weight_gradient(
+                grad_output, phase, phase_weight, phase_config
+            )
     return grad_weight
 
 
