@@ -73,6 +73,22 @@ def test_planes_from_backbone_channel_layout():
         planes_from_backbone(backbone, 5, 3)
 
 
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+def test_gather_layout_gradient_comes_back_in_the_backbone_layout(channels_last):
+    """gather_layout is permute + contiguous; its gradient equals autograd's of that and is laid out
+    like the planes, so that it reaches the backbone output [B, 3*C*D, H, W] without a copy."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    backbone = torch.randn(2, 3 * 4 * 3, 5, 6, dtype=torch.float64).to(memory_format=layout).requires_grad_()
+    upstream = torch.randn(2, 5, 6, 3, 3, 4, dtype=torch.float64)
+    (ours,) = torch.autograd.grad(
+        (trigrid.gather_layout(planes_from_backbone(backbone, 4, 3)) * upstream).sum(), [backbone]
+    )
+    planes = planes_from_backbone(backbone, 4, 3)
+    (reference,) = torch.autograd.grad((planes.permute(0, 4, 5, 1, 3, 2).contiguous() * upstream).sum(), [backbone])
+    torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+    assert ours.stride() == backbone.stride()
+
+
 def test_linear_field_is_interpolated_exactly_at_interior_points(gather_impl):
     box_warp, depth, height, width = 1.0, 3, 8, 10
     matrix = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.5, -2.0, 3.0]])

@@ -165,7 +165,28 @@ def gather_layout(planes: torch.Tensor) -> torch.Tensor:
     Converting once and sampling many point sets (the coarse and the fine samples of a render)
     saves a copy of the whole tri-grid per set; the copy is differentiable.
     """
-    return planes.permute(0, 4, 5, 1, 3, 2).contiguous()
+    return _GatherLayout.apply(planes)
+
+
+class _GatherLayout(torch.autograd.Function):
+    """permute(0, 4, 5, 1, 3, 2).contiguous(), whose gradient comes back in the memory layout of the
+    planes themselves.
+
+    The planes are a view of the backbone's channels_last output; autograd's own gradient of the
+    permuted copy would be laid out like the copy, and turning it back into the backbone's
+    [B, 3*C*D, H, W] would take two more copies (one to merge the channel axes, one back to
+    channels_last). Written in the planes' strides, the gradient reaches the backbone as a view.
+    """
+
+    @staticmethod
+    def forward(ctx, planes: torch.Tensor) -> torch.Tensor:
+        ctx.planes_shape, ctx.planes_stride = planes.shape, planes.stride()
+        return planes.permute(0, 4, 5, 1, 3, 2).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad_grid: torch.Tensor) -> torch.Tensor:
+        grad_planes = grad_grid.new_empty_strided(ctx.planes_shape, ctx.planes_stride)
+        return grad_planes.copy_(grad_grid.permute(0, 3, 5, 4, 1, 2))
 
 
 class _TrilinearGather(torch.autograd.Function):
