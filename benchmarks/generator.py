@@ -2,7 +2,12 @@
 
 For each preset and precision: forward (inference, no autograd) at batch 1 and 4, and forward +
 backward at batch 1 (training mode, random noise, a loss on image, raw image and mask). Every
-case runs in its own process so that its peak RSS is its own.
+case runs in its own process so that its peak RSS is its own. Each case also counts its floating
+point operations (torch.utils.flop_counter: convolutions and matrix products, forward and backward
+apart) and reports the rate it reached. The closing lines compare forward+backward with forward
+at batch 1 against the same ratio of FLOPs: the backward computes an input and a weight gradient
+per convolution, each as many FLOPs as its forward, so at equal efficiency forward+backward takes
+about 3x the forward, and the measured ratio above that is the backward's lower efficiency.
 
     python -m benchmarks.generator [--threads 2] [--reps 3] [--presets cpu-small,full-head]
 """
@@ -14,6 +19,7 @@ import subprocess
 import sys
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.timing import synchronize, time_calls
 
@@ -55,7 +61,20 @@ def run_case(
     )
     if device.type == 'cuda':
         result['peak_gpu_mib'] = torch.cuda.max_memory_allocated(device) / 2**20
+    result['forward_gflop'], result['backward_gflop'] = count_gflop(G, z, c, pose, deform, training)
     return result
+
+
+def count_gflop(G, z, c, pose, deform: bool, training: bool) -> tuple[float, float]:
+    """FLOPs of one forward and (training) one backward of G, in GFLOP; the backward is 0 without training."""
+    with torch.set_grad_enabled(training), FlopCounterMode(display=False) as forward_counter:
+        out = G(z, c, pose, apply_def=deform, noise_mode='random' if training else 'const')
+    if not training:
+        return forward_counter.get_total_flops() / 1e9, 0.0
+    loss = out['image'].square().mean() + out['image_raw'].square().mean() + out['image_mask'].mean()
+    with FlopCounterMode(display=False) as backward_counter:
+        loss.backward()
+    return forward_counter.get_total_flops() / 1e9, backward_counter.get_total_flops() / 1e9
 
 
 def main():
@@ -78,9 +97,10 @@ def main():
     ]
     print(
         f'{"preset":<10} {"mode":<17} {"batch":>5} {"precision":<9} {"deform":<6} {"best s":>8} {"median s":>9} '
-        f'{"s/image":>8} {"peak MiB":>9}',
+        f'{"s/image":>8} {"peak MiB":>9} {"GFLOP":>8} {"GFLOP/s":>8}',
         flush=True,
     )
+    results = {}
     for case in cases:
         result = subprocess.run(
             [
@@ -99,13 +119,24 @@ def main():
             check=True,
         )
         r = json.loads(result.stdout.strip().splitlines()[-1])
+        results[tuple(case.values())] = r
+        gflop = r['forward_gflop'] + r['backward_gflop']
         print(
             f'{case["preset_name"]:<10} {case["mode"]:<17} {case["batch"]:>5} '
             f'{"bf16" if case["bf16"] else "fp32":<9} {"yes" if case["deform"] else "no":<6} '
             f'{r["best_s"]:>8.3f} {r["median_s"]:>9.3f} {r["best_s"] / case["batch"]:>8.3f} '
-            f'{r["peak_rss_mib"]:>9.0f}',
+            f'{r["peak_rss_mib"]:>9.0f} {gflop:>8.1f} {gflop / r["best_s"]:>8.1f}',
             flush=True,
         )
+    print('forward+backward / forward at batch 1, measured (best times) and in FLOPs:')
+    for (preset, mode, batch, bf16, deform), r in results.items():
+        forward = results.get((preset, 'forward', 1, bf16, deform))
+        if mode == 'forward+backward' and forward is not None:
+            print(
+                f'  {preset:<10} {"bf16" if bf16 else "fp32"} deform {"yes" if deform else "no":<3}: '
+                f'{r["best_s"] / forward["best_s"]:.2f} measured, '
+                f'{(r["forward_gflop"] + r["backward_gflop"]) / r["forward_gflop"]:.2f} in FLOPs'
+            )
 
 
 if __name__ == '__main__':
