@@ -297,8 +297,10 @@ def _explicit_grad_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1)
 @pytest.mark.parametrize('separable', [False, True])
 @pytest.mark.parametrize('config', GRAD_CONFIGS)
 def test_gradcheck_reference_and_explicit_gradient(config, separable):
+    # Two channels, so that the reference's depthwise (grouped) convolutions and their second
+    # derivatives are checked as well.
     generator = torch.Generator().manual_seed(3)
-    x = torch.randn(1, 1, 4, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    x = torch.randn(1, 2, 4, 5, dtype=torch.float64, generator=generator, requires_grad=True)
     f = torch.randn(4, dtype=torch.float64, generator=generator)
     if not separable:
         f = torch.outer(f, torch.randn(3, dtype=torch.float64, generator=generator))
