@@ -88,6 +88,13 @@ def test_gather_layout_gradient_comes_back_in_the_backbone_layout(channels_last)
     torch.testing.assert_close(ours, reference, rtol=0, atol=0)
     assert ours.stride() == backbone.stride()
 
+    # One tri-grid expanded over the batch: the gradients of both batch entries add up.
+    single = backbone[:1].detach().requires_grad_()
+    (ours,) = torch.autograd.grad(
+        (trigrid.gather_layout(planes_from_backbone(single.expand(2, -1, -1, -1), 4, 3)) * upstream).sum(), [single]
+    )
+    torch.testing.assert_close(ours, reference.sum(0, keepdim=True))
+
 
 def test_linear_field_is_interpolated_exactly_at_interior_points(gather_impl):
     box_warp, depth, height, width = 1.0, 3, 8, 10

@@ -176,11 +176,13 @@ class _GatherLayout(torch.autograd.Function):
     permuted copy would be laid out like the copy, and turning it back into the backbone's
     [B, 3*C*D, H, W] would take two more copies (one to merge the channel axes, one back to
     channels_last). Written in the planes' strides, the gradient reaches the backbone as a view.
+    Planes whose elements overlap in memory (an expanded batch) get a contiguous gradient instead.
     """
 
     @staticmethod
     def forward(ctx, planes: torch.Tensor) -> torch.Tensor:
-        ctx.planes_shape, ctx.planes_stride = planes.shape, planes.stride()
+        layout = torch.empty_like(planes, device='meta')  # the planes' strides where they are dense
+        ctx.planes_shape, ctx.planes_stride = layout.shape, layout.stride()
         return planes.permute(0, 4, 5, 1, 3, 2).contiguous()
 
     @staticmethod
