@@ -155,7 +155,7 @@ CASES: list[Case] = [
     ),
     conv2d_case(4, 256, 32),
     conv_transpose2d_case(4, 256, 256, 16),
-    # The upsampling convolution of full-head's 256 -> 512 superresolution block and a discriminator
+    # The upsampling convolution of full-head's 256-px superresolution block and a discriminator
     # downsampling convolution, at batch 1 as the CPU trains them: their weight gradients go by stride phase.
     conv_transpose2d_case(1, 256, 128, 128, channels_last=True),
     conv2d_case(1, 128, 256, stride=2, channels_last=True),
