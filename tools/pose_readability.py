@@ -23,6 +23,10 @@ epoch and a few seconds for the rest):
     the turn's split unseen, neck / head                           9.0 / 9.0 deg
     no split seen, neck / head                                    13.6 / 13.6 deg
     supervised, epochs 21-30                                      13.4-15.1 / 19.7-21.5 / 19.6-21.4 deg
+With --num-images 8000 (about 35 s per epoch):
+    held-out yardstick, neck / head / head on torso              18.1 / 21.4 / 28.1 deg
+    the turn's split unseen / no split seen, neck and head        9.2 / 13.7 deg
+    supervised, epochs 21-30                                      11.7-12.4 / 14.2-15.7 / 11.5-13.3 deg
 """
 
 import argparse
