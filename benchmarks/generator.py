@@ -24,6 +24,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.timing import synchronize, time_calls
 
 
+def benchmark_loss(out: dict) -> torch.Tensor:
+    """A scalar on every output G trains through: image, raw image and mask."""
+    return out['image'].square().mean() + out['image_raw'].square().mean() + out['image_mask'].mean()
+
+
 def run_case(
     preset_name: str, mode: str, batch: int, bf16: bool, deform: bool, reps: int, device: str = 'cpu', **overrides
 ) -> dict:
@@ -47,7 +52,7 @@ def run_case(
         with torch.set_grad_enabled(training):
             out = G(z, c, pose, apply_def=deform, noise_mode='random' if training else 'const')
             if training:
-                (out['image'].square().mean() + out['image_raw'].square().mean() + out['image_mask'].mean()).backward()
+                benchmark_loss(out).backward()
 
     step()  # warm-up: oneDNN primitive creation or cuDNN algorithm choice, allocator
     synchronize(device)
@@ -71,7 +76,7 @@ def count_gflop(G, z, c, pose, deform: bool, training: bool) -> tuple[float, flo
         out = G(z, c, pose, apply_def=deform, noise_mode='random' if training else 'const')
     if not training:
         return forward_counter.get_total_flops() / 1e9, 0.0
-    loss = out['image'].square().mean() + out['image_raw'].square().mean() + out['image_mask'].mean()
+    loss = benchmark_loss(out)
     with FlopCounterMode(display=False) as backward_counter:
         loss.backward()
     return forward_counter.get_total_flops() / 1e9, backward_counter.get_total_flops() / 1e9

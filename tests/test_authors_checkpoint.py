@@ -620,6 +620,8 @@ def test_converter_reports_a_bad_input_in_one_line(in_release, tmp_path, capsys)
 def test_training_continues_from_the_published_checkpoint(release, tmp_path, monkeypatch):
     # A new stage (--resume_kimg) from a published-format file: its networks are read safely, their
     # tensors start the training, and the discriminator keeps its pose head's mirroring convention.
+    # The release fixture's D has widths a training config cannot express (cmap_dim, pose_hidden,
+    # mapping_layers), so this D takes the ones train.py builds from the preset below.
     torch.manual_seed(4)
     D = (
         PoseAwareDualDiscriminator(
