@@ -327,6 +327,11 @@ def _check_body_model(config: TrainingConfig) -> None:
     type=click.Choice(POSE_PRIOR_MATCHES),
     help='G pose prior target: paired (coarse pose of the same item) or marginal (coarse poses matched by rank)',
 )
+@click.option(
+    '--labelled_pose_loss_weight',
+    type=FiniteFloat(min=0),
+    help='D pose regression on fakes rendered at the labelled poses (0: off, as published)',
+)
 @click.option('--train_g_pose_branch', type=bool, help="Train G's pose branch")
 @click.option('--neural_rendering_resolution_initial', type=click.IntRange(min=1), help='Rendering resolution')
 @click.option(

@@ -521,6 +521,48 @@ def test_dmain_pose_head_is_trained_by_the_pose_loss_only():
     assert _reached(d, 'b4.')
 
 
+def test_labelled_pose_regression_adds_its_gradient_from_fakes_at_the_labelled_poses(monkeypatch):
+    G, D = _generator(), _discriminator()
+    b, weight = _batch(G), 2.5
+    published = _loss(G, D)
+    _run(published, 'Dmain', b)
+    d_published = _grads(D)
+    D.zero_grad(set_to_none=True)
+
+    with_labels = _loss(G, D, labelled_pose_loss_weight=weight)
+    renders = []
+    run_G = with_labels.run_G
+
+    def recording_run_G(z, c, pose, *args, **kwargs):
+        out = run_G(z, c, pose, *args, **kwargs)
+        renders.append((pose, kwargs.get('update_emas', False), out))
+        return out
+
+    monkeypatch.setattr(with_labels, 'run_G', recording_run_G)
+    collector = training_stats.Collector(regex='(Loss|Pose)/.*')
+    _run(with_labels, 'Dmain', b)
+    collector.update()
+    d_with_labels = _grads(D)
+    assert len(renders) == 2
+    pose, update_emas, fakes = renders[1]
+    assert torch.equal(pose, b['gen_pose']) and not update_emas
+
+    # The extra term, computed directly on the recorded fakes; the published terms are unchanged.
+    D.zero_grad(set_to_none=True)
+    predicted = D.predict_pose(discriminator_input(fakes, 0.0), b['gen_c'])
+    (weight * (predicted - b['gen_pose']).square().sum(dim=1).mean()).backward()
+    d_term = _grads(D)
+    for name, grad in d_with_labels.items():
+        expected = d_published[name] if d_term[name] is None else d_published[name] + d_term[name]
+        assert torch.allclose(grad, expected, rtol=1e-4, atol=1e-6), name
+    assert _reached(d_term, 'pose_branch.') and _reached(d_term, 'b32.')
+    assert _untouched({k: v for k, v in d_term.items() if k.startswith(('b4.out.', 'mapping.'))})
+    assert all(p.grad is None for p in G.parameters())
+    assert collector.mean('Pose/D_labelled_fake_error') == pytest.approx(
+        (predicted - b['gen_pose']).abs().mean().item(), rel=1e-4
+    )
+
+
 class _LinearD(torch.nn.Module):
     """logit = <a, image> + <b, raw> + <m, mask> per sample: R1 = |a|^2 + |b|^2, R1_seg = |m|^2."""
 

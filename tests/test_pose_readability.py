@@ -5,13 +5,15 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 from scipy.spatial.transform import Rotation
 
 from tests.tiny_run import tiny_setup
-from tools.pose_readability import split_displacement, supervised_ceiling
+from tools.pose_readability import fakes_at_labels, split_displacement, supervised_ceiling
 from training.body import lbs
 from training.dataset import PortraitDataset
 from training.synthetic import PortraitPainter, sample_scene
+from training.training_loop import build_networks
 
 
 def test_split_displacement_follows_the_rigid_head_formulas():
@@ -45,3 +47,25 @@ def test_supervised_ceiling_reports_every_epoch_on_held_out_images(tmp_path):
     history = supervised_ceiling(config, dataset, epochs=2, batch=4, lr=1e-3, seed=0, log=lines.append)
     assert [entry['epoch'] for entry in history] == [1, 2] and len(lines) == 2
     assert all(np.isfinite(value) and value >= 0 for entry in history for value in entry.values())
+
+
+def test_supervised_ceiling_can_learn_from_a_generators_fakes_at_the_labels(tmp_path):
+    _, config = tiny_setup(str(tmp_path), num_images=20)
+    dataset = PortraitDataset(config.data, config.seg_data, xflip=False)
+    torch.manual_seed(0)
+    G, _ = build_networks(config, torch.device('cpu'))
+    G.eval().requires_grad_(False)
+    cameras = torch.from_numpy(np.stack([dataset.get_label(i) for i in range(3)]))
+    poses = torch.from_numpy(np.stack([dataset.get_pose(i) for i in range(3)]))
+    fakes = fakes_at_labels(G, cameras, poses, batch=2, seed=0)
+    size, raw = config.generator['img_resolution'], G.neural_rendering_resolution
+    assert {key: tuple(value.shape) for key, value in fakes.items()} == {
+        'image': (3, 3, size, size),
+        'image_raw': (3, 3, raw, raw),
+        'image_mask': (3, 1, raw, raw),
+    }
+    on_reals = supervised_ceiling(config, dataset, epochs=1, batch=4, lr=1e-3, seed=0, log=lambda line: None)
+    on_fakes = supervised_ceiling(
+        config, dataset, epochs=1, batch=4, lr=1e-3, seed=0, fakes_from=G, log=lambda line: None
+    )
+    assert on_fakes[0]['neck_mean'] != on_reals[0]['neck_mean']

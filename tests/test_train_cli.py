@@ -233,7 +233,7 @@ def test_training_options_of_an_earlier_version_still_load(tmp_path):
         text = f.read()
     config = TrainingConfig.from_json(text, source=OLD_TRAINING_OPTIONS).validate()
     # Written back unchanged, with the settings added since at their (published) defaults.
-    later_defaults = {'pose_prior_match': 'paired', 'd_mirror_camera': True}
+    later_defaults = {'pose_prior_match': 'paired', 'd_mirror_camera': True, 'labelled_pose_loss_weight': 0.0}
     assert json.loads(config.to_json()) == {**json.loads(text), **later_defaults}
     assert (config.cfg, config.batch, config.gamma, config.stage_start_kimg) == ('full-head', 64, 2.0, 6000.0)
     assert config.metrics == ['fid50k_full', 'pose_err'] and config.reg_type == 'monotonic-detach'

@@ -43,6 +43,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from metrics.metric_utils import load_real_batch  # noqa: E402
+from training import checkpoint, run_files  # noqa: E402
 from training.config import TrainingConfig  # noqa: E402
 from training.d_input import discriminator_input  # noqa: E402
 from training.dataset import PortraitDataset  # noqa: E402
@@ -85,23 +86,55 @@ def split_displacement(painter: PortraitPainter, scenes: list, angle: float, res
     return {name: {'split_px': split[i] / count, 'rotation_px': rotation[i] / count} for i, name in enumerate(AXES)}
 
 
+@torch.no_grad()
+def fakes_at_labels(G: torch.nn.Module, cameras: torch.Tensor, poses: torch.Tensor, batch: int, seed: int) -> dict:
+    """G's fakes at given cameras and body poses, one fresh latent each, as D sees fakes (no blur).
+
+    cameras [N, 25], poses [N, 6] -> {'image' [N, 3, S, S], 'image_raw' [N, 3, r, r], 'image_mask' [N, 1, r, r]}.
+    The mapping is conditioned on the same camera and pose; truncation 1, random noise.
+    """
+    torch.manual_seed(seed)
+    parts = []
+    for first in range(0, len(cameras), batch):
+        c, pose = cameras[first : first + batch], poses[first : first + batch]
+        ws = G.mapping(torch.randn([len(c), G.z_dim]), c, pose)
+        out = G.synthesis(ws, c, pose_params=pose, noise_mode='random')
+        parts.append({key: out[key] for key in ('image', 'image_raw', 'image_mask')})
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
 def supervised_ceiling(
-    config: TrainingConfig, dataset: PortraitDataset, epochs: int, batch: int, lr: float, seed: int, log=print
+    config: TrainingConfig,
+    dataset: PortraitDataset,
+    epochs: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    fakes_from: torch.nn.Module | None = None,
+    log=print,
 ) -> list[dict]:
-    """Train a fresh D's pose prediction on the first 80 % of `dataset`'s labelled images -> per epoch, held-out pose_errors."""
+    """Train a fresh D's pose prediction on the first 80 % of `dataset`'s labels -> per epoch, held-out pose_errors.
+
+    It learns from the labelled images themselves, or, with a generator `fakes_from`, from that G's fakes
+    rendered at the same cameras and poses (fakes_at_labels); it is measured on the other 20 % of the images.
+    """
     torch.manual_seed(seed)
     images, masks, cameras, poses = load_real_batch(dataset, np.arange(len(dataset)))
     images, masks = image_from_uint8(images), mask_from_uint8(masks)
     split = len(dataset) * 4 // 5
     train, held_out = np.arange(split), np.arange(split, len(dataset) - (len(dataset) - split) % batch)
+    resolution = config.neural_rendering_resolution_initial
+    fakes = None if fakes_from is None else fakes_at_labels(fakes_from, cameras[train], poses[train], batch, seed)
     _, D = build_networks(config, torch.device('cpu'))
     D.requires_grad_(True)
     optimizer = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.0, 0.99))
-    resolution = config.neural_rendering_resolution_initial
 
-    def predict(indices: np.ndarray) -> torch.Tensor:
-        real = discriminator_input({'image': images[indices], 'mask': masks[indices]}, 0.0, resolution)
-        return D.predict_pose(real, cameras[indices])
+    def predict(indices: np.ndarray, from_fakes: bool = False) -> torch.Tensor:
+        if from_fakes:  # train == arange(split): an index is its fake's row
+            seen = {key: value[indices] for key, value in fakes.items()}
+        else:
+            seen = discriminator_input({'image': images[indices], 'mask': masks[indices]}, 0.0, resolution)
+        return D.predict_pose(seen, cameras[indices])
 
     history = []
     rng = np.random.default_rng(seed)
@@ -110,7 +143,7 @@ def supervised_ceiling(
         order = rng.permutation(train)
         for first in range(0, len(order) - batch + 1, batch):
             chosen = order[first : first + batch]
-            loss = (predict(chosen) - poses[chosen]).square().sum(dim=1).mean()
+            loss = (predict(chosen, fakes is not None) - poses[chosen]).square().sum(dim=1).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -138,6 +171,11 @@ def main() -> int:
     parser.add_argument('--batch', type=int, default=16, help='batch of the supervised ceiling')
     parser.add_argument('--lr', type=float, default=1e-3, help='Adam learning rate of the supervised ceiling')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument(
+        '--fakes-from',
+        metavar='SNAPSHOT',
+        help="also train the supervised discriminator on this snapshot's fakes at the same labels, measured on the reals",
+    )
     parser.add_argument('--out', help='also write the figures to this JSON file')
     args = parser.parse_args()
 
@@ -169,6 +207,11 @@ def main() -> int:
         )
     if args.epochs > 0:
         report['supervised'] = supervised_ceiling(config, dataset, args.epochs, args.batch, args.lr, args.seed)
+    if args.epochs > 0 and args.fakes_from:
+        G, _ = run_files.snapshot_networks(checkpoint.load_any(args.fakes_from), args.fakes_from)
+        report['supervised_on_fakes'] = supervised_ceiling(
+            config, dataset, args.epochs, args.batch, args.lr, args.seed, fakes_from=G.eval().requires_grad_(False)
+        )
     if args.out:
         with open(args.out, 'w') as file:
             json.dump(report, file, indent=1)

@@ -115,6 +115,7 @@ class TrainingConfig:
 
     # Losses whose published behaviour is the default.
     pose_prior_match: str = 'paired'  # one of training.loss.POSE_PRIOR_MATCHES
+    labelled_pose_loss_weight: float = 0.0  # D pose regression on fakes at the labelled poses (0: off, published)
 
     # -- Derived values ---------------------------------------------------------------------------
 
@@ -244,6 +245,7 @@ class TrainingConfig:
             'gamma',
             'gamma_seg',
             'pose_loss_weight',
+            'labelled_pose_loss_weight',
             'input_pose_params_reg_loss_weight',
             'density_reg',
             'blur_init_sigma',

@@ -11,6 +11,7 @@ Phases:
   Gmain  softplus(-D(G(z))) + lambda(t) * pose_prior(p_G, p_coarse)      -> G
   Greg   density smoothness on random points (only when density_reg > 0) -> G
   Dmain  softplus(D(G(z))) + w_pose * ||p_D(G(z)) - p_G||^2, softplus(-D(x)) -> D
+         [+ w_labelled * ||p_D(G(z, p_coarse)) - p_coarse||^2 when labelled_pose_loss_weight > 0]
   Dreg   R1 on the real image, raw image and mask                        -> D
 
 Reported statistics (training_stats, per sample unless noted): Loss/scores/{fake,real},
@@ -18,7 +19,8 @@ Loss/signs/{fake,real}, Loss/G/loss, Loss/G/pose_prior (the weighted prior term)
 Loss/G/density_reg and Loss/G/monotonic (per call), Loss/D/loss, Loss/D/pose, Loss/r1_penalty,
 Loss/r1_seg_penalty, Loss/D/reg, and the pose errors (mean absolute over the 6 values)
 Pose/G_vs_coarse (p_G vs. the data set pose of gen_c), Pose/G_vs_D_fake (D's prediction on fakes
-vs. p_G) and Pose/D_real_error (D's prediction on reals vs. their data set pose).
+vs. p_G) and Pose/D_real_error (D's prediction on reals vs. their data set pose); with the labelled
+pose regression also Loss/D/labelled_pose and Pose/D_labelled_fake_error.
 """
 
 import dataclasses
@@ -66,6 +68,7 @@ class LossConfig:
     density_reg_p_dist: float = 0.004  # std of the point perturbation
     reg_type: str = 'l1'  # one of REG_TYPES
     pose_prior_match: str = 'paired'  # one of POSE_PRIOR_MATCHES
+    labelled_pose_loss_weight: float = 0.0  # D pose regression on fakes rendered at the labelled poses (0: off)
     neural_rendering_resolution_initial: int = 64
     neural_rendering_resolution_final: int | None = None
     neural_rendering_resolution_fade_kimg: float = 1000
@@ -254,7 +257,7 @@ class PortraitGANLoss:
                 self.blur_raw_target,
             )
             if do_d_main:
-                self._d_main(real, real_c, real_pose, gen_z, gen_c, schedule, gain)
+                self._d_main(real, real_c, real_pose, gen_z, gen_c, gen_pose, schedule, gain)
             if do_r1:
                 self._d_r1(real, real_c, schedule, gain)
 
@@ -331,10 +334,12 @@ class PortraitGANLoss:
         real_pose: torch.Tensor,
         gen_z: torch.Tensor,
         gen_c: torch.Tensor,
+        gen_pose: torch.Tensor,
         schedule: dict,
         gain: float,
     ) -> None:
-        """D on fakes (logit and pose regression toward p_G) and on reals (logit)."""
+        """D on fakes (logit and pose regression toward p_G) and on reals (logit); with labelled_pose_loss_weight,
+        also pose regression on fakes rendered at the labelled poses gen_pose [B, 6] (docs/method.md §7.6)."""
         cfg = self.config
         # G is not optimized here: fakes and the pose target carry no graph back into G.
         with torch.no_grad():
@@ -364,6 +369,31 @@ class PortraitGANLoss:
         training_stats.report('Loss/D/loss', loss_fake.detach() + cfg.pose_loss_weight * pose_loss.detach() + loss_real)
         training_stats.report('Pose/D_real_error', (pose_real.detach() - real_pose).abs().mean(dim=1))
         (loss_real.mean() * gain).backward()
+        if cfg.labelled_pose_loss_weight > 0:
+            self._d_labelled_pose(gen_z, gen_c, gen_pose, schedule, gain)
+
+    def _d_labelled_pose(
+        self, gen_z: torch.Tensor, gen_c: torch.Tensor, gen_pose: torch.Tensor, schedule: dict, gain: float
+    ) -> None:
+        """D's pose regression on fakes of z posed by the labelled poses gen_pose [B, 6] instead of G's own.
+
+        Their pose is independent of z and spread as the labels are, where G's pose branch may tie
+        its poses to z or narrow them. Only D's pose prediction (trunk and pose head) learns from it.
+        """
+        with torch.no_grad():
+            gen = self.run_G(
+                gen_z,
+                gen_c,
+                gen_pose,
+                schedule['swap_prob'],
+                schedule['rendering_resolution'],
+                density_noise=schedule['density_noise'],
+            )
+        pose_D = self.D.predict_pose(discriminator_input(gen, schedule['blur_sigma']), gen_c)
+        pose_loss = (pose_D - gen_pose).square().sum(dim=1)  # [B]
+        training_stats.report('Loss/D/labelled_pose', pose_loss)
+        training_stats.report('Pose/D_labelled_fake_error', (pose_D - gen_pose).detach().abs().mean(dim=1))
+        (self.config.labelled_pose_loss_weight * pose_loss.mean() * gain).backward()
 
     def _d_r1(self, real: dict, real_c: torch.Tensor, schedule: dict, gain: float) -> None:
         """R1: squared gradient norm of D's real logits w.r.t. image and raw image (gamma) and mask (gamma_seg).
