@@ -291,21 +291,24 @@ def test_persistent_nan_gradients_stop_the_run(tiny, tmp_path, monkeypatch):
     assert all(tensor.isfinite().all() for tensor in state['networks']['G'].values() if tensor.is_floating_point())
 
 
-def test_stage_start_loads_the_snapshot_networks(tiny, tmp_path):
-    """docs/method.md §9.5: G, D, G_ema by name; D_ema from D when the snapshot has none."""
+@pytest.mark.parametrize('stored', [('G', 'D', 'G_ema'), ('G_ema', 'D_ema')])
+def test_stage_start_loads_the_snapshot_networks(tiny, tmp_path, stored):
+    """docs/method.md §9.5: the networks by name; a missing one from its twin (D_ema from D as in a
+    published pickle; G and D from G_ema and D_ema as in an exported weights file)."""
     from training.training_loop import _load_network_snapshot, build_networks
 
     _, config = tiny
     torch.manual_seed(1)
     G, D = build_networks(config, torch.device('cpu'))
+    trained = dict(G=G, D=D, G_ema=G, D_ema=D)
     path = str(tmp_path / 'network-snapshot-000001.pkl')
-    checkpoint.save_network_pickle(path, dict(G=G, D=D, G_ema=G, training_set_kwargs={}))
+    checkpoint.save_network_pickle(path, {**{name: trained[name] for name in stored}, 'training_set_kwargs': {}})
     torch.manual_seed(2)
     G2, D2 = build_networks(config, torch.device('cpu'))
     networks = dict(G=G2, D=D2, G_ema=copy.deepcopy(G2), D_ema=copy.deepcopy(D2))
     assert not torch.equal(G.backbone.b4.const, G2.backbone.b4.const)
     _load_network_snapshot(path, networks)
-    for name, source in (('G', G), ('G_ema', G), ('D', D), ('D_ema', D)):
+    for name, source in trained.items():
         _assert_same_tensors(networks[name].state_dict(), source.state_dict(), name)
 
 

@@ -24,7 +24,7 @@ matplotlib.use('Agg')  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 LOSSES = ('Loss/G/loss', 'Loss/D/loss', 'Loss/r1_penalty', 'Loss/r1_seg_penalty')
-POSES = ('Loss/D/pose', 'Pose/G_vs_D_fake', 'Pose/D_real_error', 'Pose/G_vs_coarse')
+POSES = ('Loss/D/pose', 'Pose/G_vs_D_fake', 'Pose/D_real_error', 'Pose/G_vs_coarse', 'Pose/D_labelled_fake_error')
 SNAPSHOT_KIMG = re.compile(r'network-snapshot-(\d+)\.')
 
 
@@ -106,13 +106,14 @@ def plot_run(run_dirs: str | list[str], out: str) -> str:
             raise FileNotFoundError(f'{run_dir}: no stats.jsonl, not a training run directory')
         ticks += read_jsonl(stats_path)
     figure, (losses, poses, metrics) = plt.subplots(3, 1, figsize=(9, 11), sharex=True)
-    for key in LOSSES:
-        losses.plot(*tick_series(ticks, key), label=key, marker='.')
+    for axes, keys in ((losses, LOSSES), (poses, POSES)):
+        for key in keys:
+            kimgs, values = tick_series(ticks, key)
+            if kimgs:  # a statistic only some runs report (a regularizer or loss that is off) gets no legend entry
+                axes.plot(kimgs, values, label=key, marker='.')
     losses.set_yscale('symlog', linthresh=1.0)
     losses.set_ylabel('loss (mean per tick)')
     losses.legend(fontsize=8)
-    for key in POSES:
-        poses.plot(*tick_series(ticks, key), label=key, marker='.')
     poses.set_ylabel('pose loss / error (radians)')
     poses.legend(fontsize=8)
 

@@ -694,12 +694,17 @@ def _save_network_snapshot(
 
 
 def _load_network_snapshot(path: str, networks: dict, trust_pickle: bool = False) -> None:
-    """Copy G, D, G_ema, D_ema by parameter name from a network pickle or weights file (docs/method.md §9.5)."""
+    """Copy G, D, G_ema, D_ema by parameter name from a network pickle or weights file (docs/method.md §9.5).
+
+    A network the snapshot lacks is copied from its twin: D_ema from D (published snapshots keep no
+    D average), G and D from G_ema and D_ema (a weights file made for inference keeps only those).
+    """
     snapshot = checkpoint.load_any(path, trust_pickle=trust_pickle)
+    twins = {'G': 'G_ema', 'G_ema': 'G', 'D': 'D_ema', 'D_ema': 'D'}
     for name, module in networks.items():
         source = snapshot.get(name)
-        if source is None and name == 'D_ema':
-            source = snapshot.get('D')
+        if source is None:
+            source = snapshot.get(twins[name])
         if source is None:
             print(f'  {path} has no {name}: it keeps its initialization')
             continue
