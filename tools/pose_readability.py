@@ -136,12 +136,13 @@ def supervised_ceiling(
     D.requires_grad_(True)
     optimizer = torch.optim.Adam(D.parameters(), lr=lr, betas=(0.0, 0.99))
 
-    def predict(indices: np.ndarray, from_fakes: bool = False) -> torch.Tensor:
-        if from_fakes:  # train == arange(split): an index is its fake's row
-            seen = {key: value[indices] for key, value in fakes.items()}
-        else:
-            seen = discriminator_input({'image': images[indices], 'mask': masks[indices]}, 0.0, resolution)
-        return D.predict_pose(seen, cameras[indices])
+    def real_input(indices: np.ndarray) -> dict:
+        return discriminator_input({'image': images[indices], 'mask': masks[indices]}, 0.0, resolution)
+
+    def training_input(indices: np.ndarray) -> dict:
+        if fakes is None:
+            return real_input(indices)
+        return {key: value[indices] for key, value in fakes.items()}  # train == arange(split): an index is its row
 
     history = []
     rng = np.random.default_rng(seed)
@@ -150,14 +151,13 @@ def supervised_ceiling(
         order = rng.permutation(train)
         for first in range(0, len(order) - batch + 1, batch):
             chosen = order[first : first + batch]
-            loss = (predict(chosen, fakes is not None) - poses[chosen]).square().sum(dim=1).mean()
+            loss = (D.predict_pose(training_input(chosen), cameras[chosen]) - poses[chosen]).square().sum(dim=1).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         with torch.no_grad():
-            predicted = torch.cat(
-                [predict(held_out[first : first + batch]) for first in range(0, len(held_out), batch)]
-            )
+            chunks = [held_out[first : first + batch] for first in range(0, len(held_out), batch)]
+            predicted = torch.cat([D.predict_pose(real_input(chunk), cameras[chunk]) for chunk in chunks])
         errors = pose_errors(predicted, poses[held_out])
         history.append({'epoch': epoch + 1, **errors})
         log(
