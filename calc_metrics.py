@@ -17,11 +17,11 @@ from metrics import metric_main, metric_utils
 from metrics.detector import DEFAULT_DETECTOR, DetectorError
 from metrics.names import METRIC_POSE_SAMPLE_MODES, POSE_METRICS, expected_metrics, is_valid_metric
 from torch_utils import distributed
+from training.checkpoints.run_files import pose_predict_kwargs_for
 from training.cli import Command, load_snapshot, trust_pickle_option
 from training.config import DEVICES
-from training.dataset import DatasetError
+from training.data.dataset import DatasetError
 from training.pose_prediction import load_pose_predict_kwargs
-from training.run_files import pose_predict_kwargs_for
 
 
 def _parse_metrics(ctx, param, value):

@@ -49,10 +49,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from training.atomic_files import FolderOutput, ZipOutput
-from training.camera_utils import intrinsics_from_focal
+from training.checkpoints.atomic_files import FolderOutput, ZipOutput
 from training.cli import Command
-from training.dataset import (
+from training.data.camera_utils import intrinsics_from_focal
+from training.data.dataset import (
     CAMERA_DIM,
     LABEL_DIM,
     LABELS_FILE,
@@ -74,7 +74,7 @@ MAX_RESOLUTION = 8192  # a 8192x8192 RGB image is 200 MB; anything larger is a t
 
 
 # ------------------------------------------------------------------------------------------------
-# Outputs (they appear only when complete: training/atomic_files.py).
+# Outputs (they appear only when complete: training/checkpoints/atomic_files.py).
 
 
 def _check_destination(path: str, option: str, overwrite: bool) -> None:
@@ -501,7 +501,7 @@ def check(ctx: click.Context, data: str, seg_data: str, progress: bool):
 @click.option('--workers', type=click.IntRange(min=1), default=2, show_default=True, help='Rendering processes')
 def synth(dest: str, seg_dest: str, num_images: int, resolution: int, seed: int, workers: int):
     """Render the built-in synthetic 360-degree portrait set (exact camera and pose labels)."""
-    from training.synthetic import build_synthetic_dataset
+    from training.data.synthetic import build_synthetic_dataset
 
     if os.path.abspath(dest) == os.path.abspath(seg_dest):
         raise click.BadParameter(

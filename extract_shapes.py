@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.camera_utils import frontal_camera
 from training.cli import (
     Command,
     FiniteFloat,
@@ -22,7 +21,8 @@ from training.cli import (
     require_shape_memory,
     trust_pickle_option,
 )
-from training.shapes import (
+from training.data.camera_utils import frontal_camera
+from training.engines.shapes import (
     DEFAULT_LEVEL,
     MESH_FORMATS,
     close_border,

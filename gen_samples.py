@@ -11,7 +11,7 @@ import PIL.Image
 import torch
 from tqdm import tqdm
 
-from training.camera_utils import VIEWS, camera_label, frontal_camera, orbit_camera
+from training.checkpoints.run_files import pose_predict_kwargs_for
 from training.cli import (
     MAX_SEEDS,
     SEED_RANGE,
@@ -27,13 +27,13 @@ from training.cli import (
     require_shape_memory,
     trust_pickle_option,
 )
-from training.d_input import resize_image
-from training.dataset import stem
-from training.images import depth_to_uint8, to_uint8
-from training.photos import read_pose_folder
+from training.data.camera_utils import VIEWS, camera_label, frontal_camera, orbit_camera
+from training.data.dataset import stem
+from training.data.images import depth_to_uint8, to_uint8
+from training.data.photos import read_pose_folder
+from training.engines.shapes import DEFAULT_LEVEL, extract_shape, save_shape
+from training.networks.d_input import resize_image
 from training.pose_prediction import load_pose_predict_kwargs, predict_real_poses
-from training.run_files import pose_predict_kwargs_for
-from training.shapes import DEFAULT_LEVEL, extract_shape, save_shape
 
 
 def predict_folder_poses(

@@ -6,7 +6,6 @@ import click
 import numpy as np
 import torch
 
-from training.camera_utils import frontal_camera
 from training.cli import (
     Command,
     FiniteFloat,
@@ -19,7 +18,8 @@ from training.cli import (
     require_render_memory,
     trust_pickle_option,
 )
-from training.video import IMAGE_MODES, INTERPOLATIONS, TRAJECTORIES, interpolate_ws, write_video
+from training.data.camera_utils import frontal_camera
+from training.engines.video import IMAGE_MODES, INTERPOLATIONS, TRAJECTORIES, interpolate_ws, write_video
 
 
 def parse_grid(text: str) -> tuple:

@@ -10,8 +10,9 @@ import numpy as np
 import PIL.Image
 import torch
 
-from training import checkpoint
-from training.camera_utils import frontal_camera
+from training.checkpoints import formats
+from training.checkpoints.latent_file import save_latent
+from training.checkpoints.run_files import pose_predict_kwargs_for
 from training.cli import (
     SEED_RANGE,
     Command,
@@ -23,16 +24,15 @@ from training.cli import (
     require_shape_memory,
     trust_pickle_option,
 )
-from training.d_input import resize_image
-from training.dataset import PortraitDataset, stem
-from training.images import image_from_uint8, mask_from_uint8, to_uint8
-from training.inversion import InversionConfig, optimize_latent, prepare_target, render, tune_generator
-from training.latent_file import save_latent
-from training.photos import read_photo, read_pose_folder
+from training.data.camera_utils import frontal_camera
+from training.data.dataset import PortraitDataset, stem
+from training.data.images import image_from_uint8, mask_from_uint8, to_uint8
+from training.data.photos import read_photo, read_pose_folder
+from training.engines.inversion import InversionConfig, optimize_latent, prepare_target, render, tune_generator
+from training.engines.shapes import DEFAULT_LEVEL, extract_shape, pose_vertices, save_shape
+from training.engines.video import write_video
+from training.networks.d_input import resize_image
 from training.pose_prediction import load_pose_predict_kwargs, predict_real_poses
-from training.run_files import pose_predict_kwargs_for
-from training.shapes import DEFAULT_LEVEL, extract_shape, pose_vertices, save_shape
-from training.video import write_video
 
 
 def parse_camera(text: str, device: torch.device) -> torch.Tensor:
@@ -258,7 +258,7 @@ def main(
             result_G, tuned = tune_generator(G, D, target, latent.ws, c, latent.pose, config, seed=seed)
             losses['pti'] = tuned.losses
             interrupted = tuned.interrupted
-            checkpoint.save_weights(
+            formats.save_weights(
                 os.path.join(folder, 'G_tuned.pt'),
                 {'G_ema': result_G},
                 extra=dict(neural_rendering_resolution=int(G.neural_rendering_resolution)),

@@ -44,15 +44,16 @@ import torch
 import dnnlib
 from metrics.names import METRIC_POSE_SAMPLE_MODES
 from torch_utils import distributed
-from training import checkpoint, presets, run_files
-from training.atomic_files import atomic_write, remove_unfinished_writes
+from training import presets
+from training.checkpoints import formats, run_files
+from training.checkpoints.atomic_files import atomic_write, remove_unfinished_writes
 from training.cli import Command, FiniteFloat, make_outdir
 from training.config import ARCHITECTURE_FIELDS, DEVICES, ConfigError, TrainingConfig
-from training.dataset import DatasetError, PortraitDataset
-from training.decoder import ACTIVATIONS as DECODER_ACTIVATIONS
-from training.loss import POSE_PRIOR_MATCHES, REG_TYPES
-from training.synthetic import default_synthetic_paths, ensure_synthetic_dataset
-from training.triplane import SR_MODULES, build_body_model
+from training.data.dataset import DatasetError, PortraitDataset
+from training.data.synthetic import default_synthetic_paths, ensure_synthetic_dataset
+from training.loss_options import POSE_PRIOR_MATCHES, REG_TYPES
+from training.networks.decoder import ACTIVATIONS as DECODER_ACTIVATIONS
+from training.networks.triplane import SR_MODULES, build_body_model
 
 # In a run directory made under torchrun: the run id of that torchrun run (--rdzv-id), for its restarts.
 TORCHRUN_RUN_ID_FILE = 'torchrun_run_id.txt'
@@ -105,7 +106,7 @@ def _find_resume_state(resume: str) -> str:
             print(f'removed {path}, an unfinished write of the interrupted run')
     try:
         return run_files.find_resume_state(resume)
-    except checkpoint.CheckpointError as err:
+    except formats.CheckpointError as err:
         raise click.BadParameter(str(err), param_hint='--resume') from None
 
 
@@ -118,7 +119,7 @@ def _continued_config(resume_state: str, cfg_given: bool, overrides: dict, gener
         )
     try:
         state = run_files.load_resume_state(resume_state, mmap=True)
-    except checkpoint.CheckpointError as err:
+    except formats.CheckpointError as err:
         raise click.BadParameter(str(err), param_hint='--resume') from None
     stored = TrainingConfig.from_json(state['config_json'], source=resume_state)
     config = stored.replace(generator={**stored.generator, **generator} if generator else None, **overrides)
@@ -294,7 +295,7 @@ def _check_body_model(config: TrainingConfig) -> None:
 @click.option(
     '--resume_blur', is_flag=True, help='With --resume_kimg: keep the blur and GPC-fade schedules of the preset'
 )
-@click.option('--trust-pickle', 'trust_pickle', is_flag=True, default=None, help=checkpoint.TRUST_PICKLE_HELP)
+@click.option('--trust-pickle', 'trust_pickle', is_flag=True, default=None, help=formats.TRUST_PICKLE_HELP)
 # Data and D.
 @click.option('--mirror', type=bool, help='Add mirrored copies of the data set')
 @click.option('--freezed', type=click.IntRange(min=0), help='Freeze the first D layers')
@@ -475,12 +476,12 @@ def _checked_stage_config(config: TrainingConfig) -> TrainingConfig:
     from training.training_loop import build_networks
 
     try:
-        snapshot = checkpoint.load_any(config.resume, trust_pickle=config.trust_pickle)
+        snapshot = formats.load_any(config.resume, trust_pickle=config.trust_pickle)
         stored = run_files.snapshot_networks(snapshot, config.resume)
         if stored[1] is not None:
             config = config.replace(d_mirror_camera=stored[1].mirror_camera)
         configured = build_networks(config, torch.device('cpu'))
-    except checkpoint.CheckpointError as err:
+    except formats.CheckpointError as err:
         raise click.BadParameter(str(err), param_hint='--resume') from None
     except (ValueError, OSError) as err:
         raise click.UsageError(str(err)) from None
@@ -512,7 +513,7 @@ def _new_config(
     if resume is not None:
         try:
             resume = run_files.stage_start_snapshot(resume)
-        except checkpoint.CheckpointError as err:
+        except formats.CheckpointError as err:
             raise click.BadParameter(str(err), param_hint='--resume') from None
         # A new stage: the EMA keeps its full half-life and, unless --resume_blur, the
         # early-training schedules (blur, GPC fade) stay off (docs/method.md §9.5).
@@ -582,7 +583,7 @@ def _restarted_run(
     resume_state = _find_resume_state(run_dir)
     try:
         cur_nimg = run_files.load_resume_state(resume_state, mmap=True)['progress']['cur_nimg']
-    except checkpoint.CheckpointError as err:
+    except formats.CheckpointError as err:
         raise click.ClickException(str(err)) from None
     if cur_nimg >= config.kimg * 1000:
         print(f'{prefix} {run_dir} has reached {config.kimg:g} kimg already ({resume_state}); nothing left to train')

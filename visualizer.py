@@ -3,7 +3,7 @@
 Run it on the machine with the snapshot, forward its port over SSH, and open the printed URL:
     python visualizer.py --network runs/00000-cpu-small-...
     ssh -N -L 8080:localhost:8080 user@server
-The rendering lives in training/viewer.py; this file is the command line and the page's controls.
+The rendering lives in training/engines/viewer.py; this file is the command line and the page's controls.
 """
 
 import errno
@@ -19,7 +19,6 @@ import PIL.Image
 import torch
 import viser
 
-from training.camera_utils import RADIUS
 from training.cli import (
     SEED_RANGE,
     Command,
@@ -29,10 +28,10 @@ from training.cli import (
     make_outdir,
     trust_pickle_option,
 )
-from training.networks_stylegan2 import NOISE_MODES
-from training.shapes import DEFAULT_LEVEL, extract_shape, pose_vertices, save_shape
-from training.video import IMAGE_MODES, write_video
-from training.viewer import (
+from training.data.camera_utils import RADIUS
+from training.engines.shapes import DEFAULT_LEVEL, extract_shape, pose_vertices, save_shape
+from training.engines.video import IMAGE_MODES, write_video
+from training.engines.viewer import (
     BLEND_SPACES,
     DEFAULT_FOV,
     NAMED_YAWS,
@@ -41,6 +40,7 @@ from training.viewer import (
     Viewer,
     ViewState,
 )
+from training.networks.stylegan2 import NOISE_MODES
 
 POSE_AXES = ('neck x', 'neck y', 'neck z', 'head x', 'head y', 'head z')
 MODE_LABELS = dict(zip(RENDER_MODES, ('super-resolved image', 'raw neural render', 'depth', 'alpha mask')))

@@ -581,9 +581,9 @@ def build_inputs(root: str) -> tuple:
     import torch
 
     from tests.tiny_run import write_tiny_snapshot
-    from training import checkpoint
-    from training.camera_utils import frontal_camera
-    from training.latent_file import save_latent
+    from training.checkpoints import formats
+    from training.checkpoints.latent_file import save_latent
+    from training.data.camera_utils import frontal_camera
 
     run, _ = write_tiny_snapshot(root)
     pt, pkl = (os.path.join(run, f'network-snapshot-000000.{ext}') for ext in ('pt', 'pkl'))
@@ -606,7 +606,7 @@ def build_inputs(root: str) -> tuple:
     os.makedirs(inputs['empty'])
 
     # Checkpoints: damaged, foreign, hostile, or without the networks a tool needs.
-    modules = checkpoint.load_any(pt)
+    modules = formats.load_any(pt)
     G, D = modules['G_ema'], modules['D']
     inputs.update(
         truncated_pt=_write(p('truncated.pt'), _half(pt)),
@@ -618,8 +618,8 @@ def build_inputs(root: str) -> tuple:
         g_only_pt=p('g-only.pt'),
         lonely=p('lonely'),
     )
-    checkpoint.save_weights(inputs['swapped_pt'], dict(G_ema=D, D=D), extra=dict(training_set_kwargs={}))
-    checkpoint.save_weights(inputs['g_only_pt'], dict(G_ema=G))
+    formats.save_weights(inputs['swapped_pt'], dict(G_ema=D, D=D), extra=dict(training_set_kwargs={}))
+    formats.save_weights(inputs['g_only_pt'], dict(G_ema=G))
     os.makedirs(inputs['lonely'])
     shutil.copy(pkl, inputs['lonely'])
     markers = {}

@@ -15,7 +15,7 @@ import tempfile
 import torch
 
 from benchmarks.timing import time_calls
-from training import checkpoint
+from training.checkpoints import formats
 from training.presets import load_preset
 from training.training_loop import build_networks, save_network_files
 
@@ -42,12 +42,12 @@ def main():
         size = os.path.getsize(paths['pkl']) / 2**20
         rows = {
             'network pickle, safe reader (default)': time_calls(
-                lambda: checkpoint.load_any(paths['pkl']), args.reps, warmup=0
+                lambda: formats.load_any(paths['pkl']), args.reps, warmup=0
             ).best,
             'network pickle, --trust-pickle': time_calls(
-                lambda: checkpoint.load_any(paths['pkl'], trust_pickle=True), args.reps, warmup=0
+                lambda: formats.load_any(paths['pkl'], trust_pickle=True), args.reps, warmup=0
             ).best,
-            'weights file': time_calls(lambda: checkpoint.load_any(paths['pt']), args.reps, warmup=0).best,
+            'weights file': time_calls(lambda: formats.load_any(paths['pt']), args.reps, warmup=0).best,
         }
     print(
         f'{args.cfg}: G {sum(p.numel() for p in G.parameters()) / 1e6:.2f} M and D '

@@ -22,10 +22,10 @@ import psutil
 import torch
 
 from benchmarks.timing import time_calls
-from training import camera_utils
 from training.body.body_model import BodyModel
 from training.body.deformation import Deformer, PosedMeshMap
 from training.body.nearest_face import fcpw_available, nearest_faces, resolve_backend
+from training.data import camera_utils
 from training.volumetric_rendering.importance import importance_depths
 from training.volumetric_rendering.ray_sampler import sample_rays
 from training.volumetric_rendering.renderer import stratified_depths

@@ -35,9 +35,9 @@ def run_case(
     """Time one case in this process: best and median seconds, and the peak RSS in MiB (and, on
     CUDA, the allocator's peak in MiB). `overrides` replace generator arguments of the preset
     (for example num_fp16_res)."""
-    from training.camera_utils import random_cameras
+    from training.data.camera_utils import random_cameras
+    from training.networks.triplane import build_generator
     from training.presets import load_preset
-    from training.triplane import build_generator
 
     device = torch.device(device)
     torch.manual_seed(0)

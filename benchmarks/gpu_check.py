@@ -113,8 +113,8 @@ def compare_renders(run_dir: str, devices: tuple = ('cuda', 'cpu')) -> int:
     the two `devices` (CUDA and the CPU): the two images agree to rounding."""
     import torch
 
-    from training.camera_utils import frontal_camera
     from training.cli import load_generator
+    from training.data.camera_utils import frontal_camera
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

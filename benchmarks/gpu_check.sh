@@ -77,7 +77,7 @@ stage() {
 
 training() {
     local data=${GPU_CHECK_DATA:-$WORK/data}
-    "$PYTHON" -c "from training.synthetic import ensure_synthetic_dataset as build; build(root='$data', num_images=64, resolution=512, workers=8, progress=False)" || return
+    "$PYTHON" -c "from training.data.synthetic import ensure_synthetic_dataset as build; build(root='$data', num_images=64, resolution=512, workers=8, progress=False)" || return
     "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node 1 train.py --cfg full-head \
         --data "$data/synthetic-portraits-512.zip" --seg_data "$data/synthetic-portraits-512-seg.zip" \
         --gpus 1 --batch 4 --batch-gpu 4 --kimg 0.08 --tick 0.02 --snap 0 --image-snap 0 --workers 4 \

@@ -26,14 +26,14 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from training import checkpoint, run_files
-from training.camera_utils import PIVOT
-from training.d_input import resize_image
-from training.images import image_from_uint8, to_uint8
-from training.inversion import InversionConfig, optimize_latent, prepare_target, render, tune_generator
+from training.checkpoints import formats, run_files
+from training.checkpoints.run_files import pose_predict_kwargs_for
+from training.data.camera_utils import PIVOT
+from training.data.images import image_from_uint8, to_uint8
+from training.data.synthetic import PortraitPainter, Scene, sample_scene
+from training.engines.inversion import InversionConfig, optimize_latent, prepare_target, render, tune_generator
+from training.networks.d_input import resize_image
 from training.pose_prediction import load_pose_predict_kwargs, pose_errors, predict_real_poses
-from training.run_files import pose_predict_kwargs_for
-from training.synthetic import PortraitPainter, Scene, sample_scene
 
 VIEWS = {
     'input': 0.0,
@@ -217,8 +217,8 @@ def markdown_table(means: dict, w_plus: bool) -> str:
 def load_snapshot(parser: argparse.ArgumentParser, path: str, given_pose: bool, device: torch.device) -> tuple:
     """-> (G, D, pose_predict_kwargs or None with given_pose), in eval mode; every problem a one-line parser error."""
     try:
-        G, D = run_files.snapshot_networks(checkpoint.load_any(path, device=device), path)
-    except (OSError, ValueError, checkpoint.CheckpointError) as err:
+        G, D = run_files.snapshot_networks(formats.load_any(path, device=device), path)
+    except (OSError, ValueError, formats.CheckpointError) as err:
         parser.error(str(err))
     if G is None:
         parser.error(f'{path}: the snapshot holds no generator (G_ema or G)')

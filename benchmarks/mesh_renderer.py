@@ -33,9 +33,9 @@ def main():
         os.environ['LP_NUM_THREADS'] = str(args.lp_threads)
     torch.set_num_threads(2)
 
-    from training import camera_utils
     from training.body.body_model import BodyModel
-    from training.mesh_renderer import MeshRenderer
+    from training.data import camera_utils
+    from training.engines.mesh_renderer import MeshRenderer
 
     body = BodyModel.embedded()
     faces = body.faces

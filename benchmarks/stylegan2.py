@@ -22,7 +22,7 @@ import sys
 import torch
 
 from benchmarks.timing import time_calls
-from training.networks_stylegan2 import SynthesisNetwork
+from training.networks.stylegan2 import SynthesisNetwork
 
 CASES = [
     (channels, mode, precision)

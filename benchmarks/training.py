@@ -109,8 +109,8 @@ def main():
 
     # The synthetic set is built once, outside the timed runs.
     sys.path.insert(0, REPO)
+    from training.data.synthetic import ensure_synthetic_dataset
     from training.presets import load_preset
-    from training.synthetic import ensure_synthetic_dataset
 
     ensure_synthetic_dataset(
         root=os.path.join(REPO, 'datasets'), resolution=load_preset(args.cfg)['generator']['img_resolution']

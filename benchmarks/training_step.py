@@ -305,8 +305,8 @@ def build_step(cfg: str, batch: int | None, at_kimg: float, seed: int = 0, bf16:
     chunk: (real_img [B, 3, S, S], real_seg [B, 1, S, S], real_c [B, 25], real_pose [B, 6],
     gen_z [B, z_dim], gen_c [B, 25], gen_pose [B, 6]) with B = batch (default: the preset's batch_gpu).
     """
-    from training.camera_utils import random_cameras
     from training.config import TrainingConfig
+    from training.data.camera_utils import random_cameras
     from training.loss import LossConfig, PortraitGANLoss
     from training.presets import load_preset
     from training.schedules import schedule_values

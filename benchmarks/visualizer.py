@@ -1,4 +1,4 @@
-"""Frame times of the interactive viewer (training/viewer.py) on CPU, per preset, freshly initialized.
+"""Frame times of the interactive viewer (training/engines/viewer.py) on CPU, per preset, freshly initialized.
 
 Run from the repository root:  python -m benchmarks.visualizer [--presets cpu-small,full-head] [--reps 3]
 Four kinds of frame, each the best of `--reps` after one untimed frame, in milliseconds:
@@ -19,7 +19,7 @@ import torch
 
 from benchmarks.timing import time_calls
 from training.cli import load_generator
-from training.viewer import Viewer, ViewState
+from training.engines.viewer import Viewer, ViewState
 
 
 def frame_ms(render, states, reps: int, idle_timeout_s: float) -> float:

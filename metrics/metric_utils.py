@@ -20,10 +20,10 @@ from tqdm import tqdm
 import dnnlib
 from metrics.detector import DEFAULT_DETECTOR, FEATURE_DIM, FeatureDetector
 from metrics.names import METRIC_POSE_SAMPLE_MODES
-from training.atomic_files import atomic_write
-from training.d_input import discriminator_input
-from training.dataset import PortraitDataset
-from training.images import image_from_uint8, mask_from_uint8, to_uint8
+from training.checkpoints.atomic_files import atomic_write
+from training.data.dataset import PortraitDataset
+from training.data.images import image_from_uint8, mask_from_uint8, to_uint8
+from training.networks.d_input import discriminator_input
 from training.pose_prediction import predict_real_poses
 
 REAL_SUBSET_SEED = 0

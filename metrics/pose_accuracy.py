@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from metrics import metric_utils
-from training.images import image_from_uint8, mask_from_uint8
+from training.data.images import image_from_uint8, mask_from_uint8
 from training.pose_prediction import pose_errors, predict_real_poses
 
 POSE_WIDTH = 12  # predicted [6] and target [6] poses, side by side

@@ -1,4 +1,4 @@
-"""Tests for training/authors_checkpoint.py and tools/convert_checkpoint.py: published 3DPortraitGAN
+"""Tests for training/checkpoints/authors.py and tools/convert_checkpoint.py: published 3DPortraitGAN
 checkpoints load as this project's networks, strictly, without running anything from the file.
 
 The published files are not reachable here, so the tests write files in their format from tiny
@@ -26,14 +26,14 @@ from tests.test_lbs import synthetic_smpl_arrays
 from tests.test_smpl_pickle import write_smpl_pickle
 from tools import convert_checkpoint
 from torch_utils import persistence
-from training import authors_checkpoint, checkpoint, run_files, safe_pickle
-from training.camera_utils import camera_label, orbit_camera
-from training.dual_discriminator import PoseAwareDualDiscriminator
+from training.checkpoints import authors, formats, run_files, safe_pickle
+from training.checkpoints.run_files import pose_predict_kwargs_for
+from training.data.camera_utils import camera_label, orbit_camera
+from training.data.synthetic import build_synthetic_dataset
+from training.networks.dual_discriminator import PoseAwareDualDiscriminator
+from training.networks.triplane import TriPlaneGenerator
 from training.pose_prediction import load_pose_predict_kwargs
 from training.presets import load_preset
-from training.run_files import pose_predict_kwargs_for
-from training.synthetic import build_synthetic_dataset
-from training.triplane import TriPlaneGenerator
 
 S = 128  # output resolution: the smallest of the published super-resolution heads (2X, from 64 px)
 R = 16  # neural rendering resolution stored in the generator
@@ -297,7 +297,7 @@ def _generator_tree(tensors: dict, source: str, register, init_args=(), init_kwa
 
 def _discriminator_tree(tensors: dict, D: PoseAwareDualDiscriminator, source: str, register):
     kinds = {
-        '': ('reference', authors_checkpoint.DISCRIMINATOR_PATH),
+        '': ('reference', authors.DISCRIMINATOR_PATH),
         'pose_branch': ('reference', 'training.dual_discriminator.DPoseBranch'),
         'pose_branch.net': ('torch', torch.nn.Sequential),
         'b4.mbstd': ('record', 'MinibatchStdLayer'),
@@ -463,9 +463,9 @@ def test_the_embedded_source_would_leave_a_marker(tmp_path):
 def test_the_reader_sees_the_published_networks_as_data(release):
     with open(release.pkl, 'rb') as file:
         raw = safe_pickle.load(file)
-    assert authors_checkpoint.is_release_snapshot(raw)
-    assert authors_checkpoint.is_generator(raw['G']) and authors_checkpoint.is_generator(raw['G_ema'])
-    assert authors_checkpoint.is_discriminator(raw['D'])
+    assert authors.is_release_snapshot(raw)
+    assert authors.is_generator(raw['G']) and authors.is_generator(raw['G_ema'])
+    assert authors.is_discriminator(raw['D'])
     assert raw['G'].layout == 'release'
     assert raw['D']._path == 'training.dual_discriminator.PoseShapeAwareDualDiscriminator'
     assert not os.path.exists(release.marker)
@@ -474,13 +474,13 @@ def test_the_reader_sees_the_published_networks_as_data(release):
 def test_every_tensor_maps_to_its_place_with_its_shape(release):
     with open(release.pkl, 'rb') as file:
         raw = safe_pickle.load(file)
-    mapped = authors_checkpoint.generator_tensors(raw['G'])
+    mapped = authors.generator_tensors(raw['G'])
     expected = {key: value for key, value in release.G.state_dict().items() if not key.startswith('deformer.')}
     assert mapped.keys() == expected.keys()
     for key, value in expected.items():
         assert mapped[key].shape == value.shape, key
         assert torch.equal(mapped[key], value), key
-    mapped = authors_checkpoint.discriminator_tensors(raw['D'])
+    mapped = authors.discriminator_tensors(raw['D'])
     expected = release.D.state_dict()
     assert mapped.keys() == expected.keys()
     for key, value in expected.items():
@@ -488,7 +488,7 @@ def test_every_tensor_maps_to_its_place_with_its_shape(release):
 
 
 def test_the_published_checkpoint_loads_as_this_projects_networks(in_release):
-    data = checkpoint.load_network_pickle(in_release.pkl)
+    data = formats.load_network_pickle(in_release.pkl)
     assert not os.path.exists(in_release.marker)
     for key in ('G', 'G_ema'):
         G = data[key]
@@ -507,8 +507,8 @@ def test_the_published_checkpoint_loads_as_this_projects_networks(in_release):
 
 
 def _load_error(path: str) -> str:
-    with pytest.raises(checkpoint.CheckpointError) as error:
-        checkpoint.load_network_pickle(path)
+    with pytest.raises(formats.CheckpointError) as error:
+        formats.load_network_pickle(path)
     message = str(error.value)
     # One line; and no pointer to --trust-pickle, which cannot run the published code either.
     assert '\n' not in message and '--trust-pickle' not in message
@@ -596,7 +596,7 @@ def test_converter_round_trip(in_release, tmp_path, capsys):
     assert not os.path.exists(in_release.marker)
     payload = torch.load(out, map_location='cpu', weights_only=True)
     assert set(payload['modules']) == {'G', 'G_ema', 'D'}
-    loaded = checkpoint.load_weights(out)
+    loaded = formats.load_weights(out)
     assert dict(loaded['G_ema'].init_kwargs) == {**OWN_G_KWARGS, 'body_model': smpl}
     _assert_same_outputs(_render(loaded['G_ema']), _render(in_release.G))
     assert loaded['D'].mirror_camera is False
@@ -693,7 +693,7 @@ def test_training_continues_from_the_published_checkpoint(release, tmp_path, mon
     (run_dir,) = outdir.iterdir()
     options = json.loads((run_dir / 'training_options.json').read_text())
     assert options['d_mirror_camera'] is False and options['stage_start_kimg'] == 100
-    trained = checkpoint.load_any(run_files.latest_network_snapshot(str(run_dir)))
+    trained = formats.load_any(run_files.latest_network_snapshot(str(run_dir)))
     assert trained['D'].mirror_camera is False and trained['D_ema'].mirror_camera is False
     # The stage started from the published weights: a few steps moved them only a little.
     start, end = dict(release.G.named_parameters()), dict(trained['G'].named_parameters())

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import calc_metrics
 from metrics import names
 from tests.tiny_run import write_tiny_snapshot
-from training import checkpoint
+from training.checkpoints import formats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,10 +80,8 @@ def test_one_line_errors(run_dir, tmp_path, case):
     corrupt = tmp_path / 'corrupt.zip'
     corrupt.write_bytes(b'PK not really')
     swapped = tmp_path / 'swapped.pt'  # a weights file whose G_ema is a discriminator
-    discriminator = checkpoint.load_any(os.path.join(run_dir, 'network-snapshot-000000.pt'))['D']
-    checkpoint.save_weights(
-        str(swapped), dict(G_ema=discriminator, D=discriminator), extra=dict(training_set_kwargs={})
-    )
+    discriminator = formats.load_any(os.path.join(run_dir, 'network-snapshot-000000.pt'))['D']
+    formats.save_weights(str(swapped), dict(G_ema=discriminator, D=discriminator), extra=dict(training_set_kwargs={}))
     args, expected = {
         'missing': (['--network', str(tmp_path / 'absent.pkl')], 'absent.pkl'),
         'foreign': (['--network', str(foreign)], 'notes.pkl'),
@@ -122,7 +120,7 @@ import json, os, sys
 import torch
 sys.path.insert(0, sys.argv[1])
 from metrics import metric_main, metric_utils, names
-from training import checkpoint
+from training.checkpoints import formats
 from training.pose_prediction import load_pose_predict_kwargs
 
 run_dir, out_path = sys.argv[2], sys.argv[3]
@@ -131,7 +129,7 @@ world_size = int(os.environ.get('WORLD_SIZE', 1))
 rank = int(os.environ.get('RANK', 0))
 if world_size > 1:
     torch.distributed.init_process_group('gloo')
-modules = checkpoint.load_any(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
+modules = formats.load_any(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
 kwargs = load_pose_predict_kwargs(os.path.join(run_dir, 'pose_predict_kwargs-000000.json'))
 training_set_kwargs = modules['training_set_kwargs']
 names.POSE_ERR_ITEMS = 6

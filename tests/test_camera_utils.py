@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from training import camera_utils as cu
+from training.data import camera_utils as cu
 from training.volumetric_rendering.ray_sampler import sample_rays_from_label
 
 MIRROR = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0]))

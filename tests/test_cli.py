@@ -266,7 +266,7 @@ def test_a_missing_body_model_is_refused_before_the_run_directory_exists(tmp_pat
 def test_an_image_too_large_to_decode_is_a_one_line_error(tmp_path, monkeypatch):
     import PIL.Image
 
-    from training.photos import read_photo
+    from training.data.photos import read_photo
 
     path = str(tmp_path / 'big.png')
     PIL.Image.new('RGB', (8, 8)).save(path)

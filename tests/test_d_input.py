@@ -1,4 +1,4 @@
-"""Tests for training/d_input.py: D's input for reals and fakes is bit-identical to the formula the loss,
+"""Tests for training/networks/d_input.py: D's input for reals and fakes is bit-identical to the formula the loss,
 pose prediction, metrics and snapshot grid each used before it moved here (frozen inline below), and
 every one of those callers hands D exactly `discriminator_input`'s tensors."""
 
@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from metrics.metric_utils import discriminator_pose_on_fakes
 from torch_utils.ops import upfirdn2d
 from training import schedules
-from training.d_input import discriminator_input
 from training.loss import LossConfig, PortraitGANLoss
+from training.networks.d_input import discriminator_input
 from training.pose_prediction import predict_real_poses
 
 S = 32  # image resolution
@@ -23,7 +23,7 @@ FILTER_MODES = ['antialiased', 'none']
 
 
 # ----------------------------------------------------------------------------------------------
-# Frozen copy of the formula before training/d_input.py existed (training/loss.py prepare_real
+# Frozen copy of the formula before training/networks/d_input.py existed (training/loss.py prepare_real
 # followed by run_D's blur of the full image). Do not update it to follow the module.
 
 

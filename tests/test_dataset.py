@@ -1,4 +1,4 @@
-"""Tests for training/dataset.py: items equal the files written, mirroring, pairing by name,
+"""Tests for training/data/dataset.py: items equal the files written, mirroring, pairing by name,
 one clear error per broken dataset, check_dataset, and DataLoader workers over a zip."""
 
 import io
@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 import dnnlib
-from training.camera_utils import camera_label, orbit_camera
-from training.dataset import DatasetError, PortraitDataset, check_dataset
+from training.data.camera_utils import camera_label, orbit_camera
+from training.data.dataset import DatasetError, PortraitDataset, check_dataset
 
 N = 4
 RES = 16
@@ -446,7 +446,7 @@ def test_pickled_dataset_reopens_its_zip(tmp_path):
 def test_png_decoder_output_layouts(tmp_path, monkeypatch):
     # pyspng, when installed, returns [H, W] for grayscale and [H, W, 3] for RGB; a stand-in with
     # that contract checks the reshaping around it whether or not pyspng is present here.
-    import training.dataset as dataset_module
+    import training.data.dataset as dataset_module
 
     class StandIn:
         calls = 0

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 import dataset_tool
-from training.camera_utils import camera_label, orbit_camera
-from training.dataset import PortraitDataset
+from training.data.camera_utils import camera_label, orbit_camera
+from training.data.dataset import PortraitDataset
 
 OUT = 8
 CENTRE = [(200, 40, 10), (10, 220, 90), (60, 60, 250)]  # colour of each image's central square

@@ -1,11 +1,11 @@
-"""Tests for training/decoder.py: the chunked inference path against the one-pass autograd path and
+"""Tests for training/networks/decoder.py: the chunked inference path against the one-pass autograd path and
 against the MLP written out by hand."""
 
 import pytest
 import torch
 
-from training import decoder as decoder_module
-from training.decoder import TriGridDecoder
+from training.networks import decoder as decoder_module
+from training.networks.decoder import TriGridDecoder
 
 
 @pytest.mark.parametrize('activation', decoder_module.ACTIVATIONS)

@@ -179,7 +179,7 @@ def _assert_same_networks(a: dict, b: dict, where: str) -> None:
 
 
 def _resume_state(run_dir: str) -> dict:
-    from training.run_files import latest_resume_state, load_resume_state
+    from training.checkpoints.run_files import latest_resume_state, load_resume_state
 
     return load_resume_state(latest_resume_state(run_dir))
 
@@ -187,7 +187,7 @@ def _resume_state(run_dir: str) -> dict:
 @pytest.mark.slow
 def test_two_torchrun_nodes_make_one_run_and_stay_identical(tiny, driver, tmp_path):
     from torch_utils.misc import InfiniteSampler
-    from training.dataset import PortraitDataset
+    from training.data.dataset import PortraitDataset
 
     preset_path, config = tiny
     script, env = driver

@@ -1,4 +1,4 @@
-"""Tests for training/dual_discriminator.py: input assembly, heads, stop-gradient, mirroring, R1."""
+"""Tests for training/networks/dual_discriminator.py: input assembly, heads, stop-gradient, mirroring, R1."""
 
 import math
 import pickle
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.camera_utils import camera_label, flip_camera, flip_pose, orbit_camera
-from training.dual_discriminator import PoseAwareDualDiscriminator, flip_image_dict
+from training.data.camera_utils import camera_label, flip_camera, flip_pose, orbit_camera
+from training.networks.dual_discriminator import PoseAwareDualDiscriminator, flip_image_dict
 
 S = 32  # final image resolution
 R = 16  # raw (neural rendering) resolution

@@ -7,8 +7,8 @@ from click.testing import CliRunner
 
 import extract_shapes
 from tests.tiny_run import write_tiny_snapshot
-from training import shapes
-from training.latent_file import save_latent
+from training.checkpoints.latent_file import save_latent
+from training.engines import shapes
 
 
 @pytest.fixture(scope='module')
@@ -131,8 +131,8 @@ def seed_latent(run_dir: str, seed: int):
     """The ws extract_shapes maps for `seed` (frontal camera, zero pose, no truncation) -> ws [1, num_ws, w_dim]."""
     import torch
 
-    from training.camera_utils import frontal_camera
     from training.cli import load_generator
+    from training.data.camera_utils import frontal_camera
 
     G = load_generator(run_dir, None, 0, torch.device('cpu'))
     z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).float()

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import gen_samples
 from tests.tiny_run import TINY_GENERATOR, write_tiny_snapshot
-from training import checkpoint
+from training.checkpoints import formats
 
 RES = TINY_GENERATOR['img_resolution']
 RAW = TINY_GENERATOR['neural_rendering_resolution']
@@ -118,8 +118,8 @@ def test_one_line_errors(run_dir, tmp_path, case):
         args['outdir'] = blocker / 'sub'
     elif case == 'not_a_generator':
         args['network'] = tmp_path / 'swapped.pt'
-        discriminator = checkpoint.load_any(os.path.join(run_dir, 'network-snapshot-000000.pt'))['D']
-        checkpoint.save_weights(str(args['network']), dict(G_ema=discriminator))
+        discriminator = formats.load_any(os.path.join(run_dir, 'network-snapshot-000000.pt'))['D']
+        formats.save_weights(str(args['network']), dict(G_ema=discriminator))
     else:
         extra = ['--pose', {'pose': '1,2', 'nan_pose': 'nan,0,0,0,0,0', 'inf_pose': '0,0,0,0,inf,0'}[case]]
     result = invoke('--network', args['network'], '--seeds', args['seeds'], '--outdir', args['outdir'], *extra)

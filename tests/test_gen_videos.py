@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 import gen_videos
 from tests.tiny_run import TINY_GENERATOR, write_tiny_snapshot
-from training.latent_file import save_latent
+from training.checkpoints.latent_file import save_latent
 
 
 @pytest.fixture(scope='module')
@@ -126,8 +126,8 @@ def seed_latent(run_dir: str, seed: int = 0):
     """The ws gen_videos maps for `seed` (frontal camera, zero pose, no truncation) -> ws [1, num_ws, w_dim]."""
     import torch
 
-    from training.camera_utils import frontal_camera
     from training.cli import load_generator
+    from training.data.camera_utils import frontal_camera
 
     G = load_generator(run_dir, None, 0, torch.device('cpu'))
     z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).float()

@@ -1,9 +1,9 @@
-"""Tests of training/images.py against hand-computed values."""
+"""Tests of training/data/images.py against hand-computed values."""
 
 import numpy as np
 import torch
 
-from training.images import depth_to_uint8, image_from_uint8, mask_from_uint8, to_uint8
+from training.data.images import depth_to_uint8, image_from_uint8, mask_from_uint8, to_uint8
 
 
 def test_to_uint8_maps_the_range_ends_and_layout():

@@ -1,4 +1,4 @@
-"""Tests for training/inversion.py and invert.py: a generator's own render is recovered from the mean
+"""Tests for training/engines/inversion.py and invert.py: a generator's own render is recovered from the mean
 latent, pivotal tuning improves on the latent alone, and bad inputs are one-line errors."""
 
 import json
@@ -12,9 +12,10 @@ import torch
 from click.testing import CliRunner
 
 import invert
-from training import checkpoint, run_files
-from training.camera_utils import camera_label, frontal_camera, orbit_camera
-from training.inversion import (
+from training.checkpoints import formats, run_files
+from training.checkpoints.latent_file import load_latent
+from training.data.camera_utils import camera_label, frontal_camera, orbit_camera
+from training.engines.inversion import (
     InversionConfig,
     optimize_latent,
     perceptual_distance,
@@ -23,7 +24,6 @@ from training.inversion import (
     render_target,
     tune_generator,
 )
-from training.latent_file import load_latent
 
 POSE = torch.tensor([[0.1, 0.0, 0.0, 0.2, -0.1, 0.0]])
 
@@ -34,7 +34,7 @@ def networks(tmp_path_factory):
 
     run_dir = write_tiny_snapshot(str(tmp_path_factory.mktemp('tiny')))[0]
     path = os.path.join(run_dir, 'network-snapshot-000000.pt')
-    G, D = run_files.snapshot_networks(checkpoint.load_any(path), path)
+    G, D = run_files.snapshot_networks(formats.load_any(path), path)
     return run_dir, G.eval().requires_grad_(False), D.eval().requires_grad_(False)
 
 
@@ -155,7 +155,7 @@ def test_invert_writes_every_output_and_they_load_in_the_other_tools(networks, t
     latent = load_latent(str(folder / 'latent.npz'), G, torch.device('cpu'))
     assert torch.allclose(latent['camera'], _camera(), atol=1e-5)
     tuned_path = str(folder / 'G_tuned.pt')
-    tuned = run_files.snapshot_networks(checkpoint.load_any(tuned_path), tuned_path)[0]
+    tuned = run_files.snapshot_networks(formats.load_any(tuned_path), tuned_path)[0]
     assert tuned.neural_rendering_resolution == G.neural_rendering_resolution
     assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), G.state_dict().values()))
 
@@ -191,13 +191,13 @@ def test_bad_inputs_are_one_line_errors(networks, tmp_path, case, message):
             f.write(b'not a png')
     elif case == 'generator only':
         network = str(tmp_path / 'G.pt')
-        checkpoint.save_weights(network, {'G_ema': G})
+        formats.save_weights(network, {'G_ema': G})
     elif case == 'foreign checkpoint':
         network = str(tmp_path / 'other.pt')
         torch.save({'state_dict': G.state_dict()}, network)
     elif case == 'no pose settings':
         network = str(tmp_path / 'snapshot.pt')
-        checkpoint.save_weights(network, {'G_ema': G, 'D': D})
+        formats.save_weights(network, {'G_ema': G, 'D': D})
     result = CliRunner().invoke(
         invert.main,
         [
@@ -269,12 +269,12 @@ def test_invert_reads_a_data_set_and_a_folder_of_the_published_layout(networks, 
 
 
 def test_ctrl_c_ends_the_stage_and_keeps_what_it_reached(networks, tmp_path, monkeypatch):
-    import training.inversion
+    import training.engines.inversion
 
     run_dir, G, _ = networks
     image_path, mask_path = _write_photo(tmp_path, _own_render(G))
     calls = []
-    real_render = training.inversion.render
+    real_render = training.engines.inversion.render
 
     def render_until_interrupted(*args, **kwargs):
         calls.append(1)
@@ -282,7 +282,7 @@ def test_ctrl_c_ends_the_stage_and_keeps_what_it_reached(networks, tmp_path, mon
             raise KeyboardInterrupt
         return real_render(*args, **kwargs)
 
-    monkeypatch.setattr(training.inversion, 'render', render_until_interrupted)
+    monkeypatch.setattr(training.engines.inversion, 'render', render_until_interrupted)
     result = CliRunner().invoke(
         invert.main,
         [

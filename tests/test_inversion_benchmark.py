@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from benchmarks import inversion
-from training.camera_utils import PIVOT, RADIUS, camera_label, camera_yaw, orbit_camera
-from training.synthetic import PortraitPainter, render_item, sample_scene
+from training.data.camera_utils import PIVOT, RADIUS, camera_label, camera_yaw, orbit_camera
+from training.data.synthetic import PortraitPainter, render_item, sample_scene
 
 SEED, INDEX, RES = 3, 100007, 32
 
@@ -146,7 +146,7 @@ def test_end_to_end_on_the_tiny_snapshot(run_dir, tmp_path, capsys):
 
 
 def test_one_line_errors(run_dir, tmp_path, capsys):
-    from training import checkpoint
+    from training.checkpoints import formats
 
     snapshot = os.path.join(run_dir, 'network-snapshot-000000.pt')
     copied = tmp_path / 'network-snapshot-000000.pt'  # the same snapshot without the pose JSON beside it
@@ -158,7 +158,7 @@ def test_one_line_errors(run_dir, tmp_path, capsys):
     assert 'pose_predict_kwargs-000000.json' in message and '--given-pose' in message
 
     without_d = tmp_path / 'g-only.pt'
-    checkpoint.save_weights(str(without_d), dict(G_ema=checkpoint.load_any(snapshot)['G_ema']))
+    formats.save_weights(str(without_d), dict(G_ema=formats.load_any(snapshot)['G_ema']))
     with pytest.raises(SystemExit) as info:
         inversion.main(['--network', str(without_d), '--num', '1', '--given-pose'])
     assert info.value.code == 2

@@ -1,4 +1,4 @@
-"""training/latent_file.py: a latent .npz round trip, and one-line errors for every bad file, pickles unopened."""
+"""training/checkpoints/latent_file.py: a latent .npz round trip, and one-line errors for every bad file, pickles unopened."""
 
 import os
 import pickle
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.latent_file import load_latent, save_latent
+from training.checkpoints.latent_file import load_latent, save_latent
 
 G = types.SimpleNamespace(num_ws=4, w_dim=8)  # load_latent reads only the latent shape of the generator
 CPU = torch.device('cpu')

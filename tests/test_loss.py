@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from torch_utils import training_stats
 from training import loss as loss_module
 from training import schedules
-from training.camera_utils import random_cameras
 from training.config import TrainingConfig
-from training.d_input import blur_image, discriminator_input
-from training.dual_discriminator import PoseAwareDualDiscriminator
+from training.data.camera_utils import random_cameras
 from training.loss import LossConfig, PortraitGANLoss, swap_with_previous
+from training.networks.d_input import blur_image, discriminator_input
+from training.networks.dual_discriminator import PoseAwareDualDiscriminator
+from training.networks.triplane import build_generator
 from training.presets import load_preset
-from training.triplane import build_generator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S = 32  # final image resolution

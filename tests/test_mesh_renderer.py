@@ -1,4 +1,4 @@
-"""Tests of training/mesh_renderer.py against a numpy pinhole projection, analytic ray-sphere
+"""Tests of training/engines/mesh_renderer.py against a numpy pinhole projection, analytic ray-sphere
 depths, Lambert shading and mirror symmetry."""
 
 import math
@@ -13,9 +13,9 @@ import pytest
 import torch
 import trimesh
 
-from training import camera_utils
 from training.body.body_model import BodyModel
-from training.mesh_renderer import MeshRenderer
+from training.data import camera_utils
+from training.engines.mesh_renderer import MeshRenderer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -342,8 +342,8 @@ def test_fork_after_render(renderer):
 def test_threaded_context_refuses_to_render_after_fork():
     script = textwrap.dedent("""
         import multiprocessing, trimesh
-        from training import camera_utils
-        from training.mesh_renderer import MeshRenderer
+        from training.data import camera_utils
+        from training.engines.mesh_renderer import MeshRenderer
         sphere = trimesh.creation.icosphere(subdivisions=1, radius=0.3)
         c = camera_utils.frontal_camera()[0]
         MeshRenderer().render(sphere.vertices, sphere.faces, c, 16)

@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 
 from metrics import metric_main, metric_utils, names, pose_accuracy, pose_sensitivity
 from tests.tiny_run import write_tiny_snapshot
-from training import checkpoint
+from training.checkpoints import formats
 from training.pose_prediction import load_pose_predict_kwargs
 
 
@@ -19,7 +19,7 @@ from training.pose_prediction import load_pose_predict_kwargs
 def snapshot(tmp_path_factory):
     root = tmp_path_factory.mktemp('metrics')
     run_dir, config = write_tiny_snapshot(str(root))
-    modules = checkpoint.load_any(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
+    modules = formats.load_any(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
     kwargs = load_pose_predict_kwargs(os.path.join(run_dir, 'pose_predict_kwargs-000000.json'))
     return dict(
         run_dir=run_dir,

@@ -1,4 +1,4 @@
-"""Tests for training/networks_stylegan2.py against direct formulas and invariants."""
+"""Tests for training/networks/stylegan2.py against direct formulas and invariants."""
 
 import copy
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from torch_utils.ops import conv2d_resample, upfirdn2d
-from training import networks_stylegan2 as net
+from training.networks import stylegan2 as net
 
 
 def _lrelu(x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Tests for training/pose_branch.py: MLP formula, mirror canonicalization, gradients."""
+"""Tests for training/networks/pose_branch.py: MLP formula, mirror canonicalization, gradients."""
 
 import math
 import pickle
@@ -7,8 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.camera_utils import camera_label, flip_camera, flip_pose, orbit_camera
-from training.pose_branch import GeneratorPoseBranch, PoseMLP
+from training.data.camera_utils import camera_label, flip_camera, flip_pose, orbit_camera
+from training.networks.pose_branch import GeneratorPoseBranch, PoseMLP
 
 
 def _cameras(n: int, seed: int = 0) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Learning checks of the discriminator's pose predictor (training/dual_discriminator.py).
+"""Learning checks of the discriminator's pose predictor (training/networks/dual_discriminator.py).
 
 On a fixed set of rendered portraits with exact poses (the built-in synthetic set), a few hundred
 steps of D's pose regression (the loss D minimizes on fakes, docs/method.md §7.3) bring the angular error of
@@ -19,14 +19,14 @@ import torch
 
 from metrics import metric_main, metric_utils
 from tests.tiny_run import TINY_GENERATOR, TINY_TRAINING, tiny_setup
-from training import checkpoint, run_files
+from training.checkpoints import formats, run_files
 from training.config import TrainingConfig
-from training.d_input import discriminator_input
-from training.dataset import PortraitDataset
-from training.images import image_from_uint8
+from training.data.dataset import PortraitDataset
+from training.data.images import image_from_uint8
+from training.data.synthetic import build_synthetic_dataset
+from training.networks.d_input import discriminator_input
 from training.pose_prediction import pose_errors
 from training.presets import load_preset
-from training.synthetic import build_synthetic_dataset
 from training.training_loop import build_networks, training_loop
 
 NUM_IMAGES = 16
@@ -114,7 +114,7 @@ def test_a_short_run_with_cpu_fast_losses_learns_the_pose_of_its_fakes(tmp_path)
     os.makedirs(run_dir)
     training_loop(config, run_dir)
     snapshot_path = run_files.latest_network_snapshot(run_dir)
-    snapshot = checkpoint.load_any(snapshot_path)
+    snapshot = formats.load_any(snapshot_path)
     with open(run_files.pose_predict_kwargs_for(snapshot_path)) as f:
         pose_predict_kwargs = json.load(f)
     after = _pose_err(snapshot['G'], snapshot['D'], snapshot['training_set_kwargs'], pose_predict_kwargs)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from training.checkpoints.run_files import pose_predict_kwargs_for
 from training.pose_prediction import (
     load_pose_predict_kwargs,
     pose_errors,
@@ -15,7 +16,6 @@ from training.pose_prediction import (
     rotation_angle_error,
     split_unseen_poses,
 )
-from training.run_files import pose_predict_kwargs_for
 
 
 def test_rotation_angle_error_matches_scipy():

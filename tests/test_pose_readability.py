@@ -11,8 +11,8 @@ from scipy.spatial.transform import Rotation
 from tests.tiny_run import tiny_setup
 from tools.pose_readability import fakes_at_labels, split_displacement, supervised_ceiling
 from training.body import lbs
-from training.dataset import PortraitDataset
-from training.synthetic import PortraitPainter, sample_scene
+from training.data.dataset import PortraitDataset
+from training.data.synthetic import PortraitPainter, sample_scene
 from training.training_loop import build_networks
 
 

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 import gen_samples
 from tests.tiny_run import TINY_GENERATOR, write_tiny_snapshot
-from training import checkpoint
+from training.checkpoints import formats
+from training.data.synthetic import PortraitPainter, sample_scene
 from training.pose_prediction import predict_real_poses
-from training.synthetic import PortraitPainter, sample_scene
 
 RES = TINY_GENERATOR['img_resolution']
 PHOTO_RES = 48  # not the networks' resolution, so that the script has to resize
@@ -77,7 +77,7 @@ def test_poses_match_the_discriminator_and_renders_sit_beside_the_photos(run_dir
     )
     assert result.exit_code == 0, result.output
 
-    D = checkpoint.load_any(os.path.join(run_dir, 'network-snapshot-000000.pkl'))['D_ema'].eval()
+    D = formats.load_any(os.path.join(run_dir, 'network-snapshot-000000.pkl'))['D_ema'].eval()
     with open(os.path.join(run_dir, 'pose_predict_kwargs-000000.json')) as f:
         kwargs = json.load(f)
     # One photo at a time, as the script promises (D's minibatch-std layer would couple a batch).

@@ -1,6 +1,6 @@
 """The trained model shipped in pretrained/: compact, loadable by the tools, and rendering what it rendered in training.
 
-pretrained/cpu-fast-64.render-stats.json holds training.render_stats of the training run's own
+pretrained/cpu-fast-64.render-stats.json holds training.engines.render_stats of the training run's own
 snapshot (float32, written by tools/export_snapshot.py); the shipped file must reproduce them.
 """
 
@@ -12,10 +12,10 @@ import sys
 import pytest
 import torch
 
-from training import checkpoint, run_files
+from training.checkpoints import formats, run_files
+from training.engines.render_stats import STATISTICS, render_statistics
+from training.networks.triplane import build_generator
 from training.presets import load_preset
-from training.render_stats import STATISTICS, render_statistics
-from training.triplane import build_generator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED = os.path.join(REPO, 'pretrained', 'cpu-fast-64.pt')
@@ -26,7 +26,7 @@ TOLERANCE = 1e-3  # float32 renders of the same weights differ by thread schedul
 
 @pytest.fixture(scope='module')
 def shipped():
-    return checkpoint.load_weights(SHIPPED)
+    return formats.load_weights(SHIPPED)
 
 
 @pytest.fixture(scope='module')

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from training import camera_utils as cu
+from training.data import camera_utils as cu
 from training.volumetric_rendering.ray_sampler import sample_rays, sample_rays_from_label
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.test_trigrid import linear_trigrid
-from training import camera_utils as cu
+from training.data import camera_utils as cu
 from training.volumetric_rendering.ray_sampler import sample_rays_from_label
 from training.volumetric_rendering.renderer import VolumeRenderer, stratified_depths
 

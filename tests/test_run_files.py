@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from training.checkpoint import CheckpointError
-from training.run_files import (
+from training.checkpoints.formats import CheckpointError
+from training.checkpoints.run_files import (
     find_resume_state,
     latest_network_snapshot,
     pose_predict_kwargs_for,
@@ -88,12 +88,12 @@ def test_export_snapshot_keeps_g_exact_and_stores_d_in_half_precision(tmp_path):
     import torch
 
     from tests.tiny_run import write_tiny_snapshot
-    from training import checkpoint
-    from training.run_files import export_snapshot
+    from training.checkpoints import formats
+    from training.checkpoints.run_files import export_snapshot
 
     run_dir, _ = write_tiny_snapshot(str(tmp_path))
     source = os.path.join(run_dir, 'network-snapshot-000000.pt')
-    full = checkpoint.load_any(source)
+    full = formats.load_any(source)
     out, out_json = export_snapshot(source, str(tmp_path / 'shipped' / 'model.pt'), {'D_ema': torch.float16})
     assert out_json == str(tmp_path / 'shipped' / 'model.json')
     with open(out_json) as f, open(os.path.join(run_dir, 'pose_predict_kwargs-000000.json')) as g:
@@ -106,7 +106,7 @@ def test_export_snapshot_keeps_g_exact_and_stores_d_in_half_precision(tmp_path):
         assert tensor.dtype == (torch.float16 if name in D_parameters else full['D_ema'].state_dict()[name].dtype), name
     assert all(t.dtype != torch.float16 for t in stored['G_ema']['state_dict'].values())
 
-    exported = checkpoint.load_any(out)
+    exported = formats.load_any(out)
     assert {'training_set_kwargs', 'neural_rendering_resolution', 'cur_nimg'} <= set(exported)
     assert exported['training_set_kwargs'] == full['training_set_kwargs']
     for key in ('G_ema', 'D_ema'):
@@ -126,7 +126,7 @@ def test_export_snapshot_keeps_g_exact_and_stores_d_in_half_precision(tmp_path):
 
 def test_export_snapshot_errors(tmp_path):
     from tests.tiny_run import write_tiny_snapshot
-    from training.run_files import export_snapshot
+    from training.checkpoints.run_files import export_snapshot
 
     run_dir, _ = write_tiny_snapshot(str(tmp_path))
     source = os.path.join(run_dir, 'network-snapshot-000000.pt')

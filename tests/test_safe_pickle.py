@@ -1,7 +1,8 @@
-"""Tests for training/safe_pickle.py and its use by every tool: own snapshots load without running
+"""Tests for training/checkpoints/safe_pickle.py and its use by every tool: own snapshots load without running
 code from the file and render exactly as the trusted unpickling does; a pickle that would run
 code is refused by every tool (nothing runs); --trust-pickle is the explicit opt-in."""
 
+import importlib
 import os
 import pickle
 import subprocess
@@ -17,8 +18,9 @@ import extract_shapes
 import gen_samples
 import gen_videos
 from tests.tiny_run import write_tiny_snapshot
-from training import checkpoint, run_files, safe_pickle
-from training.camera_utils import frontal_camera
+from torch_utils import persistence
+from training.checkpoints import formats, run_files, safe_pickle
+from training.data.camera_utils import frontal_camera
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,9 +61,9 @@ def test_own_snapshot_loads_without_its_code_and_renders_identically(run_dir):
     with open(path, 'rb') as file:
         raw = safe_pickle.load(file)
     assert isinstance(raw['G_ema'], safe_pickle.PersistentRecord)
-    assert raw['G_ema'].qualified_name == 'training.triplane.TriPlaneGenerator'
-    safe = checkpoint.load_network_pickle(path)
-    trusted = checkpoint.load_network_pickle(path, trust_pickle=True)
+    assert raw['G_ema'].qualified_name == 'training.networks.triplane.TriPlaneGenerator'
+    safe = formats.load_network_pickle(path)
+    trusted = formats.load_network_pickle(path, trust_pickle=True)
     assert set(safe) == set(trusted)
     assert safe['training_set_kwargs'] == trusted['training_set_kwargs']
     for key in ('G', 'D', 'G_ema', 'D_ema'):
@@ -75,8 +77,8 @@ def test_own_snapshot_loads_without_its_code_and_renders_identically(run_dir):
 
 def test_hostile_pickle_is_refused_without_running_anything(tmp_path):
     path, marker = _hostile_pickle(tmp_path)
-    for loader in (checkpoint.load_network_pickle, checkpoint.load_any):
-        with pytest.raises(checkpoint.CheckpointError, match=r'calls io\.open.*nothing from the file was run'):
+    for loader in (formats.load_network_pickle, formats.load_any):
+        with pytest.raises(formats.CheckpointError, match=r'calls io\.open.*nothing from the file was run'):
             loader(path)
     assert not os.path.exists(marker)
     with open(path, 'rb') as file:
@@ -157,8 +159,8 @@ def test_trust_pickle_loads_by_running_the_code(run_dir, tmp_path):
     assert os.path.isfile(out / 'seed0000.png')
     # On a hostile one the code runs: that is what the flag means.
     path, marker = _hostile_pickle(tmp_path)
-    with pytest.raises(checkpoint.CheckpointError):
-        checkpoint.load_network_pickle(path, trust_pickle=True)
+    with pytest.raises(formats.CheckpointError):
+        formats.load_network_pickle(path, trust_pickle=True)
     assert os.path.exists(marker)
 
 
@@ -168,21 +170,21 @@ def test_run_directory_resolves_to_the_weights_file(run_dir):
 
 def test_a_pickle_named_pt_is_not_unpickled(tmp_path):
     path, marker = _hostile_pickle(tmp_path, name='snapshot.pt')
-    with pytest.raises(checkpoint.CheckpointError, match='named like a weights file but not one'):
-        checkpoint.load_any(path, trust_pickle=True)
+    with pytest.raises(formats.CheckpointError, match='named like a weights file but not one'):
+        formats.load_any(path, trust_pickle=True)
     assert not os.path.exists(marker)
 
 
 def test_weights_file_classes_cannot_be_reached_through_imported_modules(tmp_path):
-    # training.checkpoint imports torch, so 'training.checkpoint.torch.nn.Linear' names torch.nn.Linear.
+    # training.checkpoints.formats imports torch, so 'training.checkpoints.formats.torch.nn.Linear' names torch.nn.Linear.
     path = str(tmp_path / 'weights.pt')
     payload = dict(
-        format=checkpoint.WEIGHTS_FORMAT,
-        version=checkpoint.WEIGHTS_VERSION,
+        format=formats.WEIGHTS_FORMAT,
+        version=formats.WEIGHTS_VERSION,
         extra_json='{}',
         modules=dict(
             G={
-                'class': 'training.checkpoint.torch.nn.Linear',
+                'class': 'training.checkpoints.formats.torch.nn.Linear',
                 'init_args_json': '[2, 2]',
                 'init_kwargs_json': '{}',
                 'state_dict': {},
@@ -191,9 +193,9 @@ def test_weights_file_classes_cannot_be_reached_through_imported_modules(tmp_pat
     )
     torch.save(payload, path)
     with pytest.raises(
-        checkpoint.CheckpointError, match='defines no network class training.checkpoint.torch.nn.Linear'
+        formats.CheckpointError, match='defines no network class training.checkpoints.formats.torch.nn.Linear'
     ):
-        checkpoint.load_weights(path)
+        formats.load_weights(path)
 
 
 def test_allowed_containers_and_arrays_come_back_as_data():
@@ -235,3 +237,39 @@ def test_storage_records_run_nothing_either(tmp_path):
     with pytest.raises(safe_pickle.UnsafePickleError, match='io.open'):
         safe_pickle.load(io.BytesIO(pickle.dumps({'G': _StorageRecord(inner.getvalue())})))
     assert not os.path.exists(marker)
+
+
+class _OldPathPickler(pickle.Pickler):
+    """Pickles persistent networks as an earlier version did: their records name the modules before the move."""
+
+    def reducer_override(self, obj):
+        if not persistence.is_persistent(type(obj)) or not isinstance(obj, torch.nn.Module):
+            return NotImplemented
+        function, (meta,) = obj.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+        old = {new: old for old, new in safe_pickle.MOVED_MODULES.items()}
+        return function, (dict(meta, module_name=old.get(meta['module_name'], meta['module_name'])),)
+
+
+def test_files_that_name_the_module_paths_before_the_move_still_load(run_dir, tmp_path, monkeypatch):
+    """A pickle and a weights file written when the networks lived in training.triplane,
+    training.networks_stylegan2, ... load with the default reader and render as the original."""
+    original = formats.load_network_pickle(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
+    networks = {key: original[key] for key in ('G', 'D', 'G_ema', 'D_ema')}
+    old_pickle, old_weights = str(tmp_path / 'old.pkl'), str(tmp_path / 'old.pt')
+    with open(old_pickle, 'wb') as file:
+        _OldPathPickler(file, protocol=pickle.HIGHEST_PROTOCOL).dump(dict(networks, training_set_kwargs={}))
+    for old, new in safe_pickle.MOVED_MODULES.items():
+        for cls in vars(importlib.import_module(new)).values():
+            if isinstance(cls, type) and getattr(cls, '_persistent_module_name', None) == new:
+                monkeypatch.setattr(cls, '_persistent_module_name', old)
+    formats.save_weights(old_weights, networks)
+    monkeypatch.undo()
+
+    with open(old_pickle, 'rb') as file:
+        assert safe_pickle.load(file)['G_ema'].qualified_name == 'training.triplane.TriPlaneGenerator'
+    stored_class = torch.load(old_weights, weights_only=True)['modules']['G_ema']['class']
+    assert stored_class == 'training.triplane.TriPlaneGenerator'
+    for path in (old_pickle, old_weights):
+        loaded = formats.load_any(path)
+        assert type(loaded['G_ema']) is type(original['G_ema']) and type(loaded['D']) is type(original['D'])
+        assert torch.equal(_render(loaded['G_ema']), _render(original['G_ema']))

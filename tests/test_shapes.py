@@ -1,11 +1,11 @@
-"""Shape grid, marching cubes and .mrc round trip (training/shapes.py) on analytic densities."""
+"""Shape grid, marching cubes and .mrc round trip (training/engines/shapes.py) on analytic densities."""
 
 import numpy as np
 import pytest
 import torch
 import trimesh
 
-from training import shapes
+from training.engines import shapes
 
 
 def sphere_density(radius: float, level: float = shapes.DEFAULT_LEVEL, slope: float = 100.0):

@@ -1,5 +1,5 @@
 """The import graph of the project: command-line scripts import library modules only, and the library has no
-import cycle (module-level imports; an import inside a function runs late and is allowed to close a loop)."""
+import cycle, counting the imports inside functions as well as those at module level."""
 
 import ast
 import os
@@ -23,12 +23,12 @@ def _modules() -> dict:
     return modules
 
 
-def _module_level_imports(path: str, known: set) -> set:
-    """The project modules that the file imports at module level (from x import y counts x.y when it is a module)."""
-    with open(path) as file:
-        tree = ast.parse(file.read())
+def _imports(source: str, known: set, anywhere: bool = True) -> set:
+    """The project modules that `source` imports (from x import y counts x.y when it is a module); `anywhere`
+    counts the imports inside functions and classes too, else only the module's top-level statements."""
+    tree = ast.parse(source)
     imported = set()
-    for node in tree.body:
+    for node in ast.walk(tree) if anywhere else tree.body:
         if isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -37,28 +37,8 @@ def _module_level_imports(path: str, known: set) -> set:
     return imported & known
 
 
-@pytest.fixture(scope='module')
-def graph() -> dict:
-    modules = _modules()
-    return {name: _module_level_imports(path, set(modules)) - {name} for name, path in modules.items()}
-
-
-def test_graph_sees_the_scripts_and_their_library_imports(graph):
-    assert {'train', 'gen_samples', 'calc_metrics'} <= set(SCRIPTS)
-    assert 'training.cli' in graph['gen_samples'] and 'training.run_files' in graph['training.cli']
-
-
-def test_no_script_imports_another_script(graph):
-    offending = {script: sorted(graph[script] & set(SCRIPTS)) for script in SCRIPTS if graph[script] & set(SCRIPTS)}
-    library = {
-        name: sorted(imports & set(SCRIPTS))
-        for name, imports in graph.items()
-        if name not in SCRIPTS and imports & set(SCRIPTS)
-    }
-    assert offending == {} and library == {}
-
-
-def test_module_level_imports_have_no_cycle(graph):
+def _cycles(graph: dict) -> list:
+    """The loops that a depth-first walk of `graph` ({module: modules it imports}) closes, each as [a, ..., a]."""
     state, path, cycles = {}, [], []
 
     def visit(name):
@@ -75,4 +55,54 @@ def test_module_level_imports_have_no_cycle(graph):
     for name in sorted(graph):
         if name not in state:
             visit(name)
-    assert cycles == []
+    return cycles
+
+
+@pytest.fixture(scope='module')
+def graph() -> dict:
+    modules = _modules()
+    graph = {}
+    for name, path in modules.items():
+        with open(path) as file:
+            graph[name] = _imports(file.read(), set(modules)) - {name}
+    return graph
+
+
+def test_graph_sees_the_scripts_and_their_library_imports(graph):
+    assert {'train', 'gen_samples', 'calc_metrics'} <= set(SCRIPTS)
+    assert 'training.cli' in graph['gen_samples'] and 'training.checkpoints.run_files' in graph['training.cli']
+
+
+def test_imports_inside_functions_are_counted_and_close_cycles():
+    known = {'training', 'training.a', 'training.b'}
+    source = 'import os\n\n\ndef f():\n    from training import b\n'
+    assert _imports(source, known) == {'training', 'training.b'}
+    assert _imports(source, known, anywhere=False) == set()
+    assert _cycles({'training.a': {'training.b'}, 'training.b': {'training.a'}}) == [
+        ['training.a', 'training.b', 'training.a']
+    ]
+    assert _cycles({'training.a': {'training.b'}, 'training.b': set()}) == []
+
+
+def test_no_script_imports_another_script(graph):
+    offending = {script: sorted(graph[script] & set(SCRIPTS)) for script in SCRIPTS if graph[script] & set(SCRIPTS)}
+    library = {
+        name: sorted(imports & set(SCRIPTS))
+        for name, imports in graph.items()
+        if name not in SCRIPTS and imports & set(SCRIPTS)
+    }
+    assert offending == {} and library == {}
+
+
+def test_imports_have_no_cycle(graph):
+    assert _cycles(graph) == []
+
+
+def test_training_is_split_by_concern():
+    """training/ keeps the loop's own modules at its top; networks, rendering, body, data, checkpoints and the
+    tools' engines are sub-packages."""
+    folder = os.path.join(REPO, 'training')
+    top = sorted(name for name in os.listdir(folder) if name.endswith('.py'))
+    packages = {name for name in os.listdir(folder) if os.path.isfile(os.path.join(folder, name, '__init__.py'))}
+    assert len(top) <= 10, top
+    assert packages == {'networks', 'volumetric_rendering', 'body', 'data', 'checkpoints', 'engines'}

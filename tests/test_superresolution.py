@@ -1,10 +1,10 @@
-"""Tests for training/superresolution.py: shapes, input resizing, use of the last w, gradients."""
+"""Tests for training/networks/superresolution.py: shapes, input resizing, use of the last w, gradients."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from training import superresolution as sr
+from training.networks import superresolution as sr
 
 W_DIM = 16
 

@@ -1,4 +1,4 @@
-"""Tests of training/synthetic.py: labels round-trip through PortraitDataset, masks match the
+"""Tests of training/data/synthetic.py: labels round-trip through PortraitDataset, masks match the
 body projected with a numpy pinhole, determinism over workers, mirror symmetry, atomic builds,
 and the `dataset_tool.py synth` command."""
 
@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from scipy import ndimage
 
 import dataset_tool
-from training import camera_utils, synthetic
 from training.body.body_model import BodyModel
-from training.dataset import PortraitDataset, check_dataset
+from training.data import camera_utils, synthetic
+from training.data.dataset import PortraitDataset, check_dataset
 
 NUM = 12
 RES = 32

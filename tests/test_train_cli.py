@@ -10,9 +10,9 @@ import torch
 from click.testing import CliRunner
 
 import train
+from training.checkpoints.run_files import RESUME_FORMAT, RESUME_VERSION
 from training.config import ConfigError, TrainingConfig
 from training.presets import load_preset
-from training.run_files import RESUME_FORMAT, RESUME_VERSION
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # training_options.json of a stage-2 full-head run (8 GPUs, batch 64, density regularization,
@@ -107,9 +107,9 @@ def test_bad_options_are_click_errors(args, fragment):
 def test_choices_are_built_from_the_constants():
     from metrics.names import METRIC_POSE_SAMPLE_MODES
     from training.config import DEVICES
-    from training.decoder import ACTIVATIONS
-    from training.loss import REG_TYPES
-    from training.triplane import SR_MODULES
+    from training.loss_options import REG_TYPES
+    from training.networks.decoder import ACTIVATIONS
+    from training.networks.triplane import SR_MODULES
 
     choices = {
         param.name: tuple(param.type.choices) for param in train.main.params if isinstance(param.type, click.Choice)

@@ -25,7 +25,7 @@ import torch
 
 from tests.tiny_run import BATCH, tiny_setup
 from torch_utils import training_stats
-from training import checkpoint
+from training.checkpoints import formats
 from training.config import TrainingConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def _run(config: TrainingConfig, run_dir: str) -> dict:
 
 
 def _resume_state(run_dir: str) -> dict:
-    from training.run_files import latest_resume_state, load_resume_state
+    from training.checkpoints.run_files import latest_resume_state, load_resume_state
 
     path = latest_resume_state(run_dir)
     assert path is not None, f'no resume state in {run_dir}: {os.listdir(run_dir)}'
@@ -83,7 +83,7 @@ def test_continued_run_equals_uninterrupted_run(tiny, tmp_path):
 
     # The stopped run's snapshot: every file loads, and the resume state holds the counters.
     for path in ('network-snapshot-000000.pkl', 'network-snapshot-000000.pt'):
-        modules = checkpoint.load_any(os.path.join(first, path))
+        modules = formats.load_any(os.path.join(first, path))
         assert {'G', 'D', 'G_ema', 'D_ema', 'training_set_kwargs'} <= set(modules)
         assert modules['G_ema'].img_resolution == 32
     with open(os.path.join(first, 'pose_predict_kwargs-000000.json')) as f:
@@ -98,7 +98,7 @@ def test_continued_run_equals_uninterrupted_run(tiny, tmp_path):
 
     # Continue to the straight run's end. batch_idx 1 is not a Dreg iteration (interval 2): a
     # counter restarted at 0 would add an R1 step and change the networks.
-    from training.run_files import latest_resume_state
+    from training.checkpoints.run_files import latest_resume_state
 
     _run(config.replace(kimg=3 * BATCH / 1000, resume_state=latest_resume_state(first)), second)
     assert _stats(second)[0]['Progress/kimg']['mean'] == pytest.approx(2 * BATCH / 1000)
@@ -118,7 +118,7 @@ import torch
 sys.path.insert(0, sys.argv[3])
 torch.set_num_threads(2)
 import training.training_loop as loop
-from training import run_files
+from training.checkpoints import run_files
 from training.config import TrainingConfig
 
 real_save = torch.save
@@ -159,7 +159,7 @@ def test_kill_during_snapshot_write_leaves_previous_state(tiny, tmp_path):
     assert glob.glob(os.path.join(run_dir, '.resume-state-000000.pt.*.tmp'))
     state = _resume_state(run_dir)
     assert state['progress']['cur_nimg'] == BATCH
-    checkpoint.load_any(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
+    formats.load_any(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
 
     # train.py continues from the run directory into a new run directory at the stored counter,
     # here with two gloo processes instead of one.
@@ -302,7 +302,7 @@ def test_stage_start_loads_the_snapshot_networks(tiny, tmp_path, stored):
     G, D = build_networks(config, torch.device('cpu'))
     trained = dict(G=G, D=D, G_ema=G, D_ema=D)
     path = str(tmp_path / 'network-snapshot-000001.pkl')
-    checkpoint.save_network_pickle(path, {**{name: trained[name] for name in stored}, 'training_set_kwargs': {}})
+    formats.save_network_pickle(path, {**{name: trained[name] for name in stored}, 'training_set_kwargs': {}})
     torch.manual_seed(2)
     G2, D2 = build_networks(config, torch.device('cpu'))
     networks = dict(G=G2, D=D2, G_ema=copy.deepcopy(G2), D_ema=copy.deepcopy(D2))
@@ -319,7 +319,7 @@ def test_new_stage_counts_from_its_start(tiny, tmp_path):
     _, config = tiny
     G, D = build_networks(config, torch.device('cpu'))
     snapshot = str(tmp_path / 'network-snapshot-000006.pkl')
-    checkpoint.save_network_pickle(snapshot, dict(G=G, D=D, G_ema=G, D_ema=D, training_set_kwargs={}))
+    formats.save_network_pickle(snapshot, dict(G=G, D=D, G_ema=G, D_ema=D, training_set_kwargs={}))
     run_dir = str(tmp_path / 'stage')
     stage = config.replace(
         resume=snapshot,
@@ -339,8 +339,8 @@ def test_new_stage_counts_from_its_start(tiny, tmp_path):
 
 def test_image_snapshots_without_headless_gl(tiny, tmp_path, monkeypatch):
     """Without EGL the snapshots are written without the mesh overlays instead of ending the run."""
-    from training import mesh_renderer
-    from training.dataset import PortraitDataset
+    from training.data.dataset import PortraitDataset
+    from training.engines import mesh_renderer
     from training.training_loop import _SnapshotGrid, build_networks
 
     def no_gl(self):
@@ -373,7 +373,7 @@ import torch
 sys.path.insert(0, sys.argv[1])
 import train
 import training.training_loop as loop
-from training import run_files
+from training.checkpoints import run_files
 
 real_training_loop = loop.training_loop
 
@@ -448,8 +448,8 @@ def test_torchrun_two_processes_hold_identical_parameters(tiny, tmp_path):
 
 def test_an_image_that_does_not_decode_stops_with_a_final_snapshot(tiny, tmp_path):
     # A member of the images zip is truncated; the data loader's worker meets it during the first pass.
-    from training.dataset import PortraitDataset
-    from training.run_files import latest_network_snapshot, latest_resume_state
+    from training.checkpoints.run_files import latest_network_snapshot, latest_resume_state
+    from training.data.dataset import PortraitDataset
     from training.training_loop import TrainingDataError
 
     _, config = tiny

@@ -1,11 +1,11 @@
-"""Tests of training/triplane.py: the tri-grid generator at the CPU preset and at the published 512 px preset."""
+"""Tests of training/networks/triplane.py: the tri-grid generator at the CPU preset and at the published 512 px preset."""
 
 import pytest
 import torch
 
-from training.camera_utils import random_cameras
+from training.data.camera_utils import random_cameras
+from training.networks.triplane import TriPlaneGenerator, build_generator
 from training.presets import list_presets, load_preset
-from training.triplane import TriPlaneGenerator, build_generator
 
 # Cheap rendering settings for the 512 px preset: the network is the published one, only the
 # number of rays and samples per call is lowered.

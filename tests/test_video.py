@@ -1,4 +1,4 @@
-"""training/video.py: latent interpolation, the trajectories with and without a base pose, and the frame loop."""
+"""training/engines/video.py: latent interpolation, the trajectories with and without a base pose, and the frame loop."""
 
 import types
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.camera_utils import frontal_camera
-from training.video import full_orbit, interpolate_ws, pose_trajectory, trajectory_frames, write_video
+from training.data.camera_utils import frontal_camera
+from training.engines.video import full_orbit, interpolate_ws, pose_trajectory, trajectory_frames, write_video
 
 
 def test_interpolation_hits_keyframes():

@@ -1,4 +1,4 @@
-"""training/viewer.py and visualizer.py without a browser: renders against the tools' own generator calls,
+"""training/engines/viewer.py and visualizer.py without a browser: renders against the tools' own generator calls,
 the tri-grid cache, draft renders, the render worker, the capture buttons and one-line errors."""
 
 import math
@@ -16,9 +16,17 @@ from click.testing import CliRunner
 
 import visualizer
 from tests.tiny_run import TINY_GENERATOR, write_tiny_snapshot
-from training.camera_utils import VIEWS, camera_label, frontal_camera, orbit_camera
 from training.cli import load_generator
-from training.viewer import RenderCancelled, RenderWorker, Viewer, ViewState, samples_per_ray, seed_latent, slerp
+from training.data.camera_utils import VIEWS, camera_label, frontal_camera, orbit_camera
+from training.engines.viewer import (
+    RenderCancelled,
+    RenderWorker,
+    Viewer,
+    ViewState,
+    samples_per_ray,
+    seed_latent,
+    slerp,
+)
 
 RAW = TINY_GENERATOR['neural_rendering_resolution']
 POSE = (0.1, -0.2, 0.05, 0.3, -0.5, 0.0)

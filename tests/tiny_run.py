@@ -13,8 +13,8 @@ import os
 import torch
 
 from training.config import TrainingConfig
+from training.data.synthetic import build_synthetic_dataset
 from training.presets import load_preset
-from training.synthetic import build_synthetic_dataset
 
 BATCH = 4
 

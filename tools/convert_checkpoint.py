@@ -2,12 +2,12 @@
 
     python tools/convert_checkpoint.py 3DPortraitGAN512-64.pkl 3DPortraitGAN512-64.pt [--smpl PATH]
 
-Reads the published network pickle without running anything from it (training.safe_pickle),
-rebuilds its generators and discriminators as this project's networks (training.authors_checkpoint)
-and writes them with training.checkpoint.save_weights: a file that loads with
-`torch.load(weights_only=True)` through `checkpoint.load_weights`, or wherever a snapshot is
+Reads the published network pickle without running anything from it (training.checkpoints.safe_pickle),
+rebuilds its generators and discriminators as this project's networks (training.checkpoints.authors)
+and writes them with training.checkpoints.formats.save_weights: a file that loads with
+`torch.load(weights_only=True)` through `formats.load_weights`, or wherever a snapshot is
 accepted. The pose-prediction settings in the .json beside IN (same stem) are copied beside OUT,
-where the tools look for them (training.run_files.pose_predict_kwargs_for).
+where the tools look for them (training.checkpoints.run_files.pose_predict_kwargs_for).
 
 The generators deform an SMPL body read from the user's SMPL_NEUTRAL.pkl: --smpl PATH, by
 default body_models/smpl/SMPL_NEUTRAL.pkl. The weights file records that choice, so loading it
@@ -21,7 +21,7 @@ import sys
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from training import authors_checkpoint, checkpoint  # noqa: E402
+from training.checkpoints import conversion, formats  # noqa: E402
 
 
 def main(argv: list | None = None) -> int:
@@ -36,8 +36,8 @@ def main(argv: list | None = None) -> int:
         print(f'convert_checkpoint: {args.output}: name the weights file .pt', file=sys.stderr)
         return 2
     try:
-        out_path, json_path = authors_checkpoint.convert_checkpoint(args.input, args.output, args.smpl)
-    except (checkpoint.CheckpointError, OSError) as error:
+        out_path, json_path = conversion.convert_checkpoint(args.input, args.output, args.smpl)
+    except (formats.CheckpointError, OSError) as error:
         print(f'convert_checkpoint: {error}', file=sys.stderr)
         return 1
     print(out_path)

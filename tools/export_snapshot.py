@@ -9,7 +9,7 @@ size) and G_ema's in float32, so that renders are those of the trained snapshot;
 stores G's in float16 too. Every tool loads the result like any snapshot (`--network
 pretrained/cpu-fast-64.pt`); loading casts the parameters back to float32.
 
-It also writes OUT's stem + `.render-stats.json`: training.render_stats of the *source* snapshot's
+It also writes OUT's stem + `.render-stats.json`: training.engines.render_stats of the *source* snapshot's
 generator for the seeds of --stats-seeds, which tests/test_pretrained.py compares with renders of
 the exported file.
 """
@@ -24,10 +24,10 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from training import run_files  # noqa: E402
-from training.checkpoint import CheckpointError  # noqa: E402
+from training.checkpoints import run_files  # noqa: E402
+from training.checkpoints.formats import CheckpointError  # noqa: E402
 from training.cli import load_snapshot, parse_seeds  # noqa: E402
-from training.render_stats import render_statistics  # noqa: E402
+from training.engines.render_stats import render_statistics  # noqa: E402
 
 RENDER_STATS_SUFFIX = '.render-stats.json'
 

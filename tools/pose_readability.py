@@ -50,14 +50,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from metrics.metric_utils import load_real_batch  # noqa: E402
-from training import checkpoint, run_files  # noqa: E402
+from training.checkpoints import formats, run_files  # noqa: E402
 from training.config import TrainingConfig  # noqa: E402
-from training.d_input import discriminator_input  # noqa: E402
-from training.dataset import PortraitDataset  # noqa: E402
-from training.images import image_from_uint8, mask_from_uint8  # noqa: E402
+from training.data.dataset import PortraitDataset  # noqa: E402
+from training.data.images import image_from_uint8, mask_from_uint8  # noqa: E402
+from training.data.synthetic import PortraitPainter, ensure_synthetic_dataset, sample_scene  # noqa: E402
+from training.networks.d_input import discriminator_input  # noqa: E402
 from training.pose_prediction import pose_errors, split_unseen_poses  # noqa: E402
 from training.presets import load_preset  # noqa: E402
-from training.synthetic import PortraitPainter, ensure_synthetic_dataset, sample_scene  # noqa: E402
 from training.training_loop import build_networks  # noqa: E402
 
 AXES = ('nod', 'turn', 'tilt')
@@ -215,7 +215,7 @@ def main() -> int:
     if args.epochs > 0:
         report['supervised'] = supervised_ceiling(config, dataset, args.epochs, args.batch, args.lr, args.seed)
     if args.epochs > 0 and args.fakes_from:
-        G, _ = run_files.snapshot_networks(checkpoint.load_any(args.fakes_from), args.fakes_from)
+        G, _ = run_files.snapshot_networks(formats.load_any(args.fakes_from), args.fakes_from)
         report['supervised_on_fakes'] = supervised_ceiling(
             config, dataset, args.epochs, args.batch, args.lr, args.seed, fakes_from=G.eval().requires_grad_(False)
         )

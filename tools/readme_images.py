@@ -25,10 +25,10 @@ import trimesh
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from training.camera_utils import VIEWS, camera_label, orbit_camera  # noqa: E402
 from training.cli import parse_seeds  # noqa: E402
-from training.mesh_renderer import MeshRenderer  # noqa: E402
-from training.shapes import DEFAULT_LEVEL  # noqa: E402
+from training.data.camera_utils import VIEWS, camera_label, orbit_camera  # noqa: E402
+from training.engines.mesh_renderer import MeshRenderer  # noqa: E402
+from training.engines.shapes import DEFAULT_LEVEL  # noqa: E402
 
 
 def run_tool(script: str, *args: str) -> None:

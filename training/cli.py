@@ -10,10 +10,10 @@ import psutil
 import torch
 
 import dnnlib
-from training import checkpoint, run_files
-from training.latent_file import load_latent
+from training.checkpoints import formats, run_files
+from training.checkpoints.latent_file import load_latent
+from training.networks.triplane import build_generator
 from training.presets import load_preset
-from training.triplane import build_generator
 
 DEFAULT_DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
@@ -80,7 +80,7 @@ class Device(click.ParamType):
 device_option = click.option(
     '--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N'
 )
-trust_pickle_option = click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=checkpoint.TRUST_PICKLE_HELP)
+trust_pickle_option = click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=formats.TRUST_PICKLE_HELP)
 
 
 # Rough peak memory, for refusing settings that cannot fit before anything is allocated.
@@ -137,12 +137,12 @@ def load_snapshot(network: str, device: torch.device, trust_pickle: bool = False
     G_ema else G, D_ema else D, dict of everything the file holds), as click errors. The networks are in eval
     mode without gradients, None where the file has none.
 
-    trust_pickle: unpickle a network pickle by running its code (see checkpoint.load_network_pickle)."""
+    trust_pickle: unpickle a network pickle by running its code (see formats.load_network_pickle)."""
     try:
         path = dnnlib.util.open_url(run_files.resolve_network(network), return_filename=True)
-        contents = checkpoint.load_any(path, device=device, trust_pickle=trust_pickle)
+        contents = formats.load_any(path, device=device, trust_pickle=trust_pickle)
         networks = run_files.snapshot_networks(contents, path)
-    except (OSError, ValueError, checkpoint.CheckpointError) as err:
+    except (OSError, ValueError, formats.CheckpointError) as err:
         raise click.ClickException(str(err)) from None
     G, D = (None if network is None else network.eval().requires_grad_(False) for network in networks)
     return path, G, D, contents

@@ -17,6 +17,7 @@ import typing
 from typing import Any
 
 from metrics.names import METRIC_POSE_SAMPLE_MODES, expected_metrics, is_valid_metric
+from training.loss_options import POSE_PRIOR_MATCHES, REG_TYPES
 
 DEVICES = ('auto', 'cpu', 'cuda')
 # Settings that shape the networks; a continued run cannot change them, its weights would not fit.
@@ -81,7 +82,7 @@ class TrainingConfig:
     density_reg: float  # density smoothness weight (0: no Greg phase)
     density_reg_every: int  # iterations between Greg steps
     density_reg_p_dist: float  # std of the point perturbation of the density regularizer
-    reg_type: str  # one of training.loss.REG_TYPES
+    reg_type: str  # one of training.loss_options.REG_TYPES
     neural_rendering_resolution_initial: int
     neural_rendering_resolution_final: int | None  # None: no resolution fade
     neural_rendering_resolution_fade_kimg: float  # measured from the stage start (stage_start_kimg)
@@ -114,7 +115,7 @@ class TrainingConfig:
     d_mirror_camera: bool = True  # D's pose head mirrors the camera of left-side views with the image
 
     # Losses whose published behaviour is the default.
-    pose_prior_match: str = 'paired'  # one of training.loss.POSE_PRIOR_MATCHES
+    pose_prior_match: str = 'paired'  # one of training.loss_options.POSE_PRIOR_MATCHES
     labelled_pose_loss_weight: float = 0.0  # D pose regression on fakes at the labelled poses (0: off, published)
 
     # -- Derived values ---------------------------------------------------------------------------
@@ -220,8 +221,7 @@ class TrainingConfig:
                 raise ConfigError(message)
 
         # Imported here: the config is read before torch work starts.
-        from training.loss import POSE_PRIOR_MATCHES, REG_TYPES
-        from training.triplane import TriPlaneGenerator
+        from training.networks.triplane import TriPlaneGenerator
 
         accepted = set(inspect.signature(TriPlaneGenerator.__init__).parameters) - {'self'}
         unknown = sorted(set(self.generator) - accepted)

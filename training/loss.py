@@ -30,15 +30,12 @@ import torch.nn.functional as F
 
 from torch_utils import training_stats
 from torch_utils.ops import conv2d_gradfix
-from training import networks_stylegan2
 from training.config import TrainingConfig
-from training.d_input import FILTER_MODES, discriminator_input
+from training.loss_options import POSE_PRIOR_MATCHES, REG_TYPES
+from training.networks import stylegan2
+from training.networks.d_input import FILTER_MODES, discriminator_input
 
 PHASES = ('Gmain', 'Greg', 'Dmain', 'Dreg')
-REG_TYPES = ('l1', 'monotonic-detach', 'monotonic-fixed')
-# What the G pose prior compares p_G with: `paired`, the coarse pose of the item that gave each
-# sample's camera (published); `marginal`, the chunk's coarse poses matched to p_G by rank, per value.
-POSE_PRIOR_MATCHES = ('paired', 'marginal')
 DENSITY_REG_POINTS = 1000  # random points per sample for the density regularizer
 
 
@@ -207,7 +204,7 @@ class PortraitGANLoss:
         )
 
     def run_D(self, d_input: dict, c: torch.Tensor, update_emas: bool = False) -> tuple:
-        """D on an input built by `discriminator_input` (training/d_input.py).
+        """D on an input built by `discriminator_input` (training/networks/d_input.py).
 
         d_input {'image' [B, 3, S, S], 'image_raw' [B, 3, r, r], 'image_mask' [B, 1, r, r]}, c [B, 25]
         -> (logits [B, 1], predicted pose [B, 6])
@@ -404,7 +401,7 @@ class PortraitGANLoss:
         inputs = {key: real[key].detach().requires_grad_(True) for key in ('image', 'image_raw', 'image_mask')}
         # In full precision also with --cpu_bf16: the penalty's gradient is a second derivative,
         # which bf16 convolutions get wrong by tens of percent (tests/test_loss.py).
-        with networks_stylegan2.no_cpu_bf16():
+        with stylegan2.no_cpu_bf16():
             logits, _ = self.run_D(inputs, real_c)
         # Only the input gradients are wanted; the weights get theirs from the penalty's backward.
         with conv2d_gradfix.no_weight_gradients():

@@ -11,7 +11,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from training.body.lbs import batch_rodrigues
-from training.d_input import discriminator_input
+from training.networks.d_input import discriminator_input
 
 POSE_PREDICT_KEYS = ('blur_sigma', 'neural_rendering_resolution')
 

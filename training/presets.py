@@ -28,7 +28,7 @@ def load_preset(name_or_path: str) -> dict:
     # Every generator argument is named (a preset writes down every value it sets); none is unknown.
     import inspect
 
-    from training.triplane import TriPlaneGenerator
+    from training.networks.triplane import TriPlaneGenerator
 
     arguments = [name for name in inspect.signature(TriPlaneGenerator.__init__).parameters if name != 'self']
     missing = [name for name in arguments if name not in preset['generator']]

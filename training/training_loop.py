@@ -17,7 +17,7 @@ Every `tick` kimg (and right after the first iteration): a progress line, the st
 every `snap` ticks and at the end. SIGINT or SIGTERM ends the run after the current iteration
 with a final snapshot.
 
-Rank 0 writes the files of the run directory (training/run_files.py), each atomically.
+Rank 0 writes the files of the run directory (training/checkpoints/run_files.py), each atomically.
 A resume state is self-contained (one atomic file), so an interrupted write leaves the previous
 state usable; continuing from it reproduces the uninterrupted run (same data order, latents,
 optimizer moments and schedules).
@@ -40,18 +40,19 @@ import torch
 
 import dnnlib
 from torch_utils import misc, training_stats
-from training import checkpoint, networks_stylegan2, run_files
-from training.atomic_files import atomic_write
-from training.camera_utils import flip_camera, frontal_camera
+from training.checkpoints import formats, run_files
+from training.checkpoints.atomic_files import atomic_write
 from training.config import TrainingConfig
-from training.dataset import DatasetError, PortraitDataset
-from training.dual_discriminator import PoseAwareDualDiscriminator
-from training.images import depth_to_uint8, image_from_uint8, mask_from_uint8, to_uint8
+from training.data.camera_utils import flip_camera, frontal_camera
+from training.data.dataset import DatasetError, PortraitDataset
+from training.data.images import depth_to_uint8, image_from_uint8, mask_from_uint8, to_uint8
+from training.engines.mesh_renderer import MeshRenderer
 from training.loss import LossConfig, PortraitGANLoss
-from training.mesh_renderer import MeshRenderer
+from training.networks import stylegan2
+from training.networks.dual_discriminator import PoseAwareDualDiscriminator
+from training.networks.triplane import build_generator
 from training.pose_prediction import predict_real_poses
 from training.schedules import ema_beta, schedule_values
-from training.triplane import build_generator
 
 NETWORK_NAMES = ('G', 'D', 'G_ema', 'D_ema')
 ADAM_BETAS = (0.0, 0.99)
@@ -131,7 +132,7 @@ def training_loop(
     # Networks: rank 0's initialization or snapshot is broadcast, so all ranks start equal.
     G, D = build_networks(config, device)
     if config.generator.get('cpu_bf16', False) and device.type == 'cpu':
-        note = networks_stylegan2.cpu_bf16_slowdown_note()
+        note = stylegan2.cpu_bf16_slowdown_note()
         log(note or "cpu_bf16: G's and D's convolutions run in bfloat16 (R1 in fp32)")
     G_ema, D_ema = copy.deepcopy(G).eval(), copy.deepcopy(D).eval()
     networks = dict(G=G, D=D, G_ema=G_ema, D_ema=D_ema)
@@ -598,12 +599,12 @@ def save_network_files(run_dir: str, cur_nimg: int, networks: dict, training_set
     ('rendering_resolution', 'blur_sigma').
     """
     paths = run_files.snapshot_paths(run_dir, cur_nimg)
-    checkpoint.save_network_pickle(
+    formats.save_network_pickle(
         paths['pkl'],
         dict(training_set_kwargs=training_set_kwargs, **networks, augment_pipe=None),
         neural_rendering_resolution=schedule['rendering_resolution'],
     )
-    checkpoint.save_weights(
+    formats.save_weights(
         paths['pt'],
         networks,
         extra=dict(
@@ -699,7 +700,7 @@ def _load_network_snapshot(path: str, networks: dict, trust_pickle: bool = False
     A network the snapshot lacks is copied from its twin: D_ema from D (published snapshots keep no
     D average), G and D from G_ema and D_ema (a weights file made for inference keeps only those).
     """
-    snapshot = checkpoint.load_any(path, trust_pickle=trust_pickle)
+    snapshot = formats.load_any(path, trust_pickle=trust_pickle)
     twins = {'G': 'G_ema', 'G_ema': 'G', 'D': 'D_ema', 'D_ema': 'D'}
     for name, module in networks.items():
         source = snapshot.get(name)

@@ -2,7 +2,7 @@
 
 import torch
 
-from training.camera_utils import split_label
+from training.data.camera_utils import split_label
 
 
 def sample_rays(

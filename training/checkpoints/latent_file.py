@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import torch
 
-from training.atomic_files import atomic_write
+from training.checkpoints.atomic_files import atomic_write
 
 _SHAPES = {'pose': (1, 6), 'camera': (1, 25)}
 

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from torch_utils import misc, persistence
-from training.camera_utils import flip_camera, flip_pose, is_left
-from training.networks_stylegan2 import Discriminator
-from training.pose_branch import PoseMLP
+from training.data.camera_utils import flip_camera, flip_pose, is_left
+from training.networks.pose_branch import PoseMLP
+from training.networks.stylegan2 import Discriminator
 
 
 def flip_image_dict(img_dict: dict) -> dict:

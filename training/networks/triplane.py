@@ -4,13 +4,13 @@ import torch
 import torch.nn.functional as F
 
 from torch_utils import persistence
-from training import superresolution
 from training.body.body_model import BodyModel
 from training.body.deformation import Deformer
-from training.camera_utils import split_label
-from training.decoder import TriGridDecoder
-from training.networks_stylegan2 import MappingNetwork, SynthesisNetwork, ToRGBLayer
-from training.pose_branch import GeneratorPoseBranch
+from training.data.camera_utils import split_label
+from training.networks import superresolution
+from training.networks.decoder import TriGridDecoder
+from training.networks.pose_branch import GeneratorPoseBranch
+from training.networks.stylegan2 import MappingNetwork, SynthesisNetwork, ToRGBLayer
 from training.volumetric_rendering.ray_sampler import sample_rays
 from training.volumetric_rendering.renderer import VolumeRenderer
 from training.volumetric_rendering.trigrid import planes_from_backbone

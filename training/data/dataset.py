@@ -3,7 +3,7 @@
 Two sources, each a zip archive or a folder:
 - images: square RGB images, all of one size, at any depth, plus `dataset.json` at the top:
   {"labels": [[relative_path, [31 numbers]], ...]}: 25 camera values (cam2world row-major and
-  normalized intrinsics, see training/camera_utils.py) followed by 6 coarse body-pose values (neck
+  normalized intrinsics, see training/data/camera_utils.py) followed by 6 coarse body-pose values (neck
   and head axis-angles). Every image has exactly one label and every label an image.
 - masks: one single-channel ('L') person mask per image, at the same relative path; only the
   extension may differ ('00000/img00000001.png' <-> '00000/img00000001.jpg'). Masks without an
@@ -31,7 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import dnnlib
-from training.camera_utils import flip_camera, flip_pose
+from training.data.camera_utils import flip_camera, flip_pose
 
 try:
     import pyspng

@@ -11,8 +11,8 @@ flip_pose(branch(z, c))`, for every camera off the x = 0 plane.
 import torch
 
 from torch_utils import misc, persistence
-from training.camera_utils import flip_camera, flip_pose, is_left
-from training.networks_stylegan2 import FullyConnectedLayer
+from training.data.camera_utils import flip_camera, flip_pose, is_left
+from training.networks.stylegan2 import FullyConnectedLayer
 
 
 @persistence.persistent_class

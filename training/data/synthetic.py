@@ -1,7 +1,7 @@
 """The built-in synthetic 360-degree portrait data set, with exact camera and pose labels.
 
 Each image is a one-quarter headshot of the embedded upper body (training/body) rendered by
-the mesh rasterizer (training/mesh_renderer.py) from a camera anywhere on the full circle of
+the mesh rasterizer (training/engines/mesh_renderer.py) from a camera anywhere on the full circle of
 yaw, with a random identity (shape, skin, hair cap, clothing), neck and head pose, lights and
 background. The label stored for an image is exactly the camera and the pose it was rendered
 with, so the set is the default training data of the small presets and the ground truth for
@@ -16,7 +16,7 @@ a body with other betas has its neck elsewhere. Each identity is translated (aft
 minus its own neck joint (12), which the neck and head rotations leave in place: every body
 then has its neck at the world origin, where the cameras look at (0, 0.0649, 0) from 2.7 m.
 
-Output: the PortraitDataset layout (training/dataset.py): an images zip with RGB PNGs named
+Output: the PortraitDataset layout (training/data/dataset.py): an images zip with RGB PNGs named
 '{idx//1000:05d}/img{idx:08d}.png' and `dataset.json` ({"labels": [[name, 25 camera + 6 pose]],
 "synthetic": build parameters}), and a masks zip of 'L' 0/255 person masks under the same
 names. Everything about image idx (scene, image, mask) depends only on (seed, idx), so the
@@ -41,12 +41,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from training import camera_utils
-from training.atomic_files import ZipOutput
 from training.body import lbs
 from training.body.body_model import EMBEDDED_MODEL_PATH, BodyModel, load_npz
-from training.dataset import LABELS_FILE
-from training.mesh_renderer import MeshRenderer
+from training.checkpoints.atomic_files import ZipOutput
+from training.data import camera_utils
+from training.data.dataset import LABELS_FILE
+from training.engines.mesh_renderer import MeshRenderer
 
 # Bump when a change to this file changes the images, so that ensure_synthetic_dataset
 # rebuilds sets made by an older version.
@@ -250,7 +250,7 @@ def _smoothstep(x: np.ndarray, width: float) -> np.ndarray:
 
 class PortraitPainter:
     """Poses, paints and renders scenes of the embedded body. One per process: it owns a GL
-    context, created on its first render (see training/mesh_renderer.py on processes)."""
+    context, created on its first render (see training/engines/mesh_renderer.py on processes)."""
 
     def __init__(self, model_path: str = EMBEDDED_MODEL_PATH):
         self.model_path = model_path
@@ -415,7 +415,7 @@ def _torch_threads(count: int):
 
 def _start_method() -> str:
     # A forked worker renders safely as long as llvmpipe renders in the calling thread
-    # (training/mesh_renderer.py); with rasterizer threads only a fresh interpreter does.
+    # (training/engines/mesh_renderer.py); with rasterizer threads only a fresh interpreter does.
     if 'fork' in multiprocessing.get_all_start_methods() and os.environ.get('LP_NUM_THREADS', '0') == '0':
         return 'fork'
     return 'spawn'

@@ -11,7 +11,7 @@ Files of a run directory (the training loop's rank 0 writes them, each atomicall
 
 `--network` of the tools is a file, a URL, a run directory (its newest snapshot) or a training
 `--outdir` (the newest snapshot of its newest run); `resolve_network` turns it into one file.
-Errors are `checkpoint.CheckpointError`s with one line naming the path and the problem.
+Errors are `formats.CheckpointError`s with one line naming the path and the problem.
 """
 
 import glob
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from training.checkpoint import CheckpointError
+from training.checkpoints.formats import CheckpointError
 
 SNAPSHOT_PREFIX = 'network-snapshot-'
 RESUME_PREFIX = 'resume-state-'
@@ -170,8 +170,8 @@ def snapshot_networks(modules: dict[str, Any], path: str) -> tuple:
 
     Raises CheckpointError when the entry there is not this project's generator or discriminator.
     """
-    from training.dual_discriminator import PoseAwareDualDiscriminator
-    from training.triplane import TriPlaneGenerator
+    from training.networks.dual_discriminator import PoseAwareDualDiscriminator
+    from training.networks.triplane import TriPlaneGenerator
 
     picked = []
     for names, cls, role in (
@@ -202,12 +202,12 @@ def export_snapshot(snapshot_path: str, out_path: str, parameter_dtypes: dict[st
     Copies the pose-prediction settings to the .json of out_path's stem, where pose_predict_kwargs_for
     finds them. Raises CheckpointError.
     """
-    from training import checkpoint
-    from training.atomic_files import atomic_write
+    from training.checkpoints import formats
+    from training.checkpoints.atomic_files import atomic_write
 
     if not out_path.endswith('.pt'):
         raise CheckpointError(f'{out_path}: name the weights file .pt')
-    contents = checkpoint.load_any(snapshot_path)
+    contents = formats.load_any(snapshot_path)
     G, D = snapshot_networks(contents, snapshot_path)
     if G is None:
         raise CheckpointError(f'{snapshot_path}: holds no generator to export')
@@ -215,7 +215,7 @@ def export_snapshot(snapshot_path: str, out_path: str, parameter_dtypes: dict[st
     extra = {key: contents[key] for key in EXPORTED_EXTRA if contents.get(key) is not None}
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     dtypes = {key: dtype for key, dtype in (parameter_dtypes or {}).items() if key in modules}
-    checkpoint.save_weights(out_path, modules, extra, parameter_dtypes=dtypes)
+    formats.save_weights(out_path, modules, extra, parameter_dtypes=dtypes)
     source_json, out_json = pose_predict_kwargs_for(snapshot_path), pose_predict_kwargs_for(out_path)
     if not os.path.isfile(source_json):
         return out_path, None

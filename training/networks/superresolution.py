@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from torch_utils import misc, persistence
-from training.networks_stylegan2 import SynthesisBlock
+from training.networks.stylegan2 import SynthesisBlock
 
 _WS_PER_BLOCK = 3  # conv0, conv1 and torgb of one SynthesisBlock.
 

@@ -11,9 +11,9 @@ import numpy as np
 import PIL.Image
 import torch
 
-from training.camera_utils import FOCAL, camera_label
-from training.d_input import resize_image
-from training.dataset import is_image_name, stem
+from training.data.camera_utils import FOCAL, camera_label
+from training.data.dataset import is_image_name, stem
+from training.networks.d_input import resize_image
 
 
 def read_photo(path: str, mode: str, resolution: int) -> torch.Tensor:

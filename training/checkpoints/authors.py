@@ -4,15 +4,15 @@ The released files (`3DPortraitGAN512-64.pkl`, ...) are EG3D network pickles: a 
 `G_ema` (persistent records of class `TriPlaneGenerator`, in the StyleGAN2-ADA / EG3D layout,
 with the module's source and the constructor arguments), `D` and `D_ema` (objects of
 `training.dual_discriminator.PoseShapeAwareDualDiscriminator`, pickled by reference, with no
-stored constructor arguments), `augment_pipe` and `training_set_kwargs`. `training.safe_pickle`
+stored constructor arguments), `augment_pipe` and `training_set_kwargs`. `training.checkpoints.safe_pickle`
 reads them as data; this module turns that data into this project's classes:
 
-- generator -> `training.triplane.TriPlaneGenerator`, built from the stored `_init_args` /
+- generator -> `training.networks.triplane.TriPlaneGenerator`, built from the stored `_init_args` /
   `_init_kwargs` (resolutions, super-resolution head, channel bases, rendering settings), from
   sizes that the published source fixes (tri-grid resolution and channels, decoder width: read
   off the tensors) and from its stored rendering resolution; its body model is SMPL, read from
   the user's `SMPL_NEUTRAL.pkl` (the file's own SMPL buffers under `renderer.*` are not used).
-- discriminator -> `training.dual_discriminator.PoseAwareDualDiscriminator`, its arguments read
+- discriminator -> `training.networks.dual_discriminator.PoseAwareDualDiscriminator`, its arguments read
   off the tensor shapes and the stored block attributes, with `mirror_camera=False` (the
   published pose head mirrors left-side images but not their camera).
 - `augment_pipe` -> None: this project trains without an augmentation pipeline.
@@ -23,21 +23,17 @@ shape is a `ConversionError` naming it. The published buffers without a counterp
 dropped by name (`_GENERATOR_DROPPED`, `_DISCRIMINATOR_DROPPED`).
 """
 
-import json
-import os
-import pickle
 import re
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-from training import checkpoint, pose_prediction, run_files, safe_pickle
-from training.atomic_files import atomic_write
 from training.body import smpl_pickle
-from training.dual_discriminator import PoseAwareDualDiscriminator
-from training.safe_pickle import ConversionError, InertObject, PersistentRecord, UnsafePickleError
-from training.triplane import TriPlaneGenerator
+from training.checkpoints import safe_pickle
+from training.checkpoints.safe_pickle import ConversionError, InertObject, PersistentRecord
+from training.networks.dual_discriminator import PoseAwareDualDiscriminator
+from training.networks.triplane import TriPlaneGenerator
 
 GENERATOR_CLASS = 'TriPlaneGenerator'
 DISCRIMINATOR_PATH = 'training.dual_discriminator.PoseShapeAwareDualDiscriminator'
@@ -530,69 +526,11 @@ def convert_networks(data: dict, smpl_path: str | None = None) -> dict[str, Any]
     return converted
 
 
-def _read_release_pickle(path: str, smpl_path: str | None) -> dict[str, Any]:
-    """A published checkpoint with its networks converted; raises CheckpointError with a one-line reason."""
-    if not os.path.isfile(path):
-        raise checkpoint.CheckpointError(f'{path}: no such file; pass the path of a published 3DPortraitGAN .pkl')
-    try:
-        with open(path, 'rb') as file:
-            raw = safe_pickle.load(file)
-        if not is_release_snapshot(raw):
-            raise checkpoint.CheckpointError(
-                f'{path}: not a published 3DPortraitGAN checkpoint (no {GENERATOR_CLASS} '
-                f"record nor {DISCRIMINATOR_PATH}); this project's own snapshots need "
-                f'no conversion'
-            )
-        return safe_pickle.rebuild_networks(raw, smpl_path=smpl_path)
-    except UnsafePickleError as error:
-        raise checkpoint.CheckpointError(f'{path}: not converted: {error}; nothing from the file was run') from None
-    except (
-        EOFError,
-        pickle.UnpicklingError,
-        ValueError,
-        UnicodeDecodeError,
-        IndexError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        MemoryError,
-        OverflowError,
-    ) as error:
-        raise checkpoint.CheckpointError(
-            f'{path}: not a readable network pickle ({type(error).__name__}: {error}); '
-            f'the file is truncated, corrupt or of another kind'
-        ) from None
-
-
-def convert_checkpoint(in_path: str, out_path: str, smpl_path: str | None = None) -> tuple[str, str | None]:
-    """Write a published checkpoint as this project's weights file, and its pose-prediction JSON beside it.
-
-    in_path: a published .pkl (its settings in the .json of the same stem); out_path: the weights
-    file to write (see checkpoint.save_weights). -> (out_path, the JSON written, or None when
-    in_path has no JSON beside it). Raises CheckpointError with a one-line reason.
-    """
-    data = _read_release_pickle(in_path, smpl_path)
-    modules = {key: data[key] for key in NETWORK_KEYS if isinstance(data.get(key), torch.nn.Module)}
-    extra: dict[str, Any] = {}
-    generator = modules.get('G_ema', modules.get('G'))
-    if generator is not None:
-        extra['neural_rendering_resolution'] = generator.neural_rendering_resolution
-    if isinstance(data.get('training_set_kwargs'), dict):
-        extra['training_set_kwargs'] = dict(data['training_set_kwargs'])
-    settings_path = run_files.pose_predict_kwargs_for(in_path)
-    settings = None
-    if os.path.isfile(settings_path):
-        try:
-            settings = pose_prediction.load_pose_predict_kwargs(settings_path)
-        except (OSError, ValueError) as error:
-            raise checkpoint.CheckpointError(str(error)) from None
-    try:
-        checkpoint.save_weights(out_path, modules, extra)
-    except ValueError as error:
-        raise checkpoint.CheckpointError(f'{out_path}: not written: {error}') from None
-    if settings is None:
-        return out_path, None
-    json_path = run_files.pose_predict_kwargs_for(out_path)
-    text = json.dumps(settings, indent=2) + '\n'
-    atomic_write(json_path, lambda file: file.write(text.encode()))
-    return out_path, json_path
+def rebuild_release_snapshot(data: dict, smpl_path: str | None = None) -> dict[str, Any]:
+    """A published snapshot as read by safe_pickle.load -> the same dict with its networks built as this
+    project's modules (convert_networks) and every other value rebuilt by safe_pickle.rebuild_networks;
+    the generators' body model reads the SMPL pickle at smpl_path (None: the default path)."""
+    networks = convert_networks(data, smpl_path)
+    return {
+        key: networks[key] if key in networks else safe_pickle.rebuild_networks(value) for key, value in data.items()
+    }

@@ -4,7 +4,7 @@ Used for the posed-mesh-over-image snapshots (docs/method.md §5.7) and for synt
 silhouette mask and metric z-depth of a mesh, without a display, on the CPU (Mesa llvmpipe
 behind a standalone EGL context, driven by moderngl).
 
-Cameras follow training/camera_utils.py: a label c [25] = OpenCV cam2world (row-major) +
+Cameras follow training/data/camera_utils.py: a label c [25] = OpenCV cam2world (row-major) +
 intrinsics normalized by the image size. Images come out OpenCV style: row 0 at the top,
 column 0 at the left, pixel (row i, column j) centred at (j + 0.5, i + 0.5) in pixel units, the
 same pixel centres as the ray sampler.

@@ -6,8 +6,8 @@ import imageio
 import torch
 from tqdm import tqdm
 
-from training.camera_utils import camera_label, frontal_camera, orbit_camera, wobble_trajectory
-from training.images import depth_to_uint8, to_uint8
+from training.data.camera_utils import camera_label, frontal_camera, orbit_camera, wobble_trajectory
+from training.data.images import depth_to_uint8, to_uint8
 
 TRAJECTORIES = ('orbit', 'wobble', 'pose')
 IMAGE_MODES = ('image', 'image_raw', 'image_depth')

@@ -2,7 +2,7 @@
 
 Network pickle (`network-snapshot-*.pkl`, as EG3D): a pickled dict with `G`, `D`, `G_ema`,
 `D_ema`, `training_set_kwargs`, `augment_pipe`, ... Persistent networks carry their source
-code. By default a pickle is read by `training.safe_pickle`, which runs nothing from the file
+code. By default a pickle is read by `training.checkpoints.safe_pickle`, which runs nothing from the file
 and rebuilds the networks from this repository's classes; `trust_pickle=True` unpickles it
 with `pickle.load`, running the code it holds (only for files from sources you trust).
 
@@ -10,7 +10,7 @@ Weights file: `torch.save` of plain tensors, strings and dicts only, loadable wi
 `torch.load(weights_only=True)` and executing no pickled code:
 
     {'format': WEIGHTS_FORMAT, 'version': 1,
-     'modules': {key: {'class': 'training.triplane.TriPlaneGenerator',
+     'modules': {key: {'class': 'training.networks.triplane.TriPlaneGenerator',
                        'init_args_json': '[...]', 'init_kwargs_json': '{...}',
                        'state_dict': {name: tensor}}},
      'extra_json': '{...}'}
@@ -28,14 +28,14 @@ import json
 import os
 import pickle
 import zipfile
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 import dnnlib
 from torch_utils import persistence
-from training import safe_pickle
-from training.atomic_files import atomic_write
+from training.checkpoints import authors, safe_pickle
+from training.checkpoints.atomic_files import atomic_write
 
 WEIGHTS_FORMAT = '3dportraitgan-weights'
 TRUST_PICKLE_HELP = (
@@ -95,10 +95,19 @@ def save_network_pickle(path: str, data: dict[str, Any], neural_rendering_resolu
     atomic_write(path, lambda file: pickle.dump(snapshot, file, protocol=pickle.HIGHEST_PROTOCOL))
 
 
+def _read_safely(file: BinaryIO) -> dict[str, Any]:
+    """A network pickle read by the safe reader, its networks rebuilt from this repository's classes: this
+    project's records as they are, a published 3DPortraitGAN checkpoint through its converter."""
+    raw = safe_pickle.load(file)
+    if authors.is_release_snapshot(raw):
+        return authors.rebuild_release_snapshot(raw)
+    return safe_pickle.rebuild_networks(raw)
+
+
 def load_network_pickle(path: str, device: Any = 'cpu', trust_pickle: bool = False) -> dict[str, Any]:
     """Load a network pickle; nn.Module values are moved to `device`. Raises CheckpointError on a bad file.
 
-    By default nothing from the file is executed (training.safe_pickle); trust_pickle=True runs
+    By default nothing from the file is executed (training.checkpoints.safe_pickle); trust_pickle=True runs
     the code stored in the file, which only a file from a trusted source may do.
     """
     _require_file(path)
@@ -108,7 +117,7 @@ def load_network_pickle(path: str, device: Any = 'cpu', trust_pickle: bool = Fal
         )
     try:
         with open(path, 'rb') as file:
-            data = pickle.load(file) if trust_pickle else safe_pickle.rebuild_networks(safe_pickle.load(file))
+            data = pickle.load(file) if trust_pickle else _read_safely(file)
     except safe_pickle.ConversionError as error:
         raise CheckpointError(f'{path}: not loaded: {error}; nothing from the file was run') from None
     except safe_pickle.UnsafePickleError as error:

@@ -23,9 +23,13 @@ sub-modules may also be torch.nn layers), made with `cls.__new__` and given its 
 with `__setstate__`. No constructor runs, so loading is as fast as unpickling; a file whose
 classes have changed since it was saved loads through its weights file instead.
 
-Records of the StyleGAN2-ADA / EG3D layout are mapped only in the published 3DPortraitGAN
-checkpoints, whose networks `training.authors_checkpoint` rebuilds as this project's classes
-from their stored arguments and tensors.
+Classes are looked up under the module paths of this version; files written before the networks,
+data, checkpoints and tools' engines moved into sub-packages of `training` name the old paths,
+which `current_class_path` maps (`MOVED_MODULES`).
+
+Records of the StyleGAN2-ADA / EG3D layout are not mapped here: the published 3DPortraitGAN
+checkpoints are recognised by the loader, and `training.checkpoints.authors` rebuilds their
+networks as this project's classes from their stored arguments and tensors.
 """
 
 import collections
@@ -41,6 +45,15 @@ import dnnlib
 from torch_utils import persistence
 
 ALLOWED_CLASS_PREFIXES = ('training.', 'torch_utils.')
+# Modules of network classes that moved, old path -> new path: files written by earlier versions name the old.
+MOVED_MODULES = {
+    'training.networks_stylegan2': 'training.networks.stylegan2',
+    'training.triplane': 'training.networks.triplane',
+    'training.decoder': 'training.networks.decoder',
+    'training.superresolution': 'training.networks.superresolution',
+    'training.pose_branch': 'training.networks.pose_branch',
+    'training.dual_discriminator': 'training.networks.dual_discriminator',
+}
 _OWN_RECORD = ('torch_utils.persistence', '_reconstruct_persistent_object')
 _RELEASE_RECORD = ('torch_utils.persistence', '_reconstruct_persistent_obj')
 
@@ -95,7 +108,7 @@ class InertObject:
 
 
 def _inert_class(module: str, name: str) -> type:
-    return type(name, (InertObject,), {'_path': f'{module}.{name}', '__module__': 'training.safe_pickle'})
+    return type(name, (InertObject,), {'_path': f'{module}.{name}', '__module__': 'training.checkpoints.safe_pickle'})
 
 
 def _own_record(meta: dict) -> PersistentRecord:
@@ -217,9 +230,18 @@ def load(file: BinaryIO) -> Any:
 # Turning records into this repository's networks.
 
 
+def current_class_path(qualified_name: str) -> str:
+    """`package.module.Class` as this version names it: a path under a module that has moved since
+    (`MOVED_MODULES`) is renamed, any other is returned as it is."""
+    module_name, _, class_name = qualified_name.rpartition('.')
+    return f'{MOVED_MODULES.get(module_name, module_name)}.{class_name}'
+
+
 def import_network_class(qualified_name: str) -> type:
     """The nn.Module class `package.module.Class` of this repository; only classes defined under
-    training. or torch_utils. are accepted (a dotted path through an imported module is not)."""
+    training. or torch_utils. are accepted (a dotted path through an imported module is not). A path
+    of an earlier version is first mapped to the module where the class lives now."""
+    qualified_name = current_class_path(qualified_name)
     if not qualified_name.startswith(ALLOWED_CLASS_PREFIXES):
         raise UnsafePickleError(f'the class {qualified_name} is outside {", ".join(ALLOWED_CLASS_PREFIXES)}')
     parts = qualified_name.split('.')
@@ -291,18 +313,10 @@ def _materialize(value: Any, memo: dict) -> Any:
     return value
 
 
-def rebuild_networks(data: Any, smpl_path: str | None = None) -> Any:
+def rebuild_networks(data: Any) -> Any:
     """A loaded network pickle with every record and inert module turned into this repository's class
     (or torch.nn's) with the stored state, as unpickling does: objects are made with `cls.__new__` and
-    `__setstate__`; no constructor and nothing from the file runs.
-
-    A published 3DPortraitGAN checkpoint instead has its networks built as this project's classes
-    and loaded with its renamed tensors (training.authors_checkpoint); their body model reads the
-    SMPL pickle at smpl_path (None: the default path).
+    `__setstate__`; no constructor and nothing from the file runs. (The published 3DPortraitGAN
+    checkpoints are rebuilt by training.checkpoints.authors instead.)
     """
-    from training import authors_checkpoint  # imports this module; the dependency runs one way at import time
-
-    if authors_checkpoint.is_release_snapshot(data):
-        networks = authors_checkpoint.convert_networks(data, smpl_path)
-        return {key: networks[key] if key in networks else _materialize(value, {}) for key, value in data.items()}
     return _materialize(data, {})

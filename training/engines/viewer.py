@@ -23,8 +23,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from training.camera_utils import FOCAL, RADIUS, VIEWS, camera_label, focal_to_fov, fov_to_focal, orbit_camera
-from training.images import depth_to_uint8, to_uint8
+from training.data.camera_utils import FOCAL, RADIUS, VIEWS, camera_label, focal_to_fov, fov_to_focal, orbit_camera
+from training.data.images import depth_to_uint8, to_uint8
 
 RENDER_MODES = ('image', 'image_raw', 'image_depth', 'image_mask')  # final SR image, raw render, depth, alpha
 BLEND_SPACES = ('w', 'z')

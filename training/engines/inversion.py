@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from training.camera_utils import frontal_camera
-from training.d_input import resize_image
+from training.data.camera_utils import frontal_camera
+from training.networks.d_input import resize_image
 
 
 @dataclasses.dataclass

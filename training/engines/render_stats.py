@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 
-from training.camera_utils import VIEWS, camera_label, frontal_camera, orbit_camera
+from training.data.camera_utils import VIEWS, camera_label, frontal_camera, orbit_camera
 
 STATISTICS = ('image_mean', 'image_std', 'alpha_coverage', 'head_alpha_coverage')
 

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from torch_utils import persistence
-from training.networks_stylegan2 import FullyConnectedLayer
+from training.networks.stylegan2 import FullyConnectedLayer
 
 ACTIVATIONS = ('none', 'sigmoid', 'lrelu')
 
