@@ -17,11 +17,10 @@ from metrics import metric_main, metric_utils
 from metrics.detector import DEFAULT_DETECTOR, DetectorError
 from metrics.names import METRIC_POSE_SAMPLE_MODES, POSE_METRICS, expected_metrics, is_valid_metric
 from torch_utils import distributed
-from training.checkpoints.run_files import pose_predict_kwargs_for
+from training.checkpoints.run_files import find_pose_predict_kwargs, pose_predict_kwargs_for
 from training.cli import Command, load_snapshot, trust_pickle_option
 from training.config import DEVICES
 from training.data.dataset import DatasetError
-from training.pose_prediction import load_pose_predict_kwargs
 
 
 def _parse_metrics(ctx, param, value):
@@ -47,19 +46,17 @@ def _evaluate(rank: int, world_size: int, args: dict, init_file: str | None) -> 
             dataset_kwargs = training_set_kwargs
         else:
             raise click.UsageError(f'{path} does not name its training data: give --data and --seg_data')
-        kwargs_path = args['pose_predict_kwargs'] or pose_predict_kwargs_for(path)
         pose_metrics = [name for name in args['metrics'] if name in POSE_METRICS]
         users_of_d = (['D_predict'] if args['metric_pose_sample_mode'] == 'D_predict' else []) + pose_metrics
         needs_d_what = ' and '.join(users_of_d) + (' need' if len(users_of_d) > 1 else ' needs')
-        pose_predict_kwargs = None
-        if os.path.isfile(kwargs_path) or args['pose_predict_kwargs'] is not None:
-            try:
-                pose_predict_kwargs = load_pose_predict_kwargs(kwargs_path)
-            except (OSError, ValueError) as err:
-                raise click.BadParameter(str(err), param_hint='--pose_predict_kwargs') from None
-        elif users_of_d:
+        try:
+            pose_predict_kwargs = find_pose_predict_kwargs(path, contents, args['pose_predict_kwargs'])
+        except (OSError, ValueError) as err:
+            raise click.BadParameter(str(err), param_hint='--pose_predict_kwargs') from None
+        if pose_predict_kwargs is None and users_of_d:
             raise click.UsageError(
-                f'{needs_d_what} the pose-prediction settings: no {kwargs_path}; give --pose_predict_kwargs'
+                f'{needs_d_what} the pose-prediction settings: {path} carries none and there is no '
+                f'{pose_predict_kwargs_for(path)}; give --pose_predict_kwargs'
             )
         if users_of_d and D is None:
             raise click.UsageError(f'{path} holds no discriminator (D_ema or D), which {needs_d_what}')

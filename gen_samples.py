@@ -11,7 +11,6 @@ import PIL.Image
 import torch
 from tqdm import tqdm
 
-from training.checkpoints.run_files import pose_predict_kwargs_for
 from training.cli import (
     MAX_SEEDS,
     SEED_RANGE,
@@ -23,6 +22,7 @@ from training.cli import (
     make_outdir,
     parse_pose,
     parse_seeds,
+    pose_predict_settings,
     require_render_memory,
     require_shape_memory,
     trust_pickle_option,
@@ -33,7 +33,7 @@ from training.data.images import depth_to_uint8, to_uint8
 from training.data.photos import read_pose_folder
 from training.engines.shapes import DEFAULT_LEVEL, extract_shape, save_shape
 from training.networks.d_input import resize_image
-from training.pose_prediction import load_pose_predict_kwargs, predict_real_poses
+from training.pose_prediction import predict_real_poses
 
 
 def predict_folder_poses(
@@ -44,12 +44,8 @@ def predict_folder_poses(
 
     -> (G_ema, names, photos [N, 3, S, S] in [-1, 1], cameras [N, 25], poses [N, 6]); S = D's resolution.
     """
-    path, G, D = load_generator_and_discriminator(network, device, trust_pickle, '--predict-pose')
-    pose_kwargs = pose_kwargs or pose_predict_kwargs_for(path)
-    try:
-        kwargs = load_pose_predict_kwargs(pose_kwargs)
-    except (OSError, ValueError) as err:
-        raise click.ClickException(f'{err}; pass the JSON written beside the snapshot with --pose-kwargs') from None
+    path, G, D, contents = load_generator_and_discriminator(network, device, trust_pickle, '--predict-pose')
+    kwargs = pose_predict_settings(path, contents, pose_kwargs, '--pose-kwargs')
     try:
         names, photos, masks, cameras = read_pose_folder(folder, D.img_resolution)
     except (OSError, ValueError) as err:

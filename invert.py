@@ -12,7 +12,6 @@ import torch
 
 from training.checkpoints import formats
 from training.checkpoints.latent_file import save_latent
-from training.checkpoints.run_files import pose_predict_kwargs_for
 from training.cli import (
     SEED_RANGE,
     Command,
@@ -21,6 +20,7 @@ from training.cli import (
     load_generator_and_discriminator,
     make_outdir,
     parse_pose,
+    pose_predict_settings,
     require_shape_memory,
     trust_pickle_option,
 )
@@ -32,7 +32,7 @@ from training.engines.inversion import InversionConfig, optimize_latent, prepare
 from training.engines.shapes import DEFAULT_LEVEL, extract_shape, pose_vertices, save_shape
 from training.engines.video import write_video
 from training.networks.d_input import resize_image
-from training.pose_prediction import load_pose_predict_kwargs, predict_real_poses
+from training.pose_prediction import predict_real_poses
 
 
 def parse_camera(text: str, device: torch.device) -> torch.Tensor:
@@ -218,7 +218,7 @@ def main(
     given_pose = parse_pose(pose, device)
     if mesh:
         require_shape_memory(shape_res, '--shape-res', device)
-    path, G, D = load_generator_and_discriminator(
+    path, G, D, contents = load_generator_and_discriminator(
         network, device, trust_pickle, 'inversion (D predicts the pose and gives the perceptual loss)'
     )
     names, photos, masks, cameras = read_inputs(image_path, mask_path, camera, G.img_resolution)
@@ -226,13 +226,7 @@ def main(
     if given_pose is not None:
         poses = given_pose.expand(len(names), -1)
     else:
-        settings = pose_kwargs or pose_predict_kwargs_for(path)
-        try:
-            kwargs = load_pose_predict_kwargs(settings)
-        except (OSError, ValueError) as err:
-            raise click.ClickException(
-                f'{err}; pass --pose, or the JSON written beside the snapshot with --pose-kwargs'
-            ) from None
+        kwargs = pose_predict_settings(path, contents, pose_kwargs, '--pose-kwargs', other_way='--pose, or ')
         poses = predict_real_poses(D, photos, masks, cameras, kwargs, batch=1)
     make_outdir(outdir)
     config = InversionConfig(

@@ -620,8 +620,11 @@ def build_inputs(root: str) -> tuple:
     )
     formats.save_weights(inputs['swapped_pt'], dict(G_ema=D, D=D), extra=dict(training_set_kwargs={}))
     formats.save_weights(inputs['g_only_pt'], dict(G_ema=G))
-    os.makedirs(inputs['lonely'])
-    shutil.copy(pkl, inputs['lonely'])
+    os.makedirs(inputs['lonely'])  # a snapshot without pose-prediction settings, inside or beside
+    formats.save_network_pickle(
+        os.path.join(inputs['lonely'], os.path.basename(pkl)),
+        dict(G_ema=G, D_ema=D, training_set_kwargs=modules['training_set_kwargs']),
+    )
     markers = {}
     for name, path in (
         ('evil_pkl', p('evil.pkl')),

@@ -27,13 +27,12 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from training.checkpoints import formats, run_files
-from training.checkpoints.run_files import pose_predict_kwargs_for
 from training.data.camera_utils import PIVOT
 from training.data.images import image_from_uint8, to_uint8
 from training.data.synthetic import PortraitPainter, Scene, sample_scene
 from training.engines.inversion import InversionConfig, optimize_latent, prepare_target, render, tune_generator
 from training.networks.d_input import resize_image
-from training.pose_prediction import load_pose_predict_kwargs, pose_errors, predict_real_poses
+from training.pose_prediction import pose_errors, predict_real_poses
 
 VIEWS = {
     'input': 0.0,
@@ -217,7 +216,8 @@ def markdown_table(means: dict, w_plus: bool) -> str:
 def load_snapshot(parser: argparse.ArgumentParser, path: str, given_pose: bool, device: torch.device) -> tuple:
     """-> (G, D, pose_predict_kwargs or None with given_pose), in eval mode; every problem a one-line parser error."""
     try:
-        G, D = run_files.snapshot_networks(formats.load_any(path, device=device), path)
+        contents = formats.load_any(path, device=device)
+        G, D = run_files.snapshot_networks(contents, path)
     except (OSError, ValueError, formats.CheckpointError) as err:
         parser.error(str(err))
     if G is None:
@@ -230,9 +230,14 @@ def load_snapshot(parser: argparse.ArgumentParser, path: str, given_pose: bool, 
     kwargs = None
     if not given_pose:
         try:
-            kwargs = load_pose_predict_kwargs(pose_predict_kwargs_for(path))
+            kwargs = run_files.find_pose_predict_kwargs(path, contents)
         except (OSError, ValueError) as err:
-            parser.error(f'{err}; D predicts the pose with the JSON written beside the snapshot, or pass --given-pose')
+            parser.error(f'{err}; D predicts the pose with these settings, or pass --given-pose')
+        if kwargs is None:
+            parser.error(
+                f'{path} carries no pose-prediction settings and there is no {run_files.pose_predict_kwargs_for(path)}'
+                f' beside it: D predicts the pose with them, or pass --given-pose'
+            )
     return G.eval().requires_grad_(False), D.eval().requires_grad_(False), kwargs
 
 

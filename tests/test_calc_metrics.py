@@ -44,6 +44,22 @@ def test_pose_err_is_appended_beside_the_snapshot_and_printed(run_dir, monkeypat
     assert 'real_head_mean' in result.output and f'{line["results"]["real_head_mean"]:.4f}' in result.output
 
 
+def test_a_weights_file_copied_alone_carries_its_pose_settings(run_dir, tmp_path, monkeypatch):
+    """pose_err of a .pt copied without the JSON beside it equals pose_err of the run, and needs no option."""
+    monkeypatch.setattr(names, 'POSE_ERR_ITEMS', 8)
+    alone = tmp_path / 'alone' / 'portrait.pt'
+    alone.parent.mkdir()
+    shutil.copy(os.path.join(run_dir, 'network-snapshot-000000.pt'), alone)
+    results = []
+    for network in (run_dir, str(alone)):
+        result = _invoke(['--network', network, '--metrics', 'pose_err', '--batch', '4'])
+        assert result.exit_code == 0, result.output
+        folder = network if os.path.isdir(network) else os.path.dirname(network)
+        with open(os.path.join(folder, 'metric-pose_err.jsonl')) as f:
+            results.append(json.loads(f.readlines()[-1])['results'])
+    assert results[0] == results[1]
+
+
 def test_a_result_that_cannot_be_written_is_printed_with_the_reason(run_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(names, 'POSE_ERR_ITEMS', 8)
     folder = tmp_path / 'copy'
@@ -74,9 +90,13 @@ def test_one_line_errors(run_dir, tmp_path, case):
     snapshot = os.path.join(run_dir, 'network-snapshot-000000.pkl')
     foreign = tmp_path / 'notes.pkl'
     foreign.write_bytes(b'not a pickle')
-    lonely = tmp_path / 'lonely'
+    lonely = tmp_path / 'lonely'  # a snapshot that carries no pose-prediction settings, nor has them beside it
     lonely.mkdir()
-    shutil.copy(snapshot, lonely / 'network-snapshot-000000.pkl')
+    contents = formats.load_any(snapshot)
+    formats.save_network_pickle(
+        str(lonely / 'network-snapshot-000000.pkl'),
+        {key: contents[key] for key in ('G_ema', 'D_ema', 'training_set_kwargs')},
+    )
     corrupt = tmp_path / 'corrupt.zip'
     corrupt.write_bytes(b'PK not really')
     swapped = tmp_path / 'swapped.pt'  # a weights file whose G_ema is a discriminator
@@ -100,7 +120,7 @@ def test_one_line_errors(run_dir, tmp_path, case):
         ),
         'no_pose_settings_sens': (
             ['--network', str(lonely / 'network-snapshot-000000.pkl'), '--metrics', 'fid2k,pose_sens'],
-            'pose_sens needs the pose-prediction settings: no ',
+            'carries none and there is no',
         ),
         'bad_data': (
             ['--network', snapshot, '--metrics', 'kid2k', '--data', str(corrupt), '--seg_data', str(corrupt)],

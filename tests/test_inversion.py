@@ -169,7 +169,7 @@ def test_invert_writes_every_output_and_they_load_in_the_other_tools(networks, t
         ('not square', 'expected an aligned square crop'),
         ('not an image', 'cannot read the image'),
         ('generator only', 'needs a checkpoint with a generator and a discriminator (D_ema or D)'),
-        ('no pose settings', 'pass --pose, or the JSON written beside the snapshot with --pose-kwargs'),
+        ('no pose settings', 'carries no pose-prediction settings and there is no'),
         ('foreign checkpoint', 'not a weights file of this project'),
     ],
 )

@@ -99,6 +99,21 @@ def test_poses_match_the_discriminator_and_renders_sit_beside_the_photos(run_dir
     assert not np.array_equal(render[0], render[1])
 
 
+def test_a_weights_file_copied_alone_predicts_the_same_poses(run_dir, photos, tmp_path):
+    """The .pt carries its pose-prediction settings: copied without the JSON beside it, it needs no --pose-kwargs."""
+    alone = tmp_path / 'alone' / 'portrait.pt'
+    alone.parent.mkdir()
+    shutil.copy(os.path.join(run_dir, 'network-snapshot-000000.pt'), alone)
+    predicted = []
+    for network, outdir in ((os.path.join(run_dir, 'network-snapshot-000000.pkl'), 'beside'), (alone, 'alone')):
+        result = invoke(
+            '--network', network, '--predict-pose', photos[0], '--seeds', '0', '--outdir', tmp_path / outdir
+        )
+        assert result.exit_code == 0, result.output
+        predicted.append(json.loads((tmp_path / outdir / 'predicted_poses.json').read_text()))
+    assert predicted[0] == predicted[1]
+
+
 def broken_copy(photos, tmp_path, case):
     """A copy of the photo folder with one defect -> its path."""
     folder = tmp_path / 'broken'
@@ -141,7 +156,9 @@ def test_one_line_errors(run_dir, photos, tmp_path, case):
     elif case == 'no-kwargs':
         extra = ['--pose-kwargs', tmp_path / 'nothing.json']
     elif case == 'snapshot-without-kwargs':
-        network = shutil.copy(network, tmp_path / 'network-snapshot-000000.pkl')
+        contents = formats.load_any(network)
+        network = str(tmp_path / 'network-snapshot-000000.pkl')
+        formats.save_network_pickle(network, {key: contents[key] for key in ('G_ema', 'D_ema')})
     source = ['--cfg', 'cpu-small'] if case == 'cfg' else ['--network', network]
     result = invoke(*source, '--predict-pose', folder, '--seeds', '0', '--outdir', tmp_path / 'out', *extra)
     assert result.exit_code != 0

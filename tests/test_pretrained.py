@@ -47,7 +47,9 @@ def test_shipped_model_is_compact_and_weights_only(shipped):
     assert G is not None and D is not None
     assert shipped['neural_rendering_resolution'] == 32 and shipped['training_set_kwargs']['resolution'] == 64
     with open(run_files.pose_predict_kwargs_for(SHIPPED)) as f:
-        assert json.load(f)['neural_rendering_resolution'] == 32
+        beside = json.load(f)
+    assert beside['neural_rendering_resolution'] == 32
+    assert shipped[run_files.POSE_PREDICT_KEY] == beside  # the file alone carries them too
 
 
 def test_shipped_model_renders_what_the_training_run_rendered(shipped, reference):

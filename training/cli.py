@@ -167,15 +167,32 @@ def load_generator(
 
 
 def load_generator_and_discriminator(network: str, device: torch.device, trust_pickle: bool, needed_for: str) -> tuple:
-    """G_ema (else G) and D_ema (else D) of a checkpoint, in eval mode without gradients -> (snapshot path, G, D).
+    """G_ema (else G) and D_ema (else D) of a checkpoint, in eval mode without gradients -> (snapshot path, G, D,
+    dict of everything the file holds).
 
     needed_for: what the caller needs D for, named in the error when the checkpoint lacks one."""
-    path, G, D, _ = load_snapshot(network, device, trust_pickle)
+    path, G, D, contents = load_snapshot(network, device, trust_pickle)
     if G is None or D is None:
         raise click.ClickException(
             f'{network}: {needed_for} needs a checkpoint with a generator and a discriminator (D_ema or D)'
         )
-    return path, G, D
+    return path, G, D, contents
+
+
+def pose_predict_settings(path: str, contents: dict, given: str | None, option: str, other_way: str = '') -> dict:
+    """The pose-prediction settings of a loaded snapshot (run_files.find_pose_predict_kwargs: the JSON `given`
+    with `option`, else those the file carries, else the JSON beside it), as click errors naming `option`;
+    other_way: another option that makes them unneeded, named in the error when there are none."""
+    try:
+        settings = run_files.find_pose_predict_kwargs(path, contents, given)
+    except (OSError, ValueError) as err:
+        raise click.BadParameter(str(err), param_hint=option) from None
+    if settings is None:
+        raise click.ClickException(
+            f'{path} carries no pose-prediction settings and there is no {run_files.pose_predict_kwargs_for(path)} '
+            f'beside it: pass {other_way}the JSON with {option}'
+        )
+    return settings
 
 
 def parse_pose(text: str | None, device: torch.device) -> torch.Tensor | None:

@@ -1,11 +1,14 @@
 """Body-pose prediction on real images with a trained discriminator, and angular pose errors.
 
 The settings that prepare a real image for `D.predict_pose` (rendering resolution, blur) are the
-ones the training loop writes beside each network snapshot as `pose_predict_kwargs-*.json`
-(docs/method.md §9.4, §9.6); a published 3DPortraitGAN checkpoint carries them in the .json of its own name.
+ones of the schedules at the snapshot (docs/method.md §9.4, §9.6). The training loop stores them in
+each snapshot file (key `pose_predict_kwargs`) and writes them beside it as
+`pose_predict_kwargs-*.json`; a published 3DPortraitGAN checkpoint has them in the .json of its own
+name (run_files.find_pose_predict_kwargs looks in that order).
 """
 
 import json
+from typing import Any
 
 import torch
 from scipy.spatial.transform import Rotation
@@ -14,6 +17,17 @@ from training.body.lbs import batch_rodrigues
 from training.networks.d_input import discriminator_input
 
 POSE_PREDICT_KEYS = ('blur_sigma', 'neural_rendering_resolution')
+
+
+def check_pose_predict_kwargs(settings: Any, where: str) -> dict:
+    """Pose-prediction settings read from `where` (a file, or a snapshot that carries them) -> them as a dict
+    {'blur_sigma': float, 'neural_rendering_resolution': int, ...}; a ValueError naming `where` if incomplete."""
+    if not isinstance(settings, dict):
+        raise ValueError(f'{where}: the pose-prediction settings are not a JSON object')
+    missing = [key for key in POSE_PREDICT_KEYS if key not in settings]
+    if missing:
+        raise ValueError(f'{where}: pose-prediction settings lack {", ".join(missing)}')
+    return dict(settings)
 
 
 def load_pose_predict_kwargs(path: str) -> dict:
@@ -25,10 +39,7 @@ def load_pose_predict_kwargs(path: str) -> dict:
         raise OSError(f'{path}: cannot read the pose-prediction settings ({err.strerror})') from None
     except json.JSONDecodeError as err:
         raise ValueError(f'{path}: not a pose-prediction JSON ({err.msg})') from None
-    missing = [key for key in POSE_PREDICT_KEYS if key not in kwargs]
-    if missing:
-        raise ValueError(f'{path}: pose-prediction settings lack {", ".join(missing)}')
-    return kwargs
+    return check_pose_predict_kwargs(kwargs, path)
 
 
 @torch.no_grad()

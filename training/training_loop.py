@@ -593,15 +593,17 @@ def _restore_rng(states: list, rank: int, world_size: int, device: torch.device,
 
 
 def save_network_files(run_dir: str, cur_nimg: int, networks: dict, training_set_kwargs: dict, schedule: dict) -> dict:
-    """Write a network snapshot's pickle, weights file and pose-prediction settings -> their paths.
+    """Write a network snapshot's pickle and weights file, each carrying the pose-prediction settings, and
+    those settings as JSON beside them -> their paths.
 
     networks: {'G', 'D', 'G_ema', 'D_ema'} modules; schedule: the schedule values at `cur_nimg`
     ('rendering_resolution', 'blur_sigma').
     """
     paths = run_files.snapshot_paths(run_dir, cur_nimg)
+    settings = {run_files.POSE_PREDICT_KEY: pose_predict_kwargs(schedule)}
     formats.save_network_pickle(
         paths['pkl'],
-        dict(training_set_kwargs=training_set_kwargs, **networks, augment_pipe=None),
+        dict(training_set_kwargs=training_set_kwargs, **networks, augment_pipe=None, **settings),
         neural_rendering_resolution=schedule['rendering_resolution'],
     )
     formats.save_weights(
@@ -611,9 +613,11 @@ def save_network_files(run_dir: str, cur_nimg: int, networks: dict, training_set
             training_set_kwargs=training_set_kwargs,
             cur_nimg=cur_nimg,
             neural_rendering_resolution=schedule['rendering_resolution'],
+            **settings,
         ),
     )
-    atomic_write(paths['json'], lambda f: f.write(json.dumps(pose_predict_kwargs(schedule), indent=2).encode()))
+    text = json.dumps(settings[run_files.POSE_PREDICT_KEY], indent=2)
+    atomic_write(paths['json'], lambda f: f.write(text.encode()))
     return paths
 
 

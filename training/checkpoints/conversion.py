@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from training import pose_prediction
 from training.checkpoints import authors, formats, run_files, safe_pickle
 from training.checkpoints.atomic_files import atomic_write
 from training.checkpoints.safe_pickle import UnsafePickleError
@@ -54,7 +53,8 @@ def _read_release_pickle(path: str, smpl_path: str | None) -> dict[str, Any]:
 
 
 def convert_checkpoint(in_path: str, out_path: str, smpl_path: str | None = None) -> tuple[str, str | None]:
-    """Write a published checkpoint as this project's weights file, and its pose-prediction JSON beside it.
+    """Write a published checkpoint as this project's weights file, carrying the pose-prediction settings of
+    the .json beside in_path, and write them beside out_path too.
 
     in_path: a published .pkl (its settings in the .json of the same stem); out_path: the weights
     file to write (see formats.save_weights). -> (out_path, the JSON written, or None when
@@ -68,13 +68,12 @@ def convert_checkpoint(in_path: str, out_path: str, smpl_path: str | None = None
         extra['neural_rendering_resolution'] = generator.neural_rendering_resolution
     if isinstance(data.get('training_set_kwargs'), dict):
         extra['training_set_kwargs'] = dict(data['training_set_kwargs'])
-    settings_path = run_files.pose_predict_kwargs_for(in_path)
-    settings = None
-    if os.path.isfile(settings_path):
-        try:
-            settings = pose_prediction.load_pose_predict_kwargs(settings_path)
-        except (OSError, ValueError) as error:
-            raise formats.CheckpointError(str(error)) from None
+    try:
+        settings = run_files.find_pose_predict_kwargs(in_path, {})
+    except (OSError, ValueError) as error:
+        raise formats.CheckpointError(str(error)) from None
+    if settings is not None:
+        extra[run_files.POSE_PREDICT_KEY] = settings
     try:
         formats.save_weights(out_path, modules, extra)
     except ValueError as error:

@@ -1,9 +1,11 @@
 """The files of a training run directory, and how every tool finds a snapshot among them.
 
 Files of a run directory (the training loop's rank 0 writes them, each atomically):
-  network-snapshot-{kimg:06d}.pkl       G, D, G_ema, D_ema, training_set_kwargs (EG3D pickle layout)
-  network-snapshot-{kimg:06d}.pt        the same networks, weights only (no pickled code)
-  pose_predict_kwargs-{kimg:06d}.json   how to prepare real images for D.predict_pose (docs/method.md §9.6)
+  network-snapshot-{kimg:06d}.pkl       G, D, G_ema, D_ema, training_set_kwargs, pose_predict_kwargs
+                                        (EG3D pickle layout)
+  network-snapshot-{kimg:06d}.pt        the same, weights only (no pickled code)
+  pose_predict_kwargs-{kimg:06d}.json   how to prepare real images for D.predict_pose (docs/method.md §9.6),
+                                        also carried inside both snapshot files
   resume-state-{kimg:06d}.pt            what continuing needs: networks, optimizer states, counters
                                         and every rank's RNG states; only the newest is kept
   fakes*.png, reals.png, segs.png, mesh_coarse_real_pose.png   image snapshots
@@ -15,17 +17,22 @@ Errors are `formats.CheckpointError`s with one line naming the path and the prob
 """
 
 import glob
+import json
 import os
 import re
 from typing import Any
 
 import torch
 
+from training import pose_prediction
+from training.checkpoints import formats
+from training.checkpoints.atomic_files import atomic_write
 from training.checkpoints.formats import CheckpointError
 
 SNAPSHOT_PREFIX = 'network-snapshot-'
 RESUME_PREFIX = 'resume-state-'
 POSE_PREDICT_PREFIX = 'pose_predict_kwargs-'
+POSE_PREDICT_KEY = 'pose_predict_kwargs'  # the settings inside a snapshot file (pickle or weights file)
 RESUME_FORMAT = 'portrait3d-resume-state'
 RESUME_VERSION = 1
 
@@ -165,6 +172,19 @@ def pose_predict_kwargs_for(snapshot_path: str) -> str:
     return os.path.join(folder, f'{stem}.json')
 
 
+def find_pose_predict_kwargs(snapshot_path: str, contents: dict, given: str | None = None) -> dict | None:
+    """The pose-prediction settings of a loaded snapshot: the JSON file `given` (a tool's option), else the
+    ones the snapshot carries (contents[POSE_PREDICT_KEY], in files written by this project), else the JSON
+    beside it (pose_predict_kwargs_for: how the published .pkl files come with theirs); None where none is
+    found. Raises OSError or ValueError (one line, naming the file) for settings that cannot be used."""
+    if given is not None:
+        return pose_prediction.load_pose_predict_kwargs(given)
+    if contents.get(POSE_PREDICT_KEY) is not None:
+        return pose_prediction.check_pose_predict_kwargs(contents[POSE_PREDICT_KEY], snapshot_path)
+    beside = pose_predict_kwargs_for(snapshot_path)
+    return pose_prediction.load_pose_predict_kwargs(beside) if os.path.isfile(beside) else None
+
+
 def snapshot_networks(modules: dict[str, Any], path: str) -> tuple:
     """The networks to use from a loaded snapshot -> (G_ema else G, D_ema else D), each None where absent.
 
@@ -190,20 +210,18 @@ def snapshot_networks(modules: dict[str, Any], path: str) -> tuple:
 
 
 # Metadata of a snapshot that an exported file keeps: the data set it was trained on (for the metrics),
-# the rendering resolution it renders at and its image count.
-EXPORTED_EXTRA = ('training_set_kwargs', 'neural_rendering_resolution', 'cur_nimg')
+# the rendering resolution it renders at, its image count and its pose-prediction settings.
+EXPORTED_EXTRA = ('training_set_kwargs', 'neural_rendering_resolution', 'cur_nimg', POSE_PREDICT_KEY)
 
 
 def export_snapshot(snapshot_path: str, out_path: str, parameter_dtypes: dict[str, torch.dtype] | None = None) -> tuple:
     """Write the inference part of a snapshot as a compact weights file -> (out_path, its pose JSON path or None).
 
-    Keeps G_ema (else G) as 'G_ema' and D_ema (else D) as 'D_ema', and the EXPORTED_EXTRA metadata;
-    parameter_dtypes ({'G_ema' or 'D_ema': dtype}) stores those networks' parameters in that dtype.
-    Copies the pose-prediction settings to the .json of out_path's stem, where pose_predict_kwargs_for
-    finds them. Raises CheckpointError.
+    Keeps G_ema (else G) as 'G_ema' and D_ema (else D) as 'D_ema', and the EXPORTED_EXTRA metadata, with
+    the snapshot's pose-prediction settings (find_pose_predict_kwargs) inside, so the file is
+    self-contained; they are also written to the .json of out_path's stem. parameter_dtypes
+    ({'G_ema' or 'D_ema': dtype}) stores those networks' parameters in that dtype. Raises CheckpointError.
     """
-    from training.checkpoints import formats
-    from training.checkpoints.atomic_files import atomic_write
 
     if not out_path.endswith('.pt'):
         raise CheckpointError(f'{out_path}: name the weights file .pt')
@@ -213,13 +231,18 @@ def export_snapshot(snapshot_path: str, out_path: str, parameter_dtypes: dict[st
         raise CheckpointError(f'{snapshot_path}: holds no generator to export')
     modules = {'G_ema': G} if D is None else {'G_ema': G, 'D_ema': D}
     extra = {key: contents[key] for key in EXPORTED_EXTRA if contents.get(key) is not None}
+    try:
+        settings = find_pose_predict_kwargs(snapshot_path, contents)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(str(error)) from None
+    if settings is not None:
+        extra[POSE_PREDICT_KEY] = settings
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     dtypes = {key: dtype for key, dtype in (parameter_dtypes or {}).items() if key in modules}
     formats.save_weights(out_path, modules, extra, parameter_dtypes=dtypes)
-    source_json, out_json = pose_predict_kwargs_for(snapshot_path), pose_predict_kwargs_for(out_path)
-    if not os.path.isfile(source_json):
+    if settings is None:
         return out_path, None
-    with open(source_json, 'rb') as f:
-        settings = f.read()
-    atomic_write(out_json, lambda file: file.write(settings))
+    out_json = pose_predict_kwargs_for(out_path)
+    text = json.dumps(settings, indent=2) + '\n'
+    atomic_write(out_json, lambda file: file.write(text.encode()))
     return out_path, out_json
