@@ -9,11 +9,11 @@
 # 3. stage 2, from the 30 kimg snapshot to 78 kimg: G's pose branch without the camera and the
 #    marginal pose prior at weight 2 to the end, measuring fid1k and pose_err every 8 kimg (OUTDIR/stage2);
 # 4. OUTDIR/plots/training.png (losses, pose errors and metrics against kimg) and the metric table;
-# 5. the exported snapshot OUTDIR/export/cpu-fast-64.pt (as pretrained/ ships it) and the README
+# 5. the exported snapshot OUTDIR/export/cpu-fast-64.pt (as pretrained/ ships it) and the docs
 #    pictures of it in OUTDIR/images.
 #
-# Expected figures (2 CPU cores: 140-200 s per kimg, 3-6 min of metrics per snapshot; README.md,
-# "Presets", has the whole table of the shipped run):
+# Expected figures (2 CPU cores: 140-200 s per kimg, 3-6 min of metrics per snapshot; docs/experiments/cpu-fast.md
+# has the whole table of the shipped run):
 #   kimg   fid1k   D on reals, neck / head (deg)   D on G's fakes (G's mean-pose yardstick)
 #      0   262.5   21.9 / 33.1                     89.3 / 78.5 (72.7 / 74.4)
 #     12   176.7   16.6 / 22.9                     9.5 / 10.9 (13.1 / 13.0)
@@ -22,7 +22,7 @@
 #     54    91.8   15.7 / 21.6                     8.8 / 11.6 (10.6 / 12.2)
 #     78    94.7   15.4 / 21.0                     8.8 / 11.8 (10.7 / 12.6)
 # The reals' mean-pose yardstick is 18.1 / 22.1, and their head-on-torso error at 78 kimg is 24.0
-# against 28.9: the body pose on real images is learned only a little (see README.md, and
+# against 28.9: the body pose on real images is learned only a little (see docs/experiments/cpu-fast.md, and
 # tools/pose_readability.py for how much of it these images show). Runs on other CPUs differ by
 # float rounding, so expect the trend, not the digits.
 set -euo pipefail
