@@ -407,13 +407,10 @@ def main(outdir, cfg, gpus, dry_run, resume, resume_kimg, resume_blur, cbase, cm
         config.validate()
     except ConfigError as err:
         raise click.UsageError(str(err)) from None
-    config = config.replace(device=_resolve_device(config.device, config.gpus))
+    config = _checked_start(config.replace(device=_resolve_device(config.device, config.gpus)))
     if dry_run:
         print(config.to_json())
         return
-    _check_body_model(config)
-    if config.resume is not None and config.resume_state is None:
-        config = _checked_stage_config(config)
 
     if distributed.is_torchrun():
         rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
@@ -466,31 +463,40 @@ def _torchrun_run(
     return (None, None) if config_json is None else (run_dir, TrainingConfig.from_json(config_json))
 
 
-def _checked_stage_config(config: TrainingConfig) -> TrainingConfig:
-    """Read the snapshot that starts a stage and compare its networks with the configured ones, so that a bad
-    or mismatched snapshot stops with one line before a run directory exists.
+def _checked_start(config: TrainingConfig) -> TrainingConfig:
+    """Every check that the start of training makes, run by the run and the dry run alike before anything is
+    written: the body model loads, the networks of the options can be built (on the CPU), and the snapshot or
+    resume state that --resume names is readable and holds networks of the same shapes.
 
-    -> config with the conventions of the snapshot's discriminator (d_mirror_camera: the published
+    -> config with the conventions of a stage's starting snapshot (d_mirror_camera: the published
     discriminators mirror only the image of left-side views, and keep doing so when trained further).
     """
     from training.training_loop import build_networks
 
+    _check_body_model(config)
+    source = config.resume_state or config.resume
     try:
-        snapshot = formats.load_any(config.resume, trust_pickle=config.trust_pickle)
-        stored = run_files.snapshot_networks(snapshot, config.resume)
-        if stored[1] is not None:
-            config = config.replace(d_mirror_camera=stored[1].mirror_camera)
-        configured = build_networks(config, torch.device('cpu'))
+        if config.resume_state is not None:
+            networks = run_files.load_resume_state(config.resume_state, mmap=True).get('networks', {})
+            stored = [networks.get(name) for name in ('G', 'D')]
+        elif config.resume is not None:
+            snapshot = formats.load_any(config.resume, trust_pickle=config.trust_pickle)
+            G, D = run_files.snapshot_networks(snapshot, config.resume)
+            if D is not None:
+                config = config.replace(d_mirror_camera=D.mirror_camera)
+            stored = [None if network is None else network.state_dict() for network in (G, D)]
+        else:
+            stored = [None, None]
+        built = build_networks(config, torch.device('cpu'))
     except formats.CheckpointError as err:
         raise click.BadParameter(str(err), param_hint='--resume') from None
     except (ValueError, OSError) as err:
-        raise click.UsageError(str(err)) from None
-    for role, network, built in zip(('generator', 'discriminator'), stored, configured):
-        stored_tensors = {} if network is None else dict(network.state_dict())
-        for name, tensor in built.state_dict().items():
-            if name in stored_tensors and stored_tensors[name].shape != tensor.shape:
+        raise click.UsageError(str(err).splitlines()[0]) from None
+    for role, stored_tensors, network in zip(('generator', 'discriminator'), stored, built):
+        for name, tensor in network.state_dict().items():
+            if stored_tensors is not None and name in stored_tensors and stored_tensors[name].shape != tensor.shape:
                 raise click.BadParameter(
-                    f'{config.resume}: its {role} was built with other options than --cfg '
+                    f'{source}: its {role} was built with other options than --cfg '
                     f'{config.cfg} ({name} is {list(stored_tensors[name].shape)} there, '
                     f'{list(tensor.shape)} here); choose the preset and options it was trained '
                     f'with (--body_model, channels, resolutions)',
@@ -593,7 +599,7 @@ def _restarted_run(
         continued = _continued_config(resume_state, cfg_given=False, overrides=options, generator=generator).validate()
     except ConfigError as err:
         raise click.UsageError(str(err)) from None
-    return run_dir, continued.replace(device=_resolve_device(continued.device, continued.gpus))
+    return run_dir, _checked_start(continued.replace(device=_resolve_device(continued.device, continued.gpus)))
 
 
 if __name__ == '__main__':
