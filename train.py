@@ -98,16 +98,31 @@ def _resolve_device(name: str, gpus: int) -> str:
     return name
 
 
-def _find_resume_state(resume: str) -> str:
-    """The resume state that `--resume` names: a run directory's newest, the state itself, or a snapshot's."""
-    if os.path.isdir(resume):
-        # The run being continued is over: files it was writing when it was killed are incomplete.
-        for path in remove_unfinished_writes(resume):
-            print(f'removed {path}, an unfinished write of the interrupted run')
+def _find_resume_state(resume: str, clean: bool = True) -> str:
+    """The resume state that `--resume` names: a run directory's newest, the state itself, or a snapshot's.
+
+    clean: remove the unfinished writes of the run being continued from its directory (see _remove_unfinished_writes).
+    """
     try:
-        return run_files.find_resume_state(resume)
+        resume_state = run_files.find_resume_state(resume)
     except formats.CheckpointError as err:
         raise click.BadParameter(str(err), param_hint='--resume') from None
+    if clean:
+        _remove_unfinished_writes(os.path.dirname(os.path.abspath(resume_state)))
+    return resume_state
+
+
+def _remove_unfinished_writes(run_dir: str) -> None:
+    """The run in `run_dir` is over: the temporary files that it was writing when it was killed are incomplete.
+    Remove them (only names of this project's writers) and say so in one line."""
+    removed = remove_unfinished_writes(run_dir)
+    if removed:
+        names = ', '.join(os.path.basename(path) for path, _ in removed[:3]) + (', ...' if len(removed) > 3 else '')
+        megabytes = sum(size for _, size in removed) / 2**20
+        print(
+            f'removed {len(removed)} unfinished temporary file(s) ({megabytes:.1f} MB) of an interrupted write '
+            f'from {run_dir}: {names}'
+        )
 
 
 def _continued_config(resume_state: str, cfg_given: bool, overrides: dict, generator: dict) -> TrainingConfig:
@@ -401,7 +416,9 @@ def main(outdir, cfg, gpus, dry_run, resume, resume_kimg, resume_blur, cbase, cm
 
     try:
         if resume is not None and resume_kimg is None:
-            config = _continued_config(_find_resume_state(resume), cfg is not None, options, generator)
+            config = _continued_config(
+                _find_resume_state(resume, clean=not dry_run), cfg is not None, options, generator
+            )
         else:
             config = _new_config(cfg or 'cpu-small', options, generator, resume, resume_kimg, resume_blur)
         config.validate()
@@ -582,8 +599,7 @@ def _restarted_run(
         print(f'{prefix} no run directory of this run in {outdir}; starting a new one')
         return None, config
     if run_files.latest_resume_state(run_dir) is None:
-        for path in remove_unfinished_writes(run_dir):
-            print(f'removed {path}, an unfinished write of the interrupted attempt')
+        _remove_unfinished_writes(run_dir)
         print(f'{prefix} {run_dir} holds no resume state yet; training it afresh in that directory')
         return run_dir, config
     resume_state = _find_resume_state(run_dir)

@@ -178,6 +178,54 @@ def test_resume_keeps_the_stored_options_and_applies_given_ones(tmp_path):
     )
 
 
+def _stale_temporary_files(run_dir: str) -> list:
+    """Two temporary files as a writer killed mid-write leaves them (by the writer's own naming), and two
+    hidden .tmp files of someone else -> (the stale ones, the foreign ones)."""
+    from training.checkpoints.atomic_files import _temporary_file_beside
+
+    stale = []
+    for name, size in (('network-snapshot-000004.pkl', 3 * 2**20), ('resume-state-000004.pt', 2**20)):
+        path = _temporary_file_beside(os.path.join(run_dir, name))
+        with open(path, 'wb') as file:
+            file.write(b'\0' * size)
+        stale.append(path)
+    foreign = [os.path.join(run_dir, name) for name in ('.notes.tmp', '.network-snapshot-000004.pkl.tmp')]
+    for path in foreign:
+        open(path, 'wb').close()
+    return stale, foreign
+
+
+def test_resume_and_torchrun_restart_remove_the_stale_temporary_files_of_the_run(tmp_path):
+    run_dir = str(tmp_path / 'run')
+    os.makedirs(run_dir)
+    state = _fake_resume_state(run_dir, 2000, kimg=2.0)
+    stale, foreign = _stale_temporary_files(run_dir)
+    # A dry run changes nothing.
+    _dry_run('--resume', run_dir, '--kimg', '4')
+    assert all(os.path.exists(path) for path in stale + foreign)
+    # --resume of the directory, or of its snapshot: one line, the writers' own temporary files gone, others kept.
+    (tmp_path / 'run' / 'network-snapshot-000002.pkl').write_bytes(b'')
+    for resume in (run_dir, os.path.join(run_dir, 'network-snapshot-000002.pkl')):
+        if resume != run_dir:
+            stale = _stale_temporary_files(run_dir)[0]
+        result = _invoke('--resume', resume, '--outdir', str(tmp_path / 'runs'))  # stops: the run is at --kimg
+        assert [line for line in result.output.splitlines() if 'removed' in line] == [
+            f'removed 2 unfinished temporary file(s) (4.0 MB) of an interrupted write from {run_dir}: '
+            f'{os.path.basename(stale[0])}, {os.path.basename(stale[1])}'
+        ], result.output
+        assert 'pass a larger --kimg' in result.output
+        assert not any(os.path.exists(path) for path in stale) and all(os.path.exists(path) for path in foreign)
+    # A torchrun restart of a run directory that holds no resume state yet.
+    os.remove(state)
+    stale = _stale_temporary_files(run_dir)[0]
+    with open(os.path.join(run_dir, train.TORCHRUN_RUN_ID_FILE), 'w') as file:
+        file.write('run-7')
+    config = TrainingConfig.from_preset(load_preset('cpu-small'), 'cpu-small', data='d.zip', seg_data='s.zip', gpus=1)
+    outdir = str(tmp_path)
+    assert train._restarted_run(outdir, config, {}, {}, 'run-7', 1) == (run_dir, config)
+    assert not any(os.path.exists(path) for path in stale) and all(os.path.exists(path) for path in foreign)
+
+
 def test_resume_refuses_changes_that_do_not_fit_the_state(tmp_path):
     _fake_resume_state(str(tmp_path), 12000, kimg=12.0)
     _assert_usage_error(_invoke('--dry-run', '--resume', str(tmp_path)), 'pass a larger --kimg')

@@ -4,6 +4,7 @@ the previous file, or none, but never a partial one.
 """
 
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -11,6 +12,9 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)  # fixed, so that the same members give the same archive
+TEMP_SUFFIX = '.tmp'
+# The temporary names made here: '.' + the destination's name + '.' + tempfile's 8 random characters + '.tmp'.
+TEMP_NAME = re.compile(r'\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp')
 
 
 def _fsync_directory(directory: str) -> None:
@@ -31,7 +35,7 @@ def _temporary_file_beside(path: str) -> str:
     """Create an empty temporary file in the folder of `path` (made if missing) -> its path."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, temp_path = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp', dir=directory)
+    fd, temp_path = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix=TEMP_SUFFIX, dir=directory)
     os.close(fd)
     return temp_path
 
@@ -46,13 +50,16 @@ def _move_into_place(temp_path: str, path: str) -> None:
 
 
 def remove_unfinished_writes(directory: str) -> list:
-    """Delete the temporary files that a writer here leaves when its process is killed mid-write
-    (`.<name>.<random>.tmp`); call it only where no other process is writing. -> the removed paths"""
+    """Delete the temporary files that a writer here leaves when its process is killed mid-write (named as
+    TEMP_NAME; other files are left alone); call it only where no other process is writing.
+    -> [(path, size in bytes)] of the removed files"""
     removed = []
-    for name in os.listdir(directory):
-        if name.startswith('.') and name.endswith('.tmp') and os.path.isfile(os.path.join(directory, name)):
-            os.remove(os.path.join(directory, name))
-            removed.append(os.path.join(directory, name))
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if TEMP_NAME.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
+            size = os.path.getsize(path)
+            os.remove(path)
+            removed.append((path, size))
     return removed
 
 
@@ -115,7 +122,9 @@ class FolderOutput:
         self.path = path
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
-        self._temp = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.normpath(path))}.', suffix='.tmp', dir=parent)
+        self._temp = tempfile.mkdtemp(
+            prefix=f'.{os.path.basename(os.path.normpath(path))}.', suffix=TEMP_SUFFIX, dir=parent
+        )
 
     def add(self, name: str, data: bytes) -> None:
         target = os.path.join(self._temp, *name.split('/'))
