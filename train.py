@@ -46,7 +46,7 @@ from metrics.names import METRIC_POSE_SAMPLE_MODES
 from torch_utils import distributed
 from training import presets
 from training.checkpoints import formats, run_files
-from training.checkpoints.atomic_files import atomic_write, remove_unfinished_writes
+from training.checkpoints.atomic_files import WriteError, atomic_write, remove_unfinished_writes
 from training.cli import Command, FiniteFloat, make_outdir
 from training.config import ARCHITECTURE_FIELDS, DEVICES, ConfigError, TrainingConfig
 from training.data.dataset import DatasetError, PortraitDataset
@@ -171,8 +171,8 @@ def _process(
     logger = dnnlib.util.Logger(os.path.join(run_dir, 'log.txt'), file_mode='a') if rank == 0 else None
     try:
         training_loop(config, run_dir, rank=rank, world_size=world_size, device=device)
-    except (TrainingDivergedError, TrainingDataError, DatasetError) as err:
-        # A DatasetError here comes from the set-up, before any training.
+    except (TrainingDivergedError, TrainingDataError, DatasetError, WriteError) as err:
+        # A DatasetError here comes from the set-up, before any training; a WriteError names the file and the cause.
         _exit_with_error(str(err), rank, failure_dir)
     except Exception as err:
         # An unforeseen error: its traceback for the developer, then the one line. It is written before the
@@ -564,8 +564,7 @@ def _make_run_dir(outdir: str, config: TrainingConfig, torchrun_run_id: str | No
     os.makedirs(run_dir, exist_ok=False)
     if torchrun_run_id is not None:
         atomic_write(os.path.join(run_dir, TORCHRUN_RUN_ID_FILE), lambda file: file.write(torchrun_run_id.encode()))
-    with open(os.path.join(run_dir, 'training_options.json'), 'w', encoding='utf-8') as f:
-        f.write(config.to_json())
+    atomic_write(os.path.join(run_dir, 'training_options.json'), lambda file: file.write(config.to_json().encode()))
     print(f'Run directory: {run_dir}')
     print(
         f'Preset {config.cfg}, data {config.data} ({len(dataset)} images), {config.gpus} process(es) on '
