@@ -117,3 +117,17 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_nothing_partial(tiny
     assert result.output.strip().splitlines()[-1] == f'Error: cannot write {path}: No space left on device'
     assert not os.path.exists(path)
     assert not [file for file in written if file.endswith('.tmp')], written
+
+
+def test_a_full_disk_under_torch_save_is_a_write_error(tmp_path, monkeypatch):
+    """torch.save reports the failed write of its file object as a RuntimeError: still one line, nothing left."""
+    import torch
+
+    from training.checkpoints.atomic_files import WriteError, atomic_write
+
+    path = tmp_path / 'resume-state-000004.pt'  # written as training writes its snapshots and resume states
+    monkeypatch.setattr(builtins, 'open', full_disk_open(path.name))
+    with pytest.raises(WriteError) as raised:
+        atomic_write(str(path), lambda file: torch.save({'weight': torch.zeros(100000)}, file))
+    assert str(raised.value) == f'cannot write {path}: No space left on device'
+    assert os.listdir(tmp_path) == []

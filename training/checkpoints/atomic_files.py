@@ -46,6 +46,18 @@ def _writing(path: str):
         raise _write_error(error, path) from None
 
 
+def _os_error_behind(error: BaseException) -> OSError | None:
+    """The OSError that `error` is or was raised while handling (torch.save reports a failed write as a
+    RuntimeError raised from the OSError of the file object), or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _fsync_directory(directory: str) -> None:
     # Makes the rename itself durable; not possible on every platform, hence best effort.
     try:
@@ -120,8 +132,9 @@ def atomic_write_path(path: str, write: Callable[[str], None]) -> None:
     except BaseException as error:
         if os.path.exists(temp_path):
             os.remove(temp_path)
-        if isinstance(error, OSError):
-            raise _write_error(error, path) from None
+        cause = _os_error_behind(error)
+        if cause is not None:
+            raise _write_error(cause, path) from None
         raise
 
 
