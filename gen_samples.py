@@ -1,16 +1,15 @@
 """Render images of a generator from a checkpoint (or a freshly initialized preset) at chosen cameras,
 or re-render a folder of real portraits with the body poses its discriminator predicts for them."""
 
-import json
 import math
 import os
 
 import click
 import numpy as np
-import PIL.Image
 import torch
 from tqdm import tqdm
 
+from training.checkpoints.atomic_files import write_json
 from training.cli import (
     MAX_SEEDS,
     SEED_RANGE,
@@ -29,8 +28,9 @@ from training.cli import (
 )
 from training.data.camera_utils import VIEWS, camera_label, frontal_camera, orbit_camera
 from training.data.dataset import stem
-from training.data.images import depth_to_uint8, to_uint8
+from training.data.images import depth_to_uint8, save_png, to_uint8
 from training.data.photos import read_pose_folder
+from training.engines.render_check import synthesis
 from training.engines.shapes import DEFAULT_LEVEL, extract_shape, save_shape
 from training.networks.d_input import resize_image
 from training.pose_prediction import predict_real_poses
@@ -84,7 +84,7 @@ def render_photo_poses(
             renders = np.concatenate(
                 [
                     to_uint8(
-                        G.synthesis(ws.expand(len(c), -1, -1), c, pose_params=p, generator=generator, **render_kwargs)[
+                        synthesis(G, ws.expand(len(c), -1, -1), c, pose_params=p, generator=generator, **render_kwargs)[
                             'image'
                         ]
                     )
@@ -92,9 +92,7 @@ def render_photo_poses(
                 ]
             )
         for name, photo, render in zip(names, photos, renders):
-            PIL.Image.fromarray(np.concatenate([photo, render], axis=1)).save(
-                os.path.join(outdir, f'seed{seed:04d}_{stem(name)}.png')
-            )
+            save_png(os.path.join(outdir, f'seed{seed:04d}_{stem(name)}.png'), np.concatenate([photo, render], axis=1))
 
 
 @click.command(cls=Command)
@@ -199,8 +197,10 @@ def main(
     make_outdir(outdir)
     if pose_folder is not None:
         G, names, photos, cameras, poses = predict_folder_poses(network, pose_folder, pose_kwargs, device, trust_pickle)
-        with open(os.path.join(outdir, 'predicted_poses.json'), 'w') as f:
-            json.dump({name: {'neck': p[:3], 'head': p[3:]} for name, p in zip(names, poses.tolist())}, f, indent=1)
+        write_json(
+            os.path.join(outdir, 'predicted_poses.json'),
+            {name: {'neck': p[:3], 'head': p[3:]} for name, p in zip(names, poses.tolist())},
+        )
     else:
         G = load_generator(network, cfg, init_seed, device, trust_pickle)
     require_render_memory(G, len(view_names) if pose_folder is None else 1, sample_mult, device)
@@ -226,18 +226,15 @@ def main(
             ws = G.mapping(z, condition, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
             ws = ws.expand(len(view_names), -1, -1)
             pose = None if pose_params is None else pose_params.expand(len(view_names), -1)
-            out = G.synthesis(
-                ws, cameras, pose_params=pose, generator=torch.Generator(device).manual_seed(seed), **render_kwargs
+            out = synthesis(
+                G, ws, cameras, pose_params=pose, generator=torch.Generator(device).manual_seed(seed), **render_kwargs
             )
         for suffix, images in [
             ('', to_uint8(out['image'])),
             ('_raw', to_uint8(out['image_raw'])),
             ('_depth', depth_to_uint8(out['image_depth'])),
         ]:
-            row = np.concatenate(list(images), axis=1)
-            PIL.Image.fromarray(row.squeeze(-1) if row.shape[-1] == 1 else row).save(
-                os.path.join(outdir, f'seed{seed:04d}{suffix}.png')
-            )
+            save_png(os.path.join(outdir, f'seed{seed:04d}{suffix}.png'), np.concatenate(list(images), axis=1))
         if shapes:
             tqdm.write(
                 save_shape(extract_shape(G, ws[:1], shape_res, shape_level), os.path.join(outdir, f'seed{seed:04d}'))

@@ -1,16 +1,15 @@
 """Invert real portraits: find the latent (and, with pivotal tuning, a tuned generator) that re-renders
 each photo, then write its reconstruction, a 360-degree video and a mesh."""
 
-import json
 import os
 import sys
 
 import click
 import numpy as np
-import PIL.Image
 import torch
 
 from training.checkpoints import formats
+from training.checkpoints.atomic_files import write_json
 from training.checkpoints.latent_file import save_latent
 from training.cli import (
     SEED_RANGE,
@@ -26,7 +25,7 @@ from training.cli import (
 )
 from training.data.camera_utils import frontal_camera
 from training.data.dataset import PortraitDataset, stem
-from training.data.images import image_from_uint8, mask_from_uint8, to_uint8
+from training.data.images import image_from_uint8, mask_from_uint8, save_png, to_uint8
 from training.data.photos import read_photo, read_pose_folder
 from training.engines.inversion import InversionConfig, optimize_latent, prepare_target, render, tune_generator
 from training.engines.shapes import DEFAULT_LEVEL, extract_shape, pose_vertices, save_shape
@@ -104,7 +103,7 @@ def read_inputs(image: str, mask: str | None, camera: str | None, resolution: in
 
 def _save_image(path: str, images: list) -> None:
     """Images [1, 3, S, S] in [-1, 1] -> one PNG, side by side."""
-    PIL.Image.fromarray(np.concatenate([to_uint8(image)[0] for image in images], axis=1)).save(path)
+    save_png(path, np.concatenate([to_uint8(image)[0] for image in images], axis=1))
 
 
 @click.command(cls=Command)
@@ -260,8 +259,7 @@ def main(
             with torch.no_grad():
                 renders.append(render(result_G, latent.ws, c, latent.pose)['image'])
         _save_image(os.path.join(folder, 'reconstruction.png'), renders)
-        with open(os.path.join(folder, 'losses.json'), 'w') as f:
-            json.dump(dict(losses, interrupted=interrupted), f)
+        write_json(os.path.join(folder, 'losses.json'), dict(losses, interrupted=interrupted), indent=None)
         if interrupted:
             click.echo(f'interrupted: {folder} holds what the stage reached', err=True)
             sys.exit(130)

@@ -46,7 +46,7 @@ from metrics.names import METRIC_POSE_SAMPLE_MODES
 from torch_utils import distributed
 from training import presets
 from training.checkpoints import formats, run_files
-from training.checkpoints.atomic_files import atomic_write, remove_unfinished_writes
+from training.checkpoints.atomic_files import WriteError, atomic_write, remove_unfinished_writes
 from training.cli import Command, FiniteFloat, make_outdir
 from training.config import ARCHITECTURE_FIELDS, DEVICES, ConfigError, TrainingConfig
 from training.data.dataset import DatasetError, PortraitDataset
@@ -98,16 +98,31 @@ def _resolve_device(name: str, gpus: int) -> str:
     return name
 
 
-def _find_resume_state(resume: str) -> str:
-    """The resume state that `--resume` names: a run directory's newest, the state itself, or a snapshot's."""
-    if os.path.isdir(resume):
-        # The run being continued is over: files it was writing when it was killed are incomplete.
-        for path in remove_unfinished_writes(resume):
-            print(f'removed {path}, an unfinished write of the interrupted run')
+def _find_resume_state(resume: str, clean: bool = True) -> str:
+    """The resume state that `--resume` names: a run directory's newest, the state itself, or a snapshot's.
+
+    clean: remove the unfinished writes of the run being continued from its directory (see _remove_unfinished_writes).
+    """
     try:
-        return run_files.find_resume_state(resume)
+        resume_state = run_files.find_resume_state(resume)
     except formats.CheckpointError as err:
         raise click.BadParameter(str(err), param_hint='--resume') from None
+    if clean:
+        _remove_unfinished_writes(os.path.dirname(os.path.abspath(resume_state)))
+    return resume_state
+
+
+def _remove_unfinished_writes(run_dir: str) -> None:
+    """The run in `run_dir` is over: the temporary files that it was writing when it was killed are incomplete.
+    Remove them (only names of this project's writers) and say so in one line."""
+    removed = remove_unfinished_writes(run_dir)
+    if removed:
+        names = ', '.join(os.path.basename(path) for path, _ in removed[:3]) + (', ...' if len(removed) > 3 else '')
+        megabytes = sum(size for _, size in removed) / 2**20
+        print(
+            f'removed {len(removed)} unfinished temporary file(s) ({megabytes:.1f} MB) of an interrupted write '
+            f'from {run_dir}: {names}'
+        )
 
 
 def _continued_config(resume_state: str, cfg_given: bool, overrides: dict, generator: dict) -> TrainingConfig:
@@ -156,8 +171,8 @@ def _process(
     logger = dnnlib.util.Logger(os.path.join(run_dir, 'log.txt'), file_mode='a') if rank == 0 else None
     try:
         training_loop(config, run_dir, rank=rank, world_size=world_size, device=device)
-    except (TrainingDivergedError, TrainingDataError, DatasetError) as err:
-        # A DatasetError here comes from the set-up, before any training.
+    except (TrainingDivergedError, TrainingDataError, DatasetError, WriteError) as err:
+        # A DatasetError here comes from the set-up, before any training; a WriteError names the file and the cause.
         _exit_with_error(str(err), rank, failure_dir)
     except Exception as err:
         # An unforeseen error: its traceback for the developer, then the one line. It is written before the
@@ -401,19 +416,18 @@ def main(outdir, cfg, gpus, dry_run, resume, resume_kimg, resume_blur, cbase, cm
 
     try:
         if resume is not None and resume_kimg is None:
-            config = _continued_config(_find_resume_state(resume), cfg is not None, options, generator)
+            config = _continued_config(
+                _find_resume_state(resume, clean=not dry_run), cfg is not None, options, generator
+            )
         else:
             config = _new_config(cfg or 'cpu-small', options, generator, resume, resume_kimg, resume_blur)
         config.validate()
     except ConfigError as err:
         raise click.UsageError(str(err)) from None
-    config = config.replace(device=_resolve_device(config.device, config.gpus))
+    config = _checked_start(config.replace(device=_resolve_device(config.device, config.gpus)))
     if dry_run:
         print(config.to_json())
         return
-    _check_body_model(config)
-    if config.resume is not None and config.resume_state is None:
-        config = _checked_stage_config(config)
 
     if distributed.is_torchrun():
         rank, world_size = int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])
@@ -466,31 +480,40 @@ def _torchrun_run(
     return (None, None) if config_json is None else (run_dir, TrainingConfig.from_json(config_json))
 
 
-def _checked_stage_config(config: TrainingConfig) -> TrainingConfig:
-    """Read the snapshot that starts a stage and compare its networks with the configured ones, so that a bad
-    or mismatched snapshot stops with one line before a run directory exists.
+def _checked_start(config: TrainingConfig) -> TrainingConfig:
+    """Every check that the start of training makes, run by the run and the dry run alike before anything is
+    written: the body model loads, the networks of the options can be built (on the CPU), and the snapshot or
+    resume state that --resume names is readable and holds networks of the same shapes.
 
-    -> config with the conventions of the snapshot's discriminator (d_mirror_camera: the published
+    -> config with the conventions of a stage's starting snapshot (d_mirror_camera: the published
     discriminators mirror only the image of left-side views, and keep doing so when trained further).
     """
     from training.training_loop import build_networks
 
+    _check_body_model(config)
+    source = config.resume_state or config.resume
     try:
-        snapshot = formats.load_any(config.resume, trust_pickle=config.trust_pickle)
-        stored = run_files.snapshot_networks(snapshot, config.resume)
-        if stored[1] is not None:
-            config = config.replace(d_mirror_camera=stored[1].mirror_camera)
-        configured = build_networks(config, torch.device('cpu'))
+        if config.resume_state is not None:
+            networks = run_files.load_resume_state(config.resume_state, mmap=True).get('networks', {})
+            stored = [networks.get(name) for name in ('G', 'D')]
+        elif config.resume is not None:
+            snapshot = formats.load_any(config.resume, trust_pickle=config.trust_pickle)
+            G, D = run_files.snapshot_networks(snapshot, config.resume)
+            if D is not None:
+                config = config.replace(d_mirror_camera=D.mirror_camera)
+            stored = [None if network is None else network.state_dict() for network in (G, D)]
+        else:
+            stored = [None, None]
+        built = build_networks(config, torch.device('cpu'))
     except formats.CheckpointError as err:
         raise click.BadParameter(str(err), param_hint='--resume') from None
     except (ValueError, OSError) as err:
-        raise click.UsageError(str(err)) from None
-    for role, network, built in zip(('generator', 'discriminator'), stored, configured):
-        stored_tensors = {} if network is None else dict(network.state_dict())
-        for name, tensor in built.state_dict().items():
-            if name in stored_tensors and stored_tensors[name].shape != tensor.shape:
+        raise click.UsageError(str(err).splitlines()[0]) from None
+    for role, stored_tensors, network in zip(('generator', 'discriminator'), stored, built):
+        for name, tensor in network.state_dict().items():
+            if stored_tensors is not None and name in stored_tensors and stored_tensors[name].shape != tensor.shape:
                 raise click.BadParameter(
-                    f'{config.resume}: its {role} was built with other options than --cfg '
+                    f'{source}: its {role} was built with other options than --cfg '
                     f'{config.cfg} ({name} is {list(stored_tensors[name].shape)} there, '
                     f'{list(tensor.shape)} here); choose the preset and options it was trained '
                     f'with (--body_model, channels, resolutions)',
@@ -541,8 +564,7 @@ def _make_run_dir(outdir: str, config: TrainingConfig, torchrun_run_id: str | No
     os.makedirs(run_dir, exist_ok=False)
     if torchrun_run_id is not None:
         atomic_write(os.path.join(run_dir, TORCHRUN_RUN_ID_FILE), lambda file: file.write(torchrun_run_id.encode()))
-    with open(os.path.join(run_dir, 'training_options.json'), 'w', encoding='utf-8') as f:
-        f.write(config.to_json())
+    atomic_write(os.path.join(run_dir, 'training_options.json'), lambda file: file.write(config.to_json().encode()))
     print(f'Run directory: {run_dir}')
     print(
         f'Preset {config.cfg}, data {config.data} ({len(dataset)} images), {config.gpus} process(es) on '
@@ -576,8 +598,7 @@ def _restarted_run(
         print(f'{prefix} no run directory of this run in {outdir}; starting a new one')
         return None, config
     if run_files.latest_resume_state(run_dir) is None:
-        for path in remove_unfinished_writes(run_dir):
-            print(f'removed {path}, an unfinished write of the interrupted attempt')
+        _remove_unfinished_writes(run_dir)
         print(f'{prefix} {run_dir} holds no resume state yet; training it afresh in that directory')
         return run_dir, config
     resume_state = _find_resume_state(run_dir)
@@ -593,7 +614,7 @@ def _restarted_run(
         continued = _continued_config(resume_state, cfg_given=False, overrides=options, generator=generator).validate()
     except ConfigError as err:
         raise click.UsageError(str(err)) from None
-    return run_dir, continued.replace(device=_resolve_device(continued.device, continued.gpus))
+    return run_dir, _checked_start(continued.replace(device=_resolve_device(continued.device, continued.gpus)))
 
 
 if __name__ == '__main__':

@@ -15,7 +15,6 @@ import threading
 
 import click
 import numpy as np
-import PIL.Image
 import torch
 import viser
 
@@ -29,6 +28,7 @@ from training.cli import (
     trust_pickle_option,
 )
 from training.data.camera_utils import RADIUS
+from training.data.images import save_png
 from training.engines.shapes import DEFAULT_LEVEL, extract_shape, pose_vertices, save_shape
 from training.engines.video import IMAGE_MODES, write_video
 from training.engines.viewer import (
@@ -337,7 +337,7 @@ class ViewerPage:
         """The current picture in full quality -> outdir/seedNNNN-<mode>.png."""
         picture = self.viewer.render(state)['display']
         path = free_stem(outdir, f'seed{state.seed:04d}-{state.mode}', 'png') + '.png'
-        PIL.Image.fromarray(picture).save(path)
+        save_png(path, picture)
         return f'wrote `{path}`'
 
     def write_mesh(self, state: ViewState, outdir: str) -> str:

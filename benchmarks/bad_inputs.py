@@ -8,24 +8,27 @@ Every case is a tool, the arguments it adds to that tool's working command line 
 last value of a repeated option, so a case changes one thing), and what the tool must do (Case). The inputs
 the cases name ({run}, {evil_pkl}, ...) are built first in a temporary folder (build_inputs): a tiny run
 directory and its synthetic data set (tests/tiny_run.py), damaged copies of them, pickles whose unpickling
-would create a marker file, and a read-only folder (a read-only tmpfs, mounted when running as root; the
-cases that need it are skipped with a note otherwise).
+would create a marker file, a read-only folder and a nearly full one (tmpfs mounts, made when running as
+root; the cases that need them are skipped with a note otherwise).
 
 A case is clean (verdict) when the tool ends on its own within the timeout, prints no Python traceback,
 dies of no signal, creates no marker file, and its last output line starts with "Error" or holds the
 case's `says` text; a FAIL case must also exit non-zero, while an END case may instead run normally (the
-input is odd but has a meaning). One line is printed per case, then the not-clean cases again, then as
-the last line "N tried, M clean". Exit code 0 when all are clean.
+input is odd but has a meaning); and nothing matches the case's `leaves_none` patterns afterwards (a partial
+output, a temporary file). One line is printed per case, then the not-clean cases again, then as the last
+line "N tried, M clean". Exit code 0 when all are clean.
 
 Every case runs with its address space limited to --memory-gib (default 8), so that a tool that tries to
 allocate without bound fails in that case instead of starving the machine; the tools' own memory checks
 compare with the machine's free memory, so the absurd sizes here are far beyond both.
---quick runs about 15 representative cases (the `quick` ones, one or two per tool).
+--quick runs about 15 representative cases (the `quick` ones, one or two per tool); --match REGEX runs the
+cases whose "tool args" it finds.
 """
 
 import argparse
 import concurrent.futures
 import dataclasses
+import glob
 import json
 import os
 import pickle
@@ -75,15 +78,17 @@ class Case:
     alone: bool = False  # the arguments replace the working command line instead of following it
     quick: bool = False  # in the --quick subset
     timeout: float = 0  # seconds; 0: --timeout
+    leaves_none: tuple = ()  # glob patterns ({name} substituted) that must match nothing after the run
 
     def command(self) -> str:
         """The arguments after the script, with their {name} placeholders."""
         return self.args if self.alone else WORKING[self.tool] + ' ' + self.args
 
     def inputs(self) -> set:
-        return set(re.findall(r'{(\w+)}', self.command()))
+        return set(re.findall(r'{(\w+)}', ' '.join([self.command(), *self.leaves_none])))
 
 
+NOTHING_IN_OUT = ('{out}/*', '{out}/.*')  # leaves_none of a case that must write nothing, not even a temporary file
 NAN_CAMERA = 'nan' + ',0' * 15  # 16 values, one NaN
 INF_LABEL = ','.join(['1'] * 24 + ['inf'])  # 25 values, one inf
 HUGE_SEED = '99999999999999999999999'  # beyond 64 bits
@@ -94,7 +99,7 @@ CASES = [
     Case('gen_samples', '--trunc inf', '--trunc'),
     Case('gen_samples', '--trunc -inf', '--trunc'),
     Case('gen_samples', '--trunc 1e400', '--trunc'),
-    Case('gen_samples', '--trunc 1e30', must=END),
+    Case('gen_samples', '--trunc 1e30', 'is not finite', leaves_none=NOTHING_IN_OUT),
     Case('gen_samples', '--trunc-cutoff -1', '--trunc-cutoff'),
     Case('gen_samples', '--shapes --shape-level nan', '--shape-level'),
     Case('gen_samples', '--shapes --shape-level -inf', '--shape-level'),
@@ -507,6 +512,61 @@ CASES = [
     Case('visualizer', '--cfg cpu-small', 'exactly one of --network'),
     Case('visualizer', '--cfg nosuch --port 0 --device cpu', '--cfg', alone=True),
     Case('visualizer', '--init-seed -1', '--init-seed'),
+    # A dry run makes the checks of the start of training; a channel base that leaves blocks without channels.
+    Case('train', '-n --resume {truncated_pkl} --resume_kimg 0', 'truncated.pkl'),
+    Case('train', '-n --resume {random_pkl} --resume_kimg 0', 'random.pkl'),
+    Case('train', '-n --resume {pt} --resume_kimg 0 --cfg cpu-small', 'other options than --cfg cpu-small'),
+    Case('train', '-n --cfg {preset_unbuildable}', 'raise triplane_resolution'),
+    Case('train', '-n --cbase 1', '--cbase 1 leaves'),
+    Case('train', '--cbase 1', '--cbase 1 leaves', leaves_none=NOTHING_IN_OUT),
+    Case('train', '--cbase 16', '--cbase 16 leaves', leaves_none=NOTHING_IN_OUT),
+    # Label values beyond float32.
+    Case('dataset_tool check', '--data {data_overflow}', 'problems found'),
+    Case('train', '--data {data_overflow}', 'fx, the focal length', leaves_none=NOTHING_IN_OUT),
+    Case('calc_metrics', '--data {data_overflow} --seg_data {seg}', 'fx, the focal length'),
+    Case('dataset_tool convert', '--source {layout_overflow}', 'fx, the focal length', leaves_none=NOTHING_IN_OUT),
+    Case(
+        'invert',
+        '--network {run} --image {data_overflow} --mask {seg} --w-steps 1 --no-video --no-mesh '
+        '--outdir {out} --device cpu',
+        'fx, the focal length',
+        alone=True,
+    ),
+    # Renders that are not finite: latents of 1e30, a snapshot with a NaN weight.
+    Case('gen_videos', '--latent {latent_huge}', 'is not finite', leaves_none=NOTHING_IN_OUT),
+    Case('gen_samples', '--network {diverged_pt}', 'is not finite', leaves_none=NOTHING_IN_OUT),
+    Case('gen_videos', '--network {diverged_pt}', 'is not finite', leaves_none=NOTHING_IN_OUT),
+    Case('extract_shapes', '--network {diverged_pt}', 'is not finite', leaves_none=NOTHING_IN_OUT),
+    Case(
+        'invert', '--network {diverged_pt} --pose 0,0,0,0,0,0', 'is not finite', leaves_none=('{out}/*/*', '{out}/*/.*')
+    ),
+    # A disk that fills up while a tool writes (a 256 KiB tmpfs): one line, no partial file.
+    Case(
+        'gen_samples',
+        '--shapes --shape-res 64 --outdir {full}/samples',
+        'seed0000.mrc: No space left on device',
+        leaves_none=('{full}/samples/*.mrc', '{full}/samples/.*.tmp'),
+    ),
+    Case(
+        'extract_shapes',
+        '--shape-res 64 --outdir {full}/shapes',
+        'seed0000.mrc: No space left on device',
+        leaves_none=('{full}/shapes/*', '{full}/shapes/.*'),
+    ),
+    Case(
+        'dataset_tool synth',
+        '--num-images 12 --resolution 256 --dest {full}/synth.zip --seg-dest {full}/synth-seg.zip',
+        'No space left on device',
+        leaves_none=('{full}/synth*', '{full}/.synth*'),
+    ),
+    # --resume of a run killed while writing: its temporary files go, in one line, before anything else.
+    Case(
+        'train',
+        '--resume {stale_run} --kimg 0.004 --outdir {out}',
+        'pass a larger --kimg',
+        alone=True,
+        leaves_none=('{stale_run}/.*.tmp',),
+    ),
 ]
 
 
@@ -701,15 +761,59 @@ def build_inputs(root: str) -> tuple:
     inputs['layout_truncated'] = _write(p('layout-truncated.zip'), _half(_write_zip(p('layout.zip'), layout)))
 
     inputs['preset_broken'] = _write(p('broken.json'), b'{"generator": ')
+    preset = json.loads(open(inputs['cfg']).read())
+    preset['generator'].update(triplane_resolution=8, sr_input_resolution=16)  # the background needs more ws
+    inputs['preset_unbuildable'] = _write(p('unbuildable.json'), json.dumps(preset).encode())
+    overflow = labels[1][1][:16] + [1e308] + labels[1][1][17:]  # the focal length
+    inputs['data_overflow'] = _write_zip(p('data-overflow.zip'), _with_label(images, 1, overflow))
+    inputs['layout_overflow'] = _write_tree(p('layout-overflow'), _with_label(layout, 1, overflow))
+
+    # Renders that overflow: mapped ws times 1e30 (finite), and a snapshot with a NaN in G's decoder.
+    with torch.no_grad():
+        mapped = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)), frontal_camera(1))
+    inputs['latent_huge'] = p('latent-huge.npz')
+    save_latent(inputs['latent_huge'], mapped * 1e30, None, None)
+    diverged = formats.load_any(pt)
+    with torch.no_grad():
+        next(diverged['G_ema'].decoder.parameters()).view(-1)[0] = float('nan')
+    inputs['diverged_pt'] = p('diverged.pt')
+    formats.save_weights(inputs['diverged_pt'], dict(G_ema=diverged['G_ema'], D=diverged['D']))
+
+    # A run directory killed while writing a snapshot: a resume state at --kimg 0.004, and two temporary files.
+    inputs['stale_run'] = _fake_killed_run(p('stale-run'), inputs['cfg'], data, seg)
     inputs['mrc_dir'] = os.path.dirname(_write(p('volumes/seed0000.mrc'), np.random.default_rng(1).bytes(5000)))
     return inputs, markers
 
 
+def _fake_killed_run(run_dir: str, preset: str, data: str, seg: str) -> str:
+    """A run directory with a resume state at 4 images (without networks: a continuation stops at --kimg before
+    reading them) and the temporary files of a snapshot being written when the run was killed."""
+    import torch
+
+    from training.checkpoints import run_files
+    from training.checkpoints.atomic_files import _temporary_file_beside
+    from training.config import TrainingConfig
+    from training.presets import load_preset
+
+    os.makedirs(run_dir)
+    config = TrainingConfig.from_preset(load_preset(preset), preset, data=data, seg_data=seg, gpus=1, kimg=0.004)
+    progress = dict(cur_nimg=4, cur_tick=1, tick_start_nimg=4, batch_idx=1, data_batches=1)
+    state = dict(format=run_files.RESUME_FORMAT, version=run_files.RESUME_VERSION, config_json=config.to_json())
+    torch.save(dict(state, progress=progress, networks={}, optimizers={}, rng=[]), f'{run_dir}/resume-state-000000.pt')
+    for name in ('network-snapshot-000008.pkl', 'resume-state-000008.pt'):
+        _write(_temporary_file_beside(os.path.join(run_dir, name)), b'\0' * 100000)
+    return run_dir
+
+
 READ_ONLY = ('ro', 'ro_run')
+FULL = 'full'  # a tmpfs of FULL_SIZE: outputs larger than that fill it up
+FULL_SIZE = '256k'
+MOUNTS = (*READ_ONLY, FULL)
 
 
 def mount_read_only(root: str, inputs: dict) -> None:
-    """Add ro (an empty read-only folder) and ro_run (a read-only copy of the run directory) to `inputs`.
+    """Add ro (an empty read-only folder), ro_run (a read-only copy of the run directory) and full (an empty
+    folder of FULL_SIZE bytes) to `inputs`.
 
     chmod does not stop root, so they are tmpfs mounts made read-only; without root (or without the right to
     mount) they are left out and the cases that need them are skipped. unmount_read_only undoes this.
@@ -726,10 +830,16 @@ def mount_read_only(root: str, inputs: dict) -> None:
         if subprocess.run(['mount', '-o', 'remount,ro', folder], capture_output=True).returncode:
             return
         inputs[name] = folder
+    folder = os.path.join(root, FULL)
+    os.makedirs(folder)
+    if not subprocess.run(
+        ['mount', '-t', 'tmpfs', '-o', f'size={FULL_SIZE}', 'tmpfs', folder], capture_output=True
+    ).returncode:
+        inputs[FULL] = folder
 
 
 def unmount_read_only(root: str) -> None:
-    for name in READ_ONLY:
+    for name in MOUNTS:
         if os.path.ismount(os.path.join(root, name)):
             subprocess.run(['umount', os.path.join(root, name)], capture_output=True)
 
@@ -746,6 +856,7 @@ class Outcome:
     output: str  # stdout and stderr as they came (unbuffered, so in order)
     seconds: float = 0.0
     code_ran: bool = False  # a hostile input's marker file appeared
+    left: tuple = ()  # paths matching the case's leaves_none patterns after the run
 
 
 def last_line(output: str) -> str:
@@ -768,6 +879,8 @@ def verdict(case: Case, outcome: Outcome, says: str | None = None) -> str:
             return f'crashed ({crash})'
     if 'Traceback (most recent call last)' in outcome.output:
         return 'traceback'
+    if outcome.left:
+        return f'left {outcome.left[0]}' + (f' and {len(outcome.left) - 1} more' if len(outcome.left) > 1 else '')
     if outcome.returncode == 0:
         return '' if case.must == END else 'exit code 0: the bad input was accepted'
     if not last:
@@ -809,12 +922,14 @@ def run_case(case: Case, inputs: dict, markers: dict, out: str, timeout: float, 
         output, _ = process.communicate()
         returncode = None
     code_ran = any(os.path.exists(markers[name]) for name in case.inputs() if name in markers)
-    return Outcome(returncode, output.decode(errors='replace'), time.perf_counter() - start, code_ran)
+    left = tuple(path for pattern in case.leaves_none for path in sorted(glob.glob(pattern.format(**names))))
+    return Outcome(returncode, output.decode(errors='replace'), time.perf_counter() - start, code_ran, left)
 
 
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--quick', action='store_true', help='only the representative subset (about 15 cases)')
+    parser.add_argument('--match', metavar='REGEX', help='only the cases whose "tool args" this finds')
     parser.add_argument('--jobs', type=int, default=1, help='cases run in parallel')
     parser.add_argument('--keep', metavar='DIR', help='build the inputs and outputs in DIR (new) and keep them')
     parser.add_argument('--timeout', type=float, default=120, help='seconds per case (a case may set its own)')
@@ -825,13 +940,15 @@ def main(argv: list | None = None) -> int:
     if args.memory_gib > 0 and shutil.which('prlimit') is None:
         parser.error('prlimit (util-linux) is missing: install it, or run without a memory limit (--memory-gib 0)')
     cases = [case for case in CASES if case.quick or not args.quick]
+    if args.match:
+        cases = [case for case in cases if re.search(args.match, f'{case.tool} {case.args}')]
     start = time.perf_counter()
     root = os.path.abspath(args.keep) if args.keep else tempfile.mkdtemp(prefix='bad-inputs-')
     os.makedirs(root, exist_ok=True)
     try:
         inputs, markers = build_inputs(root)
         mount_read_only(root, inputs)
-        unknown = {name for case in cases for name in case.inputs()} - set(inputs) - {'out', *READ_ONLY}
+        unknown = {name for case in cases for name in case.inputs()} - set(inputs) - {'out', *MOUNTS}
         if unknown:
             raise KeyError(f'cases name inputs that build_inputs does not make: {", ".join(sorted(unknown))}')
         runnable = [case for case in cases if case.inputs() <= set(inputs) | {'out'}]
@@ -865,8 +982,8 @@ def main(argv: list | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     if skipped:
         print(
-            f'skipped {len(skipped)} cases that need a read-only file system (mounting one needs root and the right to mount): '
-            + '; '.join(f'{case.tool} {case.args}' for case in skipped)
+            f'skipped {len(skipped)} cases that need a read-only or small file system (mounting one needs root '
+            f'and the right to mount): ' + '; '.join(f'{case.tool} {case.args}' for case in skipped)
         )
     if failures:
         print('not clean:\n' + '\n'.join(failures))

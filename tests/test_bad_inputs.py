@@ -23,6 +23,10 @@ def test_verdict_on_made_up_outcomes():
     assert verdict(case, Outcome(139, 'Segmentation fault (core dumped)\n')).startswith('crashed')
     assert verdict(case, Outcome(2, CLICK_ERROR, code_ran=True)).startswith('code from the input ran')
     assert verdict(case, Outcome(1, '')) == 'exit code 1 without a message'
+    # A clean message is not enough when a partial output or a temporary file was left.
+    assert verdict(case, Outcome(2, CLICK_ERROR, left=('out/.a.png.x1y2z3q4.tmp', 'out/b.mrc'))) == (
+        'left out/.a.png.x1y2z3q4.tmp and 1 more'
+    )
     # The last line must be the error: a message followed by other output is not clean.
     assert verdict(case, Outcome(2, CLICK_ERROR + 'leaked semaphore objects\n')).startswith(
         'the last line does not say'

@@ -246,11 +246,16 @@ def test_unfinished_writes_are_removed(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_files.atomic_write(str(tmp_path / 'network-snapshot-000004.pkl'), interrupted)
     assert os.listdir(tmp_path) == []  # an exception cleans up; a kill -9 does not:
-    stale = tmp_path / '.network-snapshot-000004.pkl.x1y2z3.tmp'
+    stale = tmp_path / '.network-snapshot-000004.pkl.x1y2z3_q.tmp'
     stale.write_bytes(b'half')
     (tmp_path / 'network-snapshot-000000.pkl').write_bytes(b'complete')
-    assert atomic_files.remove_unfinished_writes(str(tmp_path)) == [str(stale)]
-    assert os.listdir(tmp_path) == ['network-snapshot-000000.pkl']
+    # Hidden .tmp files that are not named as the writers here name theirs are someone else's.
+    for foreign in ('.notes.tmp', '.network-snapshot-000004.pkl.tmp', '.cache.ABCDEFGH.tmp'):
+        (tmp_path / foreign).write_bytes(b'kept')
+    assert atomic_files.remove_unfinished_writes(str(tmp_path)) == [(str(stale), 4)]
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ['network-snapshot-000000.pkl', '.notes.tmp', '.network-snapshot-000004.pkl.tmp', '.cache.ABCDEFGH.tmp']
+    )
 
 
 def test_weights_with_half_precision_parameters(tmp_path, allow_test_classes):

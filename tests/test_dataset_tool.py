@@ -430,3 +430,26 @@ def test_check_clean_and_broken(tmp_path):
     assert '2 problems found' in result.output
 
     assert_click_error(run('check', '--data', tmp_path / 'nowhere', '--seg-data', seg), 2, r"'--data'.*does not exist")
+
+
+@pytest.mark.parametrize('value', [1e308, -1e39, 10**400], ids=['1e308', '-1e39', 'int 10^400'])
+def test_a_label_value_that_overflows_float32_names_the_image_and_the_field(tmp_path, value):
+    """Finite in JSON (and float64), not in float32: check and the loader refuse it as the bad label it is."""
+    from training.data.dataset import DatasetError
+
+    source, _ = make_layout(tmp_path / 'source')
+    dest, seg = tmp_path / 'out', tmp_path / 'seg'
+    assert run('convert', '--source', source, '--dest', dest, '--seg-dest', seg, '--resolution', OUT).exit_code == 0
+    document = json.loads((dest / 'dataset.json').read_text())
+    name, label = document['labels'][1]
+    label[16] = value  # intrinsics[0][0], the focal length
+    (dest / 'dataset.json').write_text(json.dumps({'labels': document['labels']}))
+    expected = f"image '{name}' has non-finite label values"
+    result = run('check', '--data', dest, '--seg-data', seg, '--no-progress')
+    assert result.exit_code == 1 and 'OK' not in result.output and 'Traceback' not in result.output, result.output
+    lines = result.output.strip().splitlines()
+    assert lines == [lines[0], '1 problems found'] and expected in lines[0], result.output
+    assert 'at positions [16]: intrinsics[0][0] (fx, the focal length) = ' in lines[0]
+    with pytest.raises(DatasetError) as raised:
+        PortraitDataset(str(dest), str(seg))
+    assert str(raised.value) == lines[0]

@@ -178,6 +178,54 @@ def test_resume_keeps_the_stored_options_and_applies_given_ones(tmp_path):
     )
 
 
+def _stale_temporary_files(run_dir: str) -> list:
+    """Two temporary files as a writer killed mid-write leaves them (by the writer's own naming), and two
+    hidden .tmp files of someone else -> (the stale ones, the foreign ones)."""
+    from training.checkpoints.atomic_files import _temporary_file_beside
+
+    stale = []
+    for name, size in (('network-snapshot-000004.pkl', 3 * 2**20), ('resume-state-000004.pt', 2**20)):
+        path = _temporary_file_beside(os.path.join(run_dir, name))
+        with open(path, 'wb') as file:
+            file.write(b'\0' * size)
+        stale.append(path)
+    foreign = [os.path.join(run_dir, name) for name in ('.notes.tmp', '.network-snapshot-000004.pkl.tmp')]
+    for path in foreign:
+        open(path, 'wb').close()
+    return stale, foreign
+
+
+def test_resume_and_torchrun_restart_remove_the_stale_temporary_files_of_the_run(tmp_path):
+    run_dir = str(tmp_path / 'run')
+    os.makedirs(run_dir)
+    state = _fake_resume_state(run_dir, 2000, kimg=2.0)
+    stale, foreign = _stale_temporary_files(run_dir)
+    # A dry run changes nothing.
+    _dry_run('--resume', run_dir, '--kimg', '4')
+    assert all(os.path.exists(path) for path in stale + foreign)
+    # --resume of the directory, or of its snapshot: one line, the writers' own temporary files gone, others kept.
+    (tmp_path / 'run' / 'network-snapshot-000002.pkl').write_bytes(b'')
+    for resume in (run_dir, os.path.join(run_dir, 'network-snapshot-000002.pkl')):
+        if resume != run_dir:
+            stale = _stale_temporary_files(run_dir)[0]
+        result = _invoke('--resume', resume, '--outdir', str(tmp_path / 'runs'))  # stops: the run is at --kimg
+        assert [line for line in result.output.splitlines() if 'removed' in line] == [
+            f'removed 2 unfinished temporary file(s) (4.0 MB) of an interrupted write from {run_dir}: '
+            f'{os.path.basename(stale[0])}, {os.path.basename(stale[1])}'
+        ], result.output
+        assert 'pass a larger --kimg' in result.output
+        assert not any(os.path.exists(path) for path in stale) and all(os.path.exists(path) for path in foreign)
+    # A torchrun restart of a run directory that holds no resume state yet.
+    os.remove(state)
+    stale = _stale_temporary_files(run_dir)[0]
+    with open(os.path.join(run_dir, train.TORCHRUN_RUN_ID_FILE), 'w') as file:
+        file.write('run-7')
+    config = TrainingConfig.from_preset(load_preset('cpu-small'), 'cpu-small', data='d.zip', seg_data='s.zip', gpus=1)
+    outdir = str(tmp_path)
+    assert train._restarted_run(outdir, config, {}, {}, 'run-7', 1) == (run_dir, config)
+    assert not any(os.path.exists(path) for path in stale) and all(os.path.exists(path) for path in foreign)
+
+
 def test_resume_refuses_changes_that_do_not_fit_the_state(tmp_path):
     _fake_resume_state(str(tmp_path), 12000, kimg=12.0)
     _assert_usage_error(_invoke('--dry-run', '--resume', str(tmp_path)), 'pass a larger --kimg')
@@ -192,26 +240,80 @@ def test_resume_refuses_changes_that_do_not_fit_the_state(tmp_path):
 
 
 def test_new_stage_from_a_snapshot(tmp_path):
-    snapshot = tmp_path / 'network-snapshot-006000.pkl'
-    snapshot.write_bytes(b'not read by a dry run')
-    resolved = _dry_run(
-        '--resume', str(snapshot), '--resume_kimg', '6', '--kimg', '16', '--train_g_pose_branch', 'false'
-    )
-    assert resolved['resume'] == str(snapshot) and resolved['stage_start_kimg'] == 6.0
+    from tests.tiny_run import write_tiny_snapshot
+
+    run_dir, config = write_tiny_snapshot(str(tmp_path / 'tiny'))
+    snapshot = os.path.join(run_dir, 'network-snapshot-000000.pkl')
+    stage = ('--cfg', config.cfg, '--resume', snapshot)
+    resolved = _dry_run(*stage, '--resume_kimg', '6', '--kimg', '16', '--train_g_pose_branch', 'false')
+    assert resolved['resume'] == snapshot and resolved['stage_start_kimg'] == 6.0
     assert resolved['resume_state'] is None
     # docs/method.md §9.5: a new stage has no EMA rampup and, without --resume_blur, no blur or GPC fade.
     assert resolved['ema_rampup'] is None
     assert resolved['blur_init_sigma'] == 0.0 and resolved['gpc_reg_fade_kimg'] == 0.0
-    kept = _dry_run('--resume', str(snapshot), '--resume_kimg', '6', '--kimg', '16', '--resume_blur')
+    kept = _dry_run(*stage, '--resume_kimg', '6', '--kimg', '16', '--resume_blur')
     assert kept['blur_init_sigma'] == load_preset('cpu-small')['training']['blur_init_sigma']
     _assert_usage_error(
-        _invoke('--dry-run', '--resume', str(snapshot), '--resume_kimg', '16', '--kimg', '16'),
-        'must be above the stage start',
+        _invoke('--dry-run', *stage, '--resume_kimg', '16', '--kimg', '16'), 'must be above the stage start'
     )
     state = _fake_resume_state(str(tmp_path), 6000)
     _assert_usage_error(
         _invoke('--dry-run', '--resume', state, '--resume_kimg', '6', '--kimg', '16'), 'starts from a network snapshot'
     )
+
+
+def _assert_one_line_error_and_no_outdir(result, fragment: str, outdir) -> None:
+    assert result.exit_code == 2 and 'Traceback' not in result.output, result.output
+    lines = result.output.strip().splitlines()
+    assert fragment in lines[-1] and lines[-1].startswith('Error: '), result.output
+    assert not os.path.exists(outdir)
+
+
+def test_dry_run_makes_the_checks_of_the_start_of_training(tmp_path):
+    """A dry run refuses what the run refuses: an unreadable or foreign --resume snapshot, networks that cannot
+    be built; and it exits 0 on the same command line with good inputs."""
+    from tests.tiny_run import write_tiny_snapshot
+
+    run_dir, config = write_tiny_snapshot(str(tmp_path / 'tiny'))
+    pkl = os.path.join(run_dir, 'network-snapshot-000000.pkl')
+    truncated, random_bytes = tmp_path / 'truncated.pkl', tmp_path / 'random.pkl'
+    truncated.write_bytes(open(pkl, 'rb').read()[:20000])
+    random_bytes.write_bytes(os.urandom(3000))
+    preset = json.loads(open(config.cfg).read())
+    preset['generator'].update(triplane_resolution=8, sr_input_resolution=16)  # the background needs more ws
+    unbuildable = tmp_path / 'unbuildable.json'
+    unbuildable.write_text(json.dumps(preset))
+    data = ('--data', config.data, '--seg_data', config.seg_data)
+    outdir = str(tmp_path / 'runs')
+    for args, fragment in (
+        (('--cfg', config.cfg, '--resume', str(truncated), '--resume_kimg', '0'), 'truncated.pkl: not a readable'),
+        (('--cfg', config.cfg, '--resume', str(random_bytes), '--resume_kimg', '0'), 'random.pkl: not a readable'),
+        (
+            ('--cfg', 'cpu-small', '--resume', pkl, '--resume_kimg', '0'),
+            'built with other options than --cfg cpu-small',
+        ),
+        (('--cfg', str(unbuildable)), 'lower sr_input_resolution or raise triplane_resolution'),
+        (('--cfg', config.cfg, '--cbase', '1'), '--cbase 1 leaves'),
+    ):
+        for dry in (('-n',), ()):
+            result = _invoke(*dry, *args, *data, '--outdir', outdir, '--kimg', '0.004', '--workers', '0')
+            _assert_one_line_error_and_no_outdir(result, fragment, outdir)
+    resolved = _dry_run('--cfg', config.cfg, '--resume', pkl, '--resume_kimg', '0', *data, '--outdir', outdir)
+    assert resolved['resume'] == pkl and not os.path.exists(outdir)
+
+
+def test_a_channel_base_too_small_for_the_networks_names_the_option(tmp_path):
+    """--cbase 1 gives every block 0 channels: one line naming --cbase, before a run directory exists."""
+    from tests.tiny_run import tiny_setup
+
+    preset, config = tiny_setup(str(tmp_path))
+    outdir = str(tmp_path / 'runs')
+    common = ('--cfg', preset, '--data', config.data, '--seg_data', config.seg_data, '--outdir', outdir)
+    result = _invoke(*common, '--cbase', '1', '--kimg', '0.004', '--workers', '0')
+    _assert_one_line_error_and_no_outdir(result, '--cbase 1 leaves the 32x32 blocks', outdir)
+    assert 'use --cbase 32 or more' in result.output
+    # The smallest channel base that the message names builds.
+    assert _dry_run(*common, '--cbase', '32')['generator']['channel_base'] == 32
 
 
 # ------------------------------------------------------------------------------------------------

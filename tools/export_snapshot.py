@@ -14,7 +14,6 @@ generator for the seeds of --stats-seeds, which tests/test_pretrained.py compare
 the exported file.
 """
 
-import json
 import os
 import sys
 
@@ -25,6 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from training.checkpoints import run_files  # noqa: E402
+from training.checkpoints.atomic_files import write_json  # noqa: E402
 from training.checkpoints.formats import CheckpointError  # noqa: E402
 from training.cli import load_snapshot, parse_seeds  # noqa: E402
 from training.engines.render_stats import render_statistics  # noqa: E402
@@ -60,9 +60,7 @@ def main(snapshot: str, out: str, half: tuple, stats_seeds: str) -> None:
         raise click.ClickException(str(error)) from None
     _, G, _, _ = load_snapshot(source, torch.device('cpu'))
     stats_path = os.path.splitext(out_path)[0] + RENDER_STATS_SUFFIX
-    with open(stats_path, 'w') as f:
-        json.dump({'seeds': seeds, 'statistics': render_statistics(G, seeds)}, f, indent=1)
-        f.write('\n')
+    write_json(stats_path, {'seeds': seeds, 'statistics': render_statistics(G, seeds)})
     click.echo(f'{out_path} ({os.path.getsize(out_path) / 2**20:.1f} MiB)')
     click.echo(json_path or f'no pose-prediction settings beside {snapshot}; pose prediction on real images needs them')
     click.echo(stats_path)

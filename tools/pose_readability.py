@@ -38,7 +38,6 @@ With --num-images 8000 --fakes-from pretrained/cpu-fast-64.pt (4 min to render t
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -51,6 +50,7 @@ sys.path.insert(0, REPO)
 
 from metrics.metric_utils import load_real_batch  # noqa: E402
 from training.checkpoints import formats, run_files  # noqa: E402
+from training.checkpoints.atomic_files import write_json  # noqa: E402
 from training.config import TrainingConfig  # noqa: E402
 from training.data.dataset import PortraitDataset  # noqa: E402
 from training.data.images import image_from_uint8, mask_from_uint8  # noqa: E402
@@ -220,8 +220,7 @@ def main() -> int:
             config, dataset, args.epochs, args.batch, args.lr, args.seed, fakes_from=G.eval().requires_grad_(False)
         )
     if args.out:
-        with open(args.out, 'w') as file:
-            json.dump(report, file, indent=1)
+        write_json(args.out, report)
     return 0
 
 

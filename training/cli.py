@@ -11,7 +11,9 @@ import torch
 
 import dnnlib
 from training.checkpoints import formats, run_files
+from training.checkpoints.atomic_files import WriteError
 from training.checkpoints.latent_file import load_latent
+from training.engines.render_check import NonFiniteRenderError
 from training.networks.triplane import build_generator
 from training.presets import load_preset
 
@@ -21,7 +23,7 @@ DEFAULT_DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 class Command(click.Command):
     """A click command that takes each long option in both spellings, `--seg_data` and `--seg-data`: the
     published tools mix the two styles, and so do the commands users copy from them. Help shows the
-    declared spelling."""
+    declared spelling. A WriteError or NonFiniteRenderError from the command is its one-line error."""
 
     def parse_args(self, ctx: click.Context, args: list) -> list:
         known = {name for param in self.params for name in (*param.opts, *param.secondary_opts)}
@@ -38,6 +40,13 @@ class Command(click.Command):
                         break
             respelled.append(name + equals + value)
         return super().parse_args(ctx, respelled)
+
+    def invoke(self, ctx: click.Context):
+        """Run the command; an output that cannot be written or a render that is not finite ends it with one line."""
+        try:
+            return super().invoke(ctx)
+        except (WriteError, NonFiniteRenderError) as err:
+            raise click.ClickException(str(err)) from None
 
 
 class FiniteFloat(click.FloatRange):

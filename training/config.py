@@ -274,6 +274,16 @@ class TrainingConfig:
         for name in ('snap', 'image_snap', 'freezed', 'd_num_fp16_res', 'seed', 'workers'):
             need(getattr(self, name) >= 0, f'--{name.replace("_", "-")} must be >= 0, got {getattr(self, name)}')
         need(self.d_channel_base >= 1 and self.d_channel_max >= 1, 'd_channel_base and d_channel_max must be positive')
+        # A block at resolution r has min(channel_base // r, channel_max) channels: none below channel_base = r.
+        for network, base, resolution in (
+            ("G's tri-grid backbone", self.generator.get('channel_base'), self.generator.get('triplane_resolution')),
+            ('D', self.d_channel_base, self.generator.get('img_resolution')),
+        ):
+            need(
+                not isinstance(base, int) or not isinstance(resolution, int) or base >= resolution,
+                f'--cbase {base} leaves the {resolution}x{resolution} blocks of {network} without channels '
+                f'(channels = cbase / resolution); use --cbase {resolution} or more',
+            )
         need(self.reg_type in REG_TYPES, f'--reg_type {self.reg_type!r}: expected one of {", ".join(REG_TYPES)}')
         need(
             self.pose_prior_match in POSE_PRIOR_MATCHES,

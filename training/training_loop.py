@@ -34,7 +34,6 @@ import threading
 import time
 
 import numpy as np
-import PIL.Image
 import psutil
 import torch
 
@@ -45,7 +44,7 @@ from training.checkpoints.atomic_files import atomic_write
 from training.config import TrainingConfig
 from training.data.camera_utils import flip_camera, frontal_camera
 from training.data.dataset import DatasetError, PortraitDataset
-from training.data.images import depth_to_uint8, image_from_uint8, mask_from_uint8, to_uint8
+from training.data.images import depth_to_uint8, image_from_uint8, mask_from_uint8, save_png, to_uint8
 from training.engines.mesh_renderer import MeshRenderer
 from training.loss import LossConfig, PortraitGANLoss
 from training.networks import stylegan2
@@ -802,7 +801,7 @@ def _save_grid(path: str, images: np.ndarray, cols: int, writer=None, tag: str |
     for index, image in enumerate(images):
         row, col = divmod(index, cols)
         canvas[row * height : (row + 1) * height, col * width : (col + 1) * width] = image
-    PIL.Image.fromarray(canvas[:, :, 0] if channels == 1 else canvas).save(path)
+    save_png(path, canvas)
     if writer is not None:
         writer.add_image(tag, canvas, global_step=step, dataformats='HWC')
 

@@ -43,6 +43,11 @@ try:
 except ImportError:
     fcpw = None
 
+
+class NonFinitePointsError(ValueError):
+    """A query point is NaN or inf: whatever computed it (a pose, a ray sample from a non-finite density) overflowed."""
+
+
 BACKENDS = ('auto', 'bvh', 'fcpw', 'lbvh', 'brute')
 
 
@@ -244,7 +249,7 @@ class NearestFaceSearch:
         if points.dim() != 2 or points.shape[-1] != 3:
             raise ValueError(f'nearest-face query: points must be [N, 3], got {tuple(points.shape)}')
         if not torch.isfinite(points).all():
-            raise ValueError('nearest-face query: non-finite points (NaN or inf)')
+            raise NonFinitePointsError('nearest-face query: non-finite points (NaN or inf)')
         points = points.detach().to(self.vertices.device)
         if self.tree is not None:
             # The extension computes the chosen face's distance in float64 and applies the cut-off.

@@ -21,6 +21,7 @@ and the fix; `check_dataset` lists every problem and also decodes every file.
 import collections
 import dataclasses
 import json
+import math
 import os
 import zipfile
 from typing import BinaryIO
@@ -168,6 +169,37 @@ def _rigid_problem(cam2world: np.ndarray) -> str | None:
     return None
 
 
+# The named entries of the normalized intrinsics K (label values 16-24, row-major), and the pose's joints.
+INTRINSICS_NAMES = {
+    0: 'fx, the focal length',
+    2: 'cx, the principal point',
+    4: 'fy, the focal length',
+    5: 'cy, the principal point',
+}
+POSE_JOINTS = ('neck', 'head')
+
+
+def label_field(position: int) -> str:
+    """The field of label value `position` (0-30): 'cam2world[1][3]', 'intrinsics[0][0] (fx, the focal length)',
+    'pose neck[2]' (axis-angle component)."""
+    if position < 16:
+        return f'cam2world[{position // 4}][{position % 4}]'
+    if position < CAMERA_DIM:
+        index = position - 16
+        name = INTRINSICS_NAMES.get(index)
+        return f'intrinsics[{index // 3}][{index % 3}]' + (f' ({name})' if name else '')
+    joint, axis = divmod(position - CAMERA_DIM, 3)
+    return f'pose {POSE_JOINTS[joint]}[{axis}]'
+
+
+def _to_float(value: int | float) -> float:
+    """A JSON number as a float; an integer beyond the float range (JSON allows any length) -> inf."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 def label_problem(values, lengths: tuple = (LABEL_DIM,)) -> str | None:
     """Why `values` is not a valid label (31 finite numbers, a rigid cam2world first), or None.
 
@@ -180,10 +212,15 @@ def label_problem(values, lengths: tuple = (LABEL_DIM,)) -> str | None:
         return f'has {len(values)} label values, expected {LABEL_DIM} ({CAMERA_DIM} camera + {POSE_DIM} pose)'
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         return f'has non-numeric label values, expected {LABEL_DIM} numbers'
-    label = np.asarray(values, dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(label))
+    label = np.array([_to_float(value) for value in values])
+    with np.errstate(over='ignore'):
+        bad = np.flatnonzero(~np.isfinite(label.astype(np.float32)))  # as the loader reads them
     if len(bad):
-        return f'has non-finite label values (NaN or inf) at positions {bad.tolist()}'
+        fields = ', '.join(f'{label_field(position)} = {values[position]!r}' for position in bad[:3])
+        return (
+            f"has non-finite label values (NaN, inf, or beyond float32's ±3.4e38) at positions {bad.tolist()}: "
+            f'{fields}{", ..." if len(bad) > 3 else ""}'
+        )
     why = _rigid_problem(label[:16].reshape(4, 4))
     if why is not None:
         return f'has a cam2world (label values 0-15, row-major) that is not a rigid transform: {why}'

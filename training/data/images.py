@@ -1,7 +1,12 @@
 """Conversions between 8-bit pictures and the networks' value ranges, shared by training, metrics and the scripts."""
 
+import io
+
 import numpy as np
+import PIL.Image
 import torch
+
+from training.checkpoints.atomic_files import atomic_write
 
 
 def to_uint8(images: torch.Tensor, low: float = -1.0, high: float = 1.0) -> np.ndarray:
@@ -25,3 +30,12 @@ def image_from_uint8(images: torch.Tensor, device: torch.device | str | None = N
 def mask_from_uint8(masks: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
     """uint8 masks [N, 1, H, W] in 0..255 -> float32 [N, 1, H, W] in [0, 1], on `device`."""
     return masks.to(device).to(torch.float32) / 255
+
+
+def save_png(path: str, picture: np.ndarray) -> None:
+    """uint8 [H, W, 3] (RGB) or [H, W] / [H, W, 1] (grey) -> a PNG at `path`, written atomically (atomic_write)."""
+    if picture.ndim == 3 and picture.shape[-1] == 1:
+        picture = picture[:, :, 0]
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(picture).save(buffer, format='PNG')
+    atomic_write(path, lambda file: file.write(buffer.getvalue()))

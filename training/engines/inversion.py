@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training.data.camera_utils import frontal_camera
+from training.engines.render_check import synthesis
 from training.networks.d_input import resize_image
 
 
@@ -101,7 +102,7 @@ def render_target(out: dict) -> Target:
 
 def render(G: torch.nn.Module, ws: torch.Tensor, camera: torch.Tensor, pose: torch.Tensor) -> dict:
     """ws [1, num_ws, w_dim], camera [1, 25], pose [1, 6] -> G.synthesis' dict, posed, without noise or sample jitter."""
-    return G.synthesis(ws, camera, pose_params=pose, noise_mode='const', deterministic=True)
+    return synthesis(G, ws, camera, pose_params=pose, noise_mode='const', deterministic=True)
 
 
 def discriminator_activations(D: torch.nn.Module, img_dict: dict) -> list:

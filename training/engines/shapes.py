@@ -12,6 +12,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from training.checkpoints.atomic_files import atomic_write, atomic_write_path
+from training.engines.render_check import require_finite
+
 DEFAULT_LEVEL = 15.0  # the sigma level of the surface (docs/method.md §12.3)
 CUBE_FRACTION = 0.8  # the grid covers this fraction of the tri-grid box
 MESH_FORMATS = ('ply', 'obj', 'glb')  # what write_mesh writes, told by the extension
@@ -114,9 +117,12 @@ def write_mrc(path: str, volume: np.ndarray, side: float) -> None:
     """volume [N, N, N] indexed [x][y][z] -> `path` (.mrc, float32, stored [z][y][x])."""
     import mrcfile
 
-    with mrcfile.new(path, overwrite=True) as mrc:
-        mrc.set_data(np.ascontiguousarray(volume.transpose(2, 1, 0), dtype=np.float32))
-        mrc.voxel_size = side / (volume.shape[0] - 1)
+    def write(temp_path: str) -> None:
+        with mrcfile.new(temp_path, overwrite=True) as mrc:
+            mrc.set_data(np.ascontiguousarray(volume.transpose(2, 1, 0), dtype=np.float32))
+            mrc.voxel_size = side / (volume.shape[0] - 1)
+
+    atomic_write_path(path, write)
 
 
 def read_mrc(path: str) -> tuple:
@@ -146,7 +152,8 @@ def write_mesh(path: str, vertices: np.ndarray, faces: np.ndarray, colors: np.nd
 
     vertex_colors = None if colors is None else np.round(np.clip(colors, 0, 1) * 255).astype(np.uint8)
     mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_colors=vertex_colors, process=False)
-    mesh.export(path)
+    file_type = os.path.splitext(path)[1].lstrip('.').lower()
+    atomic_write(path, lambda file: mesh.export(file, file_type=file_type))
     return bool(mesh.is_watertight)
 
 
@@ -186,13 +193,16 @@ def extract_shape(
     side = shape_side(G)
     with torch.no_grad():
         volume = sample_volume(generator_density(G, ws), resolution, side, device=ws.device, progress=progress)
+    require_finite('density volume', volume, ws)
     result = dict(volume=volume, side=side, vertices=None, faces=None, colors=None)
     try:
         vertices, faces = marching_cubes(close_border(volume), side, level)
     except ValueError:
         return result
     with torch.no_grad():
-        result.update(vertices=vertices, faces=faces, colors=generator_colors(G, ws, vertices))
+        colors = generator_colors(G, ws, vertices)
+        require_finite('mesh colour', colors, ws)
+        result.update(vertices=vertices, faces=faces, colors=colors)
     return result
 
 

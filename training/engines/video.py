@@ -2,12 +2,15 @@
 
 import math
 
-import imageio
+import imageio_ffmpeg
+import numpy as np
 import torch
 from tqdm import tqdm
 
+from training.checkpoints.atomic_files import atomic_write_path
 from training.data.camera_utils import camera_label, frontal_camera, orbit_camera, wobble_trajectory
 from training.data.images import depth_to_uint8, to_uint8
+from training.engines.render_check import synthesis
 
 TRAJECTORIES = ('orbit', 'wobble', 'pose')
 IMAGE_MODES = ('image', 'image_raw', 'image_depth')
@@ -64,6 +67,23 @@ def trajectory_frames(
     return cameras, None if base_pose is None else base_pose.expand(num_frames, -1)
 
 
+def _mp4_encoder(path: str, width: int, height: int, fps: int):
+    """An ffmpeg process writing an mp4 (libx264, yuv420p, 10 Mbit/s) to `path`, whatever its extension: a
+    generator to send() uint8 [height, width, 3] frames to, then close()."""
+    encoder = imageio_ffmpeg.write_frames(
+        path,
+        (width, height),
+        fps=fps,
+        codec='libx264',
+        bitrate='10M',
+        quality=None,
+        macro_block_size=1,
+        output_params=['-f', 'mp4'],
+    )
+    encoder.send(None)  # starts ffmpeg
+    return encoder
+
+
 def write_video(
     G: torch.nn.Module,
     cell_ws: list[torch.Tensor],
@@ -80,7 +100,8 @@ def write_video(
 
     cell_ws: per grid cell, row by row, ws [num_frames, num_ws, w_dim]; grid (columns, rows);
     base_pose [1, 6] or None (see trajectory_frames). Each frame is image_mode of G.synthesis, rendered without
-    sample jitter and with sample_mult times the samples per ray. -> the number of frames written.
+    sample jitter and with sample_mult times the samples per ray; the file appears only when complete
+    (atomic_files.atomic_write_path). -> the number of frames written.
     """
     if len(cell_ws) != grid[0] * grid[1]:
         raise ValueError(f'write_video: {len(cell_ws)} cells of ws for a {grid[0]}x{grid[1]} grid')
@@ -96,23 +117,33 @@ def write_video(
         noise_mode='const',
         deterministic=True,
     )
-    writer = imageio.get_writer(path, mode='I', fps=fps, codec='libx264', bitrate='10M', macro_block_size=1)
-    try:
-        for frame in tqdm(range(num_frames), desc='frames', unit='frame'):
-            with torch.no_grad():
-                w = torch.stack([cw[frame] for cw in cell_ws])
-                pose = None if poses is None else poses[frame : frame + 1].expand(cells, -1)
-                out = G.synthesis(w, cameras[frame : frame + 1].expand(cells, -1), pose_params=pose, **render_kwargs)
-            images = depth_to_uint8(out['image_depth']) if image_mode == 'image_depth' else to_uint8(out[image_mode])
-            if images.shape[-1] == 1:
-                images = images.repeat(3, axis=-1)
-            h, w_px = images.shape[1:3]
-            canvas = (
-                images.reshape(grid[1], grid[0], h, w_px, 3)
-                .transpose(0, 2, 1, 3, 4)
-                .reshape(grid[1] * h, grid[0] * w_px, 3)
-            )
-            writer.append_data(canvas)
-    finally:
-        writer.close()
+
+    def write_frames(temp_path: str) -> None:
+        encoder = None
+        try:
+            for frame in tqdm(range(num_frames), desc='frames', unit='frame'):
+                with torch.no_grad():
+                    w = torch.stack([cw[frame] for cw in cell_ws])
+                    pose = None if poses is None else poses[frame : frame + 1].expand(cells, -1)
+                    camera = cameras[frame : frame + 1].expand(cells, -1)
+                    out = synthesis(G, w, camera, pose_params=pose, **render_kwargs)
+                images = (
+                    depth_to_uint8(out['image_depth']) if image_mode == 'image_depth' else to_uint8(out[image_mode])
+                )
+                if images.shape[-1] == 1:
+                    images = images.repeat(3, axis=-1)
+                h, w_px = images.shape[1:3]
+                canvas = (
+                    images.reshape(grid[1], grid[0], h, w_px, 3)
+                    .transpose(0, 2, 1, 3, 4)
+                    .reshape(grid[1] * h, grid[0] * w_px, 3)
+                )
+                if encoder is None:
+                    encoder = _mp4_encoder(temp_path, canvas.shape[1], canvas.shape[0], fps)
+                encoder.send(np.ascontiguousarray(canvas))
+        finally:
+            if encoder is not None:
+                encoder.close()
+
+    atomic_write_path(path, write_frames)
     return num_frames

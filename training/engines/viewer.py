@@ -25,6 +25,7 @@ import torch
 
 from training.data.camera_utils import FOCAL, RADIUS, VIEWS, camera_label, focal_to_fov, fov_to_focal, orbit_camera
 from training.data.images import depth_to_uint8, to_uint8
+from training.engines.render_check import synthesis
 
 RENDER_MODES = ('image', 'image_raw', 'image_depth', 'image_mask')  # final SR image, raw render, depth, alpha
 BLEND_SPACES = ('w', 'z')
@@ -273,7 +274,8 @@ class Viewer:
             ws, planes, background = self.latent(state, *self.conditioning(state, pose))
             samples = samples_per_ray(G.renderer, sample_mult)
             with _cancellation_points(G, cancelled):
-                out = G.synthesis(
+                out = synthesis(
+                    G,
                     ws,
                     c_render,
                     neural_rendering_resolution=resolution,
