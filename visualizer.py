@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import threading
+import time
 
 import click
 import numpy as np
@@ -54,7 +55,7 @@ POSE_AXES = ('neck x', 'neck y', 'neck z', 'head x', 'head y', 'head z')
 MODE_LABELS = dict(zip(RENDER_MODES, ('super-resolved image', 'raw neural render', 'depth', 'alpha mask')))
 YAW_RANGE, PITCH_RANGE, RADIUS_RANGE = (-180.0, 180.0), (-60.0, 60.0), (1.5, 5.0)  # of the camera sliders
 SAME_CAMERA = 1e-4  # largest difference of cam2world entries between a camera the page set and its echo
-JPEG_QUALITY = 90  # of the picture sent to the viewport
+ECHO_SECONDS = 1.0  # how long after the page set a camera the browser's report of it counts as an echo
 
 
 def require_free_port(host: str, port: int) -> None:
@@ -108,7 +109,9 @@ class ViewerPage:
     viewport's camera as an interactive request (draft while it moves, full render once still), a button or a
     choice at once in full. The camera is one for the whole page: the viewport's camera (dragged in any browser)
     and the camera sliders move each other, and every connected viewport shows the same camera. A camera the
-    page itself set comes back from the browser; it is recognised (`SAME_CAMERA`) and not rendered twice.
+    page itself set comes back from the browser; within `ECHO_SECONDS` it is recognised (`SAME_CAMERA`) and
+    neither rendered again nor taken for a drag (while a slider moves, the echoes of its earlier positions
+    arrive after the page has set later ones).
     """
 
     def __init__(
@@ -129,8 +132,8 @@ class ViewerPage:
         gui = server.gui
         self._camera_lock = threading.RLock()
         self._viewport = None  # (cam2world as 16 values, position, look-at) of a dragged viewport; None = sliders
-        self._sent_cameras = collections.deque(maxlen=16)  # cam2world [4, 4] the page set in browsers lately
-        self._viewport_size = (1.0, 0)  # width / height and height in pixels of the latest viewport
+        self._sent_cameras = collections.deque(maxlen=16)  # (time, cam2world [4, 4]) the page set in browsers
+        self._viewport_aspect = 1.0  # width / height of the latest viewport
         self._last_picture = None  # display picture of the latest render, to refit when the viewport resizes
         self.recent = collections.deque(maxlen=16)  # (state, draft, images) of the latest renders, newest last
         server.scene.set_up_direction('+y')  # the world of camera_utils: metres, y up, the subject faces +z
@@ -323,7 +326,7 @@ class ViewerPage:
                 )
             else:
                 _, position, look_at = self._viewport
-            self._sent_cameras.append(self.rendering_cam2world())
+            self._sent_cameras.append((time.monotonic(), self.rendering_cam2world()))
         fov = math.radians(self.fov_degrees())
         for client in clients:
             if client is moved_by:
@@ -345,10 +348,11 @@ class ViewerPage:
         the page set): a new camera is rendered (draft first) and the sliders and other viewports follow it."""
         position, look_at = np.array(viewport.position), np.array(viewport.look_at)
         cam2world = viewport_cam2world(position, viewport.wxyz)
-        size = (float(viewport.aspect), int(viewport.image_height))
+        aspect = float(viewport.aspect)
         with self._camera_lock:
-            resized, self._viewport_size = size != self._viewport_size, size
-            known = [self.rendering_cam2world(), *self._sent_cameras]
+            resized, self._viewport_aspect = aspect != self._viewport_aspect, aspect
+            recently = time.monotonic() - ECHO_SECONDS
+            known = [self.rendering_cam2world(), *(sent for when, sent in self._sent_cameras if when > recently)]
             moved = not any(np.abs(cam2world - other).max() <= SAME_CAMERA for other in known)
             if moved:
                 self._viewport = (tuple(cam2world.flatten().tolist()), position, look_at)
@@ -371,10 +375,8 @@ class ViewerPage:
         """uint8 [S, S, 3] -> the background of the viewports, filling them."""
         with self._camera_lock:
             self._last_picture = picture
-            aspect, height = self._viewport_size
-        self.server.scene.set_background_image(
-            fit_to_viewport(picture, aspect, height), format='jpeg', jpeg_quality=JPEG_QUALITY
-        )
+            aspect = self._viewport_aspect
+        self.server.scene.set_background_image(fit_to_viewport(picture, aspect), format='png')
 
     def show(self, images: dict, state: ViewState, draft: bool, seconds: float) -> None:
         """Publish a render: the picture in the viewports, its frame time and the rendering pose."""

@@ -129,16 +129,15 @@ def test_the_viewport_side_view_renders_the_slider_side_view(G):
     assert (from_viewport['image_raw'] - front['image_raw']).abs().max() > 0.05
 
 
-def test_fit_to_viewport_fills_the_height_and_keeps_the_aspect():
-    picture = np.random.default_rng(1).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-    wide = fit_to_viewport(picture, 1.5, 70)
-    assert wide.shape == (64, 96, 3)
-    np.testing.assert_array_equal(wide[::8, 16:80:8], picture)  # 8x nearest enlargement, centred
-    edges = np.concatenate([picture[:, 0], picture[:, -1]]).mean(axis=0).round()
-    np.testing.assert_array_equal(wide[:, :16], np.broadcast_to(edges, (64, 16, 3)))
-    narrow = fit_to_viewport(picture, 0.5, 16)
-    np.testing.assert_array_equal(narrow, picture.repeat(2, 0).repeat(2, 1)[:, 4:12])
-    np.testing.assert_array_equal(fit_to_viewport(picture, 1.0, 0), picture)  # viewport size not known yet
+def test_fit_to_viewport_spans_the_height_and_keeps_the_aspect():
+    picture = np.random.default_rng(1).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    wide = fit_to_viewport(picture, 1.5)
+    assert wide.shape == (32, 48, 3)
+    np.testing.assert_array_equal(wide[:, 8:40], picture)
+    for band, strip in ((wide[:, :8], picture[:, :2]), (wide[:, 40:], picture[:, 30:])):  # outer sixteenths
+        np.testing.assert_array_equal(band, np.broadcast_to(strip.mean(axis=1, keepdims=True).round(), band.shape))
+    np.testing.assert_array_equal(fit_to_viewport(picture, 0.5), picture[:, 8:24])
+    np.testing.assert_array_equal(fit_to_viewport(picture, 1.0), picture)
 
 
 def test_cached_tri_grid_gives_the_uncached_pixels(G):

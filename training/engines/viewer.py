@@ -146,26 +146,24 @@ def orbit_angles(position) -> tuple:
     return math.degrees(math.atan2(x, z)), -90.0 * y / radius, radius
 
 
-def fit_to_viewport(picture: np.ndarray, aspect: float, height: int) -> np.ndarray:
-    """A square render shaped to fill a viewport of width/height `aspect` and `height` pixels:
-    uint8 [S, S, 3] -> [k S, round(k S aspect), 3].
+def fit_to_viewport(picture: np.ndarray, aspect: float) -> np.ndarray:
+    """A square render shaped like a viewport of width / height `aspect`: uint8 [S, S, 3] -> [S, round(S aspect), 3].
 
-    Each pixel is repeated k times (the largest k with k S <= height, at least 1), so that the browser does not
-    blur a small render; a wider viewport gets side bands in the mean colour of the picture's left and right
-    edges, a narrower one sees the middle of the picture. The picture spans the full height, as its field of
-    view is the viewport's vertical one."""
+    The picture spans the full height, as its field of view is the viewport's vertical one. A wider viewport
+    gets side bands that continue each row in the mean colour of the picture's outer sixteenth on that side
+    (the background, mostly); a narrower one sees the middle of the picture. The browser scales the result to
+    the viewport."""
     size = picture.shape[0]
-    factor = max(1, height // size)
-    enlarged = picture.repeat(factor, axis=0).repeat(factor, axis=1)
-    side, width = enlarged.shape[0], max(1, round(enlarged.shape[0] * aspect))
-    if width <= side:
-        start = (side - width) // 2
-        return enlarged[:, start : start + width]
-    edges = np.concatenate([picture[:, 0], picture[:, -1]]).mean(axis=0).round().astype(np.uint8)
-    canvas = np.empty([side, width, 3], np.uint8)
-    canvas[:] = edges
-    start = (width - side) // 2
-    canvas[:, start : start + side] = enlarged
+    width = max(1, round(size * aspect))
+    if width <= size:
+        start = (size - width) // 2
+        return picture[:, start : start + width]
+    strip = max(1, size // 16)
+    left = picture[:, :strip].mean(axis=1, keepdims=True).round().astype(np.uint8)
+    right = picture[:, -strip:].mean(axis=1, keepdims=True).round().astype(np.uint8)
+    start = (width - size) // 2
+    canvas = np.empty([size, width, 3], np.uint8)
+    canvas[:, :start], canvas[:, start : start + size], canvas[:, start + size :] = left, picture, right
     return canvas
 
 
