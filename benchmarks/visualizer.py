@@ -1,11 +1,17 @@
 """Frame times of the interactive viewer (training/engines/viewer.py) on CPU, per preset, freshly initialized.
 
-Run from the repository root:  python -m benchmarks.visualizer [--presets cpu-small,full-head] [--reps 3]
-Four kinds of frame, each the best of `--reps` after one untimed frame, in milliseconds:
+Run from the repository root:
+    python -m benchmarks.visualizer [--presets cpu-small,full-head] [--networks pretrained/cpu-fast-64.pt] [--reps 3]
+Presets are freshly initialized (random weights); --networks adds checkpoints. Six kinds of frame, each the best
+of `--reps` after one untimed frame, in milliseconds:
 - full, new latent: the first frame of a latent (mapping, tri-grid, background, ray march, super-resolution);
 - full, same latent: the camera or pose moved, the tri-grid comes from the cache;
 - draft, same latent: while a camera or pose slider is dragged (raw image, fewer rays and samples);
-- draft, new latent: while a latent slider (blend, psi) is dragged, so the tri-grid is computed every frame.
+- draft, new latent: while a latent slider (blend, psi) is dragged, so the tri-grid is computed every frame;
+- drag latency: the viewport's camera is dragged, from its position and orientation to the picture the
+  viewport receives: the camera label, a draft render, the picture shaped to a 1400 x 757 viewport and encoded
+  as PNG (as viser sends it);
+- still camera: the same once the camera stops, with a full render (the page waits 0.3 s before it starts).
 Full frames use the generator's rays per side and samples per ray; drafts the viewer's defaults
 (ViewState.draft_resolution rays per side, ViewState.draft_sample_mult of the samples).
 """
@@ -15,11 +21,32 @@ import dataclasses
 import functools
 import os
 
+import imageio.v3 as iio
 import torch
+from scipy.spatial.transform import Rotation
 
 from benchmarks.timing import time_calls
 from training.cli import load_generator
-from training.engines.viewer import Viewer, ViewState
+from training.engines.viewer import Viewer, ViewState, camera, fit_to_viewport, viewport_cam2world
+
+VIEWPORT_ASPECT = 1400 / 757  # the viewport of a 1400 x 900 browser window
+
+
+def dragged_viewport(yaw: float) -> tuple:
+    """The viewport camera on the orbit at `yaw` degrees, 10 degrees below level, as the browser reports it:
+    -> (position [3], wxyz [4])."""
+    cam2world = camera(yaw, 10.0)[0, :16].reshape(4, 4).double().numpy()
+    x, y, z, w = Rotation.from_matrix(cam2world[:3, :3]).as_quat()
+    return cam2world[:3, 3], (w, x, y, z)
+
+
+def viewport_frame(viewer: Viewer, base: ViewState, draft: bool, viewport: tuple) -> bytes:
+    """What the page does for a viewport camera (position [3], wxyz [4]): its render, shaped to the viewport and
+    encoded as PNG -> the bytes sent to the browser."""
+    position, wxyz = viewport
+    state = dataclasses.replace(base, viewport=tuple(viewport_cam2world(position, wxyz).flatten().tolist()))
+    picture = viewer.render(state, draft=draft)['display']
+    return iio.imwrite('<bytes>', fit_to_viewport(picture, VIEWPORT_ASPECT), extension='.png')
 
 
 def frame_ms(render, states, reps: int, idle_timeout_s: float) -> float:
@@ -28,8 +55,12 @@ def frame_ms(render, states, reps: int, idle_timeout_s: float) -> float:
     return time_calls(lambda: render(next(upcoming)), reps, idle_timeout_s=idle_timeout_s).best * 1000
 
 
-def time_preset(preset: str, reps: int, idle_timeout_s: float) -> dict:
-    G = load_generator(None, preset, 0, torch.device('cpu'))
+def time_generator(source: str, reps: int, idle_timeout_s: float) -> dict:
+    """source: a preset name (freshly initialized, weight seed 0) or a checkpoint path -> frame times in ms."""
+    if os.path.exists(source):
+        G = load_generator(source, None, 0, torch.device('cpu'))
+    else:
+        G = load_generator(None, source, 0, torch.device('cpu'))
     viewer = Viewer(G, cache_size=2 * reps + 4)
     base = ViewState(pose=(0.0, 0.2, 0.0, 0.1, -0.3, 0.0))
     viewer.render(base)  # the tri-grid of the base latent, which the "same latent" frames reuse
@@ -37,11 +68,15 @@ def time_preset(preset: str, reps: int, idle_timeout_s: float) -> dict:
     new_latents = [dataclasses.replace(base, seed=100 + index) for index in range(reps + 1)]
     drafted_latents = [dataclasses.replace(base, seed=200 + index) for index in range(reps + 1)]
     draft = functools.partial(viewer.render, draft=True)
+    drag = [dragged_viewport(-30.0 + 3.0 * index) for index in range(reps + 1)]
+    still = [dragged_viewport(60.0 + 3.0 * index) for index in range(reps + 1)]
     return {
         'full, new latent': frame_ms(viewer.render, new_latents, reps, idle_timeout_s),
         'full, same latent': frame_ms(viewer.render, moved, reps, idle_timeout_s),
         'draft, same latent': frame_ms(draft, moved, reps, idle_timeout_s),
         'draft, new latent': frame_ms(draft, drafted_latents, reps, idle_timeout_s),
+        'drag latency': frame_ms(functools.partial(viewport_frame, viewer, base, True), drag, reps, idle_timeout_s),
+        'still camera': frame_ms(functools.partial(viewport_frame, viewer, base, False), still, reps, idle_timeout_s),
         'resolution': (
             G.img_resolution,
             G.neural_rendering_resolution,
@@ -53,6 +88,7 @@ def time_preset(preset: str, reps: int, idle_timeout_s: float) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--presets', default='cpu-small,full-head', help='comma-separated preset names')
+    parser.add_argument('--networks', default='', help='comma-separated checkpoints, timed after the presets')
     parser.add_argument('--reps', type=int, default=3, help='timed repetitions; the best is reported')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument(
@@ -68,15 +104,16 @@ def main():
         f'load average {os.getloadavg()[0]:.2f} (other processes slow every figure down)'
     )
     print(
-        '| preset | output / rays / draft rays | full, new latent | full, same latent | draft, same latent | '
-        'draft, new latent |'
+        '| generator | output / rays / draft rays | full, new latent | full, same latent | draft, same latent | '
+        'draft, new latent | drag latency | still camera |'
     )
-    print('|---|---|---|---|---|---|')
-    for preset in args.presets.split(','):
-        result = time_preset(preset, args.reps, args.idle_timeout)
+    print('|---|---|---|---|---|---|---|---|')
+    sources = [source for source in args.presets.split(',') + args.networks.split(',') if source]
+    for source in sources:
+        result = time_generator(source, args.reps, args.idle_timeout)
         output, rays, draft_rays = result.pop('resolution')
         figures = ' | '.join(f'{milliseconds:,.0f} ms' for milliseconds in result.values())
-        print(f'| `{preset}` | {output} px / {rays}² / {draft_rays}² | {figures} |', flush=True)
+        print(f'| `{source}` | {output} px / {rays}² / {draft_rays}² | {figures} |', flush=True)
     print(f'load average at the end {os.getloadavg()[0]:.2f}')
 
 
