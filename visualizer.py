@@ -348,8 +348,8 @@ class ViewerPage:
         the page set): a new camera is rendered (draft first) and the sliders and other viewports follow it."""
         position, look_at = np.array(viewport.position), np.array(viewport.look_at)
         cam2world = viewport_cam2world(position, viewport.wxyz)
-        aspect = float(viewport.aspect)
         with self._camera_lock:
+            aspect = viewport.image_width / viewport.image_height if viewport.image_height else self._viewport_aspect
             resized, self._viewport_aspect = aspect != self._viewport_aspect, aspect
             recently = time.monotonic() - ECHO_SECONDS
             known = [self.rendering_cam2world(), *(sent for when, sent in self._sent_cameras if when > recently)]
