@@ -47,7 +47,7 @@ from training.engines.viewer import (
     fit_to_viewport,
     orbit_angles,
     orbit_viewport,
-    viewport_cam2world,
+    viewport_camera_label,
 )
 from training.networks.stylegan2 import NOISE_MODES
 
@@ -131,7 +131,7 @@ class ViewerPage:
         self._quiet = False  # set while several controls change at once (reset, reload)
         gui = server.gui
         self._camera_lock = threading.RLock()
-        self._viewport = None  # (cam2world as 16 values, position, look-at) of a dragged viewport; None = sliders
+        self._viewport = None  # (camera label [25], position, look-at) of a dragged viewport; None = the sliders
         self._sent_cameras = collections.deque(maxlen=16)  # (time, cam2world [4, 4]) the page set in browsers
         self._viewport_aspect = 1.0  # width / height of the latest viewport
         self._last_picture = None  # display picture of the latest render, to refit when the viewport resizes
@@ -313,7 +313,7 @@ class ViewerPage:
         """cam2world [4, 4] of the camera the page renders from: the viewport's, or the sliders' orbit camera."""
         with self._camera_lock:
             if self._viewport is not None:
-                return np.array(self._viewport[0]).reshape(4, 4)
+                return np.array(self._viewport[0][:16]).reshape(4, 4)
         label = camera(float(self.yaw.value), float(self.pitch.value), float(self.radius.value))
         return label[0, :16].double().numpy().reshape(4, 4)
 
@@ -347,7 +347,8 @@ class ViewerPage:
         """A viewport's camera changed (a drag or zoom in the browser, a resize, or the browser's echo of a camera
         the page set): a new camera is rendered (draft first) and the sliders and other viewports follow it."""
         position, look_at = np.array(viewport.position), np.array(viewport.look_at)
-        cam2world = viewport_cam2world(position, viewport.wxyz)
+        label = viewport_camera_label(position, viewport.wxyz, viewport.fov)[0]
+        cam2world = label[:16].double().numpy().reshape(4, 4)
         with self._camera_lock:
             aspect = viewport.image_width / viewport.image_height if viewport.image_height else self._viewport_aspect
             resized, self._viewport_aspect = aspect != self._viewport_aspect, aspect
@@ -355,7 +356,7 @@ class ViewerPage:
             known = [self.rendering_cam2world(), *(sent for when, sent in self._sent_cameras if when > recently)]
             moved = not any(np.abs(cam2world - other).max() <= SAME_CAMERA for other in known)
             if moved:
-                self._viewport = (tuple(cam2world.flatten().tolist()), position, look_at)
+                self._viewport = (tuple(label.tolist()), position, look_at)
                 yaw, pitch, radius = orbit_angles(position)
                 self.set_quietly(
                     [

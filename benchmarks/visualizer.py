@@ -19,6 +19,7 @@ Full frames use the generator's rays per side and samples per ray; drafts the vi
 import argparse
 import dataclasses
 import functools
+import math
 import os
 
 import imageio.v3 as iio
@@ -27,7 +28,7 @@ from scipy.spatial.transform import Rotation
 
 from benchmarks.timing import time_calls
 from training.cli import load_generator
-from training.engines.viewer import Viewer, ViewState, camera, fit_to_viewport, viewport_cam2world
+from training.engines.viewer import DEFAULT_FOV, Viewer, ViewState, camera, fit_to_viewport, viewport_camera_label
 
 VIEWPORT_ASPECT = 1400 / 757  # the viewport of a 1400 x 900 browser window
 
@@ -44,7 +45,8 @@ def viewport_frame(viewer: Viewer, base: ViewState, draft: bool, viewport: tuple
     """What the page does for a viewport camera (position [3], wxyz [4]): its render, shaped to the viewport and
     encoded as PNG -> the bytes sent to the browser."""
     position, wxyz = viewport
-    state = dataclasses.replace(base, viewport=tuple(viewport_cam2world(position, wxyz).flatten().tolist()))
+    label = viewport_camera_label(position, wxyz, math.radians(DEFAULT_FOV))
+    state = dataclasses.replace(base, viewport=tuple(label[0].tolist()))
     picture = viewer.render(state, draft=draft)['display']
     return iio.imwrite('<bytes>', fit_to_viewport(picture, VIEWPORT_ASPECT), extension='.png')
 

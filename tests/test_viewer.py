@@ -121,7 +121,7 @@ def test_viewport_rotation_is_the_quaternion_and_orbit_sliders_round_trip():
 
 def test_the_viewport_side_view_renders_the_slider_side_view(G):
     position, wxyz = level_viewport(-90.0)
-    viewport = tuple(viewport_cam2world(position, wxyz).flatten().tolist())
+    viewport = tuple(viewport_camera_label(position, wxyz, math.radians(DEFAULT_FOV))[0].tolist())
     from_viewport = Viewer(G).render(ViewState(seed=3, pose=POSE, viewport=viewport))
     from_sliders = Viewer(G).render(ViewState(seed=3, pose=POSE, yaw=-90.0))
     assert_same_images(from_viewport, from_sliders, atol=1e-2)  # cameras 1e-7 apart move the fine samples

@@ -63,7 +63,7 @@ class ViewState:
     pitch: float = 0.0  # offset of the orbit angle v from level; positive = below the pivot
     radius: float = RADIUS  # metres from the world origin
     fov: float = DEFAULT_FOV  # full field of view, degrees
-    viewport: tuple | None = None  # cam2world of the viewport camera, 16 values row-major; None = the orbit camera
+    viewport: tuple | None = None  # label [25] of the viewport's camera (viewport_camera_label); None = the orbit
     condition_on_render_camera: bool = False  # map the latent with the rendering camera instead of the one below
     cond_yaw: float = 0.0  # conditioning camera (at the default radius and field of view)
     cond_pitch: float = 0.0
@@ -328,8 +328,7 @@ class Viewer:
     def rendering_camera(self, state: ViewState) -> torch.Tensor:
         """-> c [1, 25] of the state's rendering camera: the viewport's, or else the orbit camera of the sliders."""
         if state.viewport is not None:
-            cam2world = torch.tensor(state.viewport, dtype=torch.float32, device=self.device).reshape(1, 4, 4)
-            return camera_label(cam2world, focal_of_fov(state.fov))
+            return torch.tensor([state.viewport], dtype=torch.float32, device=self.device)
         return camera(state.yaw, state.pitch, state.radius, state.fov, device=self.device)
 
     def latent_and_pose(self, state: ViewState) -> tuple:
