@@ -283,3 +283,38 @@ def test_reload_swaps_the_network_and_reports_bad_ones(G, run_dir, tmp_path):
     finally:
         page.worker.stop()
         server.stop()
+
+
+class ReportedCamera:
+    """What viser's CameraHandle reports of a browser's viewport (no browser needed)."""
+
+    def __init__(self, yaw: float, width: int = 300, height: int = 200):
+        self.position, self.wxyz = level_viewport(yaw)
+        self.look_at = np.array(PIVOT)
+        self.fov = math.radians(DEFAULT_FOV)
+        self.image_width, self.image_height = width, height
+        self.client = None
+
+
+def test_page_renders_a_moved_viewport_and_ignores_the_echo_of_its_own_camera(G, run_dir, tmp_path):
+    server = visualizer.start_server('127.0.0.1', 0)
+    page = visualizer.ViewerPage(server, Viewer(G), run_dir, None, 0, torch.device('cpu'), False, str(tmp_path), 'tiny')
+    try:
+        page.request(interactive=False)
+        assert page.worker.wait_idle(30)
+        page.recent.clear()
+        page.viewport_moved(ReportedCamera(0.0))  # the page's own front camera, as the browser reports it back
+        assert page.worker.wait_idle(30) and not page.recent
+        page.viewport_moved(ReportedCamera(-90.0))
+        assert page.worker.wait_idle(30)
+        (first, first_draft, _), (last, last_draft, images) = page.recent[0], page.recent[-1]
+        assert first_draft and not last_draft and first.viewport == last.viewport
+        assert page.yaw.value == -90.0 and page.pitch.value == 0.0 and page.radius.value == RADIUS
+        assert_same_images(images, Viewer(G).render(ViewState(yaw=-90.0)), atol=1e-2)
+        page.recent.clear()
+        page.snap('front')  # the sliders take the camera back from the viewport
+        assert page.worker.wait_idle(30)
+        assert page.recent[-1][0].viewport is None and page.recent[-1][0].yaw == 0.0
+    finally:
+        page.worker.stop()
+        server.stop()
