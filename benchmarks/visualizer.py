@@ -1,9 +1,10 @@
-"""Frame times of the interactive viewer (training/engines/viewer.py) on CPU, per preset, freshly initialized.
+"""Frame times of the interactive viewer (training/engines/viewer.py) on CPU, per preset or checkpoint.
 
 Run from the repository root:
     python -m benchmarks.visualizer [--presets cpu-small,full-head] [--networks pretrained/cpu-fast-64.pt] [--reps 3]
-Presets are freshly initialized (random weights); --networks adds checkpoints. Six kinds of frame, each the best
-of `--reps` after one untimed frame, in milliseconds:
+Presets are freshly initialized (random weights); --networks adds checkpoints. Six kinds of frame (--frames
+picks some of full-new, full-same, draft-same, draft-new, drag, still), each the best of `--reps` after one
+untimed frame, in milliseconds:
 - full, new latent: the first frame of a latent (mapping, tri-grid, background, ray march, super-resolution);
 - full, same latent: the camera or pose moved, the tri-grid comes from the cache;
 - draft, same latent: while a camera or pose slider is dragged (raw image, fewer rays and samples);
@@ -57,8 +58,19 @@ def frame_ms(render, states, reps: int, idle_timeout_s: float) -> float:
     return time_calls(lambda: render(next(upcoming)), reps, idle_timeout_s=idle_timeout_s).best * 1000
 
 
-def time_generator(source: str, reps: int, idle_timeout_s: float) -> dict:
-    """source: a preset name (freshly initialized, weight seed 0) or a checkpoint path -> frame times in ms."""
+FRAMES = {  # --frames name: column title
+    'full-new': 'full, new latent',
+    'full-same': 'full, same latent',
+    'draft-same': 'draft, same latent',
+    'draft-new': 'draft, new latent',
+    'drag': 'drag latency',
+    'still': 'still camera',
+}
+
+
+def time_generator(source: str, frames: list, reps: int, idle_timeout_s: float) -> tuple:
+    """source: a preset name (freshly initialized, weight seed 0) or a checkpoint path; frames: names of FRAMES
+    -> ({frame: best time in ms}, (output, rays, draft rays) per side)."""
     if os.path.exists(source):
         G = load_generator(source, None, 0, torch.device('cpu'))
     else:
@@ -72,19 +84,20 @@ def time_generator(source: str, reps: int, idle_timeout_s: float) -> dict:
     draft = functools.partial(viewer.render, draft=True)
     drag = [dragged_viewport(-30.0 + 3.0 * index) for index in range(reps + 1)]
     still = [dragged_viewport(60.0 + 3.0 * index) for index in range(reps + 1)]
-    return {
-        'full, new latent': frame_ms(viewer.render, new_latents, reps, idle_timeout_s),
-        'full, same latent': frame_ms(viewer.render, moved, reps, idle_timeout_s),
-        'draft, same latent': frame_ms(draft, moved, reps, idle_timeout_s),
-        'draft, new latent': frame_ms(draft, drafted_latents, reps, idle_timeout_s),
-        'drag latency': frame_ms(functools.partial(viewport_frame, viewer, base, True), drag, reps, idle_timeout_s),
-        'still camera': frame_ms(functools.partial(viewport_frame, viewer, base, False), still, reps, idle_timeout_s),
-        'resolution': (
-            G.img_resolution,
-            G.neural_rendering_resolution,
-            min(base.draft_resolution, G.neural_rendering_resolution),
-        ),
+    calls = {
+        'full-new': (viewer.render, new_latents),
+        'full-same': (viewer.render, moved),
+        'draft-same': (draft, moved),
+        'draft-new': (draft, drafted_latents),
+        'drag': (functools.partial(viewport_frame, viewer, base, True), drag),
+        'still': (functools.partial(viewport_frame, viewer, base, False), still),
     }
+    times = {frame: frame_ms(*calls[frame], reps, idle_timeout_s) for frame in frames}
+    return times, (
+        G.img_resolution,
+        G.neural_rendering_resolution,
+        min(base.draft_resolution, G.neural_rendering_resolution),
+    )
 
 
 def main():
@@ -92,6 +105,9 @@ def main():
     parser.add_argument('--presets', default='cpu-small,full-head', help='comma-separated preset names')
     parser.add_argument('--networks', default='', help='comma-separated checkpoints, timed after the presets')
     parser.add_argument('--reps', type=int, default=3, help='timed repetitions; the best is reported')
+    parser.add_argument(
+        '--frames', default=','.join(FRAMES), help=f'comma-separated kinds of frame to time, of {", ".join(FRAMES)}'
+    )
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument(
         '--idle-timeout',
@@ -100,21 +116,21 @@ def main():
         help='seconds each timed frame may wait for an idle CPU (0: do not wait)',
     )
     args = parser.parse_args()
+    frames = args.frames.split(',')
+    unknown = sorted(set(frames) - set(FRAMES))
+    if unknown:
+        parser.error(f'--frames: unknown {", ".join(unknown)}; choose from {", ".join(FRAMES)}')
     torch.set_num_threads(args.threads)
     print(
         f'torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.reps}, '
         f'load average {os.getloadavg()[0]:.2f} (other processes slow every figure down)'
     )
-    print(
-        '| generator | output / rays / draft rays | full, new latent | full, same latent | draft, same latent | '
-        'draft, new latent | drag latency | still camera |'
-    )
-    print('|---|---|---|---|---|---|---|---|')
+    print('| generator | output / rays / draft rays | ' + ' | '.join(FRAMES[frame] for frame in frames) + ' |')
+    print('|---|---|' + '---|' * len(frames))
     sources = [source for source in args.presets.split(',') + args.networks.split(',') if source]
     for source in sources:
-        result = time_generator(source, args.reps, args.idle_timeout)
-        output, rays, draft_rays = result.pop('resolution')
-        figures = ' | '.join(f'{milliseconds:,.0f} ms' for milliseconds in result.values())
+        times, (output, rays, draft_rays) = time_generator(source, frames, args.reps, args.idle_timeout)
+        figures = ' | '.join(f'{milliseconds:,.0f} ms' for milliseconds in times.values())
         print(f'| `{source}` | {output} px / {rays}² / {draft_rays}² | {figures} |', flush=True)
     print(f'load average at the end {os.getloadavg()[0]:.2f}')
 
