@@ -337,11 +337,17 @@ class ViewerPage:
                 client.camera.position = position
                 client.camera.look_at = look_at
 
-    def connect(self, client: viser.ClientHandle) -> None:
+    async def connect(self, client: viser.ClientHandle) -> None:
         """A browser opened the page: its viewport takes the page's camera and drives it from now on."""
         self.move_viewports([client])
-        client.camera.on_update(self.viewport_moved)
+        client.camera.on_update(self.viewport_reported)
         self.viewport_moved(client.camera)
+
+    async def viewport_reported(self, viewport: viser.CameraHandle) -> None:
+        """viser runs async callbacks on its event loop, one after another in the order of the browser's reports
+        (plain ones on a thread pool, where a later report could overtake an earlier one and leave the page
+        rendering a camera the browser has left)."""
+        self.viewport_moved(viewport)
 
     def viewport_moved(self, viewport: viser.CameraHandle) -> None:
         """A viewport's camera changed (a drag or zoom in the browser, a resize, or the browser's echo of a camera
