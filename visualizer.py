@@ -3,7 +3,7 @@
 Run it on the machine with the snapshot, forward its port over SSH, and open the printed URL:
     python visualizer.py --network runs/00000-cpu-small-...
     ssh -N -L 8080:localhost:8080 user@server
-The render fills the page's 3D viewport, whose camera drives it: drag to orbit, scroll to move in, right-drag
+The render fills the page's 3D viewport, whose camera drives it: drag to orbit, scroll to move in or out, right-drag
 to pan. The rendering lives in training/engines/viewer.py; this file is the command line and the page's controls.
 """
 
@@ -158,6 +158,7 @@ class ViewerPage:
             self.cutoff = gui.add_number('truncation cutoff', 0, min=0, max=1024, step=1, hint='0 = all ws')
             self.noise = gui.add_dropdown('noise', NOISE_MODES, initial_value='const')
         with gui.add_folder('Camera'):
+            gui.add_markdown('In the viewport: drag to orbit, scroll to move in or out, right-drag to pan.')
             self.yaw = gui.add_slider('yaw (°)', *YAW_RANGE, 1.0, 0.0, hint='0 front, -90 side, ±180 back')
             self.pitch = gui.add_slider('pitch (°)', *PITCH_RANGE, 1.0, 0.0, hint='positive: from below')
             self.radius = gui.add_slider('radius (m)', *RADIUS_RANGE, 0.05, RADIUS)
