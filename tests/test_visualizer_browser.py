@@ -294,6 +294,7 @@ def test_the_viewport_camera_drives_the_render(page, browser, tmp_path):
     wait_for(lambda: slider_value(browser, 'yaw (°)') == state.yaw or None, 'the yaw slider to follow the drag')
     assert np.abs(drawn(canvas).astype(int) - side_on_page).mean() > 2
 
+    browser.execute_script('document.querySelectorAll("*").forEach(e => { e.scrollTop = 0; });')  # panel from the top
     screenshot = tmp_path / 'visualizer.png'
     browser.save_screenshot(str(screenshot))
     if os.environ.get('VISUALIZER_SCREENSHOT'):
