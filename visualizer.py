@@ -54,8 +54,8 @@ from training.networks.stylegan2 import NOISE_MODES
 POSE_AXES = ('neck x', 'neck y', 'neck z', 'head x', 'head y', 'head z')
 MODE_LABELS = dict(zip(RENDER_MODES, ('super-resolved image', 'raw neural render', 'depth', 'alpha mask')))
 YAW_RANGE, PITCH_RANGE, RADIUS_RANGE = (-180.0, 180.0), (-60.0, 60.0), (1.5, 5.0)  # of the camera sliders
-SAME_CAMERA = 1e-4  # largest difference of cam2world entries between a camera the page set and its echo
-ECHO_SECONDS = 1.0  # how long after the page set a camera the browser's report of it counts as an echo
+SAME_CAMERA = 1e-4  # largest difference of cam2world entries between a reported camera and the rendered one
+ECHO_SECONDS = 1.0  # how long after the page set a browser's camera that browser's reports are not taken as moves
 
 
 def require_free_port(host: str, port: int) -> None:
@@ -108,10 +108,11 @@ class ViewerPage:
     Every control that changes the picture asks the render worker for the newest state: a slider or the
     viewport's camera as an interactive request (draft while it moves, full render once still), a button or a
     choice at once in full. The camera is one for the whole page: the viewport's camera (dragged in any browser)
-    and the camera sliders move each other, and every connected viewport shows the same camera. A camera the
-    page itself set comes back from the browser; within `ECHO_SECONDS` it is recognised (`SAME_CAMERA`) and
-    neither rendered again nor taken for a drag (while a slider moves, the echoes of its earlier positions
-    arrive after the page has set later ones).
+    and the camera sliders move each other, and every connected viewport shows the same camera. A browser
+    reports back every camera the page sets in it, and until it has received the newest one it may still
+    report older ones (a slider's earlier positions, its own camera before the page's first one). So for
+    `ECHO_SECONDS` after the page set a browser's camera, that browser's reports are not taken for moves; then
+    the page looks once more at the camera the browser reported last.
     """
 
     def __init__(
@@ -132,7 +133,7 @@ class ViewerPage:
         gui = server.gui
         self._camera_lock = threading.RLock()
         self._viewport = None  # (camera label [25], position, look-at) of a dragged viewport; None = the sliders
-        self._sent_cameras = collections.deque(maxlen=16)  # (time, cam2world [4, 4]) the page set in browsers
+        self._camera_set_at = {}  # client -> time.monotonic() when the page last set its viewport's camera
         self._viewport_aspect = 1.0  # width / height of the latest viewport
         self._last_picture = None  # display picture of the latest render, to refit when the viewport resizes
         self.recent = collections.deque(maxlen=16)  # (state, draft, images) of the latest renders, newest last
@@ -236,6 +237,7 @@ class ViewerPage:
 
         self.worker = RenderWorker(viewer.render, self.show, on_error=self.show_error)
         server.on_client_connect(self.connect)
+        server.on_client_disconnect(self.disconnect)
 
     def state(self) -> ViewState:
         """The ViewState of the controls as they are now."""
@@ -327,22 +329,28 @@ class ViewerPage:
                 )
             else:
                 _, position, look_at = self._viewport
-            self._sent_cameras.append((time.monotonic(), self.rendering_cam2world()))
         fov = math.radians(self.fov_degrees())
+        loop = self.server.get_event_loop()
         for client in clients:
             if client is moved_by:
                 continue
+            with self._camera_lock:
+                self._camera_set_at[client] = time.monotonic()
             with client.atomic():
                 client.camera.fov = fov
                 client.camera.up_direction = (0.0, 1.0, 0.0)
                 client.camera.position = position
                 client.camera.look_at = look_at
+            loop.call_soon_threadsafe(loop.call_later, ECHO_SECONDS, self.viewport_moved, client.camera)
 
     async def connect(self, client: viser.ClientHandle) -> None:
         """A browser opened the page: its viewport takes the page's camera and drives it from now on."""
         self.move_viewports([client])
         client.camera.on_update(self.viewport_reported)
-        self.viewport_moved(client.camera)
+
+    async def disconnect(self, client: viser.ClientHandle) -> None:
+        with self._camera_lock:
+            self._camera_set_at.pop(client, None)
 
     async def viewport_reported(self, viewport: viser.CameraHandle) -> None:
         """viser runs async callbacks on its event loop, one after another in the order of the browser's reports
@@ -351,17 +359,17 @@ class ViewerPage:
         self.viewport_moved(viewport)
 
     def viewport_moved(self, viewport: viser.CameraHandle) -> None:
-        """A viewport's camera changed (a drag or zoom in the browser, a resize, or the browser's echo of a camera
-        the page set): a new camera is rendered (draft first) and the sliders and other viewports follow it."""
+        """A browser reported its viewport's camera (a drag or zoom, a resize, or a camera the page set): a camera
+        other than the rendered one is rendered (draft first) and the sliders and other viewports follow it."""
         position, look_at = np.array(viewport.position), np.array(viewport.look_at)
         label = viewport_camera_label(position, viewport.wxyz, viewport.fov)[0]
         cam2world = label[:16].double().numpy().reshape(4, 4)
         with self._camera_lock:
             aspect = viewport.image_width / viewport.image_height if viewport.image_height else self._viewport_aspect
             resized, self._viewport_aspect = aspect != self._viewport_aspect, aspect
-            recently = time.monotonic() - ECHO_SECONDS
-            known = [self.rendering_cam2world(), *(sent for when, sent in self._sent_cameras if when > recently)]
-            moved = not any(np.abs(cam2world - other).max() <= SAME_CAMERA for other in known)
+            set_at = self._camera_set_at.get(viewport.client)
+            settling = set_at is not None and time.monotonic() - set_at < ECHO_SECONDS
+            moved = not settling and np.abs(cam2world - self.rendering_cam2world()).max() > SAME_CAMERA
             if moved:
                 self._viewport = (tuple(label.tolist()), position, look_at)
                 yaw, pitch, radius = orbit_angles(position)

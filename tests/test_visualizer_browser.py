@@ -266,6 +266,8 @@ def test_the_viewport_camera_drives_the_render(page, browser, tmp_path):
     front_on_page = drawn(canvas)
     assert np.abs(front_on_page.astype(int) - side_on_page).mean() > 2
 
+    # For ECHO_SECONDS after the front button set this browser's camera, the page does not take its reports for moves.
+    time.sleep(visualizer.ECHO_SECONDS)
     page.recent.clear()
     position, look_at = orbit_viewport(-90.0, 0.0)
     with client.atomic():  # the browser moves its camera and reports it back; that report drives the render
