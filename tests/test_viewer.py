@@ -1,6 +1,7 @@
 """training/engines/viewer.py and visualizer.py without a browser: renders against the tools' own generator calls,
 the tri-grid cache, draft renders, the render worker, the capture buttons and one-line errors."""
 
+import contextlib
 import math
 import os
 import socket
@@ -315,6 +316,38 @@ def test_page_renders_a_moved_viewport_and_ignores_the_echo_of_its_own_camera(G,
         page.snap('front')  # the sliders take the camera back from the viewport
         assert page.worker.wait_idle(30)
         assert page.recent[-1][0].viewport is None and page.recent[-1][0].yaw == 0.0
+    finally:
+        page.worker.stop()
+        server.stop()
+
+
+class ReportingClient:
+    """A browser as the page sees it: a camera it reports and sets, and viser's `atomic()` (nothing to group)."""
+
+    def __init__(self, yaw: float):
+        self.camera = ReportedCamera(yaw)
+        self.camera.client = self
+
+    def atomic(self):
+        return contextlib.nullcontext()
+
+
+def test_page_takes_reports_for_moves_only_once_its_own_camera_has_settled(G, run_dir, tmp_path):
+    server = visualizer.start_server('127.0.0.1', 0)
+    page = visualizer.ViewerPage(server, Viewer(G), run_dir, None, 0, torch.device('cpu'), False, str(tmp_path), 'tiny')
+    try:
+        page.request(interactive=False)
+        client = ReportingClient(0.0)
+        page.move_viewports([client])  # the page sets the browser's camera to its front view
+        np.testing.assert_allclose(client.camera.position, orbit_viewport(0.0, 0.0)[0])
+        assert page.worker.wait_idle(30)
+        page.recent.clear()
+        client.camera.position, client.camera.wxyz = level_viewport(-90.0)  # a report sent before the front one came
+        page.viewport_moved(client.camera)
+        assert page.worker.wait_idle(30) and not page.recent  # not taken for a move
+        time.sleep(visualizer.ECHO_SECONDS + 0.5)  # then the page looks again at what the browser reported last
+        assert page.worker.wait_idle(30)
+        assert page.recent and page.recent[-1][0].viewport is not None and page.yaw.value == -90.0
     finally:
         page.worker.stop()
         server.stop()
