@@ -3,15 +3,19 @@
 Run it on the machine with the snapshot, forward its port over SSH, and open the printed URL:
     python visualizer.py --network runs/00000-cpu-small-...
     ssh -N -L 8080:localhost:8080 user@server
-The rendering lives in training/engines/viewer.py; this file is the command line and the page's controls.
+The render fills the page's 3D viewport, whose camera drives it: drag to orbit, scroll to move in or out, right-drag
+to pan. The rendering lives in training/engines/viewer.py; this file is the command line and the page's controls.
 """
 
+import collections
 import errno
 import getpass
+import math
 import os
 import signal
 import socket
 import threading
+import time
 
 import click
 import numpy as np
@@ -39,12 +43,19 @@ from training.engines.viewer import (
     RenderWorker,
     Viewer,
     ViewState,
+    camera,
+    fit_to_viewport,
+    orbit_angles,
+    orbit_viewport,
+    viewport_camera_label,
 )
 from training.networks.stylegan2 import NOISE_MODES
 
 POSE_AXES = ('neck x', 'neck y', 'neck z', 'head x', 'head y', 'head z')
 MODE_LABELS = dict(zip(RENDER_MODES, ('super-resolved image', 'raw neural render', 'depth', 'alpha mask')))
-DISPLAY_WIDTH = 576  # CSS pixels of the image panel
+YAW_RANGE, PITCH_RANGE, RADIUS_RANGE = (-180.0, 180.0), (-60.0, 60.0), (1.5, 5.0)  # of the camera sliders
+SAME_CAMERA = 1e-4  # largest difference of cam2world entries between a reported camera and the rendered one
+ECHO_SECONDS = 1.0  # how long after the page set a browser's camera that browser's reports are not taken as moves
 
 
 def require_free_port(host: str, port: int) -> None:
@@ -78,13 +89,6 @@ def load_network(
     return load_generator(None, cfg, init_seed, device), f'preset {cfg}, freshly initialized (weight seed {init_seed})'
 
 
-def enlarge(picture: np.ndarray, width: int) -> np.ndarray:
-    """uint8 [H, W, 3] -> [k H, k W, 3], each pixel repeated k times (the largest k with k W <= width, at least
-    1), so that a small render fills the panel without the browser blurring it."""
-    factor = max(1, width // picture.shape[1])
-    return picture.repeat(factor, axis=0).repeat(factor, axis=1)
-
-
 def free_stem(outdir: str, name: str, extension: str) -> str:
     """outdir/name, or outdir/name-2, -3, ... so that name.extension does not exist yet."""
     stem, count = os.path.join(outdir, name), 1
@@ -94,11 +98,21 @@ def free_stem(outdir: str, name: str, extension: str) -> str:
     return stem
 
 
-class ViewerPage:
-    """The controls of the page, the image they render and the capture buttons.
+def clip(value: float, bounds: tuple) -> float:
+    return min(max(value, bounds[0]), bounds[1])
 
-    Every control that changes the picture asks the render worker for the newest state: a slider as an
-    interactive request (draft while it moves, full render once still), a button or a choice at once in full.
+
+class ViewerPage:
+    """The controls of the page, the viewport the render fills, and the capture buttons.
+
+    Every control that changes the picture asks the render worker for the newest state: a slider or the
+    viewport's camera as an interactive request (draft while it moves, full render once still), a button or a
+    choice at once in full. The camera is one for the whole page: the viewport's camera (dragged in any browser)
+    and the camera sliders move each other, and every connected viewport shows the same camera. A browser
+    reports back every camera the page sets in it, and until it has received the newest one it may still
+    report older ones (a slider's earlier positions, its own camera before the page's first one). So for
+    `ECHO_SECONDS` after the page set a browser's camera, that browser's reports are not taken for moves; then
+    the page looks once more at the camera the browser reported last.
     """
 
     def __init__(
@@ -117,17 +131,20 @@ class ViewerPage:
         self.cfg, self.init_seed, self.device, self.trust_pickle = cfg, init_seed, device, trust_pickle
         self._quiet = False  # set while several controls change at once (reset, reload)
         gui = server.gui
+        self._camera_lock = threading.RLock()
+        self._viewport = None  # (camera label [25], position, look-at) of a dragged viewport; None = the sliders
+        self._camera_set_at = {}  # client -> time.monotonic() when the page last set its viewport's camera
+        self._viewport_aspect = 1.0  # width / height of the latest viewport
+        self._last_picture = None  # display picture of the latest render, to refit when the viewport resizes
+        self.recent = collections.deque(maxlen=16)  # (state, draft, images) of the latest renders, newest last
         server.scene.set_up_direction('+y')  # the world of camera_utils: metres, y up, the subject faces +z
-        server.initial_camera.position = (0.0, 0.3, 2.0)
-        server.initial_camera.look_at = (0.0, 0.0, 0.0)
+        position, look_at = orbit_viewport(0.0, 0.0, RADIUS)
+        server.initial_camera.position, server.initial_camera.look_at = tuple(position), tuple(look_at)
+        server.initial_camera.up = (0.0, 1.0, 0.0)
+        server.initial_camera.fov = math.radians(DEFAULT_FOV)
 
-        panel = gui.add_panel()
-        with panel.add_tab('Render', viser.Icon.PHOTO):
-            self.image = gui.add_image(np.zeros([64, 64, 3], np.uint8), format='png')
-            self.frame_time = gui.add_markdown('waiting for the first render')
-            self.pose_readout = gui.add_markdown('')
-        panel.dock_left()
-        panel.set_width(DISPLAY_WIDTH)
+        self.frame_time = gui.add_markdown('waiting for the first render')
+        self.pose_readout = gui.add_markdown('')
 
         with gui.add_folder('Network'):
             self.network = gui.add_text('snapshot', network or '', hint='.pkl, .pt, run directory or training outdir')
@@ -142,9 +159,10 @@ class ViewerPage:
             self.cutoff = gui.add_number('truncation cutoff', 0, min=0, max=1024, step=1, hint='0 = all ws')
             self.noise = gui.add_dropdown('noise', NOISE_MODES, initial_value='const')
         with gui.add_folder('Camera'):
-            self.yaw = gui.add_slider('yaw (°)', -180.0, 180.0, 1.0, 0.0, hint='0 front, -90 side, ±180 back')
-            self.pitch = gui.add_slider('pitch (°)', -60.0, 60.0, 1.0, 0.0, hint='positive: from below')
-            self.radius = gui.add_slider('radius (m)', 1.5, 5.0, 0.05, RADIUS)
+            gui.add_markdown('In the viewport: drag to orbit, scroll to move in or out, right-drag to pan.')
+            self.yaw = gui.add_slider('yaw (°)', *YAW_RANGE, 1.0, 0.0, hint='0 front, -90 side, ±180 back')
+            self.pitch = gui.add_slider('pitch (°)', *PITCH_RANGE, 1.0, 0.0, hint='positive: from below')
+            self.radius = gui.add_slider('radius (m)', *RADIUS_RANGE, 0.05, RADIUS)
             self.fov = gui.add_slider('field of view (°)', 2.0, 30.0, 0.01, round(DEFAULT_FOV, 2))
             self.views = gui.add_button_group('view', ('front', 'side', 'back', 'reset'))
         with gui.add_folder('Body pose (rad)'):
@@ -183,10 +201,6 @@ class ViewerPage:
         sliders = [
             self.blend,
             self.psi,
-            self.yaw,
-            self.pitch,
-            self.radius,
-            self.fov,
             *self.pose,
             self.cond_yaw,
             self.cond_pitch,
@@ -196,6 +210,8 @@ class ViewerPage:
         ]
         for handle in sliders:
             handle.on_update(lambda _: self.request(interactive=True))
+        for handle in (self.yaw, self.pitch, self.radius, self.fov):
+            handle.on_update(lambda _: self.orbit_moved())
         choices = [
             self.seed,
             self.seed2,
@@ -220,6 +236,8 @@ class ViewerPage:
         self.save_video.on_click(lambda _: self.capture(self.write_video))
 
         self.worker = RenderWorker(viewer.render, self.show, on_error=self.show_error)
+        server.on_client_connect(self.connect)
+        server.on_client_disconnect(self.disconnect)
 
     def state(self) -> ViewState:
         """The ViewState of the controls as they are now."""
@@ -236,7 +254,8 @@ class ViewerPage:
             pitch=float(self.pitch.value),
             radius=float(self.radius.value),
             # The slider shows the default field of view to 2 decimals; at that mark it means the tools' camera.
-            fov=DEFAULT_FOV if self.fov.value == round(DEFAULT_FOV, 2) else float(self.fov.value),
+            fov=self.fov_degrees(),
+            viewport=self._viewport[0] if self._viewport is not None else None,
             condition_on_render_camera=self.cond_on_camera.value,
             cond_yaw=float(self.cond_yaw.value),
             cond_pitch=float(self.cond_pitch.value),
@@ -252,33 +271,134 @@ class ViewerPage:
             draft_sample_mult=float(self.draft_sample_mult.value),
         )
 
+    def fov_degrees(self) -> float:
+        # The slider shows the default field of view to 2 decimals; at that mark it means the tools' camera.
+        return DEFAULT_FOV if self.fov.value == round(DEFAULT_FOV, 2) else float(self.fov.value)
+
     def request(self, interactive: bool) -> None:
         if not self._quiet:
             self.worker.request(self.state(), interactive)
 
-    def set_quietly(self, assignments: list) -> None:
-        """Set several controls [(handle, value)], then ask for one full render."""
+    def set_quietly(self, assignments: list, request: bool = True) -> None:
+        """Set several controls [(handle, value)], then (with `request`) ask for one full render."""
         self._quiet = True
         try:
             for handle, value in assignments:
                 handle.value = value
         finally:
             self._quiet = False
-        self.request(interactive=False)
+        if request:
+            self.request(interactive=False)
 
     def snap(self, view: str) -> None:
-        """The named views of the tools (front, side, back) or the default camera (reset)."""
+        """The named views of the tools (front, side, back) or the default camera (reset); the viewports follow."""
         if view == 'reset':
-            self.set_quietly(
-                [(self.yaw, 0.0), (self.pitch, 0.0), (self.radius, RADIUS), (self.fov, round(DEFAULT_FOV, 2))]
-            )
+            assignments = [(self.yaw, 0.0), (self.pitch, 0.0), (self.radius, RADIUS), (self.fov, round(DEFAULT_FOV, 2))]
         else:
-            self.set_quietly([(self.yaw, NAMED_YAWS[view]), (self.pitch, 0.0)])
+            assignments = [(self.yaw, NAMED_YAWS[view]), (self.pitch, 0.0)]
+        self.set_quietly(assignments, request=False)
+        self.follow_sliders()
+        self.request(interactive=False)
+
+    def orbit_moved(self) -> None:
+        """A camera slider moved: the viewports follow, the render drafts while it moves."""
+        if not self._quiet:
+            self.follow_sliders()
+            self.request(interactive=True)
+
+    def follow_sliders(self) -> None:
+        """Render from the orbit camera of the sliders again and move every viewport there."""
+        with self._camera_lock:
+            self._viewport = None
+        self.move_viewports(self.server.get_clients().values())
+
+    def rendering_cam2world(self) -> np.ndarray:
+        """cam2world [4, 4] of the camera the page renders from: the viewport's, or the sliders' orbit camera."""
+        with self._camera_lock:
+            if self._viewport is not None:
+                return np.array(self._viewport[0][:16]).reshape(4, 4)
+        label = camera(float(self.yaw.value), float(self.pitch.value), float(self.radius.value))
+        return label[0, :16].double().numpy().reshape(4, 4)
+
+    def move_viewports(self, clients, moved_by=None) -> None:
+        """Put the viewport camera of each client (but `moved_by`, whose camera it is) at the rendering camera."""
+        with self._camera_lock:
+            if self._viewport is None:
+                position, look_at = orbit_viewport(
+                    float(self.yaw.value), float(self.pitch.value), float(self.radius.value)
+                )
+            else:
+                _, position, look_at = self._viewport
+        fov = math.radians(self.fov_degrees())
+        loop = self.server.get_event_loop()
+        for client in clients:
+            if client is moved_by:
+                continue
+            with self._camera_lock:
+                self._camera_set_at[client] = time.monotonic()
+            with client.atomic():
+                client.camera.fov = fov
+                client.camera.up_direction = (0.0, 1.0, 0.0)
+                client.camera.position = position
+                client.camera.look_at = look_at
+            loop.call_soon_threadsafe(loop.call_later, ECHO_SECONDS, self.viewport_moved, client.camera)
+
+    async def connect(self, client: viser.ClientHandle) -> None:
+        """A browser opened the page: its viewport takes the page's camera and drives it from now on."""
+        self.move_viewports([client])
+        client.camera.on_update(self.viewport_reported)
+
+    async def disconnect(self, client: viser.ClientHandle) -> None:
+        with self._camera_lock:
+            self._camera_set_at.pop(client, None)
+
+    async def viewport_reported(self, viewport: viser.CameraHandle) -> None:
+        """viser runs async callbacks on its event loop, one after another in the order of the browser's reports
+        (plain ones on a thread pool, where a later report could overtake an earlier one and leave the page
+        rendering a camera the browser has left)."""
+        self.viewport_moved(viewport)
+
+    def viewport_moved(self, viewport: viser.CameraHandle) -> None:
+        """A browser reported its viewport's camera (a drag or zoom, a resize, or a camera the page set): a camera
+        other than the rendered one is rendered (draft first) and the sliders and other viewports follow it."""
+        position, look_at = np.array(viewport.position), np.array(viewport.look_at)
+        label = viewport_camera_label(position, viewport.wxyz, viewport.fov)[0]
+        cam2world = label[:16].double().numpy().reshape(4, 4)
+        with self._camera_lock:
+            aspect = viewport.image_width / viewport.image_height if viewport.image_height else self._viewport_aspect
+            resized, self._viewport_aspect = aspect != self._viewport_aspect, aspect
+            set_at = self._camera_set_at.get(viewport.client)
+            settling = set_at is not None and time.monotonic() - set_at < ECHO_SECONDS
+            moved = not settling and np.abs(cam2world - self.rendering_cam2world()).max() > SAME_CAMERA
+            if moved:
+                self._viewport = (tuple(label.tolist()), position, look_at)
+                yaw, pitch, radius = orbit_angles(position)
+                self.set_quietly(
+                    [
+                        (self.yaw, round(clip(yaw, YAW_RANGE), 1)),
+                        (self.pitch, round(clip(pitch, PITCH_RANGE), 1)),
+                        (self.radius, round(clip(radius, RADIUS_RANGE), 2)),
+                    ],
+                    request=False,
+                )
+        if moved:
+            self.move_viewports(self.server.get_clients().values(), moved_by=viewport.client)
+            self.request(interactive=True)
+        elif resized and self._last_picture is not None:
+            self.show_picture(self._last_picture)
+
+    def show_picture(self, picture: np.ndarray) -> None:
+        """uint8 [S, S, 3] -> the background of the viewports, filling them."""
+        with self._camera_lock:
+            self._last_picture = picture
+            aspect = self._viewport_aspect
+        self.server.scene.set_background_image(fit_to_viewport(picture, aspect), format='png')
 
     def show(self, images: dict, state: ViewState, draft: bool, seconds: float) -> None:
-        """Publish a render: the picture, its frame time and the rendering pose."""
+        """Publish a render: the picture in the viewports, its frame time and the rendering pose."""
         height, width = images['display'].shape[:2]
-        self.image.image = enlarge(images['display'], DISPLAY_WIDTH - 32)
+        self.show_picture(images['display'])
+        self.recent.append((state, draft, images))
         cached = 'tri-grid cached' if self.viewer.last_planes_cached else 'tri-grid computed'
         kind = 'draft (dragging)' if draft else 'full'
         self.frame_time.content = f'**{kind}**: {1000 * seconds:.0f} ms, {width}×{height} px, {cached}'
@@ -342,7 +462,7 @@ class ViewerPage:
 
     def write_mesh(self, state: ViewState, outdir: str) -> str:
         """The identity's mesh (canonical, or posed by the rendering pose) -> outdir/seedNNNN.glb and .mrc, as
-        extract_shapes.py writes them; the mesh also appears in the page's 3D view."""
+        extract_shapes.py writes them; the mesh also appears in the viewport, over the render."""
         with self.viewer.lock:
             ws, pose = self.viewer.latent_and_pose(state)
             shape = extract_shape(self.viewer.G, ws, int(self.mesh_resolution.value), float(self.mesh_level.value))
@@ -353,7 +473,7 @@ class ViewerPage:
         if shape['vertices'] is not None:
             with open(f'{stem}.glb', 'rb') as f:
                 self.server.scene.add_glb('/mesh', f.read())
-        return f'{summary} → `{stem}.glb` (shown in the 3D view)'
+        return f'{summary} → `{stem}.glb` (shown in the viewport)'
 
     def write_video(self, state: ViewState, outdir: str) -> str:
         """A 360° orbit of the current latent and pose -> outdir/seedNNNN-orbit.mp4 (as gen_videos.py)."""

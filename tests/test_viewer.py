@@ -1,6 +1,7 @@
 """training/engines/viewer.py and visualizer.py without a browser: renders against the tools' own generator calls,
 the tri-grid cache, draft renders, the render worker, the capture buttons and one-line errors."""
 
+import contextlib
 import math
 import os
 import socket
@@ -13,19 +14,27 @@ import pytest
 import torch
 import trimesh
 from click.testing import CliRunner
+from scipy.spatial.transform import Rotation
 
 import visualizer
 from tests.tiny_run import TINY_GENERATOR, write_tiny_snapshot
 from training.cli import load_generator
-from training.data.camera_utils import VIEWS, camera_label, frontal_camera, orbit_camera
+from training.data.camera_utils import PIVOT, RADIUS, VIEWS, camera_label, frontal_camera, orbit_camera
 from training.engines.viewer import (
+    DEFAULT_FOV,
     RenderCancelled,
     RenderWorker,
     Viewer,
     ViewState,
+    camera,
+    fit_to_viewport,
+    orbit_angles,
+    orbit_viewport,
     samples_per_ray,
     seed_latent,
     slerp,
+    viewport_cam2world,
+    viewport_camera_label,
 )
 
 RAW = TINY_GENERATOR['neural_rendering_resolution']
@@ -60,9 +69,9 @@ def render_like_gen_samples(G, seed: int, view: str, pose, sample_mult: int = 1)
         )
 
 
-def assert_same_images(ours: dict, theirs: dict) -> None:
+def assert_same_images(ours: dict, theirs: dict, atol: float = 1e-5) -> None:
     for key in ('image', 'image_raw', 'image_depth', 'image_mask'):
-        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-5, msg=key)
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=atol, msg=key)
 
 
 @pytest.mark.parametrize('view, yaw', [('front', 0.0), ('side', -90.0), ('back', -180.0)])
@@ -73,6 +82,63 @@ def test_pose_sliders_render_as_gen_samples(G, view, yaw):
     canonical = viewer.render(ViewState(seed=5, yaw=yaw, deform=False, sample_mult=2))
     assert_same_images(canonical, render_like_gen_samples(G, 5, view, None, sample_mult=2))
     assert not torch.equal(canonical['image_raw'], viewer.render(state)['image_raw'])
+
+
+def level_viewport(yaw: float) -> tuple:
+    """Analytic viewport camera of a level orbit view, yaw in degrees -> (position [3], wxyz [4]).
+
+    At (r sin yaw, 0, r cos yaw), looking at the pivot. Rotations (scipy's quaternion) applied to the identity
+    camera (OpenCV: looks along +z, image down = world +y), last first: a tilt about x that raises the view to
+    the pivot's height, a roll by 180 degrees about z (image down = world -y, upright), a turn by yaw + 180
+    degrees about y (towards the subject)."""
+    position = RADIUS * np.array([math.sin(math.radians(yaw)), 0.0, math.cos(math.radians(yaw))])
+    tilt = math.atan2(PIVOT[1], RADIUS)
+    x, y, z, w = Rotation.from_euler('YZX', [math.radians(yaw) + math.pi, math.pi, tilt]).as_quat()
+    return position, np.array([w, x, y, z])
+
+
+@pytest.mark.parametrize('yaw', [0.0, -90.0, 180.0, 35.0])
+def test_viewport_camera_label_is_the_orbit_camera(yaw):
+    position, wxyz = level_viewport(yaw)
+    label = viewport_camera_label(position, wxyz, math.radians(DEFAULT_FOV))
+    torch.testing.assert_close(label, camera(yaw, 0.0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(label[0, 16:], camera(yaw, 0.0)[0, 16:], rtol=0, atol=0)  # the tools' FOCAL exactly
+    assert viewport_camera_label(position, wxyz, math.radians(30.0))[0, 16].item() == pytest.approx(
+        0.5 / math.tan(math.radians(15.0))
+    )
+
+
+def test_viewport_rotation_is_the_quaternion_and_orbit_sliders_round_trip():
+    generator = np.random.default_rng(0)
+    for wxyz in generator.normal(size=(5, 4)):
+        expected = Rotation.from_quat(wxyz[[1, 2, 3, 0]]).as_matrix()  # scipy orders x, y, z, w; normalizes
+        np.testing.assert_allclose(viewport_cam2world([1.0, 2.0, 3.0], wxyz)[:3, :3], expected, atol=1e-12)
+    for yaw, pitch, radius in [(0.0, 0.0, RADIUS), (-90.0, 20.0, 2.0), (170.0, -45.0, 4.0)]:
+        position, look_at = orbit_viewport(yaw, pitch, radius)
+        np.testing.assert_allclose(position, camera(yaw, pitch, radius)[0, [3, 7, 11]].numpy(), atol=1e-6)
+        np.testing.assert_allclose(look_at, PIVOT)
+        np.testing.assert_allclose(orbit_angles(position), (yaw, pitch, radius), atol=1e-4)
+
+
+def test_the_viewport_side_view_renders_the_slider_side_view(G):
+    position, wxyz = level_viewport(-90.0)
+    viewport = tuple(viewport_camera_label(position, wxyz, math.radians(DEFAULT_FOV))[0].tolist())
+    from_viewport = Viewer(G).render(ViewState(seed=3, pose=POSE, viewport=viewport))
+    from_sliders = Viewer(G).render(ViewState(seed=3, pose=POSE, yaw=-90.0))
+    assert_same_images(from_viewport, from_sliders, atol=1e-2)  # cameras 1e-7 apart move the fine samples
+    front = Viewer(G).render(ViewState(seed=3, pose=POSE))
+    assert (from_viewport['image_raw'] - front['image_raw']).abs().max() > 0.05
+
+
+def test_fit_to_viewport_spans_the_height_and_keeps_the_aspect():
+    picture = np.random.default_rng(1).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    wide = fit_to_viewport(picture, 1.5)
+    assert wide.shape == (32, 48, 3)
+    np.testing.assert_array_equal(wide[:, 8:40], picture)
+    for band, strip in ((wide[:, :8], picture[:, :2]), (wide[:, 40:], picture[:, 30:])):  # outer sixteenths
+        np.testing.assert_array_equal(band, np.broadcast_to(strip.mean(axis=1, keepdims=True).round(), band.shape))
+    np.testing.assert_array_equal(fit_to_viewport(picture, 0.5), picture[:, 8:24])
+    np.testing.assert_array_equal(fit_to_viewport(picture, 1.0), picture)
 
 
 def test_cached_tri_grid_gives_the_uncached_pixels(G):
@@ -215,6 +281,73 @@ def test_reload_swaps_the_network_and_reports_bad_ones(G, run_dir, tmp_path):
         assert page.loaded.content.startswith('loaded:') and page.viewer.G is not G
         assert page.worker.wait_idle(30)
         assert page.frame_time.content.startswith('**full**')
+    finally:
+        page.worker.stop()
+        server.stop()
+
+
+class ReportedCamera:
+    """What viser's CameraHandle reports of a browser's viewport (no browser needed)."""
+
+    def __init__(self, yaw: float, width: int = 300, height: int = 200):
+        self.position, self.wxyz = level_viewport(yaw)
+        self.look_at = np.array(PIVOT)
+        self.fov = math.radians(DEFAULT_FOV)
+        self.image_width, self.image_height = width, height
+        self.client = None
+
+
+def test_page_renders_a_moved_viewport_and_ignores_the_echo_of_its_own_camera(G, run_dir, tmp_path):
+    server = visualizer.start_server('127.0.0.1', 0)
+    page = visualizer.ViewerPage(server, Viewer(G), run_dir, None, 0, torch.device('cpu'), False, str(tmp_path), 'tiny')
+    try:
+        page.request(interactive=False)
+        assert page.worker.wait_idle(30)
+        page.recent.clear()
+        page.viewport_moved(ReportedCamera(0.0))  # the page's own front camera, as the browser reports it back
+        assert page.worker.wait_idle(30) and not page.recent
+        page.viewport_moved(ReportedCamera(-90.0))
+        assert page.worker.wait_idle(30)
+        (first, first_draft, _), (last, last_draft, images) = page.recent[0], page.recent[-1]
+        assert first_draft and not last_draft and first.viewport == last.viewport
+        assert page.yaw.value == -90.0 and page.pitch.value == 0.0 and page.radius.value == RADIUS
+        assert_same_images(images, Viewer(G).render(ViewState(yaw=-90.0)), atol=1e-2)
+        page.recent.clear()
+        page.snap('front')  # the sliders take the camera back from the viewport
+        assert page.worker.wait_idle(30)
+        assert page.recent[-1][0].viewport is None and page.recent[-1][0].yaw == 0.0
+    finally:
+        page.worker.stop()
+        server.stop()
+
+
+class ReportingClient:
+    """A browser as the page sees it: a camera it reports and sets, and viser's `atomic()` (nothing to group)."""
+
+    def __init__(self, yaw: float):
+        self.camera = ReportedCamera(yaw)
+        self.camera.client = self
+
+    def atomic(self):
+        return contextlib.nullcontext()
+
+
+def test_page_takes_reports_for_moves_only_once_its_own_camera_has_settled(G, run_dir, tmp_path):
+    server = visualizer.start_server('127.0.0.1', 0)
+    page = visualizer.ViewerPage(server, Viewer(G), run_dir, None, 0, torch.device('cpu'), False, str(tmp_path), 'tiny')
+    try:
+        page.request(interactive=False)
+        client = ReportingClient(0.0)
+        page.move_viewports([client])  # the page sets the browser's camera to its front view
+        np.testing.assert_allclose(client.camera.position, orbit_viewport(0.0, 0.0)[0])
+        assert page.worker.wait_idle(30)
+        page.recent.clear()
+        client.camera.position, client.camera.wxyz = level_viewport(-90.0)  # a report sent before the front one came
+        page.viewport_moved(client.camera)
+        assert page.worker.wait_idle(30) and not page.recent  # not taken for a move
+        time.sleep(visualizer.ECHO_SECONDS + 0.5)  # then the page looks again at what the browser reported last
+        assert page.worker.wait_idle(30)
+        assert page.recent and page.recent[-1][0].viewport is not None and page.yaw.value == -90.0
     finally:
         page.worker.stop()
         server.stop()

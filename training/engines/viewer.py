@@ -7,7 +7,10 @@ seed, and the noise is constant by default. Two things make it interactive on a 
 - the tri-grid and the background of a latent are computed once and reused while only the camera, the
   body pose or the render settings change (the latent's settings are the cache key);
 - a draft render (`draft=True`) skips the super-resolution head and renders fewer rays with fewer samples,
-  for use while a slider is being dragged.
+  for use while a slider or the viewport's camera is being dragged.
+The viewport of the page is a camera of its own (a position and an orientation in the world of camera_utils);
+`viewport_camera_label` turns it into the generator's camera label, `orbit_viewport` and `orbit_angles` go between
+it and the orbit sliders, and `fit_to_viewport` shapes a square render to fill the viewport.
 `RenderWorker` runs the renders on one thread and always takes the newest request: a draft first while
 the settings are changing, the full render once they have been still for a moment.
 """
@@ -23,7 +26,16 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from training.data.camera_utils import FOCAL, RADIUS, VIEWS, camera_label, focal_to_fov, fov_to_focal, orbit_camera
+from training.data.camera_utils import (
+    FOCAL,
+    PIVOT,
+    RADIUS,
+    VIEWS,
+    camera_label,
+    focal_to_fov,
+    fov_to_focal,
+    orbit_camera,
+)
 from training.data.images import depth_to_uint8, to_uint8
 from training.engines.render_check import synthesis
 
@@ -52,6 +64,7 @@ class ViewState:
     pitch: float = 0.0  # offset of the orbit angle v from level; positive = below the pivot
     radius: float = RADIUS  # metres from the world origin
     fov: float = DEFAULT_FOV  # full field of view, degrees
+    viewport: tuple | None = None  # label [25] of the viewport's camera (viewport_camera_label); None = the orbit
     condition_on_render_camera: bool = False  # map the latent with the rendering camera instead of the one below
     cond_yaw: float = 0.0  # conditioning camera (at the default radius and field of view)
     cond_pitch: float = 0.0
@@ -66,15 +79,15 @@ class ViewState:
     draft_resolution: int = 32  # rays per side of a draft render (at most the full one)
     draft_sample_mult: float = 0.5  # a draft renders sample_mult * this many times the samples per ray
 
-    def conditioning_view(self) -> tuple:
-        """(yaw, pitch, radius, fov) of the conditioning camera."""
-        if self.condition_on_render_camera:
-            return self.yaw, self.pitch, self.radius, self.fov
-        return self.cond_yaw, self.cond_pitch, RADIUS, DEFAULT_FOV
-
     def conditioning_pose(self) -> tuple | None:
         """The six conditioning pose values; None = the rendering pose, which may come from G's pose branch."""
         return None if self.condition_on_render_pose else tuple(self.cond_pose)
+
+
+def focal_of_fov(fov: float) -> float:
+    """Normalized focal length of a full field of view in degrees; the data set's field of view (to 1e-9) gives
+    the tools' FOCAL exactly, not a float round trip of it."""
+    return FOCAL if math.isclose(fov, DEFAULT_FOV, rel_tol=1e-9) else fov_to_focal(fov)
 
 
 def camera(yaw: float, pitch: float, radius: float = RADIUS, fov: float = DEFAULT_FOV, device=None) -> torch.Tensor:
@@ -83,8 +96,76 @@ def camera(yaw: float, pitch: float, radius: float = RADIUS, fov: float = DEFAUL
     yaw 0, pitch 0, default radius and fov is `camera_utils.frontal_camera()`.
     """
     cam2world = orbit_camera(math.pi / 2 + math.radians(yaw), math.pi / 2 + math.radians(pitch), radius, device=device)
-    focal = FOCAL if fov == DEFAULT_FOV else fov_to_focal(fov)  # the tools' focal exactly, not a float round trip
-    return camera_label(cam2world, focal)
+    return camera_label(cam2world, focal_of_fov(fov))
+
+
+def rotation_of_quaternion(wxyz) -> np.ndarray:
+    """The rotation matrix of a quaternion (w, x, y, z), normalized first: [4] -> float64 [3, 3]."""
+    w, x, y, z = np.asarray(wxyz, dtype=np.float64) / np.linalg.norm(wxyz)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def viewport_cam2world(position, wxyz) -> np.ndarray:
+    """cam2world of a viewport camera: position [3] (world, metres) and wxyz [4], the quaternion of its
+    camera-to-world rotation with OpenCV axes (x right, y down, z forward; viser's `CameraHandle.wxyz`)
+    -> float64 [4, 4], the convention of camera_utils."""
+    cam2world = np.eye(4)
+    cam2world[:3, :3] = rotation_of_quaternion(wxyz)
+    cam2world[:3, 3] = position
+    return cam2world
+
+
+def viewport_camera_label(position, wxyz, fov: float, device=None) -> torch.Tensor:
+    """The generator's camera label of a viewport camera: position [3], wxyz [4] as in `viewport_cam2world`,
+    fov = the viewport's vertical field of view in radians -> c [1, 25].
+
+    The render is square with that field of view: it spans the viewport's height (`fit_to_viewport`)."""
+    cam2world = torch.from_numpy(viewport_cam2world(position, wxyz)).float().to(device)
+    return camera_label(cam2world[None], focal_of_fov(math.degrees(fov)))
+
+
+def orbit_viewport(yaw: float, pitch: float, radius: float = RADIUS) -> tuple:
+    """The viewport camera of the orbit sliders (degrees, metres) -> (position [3], look-at point [3]), float64;
+    with the world's +y as up this is the camera of `camera(yaw, pitch, radius)`."""
+    cam2world = orbit_camera(math.pi / 2 + math.radians(yaw), math.pi / 2 + math.radians(pitch), radius)
+    return cam2world[0, :3, 3].double().numpy(), np.array(PIVOT, dtype=np.float64)
+
+
+def orbit_angles(position) -> tuple:
+    """The orbit sliders nearest a camera at `position` [3] (world, metres) -> (yaw, pitch in degrees, radius).
+
+    Inverse of the orbit camera's position: yaw = atan2(x, z) (0 front, -90 the side at -x), pitch =
+    -90 y / r (the orbit angle v is linear in the height; positive below the pivot), r = |position|."""
+    x, y, z = (float(value) for value in position)
+    radius = math.sqrt(x * x + y * y + z * z)
+    return math.degrees(math.atan2(x, z)), -90.0 * y / radius, radius
+
+
+def fit_to_viewport(picture: np.ndarray, aspect: float) -> np.ndarray:
+    """A square render shaped like a viewport of width / height `aspect`: uint8 [S, S, 3] -> [S, round(S aspect), 3].
+
+    The picture spans the full height, as its field of view is the viewport's vertical one. A wider viewport
+    gets side bands that continue each row in the mean colour of the picture's outer sixteenth on that side
+    (the background, mostly); a narrower one sees the middle of the picture. The browser scales the result to
+    the viewport."""
+    size = picture.shape[0]
+    width = max(1, round(size * aspect))
+    if width <= size:
+        start = (size - width) // 2
+        return picture[:, start : start + width]
+    strip = max(1, size // 16)
+    left = picture[:, :strip].mean(axis=1, keepdims=True).round().astype(np.uint8)
+    right = picture[:, -strip:].mean(axis=1, keepdims=True).round().astype(np.uint8)
+    start = (width - size) // 2
+    canvas = np.empty([size, width, 3], np.uint8)
+    canvas[:, :start], canvas[:, start : start + size], canvas[:, start + size :] = left, picture, right
+    return canvas
 
 
 def seed_latent(seed: int, z_dim: int, device=None) -> torch.Tensor:
@@ -171,7 +252,10 @@ class Viewer:
 
     def conditioning(self, state: ViewState, render_pose: torch.Tensor | None) -> tuple:
         """-> (conditioning camera c [1, 25], conditioning pose [1, 6]); render_pose [1, 6] or None (zeros)."""
-        c = camera(*state.conditioning_view(), device=self.device)
+        if state.condition_on_render_camera:
+            c = self.rendering_camera(state)
+        else:
+            c = camera(state.cond_yaw, state.cond_pitch, device=self.device)
         values = state.conditioning_pose()
         if values is not None:
             return c, torch.tensor([values], dtype=torch.float32, device=self.device)
@@ -243,7 +327,9 @@ class Viewer:
         return entry
 
     def rendering_camera(self, state: ViewState) -> torch.Tensor:
-        """-> c [1, 25] of the state's rendering camera."""
+        """-> c [1, 25] of the state's rendering camera: the viewport's, or else the orbit camera of the sliders."""
+        if state.viewport is not None:
+            return torch.tensor([state.viewport], dtype=torch.float32, device=self.device)
         return camera(state.yaw, state.pitch, state.radius, state.fov, device=self.device)
 
     def latent_and_pose(self, state: ViewState) -> tuple:
@@ -297,8 +383,9 @@ class RenderWorker:
     """Renders on its own thread, always the newest request; a request supersedes every older one.
 
     render(state, draft, cancelled) -> images (Viewer.render); publish(images, state, draft, seconds) shows
-    them. An interactive request (a slider moving) is rendered as a draft at once and in full when no newer
-    request has come for `settle_seconds`; a full render in progress stops when a newer request arrives.
+    them. An interactive request (a slider or the viewport's camera moving) is rendered as a draft at once and in
+    full when no newer request has come for `settle_seconds`; a full render in progress stops when a newer
+    request arrives.
     A non-interactive request (a button) is rendered in full at once.
     """
 
