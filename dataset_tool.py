@@ -488,7 +488,7 @@ def convert(
     help='Generator snapshot: refine each camera by analysis by synthesis (candidate yaws, their mirrors)',
 )
 @click.option(
-    '--refine-steps', type=click.IntRange(min=0), default=20, show_default=True, help='Latent steps per candidate'
+    '--refine-steps', type=click.IntRange(min=1), default=2, show_default=True, help='Latent steps per candidate camera'
 )
 @click.option('--overwrite', is_flag=True, help='Replace an existing --dest (once the alignment succeeds)')
 @click.option('--progress/--no-progress', default=True, show_default=True, help='Show a progress bar')

@@ -31,6 +31,9 @@ CROP_WIDTH_M = camera_utils.RADIUS / camera_utils.FOCAL  # the aligned crop's wi
 # shoulder midpoint (x right, y down). Fitted on 80 held-out raw photos (median).
 SIDE_PER_WORLD_UNIT = 0.459
 PIVOT_FROM_SHOULDERS = (0.0, -0.134)
+# The landmark model's torso yaw against the true one over the front half: estimate = GAIN * truth + OFFSET.
+TORSO_YAW_GAIN = 0.786
+TORSO_YAW_OFFSET = -7.38
 UPPER_BODY_POINTS = range(13)  # nose, eyes, ears, mouth, shoulders
 VISIBLE = 0.5
 # Silhouette: the crop side per pixel of head width, and the crop centre below the head top in crop sides; fitted
@@ -108,7 +111,11 @@ def torso_yaw(landmarks: BodyLandmarks) -> float:
     """The camera's yaw around the torso from the shoulder line's depth, degrees: 0 facing the camera, positive
     with the camera on the person's left (the left shoulder nearer)."""
     left, right = landmarks.world[LEFT_SHOULDER], landmarks.world[RIGHT_SHOULDER]
-    return math.degrees(math.atan2(right[2] - left[2], left[0] - right[0]))
+    yaw = math.degrees(math.atan2(right[2] - left[2], left[0] - right[0]))
+    if abs(yaw) <= 90:
+        # The model's depths flatten turns and lean toward one side: undo its fitted linear response.
+        yaw = (yaw - TORSO_YAW_OFFSET) / TORSO_YAW_GAIN
+    return float(np.clip(yaw, -180, 180))
 
 
 def crop_from_landmarks(landmarks: BodyLandmarks) -> tuple:
