@@ -46,6 +46,7 @@ LANDMARK_SIDE_WEIGHT = 0.3
 SIDE_PER_HEAD_WIDTH_ALL_VIEWS = 2.234
 MIN_PERSON_SHARE = 0.01  # a mask smaller than this share of the photo: no person
 MIN_SIDE = 64
+ANALYSIS_SIZE = 1024  # larger photos are detected and segmented at this size (longer side), cropped at full size
 PAD_BLUR = 0.02  # Gaussian blur of the reflected padding, in crop sides
 PERSON = 0.5
 
@@ -68,7 +69,8 @@ class Alignment:
     uncertain: bool  # the yaw is a guess (no face, or a contradiction between detectors)
     confidences: dict  # detector -> score
     notes: list  # one-line remarks (several persons, person cut off, ...)
-    person_probability: np.ndarray = dataclasses.field(repr=False, default=None)  # float32 [H, W] in the photo
+    # float32 [h, w]: the person probability of the photo analysed (the photo, or it at ANALYSIS_SIZE)
+    person_probability: np.ndarray = dataclasses.field(repr=False, default=None)
 
     def to_json(self) -> dict:
         """The result.json entry: the published keys (camera_pose, smpl_pose) and this tool's own."""
@@ -179,24 +181,43 @@ def combine_crops(landmark_crop: tuple, head: tuple) -> tuple:
 def crop_square(image: np.ndarray, centre, side: float, resolution: int, blur: bool) -> np.ndarray:
     """The square of `side` pixels at `centre` (x, y) of image [H, W, C] or [H, W], resampled to resolution²
     (Lanczos); outside the photo the image is reflected and, with `blur`, blurred in proportion to the distance
-    from the photo's edge -> same dtype [R, R, C] or [R, R]."""
+    from the photo's edge -> same dtype [R, R, C] or [R, R]. The neighbourhood of the square is first brought to
+    about the output's scale, so that a large photo costs no more than a small one."""
     height, width = image.shape[:2]
     x0, y0 = centre[0] - side / 2, centre[1] - side / 2
-    pad = int(math.ceil(max(0.0, -x0, -y0, x0 + side - width, y0 + side - height))) + 2
+    # The square and half a side around it (what a reflection usually reaches), inside the photo.
+    left, top = max(0, int(math.floor(x0 - side / 2))), max(0, int(math.floor(y0 - side / 2)))
+    right, bottom = min(width, int(math.ceil(x0 + 1.5 * side))), min(height, int(math.ceil(y0 + 1.5 * side)))
+    if right <= left or bottom <= top:
+        raise AlignmentError('the crop lies outside the photo')
+    region = image[top:bottom, left:right]
+    scale = min(1.0, 1.25 * resolution / side)  # a little more than the output's detail for the final resample
+    if scale < 1:
+        size = (max(1, round(region.shape[1] * scale)), max(1, round(region.shape[0] * scale)))
+        region = np.asarray(Image.fromarray(region).resize(size, Image.Resampling.LANCZOS))
+        scale_x, scale_y = size[0] / (right - left), size[1] / (bottom - top)
+    else:
+        scale_x = scale_y = 1.0
+    # The square in the region's pixels.
+    bx0, by0 = (x0 - left) * scale_x, (y0 - top) * scale_y
+    bx1, by1 = bx0 + side * scale_x, by0 + side * scale_y
+    r_height, r_width = region.shape[:2]
+    beyond = max(0.0, -bx0, -by0, bx1 - r_width, by1 - r_height)
+    pad = int(math.ceil(min(beyond, 2 * max(r_height, r_width) - 1))) + 2
     padding = ((pad, pad), (pad, pad)) + ((0, 0),) * (image.ndim - 2)
-    padded = np.pad(image, padding, mode='symmetric') if pad > 2 else np.pad(image, padding, mode='edge')
-    if blur and pad > 2:
-        radius = max(1.0, PAD_BLUR * side)
+    padded = np.pad(region, padding, mode='symmetric' if beyond > 0 else 'edge')
+    if blur and beyond > 0:
+        radius = max(1.0, PAD_BLUR * side * scale_x)
         blurred = np.asarray(Image.fromarray(padded).filter(ImageFilter.GaussianBlur(radius)))
-        # 0 inside the photo, 1 from `radius * 3` pixels outside it.
-        ys = np.arange(padded.shape[0]) - pad
-        xs = np.arange(padded.shape[1]) - pad
-        dy = np.maximum(-ys, ys - (height - 1)).clip(min=0)
-        dx = np.maximum(-xs, xs - (width - 1)).clip(min=0)
+        # The distance from the photo's own edges (not the region's): 0 inside the photo, 1 from 3 radii out.
+        ys = (np.arange(padded.shape[0]) - pad) / scale_y + top
+        xs = (np.arange(padded.shape[1]) - pad) / scale_x + left
+        dy = np.maximum(-ys, ys - (height - 1)).clip(min=0) * scale_y
+        dx = np.maximum(-xs, xs - (width - 1)).clip(min=0) * scale_x
         weight = np.clip(np.maximum(dy[:, None], dx[None, :]) / (3 * radius), 0, 1)
         weight = weight[..., None] if image.ndim == 3 else weight
         padded = np.rint(padded * (1 - weight) + blurred * weight).astype(image.dtype)
-    box = (x0 + pad, y0 + pad, x0 + pad + side, y0 + pad + side)
+    box = (bx0 + pad, by0 + pad, bx1 + pad, by1 + pad)
     return np.asarray(
         Image.fromarray(padded).resize((resolution, resolution), Image.Resampling.LANCZOS, box=box), dtype=image.dtype
     )
@@ -216,9 +237,11 @@ def _face_of(body, faces: list):
     return min(faces, key=lambda f: float(np.linalg.norm((f.box[:2] + f.box[2:]) / 2 - centre)))
 
 
-def _align_person(image, detectors, probability, body, face, resolution, notes, confidences) -> Alignment:
-    """One person of a photo: its body detection (or None: the silhouette) -> Alignment."""
+def _align_person(photo, image, detectors, probability, body, face, resolution, notes, confidences) -> Alignment:
+    """One person of a photo: its body detection (or None: the silhouette) -> Alignment. `image` is the photo
+    analysed (the photo itself, or `photo` brought down to ANALYSIS_SIZE), `photo` the one cropped."""
     height, width = image.shape[:2]
+    factor = photo.shape[1] / width
     confidences = dict(confidences)
     person = largest_component(probability > PERSON)
     landmarks = None
@@ -243,13 +266,13 @@ def _align_person(image, detectors, probability, body, face, resolution, notes, 
         notes.append('the person is cut off at the top of the frame')
     if (columns[0] <= 0 and x0 < 0) or (columns[-1] >= width - 1 and x0 + side > width):
         notes.append('the person is cut off at a side of the frame')
-    crop = crop_square(image, centre, side, resolution, blur=True)
+    crop = crop_square(photo, centre * factor, side * factor, resolution, blur=True)
     mask_crop = crop_square((probability * 255).astype(np.uint8), centre, side, resolution, blur=False)
     return Alignment(
         image=crop,
         mask=np.where(mask_crop >= 128, 255, 0).astype(np.uint8),
         camera=camera_from_angles(yaw),
-        crop_box=(float(x0), float(y0), float(x0 + side), float(y0 + side)),
+        crop_box=tuple(float(v) * factor for v in (x0, y0, x0 + side, y0 + side)),
         yaw=float(yaw),
         pitch=0.0,
         method=method,
@@ -268,6 +291,11 @@ def align_photo(
     height, width = image.shape[:2]
     if min(height, width) < MIN_SIDE:
         raise AlignmentError(f'the image is {width}x{height}, smaller than {MIN_SIDE} px on a side')
+    photo = image
+    if max(height, width) > ANALYSIS_SIZE:
+        factor = ANALYSIS_SIZE / max(height, width)
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        image = np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
     probability = detectors.person_mask(image)
     share = float((probability > PERSON).mean())
     if share < MIN_PERSON_SHARE:
@@ -284,5 +312,5 @@ def align_photo(
     for body in bodies if all_persons else bodies[:1]:
         face = _face_of(body, faces)
         confidences = {'person_mask': share} | ({'face': face.score} if face is not None else {})
-        results.append(_align_person(image, detectors, probability, body, face, resolution, notes, confidences))
+        results.append(_align_person(photo, image, detectors, probability, body, face, resolution, notes, confidences))
     return results
