@@ -71,21 +71,27 @@ def test_camera_from_angles_is_the_orbit_camera_and_angles_invert_it():
 def test_a_crop_inside_the_photo_is_pils_crop_and_resize_and_outside_it_is_reflected():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
-    crop = crop_square(image, (50.0, 40.0), 60.0, 48, blur=True)
+    crop = crop_square(image, (50.0, 40.0), 60.0, 48, 'reflect and blur')
     expected = np.asarray(Image.fromarray(image).resize((48, 48), Image.Resampling.LANCZOS, box=(20, 10, 80, 70)))
     np.testing.assert_array_equal(crop, expected)
     # A large photo is brought near the output's scale first: on a smooth picture the result is the same.
     y, x = np.mgrid[0:900, 0:1200]
     smooth = np.stack([127 + 100 * np.sin(x / 90), 127 + 100 * np.cos(y / 70), (x + y) / 9], axis=-1).astype(np.uint8)
-    crop = crop_square(smooth, (500.0, 400.0), 600.0, 32, blur=True).astype(int)
+    crop = crop_square(smooth, (500.0, 400.0), 600.0, 32, 'reflect and blur').astype(int)
     expected = np.asarray(Image.fromarray(smooth).resize((32, 32), Image.Resampling.LANCZOS, box=(200, 100, 800, 700)))
     assert np.abs(crop - expected).max() <= 3
     # Half outside at the left edge, without blur: the left half mirrors the right half about the edge.
     ramp = np.tile(np.arange(120, dtype=np.uint8)[None, :, None] * 2, (90, 1, 3))
-    crop = crop_square(ramp, (0.0, 45.0), 80.0, 80, blur=False).astype(int)
+    crop = crop_square(ramp, (0.0, 45.0), 80.0, 80, 'reflect').astype(int)
     np.testing.assert_allclose(crop[:, :40][:, ::-1], crop[:, 40:], atol=2)
-    blurred = crop_square(image, (0.0, 0.0), 80.0, 80, blur=True)
+    blurred = crop_square(image, (0.0, 0.0), 80.0, 80, 'reflect and blur')
     assert blurred[:20, :20].std() < image.std() / 2  # far outside the photo: smooth, not a sharp copy
+    # Masks repeat their edge: a body cut off at the bottom continues, and nothing is mirrored above a head.
+    mask = np.zeros((100, 100), np.uint8)
+    mask[5:, 30:70] = 255
+    padded = crop_square(mask, (50.0, 50.0), 120.0, 120, 'edge')
+    assert padded[-5:, 50:70].min() == 255 and padded[:5].max() == 0
+    assert crop_square(mask, (50.0, 50.0), 120.0, 120, 'reflect')[:5].max() == 255  # what edge padding avoids
 
 
 @pytest.mark.parametrize(

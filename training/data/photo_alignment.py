@@ -178,10 +178,12 @@ def combine_crops(landmark_crop: tuple, head: tuple) -> tuple:
     return np.array([centre[0], row]), side
 
 
-def crop_square(image: np.ndarray, centre, side: float, resolution: int, blur: bool) -> np.ndarray:
+def crop_square(image: np.ndarray, centre, side: float, resolution: int, padding: str) -> np.ndarray:
     """The square of `side` pixels at `centre` (x, y) of image [H, W, C] or [H, W], resampled to resolution²
-    (Lanczos); outside the photo the image is reflected and, with `blur`, blurred in proportion to the distance
-    from the photo's edge -> same dtype [R, R, C] or [R, R]. The neighbourhood of the square is first brought to
+    (Lanczos); outside the photo the image is padded by `padding`: 'reflect and blur' (reflected, then blurred
+    in proportion to the distance from the photo's edge: photos), 'reflect' or 'edge' (the edge pixels repeated:
+    masks, so that a body cut off at the bottom continues and nothing is mirrored above a head)
+    -> same dtype [R, R, C] or [R, R]. The neighbourhood of the square is first brought to
     about the output's scale, so that a large photo costs no more than a small one."""
     height, width = image.shape[:2]
     x0, y0 = centre[0] - side / 2, centre[1] - side / 2
@@ -204,9 +206,9 @@ def crop_square(image: np.ndarray, centre, side: float, resolution: int, blur: b
     r_height, r_width = region.shape[:2]
     beyond = max(0.0, -bx0, -by0, bx1 - r_width, by1 - r_height)
     pad = int(math.ceil(min(beyond, 2 * max(r_height, r_width) - 1))) + 2
-    padding = ((pad, pad), (pad, pad)) + ((0, 0),) * (image.ndim - 2)
-    padded = np.pad(region, padding, mode='symmetric' if beyond > 0 else 'edge')
-    if blur and beyond > 0:
+    pad_widths = ((pad, pad), (pad, pad)) + ((0, 0),) * (image.ndim - 2)
+    padded = np.pad(region, pad_widths, mode='edge' if padding == 'edge' or beyond == 0 else 'symmetric')
+    if padding == 'reflect and blur' and beyond > 0:
         radius = max(1.0, PAD_BLUR * side * scale_x)
         blurred = np.asarray(Image.fromarray(padded).filter(ImageFilter.GaussianBlur(radius)))
         # The distance from the photo's own edges (not the region's): 0 inside the photo, 1 from 3 radii out.
@@ -266,8 +268,8 @@ def _align_person(photo, image, detectors, probability, body, face, resolution, 
         notes.append('the person is cut off at the top of the frame')
     if (columns[0] <= 0 and x0 < 0) or (columns[-1] >= width - 1 and x0 + side > width):
         notes.append('the person is cut off at a side of the frame')
-    crop = crop_square(photo, centre * factor, side * factor, resolution, blur=True)
-    mask_crop = crop_square((probability * 255).astype(np.uint8), centre, side, resolution, blur=False)
+    crop = crop_square(photo, centre * factor, side * factor, resolution, 'reflect and blur')
+    mask_crop = crop_square((probability * 255).astype(np.uint8), centre, side, resolution, 'edge')
     return Alignment(
         image=crop,
         mask=np.where(mask_crop >= 128, 255, 0).astype(np.uint8),
