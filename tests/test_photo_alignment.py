@@ -6,6 +6,7 @@ other tools, and the bad inputs, each with its one-line reason."""
 import io
 import json
 import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -180,6 +181,17 @@ def test_align_writes_the_published_layout_that_the_other_tools_read(painter, tm
         assert np.asarray(entry['camera_pose']).shape == (4, 4) and {'person_mask', 'body'} <= set(entry['confidences'])
         with Image.open(dest / 'aligned_images' / name) as image, Image.open(dest / 'mask' / name) as mask:
             assert image.size == (64, 64) and image.mode == 'RGB' and mask.mode == 'L'
+    # A zip of the same photos gives the same result.
+    with zipfile.ZipFile(tmp_path / 'raw.zip', 'w') as archive:
+        for name in ('p0.jpg', 'p1.jpg'):
+            archive.write(source / name, f'photos/{name}')
+    zipped = CliRunner().invoke(
+        dataset_tool.main,
+        ['align', '--source', str(tmp_path / 'raw.zip'), '--dest', str(tmp_path / 'z'), '--no-progress'],
+    )
+    assert zipped.exit_code == 0, zipped.output
+    from_zip = json.loads((tmp_path / 'z' / 'result.json').read_text())
+    assert from_zip['photos__p1.png']['camera_pose'] == entries['p1.png']['camera_pose']
     names, photos, masks, cameras = read_pose_folder(str(dest), 32)
     assert names == ['p0.png', 'p1.png'] and photos.shape == (2, 3, 32, 32) and cameras.shape == (2, 25)
     np.testing.assert_allclose(cameras[0, :16].numpy(), np.ravel(entries['p0.png']['camera_pose']), atol=1e-6)
