@@ -308,11 +308,13 @@ def test_nothing_aligned_is_an_error_and_leaves_no_output(tmp_path):
     assert not os.path.exists(tmp_path / 'out') and not [n for n in os.listdir(tmp_path) if n.endswith('.tmp')]
 
 
-def test_candidate_yaws_are_the_estimate_its_mirror_and_flips_and_a_grid_when_uncertain():
+def test_candidate_yaws_are_the_estimate_and_when_uncertain_its_mirror_flips_and_a_grid():
     from training.engines.camera_search import candidate_yaws
 
-    assert sorted(candidate_yaws(30.0, False)) == [-150.0, -30.0, 30.0, 150.0]
-    assert sorted(candidate_yaws(0.0, False)) == [0.0, 180.0]  # its mirror and flips coincide
+    assert candidate_yaws(30.0, False) == [30.0]
+    assert sorted(candidate_yaws(30.0, True))[:4] == [-150.0, -135.0, -90.0, -45.0]
+    assert {-30.0, 30.0, 150.0, -150.0} <= set(candidate_yaws(30.0, True))
+    assert sorted(candidate_yaws(0.0, True)) == [-135.0, -90.0, -45.0, 0.0, 45.0, 90.0, 135.0, 180.0]
     grid = candidate_yaws(100.0, True)
     assert len(grid) == len(set(grid)) and {-135.0, -90.0, 0.0, 45.0, 180.0} <= set(grid) and 100.0 in grid
     assert all(abs(float(wrap_degrees(a - b))) >= 5 for i, a in enumerate(grid) for b in grid[:i])
