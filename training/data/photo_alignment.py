@@ -12,8 +12,8 @@ the subject, centred on the pivot's image. Two ways to the crop and the camera:
 - silhouette (no body found, typically a back view): the head top and the head's width in the person
   mask give the crop; the yaw is then only a guess (facing away), flagged uncertain.
 The constants were fitted on held-out renders of the synthetic painter (benchmarks/alignment.py measures them).
-Pitch is not estimated (level camera); the generator's refinement (training/engines/camera_search.py) refines
-yaw and pitch.
+Pitch is not estimated (a level camera, pitch 0); the generator's search (training/engines/camera_search.py)
+refines the yaw.
 """
 
 import dataclasses
