@@ -4,7 +4,7 @@ whose reconstruction loss ends lowest wins.
 
 Candidates: for a yaw flagged uncertain (no face in sight: backs, some profiles), the detectors' yaw, its mirror
 (-yaw: a left-right swap), the front/back flips of both (180 - yaw, yaw - 180) and every 45 degrees; for a sure
-one, only the detectors' yaw (on 8 benchmark photos the wide search flipped two sure front views). Then the best is
+one, only the detectors' yaw (searched as widely, 3 of 5 front views of the benchmark got worse). Then the best is
 refined by +-STEP_DEGREES in yaw, for every view; for backs it is the only source of a yaw. The loss is the
 inversion's pixel and mask terms only: the discriminator's perceptual term triples the cost of a step on a CPU.
 """
