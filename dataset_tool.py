@@ -33,6 +33,12 @@ label under the new name. A destination ending in .zip is written as a zip archi
 else as a folder; both appear only when complete, and an existing one is replaced only with
 --overwrite.
 
+align: raw photos (a file, a folder or a zip; one person each, any size, front, side or back) -> the layout
+above (aligned_images/, mask/, result.json), offline on the CPU, with each photo's crop box in the original,
+the detectors' confidences, which method gave the camera and a one-line report per photo:
+
+    python dataset_tool.py align --source ~/my-photos --dest data/my-photos-aligned [--network SNAPSHOT]
+
 check: list every problem of a converted dataset (labels, pairing, sizes, modes, damaged files):
 
     python dataset_tool.py check --data data/portraits-64.zip --seg-data data/portraits-64-seg.zip
@@ -65,6 +71,7 @@ from training.data.dataset import (
     read_labels,
     stem,
 )
+from training.data.photos import REPORT_KEY
 
 MASK_DIR_DEFAULTS = ('masks', 'seg')
 ALIGNED_IMAGES, ALIGNED_MASKS, ALIGNED_RESULT = 'aligned_images', 'mask', 'result.json'
@@ -227,6 +234,8 @@ def _read_aligned_source(tree: FileTree) -> list[_SourceItem]:
         raise click.ClickException(
             f'{where}: cannot be read as JSON ({type(error).__name__}: {error}); fix the file'
         ) from None
+    if isinstance(entries, dict):
+        entries.pop(REPORT_KEY, None)
     if not isinstance(entries, dict) or not entries:
         raise click.ClickException(
             f'{where}: expected {{name: {{"camera_pose": 4x4, "smpl_pose": 72 values}}}} with at least one name'
@@ -464,6 +473,73 @@ def convert(
             f'intrinsics must already describe the {transform} result',
             err=True,
         )
+
+
+@main.command(cls=Command)
+@click.option('--source', required=True, type=click.Path(), help='A photo, a folder of photos (any depth) or a zip')
+@click.option('--dest', required=True, type=click.Path(), help='Output folder (aligned_images/, mask/, result.json)')
+@click.option(
+    '--resolution', type=click.IntRange(64, MAX_RESOLUTION), default=512, show_default=True, help='Side of the crops'
+)
+@click.option('--all', 'all_persons', is_flag=True, help='Align every person of a photo, not only the largest')
+@click.option(
+    '--network',
+    default=None,
+    help='Generator snapshot: refine each camera by analysis by synthesis (candidate yaws, their mirrors)',
+)
+@click.option(
+    '--refine-steps', type=click.IntRange(min=1), default=2, show_default=True, help='Latent steps per candidate camera'
+)
+@click.option('--overwrite', is_flag=True, help='Replace an existing --dest (once the alignment succeeds)')
+@click.option('--progress/--no-progress', default=True, show_default=True, help='Show a progress bar')
+def align(
+    source: str,
+    dest: str,
+    resolution: int,
+    all_persons: bool,
+    network: str | None,
+    refine_steps: int,
+    overwrite: bool,
+    progress: bool,
+):
+    """Align raw photos: crop, person mask and camera, in the published data-processing layout."""
+    from training.data.landmark_models import ModelFilesError, PersonDetectors
+    from training.data.photo_aligner import PhotoSourceError, align_photos
+
+    if not os.path.exists(source):
+        raise click.BadParameter(f'{source}: no such file or folder', param_hint='--source')
+    if os.path.abspath(dest) == os.path.abspath(source):
+        raise click.BadParameter('must differ from --source', param_hint='--dest')
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise click.BadParameter(f'{dest} is a file; name a new folder', param_hint='--dest')
+    if os.path.isdir(dest) and os.listdir(dest) and not overwrite:
+        raise click.BadParameter(
+            f'{dest} is a folder that is not empty; add --overwrite to replace it (once the alignment succeeds)',
+            param_hint='--dest',
+        )
+    try:
+        detectors = PersonDetectors()
+    except ModelFilesError as error:
+        raise click.ClickException(str(error)) from None
+    refine = None
+    if network is not None:
+        from training.engines.camera_search import load_camera_search
+
+        refine = load_camera_search(network, steps=refine_steps)
+    try:
+        report = align_photos(source, dest, resolution, all_persons, refine, detectors, progress)
+    except PhotoSourceError as error:
+        raise click.ClickException(str(error)) from None
+    except OSError as error:
+        raise click.ClickException(f'cannot write {dest}: {error.strerror}; choose a writable place for it') from None
+    failed = 0
+    for name, line in report.items():
+        click.echo(f'{name}: {line}')
+        failed += not line.startswith('ok')
+    click.echo(
+        f'aligned {len(report) - failed} of {len(report)} photos into {dest} ({resolution}x{resolution}); '
+        f'the report is in result.json under {REPORT_KEY!r}'
+    )
 
 
 @main.command(cls=Command)

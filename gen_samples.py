@@ -29,6 +29,8 @@ from training.cli import (
 from training.data.camera_utils import VIEWS, camera_label, frontal_camera, orbit_camera
 from training.data.dataset import stem
 from training.data.images import depth_to_uint8, save_png, to_uint8
+from training.data.landmark_models import ModelFilesError
+from training.data.photo_aligner import align_in_memory
 from training.data.photos import read_pose_folder
 from training.engines.render_check import synthesis
 from training.engines.shapes import DEFAULT_LEVEL, extract_shape, save_shape
@@ -47,8 +49,14 @@ def predict_folder_poses(
     path, G, D, contents = load_generator_and_discriminator(network, device, trust_pickle, '--predict-pose')
     kwargs = pose_predict_settings(path, contents, pose_kwargs, '--pose-kwargs')
     try:
-        names, photos, masks, cameras = read_pose_folder(folder, D.img_resolution)
-    except (OSError, ValueError) as err:
+        published = any(os.path.exists(os.path.join(folder, name)) for name in ('result.json', 'aligned_images'))
+        if published:
+            names, photos, masks, cameras = read_pose_folder(folder, D.img_resolution)
+        else:
+            names, photos, masks, cameras, report = align_in_memory(folder, D.img_resolution)
+            for name, line in report.items():
+                click.echo(f'{name}: {line}')
+    except (OSError, ValueError, ModelFilesError) as err:
         raise click.ClickException(str(err)) from None
     photos, masks, cameras = photos.to(device), masks.to(device), cameras.to(device)
     poses = predict_real_poses(D, photos, masks, cameras, kwargs, batch=1)
@@ -134,8 +142,8 @@ def render_photo_poses(
     '--predict-pose',
     'pose_folder',
     type=click.Path(exists=True, file_okay=False),
-    help='Folder of real portraits (aligned_images/, mask/, result.json): predict their body poses with D '
-    "and render each seed with each photo's camera and pose",
+    help='Folder of real portraits (aligned_images/, mask/, result.json), or of raw photos (aligned first, as '
+    "dataset_tool.py align): predict their body poses with D and render each seed with each photo's camera and pose",
 )
 @click.option(
     '--pose-kwargs',

