@@ -103,8 +103,8 @@ def main(
     trust_pickle,
 ):
     """Per seed, seedNNNN.mrc (density on the cube of side 0.8 box_warp) and seedNNNN.<format> (marching
-    cubes, vertex colours from the first 3 decoder feature channels); with --latent, <stem>.mrc and
-    <stem>.<format> of the latent file <stem>.npz; or, with --mrc-dir, a mesh per .mrc.
+    cubes, vertex colours of the raw image: the decoder's features through the generator's ToRGB); with
+    --latent, <stem>.mrc and <stem>.<format> of the latent file <stem>.npz; or, with --mrc-dir, a mesh per .mrc.
 
     The volume is always canonical; with --pose the mesh is carried into that body pose by the
     generator's own body model and deformation thickness. Without --pose a latent file's mesh takes
