@@ -123,9 +123,9 @@ class SharpDecoder(torch.nn.Module):
         return {'sigma': self.gain * (out['sigma'] - self.offset), 'rgb': out['rgb']}
 
 
-@pytest.fixture(scope='module')
-def sharp_generator(tmp_path_factory):
-    """The tiny snapshot's G_ema with an opaque surface through the middle of its density, and a latent -> (G, ws)."""
+def sharp_tiny_generator(root: str) -> tuple:
+    """The tiny snapshot's G_ema (written under `root`) with an opaque surface through the middle of its density,
+    and a latent -> (G, ws [1, num_ws, w_dim])."""
     import copy
     import os
 
@@ -133,13 +133,18 @@ def sharp_generator(tmp_path_factory):
     from training.checkpoints import formats
     from training.data.camera_utils import frontal_camera
 
-    run_dir, _ = write_tiny_snapshot(str(tmp_path_factory.mktemp('colors')))
+    run_dir, _ = write_tiny_snapshot(root)
     G = copy.deepcopy(formats.load_any(os.path.join(run_dir, 'network-snapshot-000000.pkl'))['G_ema']).eval()
     with torch.no_grad():
         ws = G.mapping(torch.randn(1, G.z_dim, generator=torch.Generator().manual_seed(0)), frontal_camera(1))
     volume = shapes.sample_volume(shapes.generator_density(G, ws), 16, shapes.shape_side(G))
     G.decoder = SharpDecoder(G.decoder, gain=200.0, offset=float(np.median(volume)))
     return G, ws
+
+
+@pytest.fixture(scope='module')
+def sharp_generator(tmp_path_factory):
+    return sharp_tiny_generator(str(tmp_path_factory.mktemp('colors')))
 
 
 def first_feature_colors(G, ws, vertices: np.ndarray) -> np.ndarray:
