@@ -353,12 +353,12 @@ def save_textured_shape(
     """
     import os
 
-    from training.engines.shapes import save_shape
+    from training.engines.shapes import save_shape, write_mrc
 
     if shape['vertices'] is None:
         return save_shape(shape, stem, mesh_format)
     baked = bake_generator_texture(G, ws, shape['vertices'], shape['faces'], shape['colors'], resolution, pose)
-    save_shape(dict(shape, vertices=None), stem, mesh_format)  # the volume
+    write_mrc(stem + '.mrc', shape['volume'], shape['side'])
     write_textured_mesh(f'{stem}.{mesh_format}', shape['vertices'], shape['faces'], baked['uv'], baked['texture'])
     triangle_texels = baked['source'] > -2
     seen = (baked['source'] >= 0).sum() / max(int(triangle_texels.sum()), 1)
