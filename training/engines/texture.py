@@ -282,9 +282,12 @@ def textured_mesh(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, textu
     return trimesh.Trimesh(vertices=split_vertices, faces=split_faces, visual=visual, process=False)
 
 
-def render_textured(renderer, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, texture: np.ndarray, c, size):
-    """Headless render of a textured mesh, unlit: vertices [V, 3], faces [F, 3], uv [F, 3, 2], texture uint8
-    [T, T, 3], c [25], size px -> dict(rgb float [S, S, 3] in [0, 1], mask bool [S, S]).
+def render_textured(
+    renderer, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, texture: np.ndarray, c: np.ndarray, size: int
+) -> dict:
+    """Headless render of a textured mesh, unlit, by a mesh_renderer.MeshRenderer: vertices [V, 3], faces [F, 3],
+    uv [F, 3, 2], texture uint8 [T, T, 3], c [25], size px -> dict(rgb float [S, S, 3] in [0, 1] (white where
+    empty), mask bool [S, S]).
 
     The rasterizer interpolates each corner's uv as a colour (perspective-correct), and the texture is
     sampled bilinearly at the interpolated uv.
