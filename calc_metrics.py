@@ -115,7 +115,7 @@ def _spawned(rank: int, world_size: int, args: dict, init_file: str) -> None:
     default='fid50k_full',
     show_default=True,
     callback=_parse_metrics,
-    help='Comma list: fid50k_full, kid50k_full, fid{N}k, kid{N}k, ..._full, pose_err, pose_sens',
+    help='Comma list: fid50k_full, kid50k_full, fid{N}k, kid{N}k, ..._full, ..._front, ..._back, pose_err, pose_sens',
 )
 @click.option(
     '--data', type=click.Path(exists=True), help="Images zip or folder  [default: the snapshot's training data]"

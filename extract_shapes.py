@@ -33,6 +33,7 @@ from training.engines.shapes import (
     save_shape,
     write_mesh,
 )
+from training.engines.texture import TEXTURED_FORMATS, TextureError, save_textured_shape
 
 
 def save_posed_shape(
@@ -43,12 +44,20 @@ def save_posed_shape(
     shape_res: int,
     level: float,
     mesh_format: str,
+    texture: int | None = None,
 ) -> None:
-    """ws [1, num_ws, w_dim], pose [1, 6] or None (canonical) -> stem.mrc and stem.<mesh_format>, a line on the console."""
+    """ws [1, num_ws, w_dim], pose [1, 6] or None (canonical) -> stem.mrc and stem.<mesh_format>, a line on the
+    console; with `texture` (texels per side) the mesh is textured from the generator's renders."""
     shape = extract_shape(G, ws, shape_res, level)
     if pose is not None and shape['vertices'] is not None:
         shape['vertices'] = pose_vertices(G.deformer, shape['vertices'], pose)
-    tqdm.write(save_shape(shape, stem, mesh_format))
+    if texture is None:
+        tqdm.write(save_shape(shape, stem, mesh_format))
+        return
+    try:
+        tqdm.write(save_textured_shape(G, ws, shape, stem, mesh_format, texture, pose))
+    except TextureError as err:
+        raise click.ClickException(f'{os.path.basename(stem)}: {err}') from None
 
 
 @click.command(cls=Command)
@@ -83,7 +92,22 @@ def save_posed_shape(
     '--level', type=FiniteFloat(), default=DEFAULT_LEVEL, show_default=True, help='Marching-cubes sigma level'
 )
 @click.option('--pose', default=None, help='Pose the meshes: six comma-separated neck/head axis-angle values, radians')
-@click.option('--format', 'mesh_format', type=click.Choice(MESH_FORMATS), default='ply', show_default=True)
+@click.option(
+    '--format',
+    'mesh_format',
+    type=click.Choice(MESH_FORMATS),
+    default='ply',
+    show_default=True,
+    help='Mesh file format (with --texture: glb, or obj)',
+)
+@click.option(
+    '--texture',
+    type=click.IntRange(min=1),
+    default=None,
+    metavar='TEXELS',
+    help='Texture the meshes: a TEXELS x TEXELS UV texture baked from super-resolved renders at the front, '
+    'side, back and top views (e.g. 2048)',
+)
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)
 @device_option
 @trust_pickle_option
@@ -98,19 +122,27 @@ def main(
     level,
     pose,
     mesh_format,
+    texture,
     outdir,
     device,
     trust_pickle,
 ):
     """Per seed, seedNNNN.mrc (density on the cube of side 0.8 box_warp) and seedNNNN.<format> (marching
-    cubes, vertex colours from the first 3 decoder feature channels); with --latent, <stem>.mrc and
-    <stem>.<format> of the latent file <stem>.npz; or, with --mrc-dir, a mesh per .mrc.
+    cubes, vertex colours of the raw image: the decoder's features through the generator's ToRGB); with
+    --latent, <stem>.mrc and <stem>.<format> of the latent file <stem>.npz; or, with --mrc-dir, a mesh per .mrc.
 
     The volume is always canonical; with --pose the mesh is carried into that body pose by the
     generator's own body model and deformation thickness. Without --pose a latent file's mesh takes
     the file's pose if it has one."""
     if (network is None) == (mrc_dir is None):
         raise click.UsageError('give exactly one of --network or --mrc-dir')
+    if texture is not None:
+        if mrc_dir is not None:
+            raise click.UsageError("--texture needs --network: the texture is baked from the generator's renders")
+        if not option_given('mesh_format'):
+            mesh_format = 'glb'
+        elif mesh_format not in TEXTURED_FORMATS:
+            raise click.UsageError(f'--texture writes {" or ".join(TEXTURED_FORMATS)} meshes, not {mesh_format}')
     if pose is not None and mrc_dir is not None:
         raise click.UsageError('--pose needs --network: an .mrc file carries no body model')
     if latent is not None:
@@ -163,6 +195,7 @@ def main(
             shape_res,
             level,
             mesh_format,
+            texture,
         )
         return
     condition = frontal_camera(1, device=device)
@@ -170,7 +203,7 @@ def main(
         z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim)).float().to(device)
         with torch.no_grad():
             ws = G.mapping(z, condition, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
-        save_posed_shape(G, ws, pose, os.path.join(outdir, f'seed{seed:04d}'), shape_res, level, mesh_format)
+        save_posed_shape(G, ws, pose, os.path.join(outdir, f'seed{seed:04d}'), shape_res, level, mesh_format, texture)
 
 
 if __name__ == '__main__':

@@ -39,8 +39,8 @@ def calc_metric(
         results = pose_sensitivity.compute_pose_sens(opts, num_gen)
         detector = None
     else:
-        real = metric_utils.real_features(opts, max_real)
-        fake = metric_utils.fake_features(opts, num_gen)
+        real = metric_utils.real_features(opts, max_real, spec.yaw_range)
+        fake = metric_utils.fake_features(opts, num_gen, spec.yaw_range)
         if spec.kind == 'fid':
             value = distances.frechet_distance(*distances.feature_moments(fake), *distances.feature_moments(real))
         else:

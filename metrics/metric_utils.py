@@ -19,8 +19,9 @@ from tqdm import tqdm
 
 import dnnlib
 from metrics.detector import DEFAULT_DETECTOR, FEATURE_DIM, FeatureDetector
-from metrics.names import METRIC_POSE_SAMPLE_MODES
+from metrics.names import FRONT_MAX_YAW_DEGREES, METRIC_POSE_SAMPLE_MODES, in_yaw_range
 from training.checkpoints.atomic_files import atomic_write
+from training.data.camera_utils import camera_yaw
 from training.data.dataset import PortraitDataset
 from training.data.images import image_from_uint8, mask_from_uint8, to_uint8
 from training.networks.d_input import discriminator_input
@@ -120,11 +121,37 @@ def progress_bar(batches: list, opts: MetricOptions, desc: str):
 # Real images.
 
 
-def real_subset(dataset: PortraitDataset, max_items: int | None) -> np.ndarray:
-    """Item indices of the real images a metric uses: all of them, or a fixed random subset of max_items -> int64 [N]."""
-    if max_items is None or max_items >= len(dataset):
+def yaw_range_items(opts: MetricOptions, yaw_range: str | None) -> np.ndarray:
+    """Items of the mirrored data set whose labelled camera lies in a yaw range (metrics.names.YAW_RANGES) -> int64 [N].
+
+    None: every item. The yaw is that of the camera label (camera_utils.camera_yaw), so an item and its
+    mirror image fall in the same range. Raises ValueError when no item does.
+    """
+    dataset = opts.dataset()
+    if yaw_range is None:
         return np.arange(len(dataset))
-    return np.sort(np.random.RandomState(REAL_SUBSET_SEED).permutation(len(dataset))[:max_items])
+    memo_key = ('yaw_range_items', yaw_range)
+    if memo_key not in opts.memo:
+        cameras = torch.from_numpy(np.stack([dataset.get_label(i) for i in range(len(dataset))]).astype(np.float64))
+        yaw = torch.rad2deg(camera_yaw(cameras)).numpy()
+        items = np.flatnonzero(in_yaw_range(yaw, yaw_range))
+        if len(items) == 0:
+            bound = f'{"<=" if yaw_range == "front" else ">"} {FRONT_MAX_YAW_DEGREES:g} degrees'
+            raise ValueError(
+                f'{opts.dataset_kwargs["path"]}: no image has a camera in the {yaw_range} yaw range (|yaw| {bound}; '
+                f'the labels span {yaw.min():.1f} .. {yaw.max():.1f} degrees); use a metric without _{yaw_range}'
+            )
+        opts.memo[memo_key] = items
+    return opts.memo[memo_key]
+
+
+def real_subset(dataset: PortraitDataset, max_items: int | None, items: np.ndarray | None = None) -> np.ndarray:
+    """Item indices of the real images a metric uses: all of `items` (default: every item), or a fixed random
+    subset of max_items of them -> int64 [N], sorted."""
+    items = np.arange(len(dataset)) if items is None else np.asarray(items)
+    if max_items is None or max_items >= len(items):
+        return items
+    return np.sort(items[np.random.RandomState(REAL_SUBSET_SEED).permutation(len(items))[:max_items]])
 
 
 def load_real_batch(dataset: PortraitDataset, indices: np.ndarray) -> tuple:
@@ -146,8 +173,9 @@ def _source_identity(path: str) -> list:
     return sorted(found)
 
 
-def real_features_cache_path(opts: MetricOptions, max_items: int | None) -> str:
-    """Cache file of the real features: named by the data set and a hash of its content, the subset and the detector."""
+def real_features_cache_path(opts: MetricOptions, max_items: int | None, yaw_range: str | None = None) -> str:
+    """Cache file of the real features: named by the data set and a hash of its content, the yaw range, the subset
+    and the detector."""
     dataset = opts.dataset()
     key = dict(
         images=_source_identity(opts.dataset_kwargs['path']),
@@ -159,16 +187,21 @@ def real_features_cache_path(opts: MetricOptions, max_items: int | None) -> str:
         subset_seed=REAL_SUBSET_SEED,
         detector=opts.feature_detector().name,
     )
+    split = ''
+    if yaw_range is not None:  # every camera keeps the key (and the files) it had before yaw ranges existed
+        key['yaw_range'] = yaw_range
+        split = f'{yaw_range}-'
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return dnnlib.util.make_cache_dir_path('gan-metrics', f'{dataset.name}-{max_items or "all"}-{digest}.npy')
+    return dnnlib.util.make_cache_dir_path('gan-metrics', f'{dataset.name}-{split}{max_items or "all"}-{digest}.npy')
 
 
-def real_features(opts: MetricOptions, max_items: int | None) -> np.ndarray:
-    """Detector features of the real images (mirrored set, docs/method.md §12.1) -> float32 [N, 2048], cached."""
-    memo_key = ('real_features', max_items)
+def real_features(opts: MetricOptions, max_items: int | None, yaw_range: str | None = None) -> np.ndarray:
+    """Detector features of the real images (mirrored set, docs/method.md §12.1) whose camera lies in `yaw_range`
+    (None: every camera) -> float32 [N, 2048], cached."""
+    memo_key = ('real_features', max_items, yaw_range)
     if memo_key in opts.memo:
         return opts.memo[memo_key]
-    cache_path = real_features_cache_path(opts, max_items) if opts.cache else None
+    cache_path = real_features_cache_path(opts, max_items, yaw_range) if opts.cache else None
     cached = cache_path is not None and os.path.isfile(cache_path)
     if opts.num_gpus > 1:
         flag = torch.tensor([float(cached)], device=opts.device)
@@ -178,7 +211,7 @@ def real_features(opts: MetricOptions, max_items: int | None) -> np.ndarray:
         features = np.load(cache_path)
     else:
         dataset, detector = opts.dataset(), opts.feature_detector()
-        indices = real_subset(dataset, max_items)
+        indices = real_subset(dataset, max_items, yaw_range_items(opts, yaw_range))
         results = {}
         for batch in progress_bar(rank_batches(len(indices), opts), opts, 'real features'):
             images, *_ = load_real_batch(dataset, indices[batch * opts.batch_size : (batch + 1) * opts.batch_size])
@@ -223,16 +256,18 @@ def with_g_poses(opts: MetricOptions) -> MetricOptions:
 
 
 @torch.no_grad()
-def batch_latents(opts: MetricOptions, batch: int) -> dict:
+def batch_latents(opts: MetricOptions, batch: int, yaw_range: str | None = None) -> dict:
     """What the fakes of one batch are drawn from (docs/method.md §12.1), before rendering.
 
     -> {'z' [B, z_dim], 'c' [B, 25] rendering cameras, 'pose' [B, 6] rendering poses, 'ws' [B, num_ws, w_dim],
     'noise_seed', 'render_seed' int}, B = batch_size. With identical_c_p the mapping is conditioned on the rendering
-    camera and pose, otherwise on the camera and pose of an independent draw.
+    camera and pose, otherwise on the camera and pose of an independent draw. With a yaw range the rendering
+    cameras are those of data set items in it (yaw_range_items); the independent draw still takes any item.
     """
     G, dataset, size = opts.G, opts.dataset(), opts.batch_size
     rng = np.random.RandomState(_batch_seeds(opts, batch, 0) % 2**32)
-    indices, condition_indices = rng.randint(len(dataset), size=size), rng.randint(len(dataset), size=size)
+    items = yaw_range_items(opts, yaw_range)
+    indices, condition_indices = items[rng.randint(len(items), size=size)], rng.randint(len(dataset), size=size)
     z = torch.from_numpy(rng.standard_normal([size, G.z_dim]).astype(np.float32)).to(opts.device)
     c, pose = sample_poses(opts, z, indices)
     c_cond, pose_cond = (c, pose) if opts.identical_c_p else sample_poses(opts, z, condition_indices)
@@ -262,13 +297,13 @@ def render_latents(opts: MetricOptions, latents: dict, pose: torch.Tensor) -> di
 
 
 @torch.no_grad()
-def generate_batch(opts: MetricOptions, batch: int) -> dict:
-    """The fakes of one batch: batch_latents rendered with their own pose.
+def generate_batch(opts: MetricOptions, batch: int, yaw_range: str | None = None) -> dict:
+    """The fakes of one batch: batch_latents (in a yaw range, or None) rendered with their own pose.
 
     -> {'z' [B, z_dim], 'c' [B, 25], 'pose' [B, 6], 'images' uint8 [B, 3, S, S], and G's outputs 'image',
     'image_raw', 'image_mask'}, B = batch_size.
     """
-    latents = batch_latents(opts, batch)
+    latents = batch_latents(opts, batch, yaw_range)
     out = render_latents(opts, latents, latents['pose'])
     images = torch.from_numpy(to_uint8(out['image'])).permute(0, 3, 1, 2)
     return dict(
@@ -282,14 +317,15 @@ def generate_batch(opts: MetricOptions, batch: int) -> dict:
     )
 
 
-def fake_features(opts: MetricOptions, num_items: int) -> np.ndarray:
-    """Detector features of num_items fakes -> float32 [num_items, 2048] (shared by the metrics of one call)."""
-    memo_key = ('fake_features', num_items)
+def fake_features(opts: MetricOptions, num_items: int, yaw_range: str | None = None) -> np.ndarray:
+    """Detector features of num_items fakes rendered from cameras in `yaw_range` (None: every camera) -> float32
+    [num_items, 2048] (shared by the metrics of one call)."""
+    memo_key = ('fake_features', num_items, yaw_range)
     if memo_key not in opts.memo:
         detector = opts.feature_detector()
         results = {}
         for batch in progress_bar(rank_batches(num_items, opts), opts, 'fake features'):
-            results[batch] = detector(generate_batch(opts, batch)['images'])
+            results[batch] = detector(generate_batch(opts, batch, yaw_range)['images'])
         opts.memo[memo_key] = gather_batches(results, num_items, FEATURE_DIM, opts)
     return opts.memo[memo_key]
 

@@ -84,6 +84,7 @@ def test_a_result_that_cannot_be_written_is_printed_with_the_reason(run_dir, tmp
         'no_pose_settings_sens',
         'bad_data',
         'not_a_generator',
+        'empty_yaw_range',
     ],
 )
 def test_one_line_errors(run_dir, tmp_path, case):
@@ -127,7 +128,16 @@ def test_one_line_errors(run_dir, tmp_path, case):
             'corrupt.zip',
         ),
         'not_a_generator': (['--network', str(swapped)], 'its G_ema is a PoseAwareDualDiscriminator, not a generator'),
+        'empty_yaw_range': (
+            ['--network', snapshot, '--metrics', 'kid2k_back'],
+            'no image has a camera in the back yaw',
+        ),
     }[case]
+    if case == 'empty_yaw_range':
+        from tests.test_metrics import write_yaw_dataset
+
+        data = write_yaw_dataset(tmp_path / 'front-only', (0.0, 40.0, -80.0))
+        args += ['--data', data['path'], '--seg_data', data['seg_path']]
     result = _invoke(args)
     assert result.exit_code != 0 and not isinstance(result.exception, (AssertionError, TypeError, KeyError))
     message = result.output.strip().splitlines()[-1]

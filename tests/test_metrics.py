@@ -273,3 +273,140 @@ def test_pose_metrics_name_what_they_lack(snapshot, name):
     for missing in (dict(D=None), dict(pose_predict_kwargs=None)):
         with pytest.raises(ValueError, match=f'^{name} needs the discriminator and its pose-prediction settings'):
             metric_main.calc_metric(name, _options(snapshot, **missing), num_gen=4)
+
+
+# Camera yaws (degrees) of a small data set, either side of the front/back boundary at 90 degrees, with
+# the range each belongs to, known by construction.
+KNOWN_YAWS = (0.0, 30.0, -45.0, 89.5, -89.5, 90.5, -90.5, 120.0, -150.0, 179.0, 180.0, -100.0)
+
+
+def write_yaw_dataset(root, yaws_degrees, resolution: int = 32) -> dict:
+    """A folder data set (images, masks, dataset.json) of one image per camera yaw (level orbit cameras, zero pose)
+    -> PortraitDataset paths {path, seg_path}."""
+    import math
+
+    import PIL.Image
+
+    from training.data.camera_utils import camera_label, orbit_camera
+
+    images, masks = root / 'images', root / 'masks'
+    images.mkdir(parents=True)
+    masks.mkdir()
+    rng = np.random.default_rng(0)
+    labels = []
+    for index, yaw in enumerate(yaws_degrees):
+        name = f'img{index:05d}.png'
+        PIL.Image.fromarray(rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)).save(images / name)
+        PIL.Image.fromarray(np.full((resolution, resolution), 255, np.uint8)).save(masks / name)
+        camera = camera_label(orbit_camera(torch.tensor([math.pi / 2 + math.radians(yaw)]), math.pi / 2))[0]
+        labels.append([name, camera.tolist() + [0.0] * 6])
+    (images / 'dataset.json').write_text(json.dumps({'labels': labels}))
+    return dict(path=str(images), seg_path=str(masks))
+
+
+def test_yaw_range_split_of_reals_and_fakes_is_exact_on_known_yaws(snapshot, tmp_path):
+    opts = _options(snapshot, dataset_kwargs=write_yaw_dataset(tmp_path, KNOWN_YAWS))
+    dataset = opts.dataset()
+    count = len(KNOWN_YAWS)
+    assert len(dataset) == 2 * count  # items count.. 2 count - 1 are the mirror images, of yaw -yaw
+    expected = {
+        'front': {i for i in range(2 * count) if abs(KNOWN_YAWS[i % count]) <= 90},
+        'back': {i for i in range(2 * count) if abs(KNOWN_YAWS[i % count]) > 90},
+    }
+    assert len(expected['front']) == 10 and len(expected['back']) == 14
+    for yaw_range, items in expected.items():
+        found = metric_utils.yaw_range_items(opts, yaw_range)
+        assert set(found.tolist()) == items
+        assert set(metric_utils.real_subset(dataset, None, found).tolist()) == items
+        subset = metric_utils.real_subset(dataset, 4, found)
+        assert len(subset) == 4 and set(subset.tolist()) <= items
+    np.testing.assert_array_equal(metric_utils.yaw_range_items(opts, None), np.arange(2 * count))
+
+    labels = np.stack([dataset.get_label(i) for i in range(len(dataset))])
+    drawn = {'front': set(), 'back': set()}
+    for batch in range(6):
+        for yaw_range in drawn:
+            cameras = metric_utils.batch_latents(opts, batch, yaw_range)['c'].numpy()
+            distances = np.abs(cameras[:, None] - labels[None]).max(axis=2)
+            items = distances.argmin(axis=1)
+            assert distances.min(axis=1).max() < 1e-6  # every rendering camera is a labelled camera ...
+            assert set(items.tolist()) <= expected[yaw_range]  # ... of the range
+            drawn[yaw_range] |= set(items.tolist())
+        # Without a range the draw is the one of every camera, as before ranges existed.
+        rng = np.random.RandomState(metric_utils._batch_seeds(opts, batch, 0) % 2**32)
+        every = metric_utils.batch_latents(opts, batch)['c'].numpy()
+        np.testing.assert_array_equal(every, labels[rng.randint(len(dataset), size=opts.batch_size)])
+    assert len(drawn['front']) > 5 and len(drawn['back']) > 5
+
+
+class NoisyBackGenerator(torch.nn.Module):
+    """A generator that renders as the wrapped one, except that views from behind (|yaw| > 90 degrees) are noise."""
+
+    def __init__(self, G: torch.nn.Module):
+        super().__init__()
+        self.G = G
+        self.img_resolution, self.z_dim = G.img_resolution, G.z_dim
+
+    def mapping(self, *args, **kwargs) -> torch.Tensor:
+        return self.G.mapping(*args, **kwargs)
+
+    def get_pose_params(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.G.get_pose_params(z, c)
+
+    def synthesis(self, ws: torch.Tensor, c: torch.Tensor, **kwargs) -> dict:
+        """As G.synthesis; 'image' [B, 3, S, S] is uniform noise in [-1, 1] where c [B, 25] looks from behind."""
+        from training.data.camera_utils import camera_yaw
+
+        out = dict(self.G.synthesis(ws, c, **kwargs))
+        behind = (camera_yaw(c).abs() > np.pi / 2)[:, None, None, None]
+        noise = torch.rand(out['image'].shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        out['image'] = torch.where(behind, noise, out['image'])
+        return out
+
+
+class PixelFeatures:
+    """A quick stand-in for the Inception detector that sees colour and fine detail: per channel the 4x4 average
+    pooled pixels and 4x4 pooled magnitude of their high-pass (pixel minus its 3x3 mean), through a fixed random
+    projection; uint8 images [N, 3, H, W] -> float32 [N, 2048]."""
+
+    name = 'pixel features (test)'
+
+    def __init__(self):
+        self.projection = torch.randn(96, 2048, generator=torch.Generator().manual_seed(0)) / 96**0.5
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = images.float() / 127.5 - 1
+        detail = (
+            pixels - torch.nn.functional.avg_pool2d(pixels, 3, stride=1, padding=1, count_include_pad=False)
+        ).abs()
+        pooled = [torch.nn.functional.adaptive_avg_pool2d(x, 4).reshape(len(images), -1) for x in (pixels, 4 * detail)]
+        return torch.cat(pooled, dim=1) @ self.projection
+
+
+def test_noise_behind_the_head_scores_worse_on_back_than_on_front(snapshot, tmp_path, monkeypatch):
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', str(tmp_path / 'cache'))
+    plain, noisy = _options(snapshot), _options(snapshot, G=NoisyBackGenerator(snapshot['modules']['G_ema']))
+    detector = PixelFeatures()
+    plain.memo['detector'] = noisy.memo['detector'] = detector
+    scores = {}
+    for label, opts, metric_names in (
+        ('noisy', noisy, ('fid2k_front', 'fid2k_back', 'kid2k_front', 'kid2k_back')),
+        ('plain', plain, ('kid2k_back',)),
+    ):
+        for name in metric_names:
+            scores[label, name] = metric_main.calc_metric(name, opts, num_gen=8, max_real=None).results[name]
+    assert scores['noisy', 'fid2k_back'] > scores['noisy', 'fid2k_front']
+    assert scores['noisy', 'kid2k_back'] > scores['noisy', 'kid2k_front']
+    assert scores['noisy', 'kid2k_back'] > scores['plain', 'kid2k_back']
+    # Real features are cached per range: front and back (the tiny set has both), nothing for every camera.
+    cached = sorted(os.listdir(tmp_path / 'cache' / 'gan-metrics'))
+    assert len(cached) == 2 and {name.split('-')[-3] for name in cached} == {'front', 'back'}, cached
+
+
+def test_an_empty_yaw_range_is_a_one_line_error(snapshot, tmp_path):
+    opts = _options(snapshot, dataset_kwargs=write_yaw_dataset(tmp_path, (0.0, 40.0, -80.0)), cache=False)
+    opts.memo['detector'] = PixelFeatures()
+    with pytest.raises(ValueError, match=r'no image has a camera in the back yaw range \(\|yaw\| > 90 degrees;') as err:
+        metric_main.calc_metric('fid2k_back', opts, num_gen=4, max_real=None)
+    assert '\n' not in str(err.value)
+    assert metric_main.calc_metric('kid2k_front', opts, num_gen=4, max_real=None).results.kid2k_front >= -1

@@ -25,22 +25,33 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_metric_names():
-    assert names.parse_metric('fid50k_full') == dict(kind='fid', num_gen=50000, max_real=None)
-    assert names.parse_metric('kid2k') == dict(kind='kid', num_gen=2000, max_real=2000)
+    assert names.parse_metric('fid50k_full') == dict(kind='fid', num_gen=50000, max_real=None, yaw_range=None)
+    assert names.parse_metric('kid2k') == dict(kind='kid', num_gen=2000, max_real=2000, yaw_range=None)
+    assert names.parse_metric('fid2k_back') == dict(kind='fid', num_gen=2000, max_real=2000, yaw_range='back')
+    assert names.parse_metric('kid1k_full_front') == dict(kind='kid', num_gen=1000, max_real=None, yaw_range='front')
     assert names.parse_metric('pose_err') == dict(
         kind='pose_err', num_gen=names.POSE_ERR_ITEMS, max_real=names.POSE_ERR_ITEMS
     )
     assert names.parse_metric('pose_sens') == dict(kind='pose_sens', num_gen=names.POSE_SENS_ITEMS, max_real=0)
     assert names.parse_metric('fid2k').num_gen == 2000
-    for bad in ('fid', 'fid0k', 'fid2', 'is50k', 'kid2k_fully', 'none', ''):
+    for bad in ('fid', 'fid0k', 'fid2', 'is50k', 'kid2k_fully', 'none', '', 'fid2k_side', 'fid2k_front_full'):
         assert not names.is_valid_metric(bad)
     with pytest.raises(
         ValueError,
         match=r"unknown metric 'is50k': expected fid50k_full, kid50k_full, fid\{N\}k, "
-        r'kid\{N\}k \(optionally with _full\), pose_err or pose_sens$',
+        r'kid\{N\}k \(optionally with _full, then _front or _back\), pose_err or pose_sens$',
     ):
         names.parse_metric('is50k')
     assert names.expected_metrics(none=True).endswith(', pose_err, pose_sens, or none')
+
+
+def test_yaw_ranges_split_at_90_degrees():
+    yaws = [0.0, 90.0, -90.0, 90.01, -179.9, 180.0, 45.0]
+    assert names.in_yaw_range(yaws, 'front') == [True, True, True, False, False, False, True]
+    assert names.in_yaw_range(yaws, 'back') == [False, False, False, True, True, True, False]
+    assert names.in_yaw_range(yaws, None) == [True] * len(yaws)
+    with pytest.raises(ValueError, match="yaw range 'side': expected one of front, back"):
+        names.in_yaw_range(yaws, 'side')
 
 
 def test_names_import_without_torch():

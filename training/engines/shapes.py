@@ -14,6 +14,7 @@ import torch
 
 from training.checkpoints.atomic_files import atomic_write, atomic_write_path
 from training.engines.render_check import require_finite
+from training.networks.triplane import raw_rgb
 
 DEFAULT_LEVEL = 15.0  # the sigma level of the surface (docs/method.md §12.3)
 CUBE_FRACTION = 0.8  # the grid covers this fraction of the tri-grid box
@@ -65,23 +66,35 @@ def generator_density(G: torch.nn.Module, ws: torch.Tensor) -> Callable[[torch.T
     return lambda points: G.renderer.sample_points(planes, G.decoder, points)['sigma']
 
 
-def generator_colors(G: torch.nn.Module, ws: torch.Tensor, vertices: np.ndarray, batch: int = 2**18) -> np.ndarray:
-    """Vertex colours from the first 3 decoder feature channels (the raw image's colour before the
-    renderer composites it), mapped from [-1, 1] to [0, 1].
+def generator_raw_rgb(G: torch.nn.Module, ws: torch.Tensor, vertices: np.ndarray, batch: int = 2**18) -> np.ndarray:
+    """The generator's raw RGB at points: the decoder's features there through the generator's own
+    raw-image mapping (ToRGB styled by the last w, or the first channels without one;
+    training.networks.triplane.raw_rgb).
 
-    ws [1, num_ws, w_dim], vertices [V, 3] (world, metres) -> colours float32 [V, 3] in [0, 1]
+    The raw image composites these features along each ray, so at an opaque surface a vertex has
+    the value of the raw pixels it projects to.
+    ws [1, num_ws, w_dim], vertices [V, 3] (canonical world, metres) -> float32 [V, 3], about [-1, 1], unclamped
     """
-    device = ws.device
-    planes = G.planes(ws, noise_mode='const')
-    points = torch.from_numpy(np.ascontiguousarray(vertices, dtype=np.float32)).to(device)
-    colors = []
-    with torch.no_grad():
-        for start in range(0, len(points), batch):
-            rgb = G.renderer.sample_points(planes, G.decoder, points[None, start : start + batch])['rgb']
-            colors.append(rgb[0, :, :3].float().cpu())
-    if not colors:
+    points = torch.from_numpy(np.ascontiguousarray(vertices, dtype=np.float32)).to(ws.device)
+    if len(points) == 0:
         return np.zeros([0, 3], np.float32)
-    return ((torch.cat(colors) + 1) / 2).clamp(0, 1).numpy()
+    values = []
+    with torch.no_grad():
+        planes = G.planes(ws, noise_mode='const')
+        for start in range(0, len(points), batch):
+            features = G.renderer.sample_points(planes, G.decoder, points[None, start : start + batch])['rgb']
+            rgb = raw_rgb(G, features.permute(0, 2, 1)[..., None].to(ws.dtype), ws)  # [1, 3, M, 1]
+            values.append(rgb[0, :3, :, 0].t().float().cpu())
+    return torch.cat(values).numpy()
+
+
+def generator_colors(G: torch.nn.Module, ws: torch.Tensor, vertices: np.ndarray, batch: int = 2**18) -> np.ndarray:
+    """Vertex colours of the raw image (generator_raw_rgb) mapped from [-1, 1] to [0, 1].
+
+    A posed mesh keeps the colours of the canonical vertices it was carried from.
+    ws [1, num_ws, w_dim], vertices [V, 3] (canonical world, metres) -> colours float32 [V, 3] in [0, 1]
+    """
+    return np.clip((generator_raw_rgb(G, ws, vertices, batch) + 1) / 2, 0, 1)
 
 
 def close_border(volume: np.ndarray, value: float = -1000.0) -> np.ndarray:

@@ -36,6 +36,19 @@ def build_body_model(source: str, box_warp: float) -> BodyModel:
     raise ValueError(f"body_model {source!r}: expected 'embedded', 'smpl', or a path to a .pkl or .npz file")
 
 
+def raw_rgb(G: torch.nn.Module, features: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
+    """The raw image's colour of rendered features: ToRGB styled by the last w, or the first channels.
+
+    features [B, C, H, W] (composited along rays, or sampled at points laid out as [B, C, M, 1]),
+    ws [B, num_ws, w_dim] -> [B, img_channels, H, W], about [-1, 1].
+    A function of the generator's attributes rather than a method, so that generators unpickled with
+    older embedded sources (and the authors' models) colour meshes the way they render.
+    """
+    if G.torgb is not None:
+        return G.torgb(features, ws[:, -1])
+    return features[:, : G.img_channels]
+
+
 def _build_superresolution(
     sr_module: str,
     channels: int,
@@ -310,7 +323,7 @@ class TriPlaneGenerator(torch.nn.Module):
             features = features + (1 - acc) * background
             if self.torgb is not None:
                 out['image_background'] = self.torgb(background, ws[:, -1])
-        image_raw = self.torgb(features, ws[:, -1]) if self.torgb is not None else features[:, : self.img_channels]
+        image_raw = raw_rgb(self, features, ws)
         sr_kwargs = {k: v for k, v in synthesis_kwargs.items() if k != 'noise_mode'}
         out['image'] = self.superresolution(image_raw, features, ws, **sr_kwargs) if superresolve else image_raw
         out['image_raw'] = image_raw
