@@ -283,6 +283,12 @@ def _check_body_model(config: TrainingConfig) -> None:
     help='DataLoader worker processes  [default: 3, at most the cores less one]',
 )
 @click.option('--nobench', is_flag=True, default=None, help='Disable cuDNN benchmarking')
+@click.option(
+    '--allow-tf32',
+    'allow_tf32',
+    type=bool,
+    help='TF32 for matmuls and convolutions on Ampere and newer GPUs (faster, 10-bit mantissa)  [default: false]',
+)
 @click.option('--desc', help='String appended to the run directory name')
 @click.option('-n', '--dry-run', 'dry_run', is_flag=True, help='Print the resolved options and exit')
 # Resume.
