@@ -352,6 +352,24 @@ def set_precision_flags(config: TrainingConfig) -> None:
     torch.backends.cudnn.allow_tf32 = config.allow_tf32
 
 
+def accumulate_phase(loss: PortraitGANLoss, phase: Phase, chunks: list, schedule: dict) -> None:
+    """The gradients of one phase over this process's batch, accumulated chunk by chunk into the phase's parameters.
+
+    chunks: the batch split into chunks of batch_gpu items, each the arguments of
+    `PortraitGANLoss.accumulate_gradients` (real_img, real_seg, real_c, real_pose, gen_z, gen_c, gen_pose).
+    Each chunk's loss (a mean over its items) is weighted by its share of the batch, so the result is the
+    gradient of the mean over the whole batch (times the phase's interval), whatever batch_gpu is. Only the
+    minibatch-std groups of D and the 'marginal' pose prior see one chunk at a time.
+    """
+    total = sum(len(chunk[0]) for chunk in chunks)
+    for param in phase.params:
+        param.requires_grad_(True)
+    for chunk in chunks:
+        loss.accumulate_gradients(phase.name, *chunk, gain=phase.interval * len(chunk[0]) / total, schedule=schedule)
+    for param in phase.params:
+        param.requires_grad_(False)
+
+
 def train_iteration(
     real_batch: tuple,
     config: TrainingConfig,
@@ -390,12 +408,9 @@ def train_iteration(
         )
         optimizer = optimizers[phase.optimizer_name]
         optimizer.zero_grad(set_to_none=True)
-        for param in phase.params:
-            param.requires_grad_(True)
-        for chunk in zip(real_img, real_seg, real_c, real_pose, gen_z, gen_c, gen_pose):
-            loss.accumulate_gradients(phase.name, *chunk, gain=phase.interval, schedule=schedule)
-        for param in phase.params:
-            param.requires_grad_(False)
+        accumulate_phase(
+            loss, phase, list(zip(real_img, real_seg, real_c, real_pose, gen_z, gen_c, gen_pose)), schedule
+        )
         iteration_nonfinite |= ~_average_gradients(phase.params, world_size)
         optimizer.step()
 
