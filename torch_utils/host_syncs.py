@@ -24,7 +24,7 @@ device, every device-to-host copy).
 import contextlib
 import dataclasses
 import os
-import traceback
+import sys
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -42,6 +42,7 @@ _DATA_DEPENDENT_OPS = {
 # Tensor methods that copy to host memory even where, on a CPU tensor, no aten operator runs.
 _HOST_COPY_METHODS = {'cpu', 'numpy', 'tolist'}
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_THIS_FILE = os.path.abspath(__file__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +53,12 @@ class SyncEvent:
 
 def _caller() -> str:
     """The innermost stack frame in this repository outside this file, as 'relative/path.py:line function'."""
-    for frame in reversed(traceback.extract_stack()):
-        path = os.path.abspath(frame.filename)
-        if path.startswith(_REPO_ROOT) and path != os.path.abspath(__file__):
-            return f'{os.path.relpath(path, _REPO_ROOT)}:{frame.lineno} {frame.name}'
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if path.startswith(_REPO_ROOT) and path != _THIS_FILE:
+            return f'{os.path.relpath(path, _REPO_ROOT)}:{frame.f_lineno} {frame.f_code.co_name}'
+        frame = frame.f_back
     return '(outside the repository: torch internals or the autograd engine)'
 
 
