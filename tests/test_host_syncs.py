@@ -154,6 +154,7 @@ def test_a_planted_item_is_found_in_every_phase(step, cuda_paths, monkeypatch, p
     assert all('report_with_a_host_read' in event.where for event in counter.syncs)
 
 
+@pytest.mark.slow
 @requires_kernel
 def test_a_whole_loop_iteration_reads_nothing_on_the_host(tmp_path, cuda_paths, monkeypatch):
     # Two iterations of the real loop (the first runs every phase, the second the main ones), each
