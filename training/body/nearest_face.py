@@ -164,9 +164,10 @@ def _bvh_plugin(lanes: int | None = None) -> types.ModuleType | None:
     )
 
 
-def _kernel_plugin(device_type: str) -> types.ModuleType | None:
+def _kernel_plugin(device_type: str, require_device: bool = True) -> types.ModuleType | None:
     """The tree kernel, built on first use: with its CUDA kernel for 'cuda', the host walk alone for 'cpu'.
 
+    require_device: as in custom_ops.get_plugin (False builds the CUDA form without a visible GPU).
     None (after one warning) when it cannot be built.
     """
     source_dir = os.path.dirname(__file__)
@@ -177,6 +178,7 @@ def _kernel_plugin(device_type: str) -> types.ModuleType | None:
             sources=['nearest_face_kernel.cpp', 'nearest_face_kernel.cu'],
             headers=headers,
             source_dir=source_dir,
+            require_device=require_device,
             extra_cflags=['-O3', '-DNEAREST_FACE_WITH_CUDA'],
             extra_cuda_cflags=['-O3'],
         )
@@ -191,18 +193,8 @@ def _kernel_plugin(device_type: str) -> types.ModuleType | None:
 
 
 def _plugin(require_device: bool = True) -> types.ModuleType | None:
-    """The CUDA build of the tree kernel (the op-module convention of benchmarks/build_cuda_ops.sh)."""
-    if require_device:
-        return _kernel_plugin('cuda')
-    return custom_ops.get_plugin(
-        'nearest_face_kernel_cuda_plugin',
-        sources=['nearest_face_kernel.cpp', 'nearest_face_kernel.cu'],
-        headers=['nearest_face_math.h'],
-        source_dir=os.path.dirname(__file__),
-        require_device=False,
-        extra_cflags=['-O3', '-DNEAREST_FACE_WITH_CUDA'],
-        extra_cuda_cflags=['-O3'],
-    )
+    """The CUDA form of the tree kernel (the op-module convention of benchmarks/build_cuda_ops.sh)."""
+    return _kernel_plugin('cuda', require_device)
 
 
 def bvh_available() -> bool:
