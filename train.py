@@ -271,7 +271,12 @@ def _check_body_model(config: TrainingConfig) -> None:
 )
 @click.option('--device', type=click.Choice(DEVICES), help='Device  [default: auto: CUDA when present]')
 @click.option('--batch', type=click.IntRange(min=1), help='Total batch size')
-@click.option('--batch-gpu', 'batch_gpu', type=click.IntRange(min=1), help='Images per forward pass per process')
+@click.option(
+    '--batch-gpu',
+    'batch_gpu',
+    type=click.IntRange(min=1),
+    help="Images per forward pass per process; each process's share of --batch is accumulated over such passes",
+)
 @click.option('--kimg', type=FiniteFloat(min=0, min_open=True), help='Train until this many thousand images (absolute)')
 @click.option('--tick', type=FiniteFloat(min=0, min_open=True), help='kimg between progress lines')
 @click.option('--snap', type=click.IntRange(min=0), help='Ticks between network snapshots (0: at the end only)')
