@@ -520,3 +520,18 @@ def test_kernel_on_cuda_matches_brute_force_on_posed_bodies(body, seed):
         host = nearest_faces(points, vertices, faces, max_distance, backend='cuda')  # the same walk on the host
         agree = (face.cpu() == host[0]).float().mean()
         assert agree > 0.999, f'the CUDA and the host walk disagree on {1 - agree:.2%} of the points'
+
+
+def test_morton_codes_interleave_the_bits_of_x_y_z():
+    from training.body.nearest_face import _morton_codes
+
+    points = torch.rand(500, 3, generator=torch.Generator().manual_seed(42), dtype=torch.float64)
+    points[0], points[1] = 0.0, 1.0  # the corners of the box: codes 0 and all ones
+    codes = _morton_codes(points, bits=10)
+    low, high = points.min(0).values, points.max(0).values
+    quantized = ((points - low) / (high - low) * 1023).round().long()
+    expected = [
+        sum(((int(q[axis]) >> bit) & 1) << (3 * bit + axis) for bit in range(10) for axis in range(3))
+        for q in quantized
+    ]
+    assert codes.tolist() == expected and codes[0] == 0 and codes[1] == 2**30 - 1
