@@ -286,7 +286,12 @@ def _check_body_model(config: TrainingConfig) -> None:
 )
 @click.option('--device', type=click.Choice(DEVICES), help='Device  [default: auto: CUDA when present]')
 @click.option('--batch', type=click.IntRange(min=1), help='Total batch size')
-@click.option('--batch-gpu', 'batch_gpu', type=click.IntRange(min=1), help='Images per forward pass per process')
+@click.option(
+    '--batch-gpu',
+    'batch_gpu',
+    type=click.IntRange(min=1),
+    help="Images per forward pass per process; each process's share of --batch is accumulated over such passes",
+)
 @click.option('--kimg', type=FiniteFloat(min=0, min_open=True), help='Train until this many thousand images (absolute)')
 @click.option('--tick', type=FiniteFloat(min=0, min_open=True), help='kimg between progress lines')
 @click.option('--snap', type=click.IntRange(min=0), help='Ticks between network snapshots (0: at the end only)')
@@ -298,6 +303,12 @@ def _check_body_model(config: TrainingConfig) -> None:
     help='DataLoader worker processes  [default: 3, at most the cores less one]',
 )
 @click.option('--nobench', is_flag=True, default=None, help='Disable cuDNN benchmarking')
+@click.option(
+    '--allow-tf32',
+    'allow_tf32',
+    type=bool,
+    help='TF32 for matmuls and convolutions on Ampere and newer GPUs (faster, 10-bit mantissa)  [default: false]',
+)
 @click.option('--desc', help='String appended to the run directory name')
 @click.option('-n', '--dry-run', 'dry_run', is_flag=True, help='Print the resolved options and exit')
 # Resume.

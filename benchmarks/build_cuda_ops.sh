@@ -17,6 +17,7 @@ set -euo pipefail
 DEFAULT_OPS=(
     torch_utils.ops.bias_act
     torch_utils.ops.upfirdn2d
+    training.body.nearest_face
 )
 if (($#)); then OPS=("$@"); else OPS=("${DEFAULT_OPS[@]}"); fi
 

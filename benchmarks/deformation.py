@@ -9,7 +9,9 @@ search structures, nearest faces, mapping), best of `--reps` (on the CPU each wa
 machine is idle), with 2 CPU threads. The brute force runs on a random `--subset` of the same
 points and is scaled. The peak memory is that of the deformation of a `full-head` training
 render at batch 4 (four poses, coarse and fine samples of each, as the generator calls it):
-the growth of the resident set on the CPU, the allocator's peak on CUDA.
+the growth of the resident set on the CPU, the allocator's peak on CUDA. The searches timed: the
+device's default ('auto'), fcpw and 'lbvh' where they are not the default, and the tree kernel
+('cuda': the CUDA kernel on a GPU, its host build on the CPU).
 """
 
 import argparse
@@ -195,6 +197,10 @@ def main():
         searches['fcpw'] = 'fcpw'
     if backend != 'lbvh':
         searches['lbvh'] = 'lbvh'
+    # The tree kernel: on CUDA its kernel, on the CPU the same walk compiled for the host.
+    kernel = resolve_backend('cuda', device)
+    label = 'cuda kernel' if device.type == 'cuda' else 'tree kernel (host build)'
+    searches[label if kernel == 'cuda' else f'{label}: not built, lbvh'] = kernel
     rows, memory = {}, {}
     for label, name in searches.items():
         deformer = Deformer(body, THICKNESS, backend=name)

@@ -5,6 +5,7 @@ script gathers into its closing summary.
 
     python -m benchmarks.gpu_check build-ops [op module ...]
     python -m benchmarks.gpu_check generator [--reps 5] [--batch 4]
+    python -m benchmarks.gpu_check throughput [--batches 4 8 16] [--reps 2]
     python -m benchmarks.gpu_check training-summary RUN_DIR
     python -m benchmarks.gpu_check compare-renders RUN_DIR
 """
@@ -22,7 +23,7 @@ import warnings
 
 import numpy as np
 
-OPS = ('torch_utils.ops.bias_act', 'torch_utils.ops.upfirdn2d')
+OPS = ('torch_utils.ops.bias_act', 'torch_utils.ops.upfirdn2d', 'training.body.nearest_face')
 
 # Generator precisions of the check: every layer in fp32, the preset's fp16 super-resolution
 # blocks (as trained), and the backbone's four highest-resolution blocks in fp16 as well.
@@ -84,6 +85,121 @@ def time_generator(reps: int, batch: int) -> int:
                 f'peak {result["peak_gpu_mib"]:6.0f} MiB'
             )
     return 0
+
+
+def time_training_step(
+    batch: int, tf32: bool, backend: str, reps: int, cfg: str = 'full-head', device: str = 'cuda'
+) -> dict:
+    """One training iteration of preset `cfg` at `batch` images per GPU, timed phase by phase.
+
+    The networks, loss and optimizers of the preset (fp16 layers as the preset sets them), one
+    chunk of random reals and labels, the deformation search `backend`; TF32 on or off. Each
+    phase (accumulate and optimizer step) is timed after one warm-up, best of `reps`, and weighted
+    by how often it is due (the lazy R1 every r1_interval iterations, Greg every g_reg_interval).
+    -> {'seconds': per iteration, 'images_per_s', 's_per_kimg', 'peak_gib' (CUDA only, else nan),
+    'phases': {name: seconds}}
+    """
+    import torch
+
+    from training.config import TrainingConfig
+    from training.data.camera_utils import random_cameras
+    from training.loss import LossConfig, PortraitGANLoss
+    from training.presets import load_preset
+    from training.schedules import schedule_values
+    from training.training_loop import accumulate_phase, build_networks, build_phases, set_precision_flags
+
+    device = torch.device(device)
+    on_cuda = device.type == 'cuda'
+    preset = load_preset(cfg)
+    preset['generator']['deformation_backend'] = backend
+    config = TrainingConfig.from_preset(
+        preset, cfg, data='unused.zip', seg_data='unused-seg.zip', gpus=1, batch=batch, batch_gpu=batch
+    )
+    config.allow_tf32 = tf32
+    set_precision_flags(config)
+    torch.manual_seed(0)
+    G, D = build_networks(config, device)
+    phases, optimizers = build_phases(config, G, D)
+    loss_config = LossConfig.from_training_config(config)
+    loss = PortraitGANLoss(G, D, loss_config, device)
+    schedule = schedule_values(loss_config, 1_000_000)  # past the fades: the steady state of a run
+    size = G.img_resolution
+    chunk = [
+        x.to(device)
+        for x in (
+            torch.rand([batch, 3, size, size]) * 2 - 1,
+            (torch.rand([batch, 1, size, size]) > 0.5).float(),
+            random_cameras(batch),
+            0.2 * torch.randn([batch, G.pose_dim]),
+            torch.randn([batch, G.z_dim]),
+            random_cameras(batch),
+            0.2 * torch.randn([batch, G.pose_dim]),
+        )
+    ]
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    phase_seconds = {}
+    for phase in phases:
+        optimizer = optimizers[phase.optimizer_name]
+        best = float('inf')
+        for rep in range(reps + 1):
+            if on_cuda:
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            accumulate_phase(loss, phase, [chunk], schedule)
+            optimizer.step()
+            if on_cuda:
+                torch.cuda.synchronize(device)
+            if rep > 0:
+                best = min(best, time.perf_counter() - start)
+        phase_seconds[phase.name] = best
+    seconds = sum(phase_seconds[phase.name] / phase.interval for phase in phases)
+    result = dict(
+        seconds=seconds,
+        images_per_s=batch / seconds,
+        s_per_kimg=1000 * seconds / batch,
+        peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if on_cuda else float('nan'),
+        phases=phase_seconds,
+    )
+    del G, D, loss, optimizers
+    if on_cuda:
+        torch.cuda.empty_cache()
+    return result
+
+
+def throughput(batches: list[int], reps: int, backends: list[str]) -> int:
+    """The per-GPU throughput table: full-head training iterations at each batch per GPU, fp32 and TF32, per search."""
+    import torch
+
+    from training.body.nearest_face import resolve_backend
+
+    torch.backends.cudnn.benchmark = True
+    print(f'{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}', flush=True)
+    summary('| search | batch/GPU | precision | s/iteration | images/s | s/kimg | peak GiB | phases (s) |')
+    status = 0
+    for backend in backends:
+        resolved = resolve_backend(backend, torch.device('cuda'))
+        label = backend if resolved == backend else f'{backend} (fell back to {resolved})'
+        for batch in batches:
+            for tf32 in (False, True):
+                precision = 'TF32' if tf32 else 'fp32'
+                try:
+                    r = time_training_step(batch, tf32, resolved, reps)
+                except torch.cuda.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    summary(f'| {label} | {batch} | {precision} | out of memory | | | | |')
+                    continue
+                except Exception as error:  # One failed case is reported; the table goes on.
+                    summary(f'| {label} | {batch} | {precision} | FAILED: {type(error).__name__}: {error} | | | | |')
+                    status = 1
+                    continue
+                phases = ', '.join(f'{name} {seconds:.2f}' for name, seconds in r['phases'].items())
+                summary(
+                    f'| {label} | {batch} | {precision} | {r["seconds"]:.2f} | {r["images_per_s"]:.2f} | '
+                    f'{r["s_per_kimg"]:.0f} | {r["peak_gib"]:.1f} | {phases} |'
+                )
+    return status
 
 
 def training_summary(run_dir: str) -> int:
@@ -152,6 +268,10 @@ def main() -> int:
     generator = commands.add_parser('generator', help='time the full-head generator on CUDA')
     generator.add_argument('--reps', type=int, default=5)
     generator.add_argument('--batch', type=int, default=4)
+    table = commands.add_parser('throughput', help='full-head training iterations per batch size and precision')
+    table.add_argument('--batches', type=int, nargs='+', default=[4, 8, 16])
+    table.add_argument('--reps', type=int, default=2)
+    table.add_argument('--backends', nargs='+', default=['lbvh', 'cuda'], help='nearest-face searches to compare')
     training = commands.add_parser('training-summary', help='sec/kimg and peak memory of a training run')
     training.add_argument('run_dir')
     renders = commands.add_parser('compare-renders', help='render one latent of a snapshot on CUDA and on the CPU')
@@ -161,6 +281,8 @@ def main() -> int:
         return build_ops(args.modules)
     if args.command == 'generator':
         return time_generator(args.reps, args.batch)
+    if args.command == 'throughput':
+        return throughput(args.batches, args.reps, args.backends)
     if args.command == 'training-summary':
         return training_summary(args.run_dir)
     return compare_renders(args.run_dir)

@@ -6,7 +6,10 @@
 # Stages, each in its own time limit within an overall budget (a stage that does not fit is skipped):
 #   ops          build the CUDA kernels of torch_utils/ops (nvcc, side by side)
 #   tests        the tests marked `cuda` (the kernels and the nearest-face search against their references)
-#   deformation  benchmarks/deformation.py on the GPU: the 'lbvh' search against the brute force
+#   deformation  benchmarks/deformation.py on the GPU: the 'lbvh' search and the tree kernel ('cuda')
+#                against the brute force, points/s and peak memory
+#   throughput   the per-GPU throughput table: full-head training iterations at batch 4, 8 and 16 per GPU,
+#                fp32 and TF32, with the 'lbvh' search and with the tree kernel: images/s, s/kimg, peak memory
 #   generator    full-head G with the deformation at batch 4: forward and forward+backward, fp32 and fp16 layers
 #   training     a short full-head training on one GPU through torchrun (one process, NCCL): sec/kimg, peak memory
 #   cpu-render   the snapshot trained on CUDA: gen_samples on a CPU-only process, and one latent rendered
@@ -21,11 +24,11 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-STAGES=${GPU_CHECK_STAGES:-ops tests deformation generator training cpu-render}
+STAGES=${GPU_CHECK_STAGES:-ops tests deformation throughput generator training cpu-render}
 for name in $STAGES; do
     case $name in
-        ops | tests | deformation | generator | training | cpu-render) ;;
-        *) echo "gpu_check: unknown stage '$name' in GPU_CHECK_STAGES (stages: ops tests deformation generator training cpu-render)" >&2; exit 2 ;;
+        ops | tests | deformation | throughput | generator | training | cpu-render) ;;
+        *) echo "gpu_check: unknown stage '$name' in GPU_CHECK_STAGES (stages: ops tests deformation throughput generator training cpu-render)" >&2; exit 2 ;;
     esac
 done
 
@@ -101,6 +104,7 @@ stage ops 180 "$PYTHON" -m benchmarks.gpu_check build-ops
 stage tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider --continue-on-collection-errors -m cuda \
     $(grep -l 'requires_cuda' tests/test_*.py)
 stage deformation 60 "$PYTHON" -m benchmarks.deformation --device cuda --reps 5 --subset 65536
+stage throughput 150 "$PYTHON" -m benchmarks.gpu_check throughput --batches 4 8 16 --reps 2
 stage generator 100 "$PYTHON" -m benchmarks.gpu_check generator --reps 5 --batch 4
 stage training 200 training
 stage cpu-render 90 cpu_render

@@ -142,7 +142,7 @@ def reference_map(points: np.ndarray, posed: np.ndarray, canonical: np.ndarray, 
     return np.array(result)
 
 
-@pytest.mark.parametrize('backend', ['auto', 'lbvh', 'brute'])
+@pytest.mark.parametrize('backend', ['auto', 'lbvh', 'cuda', 'brute'])
 def test_map_follows_the_nearest_triangle_formula(body, backend):
     pose = random_pose(6, batch_size=2, scale=0.5, dtype=torch.float64)
     body64 = BodyModel.embedded().double()
@@ -174,6 +174,22 @@ def test_batch_items_are_independent(body):
         assert torch.equal(together[item : item + 1], alone)
 
 
+def test_mapping_all_points_equals_gathering_the_near_ones(body):
+    # The fixed-shape map (CUDA's default: no host read) against the gathered one (the CPU's).
+    pose = random_pose(40, batch_size=2)
+    points = ((torch.rand(2, 400, 3, generator=torch.Generator().manual_seed(41)) - 0.5) * 0.9).requires_grad_(True)
+    results = []
+    for gather in (True, False):
+        leaf = pose.clone().requires_grad_(True)
+        mesh_map = PosedMeshMap(body.pose(leaf), body.canonical_vertices, body.box_faces, THICKNESS)
+        faces = mesh_map.nearest_faces(points)
+        assert 0 < (faces >= 0).sum() < faces.numel()
+        canonical = mesh_map.apply(points, faces, gather=gather)
+        results.append((canonical.detach(), *torch.autograd.grad((canonical * canonical).sum(), [leaf, points])))
+    for gathered, fixed in zip(*results):
+        torch.testing.assert_close(fixed, gathered, atol=1e-6, rtol=0)
+
+
 def head_points(body: BodyModel, pose: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     """Points 1-10 cm off the centroids of head triangles of the posed body, each nearest to its
     own triangle's interior (so the nearest triangle does not change under tiny perturbations).
@@ -192,7 +208,7 @@ def head_points(body: BodyModel, pose: torch.Tensor, count: int, seed: int) -> t
     return points[face == chosen][:count]
 
 
-@pytest.mark.parametrize('backend', ['auto', 'lbvh'])
+@pytest.mark.parametrize('backend', ['auto', 'lbvh', 'cuda'])
 def test_gradcheck_with_respect_to_the_pose_and_the_points(backend):
     body = BodyModel.embedded().double()
     pose = random_pose(10, scale=0.3, dtype=torch.float64)

@@ -39,7 +39,7 @@ def test_gpu_check_refuses_an_unknown_stage_before_anything_runs(tmp_path):
     assert result.returncode == 2 and result.stdout == ''
     assert result.stderr.strip() == (
         "gpu_check: unknown stage 'trainng' in GPU_CHECK_STAGES "
-        '(stages: ops tests deformation generator training cpu-render)'
+        '(stages: ops tests deformation throughput generator training cpu-render)'
     )
     assert not logs.exists()
 

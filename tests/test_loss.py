@@ -214,6 +214,30 @@ def test_run_G_conditions_on_own_or_previous_pair(swap_prob, monkeypatch):
     assert out['image'].shape == (BATCH, 3, S, S) and out['image_mask'].shape == (BATCH, 1, R, R)
 
 
+@pytest.mark.parametrize('style_mixing_prob', [0.0, 1.0])
+def test_style_mixing_takes_the_layers_from_the_cutoff_on_from_a_second_latent(style_mixing_prob):
+    G = _generator()
+    loss = _loss(G, None, style_mixing_prob=style_mixing_prob)
+    b = _batch(G)
+    z, c = b['gen_z'], b['gen_c']
+    pose = G.get_pose_params(z, c).detach()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        ws = loss._mapping(z, c, pose, c, pose, update_emas=False)
+        own = G.mapping(z, c, pose)
+    # Oracle: the same draws, in the same order, taken by hand.
+    torch.manual_seed(3)
+    cutoff = int(torch.randint(1, own.shape[1], []))
+    torch.rand([])
+    with torch.no_grad():
+        second = G.mapping(torch.randn_like(z), c, pose)
+    if style_mixing_prob == 0:
+        assert torch.equal(ws, own)
+        return
+    assert torch.equal(ws[:, :cutoff], own[:, :cutoff]) and torch.equal(ws[:, cutoff:], second[:, cutoff:])
+    assert not torch.equal(second, own)
+
+
 def test_run_G_keeps_own_background_without_bcg_swap(monkeypatch):
     G = _generator()
     loss = _loss(G, None, bcg_reg_prob=0.0)

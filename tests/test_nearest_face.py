@@ -1,6 +1,7 @@
 """Tests for training/body/nearest_face.py: the closest-point kernel against trimesh, the brute
-force against an exhaustive oracle, and the accelerated searches (the C++ hierarchy 'bvh', fcpw
-and the PyTorch-ops hierarchy 'lbvh', on the CPU and on CUDA) against the brute force."""
+force against an exhaustive oracle, and the accelerated searches (the C++ hierarchy 'bvh', fcpw,
+the PyTorch-ops hierarchy 'lbvh' and the tree kernel 'cuda', on the CPU and on CUDA) against
+the brute force. On the CPU, 'cuda' runs the kernel's walk compiled for the host."""
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from torch_utils import custom_ops
 from training.body.body_model import BodyModel
 from training.body.nearest_face import (
     NearestFaceSearch,
+    _kernel_plugin,
     _LinearBoxTree,
     bvh_available,
     closest_point_on_faces,
@@ -22,8 +24,12 @@ from training.body.nearest_face import (
 
 requires_fcpw = pytest.mark.skipif(not fcpw_available(), reason='fcpw is not installed (pip install fcpw==1.2.0)')
 requires_bvh = pytest.mark.skipif(not bvh_available(), reason='the C++ nearest-face extension does not build here')
-ACCELERATED = [pytest.param('bvh', marks=requires_bvh), pytest.param('fcpw', marks=requires_fcpw), 'lbvh']
-HIERARCHIES = [pytest.param('bvh', marks=requires_bvh), 'lbvh']
+requires_kernel = pytest.mark.skipif(
+    _kernel_plugin('cpu') is None, reason="the host build of the tree kernel ('cuda' backend) does not build here"
+)
+KERNEL = pytest.param('cuda', marks=requires_kernel)
+ACCELERATED = [pytest.param('bvh', marks=requires_bvh), pytest.param('fcpw', marks=requires_fcpw), 'lbvh', KERNEL]
+HIERARCHIES = [pytest.param('bvh', marks=requires_bvh), 'lbvh', KERNEL]
 
 TIE = 1e-6  # squared distance within which two faces count as equally near
 
@@ -295,7 +301,7 @@ def test_backend_resolution():
     assert resolve_backend('lbvh', torch.device('cpu')) == 'lbvh'
     with pytest.raises(ValueError, match="'bvh' searches CPU tensors"):
         resolve_backend('bvh', torch.device('cuda'))
-    with pytest.raises(ValueError, match='one of auto, bvh, fcpw, lbvh, brute'):
+    with pytest.raises(ValueError, match='one of auto, bvh, fcpw, lbvh, cuda, brute'):
         resolve_backend('kdtree', torch.device('cpu'))
 
 
@@ -416,3 +422,116 @@ def test_bvh_extension_refuses_non_finite_inputs():
     tree = plugin.build(triangle)
     with pytest.raises(RuntimeError, match='must be finite'):
         plugin.query(*tree, torch.tensor([[0.2, 0.2, float('inf')]]), 0.25)
+
+
+# ------------------------------------------------------------------------------------------------
+# The tree kernel ('cuda'): its host build on the CPU, the CUDA kernel where a GPU is present.
+
+
+@requires_kernel
+def test_kernel_gives_non_finite_inputs_no_face_and_no_error(body):
+    # The kernel reads no value on the host, so it cannot raise; NaN and inf meet no box.
+    vertices, faces = body.canonical_vertices[0], body.box_faces
+    points = torch.tensor([[0.0, 0.1, 0.0], [float('nan'), 0.0, 0.0], [0.0, float('inf'), 0.0]])
+    face, squared = nearest_faces(points, vertices, faces, 0.25, backend='cuda')
+    assert face[0] >= 0 and face[1:].tolist() == [-1, -1] and torch.isinf(squared[1:]).all()
+    broken = vertices.clone()
+    broken[faces[0, 0]] = float('nan')
+    face, _ = nearest_faces(points[:1], broken, faces, 0.25, backend='cuda')
+    assert face.shape == (1,)
+
+
+@requires_kernel
+@requires_bvh
+def test_kernel_and_bvh_share_the_float64_distance(body):
+    # Both measure the chosen face with nearest_face_math.h in float64: where they choose the
+    # same face, the distances agree bit for bit.
+    vertices = body.pose(0.4 * torch.randn(1, 6, generator=torch.Generator().manual_seed(30)))[0]
+    points = torch.from_numpy(
+        points_around(vertices.double().numpy(), body.box_faces.numpy(), 3000, seed=31, spread=0.3)
+    ).float()
+    kernel = nearest_faces(points, vertices, body.box_faces, None, backend='cuda')
+    bvh = nearest_faces(points, vertices, body.box_faces, None, backend='bvh')
+    same = kernel[0] == bvh[0]
+    assert same.float().mean() > 0.5
+    assert torch.equal(kernel[1][same], bvh[1][same])
+
+
+@requires_kernel
+def test_kernel_walks_trees_of_one_level_and_reports_a_too_deep_tree(monkeypatch):
+    from training.body import nearest_face
+
+    vertices, faces = bumpy_sphere(seed=32)
+    vertices_t, faces_t = torch.from_numpy(vertices), torch.from_numpy(faces)
+    points = torch.from_numpy(points_around(vertices, faces, 500, seed=33, spread=0.4))
+    for subset in (faces_t[:1], faces_t[:7], faces_t[:16], faces_t[:17]):  # roots that are leaves, then one level
+        expected = nearest_faces(points, vertices_t, subset, 0.1, backend='brute')
+        actual = nearest_faces(points, vertices_t, subset, 0.1, backend='cuda')
+        assert_same_nearest(points, vertices_t, subset, 0.1, expected, actual)
+    monkeypatch.setattr(nearest_face, '_KERNEL_STACK_SIZE', 8)  # the real stack (64) holds any mesh of < 4^20 faces
+    with pytest.raises(ValueError, match="too many faces for the tree kernel's stack"):
+        _LinearBoxTree(vertices_t[faces_t], leaf_size=1, branching=8).flat()
+
+
+@requires_kernel
+def test_kernel_query_does_not_synchronize(body):
+    from torch_utils.host_syncs import SyncCounter
+
+    vertices = body.pose(0.3 * torch.randn(1, 6, generator=torch.Generator().manual_seed(34)))[0]
+    points = torch.randn(1000, 3, generator=torch.Generator().manual_seed(35)) * 0.3
+    with SyncCounter() as counter:
+        search = NearestFaceSearch(vertices, body.box_faces, backend='cuda')
+        search.query(points, 0.25)
+    assert counter.syncs == []
+    with SyncCounter() as counter:
+        NearestFaceSearch(vertices, body.box_faces, backend='lbvh').query(points, 0.25)
+    assert len(counter.syncs) > 0  # the PyTorch walk reads counts back: the counter sees it
+
+
+@requires_cuda
+def test_kernel_on_cuda_matches_brute_force_on_random_points():
+    vertices, faces = bumpy_sphere(seed=36)
+    points = torch.from_numpy(points_around(vertices, faces, 20000, seed=37, spread=0.5))
+    for dtype in (torch.float32, torch.float64):
+        vertices_t, faces_t, points_t = torch.from_numpy(vertices).to(dtype), torch.from_numpy(faces), points.to(dtype)
+        assert resolve_backend('cuda', torch.device('cuda')) == 'cuda', 'the CUDA kernel did not build (see warning)'
+        for max_distance in (0.1, None):
+            expected = nearest_faces(points_t, vertices_t, faces_t, max_distance, backend='brute')
+            face, squared = nearest_faces(
+                points_t.cuda(), vertices_t.cuda(), faces_t.cuda(), max_distance, backend='cuda'
+            )
+            assert face.is_cuda and squared.is_cuda
+            assert_same_nearest(points_t, vertices_t, faces_t, max_distance, expected, (face.cpu(), squared.cpu()))
+
+
+@requires_cuda
+@pytest.mark.parametrize('seed', [38, 39])
+def test_kernel_on_cuda_matches_brute_force_on_posed_bodies(body, seed):
+    generator = torch.Generator().manual_seed(seed)
+    vertices = body.pose(0.4 * torch.randn(1, 6, generator=generator))[0]
+    faces = body.box_faces
+    points = torch.from_numpy(
+        points_around(vertices.double().numpy(), faces.numpy(), 50000, seed=seed, spread=0.3)
+    ).float()
+    for max_distance in (0.25, None):
+        expected = nearest_faces(points, vertices, faces, max_distance, backend='brute')
+        face, squared = nearest_faces(points.cuda(), vertices.cuda(), faces.cuda(), max_distance, backend='cuda')
+        assert_same_nearest(points, vertices, faces, max_distance, expected, (face.cpu(), squared.cpu()))
+        host = nearest_faces(points, vertices, faces, max_distance, backend='cuda')  # the same walk on the host
+        agree = (face.cpu() == host[0]).float().mean()
+        assert agree > 0.999, f'the CUDA and the host walk disagree on {1 - agree:.2%} of the points'
+
+
+def test_morton_codes_interleave_the_bits_of_x_y_z():
+    from training.body.nearest_face import _morton_codes
+
+    points = torch.rand(500, 3, generator=torch.Generator().manual_seed(42), dtype=torch.float64)
+    points[0], points[1] = 0.0, 1.0  # the corners of the box: codes 0 and all ones
+    codes = _morton_codes(points, bits=10)
+    low, high = points.min(0).values, points.max(0).values
+    quantized = ((points - low) / (high - low) * 1023).round().long()
+    expected = [
+        sum(((int(q[axis]) >> bit) & 1) << (3 * bit + axis) for bit in range(10) for axis in range(3))
+        for q in quantized
+    ]
+    assert codes.tolist() == expected and codes[0] == 0 and codes[1] == 2**30 - 1

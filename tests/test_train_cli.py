@@ -58,8 +58,11 @@ def test_dry_run_prints_preset_values_and_overrides():
         '0.5',
         '--cpu_bf16',
         'true',
+        '--allow-tf32',
+        'true',
     )
     assert resolved['cfg'] == 'cpu-small'
+    assert resolved['allow_tf32'] is True and _dry_run()['allow_tf32'] is False
     assert (resolved['batch'], resolved['gamma'], resolved['glr'], resolved['kimg']) == (16, 2.0, 0.001, 0.5)
     assert resolved['train_g_pose_branch'] is False
     # --cbase sets G's and D's channel base, as published; generator options land in the generator.
@@ -335,7 +338,12 @@ def test_training_options_of_an_earlier_version_still_load(tmp_path):
         text = f.read()
     config = TrainingConfig.from_json(text, source=OLD_TRAINING_OPTIONS).validate()
     # Written back unchanged, with the settings added since at their (published) defaults.
-    later_defaults = {'pose_prior_match': 'paired', 'd_mirror_camera': True, 'labelled_pose_loss_weight': 0.0}
+    later_defaults = {
+        'pose_prior_match': 'paired',
+        'd_mirror_camera': True,
+        'labelled_pose_loss_weight': 0.0,
+        'allow_tf32': False,
+    }
     assert json.loads(config.to_json()) == {**json.loads(text), **later_defaults}
     assert (config.cfg, config.batch, config.gamma, config.stage_start_kimg) == ('full-head', 64, 2.0, 6000.0)
     assert config.metrics == ['fid50k_full', 'pose_err'] and config.reg_type == 'monotonic-detach'

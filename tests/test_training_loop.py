@@ -484,3 +484,58 @@ def test_an_image_that_does_not_decode_stops_with_a_final_snapshot(tiny, tmp_pat
     # Its data loader's workers (which ignore SIGTERM) are gone, while the traceback still holds the loop's
     # frame: a leftover one would hang this interpreter's exit.
     assert multiprocessing.active_children() == []
+
+
+@pytest.mark.parametrize('phase_name', ['Gmain', 'Dmain', 'Dreg'])
+def test_batch_gpu_accumulation_gives_the_full_batch_gradient(tiny, monkeypatch, phase_name):
+    # --batch 4 as one chunk of 4 and as two chunks of 2 (--batch-gpu 2): the accumulated
+    # gradient is the full batch's. Every draw is switched off (no swaps, no jitter, constant
+    # noise), and the minibatch-std groups, which see one chunk at a time, have size 1. (Greg
+    # draws its random points per chunk, so its two gradients are equal only in expectation.)
+    # The body deformation is off (thickness 0): a sample equidistant from two faces takes either,
+    # as the last bit of the posed vertices decides, and the pose branch's output rounds
+    # differently at another batch size. In float64, so that rounding stays far below the tolerance.
+    import functools
+
+    from training.data.camera_utils import random_cameras
+    from training.loss import LossConfig, PortraitGANLoss
+    from training.schedules import schedule_values
+    from training.training_loop import accumulate_phase, build_networks, build_phases
+
+    _, config = tiny
+    config = config.replace(mbstd_group=1, bcg_reg_prob=0.0, disc_c_noise=0.0)
+    config.pose_prior_match = 'paired'
+    torch.manual_seed(0)
+    G, D = (network.double() for network in build_networks(config, torch.device('cpu')))
+    monkeypatch.setattr(G, 'synthesis', functools.partial(G.synthesis, deterministic=True, noise_mode='const'))
+    G.deformer.thickness = 0.0
+    (phase,) = [phase for phase in build_phases(config, G, D)[0] if phase.name == phase_name]
+    loss_config = LossConfig.from_training_config(config)
+    loss = PortraitGANLoss(G, D, loss_config, 'cpu')
+    schedule = dict(schedule_values(loss_config, 0), swap_prob=0.0, density_noise=0.0)
+    generator = torch.Generator().manual_seed(1)
+    size = G.img_resolution
+    batch = tuple(
+        x.double()
+        for x in (
+            torch.rand([BATCH, 3, size, size], generator=generator) * 2 - 1,
+            (torch.rand([BATCH, 1, size, size], generator=generator) > 0.5).float(),
+            random_cameras(BATCH, generator=generator),
+            0.2 * torch.randn([BATCH, G.pose_dim], generator=generator),
+            torch.randn([BATCH, G.z_dim], generator=generator),
+            random_cameras(BATCH, generator=generator),
+            0.2 * torch.randn([BATCH, G.pose_dim], generator=generator),
+        )
+    )
+    gradients = {}
+    for batch_gpu in (BATCH, BATCH // 2):
+        for param in phase.params:
+            param.grad = None
+        accumulate_phase(loss, phase, list(zip(*(x.split(batch_gpu) for x in batch))), schedule)
+        gradients[batch_gpu] = [param.grad.clone() for param in phase.params if param.grad is not None]
+    full, chunked = gradients[BATCH], gradients[BATCH // 2]
+    assert len(full) == len(chunked) > 0
+    norm = torch.cat([g.flatten() for g in full]).norm()
+    assert norm > 0
+    for a, b in zip(full, chunked):
+        torch.testing.assert_close(b, a, atol=1e-10 * norm, rtol=1e-8)

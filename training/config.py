@@ -103,6 +103,7 @@ class TrainingConfig:
     workers: int = dataclasses.field(default_factory=default_workers)  # DataLoader workers per training process
     device: str = 'auto'  # one of DEVICES; auto: CUDA when present
     cudnn_benchmark: bool = True
+    allow_tf32: bool = False  # TF32 matmuls and convolutions on Ampere and newer GPUs (off: full fp32, as EG3D trains)
 
     # Resume.
     resume: str | None = None  # network snapshot whose networks started this stage (None: fresh)

@@ -161,10 +161,13 @@ class PortraitGANLoss:
         """
         ws = self.G.mapping(z, c_cond, pose_cond, update_emas=update_emas)
         if self.config.style_mixing_prob > 0 and ws.shape[1] > 1:
-            cutoff = int(torch.randint(1, ws.shape[1], [], device=self.device))
-            if torch.rand([], device=self.device) < self.config.style_mixing_prob:
-                mixed = self.G.mapping(torch.randn_like(z), c, pose, update_emas=False)
-                ws = torch.cat([ws[:, :cutoff], mixed[:, cutoff:]], dim=1)
+            # The cut-off and the coin stay on the device (no host read): the mixing latent is
+            # always mapped, and the coin decides per element whether it is used.
+            cutoff = torch.randint(1, ws.shape[1], [], device=ws.device)
+            mixing = torch.rand([], device=ws.device) < self.config.style_mixing_prob
+            mixed = self.G.mapping(torch.randn_like(z), c, pose, update_emas=False)
+            layer = torch.arange(ws.shape[1], device=ws.device)
+            ws = torch.where(((layer >= cutoff) & mixing)[None, :, None], mixed, ws)
         return ws
 
     def run_G(
@@ -289,11 +292,10 @@ class PortraitGANLoss:
         """Density smoothness: sigma at random points vs. at slightly perturbed copies (Greg, docs/method.md §7.3)."""
         cfg = self.config
         p_G = self.G.get_pose_params(gen_z, gen_c)
-        # One batch-wide coin, unlike the per-sample swap of run_G.
-        if torch.rand([], device=self.device) < schedule['swap_prob']:
-            c_cond, pose_cond = gen_c.roll(1, dims=0), p_G.roll(1, dims=0)
-        else:
-            c_cond, pose_cond = gen_c, p_G
+        # One batch-wide coin, unlike the per-sample swap of run_G; it stays on the device (no host read).
+        swap = torch.rand([], device=self.device) < schedule['swap_prob']
+        c_cond = torch.where(swap, gen_c.roll(1, dims=0), gen_c)
+        pose_cond = torch.where(swap, p_G.roll(1, dims=0), p_G)
         ws = self._mapping(gen_z, c_cond, pose_cond, gen_c, p_G, update_emas=False)
         batch = ws.shape[0]
         # Points span [-1, 1]^3 while the tri-grid box is [-0.5, 0.5]^3 (the published range).

@@ -111,9 +111,7 @@ def training_loop(
     is_main = rank == 0
     log = print if is_main else (lambda *args, **kwargs: None)
     _seed_all(config.seed * world_size + rank)
-    torch.backends.cudnn.benchmark = config.cudnn_benchmark
-    torch.backends.cuda.matmul.allow_tf32 = False  # TF32 changes the GAN's numerics (docs/method.md §9.1)
-    torch.backends.cudnn.allow_tf32 = False
+    set_precision_flags(config)
     training_stats.init_multiprocessing(rank, device if world_size > 1 else None)
 
     # Data.
@@ -217,40 +215,19 @@ def training_loop(
                 data_failed = _any_rank(data_failure is not None, world_size, device)
                 if not data_failed:
                     progress.data_batches += 1
-                    real_img = image_from_uint8(real_img, device).split(config.batch_gpu)
-                    real_seg = mask_from_uint8(real_seg, device).split(config.batch_gpu)
-                    real_c = real_c.to(device).split(config.batch_gpu)
-                    real_pose = real_pose.to(device).split(config.batch_gpu)
-
-                    # 2. Phases, with the schedule values of this iteration.
-                    schedule = schedule_values(loss_config, progress.cur_nimg)
-                    iteration_nonfinite = torch.zeros([], dtype=torch.bool, device=device)
-                    for phase in phases:
-                        if progress.batch_idx % phase.interval != 0:
-                            continue
-                        gen_z = torch.randn([config.batch_per_process, G.z_dim], device=device).split(config.batch_gpu)
-                        gen_c, gen_pose = (
-                            x.split(config.batch_gpu)
-                            for x in _sample_generator_labels(dataset, config.batch_per_process, device)
-                        )
-                        optimizer = optimizers[phase.optimizer_name]
-                        optimizer.zero_grad(set_to_none=True)
-                        for param in phase.params:
-                            param.requires_grad_(True)
-                        for chunk in zip(real_img, real_seg, real_c, real_pose, gen_z, gen_c, gen_pose):
-                            loss.accumulate_gradients(phase.name, *chunk, gain=phase.interval, schedule=schedule)
-                        for param in phase.params:
-                            param.requires_grad_(False)
-                        iteration_nonfinite |= ~_average_gradients(phase.params, world_size)
-                        optimizer.step()
+                    schedule, iteration_nonfinite = train_iteration(
+                        (real_img, real_seg, real_c, real_pose),
+                        config,
+                        dataset,
+                        networks,
+                        phases,
+                        optimizers,
+                        loss,
+                        progress,
+                        world_size,
+                        device,
+                    )
                     tick_nonfinite &= iteration_nonfinite
-
-                    # 3. EMA and counters.
-                    beta = ema_beta(config.batch, config.ema_kimg, config.ema_rampup, progress.cur_nimg)
-                    _update_ema(G_ema, G, beta)
-                    _update_ema(D_ema, D, beta)
-                    progress.cur_nimg += config.batch
-                    progress.batch_idx += 1
 
                 stop = _any_rank(signals.received is not None, world_size, device) or data_failed
                 done = progress.cur_nimg >= config.kimg * 1000 or stop
@@ -362,6 +339,87 @@ def training_loop(
         # Stops the DataLoader's workers now, also when a traceback keeps this frame alive: they ignore
         # SIGTERM, so a leaked one would block the interpreter's exit, which joins its child processes.
         del data_iter
+
+
+def set_precision_flags(config: TrainingConfig) -> None:
+    """torch's process-wide cuDNN benchmarking and TF32 switches as the config says.
+
+    TF32 is off unless --allow-tf32 true: it changes the GAN's numerics (docs/method.md §9.1).
+    """
+    torch.backends.cudnn.benchmark = config.cudnn_benchmark
+    torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
+    torch.backends.cudnn.allow_tf32 = config.allow_tf32
+
+
+def accumulate_phase(loss: PortraitGANLoss, phase: Phase, chunks: list, schedule: dict) -> None:
+    """The gradients of one phase over this process's batch, accumulated chunk by chunk into the phase's parameters.
+
+    chunks: the batch split into chunks of batch_gpu items, each the arguments of
+    `PortraitGANLoss.accumulate_gradients` (real_img, real_seg, real_c, real_pose, gen_z, gen_c, gen_pose).
+    Each chunk's loss (a mean over its items) is weighted by its share of the batch, so the result is the
+    gradient of the mean over the whole batch (times the phase's interval), whatever batch_gpu is. Only the
+    minibatch-std groups of D and the 'marginal' pose prior see one chunk at a time.
+    """
+    total = sum(len(chunk[0]) for chunk in chunks)
+    for param in phase.params:
+        param.requires_grad_(True)
+    for chunk in chunks:
+        loss.accumulate_gradients(phase.name, *chunk, gain=phase.interval * len(chunk[0]) / total, schedule=schedule)
+    for param in phase.params:
+        param.requires_grad_(False)
+
+
+def train_iteration(
+    real_batch: tuple,
+    config: TrainingConfig,
+    dataset: PortraitDataset,
+    networks: dict,
+    phases: list,
+    optimizers: dict,
+    loss: PortraitGANLoss,
+    progress: Progress,
+    world_size: int,
+    device: torch.device,
+) -> tuple[dict, torch.Tensor]:
+    """One iteration on this rank's fetched real batch: the due phases with their optimizer steps, the EMA, the counters.
+
+    real_batch: (images uint8 [b, 3, S, S], masks uint8 [b, 1, S, S], cameras [b, 25], poses [b, 6]) as the
+    data loader gives them, b = batch_per_process, split here into chunks of batch_gpu whose gradients add up.
+    -> (the schedule values of the iteration, bool tensor [] on `device`: whether a phase had non-finite
+    gradients). Reads no tensor value on the host (tests/test_host_syncs.py), so that a GPU is never left idle.
+    """
+    G, D = networks['G'], networks['D']
+    real_img, real_seg, real_c, real_pose = real_batch
+    real_img = image_from_uint8(real_img, device).split(config.batch_gpu)
+    real_seg = mask_from_uint8(real_seg, device).split(config.batch_gpu)
+    real_c = real_c.to(device).split(config.batch_gpu)
+    real_pose = real_pose.to(device).split(config.batch_gpu)
+
+    # Phases, with the schedule values of this iteration.
+    schedule = schedule_values(loss.config, progress.cur_nimg)
+    iteration_nonfinite = torch.zeros([], dtype=torch.bool, device=device)
+    for phase in phases:
+        if progress.batch_idx % phase.interval != 0:
+            continue
+        gen_z = torch.randn([config.batch_per_process, G.z_dim], device=device).split(config.batch_gpu)
+        gen_c, gen_pose = (
+            x.split(config.batch_gpu) for x in _sample_generator_labels(dataset, config.batch_per_process, device)
+        )
+        optimizer = optimizers[phase.optimizer_name]
+        optimizer.zero_grad(set_to_none=True)
+        accumulate_phase(
+            loss, phase, list(zip(real_img, real_seg, real_c, real_pose, gen_z, gen_c, gen_pose)), schedule
+        )
+        iteration_nonfinite |= ~_average_gradients(phase.params, world_size)
+        optimizer.step()
+
+    # EMA and counters.
+    beta = ema_beta(config.batch, config.ema_kimg, config.ema_rampup, progress.cur_nimg)
+    _update_ema(networks['G_ema'], G, beta)
+    _update_ema(networks['D_ema'], D, beta)
+    progress.cur_nimg += config.batch
+    progress.batch_idx += 1
+    return schedule, iteration_nonfinite
 
 
 # ------------------------------------------------------------------------------------------------

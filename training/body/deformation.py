@@ -85,26 +85,36 @@ class PosedMeshMap:
             [search.query(item, self.thickness)[0] for search, item in zip(self.searches, points.detach())]
         )
 
-    def apply(self, points: torch.Tensor, face_index: torch.Tensor) -> torch.Tensor:
+    def apply(self, points: torch.Tensor, face_index: torch.Tensor, gather: bool | None = None) -> torch.Tensor:
         """Move each point with the rigid map of its face; face -1 leaves it unchanged.
 
         points [B, N, 3], face_index [B, N] (long) -> canonical points [B, N, 3]
-        Only the points with a face are gathered, mapped and scattered back.
+        gather: map only the points with a face, gathered and scattered back (their count is read
+        on the host, which synchronizes a CUDA device), or, when False, map every point and keep
+        the result where it has a face (fixed shapes, no host read). Both give the same values and
+        gradients; None: gather on the CPU, where reading the count costs nothing.
         """
         batch_size, num_points, _ = points.shape
+        if gather is None:
+            gather = points.device.type == 'cpu'
         with torch.no_grad():
-            near = (face_index >= 0).reshape(-1).nonzero()[:, 0]
-            item = torch.div(near, num_points, rounding_mode='floor')
-            near_face = face_index.reshape(-1)[near] + item * self.num_faces
+            item = torch.arange(batch_size, device=points.device)[:, None] * self.num_faces
+            if gather:
+                near = (face_index >= 0).reshape(-1).nonzero()[:, 0]
+                mapped_face = (face_index + item).reshape(-1)[near]
+            else:
+                mapped_face = (face_index.clamp(min=0) + item).reshape(-1)
         flat = points.reshape(-1, 3)
-        x = flat[near]
-        relative = x - self.origin[near_face].to(points.dtype)
+        x = flat[near] if gather else flat
+        relative = x - self.origin[mapped_face].to(points.dtype)
         moved = (
             x
-            + self.shift[near_face].to(points.dtype)
-            + (self.turn[near_face].to(points.dtype) @ relative[:, :, None])[:, :, 0]
+            + self.shift[mapped_face].to(points.dtype)
+            + (self.turn[mapped_face].to(points.dtype) @ relative[:, :, None])[:, :, 0]
         )
-        return flat.index_copy(0, near, moved).view(batch_size, num_points, 3)
+        if gather:
+            return flat.index_copy(0, near, moved).view(batch_size, num_points, 3)
+        return torch.where((face_index >= 0).reshape(-1, 1), moved, flat).view(batch_size, num_points, 3)
 
 
 def canonicalize(

@@ -23,6 +23,15 @@ which search in float32, triangles within float32 rounding of it (~1e-7 in squar
   mesh's device: boxes prune (point, node) pairs against an upper bound of each point's
   distance, then the faces of the surviving leaves are measured exactly. The search for
   CUDA tensors (no custom kernel).
+- 'cuda': the tree of 'lbvh', built the same way per mesh on its device, walked by a kernel
+  with one thread per point, nearest box first (nearest_face_kernel.cu, nearest_face_math.h;
+  JIT-built with ninja on first use). It reads no value back to the host, so a query does not
+  synchronize a CUDA device, and it returns fixed-size outputs: a non-finite point or mesh
+  gives face -1 instead of an error. The search runs in the points' dtype; the chosen face's
+  distance is recomputed in float64 (the triangle code is shared with 'bvh') and decides the
+  max_distance cut-off. CPU tensors run the same walk compiled for the host (how its code is
+  tested without a GPU). Opt-in: it has not yet run on a GPU. Where it cannot be built, one
+  warning, then 'lbvh'.
 - 'brute': every point against every triangle in chunks that bound memory; pure torch on any
   device. The reference and the last fallback.
 - 'auto': for CPU tensors 'bvh' when its extension builds, else 'fcpw' when it imports,
@@ -48,8 +57,11 @@ class NonFinitePointsError(ValueError):
     """A query point is NaN or inf: whatever computed it (a pose, a ray sample from a non-finite density) overflowed."""
 
 
-BACKENDS = ('auto', 'bvh', 'fcpw', 'lbvh', 'brute')
+BACKENDS = ('auto', 'bvh', 'fcpw', 'lbvh', 'cuda', 'brute')
 
+
+# Entries of the tree kernel's stack per thread (kStackSize in nearest_face_math.h).
+_KERNEL_STACK_SIZE = 64
 
 # fcpw searches in float32; widening its radius by this much keeps every face that is within
 # max_distance in the input dtype, and the exact recomputed distance then decides.
@@ -150,10 +162,44 @@ def _bvh_plugin(lanes: int | None = None) -> types.ModuleType | None:
     return custom_ops.get_plugin(
         f'nearest_face_bvh{lanes}_plugin',
         sources=['nearest_face_bvh.cpp'],
+        headers=['nearest_face_math.h'],
         source_dir=os.path.dirname(__file__),
         extra_cflags=flags,
         extra_ldflags=['-fopenmp'],
     )
+
+
+def _kernel_plugin(device_type: str, require_device: bool = True) -> types.ModuleType | None:
+    """The tree kernel, built on first use: with its CUDA kernel for 'cuda', the host walk alone for 'cpu'.
+
+    require_device: as in custom_ops.get_plugin (False builds the CUDA form without a visible GPU).
+    None (after one warning) when it cannot be built.
+    """
+    source_dir = os.path.dirname(__file__)
+    headers = ['nearest_face_math.h']
+    if device_type == 'cuda':
+        return custom_ops.get_plugin(
+            'nearest_face_kernel_cuda_plugin',
+            sources=['nearest_face_kernel.cpp', 'nearest_face_kernel.cu'],
+            headers=headers,
+            source_dir=source_dir,
+            require_device=require_device,
+            extra_cflags=['-O3', '-DNEAREST_FACE_WITH_CUDA'],
+            extra_cuda_cflags=['-O3'],
+        )
+    return custom_ops.get_plugin(
+        'nearest_face_kernel_host_plugin',
+        sources=['nearest_face_kernel.cpp'],
+        headers=headers,
+        source_dir=source_dir,
+        extra_cflags=['-O3', '-fopenmp'],
+        extra_ldflags=['-fopenmp'],
+    )
+
+
+def _plugin(require_device: bool = True) -> types.ModuleType | None:
+    """The CUDA form of the tree kernel (the op-module convention of benchmarks/build_cuda_ops.sh)."""
+    return _kernel_plugin('cuda', require_device)
 
 
 def bvh_available() -> bool:
@@ -162,10 +208,15 @@ def bvh_available() -> bool:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete back-end ('bvh', 'fcpw', 'lbvh' or 'brute') that `backend` means for tensors on `device`."""
+    """The concrete back-end ('bvh', 'fcpw', 'lbvh', 'cuda' or 'brute') that `backend` means for tensors on `device`.
+
+    'cuda' becomes 'lbvh' where its kernel cannot be built (after the plugin's one-line warning).
+    """
     if backend not in BACKENDS:
         raise ValueError(f'nearest-face backend must be one of {", ".join(BACKENDS)}, got {backend!r}')
     on_cpu = torch.device(device).type == 'cpu'
+    if backend == 'cuda':
+        return 'cuda' if _kernel_plugin(torch.device(device).type) is not None else 'lbvh'
     if backend == 'auto':
         if not on_cpu:
             return 'lbvh'
@@ -202,18 +253,24 @@ class NearestFaceSearch:
                 f'nearest-face search: vertices must be [V, 3] and faces [F, 3], got '
                 f'{tuple(vertices.shape)} and {tuple(faces.shape)}'
             )
-        if not torch.isfinite(vertices).all():
+        self.backend = resolve_backend(backend, vertices.device)
+        # The kernel reads no value on the host (a check would synchronize a CUDA device): a
+        # non-finite mesh gives face -1 for every point there.
+        if self.backend != 'cuda' and not torch.isfinite(vertices).all():
             raise ValueError(
                 'nearest-face search: the mesh has non-finite vertices (NaN or inf); a body pose or '
                 'shape with NaN or inf poses it so'
             )
-        self.backend = resolve_backend(backend, vertices.device)
         self.chunk_size = int(chunk_size)
         with torch.no_grad():
             self.vertices = vertices.detach()
             self.faces = faces.to(device=vertices.device, dtype=torch.long)
             corners = self.vertices[self.faces]  # [F, 3, 3]
-        self.scene = self.tree = self.box_tree = None
+        self.scene = self.tree = self.box_tree = self.flat_tree = None
+        if self.backend == 'cuda':
+            if self.faces.shape[0] > 0:
+                self.flat_tree = _LinearBoxTree(corners).flat()
+            return
         if self.backend == 'bvh':
             if self.faces.shape[0] > 0:
                 self.tree = _bvh_plugin().build(corners.to(torch.float64))
@@ -248,6 +305,8 @@ class NearestFaceSearch:
         """
         if points.dim() != 2 or points.shape[-1] != 3:
             raise ValueError(f'nearest-face query: points must be [N, 3], got {tuple(points.shape)}')
+        if self.backend == 'cuda':
+            return self._query_kernel(points.detach().to(self.vertices.device), max_distance)
         if not torch.isfinite(points).all():
             raise NonFinitePointsError('nearest-face query: non-finite points (NaN or inf)')
         points = points.detach().to(self.vertices.device)
@@ -290,6 +349,30 @@ class NearestFaceSearch:
         if candidates is not None:
             hit = candidates[hit]
         return face_index.index_copy(0, hit, face), squared_distance.index_copy(0, hit, squared)
+
+    def _query_kernel(self, points: torch.Tensor, max_distance: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """points [N, 3] -> face [N] (long, -1 where none is within max_distance), squared distance [N] (inf there)
+
+        Fixed-size outputs and no host reads (see the module docstring); a non-finite point gets -1.
+        """
+        if self.flat_tree is None:
+            return (
+                torch.full((points.shape[0],), -1, dtype=torch.long, device=points.device),
+                torch.full((points.shape[0],), float('inf'), dtype=points.dtype, device=points.device),
+            )
+        search_dtype = points.dtype if points.dtype in (torch.float32, torch.float64) else torch.float32
+        tree = self.flat_tree
+        face, squared = _kernel_plugin(points.device.type).query(
+            tree['boxes'].to(search_dtype),
+            tree['children'],
+            tree['leaf_faces'],
+            tree['corners'].to(search_dtype),
+            tree['corners64'],
+            points.to(search_dtype),
+            tree['num_roots'],
+            -1.0 if max_distance is None else float(max_distance),
+        )
+        return face, squared.to(points.dtype)
 
     def _query_fcpw(self, points: torch.Tensor, max_distance: float | None) -> torch.Tensor:
         """points [N, 3] -> nearest face [N] (long, -1 beyond the search radius)"""
@@ -396,8 +479,10 @@ class _LinearBoxTree:
         self.terms = _face_terms(self.ab, self.ac)
         # The margin of the pruning comparisons, in squared distance: a few units of rounding of
         # squared distances at the scale of the mesh, plus a relative part for large distances.
-        scale = float((face_max.max(0).values - face_min.min(0).values).square().sum().clamp(min=1.0))
+        # (A 0-d tensor: reading it on the host would synchronize a CUDA device.)
+        scale = (face_max.max(0).values - face_min.min(0).values).square().sum().clamp(min=1.0)
         self.absolute_margin = 64 * torch.finfo(corners.dtype).eps * scale
+        self.corners = corners
         self.relative_margin = 64 * torch.finfo(corners.dtype).eps
 
     def nearest(self, points: torch.Tensor, limit: float) -> torch.Tensor:
@@ -437,6 +522,45 @@ class _LinearBoxTree:
         result.scatter_reduce_(0, point_ids, chosen, 'amin')
         return torch.where(result == 1 << 62, torch.full_like(result, -1), result)
 
+    def flat(self) -> dict:
+        """The tree as the arrays of the tree kernel (nearest_face_math.h, BoxTree), on the tree's device.
+
+        -> boxes [M, 6] (low, high; the levels from the roots down, the leaves last), children
+        [M, branching] (int32 node indices, -1 none; unused for leaves), leaf_faces [L, leaf_size]
+        (long, -1 none), corners [F, 9] (the tree's dtype), corners64 [F, 9] (float64), num_roots (int)
+        """
+        levels = list(range(len(self.boxes) - 1, -1, -1))  # top level first
+        offsets, total = {}, 0
+        for level in levels:
+            offsets[level] = total
+            total += self.boxes[level][0].shape[0]
+        branching = max(children.shape[1] for children in self.children[1:]) if len(self.boxes) > 1 else 1
+        stack_entries = (len(self.boxes) - 1) * (branching - 1) + self.boxes[-1][0].shape[0]
+        if stack_entries > _KERNEL_STACK_SIZE:
+            raise ValueError(
+                f"nearest-face search: the mesh has too many faces for the tree kernel's stack "
+                f"({stack_entries} > {_KERNEL_STACK_SIZE} entries); use backend 'lbvh'"
+            )
+        boxes, children = [], []
+        for level in levels:
+            low, high, _ = self.boxes[level]
+            boxes.append(torch.cat([low, high], dim=1))
+            count = low.shape[0]
+            if level == 0:
+                children.append(torch.full((count, branching), -1, dtype=torch.int32, device=low.device))
+            else:
+                members = self.children[level]
+                global_index = torch.where(members >= 0, members + offsets[level - 1], -1)
+                children.append(global_index.to(torch.int32))
+        return dict(
+            boxes=torch.cat(boxes),
+            children=torch.cat(children),
+            leaf_faces=self.leaf_faces,
+            corners=self.corners.reshape(-1, 9),
+            corners64=self.corners.reshape(-1, 9).to(torch.float64),
+            num_roots=self.boxes[-1][0].shape[0],
+        )
+
     def _measure_leaves(
         self, points: torch.Tensor, point_ids: torch.Tensor, leaves: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -475,11 +599,12 @@ def _morton_codes(points: torch.Tensor, bits: int = 10) -> torch.Tensor:
     span = (points.max(0).values - low).clamp(min=torch.finfo(points.dtype).tiny)
     steps = (1 << bits) - 1
     quantized = torch.nan_to_num((points - low) / span * steps).round().clamp(0, steps).long()
-    codes = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
-    for bit in range(bits):
-        for axis in range(3):
-            codes |= ((quantized[:, axis] >> bit) & 1) << (3 * bit + axis)
-    return codes
+    # All bits at once (a few operator launches instead of 4 per bit and axis): bit b of axis a goes
+    # to position 3 b + a, and the positions are distinct, so the sum is the bitwise or.
+    bit = torch.arange(bits, device=points.device)
+    axis = torch.arange(3, device=points.device)
+    spread = ((quantized[:, :, None] >> bit) & 1) << (3 * bit[None, :] + axis[:, None])  # [N, 3, bits]
+    return spread.sum(dim=(1, 2))
 
 
 def _pairwise_squared_distance(

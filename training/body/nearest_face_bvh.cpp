@@ -8,7 +8,8 @@
 // 4 (SSE2, any x86-64) or 8 (built with AVX2 and FMA). Each query
 // walks the tree nearest box first and prunes every box that is not closer than the best
 // triangle so far. Triangle distances use Ericson's closest-point region test (Real-Time
-// Collision Detection 5.1.5). The search runs in float32, so among faces within float32
+// Collision Detection 5.1.5; the float64 one is nearest_face_math.h's, shared with the tree
+// kernel). The search runs in float32, so among faces within float32
 // rounding of the minimum (~1e-7 in squared distance) it may return any; ties of faces at
 // exactly the same distance (a shared vertex or edge) likewise. The chosen face's squared
 // distance is then computed in float64.
@@ -34,6 +35,8 @@
 
 #include <immintrin.h>
 
+#include "nearest_face_math.h"
+
 namespace {
 
 // SIMD lanes: children per inner node and triangles per leaf of the searched tree.
@@ -48,8 +51,8 @@ constexpr int kMedianDepth = 48;
 // The float32 search keeps faces up to this much (m) beyond max_distance; float64 then decides.
 constexpr double kRadiusMargin = 1e-4;
 // Triangles this flat (squared sine of the angle at a) are measured as their three edges: in
-// float64 (exact) and in the float32 search (kFlatSine2, wider for float32's rounding).
-constexpr double kFlatSine2Exact = 1e-12;
+// float64 (nearest_face::kFlatSine2, exact) and in the float32 search (kFlatSine2, wider for
+// float32's rounding).
 constexpr double kFlatSine2 = 1e-6;
 constexpr int kBins = 16;
 // Points per block of work handed to a thread.
@@ -179,63 +182,7 @@ struct Builder {
   }
 };
 
-inline double dot3(const double* u, const double* v) { return u[0] * v[0] + u[1] * v[1] + u[2] * v[2]; }
-
-inline double nonzero(double value) { return value != 0.0 ? value : 1.0; }
-
-// Squared distance from p to the segment from a to b.
-inline double segment_squared_distance(const double* a, const double* b, const double* p) {
-  const double ab[3] = {b[0] - a[0], b[1] - a[1], b[2] - a[2]};
-  const double ap[3] = {p[0] - a[0], p[1] - a[1], p[2] - a[2]};
-  const double length_squared = dot3(ab, ab);
-  const double t = length_squared > 0 ? std::min(std::max(dot3(ap, ab) / length_squared, 0.0), 1.0) : 0.0;
-  const double offset[3] = {ap[0] - t * ab[0], ap[1] - t * ab[1], ap[2] - t * ab[2]};
-  return dot3(offset, offset);
-}
-
-// Squared distance in float64 from p to the triangle with corners c = (a, b, c) [9], by
-// Ericson's sequence of regions; a triangle flat to rounding (the squared sine of its angle at
-// a below kFlatSine2Exact) is the union of its edges.
-inline double triangle_squared_distance(const double* c, const double* p) {
-  const double ab[3] = {c[3] - c[0], c[4] - c[1], c[5] - c[2]};
-  const double ac[3] = {c[6] - c[0], c[7] - c[1], c[8] - c[2]};
-  const double ap[3] = {p[0] - c[0], p[1] - c[1], p[2] - c[2]};
-  const double aa = dot3(ab, ab), ab_ac = dot3(ab, ac), cc = dot3(ac, ac);
-  if (aa * cc - ab_ac * ab_ac <= kFlatSine2Exact * aa * cc) {
-    return std::min(std::min(segment_squared_distance(c, c + 3, p), segment_squared_distance(c, c + 6, p)),
-                    segment_squared_distance(c + 3, c + 6, p));
-  }
-  const double d1 = dot3(ab, ap);
-  const double d2 = dot3(ac, ap);
-  const double d3 = d1 - aa;
-  const double d4 = d2 - ab_ac;
-  const double d5 = d1 - ab_ac;
-  const double d6 = d2 - cc;
-  const double vc = d1 * d4 - d3 * d2;
-  const double vb = d5 * d2 - d1 * d6;
-  const double va = d3 * d6 - d5 * d4;
-  double v, w;
-  if (d1 <= 0 && d2 <= 0) {
-    v = 0, w = 0;
-  } else if (d3 >= 0 && d4 <= d3) {
-    v = 1, w = 0;
-  } else if (vc <= 0 && d1 >= 0 && d3 <= 0) {
-    v = d1 / nonzero(aa), w = 0;
-  } else if (d6 >= 0 && d5 <= d6) {
-    v = 0, w = 1;
-  } else if (vb <= 0 && d2 >= 0 && d6 <= 0) {
-    v = 0, w = d2 / nonzero(cc);
-  } else if (va <= 0 && d4 - d3 >= 0 && d5 - d6 >= 0) {
-    w = (d4 - d3) / nonzero(aa - 2 * ab_ac + cc);
-    v = 1 - w;
-  } else {
-    const double area = nonzero(va + vb + vc);
-    v = vb / area, w = vc / area;
-  }
-  const double offset[3] = {ap[0] - v * ab[0] - w * ac[0], ap[1] - v * ab[1] - w * ac[1],
-                            ap[2] - v * ab[2] - w * ac[2]};
-  return dot3(offset, offset);
-}
+using nearest_face::dot3;
 
 // ---------------------------------------------------------------------------------------------
 // The searched form: a kLanes-wide tree in float32 with SIMD box and triangle tests.
@@ -568,7 +515,7 @@ std::vector<torch::Tensor> query(torch::Tensor bounds, torch::Tensor children, t
         }
         const double p[3] = {static_cast<double>(data[i * 3]), static_cast<double>(data[i * 3 + 1]),
                              static_cast<double>(data[i * 3 + 2])};
-        const double squared = triangle_squared_distance(corner_data + face_out[i] * 9, p);
+        const double squared = nearest_face::triangle_squared_distance(corner_data + face_out[i] * 9, p);
         if (squared < limit) {
           distance_out[i] = squared;
         } else {
