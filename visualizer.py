@@ -34,6 +34,7 @@ from training.cli import (
 from training.data.camera_utils import RADIUS
 from training.data.images import save_png
 from training.engines.shapes import DEFAULT_LEVEL, extract_shape, pose_vertices, save_shape
+from training.engines.texture import save_textured_shape
 from training.engines.video import IMAGE_MODES, write_video
 from training.engines.viewer import (
     BLEND_SPACES,
@@ -193,6 +194,15 @@ class ViewerPage:
             self.mesh_posed = gui.add_checkbox('mesh posed', False, hint='carry the mesh into the rendering pose')
             self.mesh_resolution = gui.add_number('mesh grid', 128, min=16, max=512, step=16)
             self.mesh_level = gui.add_number('mesh level', DEFAULT_LEVEL, step=0.5)
+            self.mesh_texture = gui.add_number(
+                'mesh texture',
+                0,
+                min=0,
+                max=8192,
+                step=256,
+                hint='texels per side of a UV texture baked from the renders (as extract_shapes.py --texture); '
+                '0: vertex colours',
+            )
             self.save_mesh = gui.add_button('save mesh (.glb)', icon=viser.Icon.CUBE)
             self.video_frames = gui.add_number('video frames', 60, min=2, max=1200, step=1)
             self.save_video = gui.add_button('save 360° video (.mp4)', icon=viser.Icon.MOVIE)
@@ -461,15 +471,21 @@ class ViewerPage:
         return f'wrote `{path}`'
 
     def write_mesh(self, state: ViewState, outdir: str) -> str:
-        """The identity's mesh (canonical, or posed by the rendering pose) -> outdir/seedNNNN.glb and .mrc, as
-        extract_shapes.py writes them; the mesh also appears in the viewport, over the render."""
+        """The identity's mesh (canonical, or posed by the rendering pose; with vertex colours, or UV-textured
+        when 'mesh texture' is above 0) -> outdir/seedNNNN.glb and .mrc, as extract_shapes.py writes them; the
+        mesh also appears in the viewport, over the render."""
         with self.viewer.lock:
             ws, pose = self.viewer.latent_and_pose(state)
             shape = extract_shape(self.viewer.G, ws, int(self.mesh_resolution.value), float(self.mesh_level.value))
             if self.mesh_posed.value and pose is not None and shape['vertices'] is not None:
                 shape['vertices'] = pose_vertices(self.viewer.G.deformer, shape['vertices'], pose)
-        stem = free_stem(outdir, f'seed{state.seed:04d}', 'glb')
-        summary = save_shape(shape, stem, 'glb')
+            stem = free_stem(outdir, f'seed{state.seed:04d}', 'glb')
+            texels = int(self.mesh_texture.value)
+            if texels > 0:
+                posed_by = pose if self.mesh_posed.value else None
+                summary = save_textured_shape(self.viewer.G, ws, shape, stem, 'glb', texels, posed_by)
+            else:
+                summary = save_shape(shape, stem, 'glb')
         if shape['vertices'] is not None:
             with open(f'{stem}.glb', 'rb') as f:
                 self.server.scene.add_glb('/mesh', f.read())

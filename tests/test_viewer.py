@@ -232,12 +232,17 @@ def test_captures_write_png_glb_and_mp4(G, run_dir, tmp_path):
         for write in (page.write_image, page.write_mesh, page.write_video):
             page.capture(write)
             assert 'failed' not in page.status.content, page.status.content
+        page.mesh_texture.value = 512
+        page.capture(page.write_mesh)
+        assert 'texture' in page.status.content and 'failed' not in page.status.content, page.status.content
     finally:
         page.worker.stop()
         server.stop()
     assert PIL.Image.open(tmp_path / 'seed0000-image.png').size == (G.img_resolution, G.img_resolution)
     mesh = trimesh.load(tmp_path / 'seed0000.glb', force='mesh')
-    assert len(mesh.vertices) > 0
+    assert len(mesh.vertices) > 0 and mesh.visual.kind == 'vertex'
+    textured = trimesh.load(tmp_path / 'seed0000-2.glb', force='mesh')
+    assert textured.visual.kind == 'texture' and textured.visual.material.baseColorTexture.size == (512, 512)
     assert (tmp_path / 'seed0000-orbit-image.mp4').stat().st_size > 0
 
 
