@@ -43,6 +43,8 @@ _DATA_DEPENDENT_OPS = {
 _HOST_COPY_METHODS = {'cpu', 'numpy', 'tolist'}
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _THIS_FILE = os.path.abspath(__file__)
+# Installed packages (torch itself) may live inside the repository, in a virtual environment there.
+_INSTALLED = tuple({os.path.join(sys.prefix, ''), os.path.join(sys.base_prefix, '')})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +58,7 @@ def _caller() -> str:
     frame = sys._getframe(1)
     while frame is not None:
         path = frame.f_code.co_filename
-        if path.startswith(_REPO_ROOT) and path != _THIS_FILE:
+        if path.startswith(_REPO_ROOT) and not path.startswith(_INSTALLED) and path != _THIS_FILE:
             return f'{os.path.relpath(path, _REPO_ROOT)}:{frame.f_lineno} {frame.f_code.co_name}'
         frame = frame.f_back
     return '(outside the repository: torch internals or the autograd engine)'
