@@ -23,9 +23,9 @@ from torch_utils.host_syncs import SyncCounter
 
 def count_phases(cfg: str, batch: int, backend: str, phase_names: list[str], cuda_paths: bool) -> dict:
     """-> {phase: SyncCounter} of one run of each phase (launches, syncs)."""
+    from benchmarks.training_step import random_chunk
     from training.body.deformation import PosedMeshMap
     from training.config import TrainingConfig
-    from training.data.camera_utils import random_cameras
     from training.loss import LossConfig, PortraitGANLoss
     from training.presets import load_preset
     from training.schedules import schedule_values
@@ -48,17 +48,7 @@ def count_phases(cfg: str, batch: int, backend: str, phase_names: list[str], cud
     loss_config = LossConfig.from_training_config(config)
     loss = PortraitGANLoss(G, D, loss_config, 'cpu')
     schedule = schedule_values(loss_config, 1_000_000)
-    generator = torch.Generator().manual_seed(1)
-    size = G.img_resolution
-    chunk = (
-        torch.rand([batch, 3, size, size], generator=generator) * 2 - 1,
-        (torch.rand([batch, 1, size, size], generator=generator) > 0.5).float(),
-        random_cameras(batch, generator=generator),
-        0.2 * torch.randn([batch, G.pose_dim], generator=generator),
-        torch.randn([batch, G.z_dim], generator=generator),
-        random_cameras(batch, generator=generator),
-        0.2 * torch.randn([batch, G.pose_dim], generator=generator),
-    )
+    chunk = random_chunk(G, batch, torch.Generator().manual_seed(1))
     counters = {}
     for phase in phases:
         if phase.name not in phase_names:

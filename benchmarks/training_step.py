@@ -306,7 +306,6 @@ def build_step(cfg: str, batch: int | None, at_kimg: float, seed: int = 0, bf16:
     gen_z [B, z_dim], gen_c [B, 25], gen_pose [B, 6]) with B = batch (default: the preset's batch_gpu).
     """
     from training.config import TrainingConfig
-    from training.data.camera_utils import random_cameras
     from training.loss import LossConfig, PortraitGANLoss
     from training.presets import load_preset
     from training.schedules import schedule_values
@@ -325,9 +324,18 @@ def build_step(cfg: str, batch: int | None, at_kimg: float, seed: int = 0, bf16:
     loss_config = LossConfig.from_training_config(config)
     loss = PortraitGANLoss(G, D, loss_config, device)
     schedule = schedule_values(loss_config, round(at_kimg * 1000))
-    generator = torch.Generator().manual_seed(seed)
+    chunk = random_chunk(G, batch, torch.Generator().manual_seed(seed))
+    return loss, phases, optimizers, chunk, schedule, G, D
+
+
+def random_chunk(G: torch.nn.Module, batch: int, generator: torch.Generator) -> tuple:
+    """Random inputs of one chunk for G's sizes -> (real_img [B, 3, S, S] in [-1, 1], real_seg [B, 1, S, S] of 0/1,
+    real_c [B, 25], real_pose [B, 6], gen_z [B, z_dim], gen_c [B, 25], gen_pose [B, 6]), B = batch, S = G's
+    image resolution; cameras on the training orbit, poses of about 0.2 rad."""
+    from training.data.camera_utils import random_cameras
+
     size = G.img_resolution
-    chunk = (
+    return (
         torch.rand([batch, 3, size, size], generator=generator) * 2 - 1,
         (torch.rand([batch, 1, size, size], generator=generator) > 0.5).float(),
         random_cameras(batch, generator=generator),
@@ -336,7 +344,6 @@ def build_step(cfg: str, batch: int | None, at_kimg: float, seed: int = 0, bf16:
         random_cameras(batch, generator=generator),
         0.2 * torch.randn([batch, G.pose_dim], generator=generator),
     )
-    return loss, phases, optimizers, chunk, schedule, G, D
 
 
 def run_phase(loss, phase, chunk: tuple, schedule: dict) -> None:

@@ -13,12 +13,12 @@ import contextlib
 import pytest
 import torch
 
+from benchmarks.training_step import random_chunk
 from tests.tiny_run import tiny_setup
 from torch_utils import training_stats
 from torch_utils.host_syncs import SyncCounter
 from training.body.deformation import PosedMeshMap
 from training.body.nearest_face import _kernel_plugin
-from training.data.camera_utils import random_cameras
 from training.loss import LossConfig, PortraitGANLoss
 from training.schedules import schedule_values
 from training.volumetric_rendering import ray_marcher
@@ -80,17 +80,7 @@ def step(tmp_path_factory):
     loss_config = LossConfig.from_training_config(config)
     loss_config.style_mixing_prob = 0.5
     loss = PortraitGANLoss(G, D, loss_config, 'cpu')
-    generator = torch.Generator().manual_seed(1)
-    b, size = config.batch_gpu, G.img_resolution
-    chunk = (
-        torch.rand([b, 3, size, size], generator=generator) * 2 - 1,
-        (torch.rand([b, 1, size, size], generator=generator) > 0.5).float(),
-        random_cameras(b, generator=generator),
-        0.2 * torch.randn([b, G.pose_dim], generator=generator),
-        torch.randn([b, G.z_dim], generator=generator),
-        random_cameras(b, generator=generator),
-        0.2 * torch.randn([b, G.pose_dim], generator=generator),
-    )
+    chunk = random_chunk(G, config.batch_gpu, torch.Generator().manual_seed(1))
     return loss, phases, chunk, schedule_values(loss_config, 0)
 
 

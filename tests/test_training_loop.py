@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.training_step import random_chunk
 from tests.tiny_run import BATCH, tiny_setup
 from torch_utils import training_stats
 from training.checkpoints import formats
@@ -497,7 +498,6 @@ def test_batch_gpu_accumulation_gives_the_full_batch_gradient(tiny, monkeypatch,
     # differently at another batch size. In float64, so that rounding stays far below the tolerance.
     import functools
 
-    from training.data.camera_utils import random_cameras
     from training.loss import LossConfig, PortraitGANLoss
     from training.schedules import schedule_values
     from training.training_loop import accumulate_phase, build_networks, build_phases
@@ -513,20 +513,7 @@ def test_batch_gpu_accumulation_gives_the_full_batch_gradient(tiny, monkeypatch,
     loss_config = LossConfig.from_training_config(config)
     loss = PortraitGANLoss(G, D, loss_config, 'cpu')
     schedule = dict(schedule_values(loss_config, 0), swap_prob=0.0, density_noise=0.0)
-    generator = torch.Generator().manual_seed(1)
-    size = G.img_resolution
-    batch = tuple(
-        x.double()
-        for x in (
-            torch.rand([BATCH, 3, size, size], generator=generator) * 2 - 1,
-            (torch.rand([BATCH, 1, size, size], generator=generator) > 0.5).float(),
-            random_cameras(BATCH, generator=generator),
-            0.2 * torch.randn([BATCH, G.pose_dim], generator=generator),
-            torch.randn([BATCH, G.z_dim], generator=generator),
-            random_cameras(BATCH, generator=generator),
-            0.2 * torch.randn([BATCH, G.pose_dim], generator=generator),
-        )
-    )
+    batch = tuple(x.double() for x in random_chunk(G, BATCH, torch.Generator().manual_seed(1)))
     gradients = {}
     for batch_gpu in (BATCH, BATCH // 2):
         for param in phase.params:
