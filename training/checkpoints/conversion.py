@@ -8,7 +8,6 @@ weights file and copied beside it.
 
 import json
 import os
-import pickle
 from typing import Any
 
 import torch
@@ -34,18 +33,7 @@ def _read_release_pickle(path: str, smpl_path: str | None) -> dict[str, Any]:
         return authors.rebuild_release_snapshot(raw, smpl_path)
     except UnsafePickleError as error:
         raise formats.CheckpointError(f'{path}: not converted: {error}; nothing from the file was run') from None
-    except (
-        EOFError,
-        pickle.UnpicklingError,
-        ValueError,
-        UnicodeDecodeError,
-        IndexError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        MemoryError,
-        OverflowError,
-    ) as error:
+    except (*formats.UNREADABLE_PICKLE_ERRORS, AttributeError) as error:
         raise formats.CheckpointError(
             f'{path}: not a readable network pickle ({type(error).__name__}: {error}); '
             f'the file is truncated, corrupt or of another kind'

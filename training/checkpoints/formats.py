@@ -45,6 +45,18 @@ TRUST_PICKLE_HELP = (
 WEIGHTS_VERSION = 1
 NETWORK_KEYS = ('G', 'G_ema', 'D', 'D_ema')
 _ZIP_MAGIC = b'PK\x03\x04'
+# What unpickling a truncated, corrupt or foreign file raises (besides the safe reader's refusals).
+UNREADABLE_PICKLE_ERRORS = (
+    EOFError,
+    pickle.UnpicklingError,
+    ValueError,
+    UnicodeDecodeError,
+    IndexError,
+    KeyError,
+    TypeError,
+    MemoryError,
+    OverflowError,
+)
 
 
 class CheckpointError(Exception):
@@ -130,17 +142,7 @@ def load_network_pickle(path: str, device: Any = 'cpu', trust_pickle: bool = Fal
             f'{path}: the pickle refers to code that cannot be found ({error}); install the '
             f'missing package or use the code version the file was saved with'
         ) from None
-    except (
-        EOFError,
-        pickle.UnpicklingError,
-        ValueError,
-        UnicodeDecodeError,
-        IndexError,
-        KeyError,
-        TypeError,
-        MemoryError,
-        OverflowError,
-    ) as error:
+    except UNREADABLE_PICKLE_ERRORS as error:
         raise CheckpointError(
             f'{path}: not a readable network pickle ({type(error).__name__}: {error}); the file is '
             f'truncated, corrupt or of another kind, copy or save it again'
