@@ -129,7 +129,7 @@ def test_generator_texture_renders_like_the_generator_from_the_front(tmp_path):
 
     G, ws = sharp_tiny_generator(str(tmp_path))
     shape = shapes.extract_shape(G, ws, 40)
-    baked = texture.bake_generator_texture(G, ws, shape['vertices'], shape['faces'], shape['colors'], 512)
+    baked = texture.bake_generator_texture(G, ws, shape['vertices'], shape['faces'], shape['colors'], 640)
     c, front = baked['views'][0]
     renderer = MeshRenderer()
     textured = texture.render_textured(
