@@ -7,8 +7,9 @@ FOCAL; the aligned crop is what that camera sees, i.e. a square of CROP_WIDTH_M 
 the subject, centred on the pivot's image. Two ways to the crop and the camera:
 - body landmarks (front to side, and most backs): the upper-body points (face, ears, shoulders) and their 3D
   world positions give the photo's pixels per metre (a least-squares scale between the two), the pivot's image
-  (a fixed offset above the shoulder midpoint) and the torso's yaw (the shoulder line's direction in depth);
-  that crop is then averaged with the silhouette's (below);
+  (a fixed offset above the shoulder midpoint, moved by the neck's depth as the torso turns) and the torso's yaw
+  (the shoulder line's direction in the model's depth, through the model's measured response); that crop is then
+  combined with the silhouette's (below), whose neck column also pulls the centre;
 - silhouette (no body found, typically a back view): the head top and the head's width in the person
   mask give the crop; the yaw is then only a guess (facing away), flagged uncertain.
 The constants were fitted on held-out renders of the synthetic painter (benchmarks/alignment.py measures them).
@@ -31,9 +32,11 @@ CROP_WIDTH_M = camera_utils.RADIUS / camera_utils.FOCAL  # the aligned crop's wi
 # shoulder midpoint (x right, y down). Fitted on 80 held-out raw photos (median).
 SIDE_PER_WORLD_UNIT = 0.459
 PIVOT_FROM_SHOULDERS = (0.0, -0.134)
-# The landmark model's torso yaw against the true one over the front half: estimate = GAIN * truth + OFFSET.
-TORSO_YAW_GAIN = 0.786
-TORSO_YAW_OFFSET = -7.38
+# The landmark model's torso yaw (read) against the true camera yaw, in degrees: the median truth of the photos
+# read within 10 degrees of each knot over the front half, fitted on 419 held-out raw photos (scenes
+# 10,000,000-10,000,479); the back half is left as read (the ends meet at +-180).
+DEPTH_YAW_READ = (-180, -90, -75, -60, -45, -30, -15, 0, 15, 30, 45, 60, 75, 90, 180)
+DEPTH_YAW_TRUE = (-180, -82.1, -82.1, -66.0, -56.9, -34.2, -16.0, 6.5, 40.4, 57.5, 62.4, 74.8, 82.6, 92.6, 180)
 UPPER_BODY_POINTS = range(13)  # nose, eyes, ears, mouth, shoulders
 VISIBLE = 0.5
 # Silhouette: the crop side per pixel of head width, and the crop centre below the head top in crop sides; fitted
@@ -44,6 +47,12 @@ CENTRE_BELOW_HEAD_TOP = 0.433
 # Both together (every view; the same photos): the landmarks' share of the side's geometric mean.
 LANDMARK_SIDE_WEIGHT = 0.3
 SIDE_PER_HEAD_WIDTH_ALL_VIEWS = 2.234
+# The centre's corrections (crop sides), fitted on the 419 photos: the neck joint lies behind the shoulder line, so
+# the pivot's image moves by PIVOT_SHIFT_PER_SIN_YAW * sin(yaw); the share of the silhouette's neck column; the row.
+PIVOT_SHIFT_PER_SIN_YAW = 0.0240
+PIVOT_SHIFT = 0.0072
+NECK_COLUMN_WEIGHT = 0.25
+CENTRE_ROW_SHIFT = 0.0072
 MIN_PERSON_SHARE = 0.01  # a mask smaller than this share of the photo: no person
 MIN_SIDE = 64
 ANALYSIS_SIZE = 1024  # larger photos are detected and segmented at this size (longer side), cropped at full size
@@ -110,14 +119,12 @@ def wrap_degrees(angle):
 
 
 def torso_yaw(landmarks: BodyLandmarks) -> float:
-    """The camera's yaw around the torso from the shoulder line's depth, degrees: 0 facing the camera, positive
-    with the camera on the person's left (the left shoulder nearer)."""
+    """The camera's yaw around the torso from the shoulder line's direction in the landmark model's depth,
+    degrees: 0 facing the camera, positive with the camera on the person's left (the left shoulder nearer). The
+    model's depths flatten turns and lean to one side; its measured response (DEPTH_YAW_READ -> DEPTH_YAW_TRUE) is undone."""
     left, right = landmarks.world[LEFT_SHOULDER], landmarks.world[RIGHT_SHOULDER]
-    yaw = math.degrees(math.atan2(right[2] - left[2], left[0] - right[0]))
-    if abs(yaw) <= 90:
-        # The model's depths flatten turns and lean toward one side: undo its fitted linear response.
-        yaw = (yaw - TORSO_YAW_OFFSET) / TORSO_YAW_GAIN
-    return float(np.clip(yaw, -180, 180))
+    depth_yaw = math.degrees(math.atan2(right[2] - left[2], left[0] - right[0]))
+    return float(np.interp(depth_yaw, DEPTH_YAW_READ, DEPTH_YAW_TRUE))
 
 
 def crop_from_landmarks(landmarks: BodyLandmarks) -> tuple:
@@ -166,16 +173,38 @@ def crop_from_silhouette(mask: np.ndarray) -> tuple:
     return np.array([centre_x, top + CENTRE_BELOW_HEAD_TOP * side]), side
 
 
-def combine_crops(landmark_crop: tuple, head: tuple) -> tuple:
-    """The landmarks' crop (centre [2], side) and the silhouette's head (top row, width, centre column) -> the crop
-    (centre [2], side): a weighted geometric mean of the two sides, the landmarks' centre column and the mean of
-    the two centre rows. Their errors are nearly independent, and each alone is about twice as far off."""
-    (centre, landmark_side), (top, head_width, _) = landmark_crop, head
+def silhouette_neck_column(mask: np.ndarray, head: tuple, shoulder_row: float):
+    """The centre column of the person mask bool [H, W] at its narrowest row between half a head width below the
+    head top and the shoulder line (pixels), or None where there is no such row."""
+    top, head_width, _ = head
+    low, high = int(top + head_width / 2), min(int(shoulder_row), mask.shape[0] - 1)
+    if high <= low:
+        return None
+    row = low + int(np.argmin(mask[low:high].sum(axis=1)))
+    columns = np.nonzero(mask[row])[0]
+    return float(columns[0] + columns[-1]) / 2 if len(columns) else None
+
+
+def crop_and_yaw_from_landmarks(landmarks: BodyLandmarks, person: np.ndarray) -> tuple:
+    """The landmarks and the person mask bool [H, W] together -> (centre [2] x, y, side, yaw degrees), pixels.
+
+    Side: a weighted geometric mean of the landmarks' side and the silhouette's (their errors are nearly
+    independent, and each alone is about twice as far off). Centre row: the mean of the two, slightly lowered.
+    Centre column: the landmarks' pivot, moved by the neck's depth behind the shoulder line as the torso turns,
+    then a quarter of the way to the silhouette's neck column."""
+    (centre, landmark_side), head = crop_from_landmarks(landmarks), silhouette_head(person)
+    top, head_width, _ = head
     side = landmark_side**LANDMARK_SIDE_WEIGHT * (SIDE_PER_HEAD_WIDTH_ALL_VIEWS * head_width) ** (
         1 - LANDMARK_SIDE_WEIGHT
     )
-    row = (centre[1] + top + CENTRE_BELOW_HEAD_TOP * side) / 2
-    return np.array([centre[0], row]), side
+    yaw = torso_yaw(landmarks)
+    column = centre[0] + side * (PIVOT_SHIFT_PER_SIN_YAW * math.sin(math.radians(yaw)) + PIVOT_SHIFT)
+    shoulder_row = (landmarks.points[LEFT_SHOULDER, 1] + landmarks.points[RIGHT_SHOULDER, 1]) / 2
+    neck = silhouette_neck_column(person, head, shoulder_row)
+    if neck is not None:
+        column = (1 - NECK_COLUMN_WEIGHT) * column + NECK_COLUMN_WEIGHT * neck
+    row = (centre[1] + top + CENTRE_BELOW_HEAD_TOP * side) / 2 + CENTRE_ROW_SHIFT * side
+    return np.array([column, row]), side, yaw
 
 
 def crop_square(image: np.ndarray, centre, side: float, resolution: int, padding: str) -> np.ndarray:
@@ -252,8 +281,8 @@ def _align_person(photo, image, detectors, probability, body, face, resolution, 
         landmarks = detectors.landmarks(image, body)
         confidences['body_landmarks'] = landmarks.score
     if landmarks is not None and landmarks.score >= PERSON:
-        centre, side = combine_crops(crop_from_landmarks(landmarks), silhouette_head(person))
-        yaw, method = torso_yaw(landmarks), 'body landmarks'
+        centre, side, yaw = crop_and_yaw_from_landmarks(landmarks, person)
+        method = 'body landmarks'
         # Without a face the landmark model may read a back as a front (and the reverse): a guess.
         uncertain = face is None or abs(yaw) > 90
     else:
