@@ -32,6 +32,7 @@ networks of a snapshot (fresh optimizers, counter set to --resume_kimg), as in t
 
 import glob
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -573,9 +574,13 @@ def _make_run_dir(outdir: str, config: TrainingConfig, torchrun_run_id: str | No
     make_outdir(outdir)
     run_dir = dnnlib.util.next_run_dir(outdir, desc + (f'-{config.desc}' if config.desc else ''))
     os.makedirs(run_dir, exist_ok=False)
-    if torchrun_run_id is not None:
-        atomic_write(os.path.join(run_dir, TORCHRUN_RUN_ID_FILE), lambda file: file.write(torchrun_run_id.encode()))
-    atomic_write(os.path.join(run_dir, 'training_options.json'), lambda file: file.write(config.to_json().encode()))
+    try:
+        if torchrun_run_id is not None:
+            atomic_write(os.path.join(run_dir, TORCHRUN_RUN_ID_FILE), lambda file: file.write(torchrun_run_id.encode()))
+        atomic_write(os.path.join(run_dir, 'training_options.json'), lambda file: file.write(config.to_json().encode()))
+    except WriteError as err:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a run directory without its options is no run
+        raise click.ClickException(str(err)) from None
     print(f'Run directory: {run_dir}')
     print(
         f'Preset {config.cfg}, data {config.data} ({len(dataset)} images), {config.gpus} process(es) on '

@@ -320,6 +320,25 @@ def test_a_channel_base_too_small_for_the_networks_names_the_option(tmp_path):
     assert _dry_run(*common, '--cbase', '32')['generator']['channel_base'] == 32
 
 
+def test_a_full_disk_at_the_options_file_leaves_no_run_directory(tmp_path, monkeypatch):
+    """The run directory is made, then its training_options.json cannot be written: one line naming the file, and
+    the directory is gone (a run directory without its options cannot be resumed)."""
+    import builtins
+
+    from tests.test_full_disk import full_disk_open
+    from tests.tiny_run import tiny_setup
+
+    preset, config = tiny_setup(str(tmp_path))
+    outdir = tmp_path / 'runs'
+    monkeypatch.setattr(builtins, 'open', full_disk_open('training_options.json'))
+    common = ('--cfg', preset, '--data', config.data, '--seg_data', config.seg_data, '--outdir', str(outdir))
+    result = _invoke(*common, '--kimg', '0.004', '--workers', '0')
+    assert result.exit_code == 1 and 'Traceback' not in result.output, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith('Error: cannot write ') and last.endswith('training_options.json: No space left on device')
+    assert os.listdir(outdir) == []
+
+
 # ------------------------------------------------------------------------------------------------
 # TrainingConfig.
 
