@@ -377,3 +377,18 @@ def test_missing_egl_names_the_packages(monkeypatch):
     message = str(error.value)
     assert '\n' not in message and 'libEGL.so not loaded' in message
     assert 'apt-get install libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri' in message and 'setup.sh' in message
+
+
+def test_two_renderers_in_one_process_each_draw_their_own_mesh():
+    """Each renderer owns a GL context: after a second renderer has drawn another mesh, the first draws its own
+    mesh exactly as before (not with the other context's state)."""
+    c = camera_utils.frontal_camera()[0].double().numpy()
+    first, second = MeshRenderer(), MeshRenderer()
+    small, large = box_mesh((0.0, 0.0, 0.0), 0.2), box_mesh((0.05, 0.0, 0.0), 0.5)
+    before = first.render(small.vertices, small.faces, c, 64, color=(0.9, 0.2, 0.1))
+    other = second.render(large.vertices, large.faces, c, 64, color=(0.1, 0.3, 0.9))
+    after = first.render(small.vertices, small.faces, c, 64, color=(0.9, 0.2, 0.1))
+    assert other['mask'].sum() > before['mask'].sum() > 50
+    np.testing.assert_array_equal(after['mask'], before['mask'])
+    np.testing.assert_allclose(after['rgb'], before['rgb'], atol=1e-6)
+    np.testing.assert_allclose(after['depth'], before['depth'], atol=1e-6)
