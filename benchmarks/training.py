@@ -23,6 +23,8 @@ import time
 
 import psutil
 
+from training.checkpoints.atomic_files import read_lines_of_json
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -79,8 +81,7 @@ def run_case(procs: int, args: argparse.Namespace, outdir: str) -> dict:
         with open(log_path) as f:
             raise RuntimeError(f'train.py with {procs} process(es) failed:\n{f.read()[-3000:]}')
     run_dirs = sorted(entry for entry in os.listdir(outdir) if os.path.isdir(os.path.join(outdir, entry)))
-    with open(os.path.join(outdir, run_dirs[-1], 'stats.jsonl')) as f:
-        ticks = [json.loads(line) for line in f]
+    ticks = read_lines_of_json(os.path.join(outdir, run_dirs[-1], 'stats.jsonl'))
     timings = [tick['Timing/sec_per_kimg']['mean'] for tick in ticks[1:]]
     if not timings:
         raise RuntimeError(f'only {len(ticks)} tick(s): raise --kimg or lower --tick')

@@ -12,6 +12,7 @@ import numpy as np
 import dnnlib
 from metrics import distances, metric_utils, pose_accuracy, pose_sensitivity
 from metrics.names import POSE_ERR, POSE_METRICS, POSE_SENS, parse_metric
+from training.checkpoints.atomic_files import append_line
 
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
 
@@ -72,8 +73,7 @@ def report_metric(result: dnnlib.EasyDict, run_dir: str | None, snapshot_pkl: st
         dict(result, snapshot_pkl=os.path.basename(snapshot_pkl) if snapshot_pkl else None), default=_json_default
     )
     if run_dir is not None:
-        with open(os.path.join(run_dir, f'metric-{result.metric}.jsonl'), 'a') as f:
-            f.write(line + '\n')
+        append_line(os.path.join(run_dir, f'metric-{result.metric}.jsonl'), line)
     return line
 
 

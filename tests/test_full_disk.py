@@ -6,6 +6,7 @@ import builtins
 import errno
 import io
 import os
+import time
 import zipfile
 
 import pytest
@@ -131,3 +132,48 @@ def test_a_full_disk_under_torch_save_is_a_write_error(tmp_path, monkeypatch):
         atomic_write(str(path), lambda file: torch.save({'weight': torch.zeros(100000)}, file))
     assert str(raised.value) == f'cannot write {path}: No space left on device'
     assert os.listdir(tmp_path) == []
+
+
+def test_a_log_line_torn_by_a_kill_stays_apart_and_the_readers_skip_it(tmp_path):
+    """A killed writer can leave a log's last line without its end (a real kill: the child writes half a line and
+    is killed). The next append ends it first, so the new line is whole; the reader returns the whole lines."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from training.checkpoints.atomic_files import append_line, read_lines_of_json
+
+    log = tmp_path / 'stats.jsonl'
+    append_line(str(log), json.dumps({'tick': 0}))
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            '-c',
+            f'import os, time; f = open({str(log)!r}, "ab", buffering=0); '
+            'f.write(b\'{"tick": 1, "Loss\'); time.sleep(60)',
+        ],
+    )
+    try:
+        for _ in range(200):  # until the half line is on disk
+            if log.stat().st_size > len('{"tick": 0}\n'):
+                break
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    append_line(str(log), json.dumps({'tick': 2}))
+    assert log.read_text().splitlines() == ['{"tick": 0}', '{"tick": 1, "Loss', '{"tick": 2}']
+    assert read_lines_of_json(str(log)) == [{'tick': 0}, {'tick': 2}]
+
+
+def test_a_full_disk_while_appending_a_log_line_is_a_write_error(tmp_path, monkeypatch):
+    from training.checkpoints.atomic_files import WriteError, append_line
+
+    def no_room(descriptor, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, 'write', no_room)
+    with pytest.raises(WriteError) as raised:
+        append_line(str(tmp_path / 'metric-fid.jsonl'), '{}')
+    assert str(raised.value) == f'cannot write {tmp_path / "metric-fid.jsonl"}: No space left on device'

@@ -13,7 +13,6 @@ of every snapshot as a Markdown table (medians left out) and the run's median se
 
 import argparse
 import glob
-import json
 import os
 import re
 import sys
@@ -23,14 +22,12 @@ import matplotlib
 matplotlib.use('Agg')  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from training.checkpoints.atomic_files import read_lines_of_json  # noqa: E402
+
 LOSSES = ('Loss/G/loss', 'Loss/D/loss', 'Loss/r1_penalty', 'Loss/r1_seg_penalty')
 POSES = ('Loss/D/pose', 'Pose/G_vs_D_fake', 'Pose/D_real_error', 'Pose/G_vs_coarse', 'Pose/D_labelled_fake_error')
 SNAPSHOT_KIMG = re.compile(r'network-snapshot-(\d+)\.')
-
-
-def read_jsonl(path: str) -> list[dict]:
-    with open(path) as file:
-        return [json.loads(line) for line in file if line.strip()]
 
 
 def tick_series(ticks: list[dict], key: str) -> tuple[list[float], list[float]]:
@@ -42,7 +39,7 @@ def tick_series(ticks: list[dict], key: str) -> tuple[list[float], list[float]]:
 def metric_series(path: str) -> dict[str, tuple[list[float], list[float]]]:
     """{result name: (kimg, value)} of one metric-*.jsonl."""
     series = {}
-    for line in read_jsonl(path):
+    for line in read_lines_of_json(path):
         match = SNAPSHOT_KIMG.search(line.get('snapshot_pkl') or '')
         if match is None:
             continue
@@ -88,7 +85,7 @@ def metrics_table(run_dirs: list[str]) -> str:
     seconds = sorted(
         tick['Timing/sec_per_kimg']['mean']
         for run_dir in run_dirs
-        for tick in read_jsonl(os.path.join(run_dir, 'stats.jsonl'))
+        for tick in read_lines_of_json(os.path.join(run_dir, 'stats.jsonl'))
         if 'Timing/sec_per_kimg' in tick
     )
     if seconds:
@@ -104,7 +101,7 @@ def plot_run(run_dirs: str | list[str], out: str) -> str:
         stats_path = os.path.join(run_dir, 'stats.jsonl')
         if not os.path.isfile(stats_path):
             raise FileNotFoundError(f'{run_dir}: no stats.jsonl, not a training run directory')
-        ticks += read_jsonl(stats_path)
+        ticks += read_lines_of_json(stats_path)
     figure, (losses, poses, metrics) = plt.subplots(3, 1, figsize=(9, 11), sharex=True)
     for axes, keys in ((losses, LOSSES), (poses, POSES)):
         for key in keys:

@@ -40,7 +40,7 @@ import torch
 import dnnlib
 from torch_utils import misc, training_stats
 from training.checkpoints import formats, run_files
-from training.checkpoints.atomic_files import atomic_write
+from training.checkpoints.atomic_files import append_line, atomic_write
 from training.config import TrainingConfig
 from training.data.camera_utils import flip_camera, frontal_camera
 from training.data.dataset import DatasetError, PortraitDataset
@@ -837,8 +837,7 @@ def _write_stats(run_dir: str, writer, stats: dict, cur_nimg: int) -> None:
     """Append one line to stats.jsonl and the means to TensorBoard (step = images seen)."""
     record = {name: dict(value) for name, value in stats.items()}
     record['timestamp'] = time.time()
-    with open(os.path.join(run_dir, 'stats.jsonl'), 'a', encoding='utf-8') as f:
-        f.write(json.dumps(record) + '\n')
+    append_line(os.path.join(run_dir, 'stats.jsonl'), json.dumps(record))
     for name, value in stats.items():
         writer.add_scalar(name, value.mean, global_step=cur_nimg)
 

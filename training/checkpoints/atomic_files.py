@@ -3,7 +3,8 @@
 the previous file, or none, but never a partial one.
 
 atomic_write takes a writer of a file object, atomic_write_path one of a path (for libraries that only
-write to a path: mrcfile, ffmpeg); write_json writes a JSON document. A write that fails (a full disk, no
+write to a path: mrcfile, ffmpeg); write_json writes a JSON document. Logs that grow (stats.jsonl, metric-*.jsonl)
+are appended a whole line at a time by append_line instead. A write that fails (a full disk, no
 permission) removes its temporary file and raises WriteError, whose message is one line naming the file
 and the cause; the command-line tools print it as their error (training/cli.py: Command).
 """
@@ -211,3 +212,35 @@ class FolderOutput:
 
     def abort(self) -> None:
         shutil.rmtree(self._temp, ignore_errors=True)
+
+
+def append_line(path: str, line: str) -> None:
+    """Append one line of text to a log, in one write. A last line that a killed writer left without its end is
+    ended first, so that it stays a line of its own and the new line is whole. A failure raises WriteError."""
+    data = (line.rstrip('\n') + '\n').encode()
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(descriptor).st_size
+            if size and os.pread(descriptor, 1, size - 1) != b'\n':
+                data = b'\n' + data
+            written = 0
+            while written < len(data):
+                written += os.write(descriptor, data[written:])
+        finally:
+            os.close(descriptor)
+    except OSError as error:
+        raise _write_error(error, path) from None
+
+
+def read_lines_of_json(path: str) -> list:
+    """The records of a log of JSON lines -> [dict]; a line that does not parse (the torn last line of a killed
+    writer, see append_line) is skipped."""
+    records = []
+    with open(path, encoding='utf-8') as file:
+        for line in file:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
