@@ -56,7 +56,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from training.checkpoints.atomic_files import FolderOutput, ZipOutput
-from training.cli import Command
+from training.cli import Command, load_generator
 from training.data.camera_utils import intrinsics_from_focal
 from training.data.dataset import (
     CAMERA_DIM,
@@ -72,6 +72,8 @@ from training.data.dataset import (
     stem,
 )
 from training.data.photos import REPORT_KEY
+from training.engines.camera_search import DEFAULT_STEPS as DEFAULT_SEARCH_STEPS
+from training.engines.camera_search import CameraSearch
 
 MASK_DIR_DEFAULTS = ('masks', 'seg')
 ALIGNED_IMAGES, ALIGNED_MASKS, ALIGNED_RESULT = 'aligned_images', 'mask', 'result.json'
@@ -485,10 +487,15 @@ def convert(
 @click.option(
     '--network',
     default=None,
-    help='Generator snapshot: refine each camera by analysis by synthesis (candidate yaws, their mirrors)',
+    help='Generator snapshot: refine each camera by analysis by synthesis over the whole circle of yaws (the '
+    "detectors' yaw a prior where a face is in sight)",
 )
 @click.option(
-    '--refine-steps', type=click.IntRange(min=1), default=2, show_default=True, help='Latent steps per candidate camera'
+    '--refine-steps',
+    type=click.IntRange(min=1),
+    default=DEFAULT_SEARCH_STEPS,
+    show_default=True,
+    help='Latent steps per candidate camera',
 )
 @click.option('--overwrite', is_flag=True, help='Replace an existing --dest (once the alignment succeeds)')
 @click.option('--progress/--no-progress', default=True, show_default=True, help='Show a progress bar')
@@ -523,9 +530,7 @@ def align(
         raise click.ClickException(str(error)) from None
     refine = None
     if network is not None:
-        from training.engines.camera_search import load_camera_search
-
-        refine = load_camera_search(network, steps=refine_steps)
+        refine = CameraSearch(load_generator(network, None, 0, torch.device('cpu'), False), steps=refine_steps)
     try:
         report = align_photos(source, dest, resolution, all_persons, refine, detectors, progress)
     except PhotoSourceError as error:

@@ -15,6 +15,7 @@ from training.cli import (
     SEED_RANGE,
     Command,
     FiniteFloat,
+    camera_search_option,
     device_option,
     load_generator,
     load_generator_and_discriminator,
@@ -32,6 +33,7 @@ from training.data.images import depth_to_uint8, save_png, to_uint8
 from training.data.landmark_models import ModelFilesError
 from training.data.photo_aligner import align_in_memory
 from training.data.photos import read_pose_folder
+from training.engines.camera_search import CameraSearch
 from training.engines.render_check import synthesis
 from training.engines.shapes import DEFAULT_LEVEL, extract_shape, save_shape
 from training.networks.d_input import resize_image
@@ -39,10 +41,16 @@ from training.pose_prediction import predict_real_poses
 
 
 def predict_folder_poses(
-    network: str, folder: str, pose_kwargs: str | None, device: torch.device, trust_pickle: bool = False
+    network: str,
+    folder: str,
+    pose_kwargs: str | None,
+    device: torch.device,
+    trust_pickle: bool = False,
+    camera_search: bool = True,
 ) -> tuple:
     """D's body pose for every photo of such a folder, each photo on its own (batch 1, as in the
-    published script, so that a pose does not depend on the other photos).
+    published script, so that a pose does not depend on the other photos). Raw photos are aligned first, their
+    cameras refined by G's camera search where `camera_search`.
 
     -> (G_ema, names, photos [N, 3, S, S] in [-1, 1], cameras [N, 25], poses [N, 6]); S = D's resolution.
     """
@@ -53,7 +61,8 @@ def predict_folder_poses(
         if published:
             names, photos, masks, cameras = read_pose_folder(folder, D.img_resolution)
         else:
-            names, photos, masks, cameras, report = align_in_memory(folder, D.img_resolution)
+            refine = CameraSearch(G, device=device) if camera_search else None
+            names, photos, masks, cameras, report = align_in_memory(folder, D.img_resolution, refine=refine)
             for name, line in report.items():
                 click.echo(f'{name}: {line}')
     except (OSError, ValueError, ModelFilesError) as err:
@@ -151,6 +160,7 @@ def render_photo_poses(
     help='Pose-prediction settings for --predict-pose [default: the pose_predict_kwargs-*.json beside the snapshot]',
 )
 @click.option('--outdir', type=click.Path(file_okay=False), required=True, help='Where to write the images')
+@camera_search_option
 @device_option
 @trust_pickle_option
 def main(
@@ -171,6 +181,7 @@ def main(
     pose_folder,
     pose_kwargs,
     outdir,
+    camera_search,
     device,
     trust_pickle,
 ):
@@ -204,7 +215,9 @@ def main(
         raise click.BadParameter(f'unknown view {unknown[0]!r}', param_hint='--views')
     make_outdir(outdir)
     if pose_folder is not None:
-        G, names, photos, cameras, poses = predict_folder_poses(network, pose_folder, pose_kwargs, device, trust_pickle)
+        G, names, photos, cameras, poses = predict_folder_poses(
+            network, pose_folder, pose_kwargs, device, trust_pickle, camera_search
+        )
         write_json(
             os.path.join(outdir, 'predicted_poses.json'),
             {name: {'neck': p[:3], 'head': p[3:]} for name, p in zip(names, poses.tolist())},

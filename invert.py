@@ -15,6 +15,7 @@ from training.cli import (
     SEED_RANGE,
     Command,
     FiniteFloat,
+    camera_search_option,
     device_option,
     load_generator_and_discriminator,
     make_outdir,
@@ -29,6 +30,7 @@ from training.data.images import image_from_uint8, mask_from_uint8, save_png, to
 from training.data.landmark_models import ModelFilesError
 from training.data.photo_aligner import align_in_memory
 from training.data.photos import read_photo, read_pose_folder
+from training.engines.camera_search import CameraSearch
 from training.engines.inversion import InversionConfig, optimize_latent, prepare_target, render, tune_generator
 from training.engines.shapes import DEFAULT_LEVEL, extract_shape, pose_vertices, save_shape
 from training.engines.video import write_video
@@ -57,17 +59,18 @@ def parse_camera(text: str, device: torch.device) -> torch.Tensor:
     return torch.tensor([values], dtype=torch.float32, device=device)
 
 
-def read_inputs(image: str, mask: str | None, camera: str | None, resolution: int) -> tuple:
+def read_inputs(image: str, mask: str | None, camera: str | None, resolution: int, refine=None) -> tuple:
     """The photos to invert, on the CPU -> (names, photos [N, 3, R, R] in [-1, 1], masks [N, 1, R, R] in [0, 1],
     cameras [N, 25]).
 
-    image: one image file (with --mask FILE and --camera; without both, a raw photo aligned here), a folder in
+    image: one image file (with --mask FILE and --camera; without both, a raw photo aligned here, its camera then
+    refined by `refine(alignment) -> alignment` where given), a folder in
     the layout of the published data-processing pipeline (aligned_images/, mask/, result.json), or a data set of
     this project (a zip or folder with dataset.json; --mask names its masks).
     """
     try:
         if os.path.isfile(image) and not image.endswith('.zip') and mask is None and camera is None:
-            names, photos, masks, cameras, report = align_in_memory(image, resolution)
+            names, photos, masks, cameras, report = align_in_memory(image, resolution, refine=refine)
             click.echo(f'{image}: no --camera given: {report[os.path.basename(image)]} (dataset_tool.py align)')
             return names, photos, masks, cameras
         if os.path.isfile(image) and not image.endswith('.zip'):
@@ -183,6 +186,7 @@ def _save_image(path: str, images: list) -> None:
     '--seed', type=SEED_RANGE, default=0, show_default=True, help='Seed of the latent noise and the locality latents'
 )
 @click.option('--outdir', type=click.Path(file_okay=False), required=True)
+@camera_search_option
 @device_option
 @trust_pickle_option
 def main(
@@ -205,6 +209,7 @@ def main(
     shape_res,
     seed,
     outdir,
+    camera_search,
     device,
     trust_pickle,
 ):
@@ -227,7 +232,8 @@ def main(
     path, G, D, contents = load_generator_and_discriminator(
         network, device, trust_pickle, 'inversion (D predicts the pose and gives the perceptual loss)'
     )
-    names, photos, masks, cameras = read_inputs(image_path, mask_path, camera, G.img_resolution)
+    refine = CameraSearch(G, device=device) if camera_search else None
+    names, photos, masks, cameras = read_inputs(image_path, mask_path, camera, G.img_resolution, refine)
     photos, masks, cameras = photos.to(device), masks.to(device), cameras.to(device)
     if given_pose is not None:
         poses = given_pose.expand(len(names), -1)

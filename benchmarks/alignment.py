@@ -1,10 +1,11 @@
 """Raw-photo alignment (dataset_tool.py align) against the synthetic painter's exact answers, per 45-degree yaw bin.
 
-Run from the repository root:  python -m benchmarks.alignment [--num 80] [--network pretrained/cpu-fast-64.pt]
+Run from the repository root:  python -m benchmarks.alignment [--num 160] [--network pretrained/cpu-fast-64.pt
+[--network-num 40]]
 
 Photos: held-out raw photos (training/data/raw_photos.py, scenes BENCHMARK_START and up; the aligner's constants
-were fitted on scenes 0-79 of the same held-out range), yaws spread evenly over the full circle. Per bin of the
-true camera yaw: median and 90th percentile of the yaw and pitch errors (degrees), of the crop centre's error
+were fitted on scenes 0-479 of the same held-out range), yaws spread evenly over the full circle. Per bin of the
+true camera yaw, and over the front (|yaw| <= 90) and back halves: median and 90th percentile of the yaw and pitch errors (degrees), of the crop centre's error
 (% of the true side, the larger of x and y) and of the side's error (% of the true side); the median mask IoU
 (in the photo frame, against the painter's mask); the share of photos with a usable result (aligned, yaw within
 30 degrees, centre within 10 %, side within 15 %); and seconds per photo. With --network, the generator's camera
@@ -16,6 +17,8 @@ import time
 
 import numpy as np
 import torch
+
+from training.engines.camera_search import DEFAULT_STEPS
 
 BENCHMARK_START = 1000
 BIN_DEGREES = 45
@@ -50,12 +53,16 @@ def table(rows: list, title: str) -> str:
         f'{"true yaw":>12} {"n":>3} {"yaw med/p90":>12} {"pitch med/p90":>14} {"centre% med/p90":>16} '
         f'{"side% med/p90":>14} {"IoU med":>8} {"usable":>7} {"s/photo":>8}',
     ]
-    bins = [(low, low + BIN_DEGREES) for low in range(-180, 180, BIN_DEGREES)] + [(-90, 90), (-180, 180)]
-    for low, high in bins:
-        chosen = [r for r in rows if low <= r['true_yaw'] < high or (high == 180 and r['true_yaw'] == 180)]
-        if (low, high) == (-90, 90):
+    bins = [(low, low + BIN_DEGREES) for low in range(-180, 180, BIN_DEGREES)] + [(-90, 90), 'back', (-180, 180)]
+    for band in bins:
+        if band == (-90, 90):
             chosen = [r for r in rows if abs(r['true_yaw']) <= 90]
-        label = {(-90, 90): '|yaw|<=90', (-180, 180): 'all'}.get((low, high), f'[{low},{high})')
+        elif band == 'back':
+            chosen = [r for r in rows if abs(r['true_yaw']) > 90]
+        else:
+            low, high = band
+            chosen = [r for r in rows if low <= r['true_yaw'] < high or (high == 180 and r['true_yaw'] == 180)]
+        label = {(-90, 90): '|yaw|<=90', 'back': '|yaw|>90', (-180, 180): 'all'}.get(band, f'[{band[0]},{band[1]})')
         if not chosen:
             lines.append(f'{label:>12} {0:>3}')
             continue
@@ -79,10 +86,10 @@ def table(rows: list, title: str) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--num', type=int, default=80, help='raw photos, yaws evenly over 360 degrees')
+    parser.add_argument('--num', type=int, default=160, help='raw photos, yaws evenly over 360 degrees')
     parser.add_argument('--network', default=None, help='generator snapshot for the camera search (also measured)')
     parser.add_argument('--network-num', type=int, default=None, help='photos refined by --network [default: --num]')
-    parser.add_argument('--refine-steps', type=int, default=2, help='latent steps per candidate camera')
+    parser.add_argument('--refine-steps', type=int, default=DEFAULT_STEPS, help='latent steps per candidate camera')
     parser.add_argument('--resolution', type=int, default=128, help='side of the aligned crops')
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -95,9 +102,10 @@ def main():
     painter, detectors = PortraitPainter(), PersonDetectors()
     search = None
     if args.network is not None:
-        from training.engines.camera_search import load_camera_search
+        from training.cli import load_generator
+        from training.engines.camera_search import CameraSearch
 
-        search = load_camera_search(args.network, steps=args.refine_steps)
+        search = CameraSearch(load_generator(args.network, None, 0, torch.device('cpu'), False), args.refine_steps)
     plain, refined = [], []
     network_num = args.num if args.network_num is None else args.network_num
     stride = max(1, args.num // max(network_num, 1))

@@ -90,6 +90,13 @@ device_option = click.option(
     '--device', type=Device(), default=DEFAULT_DEVICE, show_default=True, help='cpu, cuda or cuda:N'
 )
 trust_pickle_option = click.option('--trust-pickle', 'trust_pickle', is_flag=True, help=formats.TRUST_PICKLE_HELP)
+camera_search_option = click.option(
+    '--camera-search/--no-camera-search',
+    default=True,
+    show_default=True,
+    help="A raw photo's camera, after alignment: refined by this network's camera search (analysis by synthesis, "
+    "as dataset_tool.py align --network), or the detectors' alone",
+)
 
 
 # Rough peak memory, for refusing settings that cannot fit before anything is allocated.

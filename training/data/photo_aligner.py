@@ -171,10 +171,11 @@ def describe(alignment: Alignment) -> str:
     return f'yaw {alignment.yaw:.0f} deg from the {alignment.method}{flag}{notes}'
 
 
-def align_in_memory(source: str, resolution: int, detectors: PersonDetectors | None = None) -> tuple:
+def align_in_memory(source: str, resolution: int, detectors: PersonDetectors | None = None, refine=None) -> tuple:
     """Raw photos (a file, folder or zip) aligned without writing anything, for the tools that take them directly
     -> (names, photos [N, 3, R, R] in [-1, 1], masks [N, 1, R, R] in [0, 1], cameras [N, 25], report {source name:
-    line}). Raises PhotoSourceError when no photo could be aligned."""
+    line}). `refine(alignment) -> alignment` (the generator's camera search) is applied to each. Raises
+    PhotoSourceError when no photo could be aligned."""
     import torch
 
     photos, report = list_photos(source)
@@ -190,6 +191,8 @@ def align_in_memory(source: str, resolution: int, detectors: PersonDetectors | N
         except AlignmentError as error:
             report[photo.name] = str(error)
             continue
+        if refine is not None:
+            alignment = refine(alignment)
         report[photo.name] = 'aligned: ' + describe(alignment)
         names.append(_flat_name(photo.name, 0))
         images.append(torch.from_numpy(alignment.image).permute(2, 0, 1).float() / 127.5 - 1)

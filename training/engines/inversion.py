@@ -128,14 +128,9 @@ def perceptual_distance(D: torch.nn.Module, a: dict, b: dict) -> torch.Tensor:
     return torch.stack(distances).mean(dim=0)
 
 
-def reconstruction_loss(out: dict, target: Target, D: torch.nn.Module | None, config: InversionConfig) -> tuple:
-    """The masked loss of one render against a target.
-
-    out: G.synthesis' dict (image [1, 3, S, S], image_raw [1, 3, r, r], image_mask [1, 1, r, r]) ->
-      (total [] with gradients, {'total', 'pixel', 'mask', 'perceptual'} as floats)
-    The perceptual term needs D; without it, it is 0.
-    """
-    # Outside the masks both sides are 0 (grey), so only the person counts.
+def masked_images(out: dict, target: Target) -> tuple:
+    """A render and its target with everything outside the target's masks set to 0 (grey), so that only the person
+    counts -> (fake, real): image dicts {'image', 'image_raw', 'image_mask'} of the render's batch and of the target."""
     fake = {
         'image': out['image'] * target.mask,
         'image_raw': out['image_raw'] * target.mask_raw,
@@ -146,8 +141,27 @@ def reconstruction_loss(out: dict, target: Target, D: torch.nn.Module | None, co
         'image_raw': target.image_raw * target.mask_raw,
         'image_mask': target.alpha,
     }
-    pixel = (fake['image'] - real['image']).square().mean() + (fake['image_raw'] - real['image_raw']).square().mean()
-    mask = (fake['image_mask'] - real['image_mask']).square().mean()
+    return fake, real
+
+
+def masked_errors(fake: dict, real: dict) -> tuple:
+    """The pixel and alpha terms per render: fake, real from masked_images -> (pixel [B], mask [B]), mean squared
+    errors (pixel: the final image's plus the raw image's)."""
+    pixel = (fake['image'] - real['image']).square().mean(dim=(1, 2, 3))
+    pixel = pixel + (fake['image_raw'] - real['image_raw']).square().mean(dim=(1, 2, 3))
+    mask = (fake['image_mask'] - real['image_mask']).square().mean(dim=(1, 2, 3))
+    return pixel, mask
+
+
+def reconstruction_loss(out: dict, target: Target, D: torch.nn.Module | None, config: InversionConfig) -> tuple:
+    """The masked loss of one render against a target.
+
+    out: G.synthesis' dict (image [1, 3, S, S], image_raw [1, 3, r, r], image_mask [1, 1, r, r]) ->
+      (total [] with gradients, {'total', 'pixel', 'mask', 'perceptual'} as floats)
+    The perceptual term needs D; without it, it is 0.
+    """
+    fake, real = masked_images(out, target)
+    pixel, mask = (term.mean() for term in masked_errors(fake, real))
     perceptual = torch.zeros([], device=pixel.device)
     if D is not None and config.perceptual_weight > 0:
         perceptual = perceptual_distance(D, fake, real).mean()
