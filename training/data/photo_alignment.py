@@ -121,7 +121,8 @@ def wrap_degrees(angle):
 def torso_yaw(landmarks: BodyLandmarks) -> float:
     """The camera's yaw around the torso from the shoulder line's direction in the landmark model's depth,
     degrees: 0 facing the camera, positive with the camera on the person's left (the left shoulder nearer). The
-    model's depths flatten turns and lean to one side; its measured response (DEPTH_YAW_READ -> DEPTH_YAW_TRUE) is undone."""
+    model's depths flatten turns and lean to one side; its measured response (DEPTH_YAW_READ -> DEPTH_YAW_TRUE)
+    is undone."""
     left, right = landmarks.world[LEFT_SHOULDER], landmarks.world[RIGHT_SHOULDER]
     depth_yaw = math.degrees(math.atan2(right[2] - left[2], left[0] - right[0]))
     return float(np.interp(depth_yaw, DEPTH_YAW_READ, DEPTH_YAW_TRUE))
