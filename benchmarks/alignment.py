@@ -5,10 +5,11 @@ Run from the repository root:  python -m benchmarks.alignment [--num 160] [--net
 
 Photos: held-out raw photos (training/data/raw_photos.py, scenes BENCHMARK_START and up; the aligner's constants
 were fitted on scenes 0-479 of the same held-out range), yaws spread evenly over the full circle. Per bin of the
-true camera yaw, and over the front (|yaw| <= 90) and back halves: median and 90th percentile of the yaw and pitch errors (degrees), of the crop centre's error
-(% of the true side, the larger of x and y) and of the side's error (% of the true side); the median mask IoU
-(in the photo frame, against the painter's mask); the share of photos with a usable result (aligned, yaw within
-30 degrees, centre within 10 %, side within 15 %); and seconds per photo. With --network, the generator's camera
+true camera yaw, and over the front (|yaw| <= 90) and back halves: median and 90th percentile of the yaw and
+pitch errors (degrees), of the crop centre's error (% of the true side, the larger of x and y) and of the side's
+error (% of the true side); the median mask IoU (in the photo frame, against the painter's mask); the share of
+photos with a usable result (aligned, yaw within 30 degrees, centre within 10 %, side within 15 %); and seconds
+per photo. With --network, the generator's camera
 search (training/engines/camera_search.py) refines every camera and the table gives both.
 """
 
