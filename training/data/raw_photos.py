@@ -61,7 +61,6 @@ def render_raw_photo(
     `crop_centre` (x, y)."""
     height, width = size
     focal_px = crop_side * FOCAL
-    big_h, big_w = height * SUPERSAMPLE, width * SUPERSAMPLE
     intrinsics = np.array(
         [
             [focal_px / width, 0.0, crop_centre[0] / width],
@@ -69,32 +68,10 @@ def render_raw_photo(
             [0.0, 0.0, 1.0],
         ]
     )
-    body = painter.body(scene.betas)
-    cam2world = scene.camera[:16].astype(np.float64).reshape(4, 4)
-    rendered = painter.renderer.render(
-        painter.vertices(scene, body),
-        painter.faces,
-        (cam2world, intrinsics),
-        (big_h, big_w),
-        vertex_colors=painter.vertex_colors(scene, body),
-        light_dirs=scene.light_dirs @ cam2world[:3, :3].T,
-        light_weights=scene.light_weights,
-        ambient=scene.ambient,
-        background=(0.0, 0.0, 0.0),
-    )
-    rows = np.linspace(0, 1, big_h, dtype=np.float32)[:, None, None]
-    background = scene.background_top + rows * (scene.background_bottom - scene.background_top)
-    mask = rendered['mask'][..., None]
-    rgb = np.where(mask, rendered['rgb'], background.astype(np.float32))
-
-    def down(a: np.ndarray) -> np.ndarray:
-        return a.reshape(height, SUPERSAMPLE, width, SUPERSAMPLE, -1).mean(axis=(1, 3))
-
-    image = np.clip(np.rint(down(rgb) * 255), 0, 255).astype(np.uint8)
-    coverage = down(mask.astype(np.float32))[..., 0]
+    image, mask = painter.render_frame(scene, intrinsics, size, SUPERSAMPLE)
     return RawPhoto(
         image=image,
-        mask=np.where(coverage >= 0.5, 255, 0).astype(np.uint8),
+        mask=mask,
         camera=scene.camera.copy(),
         pose=scene.pose.copy(),
         crop_centre=np.asarray(crop_centre, np.float64),

@@ -351,28 +351,36 @@ class PortraitPainter:
         """
         if supersample is None:
             supersample = max(1, min(4, MAX_RENDER_SIZE // resolution))
-        size = resolution * supersample
+        intrinsics = scene.camera[16:].astype(np.float64).reshape(3, 3)
+        return self.render_frame(scene, intrinsics, (resolution, resolution), supersample)
+
+    def render_frame(
+        self, scene: Scene, intrinsics: np.ndarray, size: tuple, supersample: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Render a scene from its camera's pose through other `intrinsics` [3, 3] (normalized by the frame's
+        width and height) into a (height, width) frame, rasterized at `supersample` times the size and
+        box-filtered down -> image uint8 [H, W, 3], mask uint8 [H, W] (0 or 255, at least half covered)."""
+        height, width = size
         body = self.body(scene.betas)
-        camera = scene.camera.astype(np.float64)
-        rotation = camera[:16].reshape(4, 4)[:3, :3]
+        cam2world = scene.camera[:16].astype(np.float64).reshape(4, 4)
         rendered = self.renderer.render(
             self.vertices(scene, body),
             self.faces,
-            camera,
-            size,
+            (cam2world, intrinsics),
+            (height * supersample, width * supersample),
             vertex_colors=self.vertex_colors(scene, body),
-            light_dirs=scene.light_dirs @ rotation.T,
+            light_dirs=scene.light_dirs @ cam2world[:3, :3].T,
             light_weights=scene.light_weights,
             ambient=scene.ambient,
             background=(0.0, 0.0, 0.0),
         )
-        rows = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
+        rows = np.linspace(0, 1, height * supersample, dtype=np.float32)[:, None, None]
         background = scene.background_top + rows * (scene.background_bottom - scene.background_top)
         mask = rendered['mask'][..., None]
         rgb = np.where(mask, rendered['rgb'], background.astype(np.float32))
 
         def down(a: np.ndarray) -> np.ndarray:
-            return a.reshape(resolution, supersample, resolution, supersample, -1).mean(axis=(1, 3))
+            return a.reshape(height, supersample, width, supersample, -1).mean(axis=(1, 3))
 
         image = np.clip(np.rint(down(rgb) * 255), 0, 255).astype(np.uint8)
         coverage = down(mask.astype(np.float32))[..., 0]
