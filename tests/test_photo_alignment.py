@@ -398,7 +398,7 @@ def test_the_search_finds_the_yaw_of_the_generators_own_render(shipped_generator
         image = ((out['image'][0].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).round().to(torch.uint8).numpy()
         alpha = torch.nn.functional.interpolate(out['image_mask'], size=image.shape[:2], mode='bilinear')[0, 0]
         mask = np.where(alpha.numpy() >= 0.5, 255, 0).astype(np.uint8)
-        yaw, _, scores = CameraSearch(G, steps=2).search(image, mask, float(wrap_degrees(true_yaw + 100)), True)
+        yaw, scores = CameraSearch(G, steps=2).search(image, mask, float(wrap_degrees(true_yaw + 100)), True)
         assert len(scores) == 24 and abs(float(wrap_degrees(yaw - true_yaw))) < 5, (true_yaw, yaw)
 
 

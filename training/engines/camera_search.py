@@ -81,28 +81,28 @@ class CameraSearch:
             losses.append(loss.detach().cpu().numpy())
         return np.concatenate(losses)
 
-    def search(self, image: np.ndarray, mask: np.ndarray, yaw: float, uncertain: bool) -> tuple:
-        """image uint8 [R, R, 3], mask uint8 [R, R] (the aligned crop), the detectors' yaw (degrees) and whether
-        they are unsure of it -> (yaw, pitch, {candidate yaw: score, the prior included})."""
+    def search(self, image: np.ndarray, mask: np.ndarray, yaw: float, uncertain: bool, pitch: float = 0.0) -> tuple:
+        """image uint8 [R, R, 3], mask uint8 [R, R] (the aligned crop), the detectors' yaw (degrees), whether they
+        are unsure of it, and the pitch kept for every candidate -> (yaw, {candidate yaw: score, the prior
+        included})."""
         photo = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float().to(self.device) / 127.5 - 1
         person = torch.from_numpy(mask.copy())[None, None].float().to(self.device) / 255
         target = prepare_target(self.G, photo, person)
         yaws = candidate_yaws(yaw)
-        scores = self.scores(target, yaws) * prior_factor(yaws, yaw, uncertain)
+        scores = self.scores(target, yaws, pitch) * prior_factor(yaws, yaw, uncertain)
         best = int(np.argmin(scores))
         left, right = scores[(best - 1) % len(yaws)], scores[(best + 1) % len(yaws)]
         refined = float(wrap_degrees(yaws[best] + GRID_DEGREES * parabola_minimum(left, scores[best], right)))
-        return refined, 0.0, {float(y): float(s) for y, s in zip(yaws, scores)}
+        return refined, {float(y): float(s) for y, s in zip(yaws, scores)}
 
     def __call__(self, alignment: Alignment) -> Alignment:
-        yaw, pitch, scores = self.search(alignment.image, alignment.mask, alignment.yaw, alignment.uncertain)
+        yaw, scores = self.search(alignment.image, alignment.mask, alignment.yaw, alignment.uncertain, alignment.pitch)
         notes = list(alignment.notes)
         notes.append(f'refined by the generator from yaw {alignment.yaw:.0f} over {len(scores)} cameras')
         return dataclasses.replace(
             alignment,
-            camera=camera_from_angles(yaw, pitch),
+            camera=camera_from_angles(yaw, alignment.pitch),
             yaw=yaw,
-            pitch=pitch,
             method=alignment.method + ' + generator',
             uncertain=False,
             notes=notes,
